@@ -1,0 +1,1 @@
+"""tokenbench.datasets — decoding, clip sampling, manifests, bundled real clips, synthetic benchmark."""

@@ -1,0 +1,1 @@
+"""tokenbench.harness — backbone, attention backends, measurement, runner, results, reports, CLI."""

@@ -1,0 +1,344 @@
+"""The packed video ViT backbone (DESIGN.md §2), VideoMAE layout.
+
+* Tubelet embedding 2×16×16 (a Conv3d in the ``state_dict``; applied as a linear map to the kept
+  tubelets only, so dropped tubelets cost nothing);
+* a fixed 1-D sin-cos position table over the T'·H'·W' grid, each kept token taking its own slot's row;
+* optional learned run-length embedding (RLT; T' rows indexed by run length − 1, added after the
+  position embedding);
+* pre-norm blocks with q/v-bias attention over each packed sequence, MLP ratio 4, GELU;
+* no class token; per-clip mean pooling weighted by token ``size`` (a plain mean unless tokens were
+  merged); ``fc_norm``; linear ``head``.
+
+Its ``state_dict`` matches VideoMAE / VideoMAE-2 fine-tuned checkpoints, so :func:`load_checkpoint`
+reads real Kinetics / SSv2 checkpoints from a local file. Nothing is ever downloaded.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from tokenbench.reducers.base import PackedTokens, Reducer, Selection
+
+from .attention import choose_backend, packed_attention
+
+# name -> (embed dim, depth, heads). S/B/L/H are VideoMAE's; T is the DeiT-Tiny width.
+MODEL_SIZES: dict[str, tuple[int, int, int]] = {
+    "vit_t": (192, 12, 3),
+    "vit_s": (384, 12, 6),
+    "vit_b": (768, 12, 12),
+    "vit_l": (1024, 24, 16),
+    "vit_h": (1280, 32, 16),
+}
+TUBELET = 2
+PATCH = 16
+
+
+def sincos_table(n_position: int, dim: int) -> Tensor:
+    """VideoMAE's fixed 1-D sinusoid table [n_position, dim] (even columns sin, odd columns cos)."""
+    pos = torch.arange(n_position, dtype=torch.float64).unsqueeze(1)
+    j = torch.arange(dim, dtype=torch.float64)
+    angle = pos / torch.pow(10000.0, 2 * torch.div(j, 2, rounding_mode="floor") / dim)
+    table = torch.empty(n_position, dim, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(angle[:, 0::2])
+    table[:, 1::2] = torch.cos(angle[:, 1::2])
+    return table.float()
+
+
+@dataclass
+class ForwardStats:
+    """What the last forward pass did: recorded with results."""
+
+    backend: str = ""
+    tokens_in: list[int] = field(default_factory=list)  # per clip, entering the first block
+    tokens_per_layer: list[list[int]] = field(default_factory=list)  # [layer][clip], after each block
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.scale = self.head_dim ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=False)
+        self.q_bias = nn.Parameter(torch.zeros(dim))
+        self.v_bias = nn.Parameter(torch.zeros(dim))
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, cu_seqlens: Tensor, backend: str, bias: Tensor | None,
+                dense: bool) -> tuple[Tensor, Tensor, str]:
+        n, dim = x.shape
+        qkv_bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
+        qkv = F.linear(x, self.qkv.weight, qkv_bias).view(n, 3, self.heads, self.head_dim)
+        q, k, v = qkv.unbind(1)
+        out, ran = packed_attention(q, k, v, cu_seqlens, backend=backend, bias=bias, scale=self.scale,
+                                    dense=dense)
+        return self.proj(out.reshape(n, dim)), k, ran
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = drop_path
+
+    def _drop(self, h: Tensor, tokens: PackedTokens) -> Tensor:
+        """Stochastic depth per clip (training only)."""
+        if not self.training or self.drop_path == 0.0:
+            return h
+        keep = torch.rand(tokens.batch_size, device=h.device) >= self.drop_path
+        scale = keep.to(h.dtype) / (1.0 - self.drop_path)
+        return h * scale[tokens.seq_ids()].unsqueeze(1)
+
+    def forward(self, tokens: PackedTokens, reducer: Reducer | None, layer: int, depth: int,
+                backend: str, prop_attn: bool, dense: bool) -> tuple[PackedTokens, str]:
+        bias = tokens.size.log() if prop_attn else None
+        h, keys, ran = self.attn(self.norm1(tokens.x), tokens.cu_seqlens, backend, bias, dense)
+        tokens = tokens.replace(x=tokens.x + self._drop(h, tokens))
+        if reducer is not None:
+            tokens = reducer.after_attention(tokens, keys, layer, depth)
+        tokens = tokens.replace(x=tokens.x + self._drop(self.mlp(self.norm2(tokens.x)), tokens))
+        if reducer is not None:
+            tokens = reducer.after_block(tokens, keys, layer, depth)
+        return tokens, ran
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, dim: int, tubelet: int = TUBELET, patch: int = PATCH):
+        super().__init__()
+        self.tubelet, self.patch = tubelet, patch
+        self.proj = nn.Conv3d(3, dim, kernel_size=(tubelet, patch, patch), stride=(tubelet, patch, patch))
+
+    def tubelets(self, video: Tensor) -> Tensor:
+        """[B,3,T,H,W] -> [B, T'·H'·W', 3·t·p·p] in (t, h, w) raster order, flattened like the conv weight."""
+        b, c, t, h, w = video.shape
+        tt, p = self.tubelet, self.patch
+        x = video.reshape(b, c, t // tt, tt, h // p, p, w // p, p)
+        x = x.permute(0, 2, 4, 6, 1, 3, 5, 7)  # B, T', H', W', C, tt, p, p
+        return x.reshape(b, (t // tt) * (h // p) * (w // p), c * tt * p * p)
+
+    def forward(self, flat_tubelets: Tensor) -> Tensor:
+        weight = self.proj.weight.reshape(self.proj.out_channels, -1)
+        return F.linear(flat_tubelets, weight, self.proj.bias)
+
+
+class VideoViT(nn.Module):
+    """Packed video ViT. ``forward(video, reducer=None)`` → logits [B, num_classes]."""
+
+    def __init__(self, name: str, num_classes: int, num_frames: int = 16, img_size: int = 224,
+                 length_embedding: bool = False, drop_path_rate: float = 0.0, head_dropout: float = 0.0,
+                 attn_backend: str = "auto", dense_fast_path: bool = True):
+        super().__init__()
+        if name not in MODEL_SIZES:
+            raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_SIZES)}")
+        if num_frames % TUBELET or img_size % PATCH:
+            raise ValueError(f"num_frames must be a multiple of {TUBELET} and img_size of {PATCH}, "
+                             f"got {num_frames} and {img_size}")
+        dim, depth, heads = MODEL_SIZES[name]
+        self.name, self.num_classes = name, num_classes
+        self.num_frames, self.img_size = num_frames, img_size
+        self.embed_dim, self.depth, self.heads = dim, depth, heads
+        self.grid = (num_frames // TUBELET, img_size // PATCH, img_size // PATCH)
+        n_tok = math.prod(self.grid)
+        self.patch_embed = PatchEmbed(dim)
+        self.register_buffer("pos_embed", sincos_table(n_tok, dim), persistent=False)
+        self.length_embed = nn.Parameter(torch.randn(self.grid[0], dim) * 0.02) if length_embedding else None
+        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        self.blocks = nn.ModuleList(Block(dim, heads, drop_path=dpr[i]) for i in range(depth))
+        self.fc_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.head_dropout = nn.Dropout(head_dropout)
+        self.head = nn.Linear(dim, num_classes)
+        self.attn_backend = attn_backend
+        self.dense_fast_path = dense_fast_path
+        self.last_stats = ForwardStats()
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
+
+    @property
+    def num_tokens(self) -> int:
+        return math.prod(self.grid)
+
+    def backend_for(self, x: Tensor) -> str:
+        return choose_backend(x.device, x.dtype, self.attn_backend)
+
+    # --- stages ---------------------------------------------------------------------------------
+    def embed(self, video: Tensor, selection: Selection | None = None) -> PackedTokens:
+        """Tubelet-embed the kept tubelets of ``video`` and pack them: PackedTokens."""
+        b, c, t, h, w = video.shape
+        if c != 3 or (t, h, w) != (self.num_frames, self.img_size, self.img_size):
+            raise ValueError(f"{self.name} was built for [B,3,{self.num_frames},{self.img_size},{self.img_size}] "
+                             f"clips, got {list(video.shape)}")
+        n = self.num_tokens
+        flat = self.patch_embed.tubelets(video)  # [B, N, P]
+        if selection is None:
+            x = self.patch_embed(flat.reshape(b * n, -1))
+            pos = torch.arange(n, device=video.device).repeat(b)
+            counts = torch.full((b,), n, dtype=torch.int32, device=video.device)
+            lengths = None
+        else:
+            keep = selection.keep
+            if tuple(keep.shape) != (b, *self.grid):
+                raise ValueError(f"selection.keep has shape {tuple(keep.shape)}, expected {(b, *self.grid)}")
+            keep_flat = keep.reshape(b, n).to(video.device)
+            idx = keep_flat.reshape(-1).nonzero().squeeze(1)  # clip-major, raster order within a clip
+            x = self.patch_embed(flat.reshape(b * n, -1).index_select(0, idx))
+            pos = idx % n
+            counts = keep_flat.sum(1).to(torch.int32)
+            lengths = selection.lengths.reshape(-1).to(video.device).index_select(0, idx)
+        if bool((counts == 0).any()):
+            raise ValueError("a reducer kept no token of a clip; every clip needs at least one token")
+        x = x + self.pos_embed.to(x.dtype).index_select(0, pos)
+        if self.length_embed is not None:
+            if lengths is None:  # no selection: every run has length 1
+                lengths = torch.ones_like(pos)
+            x = x + self.length_embed.to(x.dtype).index_select(0, (lengths - 1).clamp(0, self.grid[0] - 1))
+        cu = F.pad(torch.cumsum(counts, 0, dtype=torch.int32), (1, 0))
+        size = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
+        return PackedTokens(x=x, cu_seqlens=cu, pos=pos, size=size, grid=self.grid)
+
+    def pool(self, tokens: PackedTokens) -> Tensor:
+        """Per-clip mean, weighted by ``size`` → [B, D]."""
+        ids = tokens.seq_ids()
+        w = tokens.size.to(tokens.x.dtype).unsqueeze(1)
+        b = tokens.batch_size
+        num = tokens.x.new_zeros(b, tokens.x.shape[1]).index_add_(0, ids, tokens.x * w)
+        den = tokens.x.new_zeros(b, 1).index_add_(0, ids, w)
+        return num / den
+
+    def forward_tokens(self, tokens: PackedTokens, reducer: Reducer | None = None) -> PackedTokens:
+        backend = self.backend_for(tokens.x)
+        prop_attn = bool(getattr(reducer, "prop_attn", False))
+        stats = ForwardStats(tokens_in=tokens.seqlens())
+        ran = set()
+        for i, blk in enumerate(self.blocks):
+            cu_before = tokens.cu_seqlens
+            tokens, used = blk(tokens, reducer, i, self.depth, backend, prop_attn, self.dense_fast_path)
+            ran.add(used)
+            same = tokens.cu_seqlens is cu_before and stats.tokens_per_layer
+            stats.tokens_per_layer.append(list(stats.tokens_per_layer[-1]) if same else tokens.seqlens())
+        stats.backend = "+".join(sorted(ran)) if ran else backend
+        self.last_stats = stats
+        return tokens
+
+    def forward(self, video: Tensor, reducer: Reducer | None = None,
+                selection: Selection | None = None) -> Tensor:
+        """video [B,3,T,H,W], ImageNet-normalised → logits [B, num_classes].
+
+        ``reducer.select`` runs here (its cost is part of inference); pass ``selection`` to use a
+        precomputed one instead.
+        """
+        if selection is None and reducer is not None:
+            selection = reducer.select(video)
+        tokens = self.forward_tokens(self.embed(video, selection), reducer)
+        return self.head(self.head_dropout(self.fc_norm(self.pool(tokens))))
+
+
+def build_model(name: str, num_classes: int, num_frames: int = 16, img_size: int = 224, **kwargs) -> VideoViT:
+    """A VideoMAE-layout video ViT: ``vit_t``, ``vit_s``, ``vit_b``, ``vit_l`` or ``vit_h``."""
+    return VideoViT(name, num_classes, num_frames=num_frames, img_size=img_size, **kwargs)
+
+
+_PREFIXES = ("module.", "encoder.", "backbone.")
+_CONTAINER_KEYS = ("model", "module", "state_dict", "model_state")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, unreadable, or does not fit the model."""
+
+
+def _read_state_dict(path: Path) -> dict[str, Tensor]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception:
+        # VideoMAE's own checkpoints pickle an argparse.Namespace of their training arguments beside the
+        # weights; a file the user points us at on their own disk is trusted to that extent.
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:
+            raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    for key in _CONTAINER_KEYS:
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} holds no state_dict (looked for keys {', '.join(_CONTAINER_KEYS)})")
+    return obj
+
+
+def normalise_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    out = {}
+    for k, v in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for p in _PREFIXES:
+                if k.startswith(p):
+                    k, changed = k[len(p):], True
+        out[k] = v
+    return out
+
+
+def load_checkpoint(model: VideoViT, path: str | Path, strict: bool = True) -> dict[str, list[str]]:
+    """Load a VideoMAE-format checkpoint from a local file into ``model``.
+
+    Strips ``module.``/``encoder.``/``backbone.`` prefixes and unwraps ``{"model": ...}`` containers.
+    Raises :class:`CheckpointError` naming the file and every mismatched key; with ``strict=False``
+    missing keys (e.g. a new ``head``) are allowed and reported in the returned dict.
+    Keys the model does not have (a learned ``pos_embed``, decoder weights) are ignored and reported.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    state = normalise_keys(_read_state_dict(path))
+    own = model.state_dict()
+    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                  for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if mismatched:
+        raise CheckpointError(f"{path} does not fit {model.name} ({model.num_classes} classes, grid "
+                              f"{model.grid}); mismatched shapes:\n  " + "\n  ".join(mismatched))
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if strict and missing:
+        raise CheckpointError(f"{path} lacks {len(missing)} weights of {model.name}: {', '.join(missing[:8])}"
+                              + (" …" if len(missing) > 8 else ""))
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    return {"missing": missing, "unexpected": unexpected}
+
+
+def save_checkpoint(model: VideoViT, path: str | Path, **extra) -> Path:
+    """Save in the VideoMAE layout (``{"model": state_dict, ...}``) that :func:`load_checkpoint` reads."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model.state_dict(), **extra}, path)
+    return path

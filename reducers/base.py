@@ -1,0 +1,116 @@
+"""The reducer interface: the types every reducer and the backbone exchange (DESIGN.md §3).
+
+A reducer acts at up to three points of a forward pass:
+
+* ``select(video)`` before the tubelet embedding (input-stage reducers: RLT, random masking);
+  returns a :class:`Selection` or ``None`` to keep every tubelet;
+* ``after_attention(tokens, keys, layer, depth)`` inside each block, between attention and MLP
+  (ToMe merges here);
+* ``after_block(tokens, keys, layer, depth)`` after each whole block (STA prunes here).
+
+Parameters are dataclass fields with defaults; subclasses are ``@dataclass`` classes and check their
+parameters in :meth:`Reducer.validate`, raising :class:`ReducerParamError` naming the parameter.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class PackedTokens:
+    """One batch of clips, packed: clip after clip in one stream, no padding."""
+
+    x: Tensor  # [N_total, D] token features
+    cu_seqlens: Tensor  # [B+1] int32 offsets of each clip's tokens in x
+    pos: Tensor  # [N_total] long: index of the token's (first) tubelet in the T'·H'·W' grid
+    size: Tensor  # [N_total] float: tokens merged into this one (1 when embedded)
+    grid: tuple[int, int, int]  # (T', H', W') of the un-reduced clip
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.cu_seqlens.numel()) - 1
+
+    def seqlens(self) -> list[int]:
+        """Per-clip token counts as Python ints."""
+        cu = self.cu_seqlens.tolist()
+        return [b - a for a, b in zip(cu[:-1], cu[1:])]
+
+    def seq_ids(self) -> Tensor:
+        """[N_total] long: which clip each token belongs to."""
+        lens = torch.diff(self.cu_seqlens.long())
+        return torch.repeat_interleave(torch.arange(len(lens), device=self.x.device), lens.to(self.x.device))
+
+    def replace(self, **changes: Any) -> "PackedTokens":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class Selection:
+    """What an input-stage reducer keeps."""
+
+    keep: Tensor  # [B, T', H', W'] bool
+    lengths: Tensor  # [B, T', H', W'] long run lengths, 0 where dropped
+
+
+class ReducerParamError(ValueError):
+    """A reducer parameter is out of range or of the wrong kind. The message names the parameter."""
+
+
+class Reducer:
+    """Base class of every token reducer. Subclasses are dataclasses whose fields are parameters.
+
+    Optional class/instance attributes the backbone reads:
+
+    * ``prop_attn`` (bool): add ``log(size)`` to the attention logits (ToMe's proportional attention);
+    * ``length_embedding`` (bool): the model needs a learned run-length embedding (RLT).
+    """
+
+    name: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ReducerParamError` naming the parameter when a value is invalid."""
+
+    def select(self, video: Tensor) -> Selection | None:
+        """video [B,3,T,H,W], ImageNet-normalised. ``None`` keeps every tubelet."""
+        return None
+
+    def after_attention(self, tokens: PackedTokens, keys: Tensor, layer: int, depth: int) -> PackedTokens:
+        return tokens
+
+    def after_block(self, tokens: PackedTokens, keys: Tensor, layer: int, depth: int) -> PackedTokens:
+        return tokens
+
+    # --- helpers shared by all reducers -------------------------------------------------------
+    def params(self) -> dict[str, Any]:
+        """The reducer's parameters as a plain dict (recorded with every result)."""
+        if dataclasses.is_dataclass(self):
+            return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {}
+
+    def fresh(self) -> "Reducer":
+        """A new instance with the same parameters (and so the same seed state)."""
+        return type(self)(**self.params())
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({args})"
+
+
+def grid_of(video: Tensor, tubelet: int, patch: int) -> tuple[int, int, int]:
+    """(T', H', W') for a video [B,3,T,H,W]; raises a clear error when it does not tile."""
+    if video.dim() != 5 or video.shape[1] != 3:
+        raise ValueError(f"expected a video batch [B,3,T,H,W], got shape {tuple(video.shape)}")
+    _, _, t, h, w = video.shape
+    if t % tubelet or h % patch or w % patch:
+        raise ValueError(
+            f"video of {t} frames × {h}×{w} does not tile into {tubelet}×{patch}×{patch} tubelets"
+        )
+    return t // tubelet, h // patch, w // patch
