@@ -256,8 +256,10 @@ class VideoViT(nn.Module):
         ``reducer.select`` runs here (its cost is part of inference); pass ``selection`` to use a
         precomputed one instead.
         """
-        if selection is None and reducer is not None:
-            selection = reducer.select(video)
+        if reducer is not None:
+            reducer.check_geometry(self.grid, self.depth)
+            if selection is None:
+                selection = reducer.select(video)
         tokens = self.forward_tokens(self.embed(video, selection), reducer)
         return self.head(self.head_dropout(self.fc_norm(self.pool(tokens))))
 

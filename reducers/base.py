@@ -78,6 +78,11 @@ class Reducer:
     def validate(self) -> None:
         """Raise :class:`ReducerParamError` naming the parameter when a value is invalid."""
 
+    def check_geometry(self, grid: tuple[int, int, int], depth: int) -> None:
+        """Raise :class:`ReducerParamError` when the parameters cannot work on clips of ``grid`` (T', H', W')
+        in a model of ``depth`` blocks (e.g. ToMe's r above half the tokens, STA on an ungroupable T').
+        Called by the model before a forward pass and by the runner before any work."""
+
     def select(self, video: Tensor) -> Selection | None:
         """video [B,3,T,H,W], ImageNet-normalised. ``None`` keeps every tubelet."""
         return None
