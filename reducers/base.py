@@ -45,7 +45,7 @@ class PackedTokens:
         lens = torch.diff(self.cu_seqlens.long())
         return torch.repeat_interleave(torch.arange(len(lens), device=self.x.device), lens.to(self.x.device))
 
-    def replace(self, **changes: Any) -> "PackedTokens":
+    def replace(self, **changes: Any) -> PackedTokens:
         return dataclasses.replace(self, **changes)
 
 
@@ -100,7 +100,7 @@ class Reducer:
             return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         return {}
 
-    def fresh(self) -> "Reducer":
+    def fresh(self) -> Reducer:
         """A new instance with the same parameters (and so the same seed state)."""
         return type(self)(**self.params())
 

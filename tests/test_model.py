@@ -1,0 +1,154 @@
+"""The packed video ViT: geometry, packing, the dense fast path, checkpoints."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+
+from tokenbench.harness.model import (
+    MODEL_SIZES,
+    CheckpointError,
+    build_model,
+    load_checkpoint,
+    save_checkpoint,
+)
+from tokenbench.reducers import Selection, get_reducer
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return build_model("vit_t", num_classes=7, num_frames=8, img_size=64).eval()
+
+
+def _video(b=3, t=8, s=64, seed=0):
+    return torch.randn(b, 3, t, s, s, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("name,dims", [("vit_s", (384, 12, 6)), ("vit_b", (768, 12, 12)),
+                                       ("vit_l", (1024, 24, 16)), ("vit_h", (1280, 32, 16))])
+def test_videomae_dimensions(name, dims):
+    assert MODEL_SIZES[name] == dims
+    with torch.device("meta"):
+        m = build_model(name, num_classes=400)
+    assert (m.embed_dim, m.depth, m.heads) == dims
+    assert m.grid == (8, 14, 14) and m.num_tokens == 1568
+    assert m.patch_embed.proj.weight.shape == (dims[0], 3, 2, 16, 16)
+
+
+def test_state_dict_has_videomae_layout(tiny):
+    keys = set(tiny.state_dict())
+    for k in ("patch_embed.proj.weight", "patch_embed.proj.bias", "blocks.0.norm1.weight",
+              "blocks.0.attn.qkv.weight", "blocks.0.attn.q_bias", "blocks.0.attn.v_bias",
+              "blocks.0.attn.proj.weight", "blocks.0.norm2.bias", "blocks.0.mlp.fc1.weight",
+              "blocks.11.mlp.fc2.bias", "fc_norm.weight", "head.weight", "head.bias"):
+        assert k in keys, k
+    assert "blocks.0.attn.qkv.bias" not in keys  # VideoMAE keeps q/v biases apart, k has none
+    assert "pos_embed" not in keys  # fixed sin-cos table, not a weight
+
+
+def test_embedding_equals_conv3d(tiny):
+    v = _video()
+    ref = tiny.patch_embed.proj(v).flatten(2).transpose(1, 2)
+    got = tiny.patch_embed(tiny.patch_embed.tubelets(v))
+    assert torch.allclose(got, ref, atol=1e-5)
+
+
+def test_dense_fast_path_gives_same_logits(tiny):
+    v = _video()
+    with torch.no_grad():
+        dense = tiny(v)
+        tiny.dense_fast_path = False
+        loop = tiny(v)
+        tiny.dense_fast_path = True
+    assert torch.allclose(dense, loop, atol=1e-5)
+
+
+def test_packed_batch_equals_clips_run_alone(tiny):
+    """A clip's logits do not depend on which clips share its packed batch."""
+    v = _video(3)
+    keep = torch.zeros(3, *tiny.grid, dtype=torch.bool)
+    keep[0] = True
+    keep[1, :2] = True
+    keep[2, :, :2] = True
+    sel = Selection(keep=keep, lengths=keep.long())
+    with torch.no_grad():
+        together = tiny(v, selection=sel)
+        alone = torch.cat([tiny(v[i:i + 1], selection=Selection(keep[i:i + 1], keep[i:i + 1].long()))
+                           for i in range(3)])
+    assert tiny.last_stats.tokens_in == [32]
+    assert torch.allclose(together, alone, atol=1e-5)
+
+
+def test_token_counts_recorded(tiny):
+    with torch.no_grad():
+        tiny(_video(2), get_reducer("random", count=10, seed=1))
+    st = tiny.last_stats
+    assert st.tokens_in == [10, 10]
+    assert st.tokens_per_layer == [[10, 10]] * tiny.depth
+    assert st.backend == "sdpa"
+
+
+def test_kept_tokens_keep_their_own_position(tiny):
+    keep = torch.zeros(1, *tiny.grid, dtype=torch.bool)
+    keep[0, 2, 1, 3] = True
+    keep[0, 3, 0, 0] = True
+    tok = tiny.embed(_video(1), Selection(keep, keep.long()))
+    h, w = tiny.grid[1:]
+    assert tok.pos.tolist() == [2 * h * w + 1 * w + 3, 3 * h * w]
+    assert tok.cu_seqlens.tolist() == [0, 2] and tok.cu_seqlens.dtype == torch.int32
+
+
+def test_wrong_input_shape_is_a_clear_error(tiny):
+    with pytest.raises(ValueError, match=r"built for \[B,3,8,64,64\]"):
+        tiny(torch.zeros(1, 3, 16, 64, 64))
+
+
+def test_unknown_model_lists_choices():
+    with pytest.raises(ValueError, match="vit_t, vit_s, vit_b, vit_l, vit_h"):
+        build_model("vit_q", 10)
+
+
+def test_checkpoint_round_trip_with_videomae_container(tmp_path, tiny):
+    path = tmp_path / "ckpt.pth"
+    # VideoMAE saves {"model": state_dict, "args": Namespace, ...}, sometimes with a DDP "module." prefix.
+    state = {f"module.{k}": v for k, v in tiny.state_dict().items()}
+    torch.save({"model": state, "args": argparse.Namespace(lr=1e-3), "epoch": 3}, path)
+    fresh = build_model("vit_t", num_classes=7, num_frames=8, img_size=64).eval()
+    report = load_checkpoint(fresh, path)
+    assert report == {"missing": [], "unexpected": []}
+    v = _video(2)
+    with torch.no_grad():
+        assert torch.equal(fresh(v), tiny(v))
+    # and our own saver writes what the loader reads
+    save_checkpoint(fresh, tmp_path / "again.pt")
+    assert load_checkpoint(build_model("vit_t", 7, 8, 64), tmp_path / "again.pt")["missing"] == []
+
+
+def test_checkpoint_errors(tmp_path, tiny):
+    with pytest.raises(CheckpointError, match="checkpoint not found: .*nope.pt"):
+        load_checkpoint(tiny, tmp_path / "nope.pt")
+    save_checkpoint(build_model("vit_t", num_classes=400, num_frames=8, img_size=64), tmp_path / "k400.pt")
+    with pytest.raises(CheckpointError, match=r"head.weight: checkpoint \(400, 192\) vs model \(7, 192\)"):
+        load_checkpoint(tiny, tmp_path / "k400.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_checkpoint(tiny, tmp_path / "junk.pt")
+    partial = {k: v for k, v in tiny.state_dict().items() if not k.startswith("head.")}
+    torch.save(partial, tmp_path / "encoder.pt")
+    with pytest.raises(CheckpointError, match="lacks 2 weights"):
+        load_checkpoint(tiny, tmp_path / "encoder.pt")
+    assert load_checkpoint(tiny, tmp_path / "encoder.pt", strict=False)["missing"] == ["head.bias", "head.weight"]
+
+
+def test_length_embedding_is_used_when_enabled():
+    torch.manual_seed(0)
+    m = build_model("vit_t", 5, num_frames=8, img_size=64, length_embedding=True).eval()
+    assert m.length_embed.shape == (4, 192)
+    keep = torch.ones(1, *m.grid, dtype=torch.bool)
+    v = _video(1)
+    with torch.no_grad():
+        a = m(v, selection=Selection(keep, keep.long()))
+        b = m(v, selection=Selection(keep, keep.long() * 2))
+    assert not torch.allclose(a, b)
