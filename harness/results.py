@@ -1,0 +1,311 @@
+"""The results store: append-only JSON Lines, one file per suite and hardware fingerprint (DESIGN.md §6).
+
+Layout::
+
+    <root>/<suite>/<fingerprint id>/records.jsonl
+
+Each finished (or failed) cell appends one complete record (harness/schema.py) as one line. The
+guarantees, and how they are kept:
+
+* **Written whole.** A record is serialised first, then written with ``os.write`` on an
+  ``O_APPEND`` descriptor while holding an exclusive ``fcntl.flock`` on the file, then flushed to
+  disk with ``os.fsync`` before the lock is released. Writers in other processes (parallel cells
+  through submitit, two ``tokenbench run`` at once) never interleave their lines.
+* **Torn lines are dropped.** A process killed in the middle of a write leaves a last line without
+  its newline. Opening the store (and every append, under the lock) checks the file's last byte; a
+  torn tail is cut off with a warning, so the next record starts on a line of its own. Only a
+  crash can leave one: the lock dies with its holder.
+* **Finished cells are skipped.** :meth:`ResultStore.done_keys` is the set of keys recorded; the
+  runner skips a cell whose ``schema.cell_key`` is in it (``--retry-failed`` re-runs failed ones;
+  the newer record then supersedes the older in :func:`load`).
+
+:func:`load` reads one or many stores into a pandas DataFrame — its columns are documented there.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+import re
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from .schema import CELL_FIELDS, METRICS, SCHEMA_VERSION, canonical_json, reducer_label
+
+RECORDS_FILE = "records.jsonl"
+
+
+class TornLineWarning(UserWarning):
+    """A records file ended in a partial line (a writer died mid-write); the partial line was dropped."""
+
+
+def safe_component(name: str) -> str:
+    """A suite name or fingerprint id made safe as one path component."""
+    out = re.sub(r"[^A-Za-z0-9._+\-]+", "_", str(name)).strip("._") or "_"
+    return out[:120]
+
+
+def store_path(root: str | Path, suite: str, fingerprint_id: str) -> Path:
+    """``<root>/<suite>/<fingerprint id>/records.jsonl``."""
+    return Path(root) / safe_component(suite) / safe_component(fingerprint_id) / RECORDS_FILE
+
+
+@contextlib.contextmanager
+def _locked(fd: int) -> Iterator[None]:
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _drop_torn_tail(fd: int, path: Path) -> int:
+    """With the lock held: cut a last line that lacks its newline. Returns the bytes dropped."""
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return 0
+    if os.pread(fd, 1, size - 1) == b"\n":
+        return 0
+    # find the last newline: read backwards in chunks
+    pos, chunk = size, 65536
+    cut = 0
+    while pos > 0:
+        start = max(0, pos - chunk)
+        data = os.pread(fd, pos - start, start)
+        i = data.rfind(b"\n")
+        if i >= 0:
+            cut = start + i + 1
+            break
+        pos = start
+    dropped = size - cut
+    os.ftruncate(fd, cut)
+    os.fsync(fd)
+    warnings.warn(f"{path}: dropped a torn last line of {dropped} bytes (a run was killed mid-write); "
+                  "that cell will run again", TornLineWarning, stacklevel=3)
+    return dropped
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        dfd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN/inf are not JSON: store them as null so every line parses with any JSON reader."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
+        try:
+            return _json_safe(obj.item())
+        except (TypeError, ValueError):
+            pass
+    if hasattr(obj, "tolist") and callable(obj.tolist):
+        return _json_safe(obj.tolist())
+    return obj
+
+
+def encode_record(record: dict[str, Any]) -> bytes:
+    """One record as one line of JSON (UTF-8, no embedded newline, ends in ``\\n``)."""
+    line = json.dumps(_json_safe(record), ensure_ascii=False, allow_nan=False, default=str)
+    return (line + "\n").encode("utf-8")
+
+
+class ResultStore:
+    """The records of one suite on one hardware fingerprint: ``<root>/<suite>/<fp>/records.jsonl``.
+
+    Opening it creates the folder, and repairs a torn last line left by a crash.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        new_dir = not self.path.parent.exists()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            with _locked(fd):
+                _drop_torn_tail(fd, self.path)
+        finally:
+            os.close(fd)
+        if new_dir:
+            _fsync_dir(self.path.parent)
+
+    @classmethod
+    def for_suite(cls, root: str | Path, suite: str, fingerprint_id: str) -> ResultStore:
+        return cls(store_path(root, suite, fingerprint_id))
+
+    # --- writing ------------------------------------------------------------------------------
+    def append(self, record: dict[str, Any]) -> None:
+        """Append one record as one line: locked, written whole, flushed and fsynced."""
+        data = encode_record(record)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            with _locked(fd):
+                _drop_torn_tail(fd, self.path)  # a writer may have died since we opened
+                view = memoryview(data)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # --- reading ------------------------------------------------------------------------------
+    def records(self) -> list[dict[str, Any]]:
+        return list(iter_records(self.path))
+
+    def latest(self) -> dict[str, dict[str, Any]]:
+        """key -> the newest record of that key."""
+        out: dict[str, dict[str, Any]] = {}
+        for rec in iter_records(self.path):
+            if "key" in rec:
+                out[rec["key"]] = rec
+        return out
+
+    def done_keys(self, include_failed: bool = True) -> set[str]:
+        """Keys whose newest record is finished (``ok``; also ``failed`` unless ``include_failed`` is false)."""
+        return {k for k, r in self.latest().items() if r.get("status") == "ok" or include_failed}
+
+    def __repr__(self) -> str:
+        return f"ResultStore({str(self.path)!r})"
+
+
+def iter_records(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Every parseable record of one records file. A torn last line (no newline) is ignored; any other
+    line that does not parse is reported with its line number and skipped."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    with open(path, "rb") as f:
+        data = f.read()
+    lines = data.split(b"\n")
+    torn = lines[-1]  # after the last newline: b"" unless torn
+    for i, raw in enumerate(lines[:-1], 1):
+        if not raw.strip():
+            continue
+        try:
+            rec = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            warnings.warn(f"{path}:{i}: unreadable record skipped ({exc})", stacklevel=2)
+            continue
+        if isinstance(rec, dict):
+            yield rec
+    if torn.strip():
+        warnings.warn(f"{path}: ignoring a torn last line of {len(torn)} bytes", TornLineWarning, stacklevel=2)
+
+
+def find_record_files(paths: str | Path | Iterable[str | Path]) -> list[Path]:
+    """records.jsonl files named by ``paths``: files themselves, or folders searched recursively."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    out: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            out.extend(sorted(p.rglob(RECORDS_FILE)))
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"no results at {p}")
+    return out
+
+
+# columns, in order, before the cell fields and metrics
+BASE_COLUMNS = ("key", "suite", "status", "error", "label", "started", "finished", "duration_s", "command",
+                "fingerprint")
+
+
+def flatten_record(rec: dict[str, Any]) -> dict[str, Any]:
+    """One record as one flat row (see :func:`load`)."""
+    cell = dict(rec.get("cell") or {})
+    params = cell.get("params") or {}
+    row: dict[str, Any] = {
+        "key": rec.get("key"),
+        "suite": rec.get("suite"),
+        "status": rec.get("status"),
+        "error": rec.get("error"),
+        "label": cell.get("label") or reducer_label(str(cell.get("reducer", "?")), params),
+        "started": rec.get("started"),
+        "finished": rec.get("finished"),
+        "duration_s": rec.get("duration_s"),
+        "command": rec.get("command"),
+    }
+    fp = dict(rec.get("fingerprint") or {})
+    row["fingerprint"] = fp.pop("id", None)
+    for field in CELL_FIELDS:
+        row[field] = cell.get(field)
+    row["params"] = canonical_json(params)
+    for k, v in cell.items():
+        if k in CELL_FIELDS or k == "label":
+            continue
+        row[k] = canonical_json(v) if isinstance(v, (dict, list)) else v
+    for k, v in fp.items():
+        row[f"fp_{k}"] = v
+    metrics = dict(rec.get("metrics") or {})
+    for m in METRICS:  # a cell field of the same name (``views``) stands when the metric is absent
+        if m in metrics:
+            row[m] = metrics.pop(m)
+        else:
+            row.setdefault(m, None)
+    for k, v in metrics.items():  # metrics beyond the schema's list keep their own name
+        row.setdefault(k, v)
+    row["schema"] = rec.get("schema", SCHEMA_VERSION)
+    return row
+
+
+def load(paths: str | Path | Iterable[str | Path], latest: bool = True):
+    """Load records into a pandas DataFrame, one row per record.
+
+    ``paths``: a records.jsonl file, a results folder (searched recursively: ``results/``,
+    ``results/default``, ``results/default/<fp>``), or a list of those. With ``latest`` (default) a key
+    recorded more than once (a failed cell re-run with ``--retry-failed``) keeps only its newest record.
+
+    Columns (the schema; harness/schema.py defines the record):
+
+    * ``key`` (str, the cell's hash), ``suite``, ``status`` (``ok`` | ``failed``), ``error`` (str or
+      None; names the file for a video that did not decode), ``label`` (``rlt τ=0.1``; the suite's own
+      label when it gave one), ``started`` / ``finished`` (ISO-8601 UTC), ``duration_s``, ``command``;
+    * ``fingerprint``: the hardware fingerprint id — never compare timings across two ids;
+    * every field of ``schema.CELL_FIELDS``: ``model, num_frames, img_size, checkpoint, dataset, split,
+      reducer, params, batch_size, mode, dtype, compile, attn_backend`` (``attn_backend`` is the one
+      *asked for*; ``params`` is a canonical JSON string, e.g. ``{"threshold":0.1}``);
+    * every other cell field the suite set (``views``, ``max_clips``, ``repeats``, ``warmup``, ``threads``,
+      ``seed``, ``device``, ``dataset_options``, ``train`` …), dicts and lists as canonical JSON strings;
+    * ``fp_<field>`` for every other fingerprint field: ``fp_device``, ``fp_device_name``, ``fp_threads``,
+      ``fp_torch``, ``fp_git_commit`` …, and per cell ``fp_dtype``, ``fp_attn_backend`` (the backend that
+      actually ran, e.g. ``sdpa``), ``fp_decoder``, ``fp_decoder_version``;
+    * every metric of ``schema.METRICS`` (None when the cell did not measure it; ``tokens_per_layer``
+      and ``tokens_per_clip`` are lists), then any further metric a record carries;
+    * ``schema`` (the record schema version).
+
+    A torn last line is ignored here (opening a :class:`ResultStore` removes it).
+    """
+    import pandas as pd
+
+    rows = []
+    for f in find_record_files(paths):
+        rows.extend(flatten_record(r) for r in iter_records(f))
+    base = list(BASE_COLUMNS) + list(CELL_FIELDS) + list(METRICS)
+    if not rows:
+        return pd.DataFrame(columns=base)
+    df = pd.DataFrame(rows)
+    if latest and "key" in df:
+        df = df.drop_duplicates(subset=["key", "fingerprint", "suite"], keep="last")
+    cols = [c for c in base if c in df.columns]
+    cols += [c for c in df.columns if c not in cols]
+    return df[cols].reset_index(drop=True)
