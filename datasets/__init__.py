@@ -14,4 +14,123 @@ The contract every dataset keeps (the runner, FLOP counter, timing and training 
   the file (and the manifest line when there is one).
 * ``to_model_input(clips)`` turns a uint8 batch [B, T, H, W, 3] into the float [B, 3, T, H, W]
   the model takes (ImageNet mean/std), on the clips' device.
+
+Options of the file-backed datasets (``samples``, ``manifest``, ``kinetics``, ``ssv2``; see
+:class:`~tokenbench.datasets.base.VideoClipDataset`): ``sampling`` (``kinetics``: ``num_frames``
+frames ``stride`` apart; ``segment``: one frame per segment, SSv2 style), ``stride`` (4),
+``num_clips`` × ``num_crops`` evaluation views, ``seed`` (fixes the evaluation window start and the
+training draws), ``decoder`` (``auto``/``pyav``/``torchcodec``), ``pad`` (``repeat``/``loop`` for
+videos shorter than the window). ``split="train"`` samples and augments at random; other splits
+are deterministic. ``kinetics`` defaults to Kinetics sampling, ``ssv2`` to segment sampling without
+flips; ``manifest`` accepts either. Instead of a manifest, ``kinetics`` takes ``csv=`` (an official
+CSV, with ``classes=``) and ``ssv2`` takes ``labels_json=`` + ``split_json=``; ``root`` is the video
+folder. ``samples`` takes ``windows`` (clips per video, default 2 → 8 clips) and ``videos``.
 """
+from __future__ import annotations
+
+from typing import Any
+
+from .base import ClipBatch, ClipDataset, VideoClipDataset, VideoEntry, load_clips
+from .decode import (
+    VideoDecodeError,
+    VideoInfo,
+    VideoReader,
+    available_decoders,
+    decoder_info,
+    probe_video,
+    read_frames,
+    read_video,
+    write_video,
+)
+from .manifest import (
+    Conversion,
+    ManifestDataset,
+    ManifestError,
+    kinetics_csv_to_manifest,
+    read_label_list,
+    read_manifest,
+    ssv2_json_to_manifest,
+    write_manifest,
+)
+from .samples import SamplesDataset, VideoFilesDataset, sample_paths
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, to_model_input
+
+DATASETS = ("samples", "synthetic", "manifest", "kinetics", "ssv2")
+
+
+class UnknownDatasetError(ValueError):
+    """No dataset of that name; the message lists the valid names."""
+
+
+def get_dataset(name: str, split: str = "val", *, num_frames: int = 16, img_size: int = 224,
+                **options: Any) -> ClipDataset:
+    """Build dataset ``name`` (one of :data:`DATASETS`) for ``split`` with clips of ``num_frames`` frames
+    of ``img_size``² (see the module docstring for the options)."""
+    common = {"split": split, "num_frames": num_frames, "img_size": img_size}
+    if name == "samples":
+        return SamplesDataset(**common, **options)
+    if name == "synthetic":
+        from tokenbench.datasets.synthetic import SyntheticMotion
+
+        return SyntheticMotion(**common, **options)
+    if name in ("manifest", "kinetics", "ssv2"):
+        return _manifest_dataset(name, common, options)
+    raise UnknownDatasetError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
+
+
+def _manifest_dataset(name: str, common: dict, options: dict) -> ManifestDataset:
+    options = dict(options)
+    manifest = options.pop("manifest", None)
+    root = options.pop("root", None)
+    csv_path = options.pop("csv", None)
+    labels_json, split_json = options.pop("labels_json", None), options.pop("split_json", None)
+    if name == "ssv2":
+        options.setdefault("sampling", "segment")
+    if manifest is None and csv_path is not None and name != "ssv2":
+        manifest = kinetics_csv_to_manifest(csv_path, classes=options.get("classes"), video_root=root)
+    elif manifest is None and labels_json is not None and split_json is not None and name != "kinetics":
+        manifest = ssv2_json_to_manifest(labels_json, split_json, video_root=root)
+    if manifest is None:
+        how = {"manifest": "manifest=PATH",
+               "kinetics": "manifest=PATH (a 'path label' list) or csv=PATH (an official Kinetics CSV)",
+               "ssv2": "manifest=PATH (a 'path label' list) or labels_json=PATH and split_json=PATH"}[name]
+        raise ValueError(f"dataset {name!r} needs {how}, and root=VIDEO_FOLDER when the paths are relative")
+    if root is None and (csv_path is not None or labels_json is not None):
+        raise ValueError(f"dataset {name!r}: give root=VIDEO_FOLDER with csv= / labels_json=")
+    return ManifestDataset(manifest, root, name=name, **common, **options)
+
+
+
+__all__ = [
+    "DATASETS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ClipBatch",
+    "ClipDataset",
+    "Conversion",
+    "ManifestDataset",
+    "ManifestError",
+    "SamplesDataset",
+    "UnknownDatasetError",
+    "VideoClipDataset",
+    "VideoDecodeError",
+    "VideoEntry",
+    "VideoFilesDataset",
+    "VideoInfo",
+    "VideoReader",
+    "available_decoders",
+    "decoder_info",
+    "get_dataset",
+    "kinetics_csv_to_manifest",
+    "load_clips",
+    "probe_video",
+    "read_frames",
+    "read_label_list",
+    "read_manifest",
+    "read_video",
+    "sample_paths",
+    "ssv2_json_to_manifest",
+    "to_model_input",
+    "write_manifest",
+    "write_video",
+]

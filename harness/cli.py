@@ -14,6 +14,7 @@ import sys
 
 COMMAND_MODULES = [
     "tokenbench.harness.cli_list",
+    "tokenbench.datasets.cli_tokens",
 ]
 
 EPILOG = """examples:
