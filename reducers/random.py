@@ -10,9 +10,28 @@ same token budget, spent without looking at the content) and the training-time m
 combined with (RLT paper §4, "RLT + random masking").
 
 Kept tubelets get run length 1 (random masking has no notion of runs).
+
+**Matching RLT's token budget.** With ``match_rlt=τ`` the keep fraction is not set by hand but measured:
+``calibrate(videos)`` runs RLT at threshold τ (same ``tubelet`` and ``patch``) over ``videos`` — an
+iterable of ImageNet-normalised batches [B, 3, T, H, W], the same data the comparison runs on — and sets
+``keep`` to RLT's mean keep ratio there (:func:`tokenbench.reducers.rlt.rlt_keep_ratio`). The runner calls
+it, before any timed or evaluated work, as::
+
+    if hasattr(reducer, "calibrate"):
+        reducer.calibrate(batches)      # iterable of normalised [B, 3, T, H, W] tensors
+
+``calibrate`` returns the fraction it set (``None``, without reading ``videos``, when ``match_rlt`` is
+unset). After calibration ``params()`` carries the measured ``keep`` next to ``match_rlt``, so results
+record the budget actually used. A reducer built with ``match_rlt`` refuses to ``select`` before it is
+calibrated rather than silently masking at the default fraction. ``count`` and ``match_rlt`` exclude
+each other.
+
+:meth:`RandomMasking.select_among` masks within an existing selection (RLT's kept tubelets); the
+``rlt_random`` reducer (``tokenbench.reducers.compose``) uses it for RLT + random masking.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -30,6 +49,8 @@ class RandomMasking(Reducer):
     seed: int = field(default=0, metadata={"help": "seed of the masking generator"})
     tubelet: int = field(default=2, metadata={"help": "frames per tubelet"})
     patch: int = field(default=16, metadata={"help": "tubelet height and width in pixels"})
+    match_rlt: float | None = field(default=None, metadata={
+        "help": "RLT threshold τ whose mean keep ratio calibrate(videos) measures and uses as keep"})
 
     def validate(self) -> None:
         if isinstance(self.keep, bool) or not isinstance(self.keep, (int, float)) or not 0.0 < self.keep <= 1.0:
@@ -41,7 +62,39 @@ class RandomMasking(Reducer):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ReducerParamError(f"random: {name} must be a positive integer, got {v!r}")
+        if self.match_rlt is not None:
+            from .rlt import _check_threshold
+
+            _check_threshold(self.match_rlt, "random", "match_rlt")
+            if self.count is not None:
+                raise ReducerParamError("random: match_rlt and count exclude each other (match_rlt sets keep)")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ReducerParamError(f"random: seed must be an integer, got {self.seed!r}")
         self._gen = torch.Generator().manual_seed(int(self.seed))
+        self._calibrated = getattr(self, "_calibrated", False)
+
+    def calibrate(self, videos: Iterable[Tensor]) -> float | None:
+        """Set ``keep`` to RLT's mean keep ratio at τ = ``match_rlt`` on ``videos`` (an iterable of
+        ImageNet-normalised batches [B, 3, T, H, W]); returns it. A no-op returning ``None`` (``videos``
+        untouched) when ``match_rlt`` is unset."""
+        if self.match_rlt is None:
+            return None
+        from .rlt import rlt_keep_ratio
+
+        self.keep = rlt_keep_ratio(videos, self.match_rlt, self.tubelet, self.patch)
+        self._calibrated = True
+        return self.keep
+
+    def fresh(self) -> RandomMasking:
+        twin = type(self)(**self.params())
+        twin._calibrated = self._calibrated
+        return twin
+
+    def _check_calibrated(self) -> None:
+        if self.match_rlt is not None and not self._calibrated:
+            raise RuntimeError(
+                f"random: match_rlt={self.match_rlt} needs calibrate(videos) before select(): the keep "
+                "fraction is RLT's mean keep ratio on the data being compared")
 
     def kept_per_clip(self, n: int) -> int:
         if self.count is not None:
@@ -51,6 +104,7 @@ class RandomMasking(Reducer):
         return max(1, min(n, round(self.keep * n)))
 
     def select(self, video: Tensor) -> Selection:
+        self._check_calibrated()
         t, h, w = grid_of(video, self.tubelet, self.patch)
         b, n = video.shape[0], t * h * w
         k = self.kept_per_clip(n)
@@ -60,3 +114,21 @@ class RandomMasking(Reducer):
         keep.scatter_(1, idx, True)
         keep = keep.view(b, t, h, w).to(video.device)
         return Selection(keep=keep, lengths=keep.long())
+
+    def select_among(self, keep: Tensor) -> Tensor:
+        """Mask within a selection: ``keep`` [B, T', H', W'] bool → the subset of it this reducer keeps.
+
+        Per clip, of its n kept tubelets ``kept_per_clip(n)`` survive (``keep`` · n rounded, at least 1;
+        or ``count``, capped at n), uniformly at random. Draws one score per grid slot from the
+        generator, so the choice is deterministic under ``seed``."""
+        self._check_calibrated()
+        b = keep.shape[0]
+        flat = keep.reshape(b, -1).cpu()
+        scores = torch.rand(flat.shape, generator=self._gen)
+        scores[~flat] = 2.0  # never chosen: real scores lie in [0, 1)
+        order = scores.argsort(dim=1)
+        out = torch.zeros_like(flat)
+        for i, n in enumerate(flat.sum(1).tolist()):
+            k = min(n, self.count) if self.count is not None else max(1, min(n, round(self.keep * n)))
+            out[i, order[i, :k]] = True
+        return out.view(keep.shape).to(keep.device)
