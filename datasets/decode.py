@@ -138,7 +138,8 @@ class VideoReader:
     ...     frames = v.get_frames([0, 4, 8])        # uint8 [3, H, W, 3] RGB
 
     Indices past the last frame are clamped to it (the frame is repeated), so a sampler may ask for
-    a window longer than a short video. Raises :class:`VideoDecodeError` naming the file.
+    a window longer than a short video. Raises :class:`VideoDecodeError` naming the file when it is
+    missing or unreadable, or when a frame its packets promise does not decode (truncated data).
     """
 
     def __init__(self, path: str | Path, decoder: str = "auto"):
@@ -173,15 +174,12 @@ class VideoReader:
             raise VideoDecodeError(self.path, f"{type(exc).__name__}: {exc}") from exc
         if not got:
             raise VideoDecodeError(self.path, "no frame could be decoded")
-        # frames the stream promised but did not deliver (a truncated tail): use the last one decoded
-        have = sorted(got)
-        out = []
-        for i in idx.tolist():
-            if i not in got:
-                j = bisect.bisect_right(have, i) - 1
-                i = have[max(j, 0)]
-            out.append(got[i])
-        return np.stack(out)
+        lost = [i for i in want if i not in got]
+        if lost:  # the packets are there but do not decode: truncated or corrupt data
+            raise VideoDecodeError(self.path, f"frame(s) {', '.join(map(str, lost[:4]))}"
+                                              f"{'…' if len(lost) > 4 else ''} of {self.num_frames} could not "
+                                              "be decoded (truncated or corrupt stream)")
+        return np.stack([got[i] for i in idx.tolist()])
 
     def close(self) -> None:
         self._impl.close()
@@ -327,11 +325,12 @@ def read_video(path: str | Path, max_frames: int | None = None, *, decoder: str 
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: int = 25, *, codec: str = "libx264",
-                crf: int = 10, gop: int | None = None) -> Path:
+                crf: int = 10, gop: int | None = None, faststart: bool = False) -> Path:
     """Encode uint8 [T, H, W, 3] RGB frames to ``path`` with PyAV (yuv420p; even H and W).
 
     ``gop`` sets the keyframe interval (small values make seekable test videos). Used by the tests and
-    handy for writing small clips of one's own."""
+    handy for writing small clips of one's own. ``faststart`` puts an MP4's index first (as web videos
+    have it), so a truncated file still opens."""
     import av
 
     frames = np.asarray(frames)
@@ -342,7 +341,8 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 25, *, codec: s
         raise ValueError(f"yuv420p needs even height and width, got {h}×{w}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), mode="w") as out:
+    options = {"movflags": "faststart"} if faststart else {}
+    with av.open(str(path), mode="w", options=options) as out:
         stream = out.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         if codec == "libx264":
