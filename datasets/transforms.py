@@ -39,9 +39,15 @@ def resize(clip: Tensor, height: int, width: int) -> Tensor:
     clip = as_clip(clip)
     if clip.shape[1] == height and clip.shape[2] == width:
         return clip
-    x = clip.permute(0, 3, 1, 2).float()
-    x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
-    return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    x = clip.permute(0, 3, 1, 2)  # [T, 3, H, W] in channels-last memory
+    if clip.device.type == "cpu":
+        # PyTorch's uint8 antialiased bilinear kernel (fixed point, SIMD): 10–20× faster than the float
+        # path on CPU and within one grey level of it
+        x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+    else:
+        x = F.interpolate(x.float(), size=(height, width), mode="bilinear", align_corners=False,
+                          antialias=True).round_().clamp_(0, 255).to(torch.uint8)
+    return x.permute(0, 2, 3, 1).contiguous()
 
 
 def short_side_size(height: int, width: int, size: int) -> tuple[int, int]:
