@@ -86,6 +86,8 @@ def _manifest_dataset(name: str, common: dict, options: dict) -> ManifestDataset
     labels_json, split_json = options.pop("labels_json", None), options.pop("split_json", None)
     if name == "ssv2":
         options.setdefault("sampling", "segment")
+    if root is None and (csv_path is not None or labels_json is not None) and manifest is None:
+        raise ValueError(f"dataset {name!r}: give root=VIDEO_FOLDER with csv= / labels_json=")
     if manifest is None and csv_path is not None and name != "ssv2":
         manifest = kinetics_csv_to_manifest(csv_path, classes=options.get("classes"), video_root=root)
     elif manifest is None and labels_json is not None and split_json is not None and name != "kinetics":
@@ -95,8 +97,6 @@ def _manifest_dataset(name: str, common: dict, options: dict) -> ManifestDataset
                "kinetics": "manifest=PATH (a 'path label' list) or csv=PATH (an official Kinetics CSV)",
                "ssv2": "manifest=PATH (a 'path label' list) or labels_json=PATH and split_json=PATH"}[name]
         raise ValueError(f"dataset {name!r} needs {how}, and root=VIDEO_FOLDER when the paths are relative")
-    if root is None and (csv_path is not None or labels_json is not None):
-        raise ValueError(f"dataset {name!r}: give root=VIDEO_FOLDER with csv= / labels_json=")
     return ManifestDataset(manifest, root, name=name, **common, **options)
 
 

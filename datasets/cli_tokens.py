@@ -215,9 +215,10 @@ def _csv(text: str) -> str:
 def print_tables(rows, summary, thresholds, info, args, quiet=False) -> None:
     total = rows[0]["total"] if rows else 0
     grid = (args.frames // 2, args.size // 16, args.size // 16)
+    sampling = f"stride {info['stride']}" if info.get("stride") else info.get("sampling") or ""
     head = (f"dataset {info.get('dataset', '?')} ({info.get('split', args.split)}) · {len(rows)} clips · "
-            f"{args.frames}×{args.size}² · stride {info.get('stride') or args.stride} · "
-            f"tubelets 2×16×16 → {grid[0]}×{grid[1]}×{grid[2]} = {total} tokens/clip")
+            f"{args.frames}×{args.size}² · " + (f"{sampling} · " if sampling else "")
+            + f"tubelets 2×16×16 → {grid[0]}×{grid[1]}×{grid[2]} = {total} tokens/clip")
     if info.get("decoder"):
         head += f" · decoder {info['decoder']} {info.get('decoder_version', '')}"
     print(head)
