@@ -15,6 +15,7 @@ import sys
 COMMAND_MODULES = [
     "tokenbench.harness.cli_list",
     "tokenbench.datasets.cli_tokens",
+    "tokenbench.harness.flops",
 ]
 
 EPILOG = """examples:

@@ -1,0 +1,515 @@
+"""FLOP counting that includes attention (DESIGN.md §5).
+
+Two counts, which must agree:
+
+* :func:`count_flops` traces one forward pass with fvcore's ``FlopCountAnalysis`` (multiply-adds, fvcore's
+  convention: one fused multiply-add = one FLOP, reported as GFLOPs the way VideoMAE and STA report them),
+  with handles registered here for every attention op the backbone can call. Out of the box fvcore (and
+  torch's ``FlopCounterMode``) count **0** for ``aten::scaled_dot_product_attention`` on CPU — a quarter of
+  ViT-B's work at 1,568 tokens, and the part that shrinks quadratically under token reduction.
+* :func:`analytic_flops` computes the same number from the per-layer token counts the model reports
+  (``model.last_stats``): per block and clip ``12·n·D²`` (qkv, proj, MLP) ``+ 2·n²·D`` (QKᵀ and AV)
+  ``+ 2·5·n·D`` (the two LayerNorms, which fvcore counts as 5 FLOPs per element), plus the tubelet
+  embedding (kept tubelets × 1536 × D), ``fc_norm`` (5·D) and the head (D × classes). Everything else
+  (GELU, softmax, residual adds, pooling, position embedding) fvcore does not count, so neither do we.
+  The runner uses this count for every clip (tracing each clip is too slow) after
+  :func:`verify_analytic` has checked it against fvcore on a sample.
+
+Which tokens enter which part of a block: attention and ``norm1`` see the tokens entering the block; the
+MLP and ``norm2`` see the tokens left after ``reducer.after_attention`` (ToMe merges there). The model
+reports counts after whole blocks only, so :func:`gflops_from_stats` infers the MLP's count from the
+reducer: a reducer that overrides ``after_attention`` but not ``after_block`` (ToMe) reduced before the
+MLP; any other (RLT and random act at the input, STA after whole blocks) did not. A reducer that reduces
+in both hooks is caught by :func:`verify_analytic`'s cross-check.
+
+**Varlen ops.** fvcore's handles see shapes, not values, and one packed varlen call
+(``torch.nn.attention.varlen.varlen_attn`` → ``torch_attn::_varlen_attn``, or flash-attn's
+``flash_attn_varlen_func``) hides the per-sequence lengths inside ``cu_seqlens``. Their handles count
+exactly when the ``cu_seqlens`` values are constants of the trace and raise :class:`FlopCountError`
+otherwise — never a silent 0 or a guess. :func:`count_flops` therefore always traces the per-sequence
+``sdpa`` path (it sets ``model.attn_backend = "sdpa"`` for the trace and restores it), in which every
+sequence's length is a visible shape; the count does not depend on which backend runs the timing.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from tokenbench.reducers.base import Reducer, Selection
+
+GIGA = 1e9
+
+# ops every attention backend of the backbone may leave in a jit trace
+SDPA_OPS = (
+    "aten::scaled_dot_product_attention",
+    "aten::_scaled_dot_product_flash_attention_for_cpu",
+    "aten::_scaled_dot_product_flash_attention",
+    "aten::_scaled_dot_product_efficient_attention",
+    "aten::_scaled_dot_product_cudnn_attention",
+)
+VARLEN_OPS = (
+    "torch_attn::_varlen_attn",  # torch.nn.attention.varlen.varlen_attn
+    "torch_attn::_varlen_attn_out",
+    "flash_attn::_flash_attn_varlen_forward",  # flash-attn >= 2.6 registers its kernels as torch ops
+    "prim::PythonOp.FlashAttnVarlenFunc",  # older flash-attn: an autograd.Function in the trace
+    "prim::PythonOp.FlashAttnVarlenQKVPackedFunc",
+    "prim::PythonOp.FlashAttnVarlenKVPackedFunc",
+)
+ATTENTION_OP = "attention"  # the name attention matmul FLOPs are reported under (by_operator)
+
+
+class FlopCountError(RuntimeError):
+    """FLOPs cannot be counted honestly (e.g. a varlen attention call whose lengths are not visible)."""
+
+
+class FlopAgreementError(FlopCountError):
+    """The analytic count and fvcore's disagree by more than the tolerance."""
+
+
+# --- fvcore handles ----------------------------------------------------------------------------------
+def _shape(val: Any) -> list[int] | None:
+    return val.type().sizes() if val.isCompleteTensor() else None
+
+
+def sdpa_flop_jit(inputs: list[Any], outputs: list[Any]) -> Counter:
+    """fvcore handle for scaled-dot-product attention: q [..., L, E], k [..., S, E], v [..., S, Ev] →
+    ``batch·L·S·E`` (QKᵀ) + ``batch·L·S·Ev`` (AV) multiply-adds, ``batch`` the product of q's leading dims
+    (heads included). Softmax, scaling and masks are not counted (fvcore counts no elementwise op)."""
+    q, k, v = (_shape(x) for x in inputs[:3])
+    if q is None or k is None or v is None:
+        raise FlopCountError("scaled_dot_product_attention with incomplete shapes in the trace")
+    batch = math.prod(q[:-2])
+    length_q, e = q[-2], q[-1]
+    length_k, ev = k[-2], v[-1]
+    return Counter({ATTENTION_OP: batch * length_q * length_k * (e + ev)})
+
+
+def matmul_flop_jit(inputs: list[Any], outputs: list[Any]) -> int:
+    """fvcore handle for ``aten::matmul`` following torch.matmul's rules, vectors included (fvcore's own
+    handle asserts on a matrix-vector product, which reducers use, e.g. STA's accumulated attention mass):
+    a 1-D operand is a row (left) or column (right) vector; batch dims broadcast. Counts
+    ``batch·n·k·m`` multiply-adds."""
+    a, b = (_shape(x) for x in inputs[:2])
+    if a is None or b is None:
+        raise FlopCountError("matmul with incomplete shapes in the trace")
+    a = [1, *a] if len(a) == 1 else list(a)
+    b = [*b, 1] if len(b) == 1 else list(b)
+    if a[-1] != b[-2]:
+        raise FlopCountError(f"matmul of incompatible shapes {a} and {b}")
+    batch = math.prod(torch.broadcast_shapes(torch.Size(a[:-2]), torch.Size(b[:-2])))
+    return batch * a[-2] * a[-1] * b[-1]
+
+
+def _constant_value(val: Any) -> Tensor | None:
+    """The value of a traced tensor when it is a constant of the trace (through copies/casts)."""
+    passthrough = {"aten::to", "aten::detach", "aten::contiguous", "aten::clone", "aten::_to_copy",
+                   "aten::lift_fresh", "aten::alias"}
+    for _ in range(16):
+        node = val.node()
+        if node.kind() == "prim::Constant":
+            try:
+                out = val.toIValue()
+            except RuntimeError:
+                return None
+            return out if isinstance(out, Tensor) else None
+        if node.kind() not in passthrough:
+            return None
+        val = next(iter(node.inputs()))
+    return None
+
+
+def varlen_flop_jit(inputs: list[Any], outputs: list[Any]) -> Counter:
+    """fvcore handle for packed varlen attention (q, k, v [N, heads, d] + cu_seqlens_q, cu_seqlens_k).
+
+    Counts Σᵢ heads·nᵢ·mᵢ·(d + dv) exactly when both ``cu_seqlens`` are constants of the trace; raises
+    :class:`FlopCountError` otherwise, because the shapes alone do not determine the count."""
+    q, k, v = (_shape(x) for x in inputs[:3])
+    if q is None or k is None or v is None:
+        raise FlopCountError("varlen attention with incomplete shapes in the trace")
+    cus = []
+    for val in inputs[3:]:
+        shape = _shape(val) if val.type().kind() == "TensorType" else None
+        if shape is not None and len(shape) == 1 and val.type().scalarType() in ("Int", "Long"):
+            cus.append(val)
+        if len(cus) == 2:
+            break
+    values = [_constant_value(c) for c in cus]
+    if len(values) != 2 or any(x is None for x in values):
+        raise FlopCountError(
+            "a packed varlen attention call hides its per-sequence lengths inside cu_seqlens, which are not "
+            "constants of this trace; count through the per-sequence sdpa path instead "
+            "(tokenbench.harness.flops.count_flops does so: it traces with model.attn_backend='sdpa')")
+    lq = torch.diff(values[0].long()).tolist()
+    lk = torch.diff(values[1].long()).tolist()
+    heads, e, ev = q[-2], q[-1], v[-1]
+    return Counter({ATTENTION_OP: sum(a * b for a, b in zip(lq, lk)) * heads * (e + ev)})
+
+
+def attention_handles() -> dict[str, Any]:
+    """Handles for every attention op the backbone may call (and a vector-safe ``aten::matmul``), ready
+    for ``set_op_handle(**…)``."""
+    handles: dict[str, Any] = {op: sdpa_flop_jit for op in SDPA_OPS}
+    handles.update({op: varlen_flop_jit for op in VARLEN_OPS})
+    handles["aten::matmul"] = matmul_flop_jit
+    return handles
+
+
+def flop_analysis(module: torch.nn.Module, inputs: tuple) -> Any:
+    """A fvcore ``FlopCountAnalysis`` with the attention handles registered and warnings silenced
+    (unsupported ops are reported in :class:`FlopReport` instead)."""
+    from fvcore.nn import FlopCountAnalysis
+
+    fa = FlopCountAnalysis(module, inputs)
+    fa.set_op_handle(**attention_handles())
+    fa.unsupported_ops_warnings(False)
+    fa.uncalled_modules_warnings(False)
+    return fa
+
+
+# --- analytic count ----------------------------------------------------------------------------------
+@dataclass
+class AnalyticFlops:
+    """Analytic GFLOPs per clip (lists indexed by clip) and per layer."""
+
+    per_clip: list[float]  # total GFLOPs of each clip
+    attention_per_clip: list[float]  # attention matmuls (QKᵀ and AV) of each clip
+    parts: dict[str, list[float]]  # embed / attention_linear / attention_matmul / mlp / norm / head per clip
+    per_layer: list[dict[str, float]]  # per block, summed over the clips: the same parts and "total"
+    tokens_in: list[int]
+    tokens_per_layer: list[list[int]]  # [layer][clip], after each block
+    tokens_mlp: list[list[int]]  # [layer][clip], tokens entering each block's MLP
+
+    @property
+    def mean(self) -> float:
+        return sum(self.per_clip) / len(self.per_clip)
+
+    @property
+    def attention_mean(self) -> float:
+        return sum(self.attention_per_clip) / len(self.attention_per_clip)
+
+
+def _dims(model: torch.nn.Module) -> tuple[int, int, int, int]:
+    dim = model.embed_dim
+    hidden = model.blocks[0].mlp.fc1.out_features
+    patch = model.patch_embed.proj.weight[0].numel()  # 3·tubelet·patch·patch
+    classes = model.head.out_features
+    return dim, hidden, patch, classes
+
+
+def analytic_flops(model: torch.nn.Module, tokens_in_per_clip: list[int], tokens_per_layer: list[list[int]],
+                   tokens_mlp_per_layer: list[list[int]] | None = None) -> AnalyticFlops:
+    """Analytic multiply-adds from token counts, in fvcore's conventions.
+
+    ``tokens_in_per_clip``: tokens entering the first block; ``tokens_per_layer[l][i]``: tokens of clip i
+    after block l (``model.last_stats``); ``tokens_mlp_per_layer[l][i]``: tokens entering block l's MLP
+    (default: those entering the block, i.e. no reduction between attention and MLP)."""
+    dim, hidden, patch, classes = _dims(model)
+    depth = len(model.blocks)
+    if len(tokens_per_layer) != depth:
+        raise ValueError(f"tokens_per_layer has {len(tokens_per_layer)} layers, the model {depth}")
+    b = len(tokens_in_per_clip)
+    entering = [list(tokens_in_per_clip)] + [list(x) for x in tokens_per_layer[:-1]]
+    mlp_tokens = [list(x) for x in tokens_mlp_per_layer] if tokens_mlp_per_layer is not None else entering
+    names = ("embed", "attention_linear", "attention_matmul", "mlp", "norm", "head")
+    parts = {k: [0.0] * b for k in names}
+    per_layer = []
+    for i in range(b):
+        parts["embed"][i] = tokens_in_per_clip[i] * patch * dim
+        parts["head"][i] = 5 * dim + dim * classes  # fc_norm + head
+    for layer in range(depth):
+        row = dict.fromkeys(names[1:5], 0.0)
+        for i in range(b):
+            n, m = entering[layer][i], mlp_tokens[layer][i]
+            contrib = {
+                "attention_linear": 4 * n * dim * dim,  # qkv (3·D²) + proj (D²)
+                "attention_matmul": 2 * n * n * dim,  # QKᵀ and AV over all heads
+                "mlp": 2 * m * dim * hidden,  # fc1 + fc2
+                "norm": 5 * n * dim + 5 * m * dim,  # norm1, norm2
+            }
+            for k, val in contrib.items():
+                parts[k][i] += val
+                row[k] += val
+        row = {k: v / GIGA for k, v in row.items()}
+        row["total"] = sum(row.values())
+        per_layer.append(row)
+    per_clip = [sum(parts[k][i] for k in names) / GIGA for i in range(b)]
+    return AnalyticFlops(
+        per_clip=per_clip,
+        attention_per_clip=[x / GIGA for x in parts["attention_matmul"]],
+        parts={k: [x / GIGA for x in v] for k, v in parts.items()},
+        per_layer=per_layer,
+        tokens_in=list(tokens_in_per_clip),
+        tokens_per_layer=[list(x) for x in tokens_per_layer],
+        tokens_mlp=mlp_tokens,
+    )
+
+
+def reduces_between_attention_and_mlp(reducer: Reducer | None) -> bool:
+    """Whether ``reducer`` changes the token count before the MLP of a block (overrides
+    ``after_attention`` but not ``after_block``, as ToMe)."""
+    if reducer is None:
+        return False
+    cls = type(reducer)
+    return cls.after_attention is not Reducer.after_attention and cls.after_block is Reducer.after_block
+
+
+def gflops_from_stats(model: torch.nn.Module, reducer: Reducer | None = None, stats: Any = None) -> AnalyticFlops:
+    """Analytic GFLOPs of every clip of the model's last forward pass (``model.last_stats``, or ``stats``).
+
+    This is what the runner records for every clip; check it once per cell with :func:`verify_analytic`."""
+    stats = stats if stats is not None else model.last_stats
+    if not stats.tokens_in or not stats.tokens_per_layer:
+        raise ValueError("the model has not run a forward pass yet (model.last_stats is empty)")
+    mlp = getattr(stats, "tokens_mlp_per_layer", None)  # if the model ever records it, it is exact
+    if mlp is None and reduces_between_attention_and_mlp(reducer):
+        mlp = stats.tokens_per_layer
+    return analytic_flops(model, stats.tokens_in, stats.tokens_per_layer, mlp)
+
+
+# --- fvcore count ------------------------------------------------------------------------------------
+class _Traced(torch.nn.Module):
+    """fvcore traces modules with tensor inputs only: bind the reducer and selection."""
+
+    def __init__(self, model: torch.nn.Module, reducer: Reducer | None, selection: Selection | None):
+        super().__init__()
+        self.model = model
+        self.reducer = reducer
+        self.selection = selection
+
+    def forward(self, video: Tensor) -> Tensor:
+        return self.model(video, reducer=self.reducer, selection=self.selection)
+
+
+@dataclass
+class FlopReport:
+    """One traced forward pass. GFLOPs are per clip (batch total / batch size) unless named ``_total``."""
+
+    gflops: float  # fvcore with attention handles, per clip: backbone + ops inside the reducer's hooks
+    gflops_total: float  # the same, whole batch
+    batch_size: int
+    backbone_gflops: float  # gflops without the reducer's hook ops (what the analytic count models)
+    reducer_gflops: float  # ops fvcore counts inside reducer hooks (ToMe/STA similarity matmuls), per clip
+    attention_gflops: float  # attention matmuls (QKᵀ, AV) per clip
+    analytic: AnalyticFlops  # the analytic count from the same pass's token counts
+    by_module: dict[str, float]  # every module (names as in model.named_modules(); "" = whole model)
+    by_operator: dict[str, float]  # "attention" = QKᵀ+AV, "linear", "matmul", "layer_norm", …
+    by_layer: list[dict[str, float]]  # per block: attention_matmul, attention_linear, mlp, norm, reducer, total
+    unsupported_ops: dict[str, int]  # ops fvcore does not count (elementwise: add, gelu, softmax, …)
+    fvcore_without_attention: float  # what fvcore reports out of the box, per clip (the undercount)
+    backend: str  # attention path traced (always the per-sequence sdpa path)
+    tokens_in: list[int] = field(default_factory=list)
+    tokens_per_layer: list[list[int]] = field(default_factory=list)
+
+    @property
+    def analytic_gflops(self) -> float:
+        return self.analytic.mean
+
+    @property
+    def attention_share(self) -> float:
+        return self.attention_gflops / self.gflops if self.gflops else 0.0
+
+    @property
+    def relative_difference(self) -> float:
+        """|fvcore − analytic| / fvcore, reducer hook ops included on fvcore's side."""
+        return abs(self.gflops - self.analytic.mean) / self.gflops if self.gflops else 0.0
+
+    @property
+    def backbone_difference(self) -> float:
+        """|fvcore backbone − analytic| / fvcore backbone: the analytic model's own error (≈ 0)."""
+        return abs(self.backbone_gflops - self.analytic.mean) / self.backbone_gflops if self.backbone_gflops else 0.0
+
+    def as_metrics(self) -> dict[str, float]:
+        """Result-record metrics (harness.schema names) for the traced clips."""
+        return {"gflops": self.analytic.mean + self.reducer_gflops, "gflops_fvcore": self.gflops,
+                "gflops_attention": self.attention_gflops}
+
+
+def count_flops(model: torch.nn.Module, video: Tensor, reducer: Reducer | None = None,
+                selection: Selection | None = None) -> FlopReport:
+    """Trace one forward pass of ``model`` on ``video`` [B,3,T,H,W] with fvcore and the attention handles.
+
+    ``reducer.select(video)`` runs eagerly before the trace unless ``selection`` is given: under jit
+    tracing tensor sizes become tensors, which breaks Python arithmetic on shapes in selection code, and
+    selection (pixel differences, comparisons, sorting) holds no op fvcore counts. The reducer's block
+    hooks run inside the trace; what they cost (similarity matmuls) is reported as ``reducer_gflops``.
+    The trace runs in eval mode under ``torch.no_grad`` through the per-sequence ``sdpa`` attention path
+    (the model's backend setting is restored afterwards)."""
+    was_training, backend = model.training, model.attn_backend
+    model.eval()
+    model.attn_backend = "sdpa"
+    try:
+        if reducer is not None:
+            reducer.check_geometry(model.grid, model.depth)
+            if selection is None:
+                with torch.no_grad():
+                    selection = reducer.select(video)
+        fa = flop_analysis(_Traced(model, reducer, selection), (video,))
+        with torch.no_grad():
+            total = fa.total()
+        stats = model.last_stats  # the traced pass's token counts
+        by_mod_op = fa.by_module_and_operator()
+        unsupported = dict(fa.unsupported_ops())
+    finally:
+        model.train(was_training)
+        model.attn_backend = backend
+    b = video.shape[0]
+
+    def per_clip(x: float) -> float:
+        return x / b / GIGA
+
+    def strip(name: str) -> str:
+        return name[len("model."):] if name.startswith("model.") else ("" if name == "model" else name)
+
+    mods = {strip(k): v for k, v in by_mod_op.items() if k != ""}
+    by_module = {k: per_clip(sum(c.values())) for k, c in mods.items()}
+    by_operator = {k: per_clip(v) for k, v in mods[""].items()}
+    attention = by_operator.get(ATTENTION_OP, 0.0)
+    by_layer = []
+    for i in range(len(model.blocks)):
+        p = f"blocks.{i}"
+        attn = mods.get(f"{p}.attn", Counter())
+        row = {
+            "attention_matmul": per_clip(attn.get(ATTENTION_OP, 0)),
+            "attention_linear": per_clip(sum(v for k, v in attn.items() if k != ATTENTION_OP)),
+            "mlp": by_module.get(f"{p}.mlp", 0.0),
+            "norm": by_module.get(f"{p}.norm1", 0.0) + by_module.get(f"{p}.norm2", 0.0),
+        }
+        # ops the block runs itself, outside its submodules, are the reducer's hooks
+        # (Block.forward's own ops — residual adds, log(size) — are not counted by fvcore)
+        block_self = sum(mods.get(p, Counter()).values()) - sum(
+            sum(mods.get(f"{p}.{c}", Counter()).values()) for c in ("norm1", "attn", "norm2", "mlp"))
+        row["reducer"] = per_clip(block_self)
+        row["total"] = by_module.get(p, 0.0)
+        by_layer.append(row)
+    reducer_total = sum(r["reducer"] for r in by_layer)
+    return FlopReport(
+        gflops=per_clip(total),
+        gflops_total=total / GIGA,
+        batch_size=b,
+        backbone_gflops=per_clip(total) - reducer_total,
+        reducer_gflops=reducer_total,
+        attention_gflops=attention,
+        analytic=gflops_from_stats(model, reducer, stats),
+        by_module=by_module,
+        by_operator=by_operator,
+        by_layer=by_layer,
+        unsupported_ops=unsupported,
+        fvcore_without_attention=per_clip(total) - attention,
+        backend="sdpa",
+        tokens_in=list(stats.tokens_in),
+        tokens_per_layer=[list(x) for x in stats.tokens_per_layer],
+    )
+
+
+def verify_analytic(model: torch.nn.Module, video: Tensor, reducer: Reducer | None = None,
+                    selection: Selection | None = None, tol: float = 0.01) -> FlopReport:
+    """Trace ``video`` (a sample of a cell's clips) with fvcore and check the analytic count the runner
+    uses for every clip: it must match fvcore's backbone count within ``tol`` (relative), and fvcore's
+    total (reducer hook ops included) within ``tol`` too. Raises :class:`FlopAgreementError`.
+
+    The runner then records, for every clip, ``clip_gflops(model, reducer,
+    overhead_per_clip=report.reducer_gflops)``."""
+    report = count_flops(model, video, reducer, selection)
+    name = getattr(reducer, "name", None) or "none"
+    if report.backbone_difference > tol or report.relative_difference > tol:
+        raise FlopAgreementError(
+            f"analytic FLOPs {report.analytic.mean:.3f} GFLOPs per clip vs fvcore {report.gflops:.3f} "
+            f"({100 * report.relative_difference:.2f}%), of which backbone {report.backbone_gflops:.3f} "
+            f"({100 * report.backbone_difference:.2f}%) and reducer hooks {report.reducer_gflops:.3f}: "
+            f"more than {100 * tol:g}% apart for {model.name} with reducer {name}")
+    return report
+
+
+def clip_gflops(model: torch.nn.Module, reducer: Reducer | None = None, stats: Any = None,
+                overhead_per_clip: float = 0.0) -> list[float]:
+    """GFLOPs of every clip of the model's last forward pass: the analytic backbone count from
+    ``model.last_stats`` (or ``stats``) plus ``overhead_per_clip``, the reducer hook cost measured by
+    :func:`verify_analytic` on a sample (``report.reducer_gflops``; 0 for input-stage reducers)."""
+    return [g + overhead_per_clip for g in gflops_from_stats(model, reducer, stats).per_clip]
+
+
+# --- CLI ---------------------------------------------------------------------------------------------
+def add_cli(sub) -> None:
+    p = sub.add_parser(
+        "flops", help="count GFLOPs per clip (fvcore with attention, and the analytic cross-check)",
+        description="Trace one forward pass with fvcore (attention counted) and print GFLOPs per clip, the "
+                    "analytic count from the token counts, and a per-layer breakdown. Without --video the "
+                    "input is random noise: content-adaptive reducers (RLT) then keep every token.")
+    p.add_argument("--model", default="vit_b", help="vit_t, vit_s, vit_b, vit_l or vit_h (default vit_b)")
+    p.add_argument("--reducer", nargs="+", metavar=("NAME", "PARAM=VALUE"), default=None,
+                   help="reducer and its parameters, e.g. --reducer rlt threshold=0.1")
+    p.add_argument("--video", default=None, help="a video file: decoded, resized and centre-cropped")
+    p.add_argument("--frames", type=int, default=16, help="frames per clip (default 16)")
+    p.add_argument("--size", type=int, default=224, help="crop size in pixels (default 224)")
+    p.add_argument("--stride", type=int, default=4, help="frame sampling stride for --video (default 4)")
+    p.add_argument("--start", type=int, default=0, help="first frame of the clip for --video (default 0)")
+    p.add_argument("--num-classes", type=int, default=400, help="head size (default 400, Kinetics-400)")
+    p.add_argument("--layers", action="store_true", help="print the per-layer breakdown")
+    p.set_defaults(func=run_cli)
+
+
+def run_cli(args) -> int:
+    from tokenbench.harness.cli import UserError, parse_params
+    from tokenbench.harness.model import MODEL_SIZES, build_model
+    from tokenbench.reducers import ReducerParamError, UnknownReducerError, get_reducer
+
+    if args.model not in MODEL_SIZES:
+        raise UserError(f"unknown model {args.model!r}; choose from {', '.join(MODEL_SIZES)}")
+    reducer = None
+    if args.reducer:
+        try:
+            reducer = get_reducer(args.reducer[0], **parse_params(args.reducer[1:]))
+        except (UnknownReducerError, ReducerParamError, TypeError) as exc:
+            raise UserError(str(exc)) from exc
+    try:
+        model = build_model(args.model, args.num_classes, num_frames=args.frames, img_size=args.size)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    if reducer is not None:
+        try:
+            reducer.check_geometry(model.grid, model.depth)
+        except ReducerParamError as exc:
+            raise UserError(str(exc)) from exc
+    if args.video:
+        from tokenbench.datasets.decode import VideoDecodeError
+        from tokenbench.harness.timing import load_clip, to_model_input
+
+        try:
+            clip = load_clip(args.video, args.frames, args.size, start=args.start, stride=args.stride)
+        except VideoDecodeError as exc:
+            raise UserError(str(exc)) from exc
+        video, source = to_model_input(clip.unsqueeze(0)), args.video
+    else:
+        video = torch.randn(1, 3, args.frames, args.size, args.size, generator=torch.Generator().manual_seed(0))
+        source = "random noise"
+    r = count_flops(model, video, reducer)
+    name = reducer if reducer is not None else "none"
+    print(f"model {args.model}  input {args.frames}×{args.size}² ({source})  reducer {name}")
+    print(f"tokens in: {r.tokens_in[0]} of {model.num_tokens}; after the last block: {r.tokens_per_layer[-1][0]}")
+    print(f"GFLOPs per clip (fvcore + attention handles): {r.gflops:.2f}")
+    print(f"  attention matmuls (QKᵀ, AV):                {r.attention_gflops:.2f} ({100 * r.attention_share:.1f}%)")
+    print(f"  fvcore out of the box would report:         {r.fvcore_without_attention:.2f}")
+    print(f"  reducer hooks (similarity matmuls):         {r.reducer_gflops:.2f}")
+    print(f"analytic from token counts (backbone):        {r.analytic.mean:.2f} "
+          f"({100 * r.relative_difference:.2f}% from fvcore's total, "
+          f"{100 * r.backbone_difference:.3f}% from its backbone)")
+    print("breakdown (GFLOPs per clip):")
+    blocks = {k: sum(row[k] for row in r.by_layer)
+              for k in ("attention_matmul", "attention_linear", "mlp", "norm", "reducer")}
+    rows = [("patch_embed", r.by_module.get("patch_embed", 0.0))] + [(f"blocks: {k}", v) for k, v in blocks.items()]
+    rows += [("fc_norm + head", r.by_module.get("fc_norm", 0.0) + r.by_module.get("head", 0.0))]
+    for label, val in rows:
+        print(f"  {label:<28} {val:10.3f}")
+    if args.layers:
+        print(f"  {'layer':>5} {'tokens':>7} {'attn mm':>9} {'attn lin':>9} {'mlp':>9} {'norm':>7} "
+              f"{'reducer':>8} {'total':>9}")
+        for i, row in enumerate(r.by_layer):
+            print(f"  {i:>5} {r.tokens_per_layer[i][0]:>7} {row['attention_matmul']:9.3f} "
+                  f"{row['attention_linear']:9.3f} {row['mlp']:9.3f} {row['norm']:7.3f} {row['reducer']:8.3f} "
+                  f"{row['total']:9.3f}")
+    return 0
