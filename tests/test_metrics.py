@@ -1,0 +1,81 @@
+"""Accuracy under the multi-view protocol; token-count summaries."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tokenbench.harness.metrics import (
+    MultiViewAccuracy,
+    TokenCounts,
+    multiview_accuracy,
+    token_summary,
+    topk_correct,
+    views_protocol,
+)
+from tokenbench.harness.model import build_model
+from tokenbench.harness.schema import METRICS
+from tokenbench.reducers import get_reducer
+
+
+def test_softmax_is_averaged_over_views_not_logits():
+    # video 0: averaging logits would say class 0, averaging probabilities says class 1 (the label)
+    logits = torch.tensor([[0.0, 5.0, 0.0], [3.0, -10.0, 0.0],
+                           [0.0, 1.0, 4.0], [0.0, 1.0, 4.0]])  # video 1: class 2, then 1, then 0
+    r = multiview_accuracy(logits, [1, 1, 0, 0], [0, 0, 1, 1], ks=(1, 2), protocol="2x1")
+    assert logits[:2].mean(0).argmax() == 0
+    assert r == {"top1": 50.0, "top2": 50.0, "num_clips": 2, "views": "2x1"}
+
+
+def test_views_may_arrive_in_different_batches():
+    acc = MultiViewAccuracy(protocol=views_protocol(1, 2))
+    acc.add(torch.tensor([[0.0, 5.0, 0.0]]), torch.tensor([1]), torch.tensor([7]))
+    acc.add(torch.tensor([[0.0, 0.0, 9.0], [3.0, -10.0, 0.0]]), [2, 1], ["x", 7])
+    acc.add(torch.tensor([[0.0, 0.0, 9.0]]), [2], ["x"])
+    assert len(acc) == 2
+    assert acc.predictions() == {7: 1, "x": 2}
+    r = acc.result()
+    assert r["top1"] == 100.0 and r["top5"] == 100.0 and r["views"] == "1x2"
+
+
+def test_top5_with_fewer_classes_and_topk():
+    scores = torch.tensor([[0.1, 0.2, 0.7], [0.5, 0.4, 0.1]])
+    assert topk_correct(scores, torch.tensor([2, 1]), 1).tolist() == [True, False]
+    assert topk_correct(scores, torch.tensor([2, 1]), 5).tolist() == [True, True]
+
+
+def test_protocol_and_label_consistency_are_checked():
+    acc = MultiViewAccuracy(protocol="2x3")
+    acc.add(torch.zeros(5, 4), [0] * 5, [0] * 5)
+    with pytest.raises(ValueError, match="expects 6 views"):
+        acc.result()
+    with pytest.raises(ValueError, match="labelled"):
+        multiview_accuracy(torch.zeros(2, 4), [0, 1], [3, 3])
+    with pytest.raises(ValueError):
+        views_protocol(0, 1)
+    with pytest.raises(ValueError, match="no views"):
+        MultiViewAccuracy().result()
+
+
+def test_token_counts_from_real_forward_passes():
+    torch.manual_seed(0)
+    model = build_model("vit_t", 5, num_frames=4, img_size=32).eval()  # 8 tokens per clip
+    counts = TokenCounts(tokens_total=model.num_tokens)
+    video = torch.randn(2, 3, 4, 32, 32)
+    with torch.inference_mode():
+        model(video, get_reducer("random", count=3))
+        counts.add(model.last_stats)
+        model(video[:1])
+        counts.add(model.last_stats)
+    s = counts.summary()
+    assert set(s) <= set(METRICS)
+    assert s["tokens_per_clip"] == [3, 3, 8]
+    assert (s["tokens_in_mean"], s["tokens_in_min"], s["tokens_in_max"]) == (pytest.approx(14 / 3), 3, 8)
+    assert s["tokens_total"] == 8
+    assert s["tokens_per_layer"] == [pytest.approx(14 / 3)] * 12
+
+
+def test_token_summary_per_layer_means():
+    s = token_summary([10, 20], [[8, 16], [4, 8]], 32)
+    assert s["tokens_per_layer"] == [12.0, 6.0] and s["tokens_in_mean"] == 15.0
+    with pytest.raises(ValueError):
+        token_summary([])
