@@ -1,0 +1,492 @@
+"""Figures of the report (DESIGN.md §6), drawn from result records alone.
+
+Each figure is planned first (:func:`plan_figures`: which figures the records can support, and why the
+others are skipped) and drawn on demand, so ``tokenbench report --check`` can tell which figure files
+must exist without drawing them. Figures are built on :class:`matplotlib.figure.Figure` directly (no
+pyplot, no global backend switch). Every reducer has one colour in every figure
+(:data:`REDUCER_COLOURS`; unknown reducers get a fixed colour from a hash of their name); variants of a
+reducer (e.g. RLT thresholds) share its colour and differ in marker. SVGs are written with a fixed
+``svg.hashsalt`` and no date, so the same records give the same SVG on the same matplotlib.
+
+Figures involving wall-clock are drawn once per hardware fingerprint, never mixing two.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FixedLocator, NullLocator
+
+from .report_tables import (
+    inference_values,
+    num,
+    num_list,
+    params_key,
+    reducer_rank,
+    sort_key,
+    token_records,
+)
+
+REDUCER_COLOURS: dict[str, str] = {
+    "none": "#4d4d4d",    # grey-black: the baseline
+    "rlt": "#1f77b4",     # blue
+    "random": "#2ca02c",  # green
+    "tome": "#ff7f0e",    # orange
+    "sta": "#d62728",     # red
+}
+_EXTRA_COLOURS = ("#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
+_DASHES = ("-", "--", "-.", ":")
+
+RC = {
+    "svg.hashsalt": "tokenbench",
+    "svg.fonttype": "path",
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "legend.fontsize": 8,
+    "figure.dpi": 120,
+    "savefig.dpi": 120,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
+
+
+def reducer_colour(reducer: str) -> str:
+    if reducer in REDUCER_COLOURS:
+        return REDUCER_COLOURS[reducer]
+    h = int(hashlib.sha256(reducer.encode()).hexdigest()[:8], 16)
+    return _EXTRA_COLOURS[h % len(_EXTRA_COLOURS)]
+
+
+class Style:
+    """Colour (per reducer) and marker (per variant of a reducer) of every label in a suite."""
+
+    def __init__(self, records: list[dict]):
+        variants: dict[str, dict[str, tuple]] = {}
+        for r in records:
+            variants.setdefault(r["reducer"], {})[r["label"]] = params_key(r["params"])
+        self.reducer_of: dict[str, str] = {}
+        self.marker: dict[str, str] = {}
+        for reducer, labels in variants.items():
+            for i, label in enumerate(sorted(labels, key=lambda lb: (labels[lb], lb))):
+                self.marker[label] = _MARKERS[i % len(_MARKERS)]
+                self.reducer_of[label] = reducer
+
+    def colour(self, label: str) -> str:
+        return reducer_colour(self.reducer_of.get(label, label.split(" ")[0]))
+
+    def order(self, labels) -> list[str]:
+        return sorted(set(labels), key=lambda lb: (reducer_rank(self.reducer_of.get(lb, lb)), lb))
+
+    def handles(self, labels) -> list[Line2D]:
+        return [Line2D([], [], color=self.colour(lb), marker=self.marker.get(lb, "o"), linestyle="",
+                       markersize=6, label=lb) for lb in self.order(labels)]
+
+
+@dataclass
+class FigureSpec:
+    name: str                          # file stem
+    title: str
+    caption: str
+    draw: Callable[[], Figure]
+    fingerprint: str | None = None
+
+    def save(self, directory: Path) -> list[Path]:
+        directory.mkdir(parents=True, exist_ok=True)
+        with matplotlib.rc_context(RC):
+            fig = self.draw()
+            png, svg = directory / f"{self.name}.png", directory / f"{self.name}.svg"
+            fig.savefig(png, format="png", dpi="figure", metadata={"Software": None})
+            fig.savefig(svg, format="svg", metadata={"Date": None})
+        return [png, svg]
+
+
+@dataclass
+class FigurePlan:
+    figures: list[FigureSpec] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)   # (figure title, reason)
+
+
+def _grid(n: int, panel=(4.6, 3.6), legend_w=2.2, title_h=0.6, min_w=7.2):
+    """A figure with ``n`` panels (at most 3 across), room for a legend on the right and a title."""
+    ncols = min(n, 3) if n != 4 else 2
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(max(panel[0] * ncols + legend_w, min_w), panel[1] * nrows + title_h),
+                 layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, list(axes[:n])
+
+
+def _legend(fig: Figure, handles: list, ncol: int | None = None) -> None:
+    fig.legend(handles=handles, loc="outside right upper", frameon=False,
+               ncol=ncol or (1 if len(handles) <= 14 else 2))
+
+
+def _short(label: str) -> str:
+    """Point annotation: the variant's parameters (``τ=0.1``), or the reducer name if it has none."""
+    parts = label.split(" ", 1)
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def _group(rows: list[dict], key: Callable[[dict], tuple]) -> list[tuple[tuple, list[dict]]]:
+    out: dict[tuple, list[dict]] = {}
+    for r in rows:
+        out.setdefault(key(r), []).append(r)
+    return sorted(out.items(), key=lambda kv: tuple(str(x) for x in kv[0]))
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points not dominated in (higher x, higher y), sorted by x."""
+    front = []
+    best_y = -math.inf
+    for x, y in sorted(set(points), key=lambda p: (-p[0], -p[1])):
+        if y > best_y:
+            front.append((x, y))
+            best_y = y
+    return sorted(front)
+
+
+def _fp_suffix(fp: str, several: bool) -> tuple[str, str]:
+    return (f"__{slug(fp)}", f" — {fp}") if several else ("", "")
+
+
+def slug(s: str) -> str:
+    out = "".join(c if c.isalnum() or c in "-._" else "-" for c in s)
+    return out.strip("-") or "unknown"
+
+
+# ----------------------------------------------------------------------------------------------------
+# the figures
+
+
+def _accuracy_vs_throughput(rows: list[dict], style: Style, fp: str, title_fp: str) -> Callable[[], Figure]:
+    def draw() -> Figure:
+        groups = _group(rows, lambda r: (r["model"], r["dataset"], r["batch_size"]))
+        fig, axes = _grid(len(groups))
+        for ax, ((model, dataset, bs), grp) in zip(axes, groups):
+            for r in sorted(grp, key=lambda r: sort_key(r["_record"])):
+                ax.scatter(r["clips_per_s"], r["top1"], color=style.colour(r["label"]), s=46, zorder=3,
+                           marker=style.marker.get(r["label"], "o"), edgecolors="white", linewidths=0.6)
+                if r["clips_per_s_q1"] is not None and r["clips_per_s_q3"] is not None:
+                    ax.plot([r["clips_per_s_q1"], r["clips_per_s_q3"]], [r["top1"]] * 2,
+                            color=style.colour(r["label"]), linewidth=1.2, alpha=0.7, zorder=2)
+                ax.annotate(_short(r["label"]), (r["clips_per_s"], r["top1"]), textcoords="offset points",
+                            xytext=(4, 4), fontsize=7, color=style.colour(r["label"]))
+            front = pareto_front([(r["clips_per_s"], r["top1"]) for r in grp])
+            xs, ys = zip(*front)
+            ax.plot(xs, ys, color="#999999", linestyle="--", linewidth=1.2, drawstyle="steps-pre",
+                    zorder=1, label="Pareto front")
+            ax.set_title(f"{model} · {dataset} · batch {bs}")
+            ax.set_xlabel("throughput (clips/s, higher is better)")
+            ax.set_ylabel("top-1 accuracy (%)")
+            ax.margins(0.12)
+        handles = style.handles(r["label"] for r in rows)
+        handles.append(Line2D([], [], color="#999999", linestyle="--", label="Pareto front"))
+        _legend(fig, handles)
+        fig.suptitle("Accuracy vs throughput" + title_fp)
+        return fig
+    return draw
+
+
+def _gflops_vs_time(rows: list[dict], style: Style, fp: str, title_fp: str) -> Callable[[], Figure]:
+    """Per (model, dataset, batch): left, absolute ms per clip against GFLOPs per clip, with time ∝
+    GFLOPs through the baseline; right, the same against the paired timing: time ÷ the baseline timed
+    interleaved in the same cell (1 / speedup, IQR from the speedup quartiles), which cancels drift
+    between cells, with the ideal line through (baseline GFLOPs, 1)."""
+    def draw() -> Figure:
+        groups = _group(rows, lambda r: (r["model"], r["dataset"], r["batch_size"]))
+        fig = Figure(figsize=(10.2, 3.5 * len(groups) + 0.6), layout="constrained")
+        axes = fig.subplots(len(groups), 2, squeeze=False)
+        for (ax_abs, ax_rel), ((model, dataset, bs), grp) in zip(axes, groups):
+            grp = sorted(grp, key=lambda r: sort_key(r["_record"]))
+            base = [r for r in grp if r["reducer"] == "none"]
+            xmax = max(r["gflops"] for r in grp) * 1.1
+            for ax, relative in ((ax_abs, False), (ax_rel, True)):
+                ytop = 0.0
+                for r in grp:
+                    if relative:
+                        if not r["speedup"]:
+                            continue
+                        y = 1.0 / r["speedup"]
+                        lo_hi = (1.0 / r["speedup_q3"], 1.0 / r["speedup_q1"]) \
+                            if r["speedup_q1"] and r["speedup_q3"] else None
+                    else:
+                        y = r["time_ms_median"] / bs
+                        lo_hi = (r["time_ms_q1"] / bs, r["time_ms_q3"] / bs) \
+                            if r["time_ms_q1"] is not None and r["time_ms_q3"] is not None else None
+                    yerr = [[max(y - lo_hi[0], 0)], [max(lo_hi[1] - y, 0)]] if lo_hi else None
+                    ytop = max(ytop, lo_hi[1] if lo_hi else y)
+                    c = style.colour(r["label"])
+                    ax.errorbar(r["gflops"], y, yerr=yerr, color=c, marker=style.marker.get(r["label"], "o"),
+                                markersize=6, linestyle="", capsize=2, zorder=3, markeredgecolor="white",
+                                markeredgewidth=0.6)
+                    ax.annotate(_short(r["label"]), (r["gflops"], y), textcoords="offset points",
+                                xytext=(4, 4), fontsize=7, color=c)
+                if base:
+                    b = base[0]
+                    y0 = 1.0 if relative else b["time_ms_median"] / bs
+                    ax.plot([0, xmax], [0, y0 / b["gflops"] * xmax], color=reducer_colour("none"),
+                            linestyle=":", linewidth=1.2, zorder=1)
+                    ytop = max(ytop, y0 / b["gflops"] * xmax * 0.9)
+                ax.set_xlim(0, xmax)
+                ax.set_ylim(0, max(ytop * 1.12, 1e-9))
+                ax.set_xlabel("compute (GFLOPs per clip)")
+            ax_abs.set_title(f"{model} · {dataset} · batch {bs}: measured")
+            ax_abs.set_ylabel("time (ms per clip)")
+            ax_rel.set_title(f"{model} · {dataset} · batch {bs}: paired with baseline")
+            ax_rel.set_ylabel("time ÷ baseline time, same cell (1/speedup)")
+        handles = style.handles(r["label"] for r in rows)
+        handles.append(Line2D([], [], color=reducer_colour("none"), linestyle=":",
+                              label="time ∝ GFLOPs\n(through baseline)"))
+        _legend(fig, handles)
+        fig.suptitle("GFLOPs vs measured time" + title_fp
+                     + "\npoints above the dotted line are slower than their FLOPs predict")
+        return fig
+    return draw
+
+
+def _token_distribution(recs: list[dict], style: Style) -> Callable[[], Figure]:
+    def draw() -> Figure:
+        groups = _group(recs, lambda r: (str(r.get("model")), str(r.get("dataset"))))
+        width = max(len({r["label"] for r in g}) for _, g in groups)
+        fig, axes = _grid(len(groups), panel=(max(4.6, 0.62 * width + 1.6), 3.8), legend_w=0)
+        for ax, ((model, dataset), grp) in zip(axes, groups):
+            grp = sorted(grp, key=sort_key)
+            totals = sorted({num(r.get("tokens_total")) for r in grp} - {None})
+            for i, r in enumerate(grp):
+                c = style.colour(r["label"])
+                vals = num_list(r.get("tokens_per_clip"))
+                lo, hi, mean = (num(r.get(k)) for k in ("tokens_in_min", "tokens_in_max", "tokens_in_mean"))
+                if vals:
+                    lo, hi, mean = min(vals), max(vals), float(np.mean(vals))
+                    if hi > lo and len(vals) > 2:
+                        parts = ax.violinplot([vals], positions=[i], widths=0.8, showextrema=False)
+                        for body in parts["bodies"]:
+                            body.set_facecolor(c)
+                            body.set_edgecolor(c)
+                            body.set_alpha(0.35)
+                    jitter = (np.arange(len(vals)) % 7 - 3) * 0.035
+                    ax.scatter(i + jitter, vals, s=6, color=c, alpha=0.6, zorder=3, linewidths=0)
+                if lo is not None and hi is not None:
+                    ax.plot([i, i], [lo, hi], color=c, linewidth=1.5, zorder=2)
+                if mean is not None:
+                    ax.scatter([i], [mean], color=c, marker=style.marker.get(r["label"], "o"), s=52, zorder=4,
+                               edgecolors="black", linewidths=0.6)
+            for t in totals:
+                ax.axhline(t, color="#777777", linestyle="--", linewidth=1)
+                ax.annotate("all tokens (T′·H′·W′)", (len(grp) - 0.5, t), xytext=(0, 7),
+                            textcoords="offset points", ha="right", fontsize=7, color="#555555")
+            ax.set_xticks(range(len(grp)), [r["label"] for r in grp], rotation=30, ha="right")
+            ax.set_xlim(-0.6, len(grp) - 0.4)
+            ax.set_ylim(0, max(totals + [ax.get_ylim()[1]]) * 1.1)
+            ax.set_xlabel("reducer")
+            ax.grid(axis="x", visible=False)
+            ax.set_title(f"{model} · {dataset}")
+            ax.set_ylabel("tokens per clip entering the network")
+        fig.suptitle("Token-count distribution per clip\n(marker: mean; bar: min–max; dots: clips)")
+        return fig
+    return draw
+
+
+def _tokens_per_layer(recs: list[dict], style: Style) -> Callable[[], Figure]:
+    def draw() -> Figure:
+        groups = _group(recs, lambda r: (str(r.get("model")), str(r.get("dataset"))))
+        fig, axes = _grid(len(groups))
+        dashed: dict[str, bool] = {}
+        for ax, ((model, dataset), grp) in zip(axes, groups):
+            depth = 0
+            for r in sorted(grp, key=sort_key):
+                layers = num_list(r.get("tokens_per_layer"))
+                start = num(r.get("tokens_in_mean"))
+                ys = ([start] if start is not None else []) + layers
+                xs = list(range(len(ys))) if start is not None else list(range(1, len(ys) + 1))
+                depth = max(depth, len(layers))
+                progressive = len(set(ys)) > 1
+                dashed[r["label"]] = dashed.get(r["label"], True) and not progressive
+                ax.plot(xs, ys, color=style.colour(r["label"]), marker=style.marker.get(r["label"], "o"),
+                        markersize=4 if progressive else 0, linewidth=1.8 if progressive else 1.0,
+                        linestyle="-" if progressive else "--", label=r["label"])
+            ax.set_xlim(-0.3, depth + 0.3)
+            ax.set_ylim(bottom=0)
+            ax.xaxis.set_major_locator(FixedLocator(list(range(0, depth + 1, max(1, depth // 12)))))
+            ax.set_title(f"{model} · {dataset}")
+            ax.set_xlabel("block (0 = entering the first block)")
+            ax.set_ylabel("tokens per clip (mean)")
+        _legend(fig, [Line2D([], [], color=style.colour(lb), label=lb,
+                             **({"linestyle": "--", "linewidth": 1.0} if dashed[lb] else
+                                {"marker": style.marker.get(lb, "o"), "markersize": 4, "linewidth": 1.8}))
+                      for lb in style.order(r["label"] for r in recs)])
+        fig.suptitle("Tokens per layer\n(solid: progressive reducers; dashed: constant after the input)")
+        return fig
+    return draw
+
+
+SWEEP_PANELS = {  # panel -> (the row field it needs, title, y label)
+    "tokens": ("tokens_in_mean", "tokens per clip (mean; band: min–max)", "tokens per clip entering the network"),
+    "speedup": ("speedup", "speedup vs baseline (bars: IQR)", "speedup (× baseline, same cell)"),
+    "top1": ("top1", "top-1 accuracy", "top-1 (%)"),
+}
+
+
+def sweep_panels(rlt_rows: list[dict]) -> list[str]:
+    """The sweep panels these RLT rows have data for (a panel is never drawn empty)."""
+    return [p for p, (f, _, _) in SWEEP_PANELS.items() if any(r[f] is not None for r in rlt_rows)]
+
+
+def _rlt_sweep(rows: list[dict], style: Style, title_fp: str) -> Callable[[], Figure]:
+    def draw() -> Figure:
+        rlt = [r for r in rows if r["reducer"] == "rlt" and r["threshold"] is not None]
+        base = [r for r in rows if r["reducer"] == "none"]
+        panels = sweep_panels(rlt)
+        fig = Figure(figsize=(4.3 * len(panels) + 2.4, 3.9), layout="constrained")
+        ax = dict(zip(panels, fig.subplots(1, len(panels), squeeze=False)[0]))
+        none_c, colour = reducer_colour("none"), reducer_colour("rlt")
+        taus = sorted({r["threshold"] for r in rlt})
+        data_groups = [k for k, _ in _group(rlt, lambda r: (r["model"], r["dataset"]))]
+        dash = {k: _DASHES[i % len(_DASHES)] for i, k in enumerate(data_groups)}
+        handles = [Line2D([], [], color=colour, linestyle=dash[k], label=f"rlt · {k[0]} · {k[1]}")
+                   for k in data_groups]
+        batches = sorted({r["batch_size"] for r in rlt})
+        bmark = {b: _MARKERS[i % len(_MARKERS)] for i, b in enumerate(batches)}
+
+        def one_per_tau(grp):
+            best = {}
+            for r in sorted(grp, key=lambda r: (r["batch_size"], sort_key(r["_record"]))):
+                best.setdefault(r["threshold"], r)
+            return [best[t] for t in sorted(best)]
+
+        for k, grp in _group(rlt, lambda r: (r["model"], r["dataset"])):
+            pts = one_per_tau(grp)
+            if "tokens" in ax:
+                tok = [r for r in pts if r["tokens_in_mean"] is not None]
+                if tok:
+                    ts = [r["threshold"] for r in tok]
+                    ax["tokens"].plot(ts, [r["tokens_in_mean"] for r in tok], color=colour, linestyle=dash[k],
+                                      marker="o", markersize=5)
+                    lo, hi = [r["tokens_in_min"] for r in tok], [r["tokens_in_max"] for r in tok]
+                    if all(v is not None for v in lo + hi):
+                        ax["tokens"].fill_between(ts, lo, hi, color=colour, alpha=0.12, linewidth=0)
+            if "top1" in ax:
+                top = [(r["threshold"], r["top1"]) for r in pts if r["top1"] is not None]
+                if top:
+                    ax["top1"].plot(*zip(*top), color=colour, linestyle=dash[k], marker="o", markersize=5)
+            if "speedup" in ax:
+                for bs, bgrp in _group(grp, lambda r: (r["batch_size"],)):
+                    sp = [r for r in one_per_tau(bgrp) if r["speedup"] is not None]
+                    if not sp:
+                        continue
+                    ax["speedup"].plot([r["threshold"] for r in sp], [r["speedup"] for r in sp], color=colour,
+                                       linestyle=dash[k], marker=bmark[bs[0]], markersize=5)
+                    for r in sp:
+                        if r["speedup_q1"] is not None and r["speedup_q3"] is not None:
+                            ax["speedup"].plot([r["threshold"]] * 2, [r["speedup_q1"], r["speedup_q3"]],
+                                               color=colour, linewidth=1.2, alpha=0.6)
+            for b in (b for b in base if (b["model"], b["dataset"]) == k):
+                if "tokens" in ax and b["tokens_total"] is not None:
+                    ax["tokens"].axhline(b["tokens_total"], color=none_c, linestyle=dash[k], linewidth=0.9)
+                if "top1" in ax and b["top1"] is not None:
+                    ax["top1"].axhline(b["top1"], color=none_c, linestyle=dash[k], linewidth=0.9)
+        if "speedup" in ax:
+            ax["speedup"].axhline(1.0, color=none_c, linestyle=":", linewidth=1)
+        if len(batches) > 1 and "speedup" in ax:
+            handles += [Line2D([], [], color=colour, marker=bmark[b], linestyle="", label=f"batch {b}")
+                        for b in batches]
+        handles.append(Line2D([], [], color=none_c, linewidth=0.9,
+                              label="baseline (none),\nline style as its dataset"))
+        for p, a in ax.items():
+            _, title, ylabel = SWEEP_PANELS[p]
+            a.set_xscale("log")
+            a.xaxis.set_major_locator(FixedLocator(taus))
+            a.xaxis.set_minor_locator(NullLocator())
+            a.set_xticklabels([f"{t:g}" for t in taus])
+            a.set_xlabel("RLT threshold τ (mean |Δpixel|, normalised)")
+            a.set_ylabel(ylabel)
+            a.set_title(title)
+            a.margins(x=0.08, y=0.1)
+        if "tokens" in ax:
+            ax["tokens"].set_ylim(bottom=0)
+        _legend(fig, handles)
+        fig.suptitle("RLT threshold sweep" + title_fp)
+        return fig
+    return draw
+
+
+# ----------------------------------------------------------------------------------------------------
+# planning
+
+
+def plan_figures(by_fp: dict[str, list[dict]], ok: list[dict], style: Style) -> FigurePlan:
+    """Which figures these records support. ``by_fp``: the ok records of each fingerprint id;
+    ``ok``: all ok records of the suite (for the hardware-independent token figures)."""
+    plan = FigurePlan()
+    several = len(by_fp) > 1
+    throughput, flops_time, sweep = [], [], []
+    for fp in sorted(by_fp):
+        rows = inference_values([r for r in by_fp[fp] if r.get("mode") == "inference"])
+        suffix, title_fp = _fp_suffix(fp, several)
+        acc = [r for r in rows if r["top1"] is not None and r["clips_per_s"] is not None]
+        if acc:
+            throughput.append(FigureSpec(
+                "accuracy_vs_throughput" + suffix, "Accuracy vs throughput" + title_fp,
+                "top-1 against clips/s per reducer (bars: IQR of throughput), one panel per model, dataset "
+                "and batch size; the dashed step line is the Pareto front (no other point is both faster "
+                "and more accurate).", _accuracy_vs_throughput(acc, style, fp, title_fp), fp))
+        ft = [r for r in rows if r["gflops"] and r["time_ms_median"] is not None and r["batch_size"]]
+        if ft:
+            flops_time.append(FigureSpec(
+                "gflops_vs_time" + suffix, "GFLOPs vs measured time" + title_fp,
+                "forward time per clip against GFLOPs per clip, per reducer and batch size: left the "
+                "measured median (bars: IQR), right the time relative to the baseline timed interleaved in "
+                "the same cell (1/speedup; bars from the speedup IQR), which cancels drift between cells. "
+                "The dotted line is time proportional to GFLOPs through the baseline; points above it gain "
+                "less wall-clock than their FLOPs promise.", _gflops_vs_time(ft, style, fp, title_fp), fp))
+        rlt = [r for r in rows if r["reducer"] == "rlt" and r["threshold"] is not None]
+        groups = _group(rlt, lambda r: (r["model"], r["dataset"]))
+        if any(len({r["threshold"] for r in g}) >= 2 for _, g in groups) and sweep_panels(rlt):
+            settings = {(r["model"], r["dataset"]) for r in rlt}
+            base = [r for r in rows if r["reducer"] == "none" and (r["model"], r["dataset"]) in settings]
+            sweep.append(FigureSpec(
+                "rlt_threshold_sweep" + suffix, "RLT threshold sweep" + title_fp,
+                "tokens per clip, speedup and top-1 (where measured) against RLT's threshold τ; grey "
+                "lines: the baseline.",
+                _rlt_sweep(rlt + base, style, title_fp), fp))
+    inf = [r for r in ok if r.get("mode") == "inference"]
+    tok = [r for r in token_records([r for r in inf if num(r.get("tokens_in_mean")) is not None
+                                     or num_list(r.get("tokens_per_clip"))])]
+    layer = [r for r in token_records([r for r in inf if num_list(r.get("tokens_per_layer"))])]
+    progressive = [r for r in layer if len(set(num_list(r.get("tokens_per_layer")))
+                                            | ({num(r.get("tokens_in_mean"))} - {None})) > 1]
+
+    def add(specs, title, reason):
+        if specs:
+            plan.figures.extend(specs)
+        else:
+            plan.skipped.append((title, reason))
+
+    add(throughput, "Accuracy vs throughput", "no inference record has both top-1 and clips/s")
+    add(flops_time, "GFLOPs vs measured time", "no inference record has both GFLOPs and a timed median")
+    add([FigureSpec("token_distribution", "Token-count distribution per dataset",
+                    "tokens per clip entering the network, per reducer and dataset (violin where counts "
+                    "vary; marker: mean; bar: min–max; dots: individual clips; dashed: all T′·H′·W′ tokens).",
+                    _token_distribution(tok, style))] if tok else [],
+        "Token-count distribution per dataset", "no inference record has token counts")
+    add([FigureSpec("tokens_per_layer", "Tokens per layer",
+                    "mean tokens per clip after each block; progressive reducers (ToMe, STA) shrink the "
+                    "sequence inside the network, input-stage reducers are flat after the input.",
+                    _tokens_per_layer(layer, style))] if progressive else [],
+        "Tokens per layer", "no progressive reducer (token count changing across blocks) in these records"
+        if layer else "no record has per-layer token counts")
+    add(sweep, "RLT threshold sweep", "fewer than two RLT thresholds on the same model and dataset")
+    return plan
