@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "tokenbench.harness.cli_list",
     "tokenbench.datasets.cli_tokens",
     "tokenbench.harness.flops",
+    "tokenbench.harness.report",
 ]
 
 EPILOG = """examples:
