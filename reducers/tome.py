@@ -63,10 +63,15 @@ def linear_schedule(r: int, inflection: float, depth: int) -> list[int]:
 def bipartite_merge(x: Tensor, metric: Tensor, size: Tensor, pos: Tensor,
                     r: int) -> tuple[Tensor, Tensor, Tensor]:
     """One ToMe step on a batch of equal-length clips: x [B, n, D], metric [B, n, d], size [B, n],
-    pos [B, n] → the same with n − r tokens. ``r`` must be ≤ n // 2."""
+    pos [B, n] → the same with n − r tokens. ``r`` must be ≤ n // 2.
+
+    Same result as the reference's ``merge_wavg`` (x·size scatter-summed, then divided by the summed
+    size), computed with one gather of the surviving rows plus arithmetic on the ≤ r rows that receive
+    merges only; untouched tokens are copied exactly rather than multiplied and divided by their size."""
     b, n, dim = x.shape
     if r <= 0:
         return x, size, pos
+    n_a, n_b = (n + 1) // 2, n // 2
     with torch.no_grad():
         m = F.normalize(metric.float(), dim=-1)
         scores = m[:, 0::2] @ m[:, 1::2].transpose(1, 2)  # [B, |A|, |B|]
@@ -74,21 +79,31 @@ def bipartite_merge(x: Tensor, metric: Tensor, size: Tensor, pos: Tensor,
         order = best.argsort(dim=-1, descending=True, stable=True)
         src_idx, unm_idx = order[:, :r], order[:, r:]  # A tokens that merge / stay
         dst_idx = partner.gather(1, src_idx)  # their B partners
-    n_a = (n + 1) // 2
-
-    def merge(v: Tensor, reduce: str) -> Tensor:  # v [B, n, c]
-        c = v.shape[-1]
-        a, bb = v[:, 0::2], v[:, 1::2]
-        unm = a.gather(1, unm_idx.unsqueeze(-1).expand(b, n_a - r, c))
-        src = a.gather(1, src_idx.unsqueeze(-1).expand(b, r, c))
-        dst = bb.scatter_reduce(1, dst_idx.unsqueeze(-1).expand(b, r, c), src, reduce=reduce)
-        return torch.cat([unm, dst], dim=1)
-
-    w = size.to(x.dtype).unsqueeze(-1)
-    new_size = merge(size.unsqueeze(-1), "sum").squeeze(-1)
-    new_x = merge(x * w, "sum") / new_size.to(x.dtype).unsqueeze(-1)
-    new_pos = merge(pos.unsqueeze(-1), "amin").squeeze(-1)
-    return new_x, new_size, new_pos
+        dev = x.device
+        offs = (torch.arange(b, device=dev) * n).unsqueeze(1)
+        b_tok = (2 * torch.arange(n_b, device=dev) + 1).expand(b, n_b)
+        keep_tok = torch.cat([2 * unm_idx, b_tok], dim=1)  # token index (in 0…n) of each output row
+        src_tok = 2 * src_idx
+        out_offs = (torch.arange(b, device=dev) * (n - r)).unsqueeze(1)
+        dst_row = (dst_idx + (n_a - r) + out_offs).flatten()  # output row receiving each merge
+        rows, inverse = torch.unique(dst_row, return_inverse=True)
+    flat_keep = (keep_tok + offs).flatten()
+    flat_src = (src_tok + offs).flatten()
+    size_f = size.reshape(-1)
+    out_x = x.reshape(b * n, dim).index_select(0, flat_keep)
+    out_size = size_f.index_select(0, flat_keep)
+    out_pos = pos.reshape(-1).index_select(0, flat_keep)
+    src_w = size_f.index_select(0, flat_src)
+    # weighted sums on the receiving rows only: (x_dst·size_dst + Σ x_src·size_src) / Σ size
+    # (a one-hot matmul sums the merged rows; CPU index_add is far slower at these shapes)
+    onehot = F.one_hot(inverse, rows.numel()).T.to(x.dtype)  # [rows, B·r]
+    wsum = out_size.index_select(0, rows) + (onehot @ src_w.to(x.dtype)).to(size.dtype)
+    num = out_x.index_select(0, rows) * out_size.index_select(0, rows).unsqueeze(1).to(x.dtype)
+    num = num + onehot @ (x.reshape(b * n, dim).index_select(0, flat_src) * src_w.unsqueeze(1).to(x.dtype))
+    out_x = out_x.index_copy(0, rows, num / wsum.unsqueeze(1).to(x.dtype))
+    out_size = out_size.index_copy(0, rows, wsum)
+    out_pos = out_pos.scatter_reduce(0, dst_row, pos.reshape(-1).index_select(0, flat_src), reduce="amin")
+    return out_x.view(b, n - r, dim), out_size.view(b, n - r), out_pos.view(b, n - r)
 
 
 @register_reducer("tome")

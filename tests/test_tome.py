@@ -107,6 +107,37 @@ def test_size_weighted_average_and_many_into_one():
     assert float(out.size.sum()) == 9.0
 
 
+def test_matches_the_reference_merge_wavg_formulation():
+    # The reference: x·size and size scatter-summed into the B tokens, output [unmerged A, B], x / size.
+    g = torch.Generator().manual_seed(5)
+    b, n, d, r = 3, 37, 6, 15
+    x, metric = torch.randn(b, n, d, generator=g), torch.randn(b, n, 4, generator=g)
+    metric[:, 0:12:2] = metric[:, 1:2]  # several A tokens share one partner: many-into-one merges
+    size = torch.randint(1, 5, (b, n), generator=g).float()
+    pos = torch.randperm(b * n, generator=g).view(b, n)
+    got_x, got_size, got_pos = bipartite_merge(x, metric, size, pos, r)
+    m = metric / metric.norm(dim=-1, keepdim=True)
+    best, partner = (m[:, ::2] @ m[:, 1::2].transpose(1, 2)).max(-1)
+    order = best.argsort(dim=-1, descending=True, stable=True)
+    src, unm = order[:, :r], order[:, r:]
+    dst = partner.gather(1, src)
+
+    def merge(v, how):
+        a, bb = v[:, ::2], v[:, 1::2]
+        c = v.shape[-1]
+        kept = a.gather(1, unm[..., None].expand(-1, -1, c))
+        bb = bb.scatter_reduce(1, dst[..., None].expand(-1, -1, c), a.gather(1, src[..., None].expand(-1, -1, c)),
+                               reduce=how)
+        return torch.cat([kept, bb], 1)
+
+    ref_size = merge(size[..., None], "sum")[..., 0]
+    ref_x = merge(x * size[..., None], "sum") / ref_size[..., None]
+    assert torch.equal(got_size, ref_size)
+    assert torch.allclose(got_x, ref_x, atol=1e-6)
+    assert torch.equal(got_pos, merge(pos[..., None], "amin")[..., 0])
+    assert int((got_size > size.max()).sum()) > 0  # some token did absorb several
+
+
 def test_matching_uses_head_averaged_cosine_of_keys():
     # A token 0 matches B token 1 perfectly only after averaging over heads; per head it does not
     k = torch.zeros(4, 2, 2)
