@@ -78,15 +78,14 @@ def first_group_keep(metric: Tensor, r: int) -> Tensor:
     return keep.nonzero().squeeze(1)
 
 
-def later_group_keep(metric: Tensor, x: Tensor, prev_metric: Tensor, prev_mass: Tensor,
+def later_group_keep(metric: Tensor, act: Tensor, prev_metric: Tensor, prev_mass: Tensor,
                      r: int) -> tuple[Tensor, Tensor]:
-    """Accumulated temporal redundancy: metric [n, d] and x [n, D] of this group, the previous group's
-    kept keys [m, d] and masses [m] → (sorted indices of the n − r kept tokens, their accumulated masses
-    renormalised to sum to 1)."""
+    """Accumulated temporal redundancy: metric [n, d] and L1 activations ‖x‖₁ [n] of this group, the
+    previous group's kept keys [m, d] and masses [m] → (sorted indices of the n − r kept tokens, their
+    accumulated masses renormalised to sum to 1)."""
     n = metric.shape[0]
     attn = (metric @ prev_metric.T).softmax(dim=0)  # [n, m]: softmax over the current tokens
     mass = attn @ prev_mass  # [n]
-    act = x.abs().sum(dim=-1).float()
     lo, hi = act.min(), act.max()
     act = (act - lo) / (hi - lo) if bool(hi > lo) else torch.zeros_like(act)
     score = mass * (1.0 - act)
@@ -97,10 +96,11 @@ def later_group_keep(metric: Tensor, x: Tensor, prev_metric: Tensor, prev_mass: 
     return kept, m
 
 
-def sta_clip(x: Tensor, metric: Tensor, t_of: Tensor, group_span: int, n_groups: int, backwards: bool,
+def sta_clip(act: Tensor, metric: Tensor, t_of: Tensor, group_span: int, n_groups: int, backwards: bool,
              r: int) -> Tensor:
-    """One STA stage on one clip whose tokens are in original order: x [n, D], metric [n, d] (normalised),
-    t_of [n] the time step of each token → sorted indices of the kept tokens."""
+    """One STA stage on one clip whose tokens are in original order: act [n] the tokens' L1 activations,
+    metric [n, d] (normalised keys), t_of [n] the time step of each token → sorted indices of the kept
+    tokens."""
     group = t_of // group_span
     counts = torch.bincount(group, minlength=n_groups).tolist()
     starts = [0]
@@ -114,12 +114,12 @@ def sta_clip(x: Tensor, metric: Tensor, t_of: Tensor, group_span: int, n_groups:
         if n == 0:
             continue
         rg = min(r, n // 2)
-        gm, gx = metric[a:a + n], x[a:a + n]
+        gm, ga = metric[a:a + n], act[a:a + n]
         if prev_metric is None:
             kept = first_group_keep(gm, rg)
-            mass = torch.full((len(kept),), 1.0 / len(kept), device=x.device)
+            mass = torch.full((len(kept),), 1.0 / len(kept), device=metric.device)
         else:
-            kept, mass = later_group_keep(gm, gx, prev_metric, prev_mass, rg)
+            kept, mass = later_group_keep(gm, ga, prev_metric, prev_mass, rg)
         prev_metric, prev_mass = gm[kept], mass
         kept_parts[g] = kept + a
     return torch.cat([kept_parts[g] for g in sorted(kept_parts)])
@@ -165,13 +165,14 @@ class STA(Reducer):
         span = 2 ** stage
         n_groups = t_ // span
         metric = F.normalize(keys.mean(dim=1).float(), dim=-1)
+        act = tokens.x.detach().abs().sum(dim=-1).float()  # L1 activation of each token
         t_all = tokens.pos // (h_ * w_)
         idx_parts, counts, scales = [], [], []
         with torch.no_grad():
             for a, n in zip(tokens.cu_seqlens[:-1].tolist(), tokens.seqlens()):
                 sl = slice(a, a + n)
                 order = tokens.pos[sl].argsort(stable=True)  # original temporal order
-                kept = sta_clip(tokens.x[sl].index_select(0, order), metric[sl].index_select(0, order),
+                kept = sta_clip(act[sl].index_select(0, order), metric[sl].index_select(0, order),
                                 t_all[sl].index_select(0, order), span, n_groups, stage == 1, self.r)
                 keep_idx = order.index_select(0, kept) + a
                 idx_parts.append(keep_idx)

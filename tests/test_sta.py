@@ -114,22 +114,22 @@ def test_first_group_drops_the_even_tokens_most_similar_to_the_odd_set():
 def test_later_group_drops_redundant_low_activation_tokens():
     e = torch.eye(4)
     prev, mass = e[:1], torch.ones(1)
-    x = torch.ones(4, 3)  # equal activations: score is the accumulated redundancy alone
+    flat = torch.ones(4)  # equal activations: score is the accumulated redundancy alone
     keys = torch.stack([e[0], e[0], e[1], e[2]])  # tokens 0 and 1 repeat the previous group's token
-    kept, new_mass = later_group_keep(keys, x, prev, mass, 2)
+    kept, new_mass = later_group_keep(keys, flat, prev, mass, 2)
     assert kept.tolist() == [2, 3]
     assert float(new_mass.sum()) == pytest.approx(1.0)
     # softmax over the current tokens: each previous token spreads one unit of mass
-    full, _ = later_group_keep(keys, x, prev, mass, 0)
+    full, _ = later_group_keep(keys, flat, prev, mass, 0)
     assert full.tolist() == [0, 1, 2, 3]
     # equal redundancy: the highest activations survive (score · (1 − normalised L1 activation))
     same = torch.stack([e[0]] * 4)
-    act = torch.tensor([1.0, 4.0, 2.0, 3.0]).unsqueeze(1) * torch.ones(4, 3)
+    act = torch.tensor([1.0, 4.0, 2.0, 3.0])
     kept, _ = later_group_keep(same, act, prev, mass, 2)
     assert kept.tolist() == [1, 3]
     # the most active token has score 0 and survives even when it is the most redundant
     keys = torch.stack([e[0], e[1], e[2], e[3]])
-    act = torch.tensor([5.0, 1.0, 1.5, 2.0]).unsqueeze(1) * torch.ones(4, 3)
+    act = torch.tensor([5.0, 1.0, 1.5, 2.0])
     kept, _ = later_group_keep(keys, act, prev, mass, 3)
     assert kept.tolist() == [0]
 
@@ -138,11 +138,11 @@ def test_mass_accumulates_along_time():
     # previous group: two kept tokens, nearly all mass on the second; current tokens match one each
     e = torch.eye(3)
     prev = torch.stack([e[0], e[1]])
-    x = torch.ones(2, 3)
+    flat = torch.ones(2)
     keys = torch.stack([e[0], e[1]])
-    kept, _ = later_group_keep(keys, x, prev, torch.tensor([0.9, 0.1]), 1)
+    kept, _ = later_group_keep(keys, flat, prev, torch.tensor([0.9, 0.1]), 1)
     assert kept.tolist() == [1]  # the token inheriting the larger mass is the redundant one
-    kept, _ = later_group_keep(keys, x, prev, torch.tensor([0.1, 0.9]), 1)
+    kept, _ = later_group_keep(keys, flat, prev, torch.tensor([0.1, 0.9]), 1)
     assert kept.tolist() == [0]
 
 
