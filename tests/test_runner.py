@@ -1,0 +1,314 @@
+"""The runner end to end on a tiny suite: real model, real clips, real results files, real processes."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+from tokenbench.harness.results import ResultStore, TornLineWarning, load
+from tokenbench.harness.runner import RunCache, pretrained_path, run_cell, run_suite
+from tokenbench.harness.schema import CELL_FIELDS
+from tokenbench.harness.suite import load_suite
+
+TINY = """\
+[suite]
+name = "tiny"
+
+[defaults]
+modes = ["inference", "train"]
+batch_sizes = [4]
+repeats = 2
+warmup = 0
+threads = 1
+time_clips = 4
+device = "cpu"
+
+[train]
+epochs = 1
+batch_size = 8
+max_clips = 16
+warmup_epochs = 0
+
+[[models]]
+name = "vit_t"
+num_frames = 8
+img_size = 64
+pretrain = { dataset = "synthetic", options = { num_clips = 16 }, epochs = 1, batch_size = 8, warmup_epochs = 0 }
+
+[[datasets]]
+name = "synthetic"
+max_clips = 8
+options = { num_clips = 16 }
+
+[[datasets]]
+name = "samples"
+options = { windows = 1 }
+
+[[reducers]]
+name = "none"
+
+[[reducers]]
+name = "rlt"
+params = { threshold = 0.1 }
+
+[[reducers]]
+name = "random"
+params = { match_rlt = 0.1 }
+modes = ["inference"]
+datasets = ["synthetic"]
+
+[[reducers]]
+name = "tome"
+params = { r = 2 }
+modes = ["inference"]
+datasets = ["synthetic"]
+
+[[reducers]]
+name = "sta"
+params = { r = 2 }
+modes = ["inference"]
+datasets = ["synthetic"]
+"""
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """One TOKENBENCH_CACHE for the module: synthetic clips and the self-trained model are made once."""
+    path = tmp_path_factory.mktemp("tokenbench-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TOKENBENCH_CACHE", str(path))
+        yield path
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_tiny_suite_end_to_end_and_second_run_skips_everything(tmp_path, cache_dir):
+    suite = load_suite(write(tmp_path, "tiny.toml", TINY))
+    cells = suite.cells()
+    assert len(cells) == 9  # synthetic: 5 inference + 2 train (none, rlt); samples (unlabelled): 2 inference
+    out = tmp_path / "results"
+    cache = RunCache(cache_dir=cache_dir)
+    summary = run_suite(suite, out, command="pytest", cache=cache, show_progress=False)
+    assert summary.ran == len(cells) and summary.failed == 0, summary.failures
+    ckpt = pretrained_path(cells[0]["pretrain"], cache_dir)
+    assert ckpt.is_file()  # trained once, cached by its configuration
+
+    store = summary.store
+    assert store.parent.parent == out / "tiny"  # results/<suite>/<fingerprint>/records.jsonl
+    recs = [json.loads(line) for line in store.read_text().splitlines()]
+    assert [r["key"] for r in recs] == [c["key"] for c in cells]
+    for r in recs:
+        assert r["status"] == "ok" and r["error"] is None
+        assert all(f in r["cell"] for f in CELL_FIELDS)
+        fp = r["fingerprint"]
+        assert fp["id"] == store.parent.name and fp["threads"] == 1 and fp["torch"] and fp["git_commit"]
+        assert fp["dtype"] == "float32" and fp["attn_backend"] == "sdpa" and "decoder" in fp
+        m = r["metrics"]
+        assert len(m["tokens_per_layer"]) == 12 and m["tokens_total"] == 64
+        assert m["num_clips"] == len(m["tokens_per_clip"])
+        if r["cell"]["dataset"] == "synthetic":
+            assert 0 <= m["top1"] <= 100 and 0 <= m["top5"] <= 100 and m["views"] == "1x1"
+        if r["cell"]["mode"] == "inference":
+            assert m["gflops"] > 0 and m["time_ms_median"] > 0 and m["clips_per_s"] > 0 and m["speedup"] > 0
+            assert m["repeats"] == 2 and m["decode_ms_per_clip"] >= 0
+            # the analytic count (used for every clip) agrees with fvcore (attention handles) on the sample
+            assert abs(m["gflops_fvcore"] - m["gflops_fvcore_analytic"]) <= 0.01 * m["gflops_fvcore"]
+        else:
+            assert m["train_wall_s"] > 0 and m["train_epochs"] == 1 and "top1" in m
+    by = {(r["cell"]["mode"], r["cell"]["dataset"], r["cell"]["reducer"]): r for r in recs}
+    none, rlt = by[("inference", "synthetic", "none")], by[("inference", "synthetic", "rlt")]
+    assert none["metrics"]["speedup"] == 1.0 and none["metrics"]["top1_baseline"] == none["metrics"]["top1"]
+    assert rlt["metrics"]["top1_baseline"] == none["metrics"]["top1"]  # same model, same clips, no reducer
+    assert rlt["metrics"]["tokens_in_mean"] < 64 and rlt["metrics"]["gflops"] < none["metrics"]["gflops"]
+    # random masking calibrated to RLT's budget on the same clips
+    rnd = by[("inference", "synthetic", "random")]["metrics"]
+    assert rnd["reducer_params_used"]["keep"] == pytest.approx(rlt["metrics"]["tokens_in_mean"] / 64, abs=0.02)
+    assert by[("inference", "synthetic", "tome")]["metrics"]["tokens_per_layer"][-1] < 64  # progressive
+    assert by[("inference", "samples", "none")]["fingerprint"]["decoder"] in ("pyav", "torchcodec")
+    assert "top1" not in by[("inference", "samples", "none")]["metrics"]  # unlabelled
+
+    df = load(out)
+    assert len(df) == len(cells) and set(df["status"]) == {"ok"}
+
+    # the same suite again: every cell is recorded, nothing runs
+    t0 = time.perf_counter()
+    again = run_suite(load_suite(tmp_path / "tiny.toml"), out, cache=RunCache(cache_dir=cache_dir),
+                      show_progress=False)
+    assert again.ran == 0 and again.skipped == len(cells)
+    assert time.perf_counter() - t0 < 10
+    assert len(store.read_text().splitlines()) == len(cells)
+
+
+KILL = """\
+[suite]
+name = "killme"
+
+[defaults]
+batch_sizes = [2, 4]
+repeats = 2
+warmup = 0
+threads = 1
+time_clips = 4
+device = "cpu"
+
+[[models]]
+name = "vit_t"
+num_frames = 8
+img_size = 64
+checkpoint = "none"
+
+[[datasets]]
+name = "samples"
+options = { windows = 1 }
+
+[[reducers]]
+name = "none"
+
+[[reducers]]
+name = "rlt"
+sweep = { threshold = [0.02, 0.05, 0.1, 0.2] }
+
+[[reducers]]
+name = "tome"
+params = { r = 2 }
+"""
+
+
+def _run_cli(args, cache_dir, **kw):
+    env = {**os.environ, "TOKENBENCH_CACHE": str(cache_dir), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "tokenbench.harness.cli", "run", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_sigkill_mid_suite_then_resume_loses_and_repeats_nothing(tmp_path, cache_dir):
+    suite_file = write(tmp_path, "killme.toml", KILL)
+    total = len(load_suite(suite_file).cells())
+    assert total == 12
+    out = tmp_path / "results"
+    args = ["--suite", str(suite_file), "--out", str(out), "--no-report", "--no-progress"]
+    proc = _run_cli(args, cache_dir)
+    deadline = time.time() + 120
+    records = None
+    while time.time() < deadline and proc.poll() is None:
+        found = list(out.glob("killme/*/records.jsonl"))
+        if found and found[0].read_bytes().count(b"\n") >= 2:
+            records = found[0]
+            break
+        time.sleep(0.05)
+    assert records is not None, proc.communicate()[0][-3000:]
+    os.kill(proc.pid, signal.SIGKILL)  # no cleanup, no atexit: as a crash or an OOM kill
+    proc.wait(30)
+    before = records.read_bytes()
+    done_before = [json.loads(line)["key"] for line in before.decode().splitlines() if line.endswith("}")]
+    assert 2 <= len(done_before) < total, "the suite finished before it could be killed; make its cells slower"
+    # and as if the kill had landed mid-write: a torn last line
+    with open(records, "ab") as f:
+        f.write(b'{"schema": 1, "key": "torn-line-from-a-kill", "cell": {"mod')
+
+    proc = _run_cli(args, cache_dir)
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, log[-3000:]
+    assert "dropped a torn last line" in log
+    assert f"{total - len(done_before)} of {total} cells to run" in log
+    after = records.read_bytes()
+    lines = after.decode().splitlines()
+    keys = [json.loads(line)["key"] for line in lines]  # every line parses
+    assert after.startswith(before[: before.rfind(b"\n") + 1])  # finished records untouched
+    assert len(keys) == total == len(set(keys))  # none lost, none recomputed
+    assert set(keys) == {c["key"] for c in load_suite(suite_file).cells()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TornLineWarning)
+        assert set(load(records)["status"]) == {"ok"}
+
+    # a third run: nothing left to do, finishes in seconds
+    t0 = time.perf_counter()
+    proc = _run_cli(args, cache_dir)
+    log, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "nothing to run" in log, log[-2000:]
+    assert time.perf_counter() - t0 < 30
+    assert records.read_bytes() == after
+
+
+CORRUPT = """\
+[suite]
+name = "corrupt"
+
+[defaults]
+batch_sizes = [2]
+repeats = 1
+warmup = 0
+threads = 1
+time_clips = 2
+device = "cpu"
+
+[[models]]
+name = "vit_t"
+num_frames = 8
+img_size = 64
+checkpoint = "none"
+
+[[datasets]]
+id = "mine"
+name = "manifest"
+manifest = "MANIFEST"
+
+[[datasets]]
+name = "samples"
+options = { windows = 1, videos = ["bikes", "carphone_distorted"] }
+
+[[reducers]]
+name = "none"
+
+[[reducers]]
+name = "rlt"
+params = { threshold = 0.1 }
+"""
+
+
+def test_a_corrupt_video_fails_its_cells_naming_the_file_and_the_rest_go_on(tmp_path):
+    from tokenbench.datasets import sample_paths
+
+    good = sample_paths()["bikes"]
+    bad = tmp_path / "videos" / "truncated.mp4"
+    bad.parent.mkdir()
+    data = good.read_bytes()
+    bad.write_bytes(data[: len(data) // 3])  # cut mid-stream, as an interrupted download
+    manifest = tmp_path / "val.txt"
+    manifest.write_text(f"{good} 0\nvideos/truncated.mp4 1\n")
+    suite = load_suite(write(tmp_path, "corrupt.toml", CORRUPT.replace("MANIFEST", str(manifest))))
+    out = tmp_path / "results"
+    summary = run_suite(suite, out, show_progress=False)
+    recs = load(out)
+    assert len(recs) == 4 and summary.failed == 2
+    failed = recs[recs["status"] == "failed"]
+    assert set(failed["dataset_id"]) == {"mine"}
+    for err in failed["error"]:
+        assert str(bad) in err and "line 2" in err and str(manifest) in err
+    ok = recs[recs["status"] == "ok"]
+    assert set(ok["dataset"]) == {"samples"} and ok["gflops"].notna().all()
+    raw = [json.loads(line) for line in summary.store.read_text().splitlines()]
+    assert all("traceback" in r for r in raw if r["status"] == "failed")
+    # a failed cell is finished: skipped next time unless asked to retry
+    assert run_suite(suite, out, show_progress=False).ran == 0
+    assert run_suite(suite, out, show_progress=False, retry_failed=True).ran == 2
+
+
+def test_run_cell_records_any_exception_as_failed(tmp_path):
+    cell = load_suite(write(tmp_path, "k.toml", KILL)).cells()[0]
+    cell = {**cell, "model": "vit_t", "dataset_options": {"videos": ["no_such_video"]}}
+    rec = run_cell(cell, suite="x")
+    assert rec["status"] == "failed" and "no_such_video" in rec["error"]
+    assert rec["cell"]["dataset_options"] == {"videos": ["no_such_video"]} and rec["key"] == cell["key"]
+    assert rec["fingerprint"]["id"] and rec["metrics"] == {}
+    ResultStore(tmp_path / "r.jsonl").append(rec)  # and it is a valid record
