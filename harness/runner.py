@@ -148,6 +148,8 @@ class ClipSet:
     total: int = 0  # clips in the set (> len(clips) when streaming)
     dataset: Any = None  # kept when streaming
     workers: int = 0
+    skip_unreadable: bool = False
+    skipped: list[str] = field(default_factory=list)  # errors of videos left out (skip_unreadable)
 
     def __len__(self) -> int:
         return self.total or int(self.clips.shape[0])
@@ -163,22 +165,50 @@ class ClipSet:
     def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[int], list[str]]]:
         """(uint8 clips, labels, video ids, paths) of every clip, ``batch_size`` at a time, in order."""
         if not self.streaming:
-            for i in range(0, len(self), batch_size):
+            for i in range(0, int(self.clips.shape[0]), batch_size):
                 yield (self.clips[i:i + batch_size], self.labels[i:i + batch_size],
                        self.video_index[i:i + batch_size], self.paths[i:i + batch_size])
             return
-        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(self.dataset, range(self.total)),
+        ds = _Tolerant(self.dataset) if self.skip_unreadable else self.dataset
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, range(self.total)),
                                              batch_size=batch_size, shuffle=False, num_workers=self.workers,
                                              collate_fn=_collate_views)
-        yield from loader
+        seen = set(self.skipped)
+        for clips, labels, vids, paths, errors in loader:
+            for e in errors:
+                if e not in seen:
+                    seen.add(e)
+                    self.skipped.append(e)
+            if len(labels):
+                yield clips, labels, vids, paths
+
+
+class _Tolerant(torch.utils.data.Dataset):
+    """A dataset whose unreadable items come back as ``None`` with the error (``skip_unreadable``)."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        from tokenbench.datasets import VideoDecodeError
+
+        try:
+            return self.ds[i]
+        except VideoDecodeError as exc:
+            return None, -1, {"error": str(exc)}
 
 
 def _collate_views(items):
-    clips = torch.stack([torch.as_tensor(c) for c, _, _ in items])
-    labels = torch.tensor([int(y) for _, y, _ in items], dtype=torch.long)
-    vids = [int(m.get("video_index", m.get("index", 0))) for _, _, m in items]
-    paths = [str(m.get("path", "")) for _, _, m in items]
-    return clips, labels, vids, paths
+    good = [it for it in items if it[0] is not None]
+    errors = [it[2]["error"] for it in items if it[0] is None]
+    clips = torch.stack([torch.as_tensor(c) for c, _, _ in good]) if good else torch.empty(0, dtype=torch.uint8)
+    labels = torch.tensor([int(y) for _, y, _ in good], dtype=torch.long)
+    vids = [int(m.get("video_index", m.get("index", 0))) for _, _, m in good]
+    paths = [str(m.get("path", "")) for _, _, m in good]
+    return clips, labels, vids, paths, errors
 
 
 @dataclass
@@ -248,10 +278,22 @@ def load_clipset(cell: dict[str, Any], cache: RunCache, progress: Callable[[str]
         need = max(int(cell.get("time_clips") or 0), int(cell.get("batch_size", 1)),
                    int(cell.get("flops_check_clips") or 0), 1)
         head = min(n, need)
-    clips, labels, vids, paths, ms = [], [], [], [], []
+    from tokenbench.datasets import VideoDecodeError
+
+    skip = bool(cell.get("skip_unreadable"))
+    clips, labels, vids, paths, ms, skipped = [], [], [], [], [], []
+    bad_paths: set[str] = set()
     for i in range(head):
         t0 = time.perf_counter()
-        clip, label, meta = ds[i]  # a VideoDecodeError names the file; the cell fails with it
+        try:
+            clip, label, meta = ds[i]  # a VideoDecodeError names the file; the cell fails with it …
+        except VideoDecodeError as exc:
+            if not skip:
+                raise
+            if exc.path not in bad_paths:  # … unless the suite says to leave unreadable videos out
+                bad_paths.add(exc.path)
+                skipped.append(str(exc))
+            continue
         ms.append((time.perf_counter() - t0) * 1e3)
         clips.append(clip if isinstance(clip, torch.Tensor) else torch.as_tensor(clip))
         labels.append(int(label))
@@ -271,9 +313,13 @@ def load_clipset(cell: dict[str, Any], cache: RunCache, progress: Callable[[str]
             from tokenbench.datasets import decoder_info
 
             info.update(decoder_info())
+    if not clips:
+        raise CellError(f"no clip of dataset {cell['dataset']!r} could be read; first error: "
+                        f"{skipped[0] if skipped else '?'}")
     cs = ClipSet(torch.stack(clips), torch.tensor(labels, dtype=torch.long), vids, paths, ms,
                  int(getattr(ds, "num_classes", 0) or 0), info, total=n if streaming else 0,
-                 dataset=ds if streaming else None, workers=min(8, os.cpu_count() or 1) if streaming else 0)
+                 dataset=ds if streaming else None, workers=min(8, os.cpu_count() or 1) if streaming else 0,
+                 skip_unreadable=skip, skipped=skipped)
     cache.clips[key] = cs
     return cs
 
@@ -489,7 +535,11 @@ def forward_all(model, reducer, clips: ClipSet, cell: dict[str, Any],
                 progress(f"{what} {done}/{n} clips")
     metrics = tokens.summary()
     metrics["tokens_per_clip"] = metrics["tokens_per_clip"][:MAX_TOKENS_PER_CLIP_RECORDED]
-    metrics.update(gflops=statistics.fmean(gflops), gflops_attention=statistics.fmean(gflops_attn), num_clips=n)
+    metrics.update(gflops=statistics.fmean(gflops), gflops_attention=statistics.fmean(gflops_attn),
+                   num_clips=done)
+    if clips.skipped:
+        metrics["skipped_videos"] = len(clips.skipped)
+        metrics["skipped_errors"] = clips.skipped[:20]
     if acc is not None:
         r = acc.result()
         metrics.update(top1=r["top1"], top5=r["top5"], views=r["views"], num_videos=r["num_clips"])
@@ -706,7 +756,9 @@ def run_suite(suite: Suite, out: str | Path = "results", *, command: str = "", r
                     raise
                 except Exception as exc:  # its cells fail one by one with this error
                     log(f"training {pre['model']} failed: {describe_error(exc)}")
+    interactive = bool(getattr(stream, "isatty", lambda: False)())
     bar = tqdm(total=len(cells), initial=summary.skipped, unit="cell", file=stream, dynamic_ncols=True,
+               mininterval=0.5 if interactive else 30.0,
                disable=not show_progress, bar_format="{desc} |{bar}| {n_fmt}/{total_fmt} cells "
                                                      "[{elapsed}<{remaining}]{postfix}")
     data_in_use = None
@@ -722,7 +774,7 @@ def run_suite(suite: Suite, out: str | Path = "results", *, command: str = "", r
             data_in_use = dk
 
             def progress(msg: str) -> None:
-                bar.set_postfix_str(msg, refresh=True)
+                bar.set_postfix_str(msg, refresh=interactive)
 
             rec = run_cell(cell, suite=suite.name, command=command, cache=cache, progress=progress, log=log)
             target = store if rec["fingerprint"]["id"] == fp["id"] else ResultStore(

@@ -55,7 +55,9 @@ The format (every key optional unless marked)::
     max_clips = 0                 # overrides defaults.max_clips
     manifest = "${TOKENBENCH_K400_MANIFEST}"   # `path label` list (manifest datasets)
     root = ""                     # folder the manifest's paths are relative to
-    options = { sampling = "dense", stride = 4 }   # anything else get_dataset takes
+    options = { sampling = "kinetics", stride = 4 }   # anything else get_dataset takes
+    skip_unreadable = false       # true: leave out videos that do not decode (counted and named in each
+                                  # record: skipped_videos, skipped_errors); false: the cell fails naming it
     modes = ["inference"]
 
     [[reducers]]
@@ -153,7 +155,7 @@ def train_recipe() -> dict[str, Any]:
 
 MODEL_KEYS = ("name", "id", "num_frames", "img_size", "checkpoint", "num_classes", "pretrain", "modes")
 DATASET_KEYS = ("name", "id", "split", "train_split", "views", "max_clips", "manifest", "root", "options",
-                "modes")
+                "skip_unreadable", "modes")
 REDUCER_KEYS = ("name", "id", "params", "sweep", "label", "modes", "datasets", "models")
 # cell fields that do not identify a measurement (kept out of the key)
 NOT_IN_KEY = ("key", "label")
@@ -318,6 +320,7 @@ class DatasetSpec:
     views: str = "1x1"
     max_clips: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    skip_unreadable: bool = False
     modes: tuple[str, ...] = MODES
     path: tuple = ()
 
@@ -811,6 +814,9 @@ class _Validator:
         if "max_clips" in e:
             d.max_clips = self._int(p + ("max_clips",), e["max_clips"], 0)
         d.modes = self._modes(p + ("modes",), e.get("modes", list(MODES)))
+        d.skip_unreadable = e.get("skip_unreadable", False)
+        if not isinstance(d.skip_unreadable, bool):
+            raise self.fail(p + ("skip_unreadable",), f"skip_unreadable must be true or false, got {d.skip_unreadable!r}")
         if not d.labelled and "train" in d.modes and "modes" in e:
             raise self.fail(p + ("modes",), f"dataset {name!r} is unlabelled: it cannot be trained on; "
                                             "use modes = [\"inference\"]")
@@ -985,6 +991,8 @@ class _Validator:
             cell["num_classes"] = m.num_classes
         if d.options:
             cell["dataset_options"] = d.options
+        if d.skip_unreadable:
+            cell["skip_unreadable"] = True
         if not m.checkpoint and m.pretrain is not None:
             cell["pretrain"] = m.pretrain_config()
         if r.label:

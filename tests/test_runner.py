@@ -303,6 +303,16 @@ def test_a_corrupt_video_fails_its_cells_naming_the_file_and_the_rest_go_on(tmp_
     assert run_suite(suite, out, show_progress=False).ran == 0
     assert run_suite(suite, out, show_progress=False, retry_failed=True).ran == 2
 
+    # or the suite leaves unreadable videos out, counting and naming them in every record
+    tolerant = load_suite(write(tmp_path, "tolerant.toml", CORRUPT.replace("MANIFEST", str(manifest)).replace(
+        'manifest = "', 'skip_unreadable = true\nmanifest = "')), only=["dataset=mine"])
+    out2 = tmp_path / "results2"
+    summary = run_suite(tolerant, out2, show_progress=False)
+    assert summary.ran == 2 and summary.failed == 0
+    for _, row in load(out2).iterrows():
+        assert row["skipped_videos"] == 1 and str(bad) in row["skipped_errors"][0]
+        assert row["num_clips"] == 1 and row["top1"] is not None
+
 
 def test_run_cell_records_any_exception_as_failed(tmp_path):
     cell = load_suite(write(tmp_path, "k.toml", KILL)).cells()[0]
