@@ -10,8 +10,9 @@ group loses ``r`` tokens (dropped, not merged):
   (the reference hard-codes 8/4/2); T' = 16 gives 16, 8, 4 and T' = 4 gives 4, 2, 1 — a group always
   spans the same 1, 2, 4 time steps, so the stages prune at the same temporal granularity whatever the
   clip length. T' must be a multiple of 4 (:meth:`STA.check_geometry` raises otherwise).
-* **Walk.** Stages 0 and 2 walk the groups forward in time, stage 1 backwards (the reference's
-  ``perm``); the first group of the walk is the first non-empty one.
+* **Walk.** Stages 0 and 2 walk the groups forward in time, stage 1 (after block depth//3; "stage 2"
+  in DESIGN.md's count from 1) backwards, as the reference's ``perm``; the first group of the walk is
+  the first non-empty one.
 * **First group**: ToMe-style bipartite split of the group's tokens (in order) into even and odd; each
   even token's best cosine match among the odd ones; the ``r`` even tokens with the highest match are
   dropped.
