@@ -115,7 +115,12 @@ class Block(nn.Module):
         h, keys, ran = self.attn(self.norm1(tokens.x), tokens.cu_seqlens, backend, bias, dense)
         tokens = tokens.replace(x=tokens.x + self._drop(h, tokens))
         if reducer is not None:
-            tokens = reducer.after_attention(tokens, keys, layer, depth)
+            reduced = reducer.after_attention(tokens, keys, layer, depth)
+            if reduced is not tokens:
+                # The keys belong to the tokens before after_attention merged or moved them; after_block
+                # gets None rather than keys that no longer line up with its tokens.
+                keys = None
+            tokens = reduced
         tokens = tokens.replace(x=tokens.x + self._drop(self.mlp(self.norm2(tokens.x)), tokens))
         if reducer is not None:
             tokens = reducer.after_block(tokens, keys, layer, depth)

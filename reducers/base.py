@@ -90,7 +90,9 @@ class Reducer:
     def after_attention(self, tokens: PackedTokens, keys: Tensor, layer: int, depth: int) -> PackedTokens:
         return tokens
 
-    def after_block(self, tokens: PackedTokens, keys: Tensor, layer: int, depth: int) -> PackedTokens:
+    def after_block(self, tokens: PackedTokens, keys: Tensor | None, layer: int, depth: int) -> PackedTokens:
+        """``keys`` are this block's attention keys for ``tokens``, or ``None`` when ``after_attention``
+        of the same block already changed the tokens (their keys no longer line up)."""
         return tokens
 
     # --- helpers shared by all reducers -------------------------------------------------------

@@ -158,9 +158,12 @@ class STA(Reducer):
                     f"most half ({group // 2}) can be dropped")
             group = 2 * (group - self.r)  # the next stage's group: two of this stage's, pruned
 
-    def after_block(self, tokens: PackedTokens, keys: Tensor, layer: int, depth: int) -> PackedTokens:
+    def after_block(self, tokens: PackedTokens, keys: Tensor | None, layer: int, depth: int) -> PackedTokens:
         if self.r == 0 or layer not in stage_layers(depth):
             return tokens
+        if keys is None:
+            raise RuntimeError("sta: this block's keys are unavailable because another reducer changed the "
+                               "tokens after attention; STA cannot follow an in-block merging reducer")
         stage = stage_layers(depth).index(layer)
         t_, h_, w_ = tokens.grid
         span = 2 ** stage

@@ -90,7 +90,8 @@ class _Recorder(Reducer):
         return self.selection
 
     def _hook(self, kind, tokens, keys, layer, depth):
-        assert keys.shape[0] == tokens.x.shape[0], f"{kind}: keys and tokens disagree"
+        if kind == "after_attention" or keys is not None:
+            assert keys is not None and keys.shape[0] == tokens.x.shape[0], f"{kind}: keys and tokens disagree"
         before = per_clip_size(tokens)
         out = getattr(self.inner, kind)(tokens, keys, layer, depth)
         assert isinstance(out, PackedTokens), f"{kind} must return PackedTokens, got {type(out).__name__}"
