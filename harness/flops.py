@@ -15,6 +15,14 @@ Two counts, which must agree:
   The runner uses this count for every clip (tracing each clip is too slow) after
   :func:`verify_analytic` has checked it against fvcore on a sample.
 
+What the reducer itself costs: ``reducer.select`` runs eagerly before the trace (under jit tracing tensor
+sizes become tensors, which breaks Python arithmetic on shapes in selection code); it holds no op fvcore
+counts anyway (RLT: pixel differences and comparisons; random: a sort). The in-block hooks are traced:
+the similarity matmuls of ToMe and STA appear as :attr:`FlopReport.reducer_gflops` (ops a block runs
+outside its submodules). They are small — ToMe r=8 on ViT-S 0.45 of 55 GFLOPs per clip — and are not in
+the analytic count, which models the backbone; :func:`clip_gflops` adds the per-clip overhead measured
+on the sample when a caller wants the total.
+
 Which tokens enter which part of a block: attention and ``norm1`` see the tokens entering the block; the
 MLP and ``norm2`` see the tokens left after ``reducer.after_attention`` (ToMe merges there). The model
 reports counts after whole blocks only, so :func:`gflops_from_stats` infers the MLP's count from the
@@ -494,7 +502,7 @@ def run_cli(args) -> int:
     print(f"GFLOPs per clip (fvcore + attention handles): {r.gflops:.2f}")
     print(f"  attention matmuls (QKᵀ, AV):                {r.attention_gflops:.2f} ({100 * r.attention_share:.1f}%)")
     print(f"  fvcore out of the box would report:         {r.fvcore_without_attention:.2f}")
-    print(f"  reducer hooks (similarity matmuls):         {r.reducer_gflops:.2f}")
+    print(f"  inside reducer hooks (e.g. similarity):     {r.reducer_gflops:.2f}")
     print(f"analytic from token counts (backbone):        {r.analytic.mean:.2f} "
           f"({100 * r.relative_difference:.2f}% from fvcore's total, "
           f"{100 * r.backbone_difference:.3f}% from its backbone)")
@@ -506,7 +514,7 @@ def run_cli(args) -> int:
     for label, val in rows:
         print(f"  {label:<28} {val:10.3f}")
     if args.layers:
-        print(f"  {'layer':>5} {'tokens':>7} {'attn mm':>9} {'attn lin':>9} {'mlp':>9} {'norm':>7} "
+        print(f"  {'layer':>5} {'out':>7} {'attn mm':>9} {'attn lin':>9} {'mlp':>9} {'norm':>7} "
               f"{'reducer':>8} {'total':>9}")
         for i, row in enumerate(r.by_layer):
             print(f"  {i:>5} {r.tokens_per_layer[i][0]:>7} {row['attention_matmul']:9.3f} "
