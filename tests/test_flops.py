@@ -151,8 +151,7 @@ def test_fvcore_baseline_vit_b():
     _fvcore_baseline("vit_b")
 
 
-@pytest.mark.slow
-def test_fvcore_baseline_vit_l():
+def test_fvcore_baseline_vit_l():  # ~35 s on the shared 2-core machine, model build included
     _fvcore_baseline("vit_l")
 
 

@@ -12,7 +12,8 @@ the same batch, checked against an fvcore trace of one clip). ``extra_info`` hol
 
     efficiency = wall-clock speedup / FLOP ratio        (goal ≥ 0.85)
 
-1.0 means every saved FLOP became saved time. Random inputs would be useless here: noise is never static,
+1.0 means every saved FLOP became saved time. ``TOKENBENCH_BENCH_REPEATS`` (default 5) and
+``TOKENBENCH_BENCH_THREADS`` (default: torch's thread count) set the timed repeats and threads. Random inputs would be useless here: noise is never static,
 so RLT would keep every token.
 """
 from __future__ import annotations
@@ -32,6 +33,7 @@ from tokenbench.reducers import get_reducer
 GOAL = 0.85
 BATCH = 8
 REPEATS = int(os.environ.get("TOKENBENCH_BENCH_REPEATS", "5"))
+THREADS = int(os.environ.get("TOKENBENCH_BENCH_THREADS", "0")) or torch.get_num_threads()
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +62,7 @@ def test_rlt_speedup_over_flop_ratio(benchmark, clips):
 
     result = benchmark.pedantic(
         time_forward, args=(model, video, rlt),
-        kwargs={"warmup": 1, "repeats": REPEATS, "batch_size": BATCH, "threads": torch.get_num_threads()},
+        kwargs={"warmup": 1, "repeats": REPEATS, "batch_size": BATCH, "threads": THREADS},
         rounds=1, iterations=1)
     efficiency = result.speedup / flop_ratio
     q1, _, q3 = (statistics.quantiles(result.paired_ratios, n=4, method="inclusive")
