@@ -417,19 +417,23 @@ def count_flops(model: torch.nn.Module, video: Tensor, reducer: Reducer | None =
 def verify_analytic(model: torch.nn.Module, video: Tensor, reducer: Reducer | None = None,
                     selection: Selection | None = None, tol: float = 0.01) -> FlopReport:
     """Trace ``video`` (a sample of a cell's clips) with fvcore and check the analytic count the runner
-    uses for every clip: it must match fvcore's backbone count within ``tol`` (relative), and fvcore's
-    total (reducer hook ops included) within ``tol`` too. Raises :class:`FlopAgreementError`.
+    uses for every clip: it must match fvcore's count of the backbone within ``tol`` (relative), else
+    :class:`FlopAgreementError`. What fvcore counts inside the reducer's hooks (ToMe/STA similarity
+    matmuls, not modelled analytically) is reported as ``report.reducer_gflops`` and in
+    ``report.relative_difference`` (total vs analytic) — it is not an error of the analytic model, and it
+    can pass 1% for a narrow model on many tokens (ToMe on vit_t at 16×224²).
 
     The runner then records, for every clip, ``clip_gflops(model, reducer,
-    overhead_per_clip=report.reducer_gflops)``."""
+    overhead_per_clip=report.reducer_gflops)`` (or the analytic backbone alone, ``gflops_from_stats``)."""
     report = count_flops(model, video, reducer, selection)
-    name = getattr(reducer, "name", None) or "none"
-    if report.backbone_difference > tol or report.relative_difference > tol:
+    if report.backbone_difference > tol:
+        name = getattr(reducer, "name", None) or "none"
         raise FlopAgreementError(
-            f"analytic FLOPs {report.analytic.mean:.3f} GFLOPs per clip vs fvcore {report.gflops:.3f} "
-            f"({100 * report.relative_difference:.2f}%), of which backbone {report.backbone_gflops:.3f} "
-            f"({100 * report.backbone_difference:.2f}%) and reducer hooks {report.reducer_gflops:.3f}: "
-            f"more than {100 * tol:g}% apart for {model.name} with reducer {name}")
+            f"analytic FLOPs {report.analytic.mean:.3f} GFLOPs per clip vs fvcore's backbone "
+            f"{report.backbone_gflops:.3f} ({100 * report.backbone_difference:.2f}%; fvcore total "
+            f"{report.gflops:.3f} with {report.reducer_gflops:.3f} inside reducer hooks): more than "
+            f"{100 * tol:g}% apart for {model.name} with reducer {name}. Does the reducer change the token count "
+            f"both between attention and MLP and after the block? The model reports counts after whole blocks only.")
     return report
 
 

@@ -255,6 +255,16 @@ def test_verify_analytic_catches_a_reducer_the_analytic_model_cannot_see():
         verify_analytic(m, _noise(t=8, s=112), _DropInBothHooks(k=20))
 
 
+def test_verify_analytic_reports_but_accepts_reducer_hook_costs():
+    torch.manual_seed(0)
+    m = build_model("vit_t", 10, num_frames=8, img_size=112)
+    tome = _reducer_or_skip("tome", r=4)
+    report = verify_analytic(m, _noise(t=8, s=112), tome, tol=0.003)
+    assert report.reducer_gflops > 0 and report.relative_difference > 0.003  # similarity matmuls, not modelled
+    assert report.backbone_difference < 1e-9
+    assert clip_gflops(m, tome, overhead_per_clip=report.reducer_gflops) == pytest.approx([report.gflops], rel=1e-9)
+
+
 def test_count_flops_restores_backend_and_mode(small):
     small.train()
     small.attn_backend = "auto"
