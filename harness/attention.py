@@ -43,17 +43,38 @@ def torch_varlen_available() -> bool:
     return hasattr(varlen, "varlen_attn")
 
 
-def available_backends(device: torch.device | str, dtype: torch.dtype = torch.float32) -> list[str]:
-    """Backends that can run on ``device`` with ``dtype``, best first."""
-    device = torch.device(device)
+HALF = (torch.float16, torch.bfloat16)  # the only dtypes the varlen flash kernels take
+
+
+def compute_dtype(device: torch.device | str, dtype: torch.dtype = torch.float32) -> torch.dtype:
+    """The dtype attention runs in: under ``torch.autocast`` for the device's type, float32 inputs are
+    computed in the autocast dtype (the weights stay float32); otherwise ``dtype`` itself."""
+    dev = torch.device(device)
+    if dtype == torch.float32 and torch.is_autocast_enabled(dev.type):
+        return torch.get_autocast_dtype(dev.type)
+    return dtype
+
+
+def backends_for(device_type: str, dtype: torch.dtype, *, cuda: bool, flash_attn: bool,
+                 torch_varlen: bool) -> list[str]:
+    """Backends for a device type and compute dtype given what is installed, best first (pure logic:
+    :func:`available_backends` probes the machine and calls this)."""
     out = []
-    if device.type == "cuda" and torch.cuda.is_available():
-        if flash_attn_installed() and dtype in (torch.float16, torch.bfloat16):
+    if device_type == "cuda" and cuda and dtype in HALF:
+        if flash_attn:
             out.append("flash_attn")
-        if torch_varlen_available() and dtype in (torch.float16, torch.bfloat16):
+        if torch_varlen:
             out.append("torch_varlen")
     out.append("sdpa")
     return out
+
+
+def available_backends(device: torch.device | str, dtype: torch.dtype = torch.float32) -> list[str]:
+    """Backends that can run on ``device`` with ``dtype`` (the autocast dtype when autocast is on for the
+    device, see :func:`compute_dtype`), best first."""
+    device = torch.device(device)
+    return backends_for(device.type, compute_dtype(device, dtype), cuda=torch.cuda.is_available(),
+                        flash_attn=flash_attn_installed(), torch_varlen=torch_varlen_available())
 
 
 def choose_backend(device: torch.device | str, dtype: torch.dtype = torch.float32,
@@ -66,7 +87,8 @@ def choose_backend(device: torch.device | str, dtype: torch.dtype = torch.float3
         raise ValueError(f"unknown attention backend {requested!r}; choose from auto, {', '.join(BACKENDS)}")
     if requested not in avail:
         raise ValueError(
-            f"attention backend {requested!r} cannot run on {torch.device(device)} with {dtype}; "
+            f"attention backend {requested!r} cannot run on {torch.device(device)} with "
+            f"{compute_dtype(device, dtype)}; "
             f"available here: {', '.join(avail)}"
         )
     return requested
@@ -105,6 +127,11 @@ def packed_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, *, bac
     """Attention within each packed sequence. Returns (output [N, h, d], backend that ran)."""
     if bias is not None or backend == "sdpa":
         return sdpa_packed(q, k, v, cu_seqlens.tolist(), bias=bias, scale=scale, dense=dense), "sdpa"
+    if q.dtype not in HALF:  # float32 activations under autocast: the kernels take the autocast dtype
+        half = compute_dtype(q.device, q.dtype)
+        if half not in HALF:
+            raise ValueError(f"attention backend {backend!r} needs float16/bfloat16 q, k, v, got {q.dtype}")
+        q, k, v = q.to(half), k.to(half), v.to(half)
     cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
     max_len = int(torch.diff(cu).max())
     if backend == "torch_varlen":
