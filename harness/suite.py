@@ -20,7 +20,11 @@ The format (every key optional unless marked)::
     max_clips = 0                 # clips per dataset; 0 = all
     seed = 0
     dtype = "auto"                # float32 | float16 | bfloat16 | auto (bfloat16 on CUDA, else float32)
-    compile = false               # torch.compile the model
+    compile = false               # torch.compile the model (recorded in every cell; slow to warm up on a CPU)
+    autocast = "none"             # none | bfloat16 | float16, or a list — a sweep dimension of inference
+                                  # cells, e.g. ["none", "bfloat16"]: float32 weights, matmuls and
+                                  # attention (flash_attn / torch_varlen on CUDA) in the autocast dtype;
+                                  # dtype "auto" then means float32
     attn_backend = "auto"         # auto | sdpa | torch_varlen | flash_attn
     device = "auto"               # auto (cuda when available) | cpu | cuda | cuda:1 …
     flops_check_clips = 1         # clips traced by fvcore to check the analytic FLOP count (0 = none)
@@ -105,6 +109,7 @@ from .schema import CELL_FIELDS, canonical_json, cell_key, reducer_label
 
 MODES = ("inference", "train")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+AUTOCAST = ("none", "bfloat16", "float16")
 ATTN_BACKENDS = ("auto", "sdpa", "torch_varlen", "flash_attn")
 KNOWN_DATASETS = ("synthetic", "samples", "manifest", "kinetics", "ssv2")
 UNLABELLED_DATASETS = ("samples",)
@@ -130,6 +135,7 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "dtype": "auto",
     "compile": False,
+    "autocast": "none",
     "attn_backend": "auto",
     "device": "auto",
     "flops_check_clips": 1,
@@ -700,8 +706,16 @@ class _Validator:
         if not isinstance(d["compile"], bool):
             raise self.fail(p + ("compile",), f"compile must be true or false, got {d['compile']!r}")
         d["device"] = _resolve_device(d["device"])
+        ac = d["autocast"] if isinstance(d["autocast"], list) else [d["autocast"]]
+        if not ac:
+            raise self.fail(p + ("autocast",), f"autocast must be one of {', '.join(AUTOCAST)} or a list of them")
+        d["autocast"] = [self._str(p + ("autocast",), a, AUTOCAST) for a in ac]
+        amp = any(a != "none" for a in d["autocast"])
+        if amp and d["dtype"] not in ("auto", "float32"):
+            raise self.fail(p + ("dtype",), f"autocast runs float32 weights in lower precision: with autocast = "
+                                            f"{d['autocast']} set dtype = \"float32\" (or \"auto\"), not {d['dtype']!r}")
         if d["dtype"] == "auto":
-            d["dtype"] = "bfloat16" if d["device"].startswith("cuda") else "float32"
+            d["dtype"] = "bfloat16" if d["device"].startswith("cuda") and not amp else "float32"
         return d
 
     def recipe(self, raw: dict, extras: dict, path: tuple, what: str) -> dict[str, Any]:
@@ -961,9 +975,11 @@ class _Validator:
                                                     f"{m.grid}, {m.depth} blocks; [[models]] at "
                                                     f"{self.where(m.path)}): {exc}") from None
                             sizes = dflt["batch_sizes"] if mode == "inference" else [suite.train["batch_size"]]
+                            amps = dflt["autocast"] if mode == "inference" else ["none"]
                             for bs in sizes:
-                                cells.append(self.cell(suite, mode, m, d, r, params, bs))
-                                self.cell_entries.append((m.path, d.path))
+                                for ac in amps:
+                                    cells.append(self.with_autocast(self.cell(suite, mode, m, d, r, params, bs), ac))
+                                    self.cell_entries.append((m.path, d.path))
         return cells
 
     def cell(self, suite: Suite, mode: str, m: ModelSpec, d: DatasetSpec, r: ReducerSpec,
@@ -998,6 +1014,16 @@ class _Validator:
         if r.label:
             cell["label"] = r.label if len(r.variants()) == 1 else f"{r.label} " + " ".join(
                 f"{k}={params[k]}" for k in r.sweep)
+        cell["key"] = key_of(cell)
+        return cell
+
+    @staticmethod
+    def with_autocast(cell: dict[str, Any], autocast: str) -> dict[str, Any]:
+        """The cell under ``torch.autocast(dtype=autocast)``; "none" leaves it (and its key) as it was."""
+        if autocast == "none":
+            return cell
+        cell["label"] = f"{cell_label(cell)} [{autocast} autocast]"  # tables keep the two apart
+        cell["autocast"] = autocast
         cell["key"] = key_of(cell)
         return cell
 
