@@ -59,6 +59,14 @@ from .schema import SCHEMA_VERSION, canonical_json
 from .suite import Suite, cell_label, key_of, parse_views
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def autocast_for(cell: dict[str, Any]) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` in the cell's ``autocast`` dtype on its device type (a no-op without one)."""
+    amp = cell.get("autocast") or "none"
+    if amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(cell.get("device", "cpu")).type, dtype=DTYPES[amp])
 MAX_TOKENS_PER_CLIP_RECORDED = 20000  # beyond this many clips a record keeps the first ones only
 IN_MEMORY_BUDGET_BYTES = 2 * 2**30  # decoded clips kept in memory across cells up to this size
 
@@ -550,9 +558,10 @@ def forward_all(model, reducer, clips: ClipSet, cell: dict[str, Any],
 
 def _baseline_top1(model, clips: ClipSet, cell: dict[str, Any], cache: RunCache, mkey: str, progress) -> float:
     """Top-1 of the same model without reducer on the same clips (once per model and data)."""
-    key = mkey + ":" + data_key(cell)
+    key = mkey + ":" + data_key(cell) + ":" + str(cell.get("autocast") or "none")
     if key not in cache.baseline:
-        cache.baseline[key] = forward_all(model, None, clips, cell, progress, what="baseline")["metrics"]
+        with autocast_for(cell):
+            cache.baseline[key] = forward_all(model, None, clips, cell, progress, what="baseline")["metrics"]
     return cache.baseline[key]["top1"]
 
 
@@ -572,7 +581,8 @@ def inference_cell(cell: dict[str, Any], cache: RunCache, progress=None, log=Non
     device, dtype = cell.get("device", "cpu"), DTYPES[cell.get("dtype", "float32")]
 
     # accuracy, tokens and analytic GFLOPs of every clip
-    fw = forward_all(model, reducer, clips, cell, progress)
+    with autocast_for(cell):
+        fw = forward_all(model, reducer, clips, cell, progress)
     metrics: dict[str, Any] = dict(fw["metrics"])
     if "top1" in metrics:
         metrics["top1_baseline"] = metrics["top1"] if reducer is None else _baseline_top1(
@@ -591,9 +601,10 @@ def inference_cell(cell: dict[str, Any], cache: RunCache, progress=None, log=Non
     if progress:
         progress(f"timing {n_time} clips × {cell.get('repeats', 10)} repeats")
     resident = normalised(clips.clips[:n_time], device, dtype)
-    timing = time_forward(model, resident, reducer.fresh() if reducer is not None else None,
-                          baseline=reducer is not None, warmup=int(cell.get("warmup", 2)),
-                          repeats=int(cell.get("repeats", 10)), batch_size=int(cell["batch_size"]))
+    with autocast_for(cell):  # the context is entered once; every timed forward runs inside it
+        timing = time_forward(model, resident, reducer.fresh() if reducer is not None else None,
+                              baseline=reducer is not None, warmup=int(cell.get("warmup", 2)),
+                              repeats=int(cell.get("repeats", 10)), batch_size=int(cell["batch_size"]))
     metrics.update(timing.as_metrics())
     metrics["time_clips"] = timing.num_clips
     if reducer is None:  # the baseline cell is its own reference
