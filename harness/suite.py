@@ -705,6 +705,9 @@ class _Validator:
             raise self.fail(p + ("device",), f"device must be auto, cpu, cuda or cuda:N; got {d['device']!r}")
         if not isinstance(d["compile"], bool):
             raise self.fail(p + ("compile",), f"compile must be true or false, got {d['compile']!r}")
+        if d["compile"] and "inference" in d["modes"] and d["warmup"] < 1:
+            raise self.fail(p + ("warmup",), "compile = true needs warmup ≥ 1: otherwise torch.compile's "
+                                             "compilation lands in the timed runs")
         d["device"] = _resolve_device(d["device"])
         ac = d["autocast"] if isinstance(d["autocast"], list) else [d["autocast"]]
         if not ac:
