@@ -37,6 +37,9 @@ examples:
   tokenbench run --set defaults.repeats=3 --set train.epochs=1      quicker, noisier
   tokenbench run --only reducer=rlt --only dataset=samples            a subset of the cells
   tokenbench run --dry-run                                          list the cells, run nothing
+  tokenbench run --launcher local                  one process per cell (submitit), one at a time
+  tokenbench run --suite paper-k400 --launcher slurm --partition gpu --array-parallelism 16 --timeout-min 120
+                                                   one Slurm job per cell, 1 GPU each, a job array
 """
 
 
@@ -62,6 +65,9 @@ def add_cli(sub) -> None:
                    help="run again the cells recorded as failed (the new record supersedes the old)")
     p.add_argument("--dry-run", action="store_true", help="validate the suite and list its cells; run nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    from .launch import add_launch_args
+
+    add_launch_args(p)  # --launcher local|slurm: one submitit job per cell (harness/launch.py)
     p.set_defaults(func=run)
 
 
@@ -69,6 +75,10 @@ def run(args) -> int:
     from .runner import command_line, run_suite
     from .suite import cell_label, describe, load_suite
 
+    if getattr(args, "launcher", "inprocess") != "inprocess":
+        from .launch import run_launched
+
+        return run_launched(args)
     suite = load_suite(args.suite, overrides=args.overrides, only=args.only)
     cells = suite.cells()
     print(describe(suite), file=sys.stderr)
