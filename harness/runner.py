@@ -228,6 +228,22 @@ class RunCache:
     baseline: dict[str, dict[str, Any]] = field(default_factory=dict)
     calibrated: dict[str, Any] = field(default_factory=dict)
     cache_dir: Path = field(default_factory=cache_root)
+    pretrain_failures: dict[str, str] = field(default_factory=dict)  # a model whose training failed: why
+
+    def pretrained(self, pretrain: dict[str, Any], device: str = "cpu",
+                   log: Callable[[str], None] | None = None) -> Path:
+        """:func:`ensure_pretrained`, remembering a failure so the model's other cells do not retrain it."""
+        key = _hash(pretrain)
+        if key in self.pretrain_failures:
+            raise CellError(f"training the suite's {pretrain['model']} failed earlier in this run: "
+                            f"{self.pretrain_failures[key]}")
+        try:
+            return ensure_pretrained(pretrain, self.cache_dir, device, log)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            self.pretrain_failures[key] = describe_error(exc)
+            raise
 
     def drop_clips_except(self, keep: str | None) -> None:
         for k in [k for k in self.clips if k != keep]:
@@ -441,7 +457,7 @@ def load_model(cell: dict[str, Any], cache: RunCache, num_classes: int, length_e
     if ckpt.startswith("trained:"):
         if not cell.get("pretrain"):
             raise CellError(f"checkpoint {ckpt} names a self-trained model but the cell has no pretrain settings")
-        path = ensure_pretrained(cell["pretrain"], cache.cache_dir, cell.get("device", "cpu"), log)
+        path = cache.pretrained(cell["pretrain"], cell.get("device", "cpu"), log)
         info = load_checkpoint(model, path, strict=False)
     elif ckpt == "none":
         info = {"missing": []}
@@ -643,7 +659,7 @@ def train_cell(cell: dict[str, Any], cache: RunCache, progress=None, log=None) -
     if settings.get("init") == "checkpoint":
         ck = cell["checkpoint"]
         if ck.startswith("trained:"):
-            ck = str(ensure_pretrained(cell["pretrain"], cache.cache_dir, device, log))
+            ck = str(cache.pretrained(cell["pretrain"], device, log))
         if ck != "none":
             load_checkpoint(model, ck, strict=False)
     if progress:
@@ -761,7 +777,7 @@ def run_suite(suite: Suite, out: str | Path = "results", *, command: str = "", r
                 t0 = time.perf_counter()
                 try:
                     with torch_threads(int(c.get("threads") or 0)):
-                        ensure_pretrained(pre, cache.cache_dir, c.get("device", "cpu"), log)
+                        cache.pretrained(pre, c.get("device", "cpu"), log)
                     log(f"trained {pre['model']} in {time.perf_counter() - t0:.0f} s → {path}")
                 except KeyboardInterrupt:
                     raise

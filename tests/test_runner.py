@@ -322,3 +322,15 @@ def test_run_cell_records_any_exception_as_failed(tmp_path):
     assert rec["cell"]["dataset_options"] == {"videos": ["no_such_video"]} and rec["key"] == cell["key"]
     assert rec["fingerprint"]["id"] and rec["metrics"] == {}
     ResultStore(tmp_path / "r.jsonl").append(rec)  # and it is a valid record
+
+
+def test_a_model_that_fails_to_train_fails_its_cells_once_each_without_retraining(tmp_path, cache_dir):
+    text = KILL.replace('checkpoint = "none"', 'pretrain = { dataset = "synthetic", options = { num_clips = 4 }, '
+                                                'epochs = 1, batch_size = 8 }')
+    suite = load_suite(write(tmp_path, "untrainable.toml", text), only=["batch_size=2", "reducer=rlt"])
+    cache = RunCache(cache_dir=cache_dir)
+    summary = run_suite(suite, tmp_path / "results", cache=cache, show_progress=False)
+    assert summary.ran == summary.failed == 4
+    errors = list(load(tmp_path / "results")["error"])
+    assert all("no full batch" in e for e in errors)  # train()'s own message, on every cell
+    assert len(cache.pretrain_failures) == 1 and all("failed earlier in this run" in e for e in errors)
