@@ -16,9 +16,11 @@ What an **inference** cell measures, on the cell's clips (``max_clips`` videos Ã
   and the same model without reducer on the same clips (``top1_baseline``; computed once per model and
   data, shared by the cells of a run);
 * tokens: per clip entering the first block, and per layer (mean over clips);
-* GFLOPs: the analytic count from every clip's token counts (``harness.flops.gflops_from_stats``),
-  checked against an fvcore trace of ``flops_check_clips`` clips (``harness.flops.verify_analytic``,
-  which fails the cell if the two disagree by more than 1 %);
+* GFLOPs: for every clip, the analytic backbone count from its token counts
+  (``harness.flops.gflops_from_stats``) plus the reducer's own hook cost per clip; both come from an
+  fvcore trace (attention handles included) of ``flops_check_clips`` clips first
+  (``harness.flops.verify_analytic``, which fails the cell when fvcore's backbone count and the analytic
+  one disagree by more than 1 %; ``gflops_fvcore`` is recorded beside ``gflops``);
 * wall-clock (``harness.timing.time_forward``): ``time_clips`` clips decoded beforehand and resident on
   the device, the baseline timed interleaved with the reducer in the same cell, selection inside the
   timed region and also timed alone; decode time per clip measured apart when the clips were loaded.
@@ -525,9 +527,12 @@ def calibrate(reducer, cell: dict[str, Any], clips: ClipSet, cache: RunCache):
 # measuring
 # ----------------------------------------------------------------------------------------------
 def forward_all(model, reducer, clips: ClipSet, cell: dict[str, Any],
-                progress: Callable[[str], None] | None = None, what: str = "eval") -> dict[str, Any]:
+                progress: Callable[[str], None] | None = None, what: str = "eval",
+                overhead_per_clip: float = 0.0) -> dict[str, Any]:
     """Every clip through the model in batches of the cell's size: accuracy (multi-view), tokens per clip
-    and layer, analytic GFLOPs per clip, the attention backend that ran."""
+    and layer, GFLOPs per clip (the analytic backbone count from the clip's token counts, plus the
+    reducer's hook cost per clip measured by fvcore: ``overhead_per_clip``), the attention backend that
+    ran."""
     from .flops import gflops_from_stats
     from .metrics import MultiViewAccuracy, TokenCounts
 
@@ -551,7 +556,7 @@ def forward_all(model, reducer, clips: ClipSet, cell: dict[str, Any],
                 acc.add(out, labels, vids)
             tokens.add(stats)
             fl = gflops_from_stats(net, reducer, stats)
-            gflops.extend(fl.per_clip)
+            gflops.extend(g + overhead_per_clip for g in fl.per_clip)
             gflops_attn.extend(fl.attention_per_clip)
             backends.add(stats.backend)
             done += len(labels)
@@ -596,22 +601,28 @@ def inference_cell(cell: dict[str, Any], cache: RunCache, progress=None, log=Non
     reducer = calibrate(reducer, cell, clips, cache)
     device, dtype = cell.get("device", "cpu"), DTYPES[cell.get("dtype", "float32")]
 
-    # accuracy, tokens and analytic GFLOPs of every clip
-    with autocast_for(cell):
-        fw = forward_all(model, reducer, clips, cell, progress)
-    metrics: dict[str, Any] = dict(fw["metrics"])
-    if "top1" in metrics:
-        metrics["top1_baseline"] = metrics["top1"] if reducer is None else _baseline_top1(
-            model, clips, cell, cache, model_key(cell, num_classes, length_emb), progress)
-    # the analytic count, checked against an fvcore trace (attention handles included) on a sample
+    # FLOPs: an fvcore trace (attention handles included) of a sample checks the analytic count used for
+    # every clip, and measures what the reducer's own hooks cost per clip (ToMe/STA similarity matmuls)
+    metrics: dict[str, Any] = {}
+    overhead = 0.0
     n_check = min(int(cell.get("flops_check_clips", 1)), int(clips.clips.shape[0]))
     if n_check:
         if progress:
             progress(f"fvcore check on {n_check} clip(s)")
         sample = normalised(clips.clips[:n_check], device, dtype)
         rep = verify_analytic(net, sample, reducer.fresh() if reducer is not None else None)
+        overhead = rep.reducer_gflops
         metrics["gflops_fvcore"] = rep.gflops
-        metrics["gflops_fvcore_analytic"] = rep.analytic.mean  # the analytic count of the same traced clips
+        # what the analytic count (+ the hook cost) gives the same traced clips: agrees with gflops_fvcore
+        metrics["gflops_fvcore_analytic"] = rep.analytic.mean + rep.reducer_gflops
+        metrics["gflops_reducer_overhead"] = rep.reducer_gflops
+    # accuracy, tokens and GFLOPs of every clip
+    with autocast_for(cell):
+        fw = forward_all(model, reducer, clips, cell, progress, overhead_per_clip=overhead)
+    metrics.update(fw["metrics"])
+    if "top1" in metrics:
+        metrics["top1_baseline"] = metrics["top1"] if reducer is None else _baseline_top1(
+            model, clips, cell, cache, model_key(cell, num_classes, length_emb), progress)
     # wall-clock: clips decoded beforehand and resident on the device; baseline interleaved
     n_time = min(int(cell.get("time_clips") or 0) or len(clips), int(clips.clips.shape[0]))
     if progress:
