@@ -220,21 +220,31 @@ def pending_pretrains(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def visible_gpus() -> list[int]:
-    """Indices (as ``CUDA_VISIBLE_DEVICES`` names them) of the GPUs this process may hand to local jobs."""
+def visible_gpus() -> list[str]:
+    """The GPUs this process may hand to local jobs, as ``CUDA_VISIBLE_DEVICES`` names them (indices or
+    UUIDs): that variable's entries when set, else every device torch sees."""
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:
-        items = [x.strip() for x in env.split(",") if x.strip()]
-        return [int(x) for x in items if x.isdigit()]
+        return [x.strip() for x in env.split(",") if x.strip()]
     try:
         import torch
 
-        return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     except Exception:
         return []
 
 
-def local_parallelism(device: str, requested: int | None, gpus: list[int]) -> tuple[int, str]:
+def pin_gpu(ex, gpu: str | None) -> None:
+    """The next local job sees only ``gpu`` (None: no GPU at all)."""
+    if gpu is None:
+        ex.update_parameters(gpus_per_node=0, visible_gpus=(), setup=[])
+    elif gpu.isdigit():  # submitit's own mechanism: CUDA_VISIBLE_DEVICES=<gpu> for the job
+        ex.update_parameters(gpus_per_node=1, visible_gpus=(int(gpu),), setup=[])
+    else:  # a GPU UUID / MIG name: exported before the job starts
+        ex.update_parameters(gpus_per_node=0, visible_gpus=(), setup=[f"export CUDA_VISIBLE_DEVICES={shlex.quote(gpu)}"])
+
+
+def local_parallelism(device: str, requested: int | None, gpus: list[str]) -> tuple[int, str]:
     """(jobs at once, why): one at a time unless CUDA cells and several GPUs, each job on its own GPU."""
     want = max(1, int(requested or 1))
     if not device.startswith("cuda"):
@@ -370,6 +380,8 @@ def _launch_slurm(pending, pretrains, suite, out: Path, folder: Path, opts: Laun
 
 def _launch_local(pending, pretrains, suite, out: Path, folder: Path, opts: LaunchOptions, command: str,
                   summary: LaunchSummary, log) -> None:
+    from .suite import cell_label
+
     device = suite.defaults.get("device", "cpu")
     ex = local_executor(folder, opts)
     gpus = visible_gpus() if device.startswith("cuda") else []
@@ -379,15 +391,25 @@ def _launch_local(pending, pretrains, suite, out: Path, folder: Path, opts: Laun
     want_gpus = 1 if device.startswith("cuda") else 0  # a cell runs on one device; each job gets its own
     if opts.gpus_per_job not in (None, want_gpus):
         log(f"--gpus-per-job {opts.gpus_per_job} ignored by the local launcher: {want_gpus} GPU per job")
+    if want_gpus and not gpus:
+        from .cli import UserError
+
+        raise UserError(f"the cells run on {device} but no GPU is visible here (CUDA_VISIBLE_DEVICES, torch.cuda)")
     if pretrains:
-        ex.update_parameters(gpus_per_node=want_gpus, visible_gpus=tuple(gpus[:1]) if want_gpus else ())
+        pin_gpu(ex, gpus[0] if want_gpus else None)
         job = ex.submit(prepare_job, pretrains, device, int(suite.defaults.get("threads") or 0))
         summary.prepare_job = str(job.job_id)
         log(f"prepare job {job.job_id}: training {len(pretrains)} model(s) before the cells (once, cached)")
         try:
             job.result()
-        except Exception as exc:  # the cells then fail one by one, naming the training error
-            log(f"prepare job failed: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}")
+        except Exception as exc:  # its cells are recorded as failed with the error, not retrained one by one
+            why = f"training the suite's model failed in prepare job {job.job_id}: {job_error(exc)}"
+            log(why)
+            for cell in [c for c in pending if pending_pretrains([c])]:
+                _record_lost(cell, suite.name, out, why, job.paths.stderr)
+                summary.failed += 1
+                summary.failures.append(f"{cell_label(cell)}: {why}")
+            pending = [c for c in pending if not pending_pretrains([c])]
     free = list(gpus[:width]) if want_gpus else [None] * width
     running: list[tuple[Any, dict[str, Any], Any]] = []  # (job, cell, gpu slot)
     queue = list(pending)
@@ -396,10 +418,7 @@ def _launch_local(pending, pretrains, suite, out: Path, folder: Path, opts: Laun
         while queue or running:
             while queue and free:
                 slot = free.pop(0)
-                if want_gpus:
-                    ex.update_parameters(gpus_per_node=want_gpus, visible_gpus=(slot,))
-                else:
-                    ex.update_parameters(gpus_per_node=0, visible_gpus=())
+                pin_gpu(ex, slot)
                 cell = queue.pop(0)
                 job = ex.submit(run_job, cell, suite.name, str(out), command, "local", opts.retry_failed)
                 summary.job_ids.append(str(job.job_id))
@@ -432,8 +451,7 @@ def _collect(cell, job, summary: LaunchSummary, log, counter: str | None, out: P
     try:
         res = job.result()
     except Exception as exc:  # the job died without returning: timeout, killed, cannot import …
-        text = str(exc).strip()
-        why = text.splitlines()[-1] if text else type(exc).__name__
+        why = job_error(exc)
         summary.failed += 1
         summary.failures.append(f"{label}: job {job.job_id} died: {why}")
         log(f"{prefix}{label}: job {job.job_id} died without a record: {why}")
@@ -451,6 +469,16 @@ def _collect(cell, job, summary: LaunchSummary, log, counter: str | None, out: P
         summary.failures.append(f"{label} ({cell['mode']}): {res['error']}")
     log(f"{prefix}{label}: {res['status']}{' — ' + res['error'] if res['error'] else ''}"
         f" ({res.get('duration_s', 0):.1f} s, job {job.job_id})")
+
+
+def job_error(exc: BaseException) -> str:
+    """The error a submitit job died of: the last line of the job's own traceback when submitit's message
+    carries one (between its ``-----`` rules), else the message's last line."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines()]
+    rules = [i for i, ln in enumerate(lines) if ln and set(ln) == {"-"}]
+    body = lines[rules[0] + 1:rules[1]] if len(rules) >= 2 else lines
+    body = [ln for ln in body if ln]
+    return body[-1] if body else type(exc).__name__
 
 
 def _record_lost(cell: dict[str, Any], suite: str, out: Path, error: str, log_path: Path) -> None:

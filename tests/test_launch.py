@@ -21,6 +21,7 @@ from tokenbench.harness.launch import (
     LaunchOptions,
     launch,
     local_parallelism,
+    pin_gpu,
     recorded_keys,
     run_job,
     slurm_executor,
@@ -159,12 +160,28 @@ def test_a_job_waits_for_the_records_lock_another_writer_holds(tmp_path):
 
 def test_local_jobs_never_share_a_gpu_or_the_cpu():
     assert local_parallelism("cpu", None, [])[0] == 1
-    width, note = local_parallelism("cpu", 4, [0, 1])
+    width, note = local_parallelism("cpu", 4, ["0", "1"])
     assert width == 1 and "one at a time" in note
-    assert local_parallelism("cuda", None, [0, 1, 2, 3])[0] == 1
-    assert local_parallelism("cuda", 4, [0])[0] == 1  # one GPU: timing cells one at a time
-    assert local_parallelism("cuda", 4, [0, 1])[0] == 2  # one job per GPU
-    assert local_parallelism("cuda", 2, [0, 1, 2, 3]) == (2, "")
+    assert local_parallelism("cuda", None, ["0", "1", "2", "3"])[0] == 1
+    assert local_parallelism("cuda", 4, ["0"])[0] == 1  # one GPU: timing cells one at a time
+    assert local_parallelism("cuda", 4, ["0", "1"])[0] == 2  # one job per GPU
+    assert local_parallelism("cuda", 2, ["0", "1", "2", "3"]) == (2, "")
+
+
+def _visible() -> str:
+    return os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
+
+
+def test_each_local_job_sees_only_the_gpu_it_was_given(tmp_path):
+    """What the launcher's pinning hands a job process (no GPU needed to see the variable)."""
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ex = submitit.LocalExecutor(folder=str(tmp_path / "jobs"))
+    ex.update_parameters(timeout_min=5)
+    jobs = []
+    for gpu in ("3", "GPU-8f2c1d9e-uuid", None):
+        pin_gpu(ex, gpu)
+        jobs.append(ex.submit(_visible))
+    assert [j.result() for j in jobs] == ["3", "GPU-8f2c1d9e-uuid", ""]
 
 
 def test_a_job_skips_a_cell_its_machine_already_recorded(tmp_path):
@@ -289,3 +306,15 @@ def test_slurm_refuses_gpu_cells_without_gpus(tmp_path, fake_slurm):
     with pytest.raises(UserError, match="needs a GPU"):
         launch(suite, tmp_path / "results", LaunchOptions(launcher="slurm", gpus_per_job=0))
     assert not list(fake_slurm.iterdir())
+
+
+def test_a_model_that_fails_to_train_fails_its_cells_without_a_job_each(tmp_path, cache_dir):
+    text = TWO.replace("options = { num_clips = 8 }, epochs", "options = { num_clips = 4 }, epochs")  # < one batch
+    suite = load_suite(_write(tmp_path, text))
+    out = tmp_path / "results"
+    summary = launch(suite, out, LaunchOptions(launcher="local", timeout_min=10), log=lambda m: None)
+    assert summary.prepare_job and summary.submitted == 0  # no cell job retrains the broken recipe
+    assert summary.failed == 2 and len(summary.failures) == 2
+    df = load(out)
+    assert len(df) == 2 and set(df["status"]) == {"failed"}
+    assert all("prepare job" in e and "no full batch" in e for e in df["error"])
