@@ -22,7 +22,9 @@ reads. A record is a JSON object::
       },
       "metrics": { METRIC: value, ... },   # names in METRICS below; absent = not measured
       "started": "2026-11-21T23:40:00Z", "finished": "...", "duration_s": 12.3,
-      "command": "tokenbench run --suite default"
+      "command": "tokenbench run --suite default",
+      "launcher": {"name": "slurm", "job_id": "4243_0", "hostname": "gpu-node-7"}   # only records
+                                      # written by a submitit job (harness/launch.py)
     }
 
 ``results.load`` returns one DataFrame row per record with columns: ``key, suite, status, error,
