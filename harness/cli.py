@@ -15,6 +15,7 @@ import sys
 COMMAND_MODULES = [
     "tokenbench.harness.cli_list",
     "tokenbench.harness.cli_run",
+    "tokenbench.harness.train",
     "tokenbench.datasets.cli_tokens",
     "tokenbench.harness.flops",
     "tokenbench.harness.report",

