@@ -290,7 +290,13 @@ def load(paths: str | Path | Iterable[str | Path], latest: bool = True):
       ``fp_torch``, ``fp_git_commit`` …, and per cell ``fp_dtype``, ``fp_attn_backend`` (the backend that
       actually ran, e.g. ``sdpa``), ``fp_decoder``, ``fp_decoder_version``;
     * every metric of ``schema.METRICS`` (None when the cell did not measure it; ``tokens_per_layer``
-      and ``tokens_per_clip`` are lists), then any further metric a record carries;
+      and ``tokens_per_clip`` are lists), then any further metric a record carries — the runner adds
+      ``num_videos``, ``time_clips``, ``gflops_fvcore_analytic`` (the analytic count of the clips fvcore
+      traced), ``gflops_reducer_overhead`` (a reducer's own in-block cost per clip, included in ``gflops``),
+      ``reducer_params_used`` (dict: parameters after calibration, e.g. random's measured ``keep``),
+      ``skipped_videos`` / ``skipped_errors`` (unreadable videos left out), ``load_avg_start`` /
+      ``load_avg_end`` (the machine's 1-minute load average around the cell: timings beside other
+      tenants), and for train cells ``train_clips`` and ``eval_reducer``;
     * ``schema`` (the record schema version).
 
     A torn last line is ignored here (opening a :class:`ResultStore` removes it).

@@ -30,6 +30,10 @@ reducer (``harness.train``), times it, and evaluates the result the same way (it
 reducer's ``for_eval()`` when it has one — RLT + random masking is evaluated with RLT alone — else the
 reducer itself, or none with ``train.eval_reducer = "none"``).
 
+Every record also carries the machine's 1-minute load average before and after the cell
+(``load_avg_start`` / ``load_avg_end``): timings taken beside other tenants of a shared machine are slower
+and noisier, and the record says so.
+
 Shared work is cached across the cells of one process (:class:`RunCache`): decoded clips, models,
 baseline predictions, random-masking calibration to RLT's budget. Self-trained weights are cached on disk
 in ``$TOKENBENCH_CACHE`` (default ``~/.cache/tokenbench``)/models, under a file lock, so parallel jobs
@@ -121,6 +125,13 @@ def hardware_fingerprint(device: str = "cpu", dtype: str = "float32", threads: i
     fp = dict(_FP_CACHE[key])
     fp["attn_backend"] = attn_backend
     return fp
+
+
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
 
 
 def describe_error(exc: BaseException) -> str:
@@ -702,6 +713,7 @@ def run_cell(cell: dict[str, Any], *, suite: str = "adhoc", command: str = "", c
     cell = dict(cell)
     key = cell.pop("key", None) or key_of(cell)
     started, t0 = utc_now(), time.perf_counter()
+    load_start = _load_average()
     status, error, tb, metrics, env = "ok", None, None, {}, {}
     threads_in_force = torch.get_num_threads()
     try:
@@ -723,6 +735,10 @@ def run_cell(cell: dict[str, Any], *, suite: str = "adhoc", command: str = "", c
         if cell.get("device", "cpu").startswith("cuda"):
             with contextlib.suppress(Exception):
                 torch.cuda.empty_cache()
+    if metrics and load_start is not None:
+        # other work on the machine while this cell was timed (1-minute load average; compare with the
+        # fingerprint's cpu_count): timings taken beside other tenants are slower and noisier
+        metrics["load_avg_start"], metrics["load_avg_end"] = load_start, _load_average()
     fp = hardware_fingerprint(cell.get("device", "cpu"), cell.get("dtype", "float32"), threads_in_force,
                               attn_backend=env.pop("attn_backend", None))
     fp.update({k: v for k, v in env.items() if k in ("decoder", "decoder_version", "timer")})

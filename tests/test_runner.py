@@ -116,6 +116,7 @@ def test_tiny_suite_end_to_end_and_second_run_skips_everything(tmp_path, cache_d
         assert fp["dtype"] == "float32" and fp["attn_backend"] == "sdpa" and "decoder" in fp
         m = r["metrics"]
         assert len(m["tokens_per_layer"]) == 12 and m["tokens_total"] == 64
+        assert m["load_avg_start"] >= 0 and m["load_avg_end"] >= 0  # how busy the machine was
         assert m["num_clips"] == len(m["tokens_per_clip"])
         if r["cell"]["dataset"] == "synthetic":
             assert 0 <= m["top1"] <= 100 and 0 <= m["top5"] <= 100 and m["views"] == "1x1"
