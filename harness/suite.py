@@ -145,11 +145,11 @@ TRAIN_EXTRAS: dict[str, Any] = {  # beyond harness.train.DEFAULTS (the recipe: e
     "max_clips": 0,         # training clips used (0 = the whole split)
     "init": "scratch",      # scratch | checkpoint (fine-tune the model entry's weights)
     "eval_reducer": "auto",  # auto (harness.train.inference_reducer) | none
-    "amp": False,
+    "amp": "auto",          # bfloat16 autocast: true | false | "auto" (where the device runs bf16 natively)
     "max_steps": None,
 }
 PRETRAIN_EXTRAS: dict[str, Any] = {"dataset": "synthetic", "split": "train", "options": {}, "max_clips": 0,
-                                   "seed": 0, "amp": False}
+                                   "seed": 0, "amp": "auto"}
 
 
 def train_recipe() -> dict[str, Any]:
@@ -724,7 +724,7 @@ class _Validator:
     def recipe(self, raw: dict, extras: dict, path: tuple, what: str) -> dict[str, Any]:
         """A training recipe table: harness.train's DEFAULTS overridden, plus ``extras``."""
         recipe = train_recipe()
-        allowed = {**recipe, **extras}
+        allowed = {**extras, **recipe}  # the recipe's own defaults win (e.g. amp = "auto")
         self.check_keys(raw, allowed, path, what)
         t = {**allowed, **raw}
         for k, v in t.items():
@@ -733,7 +733,10 @@ class _Validator:
                 continue
             if v is None and d is None:
                 continue
-            if isinstance(d, bool) or isinstance(v, bool):
+            if k == "amp":
+                if v != "auto" and not isinstance(v, bool):
+                    raise self.fail(path + (k,), f"amp must be true, false or \"auto\", got {v!r}")
+            elif isinstance(d, bool) or isinstance(v, bool):
                 if not isinstance(v, bool):
                     raise self.fail(path + (k,), f"{k} must be true or false, got {v!r}")
             elif isinstance(d, int) and not isinstance(d, bool) and k != "warmup_epochs":
