@@ -72,6 +72,7 @@ SHAPES = ("triangle", "L", "T", "bar", "halfdisc")
 BACKGROUND_MODES = ("static", "video", "camera")
 SPLITS = {"train": 0, "val": 1}
 DEFAULT_SIZES = {"train": 3000, "val": 600}
+MAX_BYTES = 6 * 2**30  # refuse splits that would not fit comfortably in memory / the cache
 
 # screen-space direction (dx, dy) per translation label (y grows downwards); rotation sign per turn label
 _TRANSLATE = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
@@ -400,6 +401,11 @@ class SyntheticMotion(ClipDataset):
             "num_objects": [int(num_objects[0]), int(num_objects[1])], "outline": float(outline) * k,
             "noise": float(noise),
         }
+        nbytes = self.num_clips * self.num_frames * self.img_size ** 2 * 3
+        if nbytes > MAX_BYTES:
+            raise ValueError(f"synthetic: {self.num_clips} clips of {self.num_frames} × {self.img_size}² would take "
+                             f"{nbytes / 2**30:.1f} GiB (limit {MAX_BYTES / 2**30:.0f} GiB); the benchmark is sized "
+                             f"for 8 × 112² — ask for fewer clips (num_clips=) or smaller clips")
         self.bg_short = max(BASE_SHORT_SIDE, int(round(self.img_size * 1.3)))
         params = {"version": GENERATOR_VERSION, "split": split, "num_frames": self.num_frames,
                   "img_size": self.img_size, "num_clips": self.num_clips, "bg_short": self.bg_short,

@@ -6,9 +6,16 @@ masking, or none — and records the wall-clock to train, clips/s, tokens/clip a
 
 Recipe (VideoMAE fine-tuning, scaled down): AdamW (β = 0.9, 0.999; no weight decay on biases, norms
 and the length embedding), a per-step schedule of linear warm-up over ``warmup_epochs`` then cosine
-decay to ``min_lr``, cross-entropy with label smoothing, gradient-norm clipping. Optional bfloat16
-autocast (``amp=True``; on a CPU with AMX it roughly halves step time — off by default so timings are
-plain float32 unless asked).
+decay to ``min_lr``, cross-entropy with label smoothing, gradient-norm clipping.
+
+Precision: ``amp="auto"`` (the default) trains under bfloat16 autocast where the hardware runs bf16
+matmuls natively (CUDA; a CPU with AMX or AVX512-BF16), float32 elsewhere; ``True`` / ``False`` force it.
+On this project's CPU (AMX) bf16 makes the *dense* baseline step ~1.8× faster but the *packed* step of a
+content-adaptive reducer slower: per-sequence bf16 attention kernels cost several times one batched call
+(measured, 1 thread, 16 clips of 8 × 112², CPU-s/step: baseline 0.77 bf16 vs 1.37 fp32; RLT τ=0.1 1.13
+bf16 vs 1.30 fp32). So bf16 is right for getting a model trained fast, but a *training comparison* of
+reducers in bf16 on a CPU measures kernel shapes rather than tokens: run comparisons with ``amp=False``
+(``train_compare`` does by default). The precision used is recorded (``TrainResult.amp``).
 
 Measurement protocol
 --------------------
@@ -16,6 +23,9 @@ Measurement protocol
   the first batch to the end of the last optimiser step — data loading, normalisation, the reducer's
   selection, forward, backward and step included; evaluation, checkpoint writing and process-group
   start-up excluded. Under ``torchrun`` it is rank 0's time and ranks synchronise at each epoch's end.
+* **CPU time** (``cpu_s``): this process's CPU seconds over the same spans. On a shared machine it is
+  the steadier figure (with one thread it hardly moves under load; with more, OpenMP spin-waiting
+  inflates it), so it is recorded beside the wall-clock.
 * **clips/s**: training clips processed (all ranks) / ``wall_s``.
 * **tokens/clip**: tokens entering the first block (``model.last_stats.tokens_in``), mean over every
   training clip.
@@ -37,8 +47,12 @@ in every step (the length embedding too: without a selection every run has lengt
 ``find_unused_parameters=False``; a reducer that bypasses parameters can set ``find_unused_parameters``.
 Rank 0 writes the checkpoint (VideoMAE layout, :func:`tokenbench.harness.model.save_checkpoint`).
 
-Defaults (:data:`DEFAULTS`) are the recipe that trains ``vit_t`` on the ``synthetic`` benchmark
-(8 × 112², 3000 clips) to ≥ 90 % val top-1 on a 2-core CPU; the command line is ``tokenbench train``.
+Defaults (:data:`DEFAULTS`: 2 epochs, global batch 16, lr 1e-3, 0.2 warm-up epochs, weight decay 0.05,
+label smoothing 0.1, amp "auto") are the recipe that trains ``vit_t`` from scratch on the default
+``synthetic`` benchmark (8 × 112², 3000 train clips) to ≥ 90 % val top-1 on a 2-core CPU. Small batches
+matter more than epochs here: the loss sits at chance until the network has found direction-selective
+token features (~150 steps), so the recipe spends its budget on steps. The command line is
+``tokenbench train``; ``python -m tokenbench.harness.train_compare`` runs the training table.
 """
 from __future__ import annotations
 
@@ -62,11 +76,11 @@ from tokenbench.reducers import Reducer
 
 # The recipe for vit_t on the synthetic benchmark (see the module docstring).
 DEFAULTS: dict[str, Any] = {
-    "epochs": 6,
-    "batch_size": 32,
+    "epochs": 2,
+    "batch_size": 16,
     "lr": 1e-3,
     "weight_decay": 0.05,
-    "warmup_epochs": 1.0,
+    "warmup_epochs": 0.2,
     "label_smoothing": 0.1,
     "min_lr": 1e-5,
     "clip_grad": 1.0,
@@ -82,6 +96,7 @@ class TrainResult:
     steps: int
     wall_s: float  # training wall-clock, data loading included, evaluation excluded
     epoch_wall_s: list[float]
+    cpu_s: float  # CPU time of this process over the same spans (all its threads; rank 0 under torchrun)
     clips: int  # training clips processed (all ranks)
     clips_per_s: float
     tokens_mean: float  # tokens per clip entering the network during training
@@ -406,7 +421,7 @@ def train(model: nn.Module, train_ds: Dataset, val_ds: Dataset | None = None, re
 
     step = 0
     losses, epoch_walls, history = [], [], []
-    clips_done = tokens_seen = 0.0
+    clips_done = tokens_seen = cpu_total = 0.0
     stop = False
     net.train()
     for epoch in range(epochs):
@@ -416,7 +431,7 @@ def train(model: nn.Module, train_ds: Dataset, val_ds: Dataset | None = None, re
             train_ds.set_epoch(epoch)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss_sum = 0.0
         n_batches = n_clips = n_tokens = 0
         for clips, labels, _ in loader:
@@ -452,6 +467,7 @@ def train(model: nn.Module, train_ds: Dataset, val_ds: Dataset | None = None, re
 
             dist.barrier()
         wall = time.perf_counter() - t0
+        cpu_total += time.process_time() - c0
         loss_sum, n_batches, n_clips, n_tokens = _all_reduce(
             [loss_sum, float(n_batches), float(n_clips), float(n_tokens)], d, torch.device("cpu"))
         mean_loss = loss_sum / max(n_batches, 1)
@@ -468,7 +484,8 @@ def train(model: nn.Module, train_ds: Dataset, val_ds: Dataset | None = None, re
 
     wall_s = float(sum(epoch_walls))
     result = TrainResult(
-        epochs=len(epoch_walls), steps=step, wall_s=wall_s, epoch_wall_s=epoch_walls, clips=int(clips_done),
+        epochs=len(epoch_walls), steps=step, wall_s=wall_s, epoch_wall_s=epoch_walls, cpu_s=cpu_total,
+        clips=int(clips_done),
         clips_per_s=clips_done / max(wall_s, 1e-9), tokens_mean=tokens_seen / max(clips_done, 1),
         tokens_total=int(math.prod(net.grid)) if hasattr(net, "grid") else 0,
         final_loss=losses[-1], losses=losses, reducer=repr(reducer) if reducer is not None else None,
@@ -550,7 +567,8 @@ def add_cli(sub) -> None:
     p.add_argument("--drop-path", type=float, default=0.0)
     p.add_argument("--amp", choices=("auto", "on", "off"), default="auto",
                    help="bfloat16 autocast: on, off, or auto (on where the hardware has native bf16 matmuls: "
-                        "CUDA, or a CPU with AMX / AVX512-BF16) — default auto")
+                        "CUDA, or a CPU with AMX / AVX512-BF16; default). Compare reducers' training speed "
+                        "with --amp off on a CPU (see the module docstring)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads per process")
