@@ -474,9 +474,9 @@ def _ident_cols(params: bool = True) -> list[Col]:
     return cols
 
 
-SPEEDUP_NOTE = ("speedup: baseline median / reducer median per batch, the baseline timed interleaved in "
-                "the same cell on the same hardware; in brackets the interquartile range of the paired "
-                "per-repeat ratios. clips/s: batch size / median batch time, IQR from the time quartiles.")
+SPEEDUP_NOTE = ("speedup: median over repeats of baseline time / reducer time per batch, each reducer run "
+                "paired with the baseline run just before it in the same cell on the same hardware; in "
+                "brackets the interquartile range of those paired ratios. clips/s: batch size / median batch time, IQR from the time quartiles.")
 
 
 def inference_table(records: list[dict], fingerprint: str) -> Table | None:

@@ -59,7 +59,7 @@ METRICS: dict[str, str] = {
     "time_ms_q1": "25th percentile of the same",
     "time_ms_q3": "75th percentile of the same",
     "baseline_time_ms_median": "the baseline (reducer none) per batch, timed interleaved in the same cell",
-    "speedup": "baseline median / reducer median, same cell",
+    "speedup": "median of the paired per-repeat ratios baseline / reducer, same cell",
     "speedup_q1": "25th percentile of the paired per-repeat ratios",
     "speedup_q3": "75th percentile of the paired per-repeat ratios",
     "clips_per_s": "batch_size / median seconds per batch",

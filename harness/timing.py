@@ -7,8 +7,10 @@
 * ``reducer.select`` runs inside the timed region (``model(video, reducer)`` calls it: selection is part
   of inference cost) and is also timed alone (:attr:`TimingResult.select_ms_median`);
 * warm-up runs of each arm, then ``repeats`` timed runs interleaved baseline, reducer, baseline, … so
-  that drift (thermal, other tenants of a shared machine) hits both arms alike; the speedup is the
-  ratio of the medians, and the paired per-repeat ratios give its spread;
+  that drift (thermal, other tenants of a shared machine) hits both arms alike. Each reducer run is
+  paired with the baseline run just before it; the speedup is the median of those paired ratios and their
+  quartiles give its spread. (The ratio of the two arms' medians is not used: with few repeats and a
+  drifting machine it can fall outside the paired ratios' own IQR.);
 * CUDA events on a GPU, ``time.perf_counter`` on CPU with ``torch.set_num_threads`` fixed for the run and
   recorded; everything under ``torch.inference_mode`` with the model in eval mode.
 
@@ -124,8 +126,8 @@ class TimingResult:
 
     @property
     def speedup(self) -> float | None:
-        """Baseline median / reducer median (same run)."""
-        return None if self.baseline is None else self.baseline.median_ms / self.reducer.median_ms
+        """Median of the paired per-repeat ratios baseline / reducer (same run); see the module docstring."""
+        return statistics.median(self.paired_ratios) if self.baseline is not None else None
 
     @property
     def paired_ratios(self) -> list[float]:
