@@ -69,7 +69,10 @@ def reducer_colour(reducer: str) -> str:
 
 
 class Style:
-    """Colour (per reducer) and marker (per variant of a reducer) of every label in a suite."""
+    """Colour (per reducer) and marker (per variant of a reducer) of every label in a suite.
+
+    Colour + marker identify a point uniquely through the legend, so scatter points carry no text labels:
+    reducers at matched budgets land on top of each other and their labels became unreadable."""
 
     def __init__(self, records: list[dict]):
         variants: dict[str, dict[str, tuple]] = {}
@@ -134,12 +137,6 @@ def _legend(fig: Figure, handles: list, ncol: int | None = None) -> None:
                ncol=ncol or (1 if len(handles) <= 14 else 2))
 
 
-def _short(label: str) -> str:
-    """Point annotation: the variant's parameters (``τ=0.1``), or the reducer name if it has none."""
-    parts = label.split(" ", 1)
-    return parts[1] if len(parts) > 1 else parts[0]
-
-
 def _group(rows: list[dict], key: Callable[[dict], tuple]) -> list[tuple[tuple, list[dict]]]:
     out: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -182,8 +179,6 @@ def _accuracy_vs_throughput(rows: list[dict], style: Style, fp: str, title_fp: s
                 if r["clips_per_s_q1"] is not None and r["clips_per_s_q3"] is not None:
                     ax.plot([r["clips_per_s_q1"], r["clips_per_s_q3"]], [r["top1"]] * 2,
                             color=style.colour(r["label"]), linewidth=1.2, alpha=0.7, zorder=2)
-                ax.annotate(_short(r["label"]), (r["clips_per_s"], r["top1"]), textcoords="offset points",
-                            xytext=(4, 4), fontsize=7, color=style.colour(r["label"]))
             front = pareto_front([(r["clips_per_s"], r["top1"]) for r in grp])
             xs, ys = zip(*front)
             ax.plot(xs, ys, color="#999999", linestyle="--", linewidth=1.2, drawstyle="steps-pre",
@@ -232,8 +227,6 @@ def _gflops_vs_time(rows: list[dict], style: Style, fp: str, title_fp: str) -> C
                     ax.errorbar(r["gflops"], y, yerr=yerr, color=c, marker=style.marker.get(r["label"], "o"),
                                 markersize=6, linestyle="", capsize=2, zorder=3, markeredgecolor="white",
                                 markeredgewidth=0.6)
-                    ax.annotate(_short(r["label"]), (r["gflops"], y), textcoords="offset points",
-                                xytext=(4, 4), fontsize=7, color=c)
                 if base:
                     b = base[0]
                     y0 = 1.0 if relative else b["time_ms_median"] / bs
@@ -328,7 +321,8 @@ def _tokens_per_layer(recs: list[dict], style: Style) -> Callable[[], Figure]:
                              **({"linestyle": "--", "linewidth": 1.0} if dashed[lb] else
                                 {"marker": style.marker.get(lb, "o"), "markersize": 4, "linewidth": 1.8}))
                       for lb in style.order(r["label"] for r in recs)])
-        fig.suptitle("Tokens per layer\n(solid: progressive reducers; dashed: constant after the input)")
+        fig.suptitle("Tokens per layer\n(solid: progressive reducers; dashed: constant after the input, "
+                     "so reducers at one budget draw one line)")
         return fig
     return draw
 
