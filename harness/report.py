@@ -24,7 +24,7 @@ Command line::
   (PNG and SVG). Prints each stale, missing or no-longer-generated file and exits 1; exits 0 when the
   committed report is current. CI runs, from the repository root::
 
-      tokenbench report results/default --out reports --check
+      tokenbench report results/reference --out reports/reference --check
 
   Figures are not compared byte for byte (PNG rasterisation differs across machines); SVGs are
   deterministic for a given matplotlib (fixed ``svg.hashsalt``, no date).
