@@ -105,9 +105,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{torch.get_num_threads()} threads, amp={rows[0]['amp']}, load average before each arm: "
           + ", ".join(f"{r['load_before']:.2f}" if r["load_before"] is not None else "?" for r in rows))
     if args.out:
+        from .fingerprint import fingerprint
+
+        args_typed = sys.argv[1:] if argv is None else argv
+        command = " ".join(["python -m tokenbench.harness.train_compare", *map(shlex.quote, args_typed)])
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"command": " ".join(map(shlex.quote, sys.argv)), "rows": rows,
-                                              "table": table}, indent=2, default=str) + "\n")
+        Path(args.out).write_text(json.dumps({"command": command, "fingerprint": fingerprint(rows[0]["device"]),
+                                              "rows": rows, "table": table}, indent=2, default=str) + "\n")
     return 0
 
 
