@@ -74,6 +74,15 @@ def nvidia_driver() -> str | None:
     return lines[0].strip() if out.returncode == 0 and lines else None
 
 
+def load_average() -> float | None:
+    """The machine's 1-minute load average (2 decimals), None where the OS has none: how busy the machine
+    was around a measurement (compare with ``cpu_count``)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
 def pyav_version() -> str | None:
     try:
         import av

@@ -476,7 +476,8 @@ def _ident_cols(params: bool = True) -> list[Col]:
 
 SPEEDUP_NOTE = ("speedup: median over repeats of baseline time / reducer time per batch, each reducer run "
                 "paired with the baseline run just before it in the same cell on the same hardware; in "
-                "brackets the interquartile range of those paired ratios. clips/s: batch size / median batch time, IQR from the time quartiles.")
+                "brackets the interquartile range of those paired ratios. clips/s: batch size / median batch "
+                "time, IQR from the time quartiles.")
 
 
 def inference_table(records: list[dict], fingerprint: str) -> Table | None:

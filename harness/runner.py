@@ -60,6 +60,7 @@ from typing import Any
 
 import torch
 
+from .fingerprint import load_average
 from .results import ResultStore, store_path
 from .schema import SCHEMA_VERSION, canonical_json
 from .suite import Suite, cell_label, key_of, parse_views
@@ -125,13 +126,6 @@ def hardware_fingerprint(device: str = "cpu", dtype: str = "float32", threads: i
     fp = dict(_FP_CACHE[key])
     fp["attn_backend"] = attn_backend
     return fp
-
-
-def _load_average() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (OSError, AttributeError):
-        return None
 
 
 def describe_error(exc: BaseException) -> str:
@@ -713,7 +707,7 @@ def run_cell(cell: dict[str, Any], *, suite: str = "adhoc", command: str = "", c
     cell = dict(cell)
     key = cell.pop("key", None) or key_of(cell)
     started, t0 = utc_now(), time.perf_counter()
-    load_start = _load_average()
+    load_start = load_average()
     status, error, tb, metrics, env = "ok", None, None, {}, {}
     threads_in_force = torch.get_num_threads()
     try:
@@ -738,7 +732,7 @@ def run_cell(cell: dict[str, Any], *, suite: str = "adhoc", command: str = "", c
     if metrics and load_start is not None:
         # other work on the machine while this cell was timed (1-minute load average; compare with the
         # fingerprint's cpu_count): timings taken beside other tenants are slower and noisier
-        metrics["load_avg_start"], metrics["load_avg_end"] = load_start, _load_average()
+        metrics["load_avg_start"], metrics["load_avg_end"] = load_start, load_average()
     fp = hardware_fingerprint(cell.get("device", "cpu"), cell.get("dtype", "float32"), threads_in_force,
                               attn_backend=env.pop("attn_backend", None))
     fp.update({k: v for k, v in env.items() if k in ("decoder", "decoder_version", "timer")})

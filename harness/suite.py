@@ -145,11 +145,11 @@ TRAIN_EXTRAS: dict[str, Any] = {  # beyond harness.train.DEFAULTS (the recipe: e
     "max_clips": 0,         # training clips used (0 = the whole split)
     "init": "scratch",      # scratch | checkpoint (fine-tune the model entry's weights)
     "eval_reducer": "auto",  # auto (harness.train.inference_reducer) | none
-    "amp": "auto",          # bfloat16 autocast: true | false | "auto" (where the device runs bf16 natively)
     "max_steps": None,
 }
 PRETRAIN_EXTRAS: dict[str, Any] = {"dataset": "synthetic", "split": "train", "options": {}, "max_clips": 0,
-                                   "seed": 0, "amp": "auto"}
+                                   "seed": 0}
+# amp (bfloat16 autocast: true | false | "auto") comes with harness.train.DEFAULTS, like epochs or lr
 
 
 def train_recipe() -> dict[str, Any]:
@@ -724,7 +724,7 @@ class _Validator:
     def recipe(self, raw: dict, extras: dict, path: tuple, what: str) -> dict[str, Any]:
         """A training recipe table: harness.train's DEFAULTS overridden, plus ``extras``."""
         recipe = train_recipe()
-        allowed = {**extras, **recipe}  # the recipe's own defaults win (e.g. amp = "auto")
+        allowed = {**extras, **recipe}  # the recipe's own defaults win
         self.check_keys(raw, allowed, path, what)
         t = {**allowed, **raw}
         for k, v in t.items():

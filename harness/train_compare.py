@@ -18,31 +18,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
 
 import torch
 
-from .train import DEFAULTS, train
+from .fingerprint import fingerprint, load_average
+from .train import DEFAULTS, _reducer_from, train
 
 
 def _arm(spec: str):
-    from tokenbench.harness.cli import parse_params
-    from tokenbench.reducers import get_reducer
-
-    parts = shlex.split(spec)
-    if not parts or parts[0] == "none":
-        return "none", None
-    return spec, get_reducer(parts[0], **parse_params(parts[1:]))
-
-
-def _load() -> float | None:
-    try:
-        return os.getloadavg()[0]
-    except OSError:
-        return None
+    reducer = _reducer_from(shlex.split(spec))
+    return ("none", None) if reducer is None else (spec, reducer)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,11 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(args.seed)
         model = build_model(args.model, tr.num_classes, num_frames=args.num_frames, img_size=args.img_size,
                             length_embedding=bool(getattr(reducer, "length_embedding", False)))
-        load_before = _load()
+        load_before = load_average()
         res = train(model, tr, va, reducer, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                     weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
                     label_smoothing=args.label_smoothing, seed=args.seed, amp=amp)
-        rows.append({"arm": label, "load_before": load_before, "load_after": _load(), **res.to_dict()})
+        rows.append({"arm": label, "load_before": load_before, "load_after": load_average(), **res.to_dict()})
     base = rows[0]
     lines = ["| arm | epochs | train wall-clock (s) | s/epoch | CPU s | clips/s | tokens/clip (train) | "
              "tokens/clip (eval) | top-1 (%) | speed-up (wall) | speed-up (CPU) | Δtop-1 |",
@@ -105,8 +93,6 @@ def main(argv: list[str] | None = None) -> int:
           f"{torch.get_num_threads()} threads, amp={rows[0]['amp']}, load average before each arm: "
           + ", ".join(f"{r['load_before']:.2f}" if r["load_before"] is not None else "?" for r in rows))
     if args.out:
-        from .fingerprint import fingerprint
-
         args_typed = sys.argv[1:] if argv is None else argv
         command = " ".join(["python -m tokenbench.harness.train_compare", *map(shlex.quote, args_typed)])
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
