@@ -14,7 +14,9 @@ reads real Kinetics / SSv2 checkpoints from a local file. Nothing is ever downlo
 """
 from __future__ import annotations
 
+import argparse
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -282,18 +284,36 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is missing, unreadable, or does not fit the model."""
 
 
+# What a checkpoint may hold besides tensors and plain containers: VideoMAE's own .pth files pickle an
+# argparse.Namespace of their training arguments beside the weights. Nothing else is unpickled, so a
+# checkpoint (or a model cache on a shared filesystem) can never run code.
+_SAFE_GLOBALS = (argparse.Namespace,)
+
+
+def _torch_reason(exc: Exception) -> str:
+    """The one line of torch's weights-only message that says what is wrong (the rest is boilerplate)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    keep = [ln for ln in lines if not ln.startswith(("Weights only load failed", "Check the documentation",
+                                                    "Please file an issue"))]
+    reason = keep[-1] if keep else lines[0] if lines else type(exc).__name__
+    return reason.removeprefix("WeightsUnpickler error: ")
+
+
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(_SAFE_GLOBALS)):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
-    except Exception:
-        # VideoMAE's own checkpoints pickle an argparse.Namespace of their training arguments beside the
-        # weights; a file the user points us at on their own disk is trusted to that extent.
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:
-            raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    except Exception as exc:
+        unsafe = re.search(r"GLOBAL (\S+)", str(exc))
+        if unsafe:
+            raise CheckpointError(
+                f"refusing to load {path}: it pickles {unsafe.group(1)}, which tokenbench never unpickles "
+                "(a checkpoint may hold tensors, plain containers and argparse.Namespace; re-save its "
+                "state_dict alone)") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: not a torch checkpoint, or a damaged one "
+                              f"({_torch_reason(exc)})") from None
     for key in _CONTAINER_KEYS:
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]

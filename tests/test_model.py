@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -152,3 +154,40 @@ def test_length_embedding_is_used_when_enabled():
         a = m(v, selection=Selection(keep, keep.long()))
         b = m(v, selection=Selection(keep, keep.long() * 2))
     assert not torch.allclose(a, b)
+
+
+class _RunsCode:
+    """Unpickling this runs a shell command: what a malicious checkpoint would carry beside good weights."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_checkpoint_that_would_run_code_is_refused_and_nothing_runs(tmp_path, tiny):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pth"
+    torch.save({"model": tiny.state_dict(), "args": _RunsCode(marker)}, evil)
+    with pytest.raises(CheckpointError, match=r"refusing to load .*evil.pth: it pickles .*system"):
+        load_checkpoint(build_model("vit_t", 7, 8, 64), evil)
+    # hidden inside the Namespace VideoMAE checkpoints carry: still refused
+    nested = tmp_path / "nested.pth"
+    torch.save({"model": tiny.state_dict(), "args": argparse.Namespace(x=_RunsCode(marker))}, nested)
+    with pytest.raises(CheckpointError, match="refusing to load .*nested.pth"):
+        load_checkpoint(build_model("vit_t", 7, 8, 64), nested)
+    assert not marker.exists()
+
+
+def test_no_checkpoint_reader_unpickles_arbitrary_objects():
+    root = Path(__file__).resolve().parents[1]
+    offenders = [p for d in ("harness", "reducers", "datasets") for p in (root / d).rglob("*.py")
+                 if "weights_only=False" in p.read_text()]
+    assert offenders == []
+
+
+def test_random_bytes_checkpoint_names_a_reason(tmp_path, tiny):
+    (tmp_path / "noise.pt").write_bytes(os.urandom(256))
+    with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*noise.pt: \S"):
+        load_checkpoint(tiny, tmp_path / "noise.pt")
