@@ -50,7 +50,7 @@ def add_cli(sub) -> None:
 
 
 def parse_thresholds(text: str) -> list[float]:
-    from tokenbench.harness.cli import UserError
+    from tokenbench.harness.errors import UserError
 
     out = []
     for part in str(text).split(","):
@@ -73,7 +73,8 @@ def build_dataset(args):
     """The clips to count, from ``args`` (videos or --dataset)."""
     from tokenbench.datasets import get_dataset
     from tokenbench.datasets.samples import VideoFilesDataset
-    from tokenbench.harness.cli import UserError, parse_params
+    from tokenbench.harness.cli import parse_params
+    from tokenbench.harness.errors import UserError
 
     options = parse_params(args.option)
     options.setdefault("decoder", args.decoder)
@@ -166,7 +167,7 @@ def summarise(rows, thresholds: list[float]) -> list[dict]:
 
 
 def run(args) -> int:
-    from tokenbench.harness.cli import UserError
+    from tokenbench.harness.errors import UserError
     from tokenbench.reducers import ReducerParamError, UnknownReducerError
 
     thresholds = parse_thresholds(args.threshold)

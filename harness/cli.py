@@ -12,6 +12,8 @@ import argparse
 import importlib
 import sys
 
+from .errors import UserError
+
 COMMAND_MODULES = [
     "tokenbench.harness.cli_list",
     "tokenbench.harness.cli_run",
@@ -59,10 +61,6 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"tokenbench {args.command}: error: {exc}", file=sys.stderr)
         return 2
-
-
-class UserError(Exception):
-    """A mistake in what the user asked for: printed as one clear line, exit status 2."""
 
 
 def parse_params(items: list[str]) -> dict:

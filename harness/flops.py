@@ -466,7 +466,8 @@ def add_cli(sub) -> None:
 
 
 def run_cli(args) -> int:
-    from tokenbench.harness.cli import UserError, parse_params
+    from tokenbench.harness.cli import parse_params
+    from tokenbench.harness.errors import UserError
     from tokenbench.harness.model import MODEL_SIZES, build_model
     from tokenbench.reducers import ReducerParamError, UnknownReducerError, get_reducer
 

@@ -273,7 +273,7 @@ def slurm_executor(folder: str | Path, opts: LaunchOptions, job_name: str):
     try:
         ex = submitit.SlurmExecutor(folder=str(Path(folder) / "%j"))
     except RuntimeError as exc:
-        from .cli import UserError
+        from .errors import UserError
 
         raise UserError(f"--launcher slurm: {exc} (run it on a Slurm login node)") from None
     gpus = 1 if opts.gpus_per_job is None else int(opts.gpus_per_job)
@@ -320,7 +320,7 @@ def launch(suite, out: str | Path, opts: LaunchOptions, *, cells: list[dict[str,
     if opts.gpus_per_job is None:
         opts = replace(opts, gpus_per_job=1 if cuda else 0)
     if cuda and opts.gpus_per_job < 1:
-        from .cli import UserError
+        from .errors import UserError
 
         raise UserError(f"the cells run on {device}: each job needs a GPU (--gpus-per-job ≥ 1)")
     if opts.launcher == "local":
@@ -392,7 +392,7 @@ def _launch_local(pending, pretrains, suite, out: Path, folder: Path, opts: Laun
     if opts.gpus_per_job not in (None, want_gpus):
         log(f"--gpus-per-job {opts.gpus_per_job} ignored by the local launcher: {want_gpus} GPU per job")
     if want_gpus and not gpus:
-        from .cli import UserError
+        from .errors import UserError
 
         raise UserError(f"the cells run on {device} but no GPU is visible here (CUDA_VISIBLE_DEVICES, torch.cuda)")
     if pretrains:
@@ -526,7 +526,7 @@ def add_launch_args(p: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args) -> LaunchOptions:
-    from .cli import UserError
+    from .errors import UserError
 
     extra: dict[str, Any] = {}
     for item in args.slurm_param:

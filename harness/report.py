@@ -368,7 +368,7 @@ def add_cli(sub) -> None:
 
 
 def run(args) -> int:
-    from .cli import UserError
+    from .errors import UserError
 
     try:
         if args.check:

@@ -104,7 +104,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cli import UserError
+from .errors import SuiteError
 from .schema import CELL_FIELDS, canonical_json, cell_key, reducer_label
 
 MODES = ("inference", "train")
@@ -165,10 +165,6 @@ DATASET_KEYS = ("name", "id", "split", "train_split", "views", "max_clips", "man
 REDUCER_KEYS = ("name", "id", "params", "sweep", "label", "modes", "datasets", "models")
 # cell fields that do not identify a measurement (kept out of the key)
 NOT_IN_KEY = ("key", "label")
-
-
-class SuiteError(UserError):
-    """A suite file that cannot run; the message names the file and line (or the --set) at fault."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -418,7 +414,7 @@ def load_suite(name_or_path: str | os.PathLike = "default", overrides: list[str]
                only: list[str] | tuple[str, ...] = ()) -> Suite:
     """Read, override (``--set``), validate and expand a suite; keep the cells ``only`` selects
     (``FIELD=VALUE`` items, see :func:`select_cells`). Raises :class:`SuiteError` (a
-    :class:`~tokenbench.harness.cli.UserError`) naming the file and line of the first problem, or every
+    :class:`~tokenbench.harness.errors.UserError`) naming the file and line of the first problem, or every
     path the selected cells need and lack, at once."""
     text, display, stem = suite_source(name_or_path)
     return parse_suite(text, display, stem, overrides=overrides, env=env, check_paths=check_paths, only=only)

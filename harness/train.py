@@ -583,7 +583,8 @@ def add_cli(sub) -> None:
 
 
 def _reducer_from(spec: list[str] | None):
-    from tokenbench.harness.cli import UserError, parse_params
+    from tokenbench.harness.cli import parse_params
+    from tokenbench.harness.errors import UserError
     from tokenbench.reducers import ReducerParamError, UnknownReducerError, get_reducer
 
     if not spec or spec[0] == "none" and len(spec) == 1:
@@ -596,7 +597,8 @@ def _reducer_from(spec: list[str] | None):
 
 def run_cli(args) -> int:
     from tokenbench.datasets import get_dataset
-    from tokenbench.harness.cli import UserError, parse_params
+    from tokenbench.harness.cli import parse_params
+    from tokenbench.harness.errors import UserError
 
     from .model import build_model, load_checkpoint
 
