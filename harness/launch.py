@@ -42,7 +42,6 @@ Safety
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import shlex
@@ -494,99 +493,3 @@ def _record_lost(cell: dict[str, Any], suite: str, out: Path, error: str, log_pa
            "cell": {**c, "label": cell_label(cell)}, "fingerprint": fp, "metrics": {}, "started": utc_now(),
            "finished": utc_now(), "duration_s": 0.0, "command": "", "launcher": {"name": "local", "log": str(log_path)}}
     ResultStore(store_path(out, suite, fp["id"])).append(rec)
-
-
-# ----------------------------------------------------------------------------------------------
-# command line
-# ----------------------------------------------------------------------------------------------
-def add_launch_args(p: argparse.ArgumentParser) -> None:
-    """``tokenbench run``'s launcher flags."""
-    g = p.add_argument_group("launching jobs (submitit)")
-    g.add_argument("--launcher", choices=LAUNCHERS, default="inprocess",
-                   help="inprocess: every cell in this process (default); local: one process per cell on this "
-                        "machine, one at a time (one per GPU with several GPUs); slurm: one Slurm job per cell, "
-                        "submitted as a job array")
-    g.add_argument("--partition", metavar="P", help="Slurm partition (--launcher slurm)")
-    g.add_argument("--gpus-per-job", type=int, metavar="N",
-                   help="GPUs per job (default: 1 on slurm; local: 1 for CUDA cells, 0 for CPU cells)")
-    g.add_argument("--array-parallelism", type=int, metavar="N",
-                   help="jobs running at once (slurm: the array's %%N, default 256; local: default 1, at most "
-                        "one per visible GPU, always 1 for CPU cells)")
-    g.add_argument("--timeout-min", type=int, default=DEFAULT_TIMEOUT_MIN, metavar="M",
-                   help="time limit of each job in minutes (default: %(default)s)")
-    g.add_argument("--cpus-per-job", type=int, metavar="N", help="Slurm --cpus-per-task")
-    g.add_argument("--mem-gb", type=float, metavar="G", help="Slurm memory per job")
-    g.add_argument("--slurm-param", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other setting of submitit's SlurmExecutor, e.g. account=proj, qos=high, "
-                        "constraint=h100, exclude=node12 (repeatable)")
-    g.add_argument("--submitit-dir", metavar="DIR",
-                   help="submitit's job folder: logs and pickles (default: OUT/_submitit/<suite>); on a "
-                        "cluster it must be on a filesystem the compute nodes share")
-    g.add_argument("--wait", action="store_true", help="slurm: wait for every job to end, then report")
-
-
-def options_from_args(args) -> LaunchOptions:
-    from .errors import UserError
-
-    extra: dict[str, Any] = {}
-    for item in args.slurm_param:
-        k, sep, v = item.partition("=")
-        if not sep or not k.strip():
-            raise UserError(f"--slurm-param {item!r}: expected KEY=VALUE, e.g. account=myproject")
-        try:
-            value: Any = tomllib.loads(f"v = {v}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = v
-        extra[k.strip()] = value
-    for flag, v in (("--gpus-per-job", args.gpus_per_job), ("--array-parallelism", args.array_parallelism),
-                    ("--timeout-min", args.timeout_min), ("--cpus-per-job", args.cpus_per_job)):
-        if v is not None and v < (0 if flag == "--gpus-per-job" else 1):
-            raise UserError(f"{flag} must be ≥ {0 if flag == '--gpus-per-job' else 1}, got {v}")
-    if args.launcher == "slurm" and not args.partition and "partition" not in extra:
-        print("note: no --partition given; Slurm uses its default partition", file=sys.stderr)
-    return LaunchOptions(launcher=args.launcher, folder=Path(args.submitit_dir) if args.submitit_dir else None,
-                         partition=args.partition, gpus_per_job=args.gpus_per_job,
-                         array_parallelism=args.array_parallelism, timeout_min=args.timeout_min,
-                         cpus_per_job=args.cpus_per_job, mem_gb=args.mem_gb, slurm_params=extra, wait=args.wait,
-                         retry_failed=args.retry_failed)
-
-
-def suite_overrides_for(args) -> list[str]:
-    """``--set`` items, plus ``defaults.device=cuda`` when Slurm jobs get GPUs and the suite asked for
-    ``auto`` (this login node may have none; its compute nodes do)."""
-    overrides = list(args.overrides)
-    gpus = 1 if args.gpus_per_job is None else args.gpus_per_job
-    if args.launcher == "slurm" and gpus > 0 and requested_device(args.suite, overrides) == "auto":
-        overrides.append("defaults.device=cuda")
-    return overrides
-
-
-def run_launched(args) -> int:
-    """``tokenbench run --launcher local|slurm``."""
-    from .cli_run import report_and_headline
-    from .results import safe_component
-    from .runner import command_line
-    from .suite import cell_label, describe, load_suite
-
-    opts = options_from_args(args)
-    suite = load_suite(args.suite, overrides=suite_overrides_for(args), only=args.only)
-    print(describe(suite), file=sys.stderr)
-    if args.dry_run:
-        for i, c in enumerate(suite.cells(), 1):
-            print(f"{i:4d}  {c['key']}  {c['mode']:<9} {c['device']:<6} b{c['batch_size']:<3} {cell_label(c)}")
-        return 0
-    summary = launch(suite, args.out, opts, command=command_line())
-    if summary.failures:
-        print("failed cells:\n  " + "\n  ".join(summary.failures), file=sys.stderr)
-    suite_dir = Path(args.out) / safe_component(suite.name)
-    if opts.launcher == "slurm" and not opts.wait:
-        if summary.job_ids:
-            print(f"{suite.name}: {summary.submitted} jobs submitted ({summary.skipped} cells already recorded); "
-                  f"records go to {suite_dir}/<fingerprint>/records.jsonl; when they end: "
-                  f"tokenbench report {shlex.quote(str(suite_dir))}", file=sys.stderr)
-        return 0
-    print(f"{suite.name}: {summary.ran} cells run ({summary.failed} failed), {summary.skipped} already recorded, "
-          f"{summary.wall_s:.1f} s", file=sys.stderr)
-    if not args.no_report and suite_dir.is_dir():
-        report_and_headline(suite_dir, Path(args.report_dir))
-    return 1 if summary.failed else 0

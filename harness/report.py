@@ -43,7 +43,6 @@ Python API (the runner calls these at the end of ``tokenbench run``)::
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -53,7 +52,7 @@ from . import report_figures as figs
 from . import report_tables as tabs
 from .report_tables import MISSING, Table, md_escape, records_from_frame
 
-__all__ = ["ReportPaths", "write_report", "check_report", "headline_table", "add_cli"]
+__all__ = ["ReportPaths", "write_report", "check_report", "headline_table"]
 
 TABLE_EXTS = (".md", ".csv", ".tex")
 FIGURE_EXTS = (".png", ".svg")
@@ -344,55 +343,3 @@ def headline_table(df) -> str:
     if failed:
         blocks.append(f"{len(failed)} failed cell(s): see the report's README.\n")
     return "\n".join(blocks) if blocks else "no inference results\n"
-
-
-# ----------------------------------------------------------------------------------------------------
-# command line
-
-
-def add_cli(sub) -> None:
-    p = sub.add_parser(
-        "report", help="rebuild tables, figures and README from result records",
-        description="Rebuild the paper-style tables (Markdown, CSV, LaTeX), figures (PNG, SVG) and a "
-                    "README for every suite in the records, under OUT/<suite>/. With --check, write "
-                    "nothing and exit 1 if the committed tables/README under OUT are stale.")
-    p.add_argument("results", nargs="*", default=["results"], metavar="RESULTS",
-                   help="records.jsonl files or folders searched recursively (default: results)")
-    p.add_argument("--out", default="reports", help="report root; each suite goes to OUT/<suite>/ "
-                                                     "(default: reports)")
-    p.add_argument("--check", action="store_true",
-                   help="compare the committed report with one regenerated from the records; exit 1 "
-                        "listing stale files")
-    p.add_argument("--no-figures", action="store_true", help="write tables and README only")
-    p.set_defaults(func=run)
-
-
-def run(args) -> int:
-    from .errors import UserError
-
-    try:
-        if args.check:
-            stale = check_report(args.results, args.out)
-            if stale:
-                print(f"tokenbench report --check: {len(stale)} stale file(s) under {args.out}:", file=sys.stderr)
-                for line in stale:
-                    print(f"  {line}", file=sys.stderr)
-                print(f"regenerate with: tokenbench report {' '.join(args.results)} --out {args.out}",
-                      file=sys.stderr)
-                return 1
-            print(f"report under {args.out} is up to date with {' '.join(args.results)}")
-            return 0
-        paths = write_report(args.results, args.out, figures=not args.no_figures)
-    except FileNotFoundError as exc:
-        raise UserError(str(exc)) from exc
-    if not paths.readmes:
-        raise UserError(f"no result records found in {' '.join(args.results)}")
-    for readme in paths.readmes:
-        print(f"wrote {readme.parent}/ ({readme.name}, "
-              f"{sum(p.parent.parent == readme.parent for p in paths.tables)} table files, "
-              f"{sum(p.parent.parent == readme.parent for p in paths.figures)} figure files)")
-    for s in paths.skipped_figures:
-        print(f"  skipped figure {s}")
-    if paths.failed_cells:
-        print(f"  {paths.failed_cells} failed cell(s) listed in the README")
-    return 0

@@ -48,7 +48,6 @@ import hashlib
 import inspect
 import math
 import os
-import shlex
 import statistics
 import sys
 import time
@@ -838,8 +837,3 @@ def run_suite(suite: Suite, out: str | Path = "results", *, command: str = "", r
         bar.close()
     summary.wall_s = time.perf_counter() - t_start
     return summary
-
-
-def command_line(argv: list[str] | None = None) -> str:
-    args = sys.argv[1:] if argv is None else argv
-    return "tokenbench " + " ".join(shlex.quote(a) for a in args)

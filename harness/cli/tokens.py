@@ -7,8 +7,18 @@ A clip that cannot be decoded is reported (file and manifest line) and skipped; 
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+
+import torch
+
+from tokenbench.datasets import VideoDecodeError, get_dataset, to_model_input
+from tokenbench.datasets.samples import VideoFilesDataset
+from tokenbench.reducers import ReducerParamError, UnknownReducerError, get_reducer
+
+from ..errors import UserError
+from .common import parse_params
 
 DEFAULT_THRESHOLDS = "0.1"
 
@@ -24,7 +34,7 @@ def add_cli(sub) -> None:
                "  tokenbench tokens --dataset samples --threshold 0.05,0.1,0.2\n"
                "  tokenbench tokens clip1.mp4 clip2.webm --threshold 0.1 --stride 2 --windows 3\n"
                "  tokenbench tokens --dataset kinetics --manifest val.txt --root /data/k400 --limit 200\n",
-        formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("videos", nargs="*", metavar="VIDEO", help="video files (any format FFmpeg reads)")
     p.add_argument("--dataset", metavar="NAME", help="a tokenbench dataset (samples, synthetic, manifest, "
                                                      "kinetics, ssv2) instead of video files")
@@ -50,8 +60,6 @@ def add_cli(sub) -> None:
 
 
 def parse_thresholds(text: str) -> list[float]:
-    from tokenbench.harness.errors import UserError
-
     out = []
     for part in str(text).split(","):
         part = part.strip()
@@ -71,11 +79,6 @@ def parse_thresholds(text: str) -> list[float]:
 
 def build_dataset(args):
     """The clips to count, from ``args`` (videos or --dataset)."""
-    from tokenbench.datasets import get_dataset
-    from tokenbench.datasets.samples import VideoFilesDataset
-    from tokenbench.harness.cli import parse_params
-    from tokenbench.harness.errors import UserError
-
     options = parse_params(args.option)
     options.setdefault("decoder", args.decoder)
     if args.videos and args.dataset:
@@ -111,10 +114,6 @@ def count_tokens(dataset, thresholds: list[float], *, limit: int | None = None, 
                  on_error=None):
     """Per clip: ``{"clip", "path", "frames", "total", "kept": {τ: n}}``. Decode errors go to
     ``on_error(index, exc)`` (default: raise)."""
-    import torch
-
-    from tokenbench.datasets import VideoDecodeError, to_model_input
-    from tokenbench.reducers import get_reducer
 
     reducers = {tau: get_reducer("rlt", threshold=tau) for tau in thresholds}
     n = len(dataset) if limit is None else min(limit, len(dataset))
@@ -167,13 +166,8 @@ def summarise(rows, thresholds: list[float]) -> list[dict]:
 
 
 def run(args) -> int:
-    from tokenbench.harness.errors import UserError
-    from tokenbench.reducers import ReducerParamError, UnknownReducerError
-
     thresholds = parse_thresholds(args.threshold)
     try:
-        from tokenbench.reducers import get_reducer
-
         get_reducer("rlt", threshold=thresholds[0])
     except (UnknownReducerError, ReducerParamError) as exc:
         raise UserError(str(exc)) from exc

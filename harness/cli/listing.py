@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from tokenbench.reducers import available_reducers, broken_reducers, reducer_class, reducer_params
+from tokenbench.reducers.registry import reducer_origin
+
 
 def add_cli(sub) -> None:
     p = sub.add_parser("list", help="list reducers (built-in and plugins) with their parameters",
@@ -13,9 +16,6 @@ def add_cli(sub) -> None:
 
 
 def run(args) -> int:
-    from tokenbench.reducers import available_reducers, broken_reducers, reducer_class, reducer_params
-    from tokenbench.reducers.registry import reducer_origin
-
     for name in available_reducers():
         cls = reducer_class(name)
         doc = (cls.__doc__ or "").strip().splitlines()

@@ -1,27 +1,23 @@
-"""The ``tokenbench`` command line.
+"""The ``tokenbench`` command line: the only code that reads argv or prints for a person.
 
-Each subcommand lives beside the code it drives and contributes two functions::
+Each subcommand is a module of this package contributing one function::
 
     def add_cli(subparsers) -> None        # adds its parser, with set_defaults(func=...)
 
-The modules are listed in ``COMMAND_MODULES``; a new subcommand adds one line there.
+The modules are listed in ``COMMAND_MODULES``; a new subcommand adds one line there. The library below
+raises :class:`~tokenbench.harness.errors.UserError` for a mistake in what was asked; :func:`main` prints
+it as one line and exits 2.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
-from .errors import UserError
+from ..errors import UserError
+from . import flops, listing, report, run, tokens, train, train_compare
+from .common import parse_params
 
-COMMAND_MODULES = [
-    "tokenbench.harness.cli_list",
-    "tokenbench.harness.cli_run",
-    "tokenbench.harness.train",
-    "tokenbench.datasets.cli_tokens",
-    "tokenbench.harness.flops",
-    "tokenbench.harness.report",
-]
+COMMAND_MODULES = [listing, run, train, train_compare, tokens, flops, report]
 
 EPILOG = """examples:
   tokenbench list                                 reducers (built-in and plugins) and their parameters
@@ -43,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for mod in COMMAND_MODULES:
-        importlib.import_module(mod).add_cli(sub)
+        mod.add_cli(sub)
     return parser
 
 
@@ -63,22 +59,4 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def parse_params(items: list[str]) -> dict:
-    """``["threshold=0.1", "r=[8, 4]"]`` -> ``{"threshold": 0.1, "r": [8, 4]}`` (values as Python literals,
-    falling back to plain strings)."""
-    import ast
-
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise UserError(f"reducer parameter {item!r} is not of the form NAME=VALUE")
-        k, v = item.split("=", 1)
-        try:
-            out[k.strip()] = ast.literal_eval(v.strip())
-        except (ValueError, SyntaxError):
-            out[k.strip()] = v.strip()
-    return out
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+__all__ = ["main", "build_parser", "parse_params", "UserError"]

@@ -1,0 +1,187 @@
+"""``tokenbench run``: run a suite, record every cell, write the report, print the headline table."""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+from ..launch import DEFAULT_TIMEOUT_MIN, LAUNCHERS, LaunchOptions, launch, requested_device
+from ..report import headline_table, write_report
+from ..results import load, safe_component
+from ..runner import run_suite
+from ..suite import cell_label, describe, load_suite
+
+DESCRIPTION = """\
+Run a benchmark suite: every model × dataset × reducer (× parameter sweep) × batch size × mode cell,
+one at a time. Each finished cell is appended to OUT/<suite>/<hardware fingerprint>/records.jsonl the
+moment it ends (flushed and fsynced), so an interrupted run loses at most the cell in flight and a
+second run skips every recorded cell. A failing cell (a corrupt video, out of memory, NaN) is recorded
+as failed with its error and the run goes on. At the end the report is rebuilt (REPORT_DIR/<suite>/)
+and the headline table printed.
+
+The suite file is validated before any work: a typo, an unknown reducer or a parameter that cannot
+work on the model is refused with the file and line at fault."""
+
+EPILOG = """\
+built-in suites:
+  default      CPU-sized comparison: the synthetic labelled benchmark and the bundled real clips, a
+               small ViT it trains itself (cached), every reducer, and a short training comparison
+  paper-k400   the RLT paper's Kinetics-400 setting: ViT-B/L, 16×224², stride 4, 5 clips × 3 crops
+  paper-ssv2   the RLT paper's Something-Something v2 setting: ViT-B/L, 16 segments, 2 clips × 3 crops
+
+paths for the paper suites (environment variables, or --set):
+  TOKENBENCH_K400_MANIFEST   'path label' list of the Kinetics-400 validation videos
+  TOKENBENCH_K400_ROOT       folder the manifest's relative paths start from (optional)
+  TOKENBENCH_K400_VIT_B, TOKENBENCH_K400_VIT_L    VideoMAE(-2) checkpoints fine-tuned on Kinetics-400
+  TOKENBENCH_SSV2_MANIFEST, TOKENBENCH_SSV2_ROOT, TOKENBENCH_SSV2_VIT_B, TOKENBENCH_SSV2_VIT_L
+
+examples:
+  tokenbench run                                   the default suite; results/ and reports/
+  tokenbench run --suite my_suite.toml --out results/
+  tokenbench run --suite paper-k400 --set datasets.k400.manifest=/data/k400/val.txt \\
+      --set models.vit_b.checkpoint=/ckpt/vit_b_k400.pth --set models.vit_l.checkpoint=/ckpt/vit_l_k400.pth
+  tokenbench run --set defaults.repeats=3 --set train.epochs=1      quicker, noisier
+  tokenbench run --only reducer=rlt --only dataset=samples            a subset of the cells
+  tokenbench run --dry-run                                          list the cells, run nothing
+  tokenbench run --launcher local                  one process per cell (submitit), one at a time
+  tokenbench run --suite paper-k400 --launcher slurm --partition gpu --array-parallelism 16 --timeout-min 120
+                                                   one Slurm job per cell, 1 GPU each, a job array
+"""
+
+
+def add_cli(sub) -> None:
+    p = sub.add_parser("run", help="run a benchmark suite (default: the built-in 'default' suite)",
+                       description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", default="default", metavar="NAME|PATH",
+                   help="a built-in suite name (default, paper-k400, paper-ssv2) or a suite .toml file "
+                        "(default: %(default)s)")
+    p.add_argument("--out", default="results", metavar="DIR",
+                   help="results root; records go to DIR/<suite>/<fingerprint>/records.jsonl (default: %(default)s)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a suite setting, e.g. defaults.repeats=3, train.epochs=1, "
+                        "models.vit_b.checkpoint=PATH, datasets.k400.manifest=PATH (repeatable; VALUE is "
+                        "read as TOML, else as a string)")
+    p.add_argument("--only", action="append", default=[], metavar="FIELD=VALUE",
+                   help="run only cells whose FIELD (model, dataset, reducer, mode, batch_size, label, or a "
+                        "model/dataset id) equals VALUE (repeatable; all must match)")
+    p.add_argument("--no-report", action="store_true", help="do not rebuild the report at the end")
+    p.add_argument("--report-dir", default="reports", metavar="DIR",
+                   help="report root; the suite's report goes to DIR/<suite>/ (default: %(default)s)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="run again the cells recorded as failed (the new record supersedes the old)")
+    p.add_argument("--dry-run", action="store_true", help="validate the suite and list its cells; run nothing")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    add_launch_args(p)
+    p.set_defaults(func=run)
+
+
+def add_launch_args(p: argparse.ArgumentParser) -> None:
+    """``tokenbench run``'s launcher flags."""
+    g = p.add_argument_group("launching jobs (submitit)")
+    g.add_argument("--launcher", choices=LAUNCHERS, default="inprocess",
+                   help="inprocess: every cell in this process (default); local: one process per cell on this "
+                        "machine, one at a time (one per GPU with several GPUs); slurm: one Slurm job per cell, "
+                        "submitted as a job array")
+    g.add_argument("--partition", metavar="P", help="Slurm partition (--launcher slurm)")
+    g.add_argument("--gpus-per-job", type=int, metavar="N",
+                   help="GPUs per job (default: 1 on slurm; local: 1 for CUDA cells, 0 for CPU cells)")
+    g.add_argument("--array-parallelism", type=int, metavar="N",
+                   help="jobs running at once (slurm: the array's %%N, default 256; local: default 1, at most "
+                        "one per visible GPU, always 1 for CPU cells)")
+    g.add_argument("--timeout-min", type=int, default=DEFAULT_TIMEOUT_MIN, metavar="M",
+                   help="time limit of each job in minutes (default: %(default)s)")
+    g.add_argument("--cpus-per-job", type=int, metavar="N", help="Slurm --cpus-per-task")
+    g.add_argument("--mem-gb", type=float, metavar="G", help="Slurm memory per job")
+    g.add_argument("--slurm-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other setting of submitit's SlurmExecutor, e.g. account=proj, qos=high, "
+                        "constraint=h100, exclude=node12 (repeatable)")
+    g.add_argument("--submitit-dir", metavar="DIR",
+                   help="submitit's job folder: logs and pickles (default: OUT/_submitit/<suite>); on a "
+                        "cluster it must be on a filesystem the compute nodes share")
+    g.add_argument("--wait", action="store_true", help="slurm: wait for every job to end, then report")
+
+
+def options_from_args(args) -> LaunchOptions:
+    extra: dict[str, Any] = {}
+    for item in args.slurm_param:
+        k, sep, v = item.partition("=")
+        if not sep or not k.strip():
+            raise UserError(f"--slurm-param {item!r}: expected KEY=VALUE, e.g. account=myproject")
+        try:
+            value: Any = tomllib.loads(f"v = {v}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = v
+        extra[k.strip()] = value
+    for flag, v in (("--gpus-per-job", args.gpus_per_job), ("--array-parallelism", args.array_parallelism),
+                    ("--timeout-min", args.timeout_min), ("--cpus-per-job", args.cpus_per_job)):
+        if v is not None and v < (0 if flag == "--gpus-per-job" else 1):
+            raise UserError(f"{flag} must be ≥ {0 if flag == '--gpus-per-job' else 1}, got {v}")
+    if args.launcher == "slurm" and not args.partition and "partition" not in extra:
+        print("note: no --partition given; Slurm uses its default partition", file=sys.stderr)
+    return LaunchOptions(launcher=args.launcher, folder=Path(args.submitit_dir) if args.submitit_dir else None,
+                         partition=args.partition, gpus_per_job=args.gpus_per_job,
+                         array_parallelism=args.array_parallelism, timeout_min=args.timeout_min,
+                         cpus_per_job=args.cpus_per_job, mem_gb=args.mem_gb, slurm_params=extra, wait=args.wait,
+                         retry_failed=args.retry_failed)
+
+
+def suite_overrides_for(args) -> list[str]:
+    """``--set`` items, plus ``defaults.device=cuda`` when Slurm jobs get GPUs and the suite asked for
+    ``auto`` (this login node may have none; its compute nodes do)."""
+    overrides = list(args.overrides)
+    gpus = 1 if args.gpus_per_job is None else args.gpus_per_job
+    if args.launcher == "slurm" and gpus > 0 and requested_device(args.suite, overrides) == "auto":
+        overrides.append("defaults.device=cuda")
+    return overrides
+
+
+def run(args) -> int:
+    """``tokenbench run``, whichever launcher: validate, list (--dry-run) or run, summarise, report."""
+    opts = None if args.launcher == "inprocess" else options_from_args(args)
+    suite = load_suite(args.suite, overrides=suite_overrides_for(args), only=args.only)
+    cells = suite.cells()
+    print(describe(suite), file=sys.stderr)
+    if args.dry_run:
+        for i, c in enumerate(cells, 1):
+            where = f"{c.get('model_id', c['model'])}/{c.get('dataset_id', c['dataset'])}"
+            print(f"{i:4d}  {c['key']}  {c['mode']:<9} {c['device']:<6} {where:<24} b{c['batch_size']:<3} "
+                  f"{cell_label(c)}")
+        return 0
+    if opts is None:
+        summary = run_suite(suite, args.out, command=command_line(), retry_failed=args.retry_failed, cells=cells,
+                            show_progress=not args.no_progress)
+    else:
+        summary = launch(suite, args.out, opts, cells=cells, command=command_line())
+    if summary.failures:
+        print("failed cells:\n  " + "\n  ".join(summary.failures), file=sys.stderr)
+    suite_dir = Path(args.out) / safe_component(suite.name)
+    if opts is not None and opts.launcher == "slurm" and not opts.wait:
+        if summary.job_ids:
+            print(f"{suite.name}: {summary.submitted} jobs submitted ({summary.skipped} cells already recorded); "
+                  f"records go to {suite_dir}/<fingerprint>/records.jsonl; when they end: "
+                  f"tokenbench report {shlex.quote(str(suite_dir))}", file=sys.stderr)
+        return 0
+    where = f" → {summary.store}" if summary.store else ""
+    print(f"{suite.name}: {summary.ran} cells run ({summary.failed} failed), {summary.skipped} already recorded, "
+          f"{summary.wall_s:.1f} s{where}", file=sys.stderr)
+    if not args.no_report and suite_dir.is_dir():
+        report_and_headline(suite_dir, Path(args.report_dir))
+    return 1 if summary.failed else 0
+
+
+def report_and_headline(suite_dir: Path, report_dir: Path) -> None:
+    """Rebuild the suite's report and print its headline table."""
+    paths = write_report(suite_dir, report_dir)
+    for readme in paths.readmes:
+        print(f"report: {readme}", file=sys.stderr)
+    print(headline_table(load(suite_dir)))
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The command as typed, recorded with every record."""
+    args = sys.argv[1:] if argv is None else argv
+    return "tokenbench " + " ".join(shlex.quote(a) for a in args)
