@@ -54,6 +54,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .schema import Cell, make_record
+
 LAUNCHERS = ("inprocess", "local", "slurm")
 MAX_ARRAY_SIZE = 1000  # Slurm's default MaxArraySize is 1001 (indices 0…1000)
 DEFAULT_TIMEOUT_MIN = 240
@@ -105,32 +107,30 @@ def _job_info(launcher: str) -> dict[str, Any]:
     return info
 
 
-def _fingerprint_for(cell: dict[str, Any]) -> dict[str, Any]:
-    """The fingerprint :func:`runner.run_cell` will record for ``cell`` on this machine."""
+def _fingerprint_for(device: str, dtype: str, threads: int) -> dict[str, Any]:
+    """The fingerprint :func:`runner.run_cell` will record for a cell on this machine."""
     from .runner import hardware_fingerprint, torch_threads
 
-    with torch_threads(int(cell.get("threads") or 0)) as threads:
-        return hardware_fingerprint(cell.get("device", "cpu"), cell.get("dtype", "float32"), threads)
+    with torch_threads(int(threads or 0)) as in_force:
+        return hardware_fingerprint(device, dtype, in_force)
 
 
-def run_job(cell: dict[str, Any], suite: str, out: str, command: str = "", launcher: str = "local",
+def run_job(cell: Cell, suite: str, out: str, command: str = "", launcher: str = "local",
             retry_failed: bool = False) -> dict[str, Any]:
     """One cell in a job: skip it when this machine's store already has it, else measure it and append its
     record. Returns a short summary (the record itself is in the store)."""
     from .results import ResultStore, store_path
     from .runner import run_cell
-    from .suite import cell_label
-
     def log(msg: str) -> None:
         print(msg, flush=True)
 
-    label = cell_label(cell)
-    fp = _fingerprint_for(cell)
+    label = cell.label
+    fp = _fingerprint_for(cell.device, cell.dtype, cell.threads)
     store = ResultStore(store_path(out, suite, fp["id"]))
-    if cell["key"] in store.done_keys(include_failed=not retry_failed):
+    if cell.key in store.done_keys(include_failed=not retry_failed):
         log(f"{label}: already recorded in {store.path}; nothing to do")
-        return {"key": cell["key"], "status": "skipped", "error": None, "store": str(store.path)}
-    log(f"{label}: {cell['mode']} {cell['model']}/{cell['dataset']} b{cell['batch_size']} → {store.path}")
+        return {"key": cell.key, "status": "skipped", "error": None, "store": str(store.path)}
+    log(f"{label}: {cell.mode} {cell.model}/{cell.dataset} b{cell.batch_size} → {store.path}")
     rec = run_cell(cell, suite=suite, command=command, log=log, progress=None)
     rec["launcher"] = _job_info(launcher)
     if rec["fingerprint"]["id"] != fp["id"]:
@@ -141,7 +141,7 @@ def run_job(cell: dict[str, Any], suite: str, out: str, command: str = "", launc
         raise OSError(f"cannot append to {store.path} ({exc}); the results folder must be on a filesystem "
                       "that supports flock") from exc
     log(f"{label}: {rec['status']}{' — ' + rec['error'] if rec['error'] else ''} in {rec['duration_s']:.1f} s")
-    return {"key": cell["key"], "status": rec["status"], "error": rec["error"], "store": str(store.path),
+    return {"key": cell.key, "status": rec["status"], "error": rec["error"], "store": str(store.path),
             "duration_s": rec["duration_s"]}
 
 
@@ -205,15 +205,15 @@ def recorded_keys(out: str | Path, suite: str, fingerprint_id: str | None = None
     return done
 
 
-def pending_pretrains(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def pending_pretrains(cells: list[Cell]) -> list[dict[str, Any]]:
     """The distinct self-trained models ``cells`` need whose checkpoint is not cached yet."""
     from .runner import cache_root, pretrained_path
 
     seen, out = set(), []
     for c in cells:
-        pre = c.get("pretrain")
-        if pre and str(c.get("checkpoint", "")).startswith("trained:") and c["checkpoint"] not in seen:
-            seen.add(c["checkpoint"])
+        pre = c.pretrain
+        if pre and c.checkpoint.startswith("trained:") and c.checkpoint not in seen:
+            seen.add(c.checkpoint)
             if not pretrained_path(pre, cache_root()).is_file():
                 out.append(pre)
     return out
@@ -303,7 +303,7 @@ def local_executor(folder: str | Path, opts: LaunchOptions):
 # ----------------------------------------------------------------------------------------------
 # launching
 # ----------------------------------------------------------------------------------------------
-def launch(suite, out: str | Path, opts: LaunchOptions, *, cells: list[dict[str, Any]] | None = None,
+def launch(suite, out: str | Path, opts: LaunchOptions, *, cells: list[Cell] | None = None,
            command: str = "", log: Callable[[str], None] | None = None) -> LaunchSummary:
     """Run (local) or submit (slurm) every pending cell of ``suite`` as its own job."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
@@ -323,15 +323,14 @@ def launch(suite, out: str | Path, opts: LaunchOptions, *, cells: list[dict[str,
 
         raise UserError(f"the cells run on {device}: each job needs a GPU (--gpus-per-job ≥ 1)")
     if opts.launcher == "local":
-        fp = _fingerprint_for({"device": device, "dtype": suite.defaults.get("dtype", "float32"),
-                               "threads": suite.defaults.get("threads", 0)})
+        fp = _fingerprint_for(device, suite.defaults.get("dtype", "float32"), suite.defaults.get("threads", 0))
         done = recorded_keys(out, suite.name, fingerprint_id=fp["id"], include_failed=not opts.retry_failed)
         from .results import store_path
 
         summary.store = store_path(out, suite.name, fp["id"])
     else:
         done = recorded_keys(out, suite.name, device_type=device.split(":")[0], include_failed=not opts.retry_failed)
-    pending = [c for c in cells if c["key"] not in done]
+    pending = [c for c in cells if c.key not in done]
     summary.skipped = len(cells) - len(pending)
     if not pending:
         log(f"{suite.name}: all {len(cells)} cells are recorded under {out / suite.name}; nothing to submit")
@@ -379,8 +378,6 @@ def _launch_slurm(pending, pretrains, suite, out: Path, folder: Path, opts: Laun
 
 def _launch_local(pending, pretrains, suite, out: Path, folder: Path, opts: LaunchOptions, command: str,
                   summary: LaunchSummary, log) -> None:
-    from .suite import cell_label
-
     device = suite.defaults.get("device", "cpu")
     ex = local_executor(folder, opts)
     gpus = visible_gpus() if device.startswith("cuda") else []
@@ -407,7 +404,7 @@ def _launch_local(pending, pretrains, suite, out: Path, folder: Path, opts: Laun
             for cell in [c for c in pending if pending_pretrains([c])]:
                 _record_lost(cell, suite.name, out, why, job.paths.stderr)
                 summary.failed += 1
-                summary.failures.append(f"{cell_label(cell)}: {why}")
+                summary.failures.append(f"{cell.label}: {why}")
             pending = [c for c in pending if not pending_pretrains([c])]
     free = list(gpus[:width]) if want_gpus else [None] * width
     running: list[tuple[Any, dict[str, Any], Any]] = []  # (job, cell, gpu slot)
@@ -443,9 +440,7 @@ def _launch_local(pending, pretrains, suite, out: Path, folder: Path, opts: Laun
 
 def _collect(cell, job, summary: LaunchSummary, log, counter: str | None, out: Path | None = None,
              suite: str | None = None) -> None:
-    from .suite import cell_label
-
-    label = cell_label(cell)
+    label = cell.label
     prefix = f"cell {counter} " if counter else "cell "
     try:
         res = job.result()
@@ -465,7 +460,7 @@ def _collect(cell, job, summary: LaunchSummary, log, counter: str | None, out: P
     summary.ran += 1
     if res["status"] != "ok":
         summary.failed += 1
-        summary.failures.append(f"{label} ({cell['mode']}): {res['error']}")
+        summary.failures.append(f"{label} ({cell.mode}): {res['error']}")
     log(f"{prefix}{label}: {res['status']}{' — ' + res['error'] if res['error'] else ''}"
         f" ({res.get('duration_s', 0):.1f} s, job {job.job_id})")
 
@@ -480,16 +475,13 @@ def job_error(exc: BaseException) -> str:
     return body[-1] if body else type(exc).__name__
 
 
-def _record_lost(cell: dict[str, Any], suite: str, out: Path, error: str, log_path: Path) -> None:
+def _record_lost(cell: Cell, suite: str, out: Path, error: str, log_path: Path) -> None:
     """A failed record for a cell whose job died before appending one (local launcher: same machine)."""
     from .results import ResultStore, store_path
     from .runner import utc_now
-    from .schema import SCHEMA_VERSION
-    from .suite import cell_label
 
-    fp = _fingerprint_for(cell)
-    c = {k: v for k, v in cell.items() if k != "key"}
-    rec = {"schema": SCHEMA_VERSION, "key": cell["key"], "suite": suite, "status": "failed", "error": error,
-           "cell": {**c, "label": cell_label(cell)}, "fingerprint": fp, "metrics": {}, "started": utc_now(),
-           "finished": utc_now(), "duration_s": 0.0, "command": "", "launcher": {"name": "local", "log": str(log_path)}}
+    fp = _fingerprint_for(cell.device, cell.dtype, cell.threads)
+    now = utc_now()
+    rec = make_record(cell, suite=suite, fingerprint=fp, error=error, started=now, finished=now, duration_s=0.0,
+                      launcher={"name": "local", "log": str(log_path)})
     ResultStore(store_path(out, suite, fp["id"])).append(rec)

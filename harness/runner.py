@@ -52,7 +52,7 @@ import statistics
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,18 +61,18 @@ import torch
 
 from .fingerprint import load_average
 from .results import ResultStore, store_path
-from .schema import SCHEMA_VERSION, canonical_json
-from .suite import Suite, cell_label, key_of, parse_views
+from .schema import Cell, canonical_json, make_record
+from .suite import Suite, parse_views
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def autocast_for(cell: dict[str, Any]) -> contextlib.AbstractContextManager:
+def autocast_for(cell: Cell) -> contextlib.AbstractContextManager:
     """``torch.autocast`` in the cell's ``autocast`` dtype on its device type (a no-op without one)."""
-    amp = cell.get("autocast") or "none"
+    amp = cell.amp
     if amp == "none":
         return contextlib.nullcontext()
-    return torch.autocast(torch.device(cell.get("device", "cpu")).type, dtype=DTYPES[amp])
+    return torch.autocast(torch.device(cell.device).type, dtype=DTYPES[amp])
 MAX_TOKENS_PER_CLIP_RECORDED = 20000  # beyond this many clips a record keeps the first ones only
 IN_MEMORY_BUDGET_BYTES = 2 * 2**30  # decoded clips kept in memory across cells up to this size
 
@@ -260,14 +260,14 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:16]
 
 
-def dataset_options(cell: dict[str, Any], split: str | None = None) -> dict[str, Any]:
+def dataset_options(cell: Cell, split: str | None = None) -> dict[str, Any]:
     """Options for ``get_dataset`` from a cell: its ``dataset_options`` plus the view protocol."""
-    opts = dict(cell.get("dataset_options") or {})
-    clips, crops = parse_views(cell.get("views", "1x1"))
-    if (clips, crops) != (1, 1) and (split or cell["split"]) != "train":
-        if cell["dataset"] == "synthetic":
+    opts = dict(cell.dataset_options or {})
+    clips, crops = parse_views(cell.views)
+    if (clips, crops) != (1, 1) and (split or cell.split) != "train":
+        if cell.dataset == "synthetic":
             raise CellError("the synthetic dataset has one view per clip; use views = \"1x1\"")
-        if cell["dataset"] == "samples":
+        if cell.dataset == "samples":
             opts["windows"] = clips
         else:
             opts["num_clips"] = clips
@@ -275,42 +275,42 @@ def dataset_options(cell: dict[str, Any], split: str | None = None) -> dict[str,
     return opts
 
 
-def build_dataset(cell: dict[str, Any], split: str | None = None, **extra):
+def build_dataset(cell: Cell, split: str | None = None, **extra):
     from tokenbench.datasets import get_dataset
 
-    split = split or cell["split"]
+    split = split or cell.split
     opts = {**dataset_options(cell, split), **extra}
-    return get_dataset(cell["dataset"], split, num_frames=cell["num_frames"], img_size=cell["img_size"], **opts)
+    return get_dataset(cell.dataset, split, num_frames=cell.num_frames, img_size=cell.img_size, **opts)
 
 
-def data_key(cell: dict[str, Any]) -> str:
-    return _hash({k: cell.get(k) for k in ("dataset", "split", "num_frames", "img_size", "dataset_options",
+def data_key(cell: Cell) -> str:
+    return _hash({k: getattr(cell, k) for k in ("dataset", "split", "num_frames", "img_size", "dataset_options",
                                            "views", "max_clips")})
 
 
-def load_clipset(cell: dict[str, Any], cache: RunCache, progress: Callable[[str], None] | None = None) -> ClipSet:
+def load_clipset(cell: Cell, cache: RunCache, progress: Callable[[str], None] | None = None) -> ClipSet:
     """The cell's clips, decoded once per process, each clip's decode timed. A set too large for memory
     keeps its first clips (enough to time) and streams the rest (see :class:`ClipSet`)."""
     key = data_key(cell)
     if key in cache.clips:
         return cache.clips[key]
     ds = build_dataset(cell)
-    views = math.prod(parse_views(cell.get("views", "1x1")))
+    views = math.prod(parse_views(cell.views))
     n = len(ds)
-    if cell.get("max_clips"):
-        n = min(n, int(cell["max_clips"]) * views)
+    if cell.max_clips:
+        n = min(n, int(cell.max_clips) * views)
     if n == 0:
-        raise CellError(f"dataset {cell['dataset']!r} ({cell['split']}) holds no clips")
-    per_clip = cell["num_frames"] * cell["img_size"] ** 2 * 3
+        raise CellError(f"dataset {cell.dataset!r} ({cell.split}) holds no clips")
+    per_clip = cell.num_frames * cell.img_size ** 2 * 3
     streaming = n * per_clip > IN_MEMORY_BUDGET_BYTES
     head = n
     if streaming:
-        need = max(int(cell.get("time_clips") or 0), int(cell.get("batch_size", 1)),
-                   int(cell.get("flops_check_clips") or 0), 1)
+        need = max(int(cell.time_clips or 0), int(cell.batch_size),
+                   int(cell.flops_check_clips or 0), 1)
         head = min(n, need)
     from tokenbench.datasets import VideoDecodeError
 
-    skip = bool(cell.get("skip_unreadable"))
+    skip = bool(cell.skip_unreadable)
     clips, labels, vids, paths, ms, skipped = [], [], [], [], [], []
     bad_paths: set[str] = set()
     for i in range(head):
@@ -337,14 +337,14 @@ def load_clipset(cell: dict[str, Any], cache: RunCache, progress: Callable[[str]
     except Exception:
         info = {}
     if "decoder" not in info:
-        if cell["dataset"] == "synthetic":
+        if cell.dataset == "synthetic":
             info.update(decoder="none (synthetic, generated in memory)", decoder_version=None)
         else:
             from tokenbench.datasets import decoder_info
 
             info.update(decoder_info())
     if not clips:
-        raise CellError(f"no clip of dataset {cell['dataset']!r} could be read; first error: "
+        raise CellError(f"no clip of dataset {cell.dataset!r} could be read; first error: "
                         f"{skipped[0] if skipped else '?'}")
     cs = ClipSet(torch.stack(clips), torch.tensor(labels, dtype=torch.long), vids, paths, ms,
                  int(getattr(ds, "num_classes", 0) or 0), info, total=n if streaming else 0,
@@ -430,8 +430,8 @@ def ensure_pretrained(pretrain: dict[str, Any], cache_dir: Path, device: str = "
     return path
 
 
-def model_key(cell: dict[str, Any], num_classes: int, length_embedding: bool) -> str:
-    return _hash({k: cell.get(k) for k in ("model", "num_frames", "img_size", "checkpoint", "pretrain", "device",
+def model_key(cell: Cell, num_classes: int, length_embedding: bool) -> str:
+    return _hash({k: getattr(cell, k) for k in ("model", "num_frames", "img_size", "checkpoint", "pretrain", "device",
                                            "dtype", "attn_backend", "compile")}
                  | {"num_classes": num_classes, "length_embedding": length_embedding})
 
@@ -448,7 +448,7 @@ def checkpoint_classes(path: str) -> int | None:
     return int(w.shape[0]) if w is not None else None
 
 
-def load_model(cell: dict[str, Any], cache: RunCache, num_classes: int, length_embedding: bool = False,
+def load_model(cell: Cell, cache: RunCache, num_classes: int, length_embedding: bool = False,
                log: Callable[[str], None] | None = None) -> torch.nn.Module:
     """The cell's model in eval mode on its device and dtype (cached per process)."""
     from .model import build_model, load_checkpoint
@@ -456,14 +456,14 @@ def load_model(cell: dict[str, Any], cache: RunCache, num_classes: int, length_e
     key = model_key(cell, num_classes, length_embedding)
     if key in cache.models:
         return cache.models[key]
-    torch.manual_seed(int(cell.get("seed", 0)))
-    model = build_model(cell["model"], num_classes, num_frames=cell["num_frames"], img_size=cell["img_size"],
-                        length_embedding=length_embedding, attn_backend=cell.get("attn_backend", "auto"))
-    ckpt = cell["checkpoint"]
+    torch.manual_seed(int(cell.seed))
+    model = build_model(cell.model, num_classes, num_frames=cell.num_frames, img_size=cell.img_size,
+                        length_embedding=length_embedding, attn_backend=cell.attn_backend)
+    ckpt = cell.checkpoint
     if ckpt.startswith("trained:"):
-        if not cell.get("pretrain"):
+        if not cell.pretrain:
             raise CellError(f"checkpoint {ckpt} names a self-trained model but the cell has no pretrain settings")
-        path = cache.pretrained(cell["pretrain"], cell.get("device", "cpu"), log)
+        path = cache.pretrained(cell.pretrain, cell.device, log)
         info = load_checkpoint(model, path, strict=False)
     elif ckpt == "none":
         info = {"missing": []}
@@ -471,23 +471,23 @@ def load_model(cell: dict[str, Any], cache: RunCache, num_classes: int, length_e
         info = load_checkpoint(model, ckpt, strict=False)
     missing = [k for k in info.get("missing", []) if k != "length_embed"]
     if missing:
-        raise CellError(f"checkpoint {ckpt} lacks weights of {cell['model']}: {', '.join(missing[:6])}")
+        raise CellError(f"checkpoint {ckpt} lacks weights of {cell.model}: {', '.join(missing[:6])}")
     if length_embedding and "length_embed" in info.get("missing", []):
         raise CellError(f"the reducer uses a learned length embedding but checkpoint {ckpt} has none "
                         "(train with it: a train-mode cell, or a checkpoint fine-tuned with RLT's length embedding)")
-    model = model.to(device=cell.get("device", "cpu"), dtype=DTYPES[cell.get("dtype", "float32")]).eval()
-    if cell.get("compile"):
+    model = model.to(device=cell.device, dtype=DTYPES[cell.dtype]).eval()
+    if cell.compile:
         model = torch.compile(model)
     cache.models[key] = model
     return model
 
 
-def model_classes(cell: dict[str, Any], clipset_classes: int) -> int:
-    if cell.get("num_classes"):
-        return int(cell["num_classes"])
-    ckpt = cell["checkpoint"]
-    if ckpt.startswith("trained:") and cell.get("pretrain"):
-        pre = cell["pretrain"]
+def model_classes(cell: Cell, clipset_classes: int) -> int:
+    if cell.num_classes:
+        return int(cell.num_classes)
+    ckpt = cell.checkpoint
+    if ckpt.startswith("trained:") and cell.pretrain:
+        pre = cell.pretrain
         from tokenbench.datasets import get_dataset
 
         ds = get_dataset(pre["dataset"], pre.get("split", "train"), num_frames=pre["num_frames"],
@@ -505,23 +505,23 @@ def base_model(model: torch.nn.Module) -> torch.nn.Module:
 
 
 # --- reducers -------------------------------------------------------------------------------------
-def build_reducer(cell: dict[str, Any]):
+def build_reducer(cell: Cell):
     from tokenbench.reducers import get_reducer
 
-    if cell["reducer"] == "none":
+    if cell.reducer == "none":
         return None
-    return get_reducer(cell["reducer"], **(cell.get("params") or {}))
+    return get_reducer(cell.reducer, **(cell.params or {}))
 
 
-def calibrate(reducer, cell: dict[str, Any], clips: ClipSet, cache: RunCache):
+def calibrate(reducer, cell: Cell, clips: ClipSet, cache: RunCache):
     """Reducers with ``calibrate(batches)`` (random masking matched to RLT's budget) calibrate on the cell's
     clips before any measured work; the calibrated reducer is shared by cells on the same data."""
     if reducer is None or not hasattr(reducer, "calibrate"):
         return reducer
-    key = _hash({"reducer": cell["reducer"], "params": cell.get("params"), "data": data_key(cell)})
+    key = _hash({"reducer": cell.reducer, "params": cell.params, "data": data_key(cell)})
     if key in cache.calibrated:
         return cache.calibrated[key].fresh()
-    bs = max(1, int(cell.get("batch_size", 8)))
+    bs = max(1, int(cell.batch_size))
     reducer.calibrate(normalised(b, "cpu", torch.float32) for b, _, _, _ in clips.batches(bs))
     cache.calibrated[key] = reducer
     return reducer.fresh()
@@ -530,7 +530,7 @@ def calibrate(reducer, cell: dict[str, Any], clips: ClipSet, cache: RunCache):
 # ----------------------------------------------------------------------------------------------
 # measuring
 # ----------------------------------------------------------------------------------------------
-def forward_all(model, reducer, clips: ClipSet, cell: dict[str, Any],
+def forward_all(model, reducer, clips: ClipSet, cell: Cell,
                 progress: Callable[[str], None] | None = None, what: str = "eval",
                 overhead_per_clip: float = 0.0) -> dict[str, Any]:
     """Every clip through the model in batches of the cell's size: accuracy (multi-view), tokens per clip
@@ -540,10 +540,10 @@ def forward_all(model, reducer, clips: ClipSet, cell: dict[str, Any],
     from .flops import gflops_from_stats
     from .metrics import MultiViewAccuracy, TokenCounts
 
-    device, dtype = cell.get("device", "cpu"), DTYPES[cell.get("dtype", "float32")]
-    bs = max(1, int(cell["batch_size"]))
+    device, dtype = cell.device, DTYPES[cell.dtype]
+    bs = max(1, int(cell.batch_size))
     net = base_model(model)
-    acc = MultiViewAccuracy(protocol=cell.get("views", "1x1")) if clips.labelled else None
+    acc = MultiViewAccuracy(protocol=cell.views) if clips.labelled else None
     tokens = TokenCounts(tokens_total=net.num_tokens)
     gflops, gflops_attn, backends = [], [], set()
     n, done = len(clips), 0
@@ -577,20 +577,20 @@ def forward_all(model, reducer, clips: ClipSet, cell: dict[str, Any],
         r = acc.result()
         metrics.update(top1=r["top1"], top5=r["top5"], views=r["views"], num_videos=r["num_clips"])
     else:
-        metrics["views"] = cell.get("views", "1x1")
+        metrics["views"] = cell.views
     return {"metrics": metrics, "backend": "+".join(sorted(backends))}
 
 
-def _baseline_top1(model, clips: ClipSet, cell: dict[str, Any], cache: RunCache, mkey: str, progress) -> float:
+def _baseline_top1(model, clips: ClipSet, cell: Cell, cache: RunCache, mkey: str, progress) -> float:
     """Top-1 of the same model without reducer on the same clips (once per model and data)."""
-    key = mkey + ":" + data_key(cell) + ":" + str(cell.get("autocast") or "none")
+    key = mkey + ":" + data_key(cell) + ":" + str(cell.amp)
     if key not in cache.baseline:
         with autocast_for(cell):
             cache.baseline[key] = forward_all(model, None, clips, cell, progress, what="baseline")["metrics"]
     return cache.baseline[key]["top1"]
 
 
-def inference_cell(cell: dict[str, Any], cache: RunCache, progress=None, log=None) -> tuple[dict, dict]:
+def inference_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tuple[dict, dict]:
     from .flops import verify_analytic
     from .timing import time_forward
 
@@ -603,13 +603,13 @@ def inference_cell(cell: dict[str, Any], cache: RunCache, progress=None, log=Non
     if reducer is not None:
         reducer.check_geometry(net.grid, net.depth)
     reducer = calibrate(reducer, cell, clips, cache)
-    device, dtype = cell.get("device", "cpu"), DTYPES[cell.get("dtype", "float32")]
+    device, dtype = cell.device, DTYPES[cell.dtype]
 
     # FLOPs: an fvcore trace (attention handles included) of a sample checks the analytic count used for
     # every clip, and measures what the reducer's own hooks cost per clip (ToMe/STA similarity matmuls)
     metrics: dict[str, Any] = {}
     overhead = 0.0
-    n_check = min(int(cell.get("flops_check_clips", 1)), int(clips.clips.shape[0]))
+    n_check = min(int(cell.flops_check_clips), int(clips.clips.shape[0]))
     if n_check:
         if progress:
             progress(f"fvcore check on {n_check} clip(s)")
@@ -628,28 +628,28 @@ def inference_cell(cell: dict[str, Any], cache: RunCache, progress=None, log=Non
         metrics["top1_baseline"] = metrics["top1"] if reducer is None else _baseline_top1(
             model, clips, cell, cache, model_key(cell, num_classes, length_emb), progress)
     # wall-clock: clips decoded beforehand and resident on the device; baseline interleaved
-    n_time = min(int(cell.get("time_clips") or 0) or len(clips), int(clips.clips.shape[0]))
+    n_time = min(int(cell.time_clips or 0) or len(clips), int(clips.clips.shape[0]))
     if progress:
-        progress(f"timing {n_time} clips × {cell.get('repeats', 10)} repeats")
+        progress(f"timing {n_time} clips × {cell.repeats} repeats")
     resident = normalised(clips.clips[:n_time], device, dtype)
     with autocast_for(cell):  # the context is entered once; every timed forward runs inside it
         timing = time_forward(model, resident, reducer.fresh() if reducer is not None else None,
-                              baseline=reducer is not None, warmup=int(cell.get("warmup", 2)),
-                              repeats=int(cell.get("repeats", 10)), batch_size=int(cell["batch_size"]))
+                              baseline=reducer is not None, warmup=int(cell.warmup),
+                              repeats=int(cell.repeats), batch_size=int(cell.batch_size))
     metrics.update(timing.as_metrics())
     metrics["time_clips"] = timing.num_clips
     if reducer is None:  # the baseline cell is its own reference
         metrics.update(baseline_time_ms_median=metrics["time_ms_median"], speedup=1.0, speedup_q1=1.0,
                        speedup_q3=1.0)
     metrics["decode_ms_per_clip"] = statistics.fmean(clips.decode_ms)
-    if reducer is not None and reducer.params() != (cell.get("params") or {}):
+    if reducer is not None and reducer.params() != (cell.params or {}):
         metrics["reducer_params_used"] = reducer.params()  # e.g. random's keep calibrated to RLT's budget
     env = {"attn_backend": timing.backend or fw["backend"], "timer": timing.timer,
            "decoder": clips.info.get("decoder"), "decoder_version": clips.info.get("decoder_version")}
     return metrics, env
 
 
-def train_cell(cell: dict[str, Any], cache: RunCache, progress=None, log=None) -> tuple[dict, dict]:
+def train_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tuple[dict, dict]:
     """Train the cell's model with its reducer (``harness.train.train``), then evaluate it on the cell's
     clips like an inference cell (the reducer at evaluation: ``harness.train.inference_reducer``)."""
     from tokenbench.datasets import get_dataset
@@ -657,30 +657,30 @@ def train_cell(cell: dict[str, Any], cache: RunCache, progress=None, log=None) -
     from .model import build_model, load_checkpoint
     from .train import inference_reducer, train
 
-    settings = dict(cell.get("train") or {})
-    device, dtype = cell.get("device", "cpu"), DTYPES[cell.get("dtype", "float32")]
+    settings = dict(cell.train or {})
+    device, dtype = cell.device, DTYPES[cell.dtype]
     clips = load_clipset(cell, cache, progress)  # evaluation clips, and the calibration data
     reducer = calibrate(build_reducer(cell), cell, clips, cache)
     train_split = settings.get("split", "train")
-    train_ds = get_dataset(cell["dataset"], train_split, num_frames=cell["num_frames"], img_size=cell["img_size"],
-                           **dict(cell.get("dataset_options") or {}))
-    num_classes = int(cell.get("num_classes") or train_ds.num_classes)
+    train_ds = get_dataset(cell.dataset, train_split, num_frames=cell.num_frames, img_size=cell.img_size,
+                           **dict(cell.dataset_options or {}))
+    num_classes = int(cell.num_classes or train_ds.num_classes)
     if not num_classes:
-        raise CellError(f"dataset {cell['dataset']!r} is unlabelled: a train cell needs labels")
-    torch.manual_seed(int(cell.get("seed", 0)))
-    model = build_model(cell["model"], num_classes, num_frames=cell["num_frames"], img_size=cell["img_size"],
+        raise CellError(f"dataset {cell.dataset!r} is unlabelled: a train cell needs labels")
+    torch.manual_seed(int(cell.seed))
+    model = build_model(cell.model, num_classes, num_frames=cell.num_frames, img_size=cell.img_size,
                         length_embedding=bool(getattr(reducer, "length_embedding", False)),
-                        attn_backend=cell.get("attn_backend", "auto"))
+                        attn_backend=cell.attn_backend)
     if settings.get("init") == "checkpoint":
-        ck = cell["checkpoint"]
+        ck = cell.checkpoint
         if ck.startswith("trained:"):
-            ck = str(cache.pretrained(cell["pretrain"], device, log))
+            ck = str(cache.pretrained(cell.pretrain, device, log))
         if ck != "none":
             load_checkpoint(model, ck, strict=False)
     if progress:
         progress(f"training {settings.get('epochs')} epochs")
     result = train(model, limited(train_ds, settings.get("max_clips")), None, reducer, device=device,
-                   seed=int(cell.get("seed", 0)), log=False, **train_settings(settings))
+                   seed=int(cell.seed), log=False, **train_settings(settings))
     model = model.to(device=device, dtype=dtype).eval()
     eval_red = None if settings.get("eval_reducer") == "none" else inference_reducer(reducer)
     fw = forward_all(model, eval_red, clips, cell, progress)
@@ -688,7 +688,7 @@ def train_cell(cell: dict[str, Any], cache: RunCache, progress=None, log=None) -
     metrics.update({k: v for k, v in result.metrics().items() if k.startswith("train_")})
     metrics["train_clips"] = result.clips
     metrics["eval_reducer"] = "none" if eval_red is None else f"{eval_red.name} {eval_red.params()}"
-    if reducer is not None and reducer.params() != (cell.get("params") or {}):
+    if reducer is not None and reducer.params() != (cell.params or {}):
         metrics["reducer_params_used"] = reducer.params()
     env = {"attn_backend": fw["backend"], "decoder": clips.info.get("decoder"),
            "decoder_version": clips.info.get("decoder_version")}
@@ -698,52 +698,47 @@ def train_cell(cell: dict[str, Any], cache: RunCache, progress=None, log=None) -
 # ----------------------------------------------------------------------------------------------
 # one cell, one record
 # ----------------------------------------------------------------------------------------------
-def run_cell(cell: dict[str, Any], *, suite: str = "adhoc", command: str = "", cache: RunCache | None = None,
-             progress: Callable[[str], None] | None = None, log: Callable[[str], None] | None = None
-             ) -> dict[str, Any]:
-    """Measure one cell and return its record (harness/schema.py). Never raises for a failing cell."""
+def run_cell(cell: Cell | Mapping[str, Any], *, suite: str = "adhoc", command: str = "",
+             cache: RunCache | None = None, progress: Callable[[str], None] | None = None,
+             log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Measure one cell and return its record (harness/schema.py). Never raises for a failing cell.
+    A cell given in its JSON shape keeps the ``key`` it carries."""
     cache = cache or RunCache()
-    cell = dict(cell)
-    key = cell.pop("key", None) or key_of(cell)
+    key = cell.get("key")
+    cell = cell if isinstance(cell, Cell) else Cell.from_dict(cell)
     started, t0 = utc_now(), time.perf_counter()
     load_start = load_average()
-    status, error, tb, metrics, env = "ok", None, None, {}, {}
+    error, tb, metrics, env = None, None, {}, {}
     threads_in_force = torch.get_num_threads()
     try:
-        with torch_threads(int(cell.get("threads") or 0)) as threads_in_force:
-            torch.manual_seed(int(cell.get("seed", 0)))
-            if cell["mode"] == "inference":
+        with torch_threads(int(cell.threads or 0)) as threads_in_force:
+            torch.manual_seed(int(cell.seed))
+            if cell.mode == "inference":
                 metrics, env = inference_cell(cell, cache, progress, log)
-            elif cell["mode"] == "train":
+            elif cell.mode == "train":
                 metrics, env = train_cell(cell, cache, progress, log)
             else:
-                raise CellError(f"unknown mode {cell['mode']!r}")
+                raise CellError(f"unknown mode {cell.mode!r}")
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # noqa: BLE001 - every failure is recorded, the suite goes on
         if isinstance(exc, SystemExit):
             raise
-        status, error = "failed", describe_error(exc)
+        error = describe_error(exc)
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:]
-        if cell.get("device", "cpu").startswith("cuda"):
+        if cell.device.startswith("cuda"):
             with contextlib.suppress(Exception):
                 torch.cuda.empty_cache()
     if metrics and load_start is not None:
         # other work on the machine while this cell was timed (1-minute load average; compare with the
         # fingerprint's cpu_count): timings taken beside other tenants are slower and noisier
         metrics["load_avg_start"], metrics["load_avg_end"] = load_start, load_average()
-    fp = hardware_fingerprint(cell.get("device", "cpu"), cell.get("dtype", "float32"), threads_in_force,
+    fp = hardware_fingerprint(cell.device, cell.dtype, threads_in_force,
                               attn_backend=env.pop("attn_backend", None))
     fp.update({k: v for k, v in env.items() if k in ("decoder", "decoder_version", "timer")})
-    record = {
-        "schema": SCHEMA_VERSION, "key": key, "suite": suite, "status": status, "error": error,
-        "cell": {**cell, "label": cell_label(cell)}, "fingerprint": fp, "metrics": metrics,
-        "started": started, "finished": utc_now(), "duration_s": round(time.perf_counter() - t0, 3),
-        "command": command,
-    }
-    if tb:
-        record["traceback"] = tb
-    return record
+    return make_record(cell, key=key, suite=suite, fingerprint=fp, metrics=metrics, error=error, traceback=tb,
+                       started=started, finished=utc_now(), duration_s=round(time.perf_counter() - t0, 3),
+                       command=command)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -762,7 +757,7 @@ class RunSummary:
 
 
 def run_suite(suite: Suite, out: str | Path = "results", *, command: str = "", retry_failed: bool = False,
-              cells: list[dict[str, Any]] | None = None, show_progress: bool = True,
+              cells: list[Cell] | None = None, show_progress: bool = True,
               cache: RunCache | None = None, stream=None) -> RunSummary:
     """Run every unrecorded cell of ``suite``, appending each record to the suite's store as it finishes."""
     from tqdm import tqdm
@@ -775,7 +770,7 @@ def run_suite(suite: Suite, out: str | Path = "results", *, command: str = "", r
         fp = hardware_fingerprint(device, suite.defaults.get("dtype", "float32"), threads)
     store = ResultStore(store_path(out, suite.name, fp["id"]))
     done = store.done_keys(include_failed=not retry_failed)
-    pending = [c for c in cells if c["key"] not in done]
+    pending = [c for c in cells if c.key not in done]
     summary = RunSummary(suite.name, store.path, len(cells), skipped=len(cells) - len(pending))
     cache = cache or RunCache()
 
@@ -789,15 +784,15 @@ def run_suite(suite: Suite, out: str | Path = "results", *, command: str = "", r
     # self-trained models first: once, cached on disk
     seen = set()
     for c in pending:
-        pre = c.get("pretrain")
-        if pre and c["checkpoint"].startswith("trained:") and c["checkpoint"] not in seen:
-            seen.add(c["checkpoint"])
+        pre = c.pretrain
+        if pre and c.checkpoint.startswith("trained:") and c.checkpoint not in seen:
+            seen.add(c.checkpoint)
             path = pretrained_path(pre, cache.cache_dir)
             if not path.is_file():
                 t0 = time.perf_counter()
                 try:
-                    with torch_threads(int(c.get("threads") or 0)):
-                        cache.pretrained(pre, c.get("device", "cpu"), log)
+                    with torch_threads(c.threads):
+                        cache.pretrained(pre, c.device, log)
                     log(f"trained {pre['model']} in {time.perf_counter() - t0:.0f} s → {path}")
                 except KeyboardInterrupt:
                     raise
@@ -811,9 +806,9 @@ def run_suite(suite: Suite, out: str | Path = "results", *, command: str = "", r
     data_in_use = None
     try:
         for i, cell in enumerate(pending, summary.skipped + 1):
-            label = cell_label(cell)
-            where = f"{cell.get('model_id', cell['model'])}/{cell.get('dataset_id', cell['dataset'])}"
-            bar.set_description_str(f"cell {i}/{len(cells)} {cell['mode']} {where} b{cell['batch_size']} {label}")
+            label = cell.label
+            where = cell.where
+            bar.set_description_str(f"cell {i}/{len(cells)} {cell.mode} {where} b{cell.batch_size} {label}")
             bar.set_postfix_str("", refresh=True)
             dk = data_key(cell)
             if data_in_use is not None and dk != data_in_use:
@@ -830,7 +825,7 @@ def run_suite(suite: Suite, out: str | Path = "results", *, command: str = "", r
             summary.ran += 1
             if rec["status"] != "ok":
                 summary.failed += 1
-                summary.failures.append(f"{label} ({where}, {cell['mode']}): {rec['error']}")
+                summary.failures.append(f"{label} ({where}, {cell.mode}): {rec['error']}")
                 log(f"cell {i}/{len(cells)} {label} FAILED: {rec['error']}")
             bar.update(1)
     finally:

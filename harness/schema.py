@@ -1,89 +1,39 @@
-"""The result record: one JSON line per finished (or failed) suite cell.
+"""The typed contracts between suite, runner, store and report: :class:`Cell`, the record, :data:`METRIC_TABLE`.
 
-This module is the single definition the runner writes, ``results.load`` flattens and the report
-reads. A record is a JSON object::
+A **cell** is one measurement a suite asks for (model × dataset × reducer variant × batch size × mode, with
+every setting that changes the number). Its ``key`` is a hash of its configuration: re-running a suite skips
+cells whose key is recorded, so the key of a configuration never changes once records exist (a test
+recomputes the key of every committed reference record).
+
+A **record** is one JSON line per finished (or failed) cell, made by :func:`make_record`::
 
     {
-      "schema": 1,
-      "key": "3f2a…",                # hash of the cell's configuration (cell_key below)
-      "suite": "default",
-      "status": "ok" | "failed",
+      "schema": 1, "key": "3f2a…", "suite": "default", "status": "ok" | "failed",
       "error": null | "what failed, naming the file/line",
-      "cell": {                       # the configuration; everything that identifies the cell
-        "model": "vit_t", "num_frames": 8, "img_size": 112, "checkpoint": "...",
-        "dataset": "synthetic", "split": "val",
-        "reducer": "rlt", "params": {"threshold": 0.1},
-        "batch_size": 8, "mode": "inference" | "train",
-        "dtype": "float32", "compile": false, "attn_backend": "auto", ...
-      },
-      "fingerprint": {                # where it ran (harness.fingerprint)
-        "id": "cpu-<cpu>-2t-torch2.13.0", "device": "cpu", "device_name": "...", "threads": 2,
-        "torch": "2.13.0", "cuda": null, "python": "3.11.7", "git_commit": "abc123", ...
-      },
-      "metrics": { METRIC: value, ... },   # names in METRICS below; absent = not measured
-      "started": "2026-11-21T23:40:00Z", "finished": "...", "duration_s": 12.3,
+      "cell": { Cell.as_dict(): model, num_frames, …, label },
+      "fingerprint": { harness.fingerprint: id, device, device_name, threads, torch, git_commit, … },
+      "metrics": { METRIC: value, … },      # names in METRIC_TABLE; absent = not measured
+      "started": "2026-11-21T23:40:00Z", "finished": "…", "duration_s": 12.3,
       "command": "tokenbench run --suite default",
-      "launcher": {"name": "slurm", "job_id": "4243_0", "hostname": "gpu-node-7"}   # only records
-                                      # written by a submitit job (harness/launch.py)
+      "traceback": "…",                      # failed records only
+      "launcher": {"name": "slurm", "job_id": "4243_0", "hostname": "gpu-node-7"}   # submitit jobs only
     }
 
-``results.load`` returns one DataFrame row per record with columns: ``key, suite, status, error,
-started, finished, duration_s, command``; every ``cell`` field as its own column (``params`` as a
-canonical JSON string, plus ``label``, a short human name like ``rlt τ=0.1``); ``fingerprint`` (the id)
-and ``fp_<field>`` for the other fingerprint fields; and every metric of METRICS as a column (NaN /
-None when absent).
+``results.load`` flattens records into one DataFrame row each (see its docstring).
+
+A **metric** is described once, in :data:`METRIC_TABLE`: its meaning, unit, how a table formats it,
+whether higher is better, and which report tables show it in which column. The report builds its columns
+from that table, so a new metric reaches a table by being measured and getting one entry here.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 SCHEMA_VERSION = 1
-
-# metric name -> meaning (units in the name)
-METRICS: dict[str, str] = {
-    # cost
-    "gflops": "GFLOPs per clip (multiply-adds, fvcore convention), mean over the clips measured",
-    "gflops_fvcore": "GFLOPs per clip traced by fvcore on a sample (cross-check of gflops)",
-    "gflops_attention": "share of gflops in attention matmuls (QKᵀ and AV), GFLOPs per clip",
-    # tokens
-    "tokens_in_mean": "tokens per clip entering the first block, mean",
-    "tokens_in_min": "tokens per clip entering the first block, min",
-    "tokens_in_max": "tokens per clip entering the first block, max",
-    "tokens_total": "tokens per clip before reduction (T'·H'·W')",
-    "tokens_per_layer": "list: mean tokens per clip after each block",
-    "tokens_per_clip": "list: tokens entering the network, one entry per clip",
-    # wall-clock (inference)
-    "time_ms_median": "forward wall-clock per batch (ms), median over repeats, selection included",
-    "time_ms_q1": "25th percentile of the same",
-    "time_ms_q3": "75th percentile of the same",
-    "baseline_time_ms_median": "the baseline (reducer none) per batch, timed interleaved in the same cell",
-    "speedup": "median of the paired per-repeat ratios baseline / reducer, same cell",
-    "speedup_q1": "25th percentile of the paired per-repeat ratios",
-    "speedup_q3": "75th percentile of the paired per-repeat ratios",
-    "clips_per_s": "batch_size / median seconds per batch",
-    "select_ms_median": "reducer.select alone per batch (ms), median",
-    "decode_ms_per_clip": "decode + sample + resize per clip (ms), measured apart from the forward",
-    "peak_mem_mb": "peak device memory (MB) during the timed runs (CUDA only)",
-    "repeats": "timed repeats per arm",
-    "warmup": "warm-up runs per arm",
-    # accuracy
-    "top1": "top-1 accuracy (%) over the evaluated split",
-    "top5": "top-5 accuracy (%)",
-    "top1_baseline": "top-1 (%) of the same model without reducer, same cell's data",
-    "num_clips": "clips evaluated",
-    "views": "view protocol, 'clips×crops', e.g. '1x1'",
-    # training
-    "train_wall_s": "wall-clock to train (s), data loading included, evaluation excluded",
-    "train_epochs": "epochs trained",
-    "train_clips_per_s": "training clips per second",
-    "train_tokens_mean": "tokens per clip seen in training, mean",
-    "train_final_loss": "training loss of the last epoch",
-}
-
-CELL_FIELDS = ("model", "num_frames", "img_size", "checkpoint", "dataset", "split", "reducer", "params",
-               "batch_size", "mode", "dtype", "compile", "attn_backend")
 
 
 def canonical_json(obj: Any) -> str:
@@ -91,7 +41,7 @@ def canonical_json(obj: Any) -> str:
 
 
 def cell_key(cell: dict[str, Any]) -> str:
-    """Stable hash of a cell's configuration: re-running a suite skips cells whose key is recorded."""
+    """Stable hash of a cell's configuration (a dict without ``key`` and ``label``)."""
     return hashlib.sha256(canonical_json(cell).encode()).hexdigest()[:16]
 
 
@@ -101,3 +51,278 @@ def reducer_label(reducer: str, params: dict[str, Any] | None) -> str:
     alias = {"threshold": "τ"}
     shown = [f"{alias.get(k, k)}={v}" for k, v in sorted(params.items()) if k not in ("seed",)]
     return reducer + (" " + " ".join(shown) if shown else "")
+
+
+# ----------------------------------------------------------------------------------------------
+# the cell
+# ----------------------------------------------------------------------------------------------
+CELL_FIELDS = ("model", "num_frames", "img_size", "checkpoint", "dataset", "split", "reducer", "params",
+               "batch_size", "mode", "dtype", "compile", "attn_backend")
+INFERENCE_ONLY = ("repeats", "warmup", "flops_check_clips", "time_clips")
+TRAIN_ONLY = ("train",)
+# written only when set: absent and unset are the same configuration (and the same key)
+OPTIONAL = ("model_id", "dataset_id", "num_classes", "dataset_options", "skip_unreadable", "pretrain", "autocast")
+NOT_IN_KEY = ("key", "label")
+
+
+@dataclass(frozen=True)
+class Cell(Mapping):
+    """One measurement of a suite. Fields hold their defaults; :meth:`as_dict` is the record's ``cell``.
+
+    The record's JSON shape is kept exactly: inference-only fields are written for inference cells, the
+    ``train`` settings for train cells, and each ``OPTIONAL`` field only when it is set. The Mapping
+    interface reads that JSON shape (``cell["key"]``), for code that handles records.
+    """
+
+    model: str
+    dataset: str
+    reducer: str = "none"
+    params: dict[str, Any] = field(default_factory=dict)
+    num_frames: int = 16
+    img_size: int = 224
+    checkpoint: str = "none"   # a path, "none" (random weights) or "trained:<hash>" (see pretrain)
+    split: str = "val"
+    batch_size: int = 8
+    mode: str = "inference"    # inference | train
+    dtype: str = "float32"
+    compile: bool = False
+    attn_backend: str = "auto"
+    device: str = "cpu"
+    views: str = "1x1"         # temporal clips × spatial crops
+    max_clips: int = 0         # 0 = all
+    seed: int = 0
+    threads: int = 0           # 0 = torch's default
+    # inference cells
+    repeats: int = 10
+    warmup: int = 2
+    flops_check_clips: int = 1
+    time_clips: int = 16       # 0 = all clips
+    # train cells: harness.train's recipe and the suite's [train] extras
+    train: dict[str, Any] = field(default_factory=dict)
+    # optional
+    model_id: str | None = None
+    dataset_id: str | None = None
+    num_classes: int | None = None
+    dataset_options: dict[str, Any] | None = None
+    skip_unreadable: bool | None = None
+    pretrain: dict[str, Any] | None = None  # how a "trained:<hash>" checkpoint is made
+    autocast: str | None = None             # None = no autocast
+    given_label: str | None = None          # the suite's label; None = reducer_label
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Cell:
+        """The cell of a record's ``cell`` object (or a suite cell dict); ``key`` is recomputed."""
+        names = {f.name for f in fields(cls)} - {"given_label"}
+        unknown = set(d) - names - set(NOT_IN_KEY)
+        if unknown:
+            raise ValueError(f"cell has unknown field(s) {', '.join(sorted(unknown))}")
+        return cls(**{k: v for k, v in d.items() if k in names}, given_label=d.get("label"))
+
+    def as_dict(self, with_label: bool = True) -> dict[str, Any]:
+        """The JSON shape of the cell (the record's ``cell``), without its ``key``."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            name, v = f.name, getattr(self, f.name)
+            if name == "given_label" or (name in OPTIONAL and v is None):
+                continue
+            if (name in INFERENCE_ONLY and self.mode != "inference") or (name in TRAIN_ONLY and self.mode != "train"):
+                continue
+            out[name] = v
+        if with_label:
+            out["label"] = self.label
+        return out
+
+    @property
+    def key(self) -> str:
+        return cell_key(self.as_dict(with_label=False))
+
+    @property
+    def label(self) -> str:
+        return self.given_label or reducer_label(self.reducer, self.params)
+
+    @property
+    def amp(self) -> str:
+        """The autocast dtype, ``none`` without one."""
+        return self.autocast or "none"
+
+    @property
+    def where(self) -> str:
+        """``model/dataset`` by their suite ids, for logs."""
+        return f"{self.model_id or self.model}/{self.dataset_id or self.dataset}"
+
+    def with_(self, **changes: Any) -> Cell:
+        return replace(self, **changes)
+
+    # Mapping: the JSON shape, with its key
+    def _json(self) -> dict[str, Any]:
+        return {**self.as_dict(), "key": self.key}
+
+    def __getitem__(self, name: str) -> Any:
+        return self._json()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._json())
+
+    def __len__(self) -> int:
+        return len(self._json())
+
+    __hash__ = None  # type: ignore[assignment]  # params and settings are dicts
+
+
+# ----------------------------------------------------------------------------------------------
+# the record
+# ----------------------------------------------------------------------------------------------
+def make_record(cell: Cell, *, suite: str, fingerprint: dict[str, Any], started: str, finished: str,
+                duration_s: float, command: str = "", metrics: dict[str, Any] | None = None,
+                error: str | None = None, traceback: str | None = None, launcher: dict[str, Any] | None = None,
+                key: str | None = None) -> dict[str, Any]:
+    """The one record constructor: ``ok`` when ``error`` is None, else ``failed`` with its error."""
+    record: dict[str, Any] = {
+        "schema": SCHEMA_VERSION, "key": key or cell.key, "suite": suite,
+        "status": "ok" if error is None else "failed", "error": error,
+        "cell": cell.as_dict(), "fingerprint": fingerprint, "metrics": dict(metrics or {}),
+        "started": started, "finished": finished, "duration_s": duration_s, "command": command,
+    }
+    if traceback:
+        record["traceback"] = traceback
+    if launcher:
+        record["launcher"] = launcher
+    return record
+
+
+# ----------------------------------------------------------------------------------------------
+# the metrics
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Shown:
+    """A metric's column in one report table: ``order`` sorts the columns, ``header`` overrides the
+    metric's own."""
+
+    table: str   # inference | training | tokens | rlt_threshold_sweep | readme
+    order: int
+    header: str | None = None
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    meaning: str
+    unit: str = ""
+    fmt: str = "adaptive"      # fixed:N | signed:N | adaptive | g | text (harness.report_tables.formatter)
+    higher_is_better: bool | None = None
+    header: str = ""           # column header (default: the name)
+    suffix: str = ""           # appended to the formatted value, e.g. "×"
+    iqr: tuple[str, str] | None = None  # metrics shown in brackets after it: (q1, q3)
+    shown: tuple[Shown, ...] = ()
+    derived: bool = False      # computed by the report from a record's metrics, never recorded
+
+    def column_header(self, table: str) -> str:
+        for s in self.shown:
+            if s.table == table and s.header:
+                return s.header
+        return self.header or self.name
+
+
+def _m(name, meaning, unit="", fmt="adaptive", better=None, header="", shown=(), **kw) -> Metric:
+    return Metric(name, meaning, unit, fmt, better, header, shown=tuple(Shown(*s) for s in shown), **kw)
+
+
+INF, TRAIN, TOK, SWEEP, README = "inference", "training", "tokens", "rlt_threshold_sweep", "readme"
+
+METRIC_TABLE: tuple[Metric, ...] = (
+    # cost
+    _m("gflops", "GFLOPs per clip (multiply-adds, fvcore convention), mean over the clips measured", "GFLOPs",
+       better=False, header="GFLOPs/clip", shown=((INF, 30), (SWEEP, 40))),
+    _m("gflops_fvcore", "GFLOPs per clip traced by fvcore on a sample (cross-check of gflops)", "GFLOPs",
+       better=False),
+    _m("gflops_fvcore_analytic", "the analytic count (+ the reducer's hook cost) of the clips fvcore traced: "
+       "agrees with gflops_fvcore", "GFLOPs", better=False),
+    _m("gflops_reducer_overhead", "a reducer's own in-block cost per clip (similarity matmuls), included in "
+       "gflops", "GFLOPs", better=False),
+    _m("gflops_attention", "share of gflops in attention matmuls (QKᵀ and AV), GFLOPs per clip", "GFLOPs",
+       better=False),
+    # tokens
+    _m("tokens_in_mean", "tokens per clip entering the first block, mean", "tokens", "fixed:1", False,
+       "tokens/clip in", ((INF, 40), (TOK, 20, "kept mean"), (SWEEP, 20, "tokens/clip"))),
+    _m("tokens_in_min", "tokens per clip entering the first block, min", "tokens", "fixed:0", False,
+       "kept min", ((TOK, 30),)),
+    _m("tokens_in_max", "tokens per clip entering the first block, max", "tokens", "fixed:0", False,
+       "kept max", ((TOK, 40),)),
+    _m("tokens_total", "tokens per clip before reduction (T'·H'·W')", "tokens", "fixed:0", None,
+       "tokens total", ((TOK, 10),)),
+    _m("tokens_per_layer", "list: mean tokens per clip after each block", "tokens", "text"),
+    _m("tokens_per_clip", "list: tokens entering the network, one entry per clip", "tokens", "text"),
+    # wall-clock (inference)
+    _m("time_ms_median", "forward wall-clock per batch (ms), median over repeats, selection included", "ms",
+       better=False),
+    _m("time_ms_q1", "25th percentile of the same", "ms", better=False),
+    _m("time_ms_q3", "75th percentile of the same", "ms", better=False),
+    _m("baseline_time_ms_median", "the baseline (reducer none) per batch, timed interleaved in the same cell",
+       "ms", better=False),
+    _m("speedup", "median of the paired per-repeat ratios baseline / reducer, same cell", "×", "fixed:2", True,
+       "speedup", ((INF, 70), (SWEEP, 50)), suffix="×", iqr=("speedup_q1", "speedup_q3")),
+    _m("speedup_q1", "25th percentile of the paired per-repeat ratios", "×", "fixed:2", True),
+    _m("speedup_q3", "75th percentile of the paired per-repeat ratios", "×", "fixed:2", True),
+    _m("clips_per_s", "batch_size / median seconds per batch", "clips/s", better=True, header="clips/s",
+       shown=((INF, 60),), iqr=("clips_per_s_q1", "clips_per_s_q3")),
+    _m("select_ms_median", "reducer.select alone per batch (ms), median", "ms", better=False),
+    _m("decode_ms_per_clip", "decode + sample + resize per clip (ms), measured apart from the forward", "ms",
+       better=False),
+    _m("peak_mem_mb", "peak device memory (MB) during the timed runs (CUDA only)", "MB", better=False),
+    _m("repeats", "timed repeats per arm", "", "fixed:0"),
+    _m("warmup", "warm-up runs per arm", "", "fixed:0"),
+    _m("time_clips", "clips each timed repeat ran", "clips", "fixed:0"),
+    # accuracy
+    _m("top1", "top-1 accuracy (%) over the evaluated split", "%", "fixed:1", True, "top-1 (%)",
+       ((INF, 10), (TRAIN, 50), (SWEEP, 60))),
+    _m("top5", "top-5 accuracy (%)", "%", "fixed:1", True),
+    _m("top1_baseline", "top-1 (%) of the same model without reducer, same cell's data", "%", "fixed:1", True),
+    _m("num_clips", "clips evaluated", "clips", "fixed:0", None, "clips", ((TOK, 80),)),
+    _m("num_videos", "videos evaluated (a video gives views clips)", "videos", "fixed:0"),
+    _m("views", "view protocol, 'clips×crops', e.g. '1x1'", "", "text"),
+    _m("skipped_videos", "unreadable videos left out (skip_unreadable = true)", "videos", "fixed:0", False),
+    _m("skipped_errors", "list: the first errors of the videos left out", "", "text"),
+    _m("reducer_params_used", "dict: the reducer's parameters after calibration (random's measured keep)", "",
+       "text"),
+    # training
+    _m("train_wall_s", "wall-clock to train (s), data loading included, evaluation excluded", "s", "fixed:1",
+       False, "wall-clock to train (s)", ((TRAIN, 20),)),
+    _m("train_epochs", "epochs trained", "", "fixed:0", None, "epochs", ((TRAIN, 10),)),
+    _m("train_clips_per_s", "training clips per second", "clips/s", "adaptive", True, "train clips/s",
+       ((TRAIN, 40),)),
+    _m("train_tokens_mean", "tokens per clip seen in training, mean", "tokens", "fixed:1", None, "tokens/clip",
+       ((TRAIN, 70),)),
+    _m("train_final_loss", "training loss of the last epoch", "", "fixed:3", False),
+    _m("train_clips", "training clips used", "clips", "fixed:0"),
+    _m("eval_reducer", "the reducer a train cell was evaluated with", "", "text"),
+    # the machine
+    _m("load_avg_start", "the machine's 1-minute load average before the cell (other tenants slow timings)",
+       "", "fixed:2", False),
+    _m("load_avg_end", "the same after the cell", "", "fixed:2", False),
+    # derived by the report from the record (and its baseline), never recorded
+    _m("delta_top1", "top-1 minus the baseline's (reducer none, same model and dataset)", "pt", "signed:1", True,
+       "Δtop-1 (pt)", ((INF, 20), (TRAIN, 60), (SWEEP, 70)), derived=True),
+    _m("tokens_out_mean", "tokens per clip after the last block, mean", "tokens", "fixed:1", False,
+       "tokens/clip out", ((INF, 50), (TOK, 70, "after last block")), derived=True),
+    _m("kept_pct", "share of the tubelets kept at the input (%)", "%", "fixed:1", False, "kept (%)",
+       ((TOK, 50), (SWEEP, 30)), derived=True),
+    _m("reduction_x", "tokens total / mean tokens kept", "×", "fixed:2", True, "reduction", ((TOK, 60),),
+       suffix="×", derived=True),
+    _m("train_speedup", "the baseline's wall-clock to train / this one, same setting", "×", "fixed:2", True,
+       "speedup", ((TRAIN, 30),), suffix="×", derived=True),
+    _m("clips_per_s_q1", "clips/s at the 75th percentile batch time", "clips/s", better=True, derived=True),
+    _m("clips_per_s_q3", "clips/s at the 25th percentile batch time", "clips/s", better=True, derived=True),
+    _m("tau", "RLT's threshold τ of the row (none for the baseline)", "", "g", None, "τ", ((SWEEP, 10),),
+       derived=True),
+)
+
+METRIC_BY_NAME: dict[str, Metric] = {m.name: m for m in METRIC_TABLE}
+# recorded metric name -> meaning (results.load makes one column of each)
+METRICS: dict[str, str] = {m.name: m.meaning for m in METRIC_TABLE if not m.derived}
+
+
+def shown_in(table: str, metrics: tuple[Metric, ...] | None = None) -> list[Metric]:
+    """The metrics a report table shows, in column order."""
+    metrics = METRIC_TABLE if metrics is None else metrics
+    cols = [(s.order, i, m) for i, m in enumerate(metrics) for s in m.shown if s.table == table]
+    return [m for _, _, m in sorted(cols, key=lambda c: (c[0], c[1]))]

@@ -85,11 +85,8 @@ its id), ``models.checkpoint=/x.pth`` (every model entry), ``datasets.k400.manif
 
 Relative paths are read from the current directory.
 
-:func:`load_suite` parses and validates; :meth:`Suite.cells` expands to cells — dicts holding every
-``schema.CELL_FIELDS`` field plus the extras that change a measurement (``views``, ``max_clips``,
-``repeats``, ``warmup``, ``threads``, ``seed``, ``device``, ``flops_check_clips``, ``time_clips``,
-``dataset_options``,
-``train``, ``pretrain`` …) — each with its ``key`` (``schema.cell_key`` of the cell, ``key`` excluded).
+:func:`load_suite` parses and validates; :meth:`Suite.cells` expands to :class:`~tokenbench.harness.schema.Cell`
+objects, each with its ``key``.
 """
 from __future__ import annotations
 
@@ -105,7 +102,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SuiteError
-from .schema import CELL_FIELDS, canonical_json, cell_key, reducer_label
+from .schema import Cell, canonical_json, reducer_label
 
 MODES = ("inference", "train")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -163,8 +160,6 @@ MODEL_KEYS = ("name", "id", "num_frames", "img_size", "checkpoint", "num_classes
 DATASET_KEYS = ("name", "id", "split", "train_split", "views", "max_clips", "manifest", "root", "options",
                 "skip_unreadable", "modes")
 REDUCER_KEYS = ("name", "id", "params", "sweep", "label", "modes", "datasets", "models")
-# cell fields that do not identify a measurement (kept out of the key)
-NOT_IN_KEY = ("key", "label")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -364,23 +359,14 @@ class Suite:
     reducers: list[ReducerSpec]
     overrides: list[str] = field(default_factory=list)
     total_cells: int = 0  # before --only
-    _cells: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    _cells: list[Cell] = field(default_factory=list, repr=False)
 
-    def cells(self) -> list[dict[str, Any]]:
-        """Every cell, inference cells first; each a dict with its ``key``."""
-        return [dict(c) for c in self._cells]
+    def cells(self) -> list[Cell]:
+        """Every cell, inference cells first."""
+        return list(self._cells)
 
     def resolved_device(self) -> str:
         return _resolve_device(self.defaults["device"])
-
-
-def key_of(cell: dict[str, Any]) -> str:
-    """A cell's key: ``schema.cell_key`` of its configuration (``key`` and ``label`` left out)."""
-    return cell_key({k: v for k, v in cell.items() if k not in NOT_IN_KEY})
-
-
-def cell_label(cell: dict[str, Any]) -> str:
-    return cell.get("label") or reducer_label(cell["reducer"], cell.get("params"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -459,7 +445,7 @@ class _MissingPaths:
         return [m for e, m in self.items if e in used]
 
 
-def select_cells(cells: list[dict[str, Any]], only: list[str] | tuple[str, ...]) -> list[int]:
+def select_cells(cells: list[Cell], only: list[str] | tuple[str, ...]) -> list[int]:
     """Indices of the cells matching every ``FIELD=VALUE`` of ``only``. FIELD is a cell field (``reducer``,
     ``mode``, ``batch_size``, ``dataset``, ``model`` …; ``model``/``dataset`` also match entry ids) or
     ``label``."""
@@ -471,7 +457,7 @@ def select_cells(cells: list[dict[str, Any]], only: list[str] | tuple[str, ...])
         fields = {"model": ("model", "model_id"), "dataset": ("dataset", "dataset_id")}.get(k, (k,))
         if k != "label" and not any(f in c for c in cells for f in fields):
             raise SuiteError(f"--only {item}: cells have no field {k!r} (fields: {', '.join(sorted(cells[0]))})")
-        keep = [i for i in keep if (k == "label" and cell_label(cells[i]) == v)
+        keep = [i for i in keep if (k == "label" and cells[i].label == v)
                 or any(str(cells[i].get(f)) == v for f in fields)]
     return keep
 
@@ -947,7 +933,7 @@ class _Validator:
                                                           f"({', '.join(sorted(ids))})")
 
     # --- expansion ----------------------------------------------------------------------------
-    def expand(self, suite: Suite) -> list[dict[str, Any]]:
+    def expand(self, suite: Suite) -> list[Cell]:
         from tokenbench.reducers import ReducerParamError
 
         dflt, cells = suite.defaults, []
@@ -985,49 +971,34 @@ class _Validator:
         return cells
 
     def cell(self, suite: Suite, mode: str, m: ModelSpec, d: DatasetSpec, r: ReducerSpec,
-             params: dict, bs: int) -> dict[str, Any]:
+             params: dict, bs: int) -> Cell:
         dflt = suite.defaults
-        cell: dict[str, Any] = {
-            "model": m.name, "num_frames": m.num_frames, "img_size": m.img_size, "checkpoint": m.checkpoint_id,
-            "dataset": d.name, "split": d.split, "reducer": r.name, "params": params, "batch_size": bs,
-            "mode": mode, "dtype": dflt["dtype"], "compile": dflt["compile"], "attn_backend": dflt["attn_backend"],
-            "device": dflt["device"], "views": d.views,
-            "max_clips": d.max_clips if d.max_clips is not None else dflt["max_clips"],
-            "seed": dflt["seed"], "threads": dflt["threads"],
-        }
-        assert all(f in cell for f in CELL_FIELDS)
-        if mode == "inference":
-            cell.update(repeats=dflt["repeats"], warmup=dflt["warmup"], flops_check_clips=dflt["flops_check_clips"],
-                        time_clips=dflt["time_clips"])
-        else:
-            cell["train"] = {**suite.train, "split": d.train_split}
-        if m.id != m.name:
-            cell["model_id"] = m.id
-        if d.id != d.name:
-            cell["dataset_id"] = d.id
-        if m.num_classes:
-            cell["num_classes"] = m.num_classes
-        if d.options:
-            cell["dataset_options"] = d.options
-        if d.skip_unreadable:
-            cell["skip_unreadable"] = True
-        if not m.checkpoint and m.pretrain is not None:
-            cell["pretrain"] = m.pretrain_config()
+        label = None
         if r.label:
-            cell["label"] = r.label if len(r.variants()) == 1 else f"{r.label} " + " ".join(
+            label = r.label if len(r.variants()) == 1 else f"{r.label} " + " ".join(
                 f"{k}={params[k]}" for k in r.sweep)
-        cell["key"] = key_of(cell)
-        return cell
+        mode_fields: dict[str, Any] = (
+            dict(repeats=dflt["repeats"], warmup=dflt["warmup"], flops_check_clips=dflt["flops_check_clips"],
+                 time_clips=dflt["time_clips"]) if mode == "inference"
+            else dict(train={**suite.train, "split": d.train_split}))
+        return Cell(
+            model=m.name, num_frames=m.num_frames, img_size=m.img_size, checkpoint=m.checkpoint_id,
+            dataset=d.name, split=d.split, reducer=r.name, params=params, batch_size=bs, mode=mode,
+            dtype=dflt["dtype"], compile=dflt["compile"], attn_backend=dflt["attn_backend"], device=dflt["device"],
+            views=d.views, max_clips=d.max_clips if d.max_clips is not None else dflt["max_clips"],
+            seed=dflt["seed"], threads=dflt["threads"], **mode_fields,
+            model_id=m.id if m.id != m.name else None, dataset_id=d.id if d.id != d.name else None,
+            num_classes=m.num_classes or None, dataset_options=d.options or None,
+            skip_unreadable=True if d.skip_unreadable else None,
+            pretrain=m.pretrain_config() if not m.checkpoint and m.pretrain is not None else None,
+            given_label=label)
 
     @staticmethod
-    def with_autocast(cell: dict[str, Any], autocast: str) -> dict[str, Any]:
+    def with_autocast(cell: Cell, autocast: str) -> Cell:
         """The cell under ``torch.autocast(dtype=autocast)``; "none" leaves it (and its key) as it was."""
         if autocast == "none":
             return cell
-        cell["label"] = f"{cell_label(cell)} [{autocast} autocast]"  # tables keep the two apart
-        cell["autocast"] = autocast
-        cell["key"] = key_of(cell)
-        return cell
+        return cell.with_(autocast=autocast, given_label=f"{cell.label} [{autocast} autocast]")  # tables keep the two apart
 
 
 def describe(suite: Suite) -> str:
@@ -1035,7 +1006,7 @@ def describe(suite: Suite) -> str:
     cells = suite.cells()
     by_mode: dict[str, int] = {}
     for c in cells:
-        by_mode[c["mode"]] = by_mode.get(c["mode"], 0) + 1
+        by_mode[c.mode] = by_mode.get(c.mode, 0) + 1
     sel = f" (of {suite.total_cells}, --only)" if suite.total_cells and suite.total_cells != len(cells) else ""
     lines = [f"suite {suite.name} ({suite.file}): {len(cells)} cells{sel} — "
              + ", ".join(f"{n} {k}" for k, n in by_mode.items())]
@@ -1047,7 +1018,7 @@ def describe(suite: Suite) -> str:
     lines.append("  datasets: " + ", ".join(f"{d.id} ({d.name}/{d.split}, views {d.views})" for d in suite.datasets))
     labels = []
     for c in cells:
-        lab = cell_label(c)
+        lab = c.label
         if lab not in labels:
             labels.append(lab)
     lines.append("  reducers: " + ", ".join(labels))
@@ -1055,4 +1026,4 @@ def describe(suite: Suite) -> str:
 
 
 __all__ = ["Suite", "SuiteError", "ModelSpec", "DatasetSpec", "ReducerSpec", "SourceMap", "load_suite",
-           "parse_suite", "builtin_suites", "key_of", "cell_label", "parse_views", "describe"]
+           "parse_suite", "builtin_suites", "parse_views", "describe"]

@@ -13,7 +13,7 @@ from ..launch import DEFAULT_TIMEOUT_MIN, LAUNCHERS, LaunchOptions, launch, requ
 from ..report import headline_table, write_report
 from ..results import load, safe_component
 from ..runner import run_suite
-from ..suite import cell_label, describe, load_suite
+from ..suite import describe, load_suite
 
 DESCRIPTION = """\
 Run a benchmark suite: every model × dataset × reducer (× parameter sweep) × batch size × mode cell,
@@ -147,9 +147,9 @@ def run(args) -> int:
     print(describe(suite), file=sys.stderr)
     if args.dry_run:
         for i, c in enumerate(cells, 1):
-            where = f"{c.get('model_id', c['model'])}/{c.get('dataset_id', c['dataset'])}"
-            print(f"{i:4d}  {c['key']}  {c['mode']:<9} {c['device']:<6} {where:<24} b{c['batch_size']:<3} "
-                  f"{cell_label(c)}")
+            where = c.where
+            print(f"{i:4d}  {c.key}  {c.mode:<9} {c.device:<6} {where:<24} b{c.batch_size:<3} "
+                  f"{c.label}")
         return 0
     if opts is None:
         summary = run_suite(suite, args.out, command=command_line(), retry_failed=args.retry_failed, cells=cells,
