@@ -15,8 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tokenbench.harness import report, report_figures, report_tables
+from tokenbench.harness import report
 from tokenbench.harness.cli import main as cli_main
+from tokenbench.harness.report import figures as report_figures
+from tokenbench.harness.report import records as report_records
+from tokenbench.harness.report import tables as report_tables
 from tokenbench.harness.results import load, store_path
 from tokenbench.harness.schema import SCHEMA_VERSION, cell_key, reducer_label
 
@@ -207,7 +210,7 @@ def test_delta_top1_and_speedup_are_computed_against_the_baseline(tmp_path):
     tome["metrics"]["time_ms_median"] *= 1.5  # make the fallback differ from any stored number
     base = next(r for r in records if r["cell"]["reducer"] == "none")
     write_records(tmp_path / "results", records)
-    recs = report_tables.records_from_frame(load(tmp_path / "results"))
+    recs = report_records.records_from_frame(load(tmp_path / "results"))
     rows = {row["label"]: row for row in report_tables.inference_values(recs)}
     for rec in records:
         row = rows[_label(rec)]
@@ -289,9 +292,9 @@ def test_mixed_fingerprints_give_separate_tables_never_one_speedup_column(tmp_pa
     assert len(_csv(tables / "tokens.csv")) == len({(r["cell"]["dataset"], _label(r)) for r in a
                                                    if r["cell"]["mode"] == "inference"})
     # and the builders refuse mixed input outright
-    mixed = report_tables.records_from_frame(load(tmp_path / "results"))
+    mixed = report_records.records_from_frame(load(tmp_path / "results"))
     # timing figures are planned once per fingerprint, token figures once
-    ok, _ = report_tables.dedupe(mixed)
+    ok, _ = report_records.dedupe(mixed)
     by_fp = {fp: [r for r in ok if r["fingerprint"] == fp] for fp in (FP_A, FP_B)}
     names = {s.name for s in report_figures.plan_figures(by_fp, ok, report_figures.Style(ok)).figures}
     assert names == {f"{n}__{s}" for n in ("accuracy_vs_throughput", "gflops_vs_time", "rlt_threshold_sweep")
@@ -461,8 +464,8 @@ def test_every_figure_is_a_real_image_with_data_in_each_plot_area(written, tmp_p
     for p in (p for p in paths.figures if p.suffix == ".svg"):
         assert ET.parse(p).getroot().tag.endswith("svg")
     # redraw each planned figure and look inside each axes' pixel box
-    recs = report_tables.records_from_frame(load(tmp / "results"))
-    ok, _ = report_tables.dedupe(recs)
+    recs = report_records.records_from_frame(load(tmp / "results"))
+    ok, _ = report_records.dedupe(recs)
     plan = report_figures.plan_figures({FP_A: ok}, ok, report_figures.Style(ok))
     assert sorted(s.name for s in plan.figures) == sorted(p.stem for p in pngs)
     for spec in plan.figures:
@@ -497,7 +500,7 @@ def test_sweep_figure_draws_only_the_panels_it_has_data_for(tmp_path):
         for k in ("top1", "top5", "top1_baseline"):
             r["metrics"].pop(k)
     write_records(tmp_path / "results", records)
-    ok, _ = report_tables.dedupe(report_tables.records_from_frame(load(tmp_path / "results")))
+    ok, _ = report_records.dedupe(report_records.records_from_frame(load(tmp_path / "results")))
     plan = report_figures.plan_figures({FP_A: ok}, ok, report_figures.Style(ok))
     assert "accuracy_vs_throughput" not in {s.name for s in plan.figures}
     sweep = next(s for s in plan.figures if s.name == "rlt_threshold_sweep")

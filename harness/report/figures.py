@@ -24,15 +24,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, NullLocator
 
-from .report_tables import (
-    inference_values,
-    num,
-    num_list,
-    params_key,
-    reducer_rank,
-    sort_key,
-    token_records,
-)
+from .records import num, num_list, params_key, reducer_rank, sort_key
+from .tables import inference_values, token_records
 
 REDUCER_COLOURS: dict[str, str] = {
     "none": "#4d4d4d",    # grey-black: the baseline

@@ -48,9 +48,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import report_figures as figs
-from . import report_tables as tabs
-from .report_tables import MISSING, Table, md_escape, records_from_frame
+from . import figures as figs
+from . import tables as tabs
+from .format import Table, adaptive, fixed, signed, times
+from .readme import suite_readme
+from .records import dedupe, records_from_frame
+from .tables import col
+from .tables import text as as_text
 
 __all__ = ["ReportPaths", "write_report", "check_report", "headline_table"]
 
@@ -82,7 +86,7 @@ def _load(paths) -> tuple[list[dict], dict[str, list[Path]]]:
     from (``results/<suite>`` for files in the standard layout)."""
     import pandas as pd
 
-    from .results import find_record_files, load, safe_component
+    from ..results import find_record_files, load, safe_component
 
     files = find_record_files(paths)
     frames, sources = [], {}
@@ -127,7 +131,7 @@ def _table_stem(table: Table, several: bool) -> str:
 
 
 def build_suite(suite: str, records: list[dict], regenerate: str) -> SuiteReport:
-    ok, failed = tabs.dedupe(records)
+    ok, failed = dedupe(records)
     fps = sorted({r["fingerprint"] for r in ok})
     several = len(fps) > 1
     by_fp = {fp: [r for r in ok if r["fingerprint"] == fp] for fp in fps}
@@ -151,88 +155,8 @@ def build_suite(suite: str, records: list[dict], regenerate: str) -> SuiteReport
         texts[f"tables/{stem}.tex"] = t.latex(f"tab:{figs.slug(suite)}-{stem.replace('__', '-')}")
     style = figs.Style(ok)
     plan = figs.plan_figures(by_fp, ok, style)
-    texts["README.md"] = _readme(suite, records, ok, failed, fps, tables, plan, regenerate)
+    texts["README.md"] = suite_readme(suite, records, ok, failed, fps, tables, plan, regenerate)
     return SuiteReport(suite, texts, tables, plan, failed)
-
-
-def _fingerprint_block(fp: str, recs: list[dict]) -> str:
-    fields: dict[str, set] = {}
-    for r in recs:
-        for k, v in r.items():
-            if k.startswith("fp_") and v is not None and not isinstance(v, (list, dict)):
-                fields.setdefault(k[3:], set()).add(str(v))
-    for k in ("dtype", "attn_backend"):
-        vals = {str(r.get(k)) for r in recs if r.get(k) is not None}
-        if vals:
-            fields.setdefault(f"{k} (asked)", set()).update(vals)
-    first = ("device", "device_name", "cpu", "threads", "cuda", "driver", "torch", "python", "git_commit",
-             "dtype", "attn_backend")
-    order = [k for k in first if k in fields] + sorted(k for k in fields if k not in first)
-    lines = [f"#### `{fp}`", "", "| field | value |", "|:---|:---|"]
-    lines += [f"| {md_escape(k)} | {md_escape(', '.join(sorted(fields[k])))} |" for k in order]
-    return "\n".join(lines) + "\n"
-
-
-def _readme(suite, records, ok, failed, fps, tables, plan, regenerate) -> str:
-    n_train = sum(r.get("mode") == "train" for r in ok)
-    out = [f"# tokenbench report: suite `{suite}`", "",
-           f"Built by `tokenbench report` from {len(ok) + len(failed)} result records "
-           f"({len(ok)} ok: {len(ok) - n_train} inference, {n_train} training; {len(failed)} failed). "
-           "Every number here is computed from those records; none is typed in by hand. "
-           "Regenerate this folder with:", "", "```", regenerate, "```", "",
-           "Timings from different hardware fingerprints are never compared in one column: each "
-           "fingerprint has its own tables and timing figures. FLOPs, token counts and top-1 do not "
-           "depend on hardware.", ""]
-    # provenance
-    out += ["## Provenance", "", "### Commands that produced the results", "", "```"]
-    cmds = sorted({str(r.get("command")) for r in records if r.get("command")})
-    out += cmds or ["(no command recorded)"]
-    out += ["```", ""]
-    started = sorted(str(r["started"]) for r in records if r.get("started"))
-    finished = sorted(str(r["finished"]) for r in records if r.get("finished"))
-    if started and finished:
-        out += [f"Cells ran from {started[0]} to {finished[-1]}.", ""]
-    out += ["### Hardware fingerprints and software", ""]
-    for fp in sorted({r["fingerprint"] for r in records}):
-        out.append(_fingerprint_block(fp, [r for r in records if r["fingerprint"] == fp]))
-    # tables
-    out += ["## Tables", "",
-            "Each table is also in `tables/` as Markdown, CSV (every number unrounded to 4 decimals, "
-            "IQR bounds in their own columns) and LaTeX (booktabs).", ""]
-    if not tables:
-        out += ["No ok records: no tables.", ""]
-    for stem, t in tables:
-        heading = t.title + (f" — `{t.fingerprint}`" if t.fingerprint and len(fps) > 1 else "")
-        out += [f"### {heading}", ""]
-        if t.fingerprint:
-            out += [f"Hardware fingerprint: `{t.fingerprint}`.", ""]
-        out += [t.markdown_body(), f"Files: [Markdown](tables/{stem}.md) · [CSV](tables/{stem}.csv) · "
-                                   f"[LaTeX](tables/{stem}.tex)", ""]
-    # figures
-    out += ["## Figures", ""]
-    for spec in plan.figures:
-        out += [f"### {spec.title}", "", f"![{spec.title}](figures/{spec.name}.png)", "",
-                f"{spec.caption} ([SVG](figures/{spec.name}.svg))", ""]
-    if plan.skipped:
-        out += ["Figures not drawn, for lack of data in these records:", ""]
-        out += [f"* {title}: {reason}." for title, reason in plan.skipped]
-        out.append("")
-    # failures
-    out += ["## Failed cells", ""]
-    if not failed:
-        out += ["None.", ""]
-    else:
-        out += [f"{len(failed)} cell(s) failed; they are left out of every table and figure.", "",
-                "| fingerprint | model | dataset | reducer | batch | mode | error |",
-                "|:---|:---|:---|:---|---:|:---|:---|"]
-        for r in failed:
-            err = " ".join(str(r.get("error") or "(no error recorded)").split())
-            out.append("| " + " | ".join(md_escape(str(v)) for v in (
-                r["fingerprint"], r.get("model") or MISSING, r.get("dataset") or MISSING, r["label"],
-                r.get("batch_size") if r.get("batch_size") is not None else MISSING,
-                r.get("mode") or MISSING, err)) + " |")
-        out.append("")
-    return "\n".join(out).rstrip("\n") + "\n"
 
 
 def _regenerate_command(sources: list[Path], out_dir: Path) -> str:
@@ -324,14 +248,14 @@ def headline_table(df) -> str:
     """The inference results of each suite and fingerprint as compact aligned text for the terminal
     (the report's inference table without params and IQRs). ``df``: a DataFrame from
     :func:`tokenbench.harness.results.load`."""
-    ok, failed = tabs.dedupe(records_from_frame(df))
-    c, s = tabs.col, tabs.text
+    ok, failed = dedupe(records_from_frame(df))
+    c, s = col, as_text
     cols = [c("model", "model", s, "l"), c("dataset", "dataset", s, "l"),
             c("reducer", "label", s, "l"), c("batch", "batch_size", s),
-            c("top-1 %", "top1", tabs.fixed(1)), c("Δtop-1", "delta_top1", tabs.signed(1)),
-            c("GFLOPs", "gflops", tabs.adaptive), c("tokens in", "tokens_in_mean", tabs.fixed(1)),
-            c("out", "tokens_out_mean", tabs.fixed(1)), c("clips/s", "clips_per_s", tabs.adaptive),
-            c("speedup", "speedup", tabs.times(2))]
+            c("top-1 %", "top1", fixed(1)), c("Δtop-1", "delta_top1", signed(1)),
+            c("GFLOPs", "gflops", adaptive), c("tokens in", "tokens_in_mean", fixed(1)),
+            c("out", "tokens_out_mean", fixed(1)), c("clips/s", "clips_per_s", adaptive),
+            c("speedup", "speedup", times(2))]
     blocks = []
     for suite in sorted({r["suite"] for r in ok}):
         for fp in sorted({r["fingerprint"] for r in ok if r["suite"] == suite}):

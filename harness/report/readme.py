@@ -1,0 +1,85 @@
+"""The per-suite README of a report: provenance, hardware fingerprints, every table, figures, failed cells."""
+from __future__ import annotations
+
+from .format import MISSING, md_escape
+
+
+def fingerprint_block(fp: str, recs: list[dict]) -> str:
+    fields: dict[str, set] = {}
+    for r in recs:
+        for k, v in r.items():
+            if k.startswith("fp_") and v is not None and not isinstance(v, (list, dict)):
+                fields.setdefault(k[3:], set()).add(str(v))
+    for k in ("dtype", "attn_backend"):
+        vals = {str(r.get(k)) for r in recs if r.get(k) is not None}
+        if vals:
+            fields.setdefault(f"{k} (asked)", set()).update(vals)
+    first = ("device", "device_name", "cpu", "threads", "cuda", "driver", "torch", "python", "git_commit",
+             "dtype", "attn_backend")
+    order = [k for k in first if k in fields] + sorted(k for k in fields if k not in first)
+    lines = [f"#### `{fp}`", "", "| field | value |", "|:---|:---|"]
+    lines += [f"| {md_escape(k)} | {md_escape(', '.join(sorted(fields[k])))} |" for k in order]
+    return "\n".join(lines) + "\n"
+
+
+def suite_readme(suite, records, ok, failed, fps, tables, plan, regenerate) -> str:
+    """The README of one suite's report: provenance, every table inline, figure links, failed cells."""
+    n_train = sum(r.get("mode") == "train" for r in ok)
+    out = [f"# tokenbench report: suite `{suite}`", "",
+           f"Built by `tokenbench report` from {len(ok) + len(failed)} result records "
+           f"({len(ok)} ok: {len(ok) - n_train} inference, {n_train} training; {len(failed)} failed). "
+           "Every number here is computed from those records; none is typed in by hand. "
+           "Regenerate this folder with:", "", "```", regenerate, "```", "",
+           "Timings from different hardware fingerprints are never compared in one column: each "
+           "fingerprint has its own tables and timing figures. FLOPs, token counts and top-1 do not "
+           "depend on hardware.", ""]
+    # provenance
+    out += ["## Provenance", "", "### Commands that produced the results", "", "```"]
+    cmds = sorted({str(r.get("command")) for r in records if r.get("command")})
+    out += cmds or ["(no command recorded)"]
+    out += ["```", ""]
+    started = sorted(str(r["started"]) for r in records if r.get("started"))
+    finished = sorted(str(r["finished"]) for r in records if r.get("finished"))
+    if started and finished:
+        out += [f"Cells ran from {started[0]} to {finished[-1]}.", ""]
+    out += ["### Hardware fingerprints and software", ""]
+    for fp in sorted({r["fingerprint"] for r in records}):
+        out.append(fingerprint_block(fp, [r for r in records if r["fingerprint"] == fp]))
+    # tables
+    out += ["## Tables", "",
+            "Each table is also in `tables/` as Markdown, CSV (every number unrounded to 4 decimals, "
+            "IQR bounds in their own columns) and LaTeX (booktabs).", ""]
+    if not tables:
+        out += ["No ok records: no tables.", ""]
+    for stem, t in tables:
+        heading = t.title + (f" — `{t.fingerprint}`" if t.fingerprint and len(fps) > 1 else "")
+        out += [f"### {heading}", ""]
+        if t.fingerprint:
+            out += [f"Hardware fingerprint: `{t.fingerprint}`.", ""]
+        out += [t.markdown_body(), f"Files: [Markdown](tables/{stem}.md) · [CSV](tables/{stem}.csv) · "
+                                   f"[LaTeX](tables/{stem}.tex)", ""]
+    # figures
+    out += ["## Figures", ""]
+    for spec in plan.figures:
+        out += [f"### {spec.title}", "", f"![{spec.title}](figures/{spec.name}.png)", "",
+                f"{spec.caption} ([SVG](figures/{spec.name}.svg))", ""]
+    if plan.skipped:
+        out += ["Figures not drawn, for lack of data in these records:", ""]
+        out += [f"* {title}: {reason}." for title, reason in plan.skipped]
+        out.append("")
+    # failures
+    out += ["## Failed cells", ""]
+    if not failed:
+        out += ["None.", ""]
+    else:
+        out += [f"{len(failed)} cell(s) failed; they are left out of every table and figure.", "",
+                "| fingerprint | model | dataset | reducer | batch | mode | error |",
+                "|:---|:---|:---|:---|---:|:---|:---|"]
+        for r in failed:
+            err = " ".join(str(r.get("error") or "(no error recorded)").split())
+            out.append("| " + " | ".join(md_escape(str(v)) for v in (
+                r["fingerprint"], r.get("model") or MISSING, r.get("dataset") or MISSING, r["label"],
+                r.get("batch_size") if r.get("batch_size") is not None else MISSING,
+                r.get("mode") or MISSING, err)) + " |")
+        out.append("")
+    return "\n".join(out).rstrip("\n") + "\n"
