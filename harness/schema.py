@@ -198,7 +198,7 @@ class Shown:
     """A metric's column in one report table: ``order`` sorts the columns, ``header`` overrides the
     metric's own."""
 
-    table: str   # inference | training | tokens | rlt_threshold_sweep | readme
+    table: str   # inference | training | tokens | rlt_threshold_sweep | headline
     order: int
     header: str | None = None
 
@@ -227,12 +227,13 @@ def _m(name, meaning, unit="", fmt="adaptive", better=None, header="", shown=(),
     return Metric(name, meaning, unit, fmt, better, header, shown=tuple(Shown(*s) for s in shown), **kw)
 
 
-INF, TRAIN, TOK, SWEEP, README = "inference", "training", "tokens", "rlt_threshold_sweep", "readme"
+# the report's tables; "headline" is the compact inference table `tokenbench run` prints
+INF, TRAIN, TOK, SWEEP, HEAD = "inference", "training", "tokens", "rlt_threshold_sweep", "headline"
 
 METRIC_TABLE: tuple[Metric, ...] = (
     # cost
     _m("gflops", "GFLOPs per clip (multiply-adds, fvcore convention), mean over the clips measured", "GFLOPs",
-       better=False, header="GFLOPs/clip", shown=((INF, 30), (SWEEP, 40))),
+       better=False, header="GFLOPs/clip", shown=((INF, 30), (SWEEP, 40), (HEAD, 30, "GFLOPs"))),
     _m("gflops_fvcore", "GFLOPs per clip traced by fvcore on a sample (cross-check of gflops)", "GFLOPs",
        better=False),
     _m("gflops_fvcore_analytic", "the analytic count (+ the reducer's hook cost) of the clips fvcore traced: "
@@ -243,7 +244,7 @@ METRIC_TABLE: tuple[Metric, ...] = (
        better=False),
     # tokens
     _m("tokens_in_mean", "tokens per clip entering the first block, mean", "tokens", "fixed:1", False,
-       "tokens/clip in", ((INF, 40), (TOK, 20, "kept mean"), (SWEEP, 20, "tokens/clip"))),
+       "tokens/clip in", ((INF, 40), (TOK, 20, "kept mean"), (SWEEP, 20, "tokens/clip"), (HEAD, 40, "tokens in"))),
     _m("tokens_in_min", "tokens per clip entering the first block, min", "tokens", "fixed:0", False,
        "kept min", ((TOK, 30),)),
     _m("tokens_in_max", "tokens per clip entering the first block, max", "tokens", "fixed:0", False,
@@ -260,11 +261,11 @@ METRIC_TABLE: tuple[Metric, ...] = (
     _m("baseline_time_ms_median", "the baseline (reducer none) per batch, timed interleaved in the same cell",
        "ms", better=False),
     _m("speedup", "median of the paired per-repeat ratios baseline / reducer, same cell", "×", "fixed:2", True,
-       "speedup", ((INF, 70), (SWEEP, 50)), suffix="×", iqr=("speedup_q1", "speedup_q3")),
+       "speedup", ((INF, 70), (SWEEP, 50), (HEAD, 70)), suffix="×", iqr=("speedup_q1", "speedup_q3")),
     _m("speedup_q1", "25th percentile of the paired per-repeat ratios", "×", "fixed:2", True),
     _m("speedup_q3", "75th percentile of the paired per-repeat ratios", "×", "fixed:2", True),
     _m("clips_per_s", "batch_size / median seconds per batch", "clips/s", better=True, header="clips/s",
-       shown=((INF, 60),), iqr=("clips_per_s_q1", "clips_per_s_q3")),
+       shown=((INF, 60), (HEAD, 60)), iqr=("clips_per_s_q1", "clips_per_s_q3")),
     _m("select_ms_median", "reducer.select alone per batch (ms), median", "ms", better=False),
     _m("decode_ms_per_clip", "decode + sample + resize per clip (ms), measured apart from the forward", "ms",
        better=False),
@@ -274,7 +275,7 @@ METRIC_TABLE: tuple[Metric, ...] = (
     _m("time_clips", "clips each timed repeat ran", "clips", "fixed:0"),
     # accuracy
     _m("top1", "top-1 accuracy (%) over the evaluated split", "%", "fixed:1", True, "top-1 (%)",
-       ((INF, 10), (TRAIN, 50), (SWEEP, 60))),
+       ((INF, 10), (TRAIN, 50), (SWEEP, 60), (HEAD, 10, "top-1 %"))),
     _m("top5", "top-5 accuracy (%)", "%", "fixed:1", True),
     _m("top1_baseline", "top-1 (%) of the same model without reducer, same cell's data", "%", "fixed:1", True),
     _m("num_clips", "clips evaluated", "clips", "fixed:0", None, "clips", ((TOK, 80),)),
@@ -301,9 +302,9 @@ METRIC_TABLE: tuple[Metric, ...] = (
     _m("load_avg_end", "the same after the cell", "", "fixed:2", False),
     # derived by the report from the record (and its baseline), never recorded
     _m("delta_top1", "top-1 minus the baseline's (reducer none, same model and dataset)", "pt", "signed:1", True,
-       "Δtop-1 (pt)", ((INF, 20), (TRAIN, 60), (SWEEP, 70)), derived=True),
+       "Δtop-1 (pt)", ((INF, 20), (TRAIN, 60), (SWEEP, 70), (HEAD, 20, "Δtop-1")), derived=True),
     _m("tokens_out_mean", "tokens per clip after the last block, mean", "tokens", "fixed:1", False,
-       "tokens/clip out", ((INF, 50), (TOK, 70, "after last block")), derived=True),
+       "tokens/clip out", ((INF, 50), (TOK, 70, "after last block"), (HEAD, 50, "out")), derived=True),
     _m("kept_pct", "share of the tubelets kept at the input (%)", "%", "fixed:1", False, "kept (%)",
        ((TOK, 50), (SWEEP, 30)), derived=True),
     _m("reduction_x", "tokens total / mean tokens kept", "×", "fixed:2", True, "reduction", ((TOK, 60),),

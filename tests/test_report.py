@@ -507,3 +507,24 @@ def test_sweep_figure_draws_only_the_panels_it_has_data_for(tmp_path):
     fig, _, axes = _draw_and_check_plot_areas(sweep, tmp_path)
     assert [ax.get_ylabel() for ax in axes] == ["tokens per clip entering the network",
                                                "speedup (× baseline, same cell)"]
+
+
+def test_one_metric_table_entry_gives_a_column(tmp_path, monkeypatch):
+    from tokenbench.harness import schema
+
+    records = make_suite_records(train=False, failed=False, batches=(2,), datasets=("synthetic",))
+    for i, rec in enumerate(records):
+        rec["metrics"]["energy_j"] = 0.5 + i
+    new = schema.Metric("energy_j", "energy per batch", "J", "fixed:2", False, "energy (J)",
+                        shown=(schema.Shown("inference", 65),))
+    monkeypatch.setattr(schema, "METRIC_TABLE", schema.METRIC_TABLE + (new,))
+    write_records(tmp_path / "results", records)
+    report.write_report(tmp_path / "results", tmp_path / "reports", figures=False)
+    tables = tmp_path / "reports" / "default" / "tables"
+    md = (tables / "inference.md").read_text(encoding="utf-8").splitlines()
+    header = [h.strip() for h in md[4].strip("|").split("|")]
+    assert header.index("energy (J)") == header.index("clips/s") + 1  # order 65: after clips/s (60)
+    rows = {r["label"]: r for r in _csv(tables / "inference.csv")}
+    for i, rec in enumerate(records):
+        assert float(rows[_label(rec)]["energy_j"]) == pytest.approx(0.5 + i)
+    assert any(f"| {0.5 + i:.2f} |" in line for line in md for i in range(len(records)))

@@ -48,13 +48,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..schema import HEAD
 from . import figures as figs
 from . import tables as tabs
-from .format import Table, adaptive, fixed, signed, times
+from .format import Table
 from .readme import suite_readme
 from .records import dedupe, records_from_frame
-from .tables import col
-from .tables import text as as_text
 
 __all__ = ["ReportPaths", "write_report", "check_report", "headline_table"]
 
@@ -249,20 +248,15 @@ def headline_table(df) -> str:
     (the report's inference table without params and IQRs). ``df``: a DataFrame from
     :func:`tokenbench.harness.results.load`."""
     ok, failed = dedupe(records_from_frame(df))
-    c, s = col, as_text
-    cols = [c("model", "model", s, "l"), c("dataset", "dataset", s, "l"),
-            c("reducer", "label", s, "l"), c("batch", "batch_size", s),
-            c("top-1 %", "top1", fixed(1)), c("Δtop-1", "delta_top1", signed(1)),
-            c("GFLOPs", "gflops", adaptive), c("tokens in", "tokens_in_mean", fixed(1)),
-            c("out", "tokens_out_mean", fixed(1)), c("clips/s", "clips_per_s", adaptive),
-            c("speedup", "speedup", times(2))]
+    cols = tabs._ident_cols("model", "dataset", "reducer", "batch") + tabs.metric_cols(HEAD, iqr=False)
     blocks = []
     for suite in sorted({r["suite"] for r in ok}):
         for fp in sorted({r["fingerprint"] for r in ok if r["suite"] == suite}):
             recs = [r for r in ok if r["suite"] == suite and r["fingerprint"] == fp
                     and r.get("mode") == "inference"]
             if recs:
-                t = Table("headline", "", cols, tabs.inference_values(recs), fp)
+                rows = [tabs.with_metrics(row, row["_record"], HEAD) for row in tabs.inference_values(recs)]
+                t = Table("headline", "", cols, rows, fp)
                 blocks.append(f"suite {suite} · hardware {fp}\n" + t.text())
     if failed:
         blocks.append(f"{len(failed)} failed cell(s): see the report's README.\n")

@@ -59,6 +59,23 @@ def with_iqr(value: Any, q1: Any, q3: Any, fmt: Callable[[Any], str], suffix: st
     return s
 
 
+def formatter(spec: str) -> Callable[[Any], str]:
+    """A :class:`~tokenbench.harness.schema.Metric`'s ``fmt``: ``fixed:N``, ``signed:N``, ``adaptive``,
+    ``g`` (shortest) or ``text``."""
+    kind, _, digits = spec.partition(":")
+    if kind == "fixed":
+        return fixed(int(digits))
+    if kind == "signed":
+        return signed(int(digits))
+    if kind == "adaptive":
+        return adaptive
+    if kind == "g":
+        return lambda v: MISSING if num(v) is None else f"{num(v):g}"
+    if kind == "text":
+        return lambda v: MISSING if v is None else str(v)
+    raise ValueError(f"unknown metric format {spec!r}")
+
+
 def params_text(params: dict) -> str:
     if not params:
         return MISSING

@@ -18,7 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .format import MISSING, Col, Table, adaptive, fixed, params_text, signed, times, with_iqr
+from ..schema import INF, SWEEP, TOK, TRAIN, Metric, shown_in
+from .format import MISSING, Col, Table, formatter, params_text, with_iqr
 from .records import _sk, model_names, num, num_list, setting, sort_key
 
 # ----------------------------------------------------------------------------------------------------
@@ -164,12 +165,39 @@ def text(v: Any) -> str:
     return MISSING if v is None else str(v)
 
 
-def _ident_cols(params: bool = True) -> list[Col]:
-    cols = [col("model", "model", text, "l"), col("dataset", "dataset", text, "l"),
-            col("reducer", "label", text, "l")]
-    if params:
-        cols.append(col("params", "params", text, "l"))
-    return cols
+def metric_col(m: Metric, table: str, iqr: bool = True) -> Col:
+    """The column of metric ``m`` in ``table``, formatted as its entry says (IQR in brackets when it has one)."""
+    f = formatter(m.fmt)
+    if m.iqr and iqr:
+        q1, q3 = m.iqr
+        return Col(m.column_header(table), (m.name, q1, q3),
+                   lambda r: with_iqr(r.get(m.name), r.get(q1), r.get(q3), f, m.suffix))
+
+    def show(row: dict) -> str:
+        s = f(row.get(m.name))
+        return s if s == MISSING else s + m.suffix
+    return Col(m.column_header(table), (m.name,), show)
+
+
+def metric_cols(table: str, iqr: bool = True) -> list[Col]:
+    return [metric_col(m, table, iqr) for m in shown_in(table)]
+
+
+def with_metrics(row: dict, r: dict, table: str) -> dict:
+    """``row`` plus every recorded metric ``table`` shows that the row builder did not derive."""
+    for m in shown_in(table):
+        if not m.derived and m.name not in row:
+            row[m.name] = r.get(m.name) if m.fmt == "text" else num(r.get(m.name))
+    return row
+
+
+IDENT = {"model": col("model", "model", text, "l"), "dataset": col("dataset", "dataset", text, "l"),
+         "reducer": col("reducer", "label", text, "l"), "params": col("params", "params", text, "l"),
+         "batch": col("batch", "batch_size", text)}
+
+
+def _ident_cols(*names: str) -> list[Col]:
+    return [IDENT[n] for n in names]
 
 
 SPEEDUP_NOTE = ("speedup: median over repeats of baseline time / reducer time per batch, each reducer run "
@@ -179,21 +207,11 @@ SPEEDUP_NOTE = ("speedup: median over repeats of baseline time / reducer time pe
 
 
 def inference_table(records: list[dict], fingerprint: str) -> Table | None:
-    rows = inference_values([r for r in records if r.get("mode") == "inference"])
+    rows = [with_metrics(row, row["_record"], INF)
+            for row in inference_values([r for r in records if r.get("mode") == "inference"])]
     if not rows:
         return None
-    cols = _ident_cols() + [
-        col("batch", "batch_size", text),
-        col("top-1 (%)", "top1", fixed(1)),
-        col("Δtop-1 (pt)", "delta_top1", signed(1)),
-        col("GFLOPs/clip", "gflops", adaptive),
-        col("tokens/clip in", "tokens_in_mean", fixed(1)),
-        col("tokens/clip out", "tokens_out_mean", fixed(1)),
-        Col("clips/s", ("clips_per_s", "clips_per_s_q1", "clips_per_s_q3"),
-            lambda r: with_iqr(r["clips_per_s"], r["clips_per_s_q1"], r["clips_per_s_q3"], adaptive)),
-        Col("speedup", ("speedup", "speedup_q1", "speedup_q3"),
-            lambda r: with_iqr(r["speedup"], r["speedup_q1"], r["speedup_q3"], fixed(2), "×")),
-    ]
+    cols = _ident_cols("model", "dataset", "reducer", "params", "batch") + metric_cols(INF)
     notes = ["Δtop-1: percentage points against the baseline (reducer none) of the same model and dataset.",
              "tokens/clip in: entering the first block; out: after the last block (differs for "
              "progressive reducers such as ToMe and STA).", SPEEDUP_NOTE]
@@ -201,19 +219,11 @@ def inference_table(records: list[dict], fingerprint: str) -> Table | None:
 
 
 def training_table(records: list[dict], fingerprint: str) -> Table | None:
-    rows = training_values([r for r in records if r.get("mode") == "train"])
+    rows = [with_metrics(row, row["_record"], TRAIN)
+            for row in training_values([r for r in records if r.get("mode") == "train"])]
     if not rows:
         return None
-    cols = _ident_cols() + [
-        col("batch", "batch_size", text),
-        col("epochs", "train_epochs", fixed(0)),
-        col("wall-clock to train (s)", "train_wall_s", fixed(1)),
-        col("speedup", "train_speedup", times(2)),
-        col("train clips/s", "train_clips_per_s", adaptive),
-        col("top-1 (%)", "top1", fixed(1)),
-        col("Δtop-1 (pt)", "delta_top1", signed(1)),
-        col("tokens/clip", "train_tokens_mean", fixed(1)),
-    ]
+    cols = _ident_cols("model", "dataset", "reducer", "params", "batch") + metric_cols(TRAIN)
     notes = ["wall-clock to train: data loading included, evaluation excluded.",
              "speedup: the baseline's (reducer none, same model, dataset, batch size and epochs) "
              "wall-clock divided by this one, both on this hardware.",
@@ -232,7 +242,7 @@ def tokens_table(records: list[dict]) -> Table | None:
     for r in token_records(recs):
         tok, total = num(r.get("tokens_in_mean")), num(r.get("tokens_total"))
         layers = num_list(r.get("tokens_per_layer"))
-        rows.append({
+        rows.append(with_metrics({
             "dataset": r.get("dataset"), "model": names.get(setting(r)[:4], r.get("model")),
             "label": r["label"], "reducer": r["reducer"], "params": params_text(r["params"]),
             "tokens_total": total, "tokens_in_mean": tok, "tokens_in_min": num(r.get("tokens_in_min")),
@@ -241,14 +251,9 @@ def tokens_table(records: list[dict]) -> Table | None:
             "reduction_x": total / tok if total is not None and tok else None,
             "tokens_out_mean": layers[-1] if layers else None,
             "num_clips": num(r.get("num_clips")),
-        })
+        }, r, TOK))
     rows.sort(key=lambda row: str(row["dataset"]))  # stable: keeps the model/reducer order per dataset
-    cols = [col("dataset", "dataset", text, "l"), col("model", "model", text, "l"), col("reducer", "label", text, "l"),
-            col("tokens total", "tokens_total", fixed(0)),
-            col("kept mean", "tokens_in_mean", fixed(1)), col("kept min", "tokens_in_min", fixed(0)),
-            col("kept max", "tokens_in_max", fixed(0)), col("kept (%)", "kept_pct", fixed(1)),
-            col("reduction", "reduction_x", times(2)),
-            col("after last block", "tokens_out_mean", fixed(1)), col("clips", "num_clips", fixed(0))]
+    cols = _ident_cols("dataset", "model", "reducer") + metric_cols(TOK)
     notes = ["Tokens per clip entering the network (kept), over the clips of each dataset; "
              "tokens total = T′·H′·W′ before reduction; reduction = total / mean kept.",
              "Token counts do not depend on hardware; each row is from the record that counted the most clips."]
@@ -262,17 +267,10 @@ def sweep_table(records: list[dict], fingerprint: str) -> Table | None:
         return None
     settings = {(setting(r), r.get("batch_size")) for r in rlt}
     base = [r for r in recs if r["reducer"] == "none" and (setting(r), r.get("batch_size")) in settings]
-    rows = inference_values(rlt + base)
+    rows = [with_metrics(row, row["_record"], SWEEP) for row in inference_values(rlt + base)]
     for row in rows:
         row["tau"] = row["threshold"] if row["reducer"] == "rlt" else None
-    cols = [col("model", "model", text, "l"), col("dataset", "dataset", text, "l"), col("batch", "batch_size", text),
-            col("reducer", "label", text, "l"),
-            col("τ", "tau", lambda v: MISSING if num(v) is None else f"{num(v):g}"),
-            col("tokens/clip", "tokens_in_mean", fixed(1)), col("kept (%)", "kept_pct", fixed(1)),
-            col("GFLOPs/clip", "gflops", adaptive),
-            Col("speedup", ("speedup", "speedup_q1", "speedup_q3"),
-                lambda r: with_iqr(r["speedup"], r["speedup_q1"], r["speedup_q3"], fixed(2), "×")),
-            col("top-1 (%)", "top1", fixed(1)), col("Δtop-1 (pt)", "delta_top1", signed(1))]
+    cols = _ident_cols("model", "dataset", "batch", "reducer") + metric_cols(SWEEP)
     notes = ["RLT keeps a tubelet iff its mean absolute difference from the previous one exceeds τ "
              "(ImageNet-normalised pixels); the baseline row (none) keeps every tubelet.", SPEEDUP_NOTE]
     return Table("rlt_threshold_sweep", "RLT threshold sweep: τ against tokens, GFLOPs, speedup and top-1",
