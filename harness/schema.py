@@ -198,7 +198,7 @@ class Shown:
     """A metric's column in one report table: ``order`` sorts the columns, ``header`` overrides the
     metric's own."""
 
-    table: str   # inference | training | tokens | rlt_threshold_sweep | headline
+    table: str   # inference | training | tokens | rlt_threshold_sweep | inference_details | headline
     order: int
     header: str | None = None
 
@@ -208,7 +208,7 @@ class Metric:
     name: str
     meaning: str
     unit: str = ""
-    fmt: str = "adaptive"      # fixed:N | signed:N | adaptive | g | text (harness.report_tables.formatter)
+    fmt: str = "adaptive"      # fixed:N | signed:N | sig:N | adaptive | g | text (report.format.formatter)
     higher_is_better: bool | None = None
     header: str = ""           # column header (default: the name)
     suffix: str = ""           # appended to the formatted value, e.g. "×"
@@ -229,19 +229,20 @@ def _m(name, meaning, unit="", fmt="adaptive", better=None, header="", shown=(),
 
 # the report's tables; "headline" is the compact inference table `tokenbench run` prints
 INF, TRAIN, TOK, SWEEP, HEAD = "inference", "training", "tokens", "rlt_threshold_sweep", "headline"
+DET = "inference_details"  # what else each inference cell measured: protocol, side costs, the machine
 
 METRIC_TABLE: tuple[Metric, ...] = (
     # cost
     _m("gflops", "GFLOPs per clip (multiply-adds, fvcore convention), mean over the clips measured", "GFLOPs",
        better=False, header="GFLOPs/clip", shown=((INF, 30), (SWEEP, 40), (HEAD, 30, "GFLOPs"))),
     _m("gflops_fvcore", "GFLOPs per clip traced by fvcore on a sample (cross-check of gflops)", "GFLOPs",
-       better=False),
+       "fixed:3", False, "fvcore GFLOPs (traced)", ((DET, 70),)),
     _m("gflops_fvcore_analytic", "the analytic count (+ the reducer's hook cost) of the clips fvcore traced: "
-       "agrees with gflops_fvcore", "GFLOPs", better=False),
+       "agrees with gflops_fvcore", "GFLOPs", "fixed:3", False, "analytic (traced)", ((DET, 75),)),
     _m("gflops_reducer_overhead", "a reducer's own in-block cost per clip (similarity matmuls), included in "
-       "gflops", "GFLOPs", better=False),
+       "gflops", "GFLOPs", "sig:3", False, "reducer GFLOPs", ((DET, 80),)),
     _m("gflops_attention", "share of gflops in attention matmuls (QKᵀ and AV), GFLOPs per clip", "GFLOPs",
-       better=False),
+       "sig:3", False, "attention GFLOPs", ((DET, 60),)),
     # tokens
     _m("tokens_in_mean", "tokens per clip entering the first block, mean", "tokens", "fixed:1", False,
        "tokens/clip in", ((INF, 40), (TOK, 20, "kept mean"), (SWEEP, 20, "tokens/clip"), (HEAD, 40, "tokens in"))),
@@ -255,36 +256,40 @@ METRIC_TABLE: tuple[Metric, ...] = (
     _m("tokens_per_clip", "list: tokens entering the network, one entry per clip", "tokens", "text"),
     # wall-clock (inference)
     _m("time_ms_median", "forward wall-clock per batch (ms), median over repeats, selection included", "ms",
-       better=False),
+       better=False, header="time/batch (ms)", shown=((DET, 10),), iqr=("time_ms_q1", "time_ms_q3")),
     _m("time_ms_q1", "25th percentile of the same", "ms", better=False),
     _m("time_ms_q3", "75th percentile of the same", "ms", better=False),
     _m("baseline_time_ms_median", "the baseline (reducer none) per batch, timed interleaved in the same cell",
-       "ms", better=False),
+       "ms", better=False, header="baseline (ms)", shown=((DET, 20),)),
     _m("speedup", "median of the paired per-repeat ratios baseline / reducer, same cell", "×", "fixed:2", True,
        "speedup", ((INF, 70), (SWEEP, 50), (HEAD, 70)), suffix="×", iqr=("speedup_q1", "speedup_q3")),
     _m("speedup_q1", "25th percentile of the paired per-repeat ratios", "×", "fixed:2", True),
     _m("speedup_q3", "75th percentile of the paired per-repeat ratios", "×", "fixed:2", True),
     _m("clips_per_s", "batch_size / median seconds per batch", "clips/s", better=True, header="clips/s",
        shown=((INF, 60), (HEAD, 60)), iqr=("clips_per_s_q1", "clips_per_s_q3")),
-    _m("select_ms_median", "reducer.select alone per batch (ms), median", "ms", better=False),
+    _m("select_ms_median", "reducer.select alone per batch (ms), median", "ms", "sig:3", False, "select (ms)",
+       ((DET, 30),)),
     _m("decode_ms_per_clip", "decode + sample + resize per clip (ms), measured apart from the forward", "ms",
-       better=False),
-    _m("peak_mem_mb", "peak device memory (MB) during the timed runs (CUDA only)", "MB", better=False),
-    _m("repeats", "timed repeats per arm", "", "fixed:0"),
-    _m("warmup", "warm-up runs per arm", "", "fixed:0"),
-    _m("time_clips", "clips each timed repeat ran", "clips", "fixed:0"),
+       "sig:3", False, "decode (ms/clip)", ((DET, 40),)),
+    _m("peak_mem_mb", "peak device memory (MB) during the timed runs (CUDA only)", "MB", "fixed:0", False,
+       "peak mem (MB)", ((DET, 50),)),
+    _m("repeats", "timed repeats per arm", "", "fixed:0", None, "repeats", ((DET, 130),)),
+    _m("warmup", "warm-up runs per arm", "", "fixed:0", None, "warm-up", ((DET, 140),)),
+    _m("time_clips", "clips each timed repeat ran", "clips", "fixed:0", None, "clips timed", ((DET, 120),)),
     # accuracy
     _m("top1", "top-1 accuracy (%) over the evaluated split", "%", "fixed:1", True, "top-1 (%)",
        ((INF, 10), (TRAIN, 50), (SWEEP, 60), (HEAD, 10, "top-1 %"))),
-    _m("top5", "top-5 accuracy (%)", "%", "fixed:1", True),
+    _m("top5", "top-5 accuracy (%)", "%", "fixed:1", True, "top-5 (%)", ((DET, 90),)),
     _m("top1_baseline", "top-1 (%) of the same model without reducer, same cell's data", "%", "fixed:1", True),
     _m("num_clips", "clips evaluated", "clips", "fixed:0", None, "clips", ((TOK, 80),)),
-    _m("num_videos", "videos evaluated (a video gives views clips)", "videos", "fixed:0"),
-    _m("views", "view protocol, 'clips×crops', e.g. '1x1'", "", "text"),
-    _m("skipped_videos", "unreadable videos left out (skip_unreadable = true)", "videos", "fixed:0", False),
-    _m("skipped_errors", "list: the first errors of the videos left out", "", "text"),
-    _m("reducer_params_used", "dict: the reducer's parameters after calibration (random's measured keep)", "",
-       "text"),
+    _m("num_videos", "videos evaluated (a video gives views clips)", "videos", "fixed:0", None, "videos",
+       ((DET, 110),)),
+    _m("views", "view protocol, 'clips×crops', e.g. '1x1'", "", "text", None, "views", ((DET, 100),)),
+    _m("skipped_videos", "unreadable videos left out (skip_unreadable = true)", "videos", "fixed:0", False,
+       "skipped videos", ((DET, 150),)),
+    _m("skipped_errors", "list: the first errors of the videos left out (the README lists them)", "", "text"),
+    _m("reducer_params_used", "dict: the reducer's parameters after calibration (random's measured keep; the "
+       "README lists them)", "", "text"),
     # training
     _m("train_wall_s", "wall-clock to train (s), data loading included, evaluation excluded", "s", "fixed:1",
        False, "wall-clock to train (s)", ((TRAIN, 20),)),
@@ -293,9 +298,9 @@ METRIC_TABLE: tuple[Metric, ...] = (
        ((TRAIN, 40),)),
     _m("train_tokens_mean", "tokens per clip seen in training, mean", "tokens", "fixed:1", None, "tokens/clip",
        ((TRAIN, 70),)),
-    _m("train_final_loss", "training loss of the last epoch", "", "fixed:3", False),
-    _m("train_clips", "training clips used", "clips", "fixed:0"),
-    _m("eval_reducer", "the reducer a train cell was evaluated with", "", "text"),
+    _m("train_final_loss", "training loss of the last epoch", "", "fixed:3", False, "final loss", ((TRAIN, 80),)),
+    _m("train_clips", "training clips used", "clips", "fixed:0", None, "train clips", ((TRAIN, 90),)),
+    _m("eval_reducer", "the reducer a train cell was evaluated with (the README lists it)", "", "text"),
     # the machine
     _m("load_avg_start", "the machine's 1-minute load average before the cell (other tenants slow timings)",
        "", "fixed:2", False),
@@ -314,6 +319,8 @@ METRIC_TABLE: tuple[Metric, ...] = (
     _m("clips_per_s_q1", "clips/s at the 75th percentile batch time", "clips/s", better=True, derived=True),
     _m("clips_per_s_q3", "clips/s at the 25th percentile batch time", "clips/s", better=True, derived=True),
     _m("tau", "RLT's threshold τ of the row (none for the baseline)", "", "g", None, "τ", ((SWEEP, 10),),
+       derived=True),
+    _m("load_avg", "load_avg_start→load_avg_end", "", "text", False, "load avg", ((DET, 160), (TRAIN, 100)),
        derived=True),
 )
 

@@ -528,3 +528,21 @@ def test_one_metric_table_entry_gives_a_column(tmp_path, monkeypatch):
     for i, rec in enumerate(records):
         assert float(rows[_label(rec)]["energy_j"]) == pytest.approx(0.5 + i)
     assert any(f"| {0.5 + i:.2f} |" in line for line in md for i in range(len(records)))
+
+
+def test_every_recorded_metric_reaches_a_table_the_readme_or_a_figure(tmp_path):
+    from tokenbench.harness.schema import METRICS
+
+    root = Path(__file__).resolve().parents[1]
+    report.write_report(root / "results" / "reference", tmp_path, figures=False)
+    suite = tmp_path / "default"
+    columns = {c for p in (suite / "tables").glob("*.csv") for c in _csv(p)[0]}
+    readme = (suite / "README.md").read_text(encoding="utf-8")
+    assert "### Reducer parameters as run" in readme and "keep=0.8157" in readme  # random's calibrated keep
+    in_readme = {"reducer_params_used", "eval_reducer", "skipped_errors"}
+    in_figures = {"tokens_per_layer", "tokens_per_clip"}   # token figures
+    via_derived = {"load_avg_start", "load_avg_end",       # the load avg column
+                   "top1_baseline"}                        # Δtop-1 when a table has no baseline row
+    for name in ("select_ms_median", "decode_ms_per_clip", "peak_mem_mb", "gflops_attention", "warmup"):
+        assert name in columns, name
+    assert set(METRICS) - columns <= in_readme | in_figures | via_derived, sorted(set(METRICS) - columns)

@@ -144,9 +144,10 @@ def build_suite(suite: str, records: list[dict], regenerate: str) -> SuiteReport
     if t is not None:
         tables.append((t.name, t))
     for fp in fps:
-        t = tabs.sweep_table(by_fp[fp], fp)
-        if t is not None:
-            tables.append((_table_stem(t, several), t))
+        for build in (tabs.sweep_table, tabs.details_table):
+            t = build(by_fp[fp], fp)
+            if t is not None:
+                tables.append((_table_stem(t, several), t))
     texts: dict[str, str] = {}
     for stem, t in tables:
         texts[f"tables/{stem}.md"] = t.markdown()

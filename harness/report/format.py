@@ -60,8 +60,8 @@ def with_iqr(value: Any, q1: Any, q3: Any, fmt: Callable[[Any], str], suffix: st
 
 
 def formatter(spec: str) -> Callable[[Any], str]:
-    """A :class:`~tokenbench.harness.schema.Metric`'s ``fmt``: ``fixed:N``, ``signed:N``, ``adaptive``,
-    ``g`` (shortest) or ``text``."""
+    """A :class:`~tokenbench.harness.schema.Metric`'s ``fmt``: ``fixed:N``, ``signed:N``, ``sig:N`` (N
+    significant digits), ``adaptive``, ``g`` (shortest) or ``text``."""
     kind, _, digits = spec.partition(":")
     if kind == "fixed":
         return fixed(int(digits))
@@ -69,6 +69,8 @@ def formatter(spec: str) -> Callable[[Any], str]:
         return signed(int(digits))
     if kind == "adaptive":
         return adaptive
+    if kind == "sig":
+        return lambda v: MISSING if num(v) is None else f"{num(v):.{int(digits)}g}"
     if kind == "g":
         return lambda v: MISSING if num(v) is None else f"{num(v):g}"
     if kind == "text":

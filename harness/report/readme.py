@@ -1,7 +1,8 @@
 """The per-suite README of a report: provenance, hardware fingerprints, every table, figures, failed cells."""
 from __future__ import annotations
 
-from .format import MISSING, md_escape
+from .format import MISSING, md_escape, params_text
+from .records import sort_key
 
 
 def fingerprint_block(fp: str, recs: list[dict]) -> str:
@@ -58,6 +59,7 @@ def suite_readme(suite, records, ok, failed, fps, tables, plan, regenerate) -> s
             out += [f"Hardware fingerprint: `{t.fingerprint}`.", ""]
         out += [t.markdown_body(), f"Files: [Markdown](tables/{stem}.md) · [CSV](tables/{stem}.csv) · "
                                    f"[LaTeX](tables/{stem}.tex)", ""]
+    out += as_run(ok)
     # figures
     out += ["## Figures", ""]
     for spec in plan.figures:
@@ -83,3 +85,38 @@ def suite_readme(suite, records, ok, failed, fps, tables, plan, regenerate) -> s
                 r.get("mode") or MISSING, err)) + " |")
         out.append("")
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _params(params: dict) -> str:
+    """``k=v, …`` with floats to 4 significant digits (a calibrated keep has 16)."""
+    return params_text({k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in params.items()})
+
+
+def as_run(ok: list[dict]) -> list[str]:
+    """README lines on what the tables' reducers ran with: parameters after calibration (random masking
+    matched to RLT's budget measures its keep), the reducer a trained model was evaluated with, and the
+    videos a cell left out as unreadable."""
+    rows, seen = [], set()
+    for r in sorted(ok, key=sort_key):
+        used, ev = r.get("reducer_params_used"), r.get("eval_reducer")
+        if not used and not ev:
+            continue
+        row = (r.get("mode") or MISSING, r.get("dataset") or MISSING, r["label"],
+               _params(used) if isinstance(used, dict) else MISSING, str(ev) if ev else MISSING)
+        if row not in seen:
+            seen.add(row)
+            rows.append(row)
+    out = []
+    if rows:
+        out += ["### Reducer parameters as run", "",
+                "Every parameter of each reducer as it ran (after calibration), and for trained models the "
+                "reducer they were evaluated with.", "",
+                "| mode | dataset | reducer | parameters as run | evaluated with |", "|:---|:---|:---|:---|:---|"]
+        out += ["| " + " | ".join(md_escape(v) for v in row) + " |" for row in rows]
+        out.append("")
+    skipped = [(r, e) for r in sorted(ok, key=sort_key) for e in (r.get("skipped_errors") or [])]
+    if skipped:
+        out += ["### Videos left out as unreadable", ""]
+        out += [f"* {md_escape(r['label'])} ({r.get('dataset')}): {md_escape(str(e))}" for r, e in skipped]
+        out.append("")
+    return out

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..schema import INF, SWEEP, TOK, TRAIN, Metric, shown_in
+from ..schema import DET, INF, SWEEP, TOK, TRAIN, Metric, shown_in
 from .format import MISSING, Col, Table, formatter, params_text, with_iqr
 from .records import _sk, model_names, num, num_list, setting, sort_key
 
@@ -101,7 +101,7 @@ def inference_values(records: list[dict]) -> list[dict]:
             "clips_per_s": clips, "clips_per_s_q1": clips_q1, "clips_per_s_q3": clips_q3,
             "speedup": sp, "speedup_q1": sp_q1, "speedup_q3": sp_q3,
             "threshold": num(r["params"].get("threshold")),
-            "num_clips": num(r.get("num_clips")), "views": r.get("views"),
+            "num_clips": num(r.get("num_clips")), "views": r.get("views"), "load_avg": load_text(r),
             "_record": r,
         })
     return rows
@@ -133,10 +133,16 @@ def training_values(records: list[dict]) -> list[dict]:
             "train_clips_per_s": num(r.get("train_clips_per_s")),
             "top1": top1, "delta_top1": top1 - b_top1 if top1 is not None and b_top1 is not None else None,
             "train_tokens_mean": tokens if tokens is not None else num(r.get("tokens_in_mean")),
-            "train_final_loss": num(r.get("train_final_loss")),
+            "train_final_loss": num(r.get("train_final_loss")), "load_avg": load_text(r),
             "_record": r,
         })
     return rows
+
+
+def load_text(r: dict) -> str | None:
+    """The machine's load average around the cell, ``1.97→2.01`` (other tenants slow timings down)."""
+    a, b = num(r.get("load_avg_start")), num(r.get("load_avg_end"))
+    return None if a is None or b is None else f"{a:.2f}→{b:.2f}"
 
 
 def token_records(records: list[dict]) -> list[dict]:
@@ -216,6 +222,23 @@ def inference_table(records: list[dict], fingerprint: str) -> Table | None:
              "tokens/clip in: entering the first block; out: after the last block (differs for "
              "progressive reducers such as ToMe and STA).", SPEEDUP_NOTE]
     return Table("inference", "Inference: accuracy, cost and speed per reducer", cols, rows, fingerprint, notes)
+
+
+def details_table(records: list[dict], fingerprint: str) -> Table | None:
+    rows = [with_metrics(row, row["_record"], DET)
+            for row in inference_values([r for r in records if r.get("mode") == "inference"])]
+    if not rows:
+        return None
+    cols = _ident_cols("model", "dataset", "reducer", "batch") + metric_cols(DET)
+    notes = ["time/batch: the median forward time per batch with the reducer's selection inside it (IQR in "
+             "brackets); baseline: the reducer none timed interleaved in the same cell; select: the "
+             "reducer's selection timed alone; decode: decode + sample + resize per clip, timed apart.",
+             "fvcore GFLOPs (traced): fvcore with attention handles on a sample of the clips; analytic: the "
+             "count from the same clips' token counts (they agree); reducer GFLOPs: the reducer's own "
+             "in-block work per clip, included in GFLOPs/clip; attention GFLOPs: the QKᵀ and AV share.",
+             "load avg: the machine's 1-minute load average before → after the cell."]
+    return Table("inference_details", "Inference details: timing protocol and side costs per cell", cols, rows,
+                 fingerprint, notes)
 
 
 def training_table(records: list[dict], fingerprint: str) -> Table | None:
