@@ -20,15 +20,13 @@ sizes become tensors, which breaks Python arithmetic on shapes in selection code
 counts anyway (RLT: pixel differences and comparisons; random: a sort). The in-block hooks are traced:
 the similarity matmuls of ToMe and STA appear as :attr:`FlopReport.reducer_gflops` (ops a block runs
 outside its submodules). They are small — ToMe r=8 on ViT-S 0.45 of 55 GFLOPs per clip — and are not in
-the analytic count, which models the backbone; :func:`clip_gflops` adds the per-clip overhead measured
-on the sample when a caller wants the total.
+the analytic count, which models the backbone; the runner adds the per-clip overhead measured on the
+sample.
 
 Which tokens enter which part of a block: attention and ``norm1`` see the tokens entering the block; the
 MLP and ``norm2`` see the tokens left after ``reducer.after_attention`` (ToMe merges there). The model
-reports counts after whole blocks only, so :func:`gflops_from_stats` infers the MLP's count from the
-reducer: a reducer that overrides ``after_attention`` but not ``after_block`` (ToMe) reduced before the
-MLP; any other (RLT and random act at the input, STA after whole blocks) did not. A reducer that reduces
-in both hooks is caught by :func:`verify_analytic`'s cross-check.
+records both counts (``last_stats.tokens_per_layer`` after each block, ``tokens_mlp_per_layer`` entering
+each MLP), so the count holds for a reducer acting in either hook or both.
 
 **Varlen ops.** fvcore's handles see shapes, not values, and one packed varlen call
 (``torch.nn.attention.varlen.varlen_attn`` → ``torch_attn::_varlen_attn``, or flash-attn's
@@ -257,26 +255,14 @@ def analytic_flops(model: torch.nn.Module, tokens_in_per_clip: list[int], tokens
     )
 
 
-def reduces_between_attention_and_mlp(reducer: Reducer | None) -> bool:
-    """Whether ``reducer`` changes the token count before the MLP of a block (overrides
-    ``after_attention`` but not ``after_block``, as ToMe)."""
-    if reducer is None:
-        return False
-    cls = type(reducer)
-    return cls.after_attention is not Reducer.after_attention and cls.after_block is Reducer.after_block
-
-
-def gflops_from_stats(model: torch.nn.Module, reducer: Reducer | None = None, stats: Any = None) -> AnalyticFlops:
+def gflops_from_stats(model: torch.nn.Module, stats: Any = None) -> AnalyticFlops:
     """Analytic GFLOPs of every clip of the model's last forward pass (``model.last_stats``, or ``stats``).
 
     This is what the runner records for every clip; check it once per cell with :func:`verify_analytic`."""
     stats = stats if stats is not None else model.last_stats
     if not stats.tokens_in or not stats.tokens_per_layer:
         raise ValueError("the model has not run a forward pass yet (model.last_stats is empty)")
-    mlp = getattr(stats, "tokens_mlp_per_layer", None)  # if the model ever records it, it is exact
-    if mlp is None and reduces_between_attention_and_mlp(reducer):
-        mlp = stats.tokens_per_layer
-    return analytic_flops(model, stats.tokens_in, stats.tokens_per_layer, mlp)
+    return analytic_flops(model, stats.tokens_in, stats.tokens_per_layer, stats.tokens_mlp_per_layer or None)
 
 
 # --- fvcore count ------------------------------------------------------------------------------------
@@ -402,7 +388,7 @@ def count_flops(model: torch.nn.Module, video: Tensor, reducer: Reducer | None =
         backbone_gflops=per_clip(total) - reducer_total,
         reducer_gflops=reducer_total,
         attention_gflops=attention,
-        analytic=gflops_from_stats(model, reducer, stats),
+        analytic=gflops_from_stats(model, stats),
         by_module=by_module,
         by_operator=by_operator,
         by_layer=by_layer,
@@ -423,23 +409,14 @@ def verify_analytic(model: torch.nn.Module, video: Tensor, reducer: Reducer | No
     ``report.relative_difference`` (total vs analytic) — it is not an error of the analytic model, and it
     can pass 1% for a narrow model on many tokens (ToMe on vit_t at 16×224²).
 
-    The runner then records, for every clip, ``clip_gflops(model, reducer,
-    overhead_per_clip=report.reducer_gflops)`` (or the analytic backbone alone, ``gflops_from_stats``)."""
+    The runner then records, for every clip, the analytic count (``gflops_from_stats``) plus
+    ``report.reducer_gflops``."""
     report = count_flops(model, video, reducer, selection)
     if report.backbone_difference > tol:
-        name = getattr(reducer, "name", None) or "none"
+        name = reducer.name if reducer is not None else "none"
         raise FlopAgreementError(
             f"analytic FLOPs {report.analytic.mean:.3f} GFLOPs per clip vs fvcore's backbone "
             f"{report.backbone_gflops:.3f} ({100 * report.backbone_difference:.2f}%; fvcore total "
             f"{report.gflops:.3f} with {report.reducer_gflops:.3f} inside reducer hooks): more than "
-            f"{100 * tol:g}% apart for {model.name} with reducer {name}. Does the reducer change the token count "
-            f"both between attention and MLP and after the block? The model reports counts after whole blocks only.")
+            f"{100 * tol:g}% apart for {model.name} with reducer {name}.")
     return report
-
-
-def clip_gflops(model: torch.nn.Module, reducer: Reducer | None = None, stats: Any = None,
-                overhead_per_clip: float = 0.0) -> list[float]:
-    """GFLOPs of every clip of the model's last forward pass: the analytic backbone count from
-    ``model.last_stats`` (or ``stats``) plus ``overhead_per_clip``, the reducer hook cost measured by
-    :func:`verify_analytic` on a sample (``report.reducer_gflops``; 0 for input-stage reducers)."""
-    return [g + overhead_per_clip for g in gflops_from_stats(model, reducer, stats).per_clip]

@@ -52,6 +52,11 @@ def sincos_table(n_position: int, dim: int) -> Tensor:
     return table.float()
 
 
+def _seqlens(cu_seqlens: Tensor) -> list[int]:
+    cu = cu_seqlens.tolist()
+    return [b - a for a, b in zip(cu[:-1], cu[1:])]
+
+
 @dataclass
 class ForwardStats:
     """What the last forward pass did: recorded with results."""
@@ -59,6 +64,7 @@ class ForwardStats:
     backend: str = ""
     tokens_in: list[int] = field(default_factory=list)  # per clip, entering the first block
     tokens_per_layer: list[list[int]] = field(default_factory=list)  # [layer][clip], after each block
+    tokens_mlp_per_layer: list[list[int]] = field(default_factory=list)  # [layer][clip], entering each MLP
 
 
 class Attention(nn.Module):
@@ -112,7 +118,9 @@ class Block(nn.Module):
         return h * scale[tokens.seq_ids()].unsqueeze(1)
 
     def forward(self, tokens: PackedTokens, reducer: Reducer | None, layer: int, depth: int,
-                backend: str, prop_attn: bool, dense: bool) -> tuple[PackedTokens, str]:
+                backend: str, prop_attn: bool, dense: bool) -> tuple[PackedTokens, str, Tensor]:
+        """(tokens after the block, the attention path that ran, ``cu_seqlens`` of the tokens entering the
+        MLP — FLOP counting reads them)."""
         bias = tokens.size.log() if prop_attn else None
         h, keys, ran = self.attn(self.norm1(tokens.x), tokens.cu_seqlens, backend, bias, dense)
         tokens = tokens.replace(x=tokens.x + self._drop(h, tokens))
@@ -123,10 +131,11 @@ class Block(nn.Module):
                 # gets None rather than keys that no longer line up with its tokens.
                 keys = None
             tokens = reduced
+        mlp_cu = tokens.cu_seqlens
         tokens = tokens.replace(x=tokens.x + self._drop(self.mlp(self.norm2(tokens.x)), tokens))
         if reducer is not None:
             tokens = reducer.after_block(tokens, keys, layer, depth)
-        return tokens, ran
+        return tokens, ran, mlp_cu
 
 
 class PatchEmbed(nn.Module):
@@ -243,15 +252,19 @@ class VideoViT(nn.Module):
 
     def forward_tokens(self, tokens: PackedTokens, reducer: Reducer | None = None) -> PackedTokens:
         backend = self.backend_for(tokens.x)
-        prop_attn = bool(getattr(reducer, "prop_attn", False))
+        prop_attn = reducer is not None and reducer.prop_attn
         stats = ForwardStats(tokens_in=tokens.seqlens())
         ran = set()
+        counts = stats.tokens_in
         for i, blk in enumerate(self.blocks):
             cu_before = tokens.cu_seqlens
-            tokens, used = blk(tokens, reducer, i, self.depth, backend, prop_attn, self.dense_fast_path)
+            tokens, used, mlp_cu = blk(tokens, reducer, i, self.depth, backend, prop_attn, self.dense_fast_path)
             ran.add(used)
-            same = tokens.cu_seqlens is cu_before and stats.tokens_per_layer
-            stats.tokens_per_layer.append(list(stats.tokens_per_layer[-1]) if same else tokens.seqlens())
+            # counts are read back (a host sync) only where a reducer changed them
+            mlp = list(counts) if mlp_cu is cu_before else _seqlens(mlp_cu)
+            counts = list(mlp) if tokens.cu_seqlens is mlp_cu else tokens.seqlens()
+            stats.tokens_mlp_per_layer.append(mlp)
+            stats.tokens_per_layer.append(counts)
         stats.backend = "+".join(sorted(ran)) if ran else backend
         self.last_stats = stats
         return tokens

@@ -516,7 +516,7 @@ def build_reducer(cell: Cell):
 def calibrate(reducer, cell: Cell, clips: ClipSet, cache: RunCache):
     """Reducers with ``calibrate(batches)`` (random masking matched to RLT's budget) calibrate on the cell's
     clips before any measured work; the calibrated reducer is shared by cells on the same data."""
-    if reducer is None or not hasattr(reducer, "calibrate"):
+    if reducer is None or not reducer.calibrates:
         return reducer
     key = _hash({"reducer": cell.reducer, "params": cell.params, "data": data_key(cell)})
     if key in cache.calibrated:
@@ -559,7 +559,7 @@ def forward_all(model, reducer, clips: ClipSet, cell: Cell,
             if acc is not None:
                 acc.add(out, labels, vids)
             tokens.add(stats)
-            fl = gflops_from_stats(net, reducer, stats)
+            fl = gflops_from_stats(net, stats)
             gflops.extend(g + overhead_per_clip for g in fl.per_clip)
             gflops_attn.extend(fl.attention_per_clip)
             backends.add(stats.backend)
@@ -596,7 +596,7 @@ def inference_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tupl
 
     clips = load_clipset(cell, cache, progress)
     reducer = build_reducer(cell)
-    length_emb = bool(getattr(reducer, "length_embedding", False))
+    length_emb = reducer is not None and reducer.length_embedding
     num_classes = model_classes(cell, clips.num_classes)
     model = load_model(cell, cache, num_classes, length_emb, log)
     net = base_model(model)
@@ -669,7 +669,7 @@ def train_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tuple[di
         raise CellError(f"dataset {cell.dataset!r} is unlabelled: a train cell needs labels")
     torch.manual_seed(int(cell.seed))
     model = build_model(cell.model, num_classes, num_frames=cell.num_frames, img_size=cell.img_size,
-                        length_embedding=bool(getattr(reducer, "length_embedding", False)),
+                        length_embedding=reducer is not None and reducer.length_embedding,
                         attn_backend=cell.attn_backend)
     if settings.get("init") == "checkpoint":
         ck = cell.checkpoint

@@ -152,16 +152,8 @@ def _to_input(clips: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def inference_reducer(reducer: Reducer | None) -> Reducer | None:
-    """The reducer to evaluate a model trained with ``reducer`` (see the module docstring): its
-    ``for_eval()`` when it has one, ``None`` for random masking, else the reducer itself."""
-    if reducer is None:
-        return None
-    for_eval = getattr(reducer, "for_eval", None)
-    if callable(for_eval):
-        return for_eval()
-    if getattr(reducer, "train_only", False) or getattr(reducer, "name", "") == "random":
-        return None
-    return reducer
+    """The reducer to evaluate a model trained with ``reducer``: its ``for_eval()`` (see the module docstring)."""
+    return None if reducer is None else reducer.for_eval()
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

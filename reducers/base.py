@@ -14,6 +14,7 @@ parameters in :meth:`Reducer.validate`, raising :class:`ReducerParamError` namin
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -64,13 +65,22 @@ class ReducerParamError(ValueError):
 class Reducer:
     """Base class of every token reducer. Subclasses are dataclasses whose fields are parameters.
 
-    Optional class/instance attributes the backbone reads:
+    Capabilities are declared here with their defaults; a reducer overrides those that apply to it (as a
+    class attribute, or as a dataclass field when it is a parameter). Nothing reads a reducer's name.
 
-    * ``prop_attn`` (bool): add ``log(size)`` to the attention logits (ToMe's proportional attention);
-    * ``length_embedding`` (bool): the model needs a learned run-length embedding (RLT).
+    * ``prop_attn``: the backbone adds ``log(size)`` to the attention logits (ToMe's proportional attention);
+    * ``length_embedding``: the model needs a learned run-length embedding (RLT);
+    * ``calibrates``: :meth:`calibrate` must see the cell's clips before any measured work (random masking
+      matched to RLT's budget);
+    * ``train_only``: a training-time augmentation; a model trained with it is evaluated without it
+      (:meth:`for_eval`).
     """
 
     name: ClassVar[str] = ""
+    prop_attn: bool = False
+    length_embedding: bool = False
+    calibrates: ClassVar[bool] = False
+    train_only: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -94,6 +104,16 @@ class Reducer:
         """``keys`` are this block's attention keys for ``tokens``, or ``None`` when ``after_attention``
         of the same block already changed the tokens (their keys no longer line up)."""
         return tokens
+
+    def calibrate(self, videos: Iterable[Tensor]) -> Any:
+        """Fit data-dependent parameters on ``videos`` (ImageNet-normalised batches); called before any
+        measured work when ``calibrates`` is set."""
+        return None
+
+    def for_eval(self) -> Reducer | None:
+        """The reducer to evaluate a model trained with this one: itself, or ``None`` (no reducer) for a
+        ``train_only`` one. RLT + random masking returns plain RLT."""
+        return None if self.train_only else self
 
     # --- helpers shared by all reducers -------------------------------------------------------
     def params(self) -> dict[str, Any]:

@@ -44,6 +44,8 @@ from .registry import register_reducer
 @register_reducer("random")
 @dataclass(repr=False)
 class RandomMasking(Reducer):
+    calibrates = True  # match_rlt: keep is RLT's keep ratio on the cell's clips
+    train_only = True  # as RLT's training-time masking: evaluated without it
     keep: float = field(default=0.5, metadata={"help": "fraction of tubelets kept per clip, in (0, 1]"})
     count: int | None = field(default=None, metadata={"help": "exact tubelets kept per clip (overrides keep)"})
     seed: int = field(default=0, metadata={"help": "seed of the masking generator"})

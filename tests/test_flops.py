@@ -16,7 +16,6 @@ from tokenbench.harness.flops import (
     FlopCountError,
     _Traced,
     analytic_flops,
-    clip_gflops,
     count_flops,
     flop_analysis,
     gflops_from_stats,
@@ -216,13 +215,13 @@ def test_tome_attention_shrinks_layer_by_layer(vit_s, bikes_clip):
 
 
 # --- runner helpers ---------------------------------------------------------------------------------------
-def test_clip_gflops_from_a_forward_pass_matches_the_trace(small):
+def test_per_clip_gflops_from_a_forward_pass_matches_the_trace(small):
     video = _noise(b=2, t=8, s=112, seed=3)
     reducer = get_reducer("random", count=120, seed=5)
     report = verify_analytic(small, video, get_reducer("random", count=120, seed=5))
     with torch.inference_mode():
         small(video, reducer)
-    per_clip = clip_gflops(small, reducer, overhead_per_clip=report.reducer_gflops)
+    per_clip = [g + report.reducer_gflops for g in gflops_from_stats(small).per_clip]
     assert len(per_clip) == 2
     assert per_clip == pytest.approx([report.gflops] * 2, rel=1e-9)
     assert report.as_metrics()["gflops"] == pytest.approx(report.gflops, rel=1e-9)
@@ -248,11 +247,23 @@ class _DropInBothHooks(Reducer):
         return self._drop(tokens) if layer < 3 else tokens
 
 
-def test_verify_analytic_catches_a_reducer_the_analytic_model_cannot_see():
+def test_a_reducer_acting_in_both_hooks_is_counted_exactly():
+    # the model records the tokens entering each MLP: a reducer that drops tokens between attention and
+    # MLP *and* after the block (which the analytic count once had to guess) agrees with fvcore exactly
     torch.manual_seed(0)
-    m = build_model("vit_t", 10, num_frames=8, img_size=112)  # 196 tokens; MLP tokens are not reported
+    m = build_model("vit_t", 10, num_frames=8, img_size=112)  # 196 tokens
+    report = verify_analytic(m, _noise(t=8, s=112), _DropInBothHooks(k=20))
+    assert report.backbone_difference < 1e-9
+    stats = m.last_stats
+    assert [c[0] for c in stats.tokens_mlp_per_layer[:4]] == [176, 136, 96, 76]
+    assert [c[0] for c in stats.tokens_per_layer[:4]] == [156, 116, 76, 76]
+
+
+def test_verify_analytic_refuses_counts_that_disagree():
+    torch.manual_seed(0)
+    m = build_model("vit_t", 10, num_frames=8, img_size=112)
     with pytest.raises(FlopAgreementError, match="apart"):
-        verify_analytic(m, _noise(t=8, s=112), _DropInBothHooks(k=20))
+        verify_analytic(m, _noise(t=8, s=112), None, tol=-1.0)  # no tolerance at all: any count disagrees
 
 
 def test_verify_analytic_reports_but_accepts_reducer_hook_costs():
@@ -262,7 +273,8 @@ def test_verify_analytic_reports_but_accepts_reducer_hook_costs():
     report = verify_analytic(m, _noise(t=8, s=112), tome, tol=0.003)
     assert report.reducer_gflops > 0 and report.relative_difference > 0.003  # similarity matmuls, not modelled
     assert report.backbone_difference < 1e-9
-    assert clip_gflops(m, tome, overhead_per_clip=report.reducer_gflops) == pytest.approx([report.gflops], rel=1e-9)
+    per_clip = [g + report.reducer_gflops for g in gflops_from_stats(m).per_clip]
+    assert per_clip == pytest.approx([report.gflops], rel=1e-9)
 
 
 def test_count_flops_restores_backend_and_mode(small):

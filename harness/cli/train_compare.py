@@ -87,7 +87,7 @@ def compare(args, args_typed: list[str], prog: str = "tokenbench") -> int:
     for label, reducer in arms:
         torch.manual_seed(args.seed)
         model = build_model(args.model, tr.num_classes, num_frames=args.num_frames, img_size=args.img_size,
-                            length_embedding=bool(getattr(reducer, "length_embedding", False)))
+                            length_embedding=reducer is not None and reducer.length_embedding)
         load_before = load_average()
         res = train(model, tr, va, reducer, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                     weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
