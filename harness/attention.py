@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-BACKENDS = ("sdpa", "torch_varlen", "flash_attn")
 
 
 @functools.cache
@@ -46,6 +46,36 @@ def torch_varlen_available() -> bool:
 HALF = (torch.float16, torch.bfloat16)  # the only dtypes the varlen flash kernels take
 
 
+def _torch_varlen(q: Tensor, k: Tensor, v: Tensor, cu: Tensor, max_len: int, scale: float | None) -> Tensor:
+    from torch.nn.attention.varlen import varlen_attn
+
+    return varlen_attn(q, k, v, cu, cu, max_len, max_len, scale=scale)
+
+
+def _flash_attn(q: Tensor, k: Tensor, v: Tensor, cu: Tensor, max_len: int, scale: float | None) -> Tensor:
+    from flash_attn import flash_attn_varlen_func  # optional extra "gpu": imported only when it runs
+
+    return flash_attn_varlen_func(q, k, v, cu, cu, max_len, max_len, softmax_scale=scale, causal=False)
+
+
+@dataclass(frozen=True)
+class VarlenKernel:
+    """A packed varlen attention kernel: CUDA, float16/bfloat16, no additive bias."""
+
+    name: str
+    run: Callable[[Tensor, Tensor, Tensor, Tensor, int, float | None], Tensor]  # q, k, v, cu, max_len, scale
+    installed: Callable[[], bool]
+
+
+# The backend table, best first. ``sdpa`` (per-sequence, any device and dtype, takes a bias) is always
+# last; a new kernel is one entry here (the suite validates ``attn_backend`` against BACKENDS).
+KERNELS: tuple[VarlenKernel, ...] = (
+    VarlenKernel("flash_attn", _flash_attn, lambda: flash_attn_installed()),
+    VarlenKernel("torch_varlen", _torch_varlen, lambda: torch_varlen_available()),
+)
+BACKENDS = ("sdpa",) + tuple(k.name for k in reversed(KERNELS))
+
+
 def compute_dtype(device: torch.device | str, dtype: torch.dtype = torch.float32) -> torch.dtype:
     """The dtype attention runs in: under ``torch.autocast`` for the device's type, float32 inputs are
     computed in the autocast dtype (the weights stay float32); otherwise ``dtype`` itself."""
@@ -55,16 +85,12 @@ def compute_dtype(device: torch.device | str, dtype: torch.dtype = torch.float32
     return dtype
 
 
-def backends_for(device_type: str, dtype: torch.dtype, *, cuda: bool, flash_attn: bool,
-                 torch_varlen: bool) -> list[str]:
-    """Backends for a device type and compute dtype given what is installed, best first (pure logic:
-    :func:`available_backends` probes the machine and calls this)."""
+def backends_for(device_type: str, dtype: torch.dtype, *, cuda: bool, **installed: bool) -> list[str]:
+    """Backends for a device type and compute dtype given which kernels are installed (``flash_attn=True``
+    …), best first (pure logic: :func:`available_backends` probes the machine and calls this)."""
     out = []
     if device_type == "cuda" and cuda and dtype in HALF:
-        if flash_attn:
-            out.append("flash_attn")
-        if torch_varlen:
-            out.append("torch_varlen")
+        out += [k.name for k in KERNELS if installed.get(k.name)]
     out.append("sdpa")
     return out
 
@@ -74,7 +100,7 @@ def available_backends(device: torch.device | str, dtype: torch.dtype = torch.fl
     device, see :func:`compute_dtype`), best first."""
     device = torch.device(device)
     return backends_for(device.type, compute_dtype(device, dtype), cuda=torch.cuda.is_available(),
-                        flash_attn=flash_attn_installed(), torch_varlen=torch_varlen_available())
+                        **{k.name: k.installed() for k in KERNELS})
 
 
 def choose_backend(device: torch.device | str, dtype: torch.dtype = torch.float32,
@@ -133,18 +159,11 @@ def packed_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, *, bac
         if half not in HALF:
             raise ValueError(f"attention backend {backend!r} needs float16/bfloat16 q, k, v, got {q.dtype}")
         q, k, v = q.to(half), k.to(half), v.to(half)
+    kernel = next((kn for kn in KERNELS if kn.name == backend), None)
+    if kernel is None:
+        raise ValueError(f"unknown attention backend {backend!r}; choose from {', '.join(BACKENDS)}")
     cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
-    max_len = int(torch.diff(cu).max())
-    if backend == "torch_varlen":
-        from torch.nn.attention.varlen import varlen_attn
-
-        return varlen_attn(q, k, v, cu, cu, max_len, max_len, scale=scale), "torch_varlen"
-    if backend == "flash_attn":
-        from flash_attn import flash_attn_varlen_func
-
-        out = flash_attn_varlen_func(q, k, v, cu, cu, max_len, max_len, softmax_scale=scale, causal=False)
-        return out, "flash_attn"
-    raise ValueError(f"unknown attention backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    return kernel.run(q, k, v, cu, int(torch.diff(cu).max()), scale), kernel.name
 
 
 def padded_reference(q: Tensor, k: Tensor, v: Tensor, cu: list[int], bias: Tensor | None = None,

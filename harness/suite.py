@@ -101,13 +101,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .attention import BACKENDS
 from .errors import SuiteError
 from .schema import Cell, canonical_json, reducer_label
 
 MODES = ("inference", "train")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 AUTOCAST = ("none", "bfloat16", "float16")
-ATTN_BACKENDS = ("auto", "sdpa", "torch_varlen", "flash_attn")
+ATTN_BACKENDS = ("auto", *BACKENDS)  # harness.attention's backend table
 KNOWN_DATASETS = ("synthetic", "samples", "manifest", "kinetics", "ssv2")
 UNLABELLED_DATASETS = ("samples",)
 MANIFEST_DATASETS = ("manifest", "kinetics", "k400", "ssv2")

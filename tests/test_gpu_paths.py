@@ -215,9 +215,9 @@ def test_every_block_hands_the_kernel_the_packed_batch_in_the_autocast_dtype(vit
         tokens = vit_t.embed(video, sel)
         ref = tokens
         for i, blk in enumerate(vit_t.blocks):
-            tokens, ran = blk(tokens, None, i, vit_t.depth, "flash_attn", False, True)
+            tokens, ran, _ = blk(tokens, None, i, vit_t.depth, "flash_attn", False, True)
             assert ran == "flash_attn"
-            ref, _ = blk(ref, None, i, vit_t.depth, "sdpa", False, True)
+            ref, _, _ = blk(ref, None, i, vit_t.depth, "sdpa", False, True)
     assert len(flash_standin) == vit_t.depth == 12
     for c in flash_standin:
         assert c["q"].dtype == BF16 and tuple(c["q"].shape) == (sum(counts), vit_t.heads, 64)
