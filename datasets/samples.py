@@ -75,6 +75,12 @@ class SamplesDataset(VideoFilesDataset):
     default 2 → 8 clips), ``stride`` (default 4), ``videos`` (a subset of names, e.g. ``["bikes"]``),
     and the :class:`VideoClipDataset` options (``sampling``, ``num_crops``, ``seed``, ``decoder``)."""
 
+    labelled = False
+
+    @classmethod
+    def view_options(cls, clips: int, crops: int) -> dict:
+        return {"windows": clips, "num_crops": crops}
+
     def __init__(self, split: str = "val", *, num_frames: int = 16, img_size: int = 224, windows: int = 2,
                  stride: int = 4, videos: Sequence[str] | None = None, **options):
         paths = sample_paths()

@@ -360,6 +360,11 @@ class SyntheticMotion(ClipDataset):
     """
 
     name = "synthetic"
+    generated = True
+
+    @classmethod
+    def view_options(cls, clips: int, crops: int) -> dict:
+        raise ValueError("the synthetic dataset has one view per clip; use views = \"1x1\"")
 
     def __init__(self, split: str = "train", num_frames: int = 8, img_size: int = 112, *,
                  num_clips: int | None = None, seed: int = 0, classes: tuple[str, ...] | list[str] | None = None,

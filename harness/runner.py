@@ -59,6 +59,8 @@ from typing import Any
 
 import torch
 
+from tokenbench.datasets import dataset_format, decoder_info
+
 from .fingerprint import load_average
 from .results import ResultStore, store_path
 from .schema import Cell, canonical_json, make_record
@@ -265,13 +267,10 @@ def dataset_options(cell: Cell, split: str | None = None) -> dict[str, Any]:
     opts = dict(cell.dataset_options or {})
     clips, crops = parse_views(cell.views)
     if (clips, crops) != (1, 1) and (split or cell.split) != "train":
-        if cell.dataset == "synthetic":
-            raise CellError("the synthetic dataset has one view per clip; use views = \"1x1\"")
-        if cell.dataset == "samples":
-            opts["windows"] = clips
-        else:
-            opts["num_clips"] = clips
-        opts["num_crops"] = crops
+        try:
+            opts.update(dataset_format(cell.dataset).view_options(clips, crops))
+        except ValueError as exc:
+            raise CellError(str(exc)) from None
     return opts
 
 
@@ -337,11 +336,9 @@ def load_clipset(cell: Cell, cache: RunCache, progress: Callable[[str], None] | 
     except Exception:
         info = {}
     if "decoder" not in info:
-        if cell.dataset == "synthetic":
-            info.update(decoder="none (synthetic, generated in memory)", decoder_version=None)
+        if dataset_format(cell.dataset).cls.generated:
+            info.update(decoder=f"none ({cell.dataset}, generated in memory)", decoder_version=None)
         else:
-            from tokenbench.datasets import decoder_info
-
             info.update(decoder_info())
     if not clips:
         raise CellError(f"no clip of dataset {cell.dataset!r} could be read; first error: "

@@ -101,6 +101,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tokenbench.datasets import available_datasets, dataset_format
+
 from .attention import BACKENDS
 from .errors import SuiteError
 from .schema import Cell, canonical_json, reducer_label
@@ -109,9 +111,6 @@ MODES = ("inference", "train")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 AUTOCAST = ("none", "bfloat16", "float16")
 ATTN_BACKENDS = ("auto", *BACKENDS)  # harness.attention's backend table
-KNOWN_DATASETS = ("synthetic", "samples", "manifest", "kinetics", "ssv2")
-UNLABELLED_DATASETS = ("samples",)
-MANIFEST_DATASETS = ("manifest", "kinetics", "k400", "ssv2")
 CHECKPOINT_NONE = "none"  # random weights (timing and tokens only make sense)
 
 TOP_KEYS = {
@@ -324,7 +323,7 @@ class DatasetSpec:
 
     @property
     def labelled(self) -> bool:
-        return self.name not in UNLABELLED_DATASETS
+        return dataset_format(self.name).labelled
 
 
 @dataclass
@@ -766,7 +765,7 @@ class _Validator:
             self._str(p + ("pretrain", "split"), pre["split"])
             if not isinstance(pre["options"], dict):
                 raise self.fail(p + ("pretrain", "options"), "pretrain.options must be a table")
-            if pre["dataset"] in UNLABELLED_DATASETS:
+            if pre["dataset"] in available_datasets() and not dataset_format(pre["dataset"]).labelled:
                 raise self.fail(p + ("pretrain", "dataset"), f"cannot train on the unlabelled dataset {pre['dataset']!r}")
         reported = False
         if isinstance(ckpt, _Missing) and pre is None:
@@ -851,26 +850,15 @@ class _Validator:
                 self.missing.append(p, f"{self.where(p + (k,))}: {self.entry_name('datasets', i)} {k} {str(path)!r} "
                                     f"{'is not a file' if k == 'manifest' else 'is not a folder'}")
             opts[k] = str(path.resolve()) if path.exists() else str(path)
-        if name in MANIFEST_DATASETS and "manifest" not in opts and not self.missing.has(p):
-            self.missing.append(p, f"{self.where(p)}: {self.entry_name('datasets', i)} needs manifest = \"PATH\" "
-                                f"(or --set datasets.{d.id}.manifest=PATH)")
+        for need in dataset_format(name).needs:
+            if need not in opts and not self.missing.has(p):
+                self.missing.append(p, f"{self.where(p)}: {self.entry_name('datasets', i)} needs {need} = \"PATH\" "
+                                    f"(or --set datasets.{d.id}.{need}=PATH)")
         d.options = opts
         return d
 
     def dataset_names(self) -> list[str]:
-        try:
-            import tokenbench.datasets as ds
-
-            for attr in ("available_datasets", "dataset_names"):
-                fn = getattr(ds, attr, None)
-                if callable(fn):
-                    return sorted(set(fn()))
-            reg = getattr(ds, "DATASETS", None)
-            if reg:
-                return sorted(reg)
-        except Exception:
-            pass
-        return list(KNOWN_DATASETS)
+        return sorted(available_datasets())
 
     def reducer(self, i: int, e: dict) -> ReducerSpec:
         from tokenbench.reducers import UnknownReducerError, reducer_class

@@ -13,7 +13,13 @@ import sys
 
 import torch
 
-from tokenbench.datasets import VideoDecodeError, get_dataset, to_model_input
+from tokenbench.datasets import (
+    UnknownDatasetError,
+    VideoDecodeError,
+    dataset_format,
+    get_dataset,
+    to_model_input,
+)
 from tokenbench.datasets.samples import VideoFilesDataset
 from tokenbench.reducers import ReducerParamError, UnknownReducerError, get_reducer
 
@@ -90,18 +96,19 @@ def build_dataset(args):
         return VideoFilesDataset(args.videos, split=args.split, num_frames=args.frames, img_size=args.size,
                                  windows=args.windows or 1, stride=args.stride, **options)
     name = args.dataset or "samples"
-    if name in ("samples",):
+    try:
+        fmt = dataset_format(name)
+    except UnknownDatasetError as exc:
+        raise UserError(str(exc)) from exc
+    if "manifest" in fmt.needs:
+        for k, v in (("manifest", args.manifest), ("root", args.root)):
+            if v:
+                options.setdefault(k, v)
+    if fmt.cls.decoded:
         options.setdefault("stride", args.stride)
         if args.windows:
-            options.setdefault("windows", args.windows)
-    elif name in ("manifest", "kinetics", "ssv2"):
-        if args.manifest:
-            options.setdefault("manifest", args.manifest)
-        if args.root:
-            options.setdefault("root", args.root)
-        options.setdefault("stride", args.stride)
-        if args.windows:
-            options.setdefault("num_clips", args.windows)
+            for k, v in fmt.view_options(args.windows, 1).items():
+                options.setdefault(k, v)
     else:
         options.pop("decoder", None)
     try:
