@@ -45,7 +45,6 @@ import contextlib
 import datetime as _dt
 import fcntl
 import hashlib
-import inspect
 import math
 import os
 import statistics
@@ -386,15 +385,6 @@ def limited(ds, max_items: int | None):
     return sub
 
 
-def train_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    """The keyword arguments of ``harness.train.train`` among a suite's train / pretrain settings."""
-    from .train import train
-
-    params = inspect.signature(train).parameters
-    own = ("model", "train_ds", "val_ds", "reducer", "eval_reducer", "device", "seed", "out", "log")
-    return {k: v for k, v in settings.items() if k in params and k not in own}
-
-
 def ensure_pretrained(pretrain: dict[str, Any], cache_dir: Path, device: str = "cpu",
                       log: Callable[[str], None] | None = None) -> Path:
     """The checkpoint of a self-trained model: trained once per training configuration and cached on disk
@@ -408,7 +398,7 @@ def ensure_pretrained(pretrain: dict[str, Any], cache_dir: Path, device: str = "
         from tokenbench.datasets import get_dataset
 
         from .model import build_model
-        from .train import train
+        from .train import TrainRecipe, train
 
         if log:
             log(f"training {pretrain['model']} ({pretrain['num_frames']}×{pretrain['img_size']}²) on "
@@ -421,8 +411,8 @@ def ensure_pretrained(pretrain: dict[str, Any], cache_dir: Path, device: str = "
         model = build_model(pretrain["model"], ds.num_classes, num_frames=pretrain["num_frames"],
                             img_size=pretrain["img_size"])
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        train(model, limited(ds, pretrain.get("max_clips")), None, None, device=device,
-              seed=int(pretrain.get("seed", 0)), out=tmp, log=log is not None, **train_settings(pretrain))
+        train(model, limited(ds, pretrain.get("max_clips")), None, None, TrainRecipe.from_settings(pretrain),
+              device=device, out=tmp, log=log is not None)
         os.replace(tmp, path)
     return path
 
@@ -652,7 +642,7 @@ def train_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tuple[di
     from tokenbench.datasets import get_dataset
 
     from .model import build_model, load_checkpoint
-    from .train import inference_reducer, train
+    from .train import TrainRecipe, inference_reducer, train
 
     settings = dict(cell.train or {})
     device, dtype = cell.device, DTYPES[cell.dtype]
@@ -676,8 +666,8 @@ def train_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tuple[di
             load_checkpoint(model, ck, strict=False)
     if progress:
         progress(f"training {settings.get('epochs')} epochs")
-    result = train(model, limited(train_ds, settings.get("max_clips")), None, reducer, device=device,
-                   seed=int(cell.seed), log=False, **train_settings(settings))
+    result = train(model, limited(train_ds, settings.get("max_clips")), None, reducer,
+                   TrainRecipe.from_settings(settings, seed=cell.seed), device=device, log=False)
     model = model.to(device=device, dtype=dtype).eval()
     eval_red = None if settings.get("eval_reducer") == "none" else inference_reducer(reducer)
     fw = forward_all(model, eval_red, clips, cell, progress)

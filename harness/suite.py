@@ -106,6 +106,8 @@ from tokenbench.datasets import available_datasets, dataset_format
 from .attention import BACKENDS
 from .errors import SuiteError
 from .schema import Cell, canonical_json, reducer_label
+from .train import DEFAULTS as TRAIN_DEFAULTS
+from .train import RECIPE_FIELDS, TrainRecipe
 
 MODES = ("inference", "train")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -138,7 +140,7 @@ DEFAULTS: dict[str, Any] = {
     "flops_check_clips": 1,
     "time_clips": 16,
 }
-TRAIN_EXTRAS: dict[str, Any] = {  # beyond harness.train.DEFAULTS (the recipe: epochs, batch_size, lr, …)
+TRAIN_EXTRAS: dict[str, Any] = {  # beyond harness.train.TrainRecipe (epochs, batch_size, lr, …)
     "max_clips": 0,         # training clips used (0 = the whole split)
     "init": "scratch",      # scratch | checkpoint (fine-tune the model entry's weights)
     "eval_reducer": "auto",  # auto (harness.train.inference_reducer) | none
@@ -147,13 +149,6 @@ TRAIN_EXTRAS: dict[str, Any] = {  # beyond harness.train.DEFAULTS (the recipe: e
 PRETRAIN_EXTRAS: dict[str, Any] = {"dataset": "synthetic", "split": "train", "options": {}, "max_clips": 0,
                                    "seed": 0}
 # amp (bfloat16 autocast: true | false | "auto") comes with harness.train.DEFAULTS, like epochs or lr
-
-
-def train_recipe() -> dict[str, Any]:
-    """harness.train's default recipe (epochs, batch_size, lr, weight_decay, warmup_epochs, …)."""
-    from .train import DEFAULTS as RECIPE
-
-    return dict(RECIPE)
 
 
 MODEL_KEYS = ("name", "id", "num_frames", "img_size", "checkpoint", "num_classes", "pretrain", "modes")
@@ -704,11 +699,12 @@ class _Validator:
         return d
 
     def recipe(self, raw: dict, extras: dict, path: tuple, what: str) -> dict[str, Any]:
-        """A training recipe table: harness.train's DEFAULTS overridden, plus ``extras``."""
-        recipe = train_recipe()
-        allowed = {**extras, **recipe}  # the recipe's own defaults win
+        """A training recipe table, checked against harness.train.TrainRecipe's fields (the cell's seed is
+        defaults.seed, not the recipe's): its DEFAULTS overridden, plus ``extras``."""
+        fields = {k: getattr(TrainRecipe(), k) for k in RECIPE_FIELDS if k != "seed"}
+        allowed = {**extras, **fields}
         self.check_keys(raw, allowed, path, what)
-        t = {**allowed, **raw}
+        t = {**extras, **TRAIN_DEFAULTS, **raw}
         for k, v in t.items():
             d = allowed[k]
             if k in ("options", "dataset", "split", "init", "eval_reducer"):
@@ -722,7 +718,7 @@ class _Validator:
                 if not isinstance(v, bool):
                     raise self.fail(path + (k,), f"{k} must be true or false, got {v!r}")
             elif isinstance(d, int) and not isinstance(d, bool) and k != "warmup_epochs":
-                t[k] = self._int(path + (k,), v, 0 if k in ("max_clips", "seed") else 1)
+                t[k] = self._int(path + (k,), v, 0 if k in ("max_clips", "seed", "num_workers") else 1)
             elif isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise self.fail(path + (k,), f"{k} must be a number ≥ 0, got {v!r}")
         return t

@@ -63,29 +63,60 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
 
 from tokenbench.reducers import Reducer
 
-# The recipe for vit_t on the synthetic benchmark (see the module docstring).
-DEFAULTS: dict[str, Any] = {
-    "epochs": 2,
-    "batch_size": 16,
-    "lr": 1e-3,
-    "weight_decay": 0.05,
-    "warmup_epochs": 0.2,
-    "label_smoothing": 0.1,
-    "min_lr": 1e-5,
-    "clip_grad": 1.0,
-    "amp": "auto",
-}
+from .model import save_checkpoint
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """How :func:`train` trains: the defaults are the recipe for vit_t on the synthetic benchmark (see the
+    module docstring). A suite's ``[train]`` and ``pretrain`` tables are checked against these fields."""
+
+    epochs: int = 2
+    batch_size: int = 16            # global: split over torchrun ranks
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 0.2
+    label_smoothing: float = 0.1
+    min_lr: float = 1e-5
+    clip_grad: float | None = 1.0   # gradient-norm clipping; 0 / None: off
+    amp: bool | str = "auto"        # bfloat16 autocast: True, False or "auto" (resolve_amp)
+    seed: int = 0
+    max_steps: int | None = None    # stop early (the schedule still spans ``epochs``)
+    num_workers: int = 0
+    eval_batch_size: int | None = None  # default: the per-rank training batch
+    find_unused_parameters: bool = False  # DDP: for a reducer that bypasses parameters
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be ≥ 1, got {self.epochs}")
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any], **overrides: Any) -> TrainRecipe:
+        """The recipe among a suite's train / pretrain settings (other keys are the suite's own)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in {**settings, **overrides}.items() if k in names})
+
+
+RECIPE_FIELDS = tuple(f.name for f in dataclasses.fields(TrainRecipe))
+# The recipe a suite's [train] and pretrain tables start from. Cells record these keys (their key hashes
+# them), so this set stays as it was when reference results were recorded.
+DEFAULTS: dict[str, Any] = {k: getattr(TrainRecipe(), k) for k in (
+    "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "label_smoothing", "min_lr", "clip_grad", "amp")}
 
 
 @dataclass
@@ -194,8 +225,6 @@ def _init_distributed(device: str) -> _Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return _Dist()
-    import torch.distributed as dist
-
     started = False
     if not dist.is_initialized():
         backend = "nccl" if str(device).startswith("cuda") else "gloo"
@@ -208,8 +237,6 @@ def _init_distributed(device: str) -> _Dist:
 def _all_reduce(values: list[float], d: _Dist, device: torch.device) -> list[float]:
     if not d.on:
         return values
-    import torch.distributed as dist
-
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
@@ -264,8 +291,6 @@ def evaluate(model: nn.Module, dataset: Dataset, reducer: Reducer | None = None,
     ranking. Under an initialised process group each rank evaluates a disjoint shard and the counts
     are summed, so every rank returns the same figures.
     """
-    import torch.distributed as dist
-
     dist_on = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist_on else (0, 1)
     dev = torch.device(device)
@@ -322,43 +347,69 @@ def evaluate(model: nn.Module, dataset: Dataset, reducer: Reducer | None = None,
             "tokens_mean": tokens / max(count, 1), "loss": loss_sum / max(count, 1)}
 
 
-# ``eval`` as the brief names it; ``evaluate`` avoids shadowing the builtin in callers' code
-eval = evaluate  # noqa: A001
 
 
 # --------------------------------------------------------------------------------------------------
 # training
 # --------------------------------------------------------------------------------------------------
-def train(model: nn.Module, train_ds: Dataset, val_ds: Dataset | None = None, reducer: Reducer | None = None, *,
-          epochs: int = DEFAULTS["epochs"], batch_size: int = DEFAULTS["batch_size"], lr: float = DEFAULTS["lr"],
-          weight_decay: float = DEFAULTS["weight_decay"], warmup_epochs: float = DEFAULTS["warmup_epochs"],
-          label_smoothing: float = DEFAULTS["label_smoothing"], seed: int = 0, num_workers: int = 0,
-          device: str | torch.device = "cpu", out: str | Path | None = None,
-          min_lr: float = DEFAULTS["min_lr"], clip_grad: float | None = DEFAULTS["clip_grad"],
-          eval_reducer: Reducer | None | str = "auto", eval_batch_size: int | None = None,
-          max_steps: int | None = None, amp: bool | str = DEFAULTS["amp"], find_unused_parameters: bool = False,
-          log: bool = True, log_every: int = 0) -> TrainResult:
-    """Train ``model`` on ``train_ds`` with ``reducer`` in every forward pass; evaluate on ``val_ds``.
+@dataclass
+class _Run:
+    """Everything one training run set up: what :func:`_one_epoch` and :func:`_finish` work on."""
+
+    recipe: TrainRecipe
+    d: _Dist
+    dev: torch.device
+    net: nn.Module
+    model_ddp: nn.Module
+    reducer: Reducer | None
+    train_reducer: Reducer | None
+    ev_reducer: Reducer | None
+    loader: DataLoader
+    sampler: Any
+    opt: torch.optim.Optimizer
+    crit: nn.Module
+    amp: bool
+    per_rank: int
+    total_steps: int
+    warmup_steps: int
+    config: dict[str, Any]
+    say: Callable[..., None]
+    log_every: int = 0
+    step: int = 0
+
+
+def train(model: nn.Module, train_ds: Dataset, val_ds: Dataset | None = None, reducer: Reducer | None = None,
+          recipe: TrainRecipe | None = None, *, device: str | torch.device = "cpu", out: str | Path | None = None,
+          eval_reducer: Reducer | None | str = "auto", log: bool = True, log_every: int = 0) -> TrainResult:
+    """Train ``model`` on ``train_ds`` with ``reducer`` in every forward pass, by ``recipe``; evaluate on
+    ``val_ds``.
 
     ``model`` is a :class:`~tokenbench.harness.model.VideoViT` (build it with
     ``length_embedding=reducer.length_embedding`` for RLT's length embedding); it is trained in place.
-    ``batch_size`` is the global batch (split over ``torchrun`` ranks). ``max_steps`` stops early (the
-    schedule still spans ``epochs``). ``out``: checkpoint path (VideoMAE layout; rank 0 writes it).
-    Returns a :class:`TrainResult`. See the module docstring for the protocol.
+    ``out``: checkpoint path (VideoMAE layout; rank 0 writes it). ``eval_reducer``: ``"auto"``
+    (:func:`inference_reducer`), ``None`` or a reducer. Returns a :class:`TrainResult`. See the module
+    docstring for the protocol.
     """
-    if epochs < 1:
-        raise ValueError(f"epochs must be ≥ 1, got {epochs}")
+    run = _setup(model, train_ds, val_ds, reducer, recipe or TrainRecipe(), device, eval_reducer, log, log_every)
+    epochs: list[dict[str, Any]] = []
+    for epoch in range(run.recipe.epochs):
+        stats = _one_epoch(run, train_ds, epoch)
+        epochs.append(stats)
+        if stats["stopped"]:
+            break
+    return _finish(run, val_ds, epochs, out)
+
+
+def _setup(model, train_ds, val_ds, reducer, recipe: TrainRecipe, device, eval_reducer, log, log_every) -> _Run:
     d = _init_distributed(str(device))
     dev = _resolve_device(device, d)
-    if batch_size % d.world_size:
-        raise ValueError(f"batch_size {batch_size} is the global batch; it must divide by the "
+    if recipe.batch_size % d.world_size:
+        raise ValueError(f"batch_size {recipe.batch_size} is the global batch; it must divide by the "
                          f"{d.world_size} ranks")
-    per_rank = batch_size // d.world_size
-    amp = resolve_amp(amp, dev)
-    is_main = d.rank == 0
-    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if (log and is_main) else (lambda *a: None)
-
-    torch.manual_seed(seed + d.rank)  # stochastic depth / dropout differ per rank, reproducibly
+    per_rank = recipe.batch_size // d.world_size
+    amp = resolve_amp(recipe.amp, dev)
+    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if (log and d.rank == 0) else (lambda *a: None)
+    torch.manual_seed(recipe.seed + d.rank)  # stochastic depth / dropout differ per rank, reproducibly
     if reducer is not None and d.on and "seed" in reducer.params():
         # each rank masks its own clips with its own draws
         reducer = type(reducer)(**{**reducer.params(), "seed": int(reducer.params()["seed"]) + d.rank})
@@ -366,149 +417,135 @@ def train(model: nn.Module, train_ds: Dataset, val_ds: Dataset | None = None, re
     ev_reducer = inference_reducer(reducer) if eval_reducer == "auto" else eval_reducer
     if isinstance(ev_reducer, str):
         raise ValueError(f"eval_reducer must be 'auto', None or a Reducer, got {ev_reducer!r}")
-
     net = model.to(dev)
     if train_reducer is not None:
         train_reducer.check_geometry(net.grid, net.depth)
     model_ddp: nn.Module = net
     if d.on:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
         model_ddp = DDP(net, device_ids=[dev.index] if dev.type == "cuda" else None,
-                        find_unused_parameters=find_unused_parameters)
-
-    gen = torch.Generator().manual_seed(seed)
-    if d.on:
-        from torch.utils.data.distributed import DistributedSampler
-
-        sampler = DistributedSampler(train_ds, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=seed,
-                                     drop_last=True)
-        loader = DataLoader(train_ds, batch_size=per_rank, sampler=sampler, num_workers=num_workers,
-                            collate_fn=_collate, drop_last=True, persistent_workers=num_workers > 0)
-    else:
-        sampler = None
-        loader = DataLoader(train_ds, batch_size=per_rank, shuffle=True, generator=gen, num_workers=num_workers,
-                            collate_fn=_collate, drop_last=True, persistent_workers=num_workers > 0)
-    steps_per_epoch = len(loader)
-    if steps_per_epoch == 0:
-        raise ValueError(f"training set of {len(train_ds)} clips gives no full batch of {batch_size}")
-    total_steps = epochs * steps_per_epoch
-    warmup_steps = int(round(warmup_epochs * steps_per_epoch))
-    opt = torch.optim.AdamW(param_groups(net, weight_decay), lr=lr, betas=(0.9, 0.999))
-    crit = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    amp_ctx = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if amp else contextlib.nullcontext
-
-    config = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-              "warmup_epochs": warmup_epochs, "label_smoothing": label_smoothing, "seed": seed, "min_lr": min_lr,
-              "clip_grad": clip_grad, "amp": amp, "max_steps": max_steps, "world_size": d.world_size,
-              "steps_per_epoch": steps_per_epoch, "num_workers": num_workers,
+                        find_unused_parameters=recipe.find_unused_parameters)
+    loader, sampler = _loader(train_ds, recipe, d, per_rank)
+    if len(loader) == 0:
+        raise ValueError(f"training set of {len(train_ds)} clips gives no full batch of {recipe.batch_size}")
+    r = recipe
+    config = {"epochs": r.epochs, "batch_size": r.batch_size, "lr": r.lr, "weight_decay": r.weight_decay,
+              "warmup_epochs": r.warmup_epochs, "label_smoothing": r.label_smoothing, "seed": r.seed,
+              "min_lr": r.min_lr, "clip_grad": r.clip_grad, "amp": amp, "max_steps": r.max_steps,
+              "world_size": d.world_size, "steps_per_epoch": len(loader), "num_workers": r.num_workers,
               "model": getattr(net, "name", type(net).__name__),
               "length_embedding": getattr(net, "length_embed", None) is not None,
               "reducer": None if reducer is None else reducer.name,
               "params": None if reducer is None else reducer.params(),
               "train_dataset": _ds_info(train_ds), "val_dataset": _ds_info(val_ds) if val_ds is not None else None}
-    say(f"train: {config['model']} on {len(train_ds)} clips, reducer {reducer!r}, {epochs} epochs × "
-        f"{steps_per_epoch} steps of {batch_size}, {d.world_size} process(es), {torch.get_num_threads()} "
+    say(f"train: {config['model']} on {len(train_ds)} clips, reducer {reducer!r}, {recipe.epochs} epochs × "
+        f"{len(loader)} steps of {recipe.batch_size}, {d.world_size} process(es), {torch.get_num_threads()} "
         f"threads, {dev}")
+    return _Run(recipe, d, dev, net, model_ddp, reducer, train_reducer, ev_reducer, loader, sampler,
+                torch.optim.AdamW(param_groups(net, recipe.weight_decay), lr=recipe.lr, betas=(0.9, 0.999)),
+                nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing), amp, per_rank,
+                recipe.epochs * len(loader), int(round(recipe.warmup_epochs * len(loader))), config, say, log_every)
 
-    step = 0
-    losses, epoch_walls, history = [], [], []
-    clips_done = tokens_seen = cpu_total = 0.0
-    stop = False
-    net.train()
-    for epoch in range(epochs):
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        if hasattr(train_ds, "set_epoch"):
-            train_ds.set_epoch(epoch)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        t0, c0 = time.perf_counter(), time.process_time()
-        loss_sum = 0.0
-        n_batches = n_clips = n_tokens = 0
-        for clips, labels, _ in loader:
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, total_steps, warmup_steps, lr, min_lr)
-            video = _to_input(clips, dev)
-            labels = labels.to(dev, non_blocking=True)
-            with amp_ctx():
-                logits = model_ddp(video, train_reducer)
-                loss = crit(logits.float(), labels)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip_grad:
-                nn.utils.clip_grad_norm_(net.parameters(), clip_grad)
-            opt.step()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"training loss is {loss.item()} at epoch {epoch}, step {step}")
-            loss_sum += float(loss.detach())
-            n_batches += 1
-            n_clips += len(labels)
-            n_tokens += sum(net.last_stats.tokens_in)
-            step += 1
-            if log_every and step % log_every == 0:
-                say(f"    step {step}/{total_steps}: loss {loss_sum / n_batches:.4f} "
+
+def _loader(train_ds: Dataset, recipe: TrainRecipe, d: _Dist, per_rank: int) -> tuple[DataLoader, Any]:
+    """The training loader: a seeded shuffle, or a ``DistributedSampler`` shard per rank."""
+    workers = recipe.num_workers
+    if d.on:
+        sampler = DistributedSampler(train_ds, num_replicas=d.world_size, rank=d.rank, shuffle=True,
+                                     seed=recipe.seed, drop_last=True)
+        return DataLoader(train_ds, batch_size=per_rank, sampler=sampler, num_workers=workers, collate_fn=_collate,
+                          drop_last=True, persistent_workers=workers > 0), sampler
+    gen = torch.Generator().manual_seed(recipe.seed)
+    return DataLoader(train_ds, batch_size=per_rank, shuffle=True, generator=gen, num_workers=workers,
+                      collate_fn=_collate, drop_last=True, persistent_workers=workers > 0), None
+
+
+def _one_epoch(run: _Run, train_ds: Dataset, epoch: int) -> dict[str, Any]:
+    """One pass over the loader; its wall-clock spans the first batch request to the last optimiser step."""
+    rec, dev, net = run.recipe, run.dev, run.net
+    if run.sampler is not None:
+        run.sampler.set_epoch(epoch)
+    if hasattr(train_ds, "set_epoch"):
+        train_ds.set_epoch(epoch)
+    amp_ctx = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if run.amp else contextlib.nullcontext
+    _sync(dev)
+    t0, c0 = time.perf_counter(), time.process_time()
+    loss_sum, n_batches, n_clips, n_tokens, stopped = 0.0, 0, 0, 0, False
+    for clips, labels, _ in run.loader:
+        for g in run.opt.param_groups:
+            g["lr"] = lr_at(run.step, run.total_steps, run.warmup_steps, rec.lr, rec.min_lr)
+        video = _to_input(clips, dev)
+        labels = labels.to(dev, non_blocking=True)
+        with amp_ctx():
+            logits = run.model_ddp(video, run.train_reducer)
+            loss = run.crit(logits.float(), labels)
+        run.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if rec.clip_grad:
+            nn.utils.clip_grad_norm_(net.parameters(), rec.clip_grad)
+        run.opt.step()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss is {loss.item()} at epoch {epoch}, step {run.step}")
+        loss_sum += float(loss.detach())
+        n_batches, n_clips, n_tokens = n_batches + 1, n_clips + len(labels), n_tokens + sum(net.last_stats.tokens_in)
+        run.step += 1
+        if run.log_every and run.step % run.log_every == 0:
+            run.say(f"    step {run.step}/{run.total_steps}: loss {loss_sum / n_batches:.4f} "
                     f"({time.perf_counter() - t0:.1f} s into the epoch)")
-            if max_steps is not None and step >= max_steps:
-                stop = True
-                break
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        if d.on:
-            import torch.distributed as dist
-
-            dist.barrier()
-        wall = time.perf_counter() - t0
-        cpu_total += time.process_time() - c0
-        loss_sum, n_batches, n_clips, n_tokens = _all_reduce(
-            [loss_sum, float(n_batches), float(n_clips), float(n_tokens)], d, torch.device("cpu"))
-        mean_loss = loss_sum / max(n_batches, 1)
-        losses.append(mean_loss)
-        epoch_walls.append(wall)
-        clips_done += n_clips
-        tokens_seen += n_tokens
-        history.append({"epoch": epoch, "loss": mean_loss, "wall_s": wall, "clips": int(n_clips),
-                        "tokens_mean": n_tokens / max(n_clips, 1), "lr": opt.param_groups[0]["lr"]})
-        say(f"  epoch {epoch + 1}/{epochs}: loss {mean_loss:.4f}  {wall:.1f} s  "
-            f"{n_clips / max(wall, 1e-9):.1f} clips/s  {n_tokens / max(n_clips, 1):.1f} tokens/clip")
-        if stop:
+        if rec.max_steps is not None and run.step >= rec.max_steps:
+            stopped = True
             break
+    _sync(dev)
+    if run.d.on:
+        dist.barrier()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    loss_sum, n_batches, n_clips, n_tokens = _all_reduce(
+        [loss_sum, float(n_batches), float(n_clips), float(n_tokens)], run.d, torch.device("cpu"))
+    mean_loss = loss_sum / max(n_batches, 1)
+    run.say(f"  epoch {epoch + 1}/{rec.epochs}: loss {mean_loss:.4f}  {wall:.1f} s  "
+            f"{n_clips / max(wall, 1e-9):.1f} clips/s  {n_tokens / max(n_clips, 1):.1f} tokens/clip")
+    return {"epoch": epoch, "loss": mean_loss, "wall_s": wall, "cpu_s": cpu, "clips": int(n_clips),
+            "tokens": n_tokens, "tokens_mean": n_tokens / max(n_clips, 1), "lr": run.opt.param_groups[0]["lr"],
+            "stopped": stopped}
 
-    wall_s = float(sum(epoch_walls))
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _finish(run: _Run, val_ds: Dataset | None, epochs: list[dict[str, Any]], out: str | Path | None) -> TrainResult:
+    """The result of the epochs, evaluated on ``val_ds``; the checkpoint written; the process group closed."""
+    net, reducer, ev_reducer = run.net, run.reducer, run.ev_reducer
+    wall_s = float(sum(e["wall_s"] for e in epochs))
+    clips_done, tokens_seen = sum(e["clips"] for e in epochs), sum(e["tokens"] for e in epochs)
+    history = [{k: e[k] for k in ("epoch", "loss", "wall_s", "clips", "tokens_mean", "lr")} for e in epochs]
     result = TrainResult(
-        epochs=len(epoch_walls), steps=step, wall_s=wall_s, epoch_wall_s=epoch_walls, cpu_s=cpu_total,
-        clips=int(clips_done),
+        epochs=len(epochs), steps=run.step, wall_s=wall_s, epoch_wall_s=[e["wall_s"] for e in epochs],
+        cpu_s=sum(e["cpu_s"] for e in epochs), clips=int(clips_done),
         clips_per_s=clips_done / max(wall_s, 1e-9), tokens_mean=tokens_seen / max(clips_done, 1),
         tokens_total=int(math.prod(net.grid)) if hasattr(net, "grid") else 0,
-        final_loss=losses[-1], losses=losses, reducer=repr(reducer) if reducer is not None else None,
-        eval_reducer=repr(ev_reducer) if ev_reducer is not None else None, world_size=d.world_size,
-        threads=torch.get_num_threads(), device=str(dev), amp=amp, config=config, history=history)
-
+        final_loss=epochs[-1]["loss"], losses=[e["loss"] for e in epochs],
+        reducer=repr(reducer) if reducer is not None else None,
+        eval_reducer=repr(ev_reducer) if ev_reducer is not None else None, world_size=run.d.world_size,
+        threads=torch.get_num_threads(), device=str(run.dev), amp=run.amp, config=run.config, history=history)
     if val_ds is not None:
-        ev = evaluate(net, val_ds, ev_reducer, batch_size=eval_batch_size or per_rank, device=dev,
-                      num_workers=num_workers, amp=amp)
+        ev = evaluate(net, val_ds, ev_reducer, batch_size=run.recipe.eval_batch_size or run.per_rank, device=run.dev,
+                      num_workers=run.recipe.num_workers, amp=run.amp)
         result.top1, result.top5 = ev["top1"], ev["top5"]
         result.eval_tokens_mean, result.eval_num_clips, result.eval_views = (ev["tokens_mean"], ev["num_clips"],
                                                                              ev["views"])
-        say(f"  val: top-1 {ev['top1']:.2f}%  top-5 {ev['top5']:.2f}%  on {ev['num_clips']} clips, "
-            f"reducer {result.eval_reducer}, {ev['tokens_mean']:.1f} tokens/clip")
-    say(f"  trained in {wall_s:.1f} s ({result.clips_per_s:.1f} clips/s, {result.tokens_mean:.1f} tokens/clip)")
-
+        run.say(f"  val: top-1 {ev['top1']:.2f}%  top-5 {ev['top5']:.2f}%  on {ev['num_clips']} clips, "
+                f"reducer {result.eval_reducer}, {ev['tokens_mean']:.1f} tokens/clip")
+    run.say(f"  trained in {wall_s:.1f} s ({result.clips_per_s:.1f} clips/s, {result.tokens_mean:.1f} tokens/clip)")
     if out is not None:
-        if is_main:
-            from .model import save_checkpoint
-
+        if run.d.rank == 0:
             summary = {k: v for k, v in result.to_dict().items() if k not in ("config", "history")}
             save_checkpoint(net, out, epoch=result.epochs, train_result=json.dumps(summary, default=str),
-                            config=json.dumps(config, default=str))
+                            config=json.dumps(run.config, default=str))
         result.checkpoint = str(out)
-        if d.on:
-            import torch.distributed as dist
-
+        if run.d.on:
             dist.barrier()
-    if d.started_here:
-        import torch.distributed as dist
-
+    if run.d.started_here:
         dist.destroy_process_group()
     return result
 

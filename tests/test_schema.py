@@ -74,3 +74,10 @@ def test_table_columns_follow_their_order():
     assert [m.name for m in shown_in("inference")] == [
         "top1", "delta_top1", "gflops", "tokens_in_mean", "tokens_out_mean", "clips_per_s", "speedup"]
     assert shown_in("nowhere") == []
+
+
+def test_the_default_suite_expands_to_exactly_the_reference_cells():
+    from tokenbench.harness.suite import load_suite
+
+    keys = {c.key for c in load_suite("default", overrides=["defaults.device=cpu"]).cells()}  # as recorded
+    assert keys == {rec["key"] for rec in _reference_records()}

@@ -13,7 +13,7 @@ import torch
 
 from tokenbench.datasets.synthetic import SyntheticMotion, load_backgrounds
 from tokenbench.harness.model import build_model, load_checkpoint
-from tokenbench.harness.train import TrainResult, evaluate, inference_reducer, lr_at, train
+from tokenbench.harness.train import TrainRecipe, TrainResult, evaluate, inference_reducer, lr_at, train
 from tokenbench.reducers import available_reducers, get_reducer
 
 FRAMES, SIZE, TOKENS = 8, 64, 64
@@ -54,8 +54,8 @@ def test_loss_decreases():
     ds = SyntheticMotion("train", FRAMES, 32, num_clips=16, num_objects=1, cache=False)
     torch.manual_seed(0)
     m = build_model("vit_t", 4, num_frames=FRAMES, img_size=32)
-    res = train(m, ds, None, epochs=8, batch_size=8, lr=5e-4, weight_decay=0.0, warmup_epochs=1,
-                label_smoothing=0.0, seed=0, amp=False, log=False)
+    res = train(m, ds, None, recipe=TrainRecipe(epochs=8, batch_size=8, lr=5e-4, weight_decay=0.0, warmup_epochs=1,
+                                                label_smoothing=0.0, seed=0, amp=False), log=False)
     assert isinstance(res, TrainResult)
     assert res.steps == 16 and res.epochs == 8 and len(res.losses) == 8
     assert all(math.isfinite(v) for v in res.losses)
@@ -69,8 +69,9 @@ def test_checkpoint_round_trips(data, tmp_path):
     tr, va = data
     m = model()
     ckpt = tmp_path / "run" / "ckpt.pt"
-    res = train(m, tr, va, epochs=1, batch_size=8, lr=1e-3, weight_decay=0.05, warmup_epochs=0.5,
-                label_smoothing=0.1, seed=0, max_steps=2, out=ckpt, amp=False, log=False)
+    res = train(m, tr, va, recipe=TrainRecipe(epochs=1, batch_size=8, lr=1e-3, weight_decay=0.05, warmup_epochs=0.5,
+                                              label_smoothing=0.1, seed=0, max_steps=2, amp=False),
+                out=ckpt, log=False)
     assert res.checkpoint == str(ckpt) and ckpt.is_file()
     raw = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert set(raw) >= {"model", "epoch", "train_result", "config"}  # VideoMAE layout: {"model": state_dict}
@@ -94,8 +95,8 @@ def test_evaluate_counts(data):
 
 def test_reducers_change_training_tokens(data):
     tr, va = data
-    kw = dict(epochs=1, batch_size=8, lr=1e-3, weight_decay=0.05, warmup_epochs=0, label_smoothing=0.1, seed=0,
-              max_steps=2, amp=False, log=False)
+    kw = dict(recipe=TrainRecipe(epochs=1, batch_size=8, lr=1e-3, weight_decay=0.05, warmup_epochs=0,
+                                 label_smoothing=0.1, seed=0, max_steps=2, amp=False), log=False)
     rnd = train(model(), tr, va, get_reducer("random", keep=0.25), **kw)
     assert rnd.tokens_mean == 16
     assert rnd.eval_reducer is None and rnd.eval_tokens_mean == TOKENS  # random masking: train-time only
@@ -114,8 +115,8 @@ def test_rlt_with_length_embedding_and_random_masking(data):
     red = get_reducer("rlt_random", threshold=0.1, keep=0.5, length_embedding=True)
     m = model(length_embedding=True)
     before = m.length_embed.detach().clone()
-    res = train(m, tr, va, red, epochs=1, batch_size=8, lr=1e-3, weight_decay=0.05, warmup_epochs=0,
-                label_smoothing=0.1, seed=0, max_steps=2, amp=False, log=False)
+    res = train(m, tr, va, red, TrainRecipe(epochs=1, batch_size=8, lr=1e-3, weight_decay=0.05, warmup_epochs=0,
+                                            label_smoothing=0.1, seed=0, max_steps=2, amp=False), log=False)
     assert not torch.equal(before, m.length_embed.detach())  # the length embedding is trained
     assert res.eval_reducer.startswith("RLT(")  # rlt_random is evaluated as plain RLT
     assert res.tokens_mean < res.eval_tokens_mean  # masking on top of RLT during training only
@@ -153,9 +154,10 @@ def test_amp_resolution():
 def test_bad_arguments_fail_before_training(data):
     tr, _ = data
     with pytest.raises(ValueError, match="epochs"):
-        train(model(), tr, None, epochs=0, log=False)
+        train(model(), tr, None, recipe=TrainRecipe(epochs=0), log=False)
     with pytest.raises(ValueError, match="no full batch"):
-        train(model(), torch.utils.data.Subset(tr, range(3)), None, epochs=1, batch_size=8, log=False)
+        train(model(), torch.utils.data.Subset(tr, range(3)), None, recipe=TrainRecipe(epochs=1, batch_size=8),
+              log=False)
 
 
 def test_cli_trains_and_writes_checkpoint_and_json(tmp_path, capsys):

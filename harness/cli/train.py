@@ -14,7 +14,7 @@ from tokenbench.datasets import get_dataset
 
 from ..errors import UserError
 from ..model import build_model, load_checkpoint
-from ..train import DEFAULTS, train
+from ..train import DEFAULTS, TrainRecipe, train
 from .common import parse_params, reducer_from
 
 
@@ -89,13 +89,13 @@ def run_cli(args) -> int:
         info = load_checkpoint(model, args.init, strict=False)
         if info["missing"]:
             print(f"fine-tuning from {args.init}; newly initialised: {', '.join(info['missing'])}", file=sys.stderr)
-    result = train(model, train_ds, val_ds, reducer, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                   weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
-                   label_smoothing=args.label_smoothing, seed=args.seed, num_workers=args.num_workers,
-                   device=args.device, out=args.out, min_lr=args.min_lr, clip_grad=args.clip_grad or None,
-                   eval_reducer=eval_red, max_steps=args.max_steps,
-                   amp={"auto": "auto", "on": True, "off": False}[args.amp],
-                   log_every=args.log_every)
+    recipe = TrainRecipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
+                         label_smoothing=args.label_smoothing, min_lr=args.min_lr, clip_grad=args.clip_grad or None,
+                         amp={"auto": "auto", "on": True, "off": False}[args.amp], seed=args.seed,
+                         max_steps=args.max_steps, num_workers=args.num_workers)
+    result = train(model, train_ds, val_ds, reducer, recipe, device=args.device, out=args.out,
+                   eval_reducer=eval_red, log_every=args.log_every)
     if args.json and int(os.environ.get("RANK", "0")) == 0:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")

@@ -28,7 +28,7 @@ from tokenbench.datasets import get_dataset
 
 from ..fingerprint import fingerprint, load_average
 from ..model import build_model
-from ..train import DEFAULTS, train
+from ..train import DEFAULTS, TrainRecipe, train
 from .common import parse_params, reducer_from
 
 PROG = "python -m tokenbench.harness.train_compare"
@@ -89,9 +89,10 @@ def compare(args, args_typed: list[str], prog: str = "tokenbench") -> int:
         model = build_model(args.model, tr.num_classes, num_frames=args.num_frames, img_size=args.img_size,
                             length_embedding=reducer is not None and reducer.length_embedding)
         load_before = load_average()
-        res = train(model, tr, va, reducer, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                    weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
-                    label_smoothing=args.label_smoothing, seed=args.seed, amp=amp)
+        recipe = TrainRecipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                             weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
+                             label_smoothing=args.label_smoothing, seed=args.seed, amp=amp)
+        res = train(model, tr, va, reducer, recipe)
         rows.append({"arm": label, "load_before": load_before, "load_after": load_average(), **res.to_dict()})
     base = rows[0]
     lines = ["| arm | epochs | train wall-clock (s) | s/epoch | CPU s | clips/s | tokens/clip (train) | "
