@@ -1,0 +1,171 @@
+"""Expansion: a validated suite → its cells (models × datasets × reducer variants × batch sizes × modes),
+``--only`` selection, and the few lines ``--dry-run`` prints."""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from tokenbench.reducers import ReducerParamError
+
+from ..errors import SuiteError
+from ..schema import Cell, canonical_json, reducer_label
+from .spec import MODES, SUITE_KEYS, TOP_KEYS, DatasetSpec, ModelSpec, ReducerSpec, Suite
+from .validate import _Entries
+
+
+def select_cells(cells: list[Cell], only: list[str] | tuple[str, ...]) -> list[int]:
+    """Indices of the cells matching every ``FIELD=VALUE`` of ``only``. FIELD is a cell field (``reducer``,
+    ``mode``, ``batch_size``, ``dataset``, ``model`` …; ``model``/``dataset`` also match entry ids) or
+    ``label``."""
+    keep = list(range(len(cells)))
+    for item in only:
+        if "=" not in item:
+            raise SuiteError(f"--only {item!r}: expected FIELD=VALUE, e.g. reducer=rlt")
+        k, v = (x.strip() for x in item.split("=", 1))
+        fields = {"model": ("model", "model_id"), "dataset": ("dataset", "dataset_id")}.get(k, (k,))
+        if k != "label" and not any(f in c for c in cells for f in fields):
+            raise SuiteError(f"--only {item}: cells have no field {k!r} (fields: {', '.join(sorted(cells[0]))})")
+        keep = [i for i in keep if (k == "label" and cells[i].label == v)
+                or any(str(cells[i].get(f)) == v for f in fields)]
+    return keep
+
+class _Validator(_Entries):
+    # --- steps --------------------------------------------------------------------------------
+    def run(self) -> Suite:
+        self.apply_overrides()
+        self.raw = self.interpolate(self.raw, ())
+        self.check_keys(self.raw, TOP_KEYS, (), "the suite")
+        for sec in ("suite", "defaults", "train"):
+            if sec in self.raw and not isinstance(self.raw[sec], dict):
+                raise self.fail((sec,), f"[{sec}] must be a table")
+        for sec in ("models", "datasets", "reducers"):
+            v = self.raw.get(sec)
+            if v is not None and not (isinstance(v, list) and all(isinstance(e, dict) for e in v)):
+                raise self.fail((sec,), f"{sec} must be [[{sec}]] tables")
+            if not v:
+                raise SuiteError(f"{self.file}: the suite has no [[{sec}]] entry")
+        meta = self.raw.get("suite", {})
+        self.check_keys(meta, SUITE_KEYS, ("suite",), "[suite]")
+        defaults = self.defaults()
+        train = self.train_settings()
+        models = [self.model(i, e) for i, e in enumerate(self.raw["models"])]
+        datasets = [self.dataset(i, e, defaults) for i, e in enumerate(self.raw["datasets"])]
+        reducers = [self.reducer(i, e) for i, e in enumerate(self.raw["reducers"])]
+        for kind, items in (("models", models), ("datasets", datasets), ("reducers", reducers)):
+            seen: dict[str, int] = {}
+            for i, it in enumerate(items):
+                if kind != "reducers" and it.id in seen:
+                    raise self.fail((kind, i), f"two [[{kind}]] entries have id {it.id!r}; give each its own id")
+                seen[it.id] = i
+        self.check_references(models, datasets, reducers)
+        name = meta.get("name", self.default_name)
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+\-]*", name):
+            raise self.fail(("suite", "name"), f"suite name must be a plain word (letters, digits, . _ + -), "
+                                               f"got {name!r}")
+        suite = Suite(name=name, description=str(meta.get("description", "")), file=self.file,
+                      defaults=defaults, train=train, models=models, datasets=datasets, reducers=reducers,
+                      overrides=self.overrides)
+        cells = self.expand(suite)
+        if not cells:
+            raise SuiteError(f"{self.file}: the suite expands to no cell (check modes/datasets/models "
+                             "restrictions)")
+        keep = select_cells(cells, self.only)
+        if not keep:
+            raise SuiteError(f"--only {' '.join(self.only)} selects none of the {len(cells)} cells of {self.file}")
+        suite._cells = [cells[i] for i in keep]
+        suite.total_cells = len(cells)
+        used = {e for i in keep for e in self.cell_entries[i]}
+        missing = self.missing.for_entries(used)
+        if missing:  # every path the selected cells need and lack, at once
+            raise SuiteError(f"{self.file} cannot run: required paths are not given\n  " + "\n  ".join(missing))
+        return suite
+
+    # --- expansion ----------------------------------------------------------------------------
+    def expand(self, suite: Suite) -> list[Cell]:
+
+        dflt, cells = suite.defaults, []
+        checked: set[tuple] = set()
+        for mode in [m for m in MODES if m in dflt["modes"]]:
+            for m in suite.models:
+                if mode not in m.modes:
+                    continue
+                for d in suite.datasets:
+                    if mode not in d.modes:
+                        continue
+                    for r in suite.reducers:
+                        if mode not in r.modes or (r.datasets and d.id not in r.datasets) or (
+                                r.models and m.id not in r.models):
+                            continue
+                        for params in r.variants():
+                            ck = (r.path, canonical_json(params), m.grid, m.depth)
+                            if ck not in checked:
+                                checked.add(ck)
+                                red = self.build_reducer(r, params)
+                                try:
+                                    red.check_geometry(m.grid, m.depth)
+                                except ReducerParamError as exc:
+                                    raise self.fail(self.param_path(r, str(exc)),
+                                                    f"reducer {reducer_label(r.name, params)!r} cannot run on "
+                                                    f"{m.id} ({m.num_frames}×{m.img_size}², token grid "
+                                                    f"{m.grid}, {m.depth} blocks; [[models]] at "
+                                                    f"{self.where(m.path)}): {exc}") from None
+                            sizes = dflt["batch_sizes"] if mode == "inference" else [suite.train["batch_size"]]
+                            amps = dflt["autocast"] if mode == "inference" else ["none"]
+                            for bs in sizes:
+                                for ac in amps:
+                                    cells.append(self.with_autocast(self.cell(suite, mode, m, d, r, params, bs), ac))
+                                    self.cell_entries.append((m.path, d.path))
+        return cells
+
+    def cell(self, suite: Suite, mode: str, m: ModelSpec, d: DatasetSpec, r: ReducerSpec,
+             params: dict, bs: int) -> Cell:
+        dflt = suite.defaults
+        label = None
+        if r.label:
+            label = r.label if len(r.variants()) == 1 else f"{r.label} " + " ".join(
+                f"{k}={params[k]}" for k in r.sweep)
+        mode_fields: dict[str, Any] = (
+            dict(repeats=dflt["repeats"], warmup=dflt["warmup"], flops_check_clips=dflt["flops_check_clips"],
+                 time_clips=dflt["time_clips"]) if mode == "inference"
+            else dict(train={**suite.train, "split": d.train_split}))
+        return Cell(
+            model=m.name, num_frames=m.num_frames, img_size=m.img_size, checkpoint=m.checkpoint_id,
+            dataset=d.name, split=d.split, reducer=r.name, params=params, batch_size=bs, mode=mode,
+            dtype=dflt["dtype"], compile=dflt["compile"], attn_backend=dflt["attn_backend"], device=dflt["device"],
+            views=d.views, max_clips=d.max_clips if d.max_clips is not None else dflt["max_clips"],
+            seed=dflt["seed"], threads=dflt["threads"], **mode_fields,
+            model_id=m.id if m.id != m.name else None, dataset_id=d.id if d.id != d.name else None,
+            num_classes=m.num_classes or None, dataset_options=d.options or None,
+            skip_unreadable=True if d.skip_unreadable else None,
+            pretrain=m.pretrain_config() if not m.checkpoint and m.pretrain is not None else None,
+            given_label=label)
+
+    @staticmethod
+    def with_autocast(cell: Cell, autocast: str) -> Cell:
+        """The cell under ``torch.autocast(dtype=autocast)``; "none" leaves it (and its key) as it was."""
+        if autocast == "none":
+            return cell
+        return cell.with_(autocast=autocast, given_label=f"{cell.label} [{autocast} autocast]")  # tables keep the two apart
+
+def describe(suite: Suite) -> str:
+    """A few lines on what a suite will run (for ``tokenbench run --dry-run`` and logs)."""
+    cells = suite.cells()
+    by_mode: dict[str, int] = {}
+    for c in cells:
+        by_mode[c.mode] = by_mode.get(c.mode, 0) + 1
+    sel = f" (of {suite.total_cells}, --only)" if suite.total_cells and suite.total_cells != len(cells) else ""
+    lines = [f"suite {suite.name} ({suite.file}): {len(cells)} cells{sel} — "
+             + ", ".join(f"{n} {k}" for k, n in by_mode.items())]
+    if suite.description:
+        lines.append("  " + suite.description)
+    lines.append("  models:   " + ", ".join(f"{m.id} ({m.name} {m.num_frames}×{m.img_size}², "
+                                             f"{'trained here' if not m.checkpoint else m.checkpoint})"
+                                             for m in suite.models))
+    lines.append("  datasets: " + ", ".join(f"{d.id} ({d.name}/{d.split}, views {d.views})" for d in suite.datasets))
+    labels = []
+    for c in cells:
+        lab = c.label
+        if lab not in labels:
+            labels.append(lab)
+    lines.append("  reducers: " + ", ".join(labels))
+    return "\n".join(lines)

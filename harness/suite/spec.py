@@ -1,0 +1,169 @@
+"""A parsed suite: its constants, the model / dataset / reducer entries and the :class:`Suite` itself."""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from tokenbench.datasets import dataset_format
+
+from ..attention import BACKENDS
+from ..model import MODEL_SIZES
+from ..schema import Cell, canonical_json
+
+MODES = ("inference", "train")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+AUTOCAST = ("none", "bfloat16", "float16")
+ATTN_BACKENDS = ("auto", *BACKENDS)  # harness.attention's backend table
+CHECKPOINT_NONE = "none"  # random weights (timing and tokens only make sense)
+
+TOP_KEYS = {
+    "suite": "suite name and description",
+    "defaults": "settings shared by every cell",
+    "train": "settings of train-mode cells",
+    "models": "[[models]] entries",
+    "datasets": "[[datasets]] entries",
+    "reducers": "[[reducers]] entries",
+}
+SUITE_KEYS = ("name", "description")
+DEFAULTS: dict[str, Any] = {
+    "modes": ["inference"],
+    "batch_sizes": [8],
+    "repeats": 10,
+    "warmup": 2,
+    "threads": 0,
+    "max_clips": 0,
+    "seed": 0,
+    "dtype": "auto",
+    "compile": False,
+    "autocast": "none",
+    "attn_backend": "auto",
+    "device": "auto",
+    "flops_check_clips": 1,
+    "time_clips": 16,
+}
+TRAIN_EXTRAS: dict[str, Any] = {  # beyond harness.train.TrainRecipe (epochs, batch_size, lr, …)
+    "max_clips": 0,         # training clips used (0 = the whole split)
+    "init": "scratch",      # scratch | checkpoint (fine-tune the model entry's weights)
+    "eval_reducer": "auto",  # auto (harness.train.inference_reducer) | none
+    "max_steps": None,
+}
+PRETRAIN_EXTRAS: dict[str, Any] = {"dataset": "synthetic", "split": "train", "options": {}, "max_clips": 0,
+                                   "seed": 0}
+# amp (bfloat16 autocast: true | false | "auto") comes with harness.train.DEFAULTS, like epochs or lr
+
+
+MODEL_KEYS = ("name", "id", "num_frames", "img_size", "checkpoint", "num_classes", "pretrain", "modes")
+DATASET_KEYS = ("name", "id", "split", "train_split", "views", "max_clips", "manifest", "root", "options",
+                "skip_unreadable", "modes")
+REDUCER_KEYS = ("name", "id", "params", "sweep", "label", "modes", "datasets", "models")
+
+
+@dataclass
+class ModelSpec:
+    id: str
+    name: str
+    num_frames: int = 16
+    img_size: int = 224
+    checkpoint: str = ""  # a path, CHECKPOINT_NONE, or "" (train per pretrain)
+    num_classes: int = 0
+    pretrain: dict[str, Any] | None = None
+    modes: tuple[str, ...] = MODES
+    path: tuple = ()
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        return (self.num_frames // 2, self.img_size // 16, self.img_size // 16)
+
+    @property
+    def depth(self) -> int:
+        return MODEL_SIZES[self.name][1]
+
+    def pretrain_config(self) -> dict[str, Any]:
+        """Everything that decides the weights a self-trained model gets (its cache key)."""
+        return {**(self.pretrain or {}), "model": self.name, "num_frames": self.num_frames,
+                "img_size": self.img_size}
+
+    @property
+    def checkpoint_id(self) -> str:
+        """What the cell records as its checkpoint: the path, ``none``, or ``trained:<hash>``."""
+        if self.checkpoint:
+            return self.checkpoint
+        return "trained:" + hashlib.sha256(canonical_json(self.pretrain_config()).encode()).hexdigest()[:12]
+
+
+@dataclass
+class DatasetSpec:
+    id: str
+    name: str
+    split: str = "val"
+    train_split: str = "train"
+    views: str = "1x1"
+    max_clips: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    skip_unreadable: bool = False
+    modes: tuple[str, ...] = MODES
+    path: tuple = ()
+
+    @property
+    def labelled(self) -> bool:
+        return dataset_format(self.name).labelled
+
+
+@dataclass
+class ReducerSpec:
+    id: str
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    sweep: dict[str, list] = field(default_factory=dict)
+    label: str | None = None
+    modes: tuple[str, ...] = MODES
+    datasets: tuple[str, ...] | None = None
+    models: tuple[str, ...] | None = None
+    path: tuple = ()
+
+    def variants(self) -> list[dict[str, Any]]:
+        """The parameter sets of this entry: ``params`` merged with each combination of ``sweep``."""
+        if not self.sweep:
+            return [dict(self.params)]
+        names = list(self.sweep)
+        return [{**self.params, **dict(zip(names, combo))}
+                for combo in itertools.product(*(self.sweep[n] for n in names))]
+
+
+@dataclass
+class Suite:
+    name: str
+    description: str
+    file: str  # where it came from (shown in errors)
+    defaults: dict[str, Any]
+    train: dict[str, Any]
+    models: list[ModelSpec]
+    datasets: list[DatasetSpec]
+    reducers: list[ReducerSpec]
+    overrides: list[str] = field(default_factory=list)
+    total_cells: int = 0  # before --only
+    _cells: list[Cell] = field(default_factory=list, repr=False)
+
+    def cells(self) -> list[Cell]:
+        """Every cell, inference cells first."""
+        return list(self._cells)
+
+    def resolved_device(self) -> str:
+        return _resolve_device(self.defaults["device"])
+
+
+def _resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+def parse_views(views: str) -> tuple[int, int]:
+    m = re.fullmatch(r"\s*(\d+)\s*[x×]\s*(\d+)\s*", str(views))
+    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
+        raise ValueError(f"views must read 'CLIPSxCROPS' like '5x3', got {views!r}")
+    return int(m.group(1)), int(m.group(2))
