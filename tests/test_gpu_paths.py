@@ -22,7 +22,7 @@ from tokenbench.harness.attention import (
     padded_reference,
 )
 from tokenbench.harness.model import build_model
-from tokenbench.harness.runner import RunCache, autocast_for, run_cell
+from tokenbench.harness.run.runner import RunCache, autocast_for, run_cell
 from tokenbench.harness.suite import load_suite
 from tokenbench.harness.timing import _timer
 from tokenbench.reducers.base import Selection
@@ -307,7 +307,7 @@ def test_a_compiled_cell_runs_and_says_so(tmp_path):
 
 def test_importing_the_harness_needs_neither_cuda_nor_the_optional_extras():
     code = ("import sys; import tokenbench.harness.cli as c; c.build_parser(); "
-            "import tokenbench.harness.model, tokenbench.harness.timing, tokenbench.harness.launch; "
+            "import tokenbench.harness.model, tokenbench.harness.timing, tokenbench.harness.run.launch; "
             "bad = [m for m in ('flash_attn', 'submitit') if m in sys.modules]; "
             "assert not bad, bad; import torch; print(torch.cuda.is_initialized())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

@@ -17,7 +17,8 @@ import pytest
 import submitit
 
 from tokenbench.harness.cli import main
-from tokenbench.harness.launch import (
+from tokenbench.harness.results import ResultStore, load, store_path
+from tokenbench.harness.run.launch import (
     LaunchOptions,
     launch,
     local_parallelism,
@@ -26,8 +27,7 @@ from tokenbench.harness.launch import (
     run_job,
     slurm_executor,
 )
-from tokenbench.harness.results import ResultStore, load, store_path
-from tokenbench.harness.runner import pretrained_path
+from tokenbench.harness.run.runner import pretrained_path
 from tokenbench.harness.suite import load_suite
 
 TWO = """\

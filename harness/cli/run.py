@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..launch import DEFAULT_TIMEOUT_MIN, LAUNCHERS, LaunchOptions, launch, requested_device
 from ..report import headline_table, write_report
 from ..results import load, safe_component
-from ..runner import run_suite
+from ..run.launch import DEFAULT_TIMEOUT_MIN, LAUNCHERS, LaunchOptions, launch, requested_device
+from ..run.runner import run_suite
 from ..suite import describe, load_suite
 
 DESCRIPTION = """\

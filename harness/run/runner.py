@@ -60,10 +60,10 @@ import torch
 
 from tokenbench.datasets import dataset_format, decoder_info
 
-from .fingerprint import load_average
-from .results import ResultStore, store_path
-from .schema import Cell, canonical_json, make_record
-from .suite import Suite, parse_views
+from ..fingerprint import load_average
+from ..results import ResultStore, store_path
+from ..schema import Cell, canonical_json, make_record
+from ..suite import Suite, parse_views
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -117,7 +117,7 @@ _FP_CACHE: dict[tuple, dict[str, Any]] = {}
 def hardware_fingerprint(device: str = "cpu", dtype: str = "float32", threads: int | None = None,
                          attn_backend: str | None = None) -> dict[str, Any]:
     """``harness.fingerprint.fingerprint`` (cached per process: git and /proc are read once)."""
-    from .fingerprint import fingerprint
+    from ..fingerprint import fingerprint
 
     threads = threads or torch.get_num_threads()
     key = (device, dtype, threads)
@@ -397,8 +397,8 @@ def ensure_pretrained(pretrain: dict[str, Any], cache_dir: Path, device: str = "
             return path
         from tokenbench.datasets import get_dataset
 
-        from .model import build_model
-        from .train import TrainRecipe, train
+        from ..model import build_model
+        from ..train import TrainRecipe, train
 
         if log:
             log(f"training {pretrain['model']} ({pretrain['num_frames']}×{pretrain['img_size']}²) on "
@@ -425,7 +425,7 @@ def model_key(cell: Cell, num_classes: int, length_embedding: bool) -> str:
 
 def checkpoint_classes(path: str) -> int | None:
     """Rows of the head in a checkpoint file (its number of classes), None when it has no head."""
-    from .model import _read_state_dict, normalise_keys
+    from ..model import _read_state_dict, normalise_keys
 
     try:
         state = normalise_keys(_read_state_dict(Path(path)))
@@ -438,7 +438,7 @@ def checkpoint_classes(path: str) -> int | None:
 def load_model(cell: Cell, cache: RunCache, num_classes: int, length_embedding: bool = False,
                log: Callable[[str], None] | None = None) -> torch.nn.Module:
     """The cell's model in eval mode on its device and dtype (cached per process)."""
-    from .model import build_model, load_checkpoint
+    from ..model import build_model, load_checkpoint
 
     key = model_key(cell, num_classes, length_embedding)
     if key in cache.models:
@@ -524,8 +524,8 @@ def forward_all(model, reducer, clips: ClipSet, cell: Cell,
     and layer, GFLOPs per clip (the analytic backbone count from the clip's token counts, plus the
     reducer's hook cost per clip measured by fvcore: ``overhead_per_clip``), the attention backend that
     ran."""
-    from .flops import gflops_from_stats
-    from .metrics import MultiViewAccuracy, TokenCounts
+    from ..flops import gflops_from_stats
+    from ..metrics import MultiViewAccuracy, TokenCounts
 
     device, dtype = cell.device, DTYPES[cell.dtype]
     bs = max(1, int(cell.batch_size))
@@ -578,8 +578,8 @@ def _baseline_top1(model, clips: ClipSet, cell: Cell, cache: RunCache, mkey: str
 
 
 def inference_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tuple[dict, dict]:
-    from .flops import verify_analytic
-    from .timing import time_forward
+    from ..flops import verify_analytic
+    from ..timing import time_forward
 
     clips = load_clipset(cell, cache, progress)
     reducer = build_reducer(cell)
@@ -641,8 +641,8 @@ def train_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tuple[di
     clips like an inference cell (the reducer at evaluation: ``harness.train.inference_reducer``)."""
     from tokenbench.datasets import get_dataset
 
-    from .model import build_model, load_checkpoint
-    from .train import TrainRecipe, inference_reducer, train
+    from ..model import build_model, load_checkpoint
+    from ..train import TrainRecipe, inference_reducer, train
 
     settings = dict(cell.train or {})
     device, dtype = cell.device, DTYPES[cell.dtype]

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .schema import Cell, make_record
+from ..schema import Cell, make_record
 
 LAUNCHERS = ("inprocess", "local", "slurm")
 MAX_ARRAY_SIZE = 1000  # Slurm's default MaxArraySize is 1001 (indices 0…1000)
@@ -119,7 +119,7 @@ def run_job(cell: Cell, suite: str, out: str, command: str = "", launcher: str =
             retry_failed: bool = False) -> dict[str, Any]:
     """One cell in a job: skip it when this machine's store already has it, else measure it and append its
     record. Returns a short summary (the record itself is in the store)."""
-    from .results import ResultStore, store_path
+    from ..results import ResultStore, store_path
     from .runner import run_cell
     def log(msg: str) -> None:
         print(msg, flush=True)
@@ -163,7 +163,7 @@ def prepare_job(pretrains: list[dict[str, Any]], device: str, threads: int = 0) 
 def requested_device(suite: str, overrides: list[str] | tuple[str, ...] = ()) -> str:
     """``defaults.device`` as the suite file (or a ``--set``) gives it, before ``auto`` is resolved on this
     machine — a login node without a GPU resolves ``auto`` to cpu, its compute nodes would not."""
-    from .suite import suite_source
+    from ..suite import suite_source
 
     text, _, _ = suite_source(suite)
     value = str(tomllib.loads(text).get("defaults", {}).get("device", "auto"))
@@ -175,7 +175,7 @@ def requested_device(suite: str, overrides: list[str] | tuple[str, ...] = ()) ->
 
 
 def _latest(path: Path) -> dict[str, dict[str, Any]]:
-    from .results import iter_records
+    from ..results import iter_records
 
     out: dict[str, dict[str, Any]] = {}
     for rec in iter_records(path):
@@ -188,7 +188,7 @@ def recorded_keys(out: str | Path, suite: str, fingerprint_id: str | None = None
                   include_failed: bool = True) -> set[str]:
     """Keys recorded for ``suite`` under ``out``: in the store of ``fingerprint_id`` when given, else in
     every store of the suite whose records ran on ``device_type`` (cpu, cuda). Read only."""
-    from .results import RECORDS_FILE, safe_component, store_path
+    from ..results import RECORDS_FILE, safe_component, store_path
 
     if fingerprint_id is not None:
         files = [store_path(out, suite, fingerprint_id)]
@@ -260,7 +260,7 @@ def local_parallelism(device: str, requested: int | None, gpus: list[str]) -> tu
 # executors
 # ----------------------------------------------------------------------------------------------
 def default_folder(out: str | Path, suite: str) -> Path:
-    from .results import safe_component
+    from ..results import safe_component
 
     return Path(out) / "_submitit" / safe_component(suite)
 
@@ -272,7 +272,7 @@ def slurm_executor(folder: str | Path, opts: LaunchOptions, job_name: str):
     try:
         ex = submitit.SlurmExecutor(folder=str(Path(folder) / "%j"))
     except RuntimeError as exc:
-        from .errors import UserError
+        from ..errors import UserError
 
         raise UserError(f"--launcher slurm: {exc} (run it on a Slurm login node)") from None
     gpus = 1 if opts.gpus_per_job is None else int(opts.gpus_per_job)
@@ -319,13 +319,13 @@ def launch(suite, out: str | Path, opts: LaunchOptions, *, cells: list[Cell] | N
     if opts.gpus_per_job is None:
         opts = replace(opts, gpus_per_job=1 if cuda else 0)
     if cuda and opts.gpus_per_job < 1:
-        from .errors import UserError
+        from ..errors import UserError
 
         raise UserError(f"the cells run on {device}: each job needs a GPU (--gpus-per-job ≥ 1)")
     if opts.launcher == "local":
         fp = _fingerprint_for(device, suite.defaults.get("dtype", "float32"), suite.defaults.get("threads", 0))
         done = recorded_keys(out, suite.name, fingerprint_id=fp["id"], include_failed=not opts.retry_failed)
-        from .results import store_path
+        from ..results import store_path
 
         summary.store = store_path(out, suite.name, fp["id"])
     else:
@@ -388,7 +388,7 @@ def _launch_local(pending, pretrains, suite, out: Path, folder: Path, opts: Laun
     if opts.gpus_per_job not in (None, want_gpus):
         log(f"--gpus-per-job {opts.gpus_per_job} ignored by the local launcher: {want_gpus} GPU per job")
     if want_gpus and not gpus:
-        from .errors import UserError
+        from ..errors import UserError
 
         raise UserError(f"the cells run on {device} but no GPU is visible here (CUDA_VISIBLE_DEVICES, torch.cuda)")
     if pretrains:
@@ -477,7 +477,7 @@ def job_error(exc: BaseException) -> str:
 
 def _record_lost(cell: Cell, suite: str, out: Path, error: str, log_path: Path) -> None:
     """A failed record for a cell whose job died before appending one (local launcher: same machine)."""
-    from .results import ResultStore, store_path
+    from ..results import ResultStore, store_path
     from .runner import utc_now
 
     fp = _fingerprint_for(cell.device, cell.dtype, cell.threads)
