@@ -12,3 +12,7 @@ class UserError(Exception):
 
 class SuiteError(UserError):
     """A suite file that cannot run; the message names the file and line (or the --set) at fault."""
+
+
+class CellError(RuntimeError):
+    """A cell that cannot be measured (the message says why); recorded as failed."""

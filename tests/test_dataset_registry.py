@@ -7,7 +7,7 @@ import torch
 from tokenbench.datasets import available_datasets, dataset_format, get_dataset, register_dataset
 from tokenbench.datasets.base import ClipDataset
 from tokenbench.harness.results import load
-from tokenbench.harness.run.runner import RunCache, run_suite
+from tokenbench.harness.run import RunCache, run_suite
 from tokenbench.harness.suite import SuiteError, parse_suite
 
 

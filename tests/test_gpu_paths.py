@@ -22,7 +22,7 @@ from tokenbench.harness.attention import (
     padded_reference,
 )
 from tokenbench.harness.model import build_model
-from tokenbench.harness.run.runner import RunCache, autocast_for, run_cell
+from tokenbench.harness.run import RunCache, autocast_for, run_cell
 from tokenbench.harness.suite import load_suite
 from tokenbench.harness.timing import _timer
 from tokenbench.reducers.base import Selection

@@ -18,6 +18,7 @@ import submitit
 
 from tokenbench.harness.cli import main
 from tokenbench.harness.results import ResultStore, load, store_path
+from tokenbench.harness.run import pretrained_path
 from tokenbench.harness.run.launch import (
     LaunchOptions,
     launch,
@@ -27,7 +28,6 @@ from tokenbench.harness.run.launch import (
     run_job,
     slurm_executor,
 )
-from tokenbench.harness.run.runner import pretrained_path
 from tokenbench.harness.suite import load_suite
 
 TWO = """\

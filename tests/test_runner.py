@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tokenbench.harness.results import ResultStore, TornLineWarning, load
-from tokenbench.harness.run.runner import RunCache, pretrained_path, run_cell, run_suite
+from tokenbench.harness.run import RunCache, pretrained_path, run_cell, run_suite
 from tokenbench.harness.schema import CELL_FIELDS
 from tokenbench.harness.suite import load_suite
 

@@ -11,8 +11,9 @@ from typing import Any
 from ..errors import UserError
 from ..report import headline_table, write_report
 from ..results import load, safe_component
-from ..run.launch import DEFAULT_TIMEOUT_MIN, LAUNCHERS, LaunchOptions, launch, requested_device
-from ..run.runner import run_suite
+from ..run import run_suite
+from ..run.executors import DEFAULT_TIMEOUT_MIN, LaunchOptions
+from ..run.launch import LAUNCHERS, launch, requested_device
 from ..suite import describe, load_suite
 
 DESCRIPTION = """\

@@ -1,2 +1,27 @@
-"""Running cells: a cell's clips and model → measurement → record, dispatched in-process, as local
-processes or as Slurm jobs (DESIGN.md §5–7)."""
+"""Running a suite's cells (DESIGN.md §5–7), one step a module:
+
+* ``plan``      — the one dispatch plan every launcher follows: the cells not recorded yet, and the
+                  self-trained models to train first;
+* ``clips``     — a cell's clips, decoded once per process (each decode timed), in memory or streamed;
+* ``models``    — its model (a checkpoint, or self-trained once and cached on disk under a file lock) and
+                  reducer (calibrated on the cell's clips when it says so), and the per-process cache;
+* ``measure``   — accuracy, tokens, GFLOPs (fvcore-checked) and wall-clock of an inference cell, or
+                  training then evaluation of a train cell;
+* ``cell``      — one cell, one record (:func:`run_cell`; a failing cell is a failed record, never a crash);
+* ``inprocess`` — ``--launcher inprocess``: every cell in this process (:func:`run_suite`);
+* ``launch``    — ``--launcher local|slurm``: one submitit job per cell (:func:`launch`), with
+* ``executors`` — the submitit executors alone.
+
+Self-trained weights are cached in ``$TOKENBENCH_CACHE`` (default ``~/.cache/tokenbench``)/models.
+"""
+from .cell import run_cell
+from .clips import ClipSet, load_clipset
+from .common import DTYPES, cache_root, hardware_fingerprint, torch_threads, utc_now
+from .inprocess import RunSummary, run_suite
+from .measure import autocast_for
+from .models import RunCache, ensure_pretrained, pretrained_path
+from .plan import Plan, make_plan, pending_pretrains
+
+__all__ = ["run_cell", "ClipSet", "load_clipset", "DTYPES", "cache_root", "hardware_fingerprint", "torch_threads",
+           "utc_now", "RunSummary", "run_suite", "autocast_for", "RunCache", "ensure_pretrained", "pretrained_path",
+           "Plan", "make_plan", "pending_pretrains"]

@@ -44,8 +44,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shlex
-import socket
 import sys
 import time
 import tomllib
@@ -54,27 +52,28 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from ..errors import UserError
+from ..results import RECORDS_FILE, ResultStore, iter_records, safe_component, store_path
 from ..schema import Cell, make_record
+from ..suite import suite_source
+from .cell import run_cell
+from .common import cache_root, hardware_fingerprint, torch_threads, utc_now
+from .executors import (
+    LaunchOptions,
+    default_folder,
+    job_error,
+    job_info,
+    local_executor,
+    pin_gpu,
+    slurm_executor,
+)
+from .models import RunCache, ensure_pretrained
+from .plan import make_plan, pending_pretrains
 
 LAUNCHERS = ("inprocess", "local", "slurm")
 MAX_ARRAY_SIZE = 1000  # Slurm's default MaxArraySize is 1001 (indices 0…1000)
-DEFAULT_TIMEOUT_MIN = 240
-
-
-@dataclass
-class LaunchOptions:
-    launcher: str = "local"
-    folder: Path | None = None  # submitit's logs and pickles; default <out>/_submitit/<suite>
-    partition: str | None = None
-    gpus_per_job: int | None = None  # default: 1 on slurm; local: 1 for CUDA cells, else 0
-    array_parallelism: int | None = None  # default: slurm 256 (submitit's), local 1
-    timeout_min: int = DEFAULT_TIMEOUT_MIN
-    cpus_per_job: int | None = None
-    mem_gb: float | None = None
-    slurm_params: dict[str, Any] = field(default_factory=dict)  # more sbatch settings: account, qos, …
-    wait: bool = False  # slurm: block until the array ends
-    retry_failed: bool = False
-    poll_s: float = 1.0
 
 
 @dataclass
@@ -98,19 +97,8 @@ class LaunchSummary:
 # ----------------------------------------------------------------------------------------------
 # what runs inside a job
 # ----------------------------------------------------------------------------------------------
-def _job_info(launcher: str) -> dict[str, Any]:
-    info: dict[str, Any] = {"name": launcher, "hostname": socket.gethostname()}
-    with contextlib.suppress(Exception):
-        import submitit
-
-        info["job_id"] = submitit.JobEnvironment().job_id
-    return info
-
-
 def _fingerprint_for(device: str, dtype: str, threads: int) -> dict[str, Any]:
     """The fingerprint :func:`runner.run_cell` will record for a cell on this machine."""
-    from .runner import hardware_fingerprint, torch_threads
-
     with torch_threads(int(threads or 0)) as in_force:
         return hardware_fingerprint(device, dtype, in_force)
 
@@ -119,8 +107,6 @@ def run_job(cell: Cell, suite: str, out: str, command: str = "", launcher: str =
             retry_failed: bool = False) -> dict[str, Any]:
     """One cell in a job: skip it when this machine's store already has it, else measure it and append its
     record. Returns a short summary (the record itself is in the store)."""
-    from ..results import ResultStore, store_path
-    from .runner import run_cell
     def log(msg: str) -> None:
         print(msg, flush=True)
 
@@ -132,7 +118,7 @@ def run_job(cell: Cell, suite: str, out: str, command: str = "", launcher: str =
         return {"key": cell.key, "status": "skipped", "error": None, "store": str(store.path)}
     log(f"{label}: {cell.mode} {cell.model}/{cell.dataset} b{cell.batch_size} → {store.path}")
     rec = run_cell(cell, suite=suite, command=command, log=log, progress=None)
-    rec["launcher"] = _job_info(launcher)
+    rec["launcher"] = job_info(launcher)
     if rec["fingerprint"]["id"] != fp["id"]:
         store = ResultStore(store_path(out, suite, rec["fingerprint"]["id"]))
     try:
@@ -147,8 +133,6 @@ def run_job(cell: Cell, suite: str, out: str, command: str = "", launcher: str =
 
 def prepare_job(pretrains: list[dict[str, Any]], device: str, threads: int = 0) -> list[str]:
     """Train (once, cached under a file lock) every self-trained model the cells need."""
-    from .runner import RunCache, ensure_pretrained, torch_threads
-
     cache = RunCache()
     out = []
     with torch_threads(threads):
@@ -163,8 +147,6 @@ def prepare_job(pretrains: list[dict[str, Any]], device: str, threads: int = 0) 
 def requested_device(suite: str, overrides: list[str] | tuple[str, ...] = ()) -> str:
     """``defaults.device`` as the suite file (or a ``--set``) gives it, before ``auto`` is resolved on this
     machine — a login node without a GPU resolves ``auto`` to cpu, its compute nodes would not."""
-    from ..suite import suite_source
-
     text, _, _ = suite_source(suite)
     value = str(tomllib.loads(text).get("defaults", {}).get("device", "auto"))
     for item in overrides:
@@ -175,8 +157,6 @@ def requested_device(suite: str, overrides: list[str] | tuple[str, ...] = ()) ->
 
 
 def _latest(path: Path) -> dict[str, dict[str, Any]]:
-    from ..results import iter_records
-
     out: dict[str, dict[str, Any]] = {}
     for rec in iter_records(path):
         if "key" in rec:
@@ -188,8 +168,6 @@ def recorded_keys(out: str | Path, suite: str, fingerprint_id: str | None = None
                   include_failed: bool = True) -> set[str]:
     """Keys recorded for ``suite`` under ``out``: in the store of ``fingerprint_id`` when given, else in
     every store of the suite whose records ran on ``device_type`` (cpu, cuda). Read only."""
-    from ..results import RECORDS_FILE, safe_component, store_path
-
     if fingerprint_id is not None:
         files = [store_path(out, suite, fingerprint_id)]
     else:
@@ -205,20 +183,6 @@ def recorded_keys(out: str | Path, suite: str, fingerprint_id: str | None = None
     return done
 
 
-def pending_pretrains(cells: list[Cell]) -> list[dict[str, Any]]:
-    """The distinct self-trained models ``cells`` need whose checkpoint is not cached yet."""
-    from .runner import cache_root, pretrained_path
-
-    seen, out = set(), []
-    for c in cells:
-        pre = c.pretrain
-        if pre and c.checkpoint.startswith("trained:") and c.checkpoint not in seen:
-            seen.add(c.checkpoint)
-            if not pretrained_path(pre, cache_root()).is_file():
-                out.append(pre)
-    return out
-
-
 def visible_gpus() -> list[str]:
     """The GPUs this process may hand to local jobs, as ``CUDA_VISIBLE_DEVICES`` names them (indices or
     UUIDs): that variable's entries when set, else every device torch sees."""
@@ -226,21 +190,9 @@ def visible_gpus() -> list[str]:
     if env is not None:
         return [x.strip() for x in env.split(",") if x.strip()]
     try:
-        import torch
-
         return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     except Exception:
         return []
-
-
-def pin_gpu(ex, gpu: str | None) -> None:
-    """The next local job sees only ``gpu`` (None: no GPU at all)."""
-    if gpu is None:
-        ex.update_parameters(gpus_per_node=0, visible_gpus=(), setup=[])
-    elif gpu.isdigit():  # submitit's own mechanism: CUDA_VISIBLE_DEVICES=<gpu> for the job
-        ex.update_parameters(gpus_per_node=1, visible_gpus=(int(gpu),), setup=[])
-    else:  # a GPU UUID / MIG name: exported before the job starts
-        ex.update_parameters(gpus_per_node=0, visible_gpus=(), setup=[f"export CUDA_VISIBLE_DEVICES={shlex.quote(gpu)}"])
 
 
 def local_parallelism(device: str, requested: int | None, gpus: list[str]) -> tuple[int, str]:
@@ -259,47 +211,6 @@ def local_parallelism(device: str, requested: int | None, gpus: list[str]) -> tu
 # ----------------------------------------------------------------------------------------------
 # executors
 # ----------------------------------------------------------------------------------------------
-def default_folder(out: str | Path, suite: str) -> Path:
-    from ..results import safe_component
-
-    return Path(out) / "_submitit" / safe_component(suite)
-
-
-def slurm_executor(folder: str | Path, opts: LaunchOptions, job_name: str):
-    """submitit's ``SlurmExecutor`` set up for tokenbench cells (needs ``srun`` on PATH)."""
-    import submitit
-
-    try:
-        ex = submitit.SlurmExecutor(folder=str(Path(folder) / "%j"))
-    except RuntimeError as exc:
-        from ..errors import UserError
-
-        raise UserError(f"--launcher slurm: {exc} (run it on a Slurm login node)") from None
-    gpus = 1 if opts.gpus_per_job is None else int(opts.gpus_per_job)
-    params: dict[str, Any] = {"job_name": job_name, "time": int(opts.timeout_min), "ntasks_per_node": 1, "nodes": 1}
-    if gpus:
-        params["gpus_per_node"] = gpus
-    if opts.partition:
-        params["partition"] = opts.partition
-    if opts.array_parallelism:
-        params["array_parallelism"] = int(opts.array_parallelism)
-    if opts.cpus_per_job:
-        params["cpus_per_task"] = int(opts.cpus_per_job)
-    if opts.mem_gb:
-        params["mem"] = f"{int(round(opts.mem_gb * 1024))}MB"
-    params.update(opts.slurm_params)
-    ex.update_parameters(**params)
-    return ex
-
-
-def local_executor(folder: str | Path, opts: LaunchOptions):
-    import submitit
-
-    ex = submitit.LocalExecutor(folder=str(Path(folder) / "%j"))
-    ex.update_parameters(timeout_min=int(opts.timeout_min))
-    return ex
-
-
 # ----------------------------------------------------------------------------------------------
 # launching
 # ----------------------------------------------------------------------------------------------
@@ -319,25 +230,21 @@ def launch(suite, out: str | Path, opts: LaunchOptions, *, cells: list[Cell] | N
     if opts.gpus_per_job is None:
         opts = replace(opts, gpus_per_job=1 if cuda else 0)
     if cuda and opts.gpus_per_job < 1:
-        from ..errors import UserError
-
         raise UserError(f"the cells run on {device}: each job needs a GPU (--gpus-per-job ≥ 1)")
     if opts.launcher == "local":
         fp = _fingerprint_for(device, suite.defaults.get("dtype", "float32"), suite.defaults.get("threads", 0))
         done = recorded_keys(out, suite.name, fingerprint_id=fp["id"], include_failed=not opts.retry_failed)
-        from ..results import store_path
-
         summary.store = store_path(out, suite.name, fp["id"])
     else:
         done = recorded_keys(out, suite.name, device_type=device.split(":")[0], include_failed=not opts.retry_failed)
-    pending = [c for c in cells if c.key not in done]
-    summary.skipped = len(cells) - len(pending)
+    plan = make_plan(cells, done, cache_root())
+    pending, pretrains = plan.pending, plan.prepare
+    summary.skipped = plan.skipped
     if not pending:
         log(f"{suite.name}: all {len(cells)} cells are recorded under {out / suite.name}; nothing to submit")
         return summary
     log(f"{suite.name}: {len(pending)} of {len(cells)} cells to run ({summary.skipped} recorded) through "
         f"{opts.launcher}; job logs in {folder}")
-    pretrains = pending_pretrains(pending)
     if opts.launcher == "local":
         _launch_local(pending, pretrains, suite, out, folder, opts, command, summary, log)
     else:
@@ -388,8 +295,6 @@ def _launch_local(pending, pretrains, suite, out: Path, folder: Path, opts: Laun
     if opts.gpus_per_job not in (None, want_gpus):
         log(f"--gpus-per-job {opts.gpus_per_job} ignored by the local launcher: {want_gpus} GPU per job")
     if want_gpus and not gpus:
-        from ..errors import UserError
-
         raise UserError(f"the cells run on {device} but no GPU is visible here (CUDA_VISIBLE_DEVICES, torch.cuda)")
     if pretrains:
         pin_gpu(ex, gpus[0] if want_gpus else None)
@@ -401,11 +306,11 @@ def _launch_local(pending, pretrains, suite, out: Path, folder: Path, opts: Laun
         except Exception as exc:  # its cells are recorded as failed with the error, not retrained one by one
             why = f"training the suite's model failed in prepare job {job.job_id}: {job_error(exc)}"
             log(why)
-            for cell in [c for c in pending if pending_pretrains([c])]:
+            for cell in [c for c in pending if pending_pretrains([c], cache_root())]:
                 _record_lost(cell, suite.name, out, why, job.paths.stderr)
                 summary.failed += 1
                 summary.failures.append(f"{cell.label}: {why}")
-            pending = [c for c in pending if not pending_pretrains([c])]
+            pending = [c for c in pending if not pending_pretrains([c], cache_root())]
     free = list(gpus[:width]) if want_gpus else [None] * width
     running: list[tuple[Any, dict[str, Any], Any]] = []  # (job, cell, gpu slot)
     queue = list(pending)
@@ -465,21 +370,8 @@ def _collect(cell, job, summary: LaunchSummary, log, counter: str | None, out: P
         f" ({res.get('duration_s', 0):.1f} s, job {job.job_id})")
 
 
-def job_error(exc: BaseException) -> str:
-    """The error a submitit job died of: the last line of the job's own traceback when submitit's message
-    carries one (between its ``-----`` rules), else the message's last line."""
-    lines = [ln.strip() for ln in str(exc).strip().splitlines()]
-    rules = [i for i, ln in enumerate(lines) if ln and set(ln) == {"-"}]
-    body = lines[rules[0] + 1:rules[1]] if len(rules) >= 2 else lines
-    body = [ln for ln in body if ln]
-    return body[-1] if body else type(exc).__name__
-
-
 def _record_lost(cell: Cell, suite: str, out: Path, error: str, log_path: Path) -> None:
     """A failed record for a cell whose job died before appending one (local launcher: same machine)."""
-    from ..results import ResultStore, store_path
-    from .runner import utc_now
-
     fp = _fingerprint_for(cell.device, cell.dtype, cell.threads)
     now = utc_now()
     rec = make_record(cell, suite=suite, fingerprint=fp, error=error, started=now, finished=now, duration_s=0.0,

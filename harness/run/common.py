@@ -1,0 +1,72 @@
+"""What every step of a run shares: config hashes, the cache folder, thread pinning, the hardware
+fingerprint, and one-line error descriptions."""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tokenbench.datasets import VideoDecodeError
+
+from ..fingerprint import fingerprint
+from ..schema import canonical_json
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:16]
+
+
+def cache_root() -> Path:
+    """``$TOKENBENCH_CACHE`` or ``~/.cache/tokenbench``."""
+    root = os.environ.get("TOKENBENCH_CACHE")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "tokenbench"
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[int]:
+    """``torch.set_num_threads(threads)`` for the block when ``threads`` > 0; yields the count in force."""
+    before = torch.get_num_threads()
+    if threads and threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+_FP_CACHE: dict[tuple, dict[str, Any]] = {}
+
+
+def hardware_fingerprint(device: str = "cpu", dtype: str = "float32", threads: int | None = None,
+                         attn_backend: str | None = None) -> dict[str, Any]:
+    """``harness.fingerprint.fingerprint`` (cached per process: git and /proc are read once)."""
+    threads = threads or torch.get_num_threads()
+    key = (device, dtype, threads)
+    if key not in _FP_CACHE:
+        _FP_CACHE[key] = fingerprint(device, dtype, threads)
+    fp = dict(_FP_CACHE[key])
+    fp["attn_backend"] = attn_backend
+    return fp
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line naming what failed; for a video, the file (and manifest line)."""
+    if isinstance(exc, VideoDecodeError):
+        return str(exc)
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    if (oom is not None and isinstance(exc, oom)) or isinstance(exc, MemoryError):
+        return f"out of memory: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,103 @@
+"""``--launcher inprocess``: every pending cell in this process, one after another, under a progress bar."""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from ..results import ResultStore, store_path
+from ..schema import Cell
+from ..suite import Suite
+from .cell import run_cell
+from .clips import data_key
+from .common import describe_error, torch_threads
+from .models import RunCache
+from .plan import local_store, make_plan
+
+
+@dataclass
+class RunSummary:
+    suite: str
+    store: Path
+    total: int
+    skipped: int = 0
+    ran: int = 0
+    failed: int = 0
+    failures: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+
+def run_suite(suite: Suite, out: str | Path = "results", *, command: str = "", retry_failed: bool = False,
+              cells: list[Cell] | None = None, show_progress: bool = True,
+              cache: RunCache | None = None, stream=None) -> RunSummary:
+    """Run every unrecorded cell of ``suite``, appending each record to the suite's store as it finishes."""
+    stream = stream if stream is not None else sys.stderr
+    t_start = time.perf_counter()
+    cells = suite.cells() if cells is None else cells
+    fp_id, store = local_store(out, suite)
+    cache = cache or RunCache()
+    plan = make_plan(cells, store.done_keys(include_failed=not retry_failed), cache.cache_dir)
+    pending = plan.pending
+    summary = RunSummary(suite.name, store.path, len(cells), skipped=plan.skipped)
+
+    def log(msg: str) -> None:
+        tqdm.write(msg, file=stream)
+
+    if not pending:
+        log(f"{suite.name}: all {len(cells)} cells are recorded in {store.path}; nothing to run")
+        return summary
+    log(f"{suite.name}: {len(pending)} of {len(cells)} cells to run ({summary.skipped} recorded) → {store.path}")
+    prepare(plan.prepare, cache, suite.defaults.get("device", "cpu"), int(suite.defaults.get("threads") or 0), log)
+    interactive = bool(getattr(stream, "isatty", lambda: False)())
+    bar = tqdm(total=len(cells), initial=summary.skipped, unit="cell", file=stream, dynamic_ncols=True,
+               mininterval=0.5 if interactive else 30.0,
+               disable=not show_progress, bar_format="{desc} |{bar}| {n_fmt}/{total_fmt} cells "
+                                                     "[{elapsed}<{remaining}]{postfix}")
+    data_in_use = None
+    try:
+        for i, cell in enumerate(pending, summary.skipped + 1):
+            label = cell.label
+            where = cell.where
+            bar.set_description_str(f"cell {i}/{len(cells)} {cell.mode} {where} b{cell.batch_size} {label}")
+            bar.set_postfix_str("", refresh=True)
+            dk = data_key(cell)
+            if data_in_use is not None and dk != data_in_use:
+                cache.drop_clips_except(dk)  # keep memory to one dataset's clips at a time
+            data_in_use = dk
+
+            def progress(msg: str) -> None:
+                bar.set_postfix_str(msg, refresh=interactive)
+
+            rec = run_cell(cell, suite=suite.name, command=command, cache=cache, progress=progress, log=log)
+            target = store if rec["fingerprint"]["id"] == fp_id else ResultStore(
+                store_path(out, suite.name, rec["fingerprint"]["id"]))
+            target.append(rec)
+            summary.ran += 1
+            if rec["status"] != "ok":
+                summary.failed += 1
+                summary.failures.append(f"{label} ({where}, {cell.mode}): {rec['error']}")
+                log(f"cell {i}/{len(cells)} {label} FAILED: {rec['error']}")
+            bar.update(1)
+    finally:
+        bar.close()
+    summary.wall_s = time.perf_counter() - t_start
+    return summary
+
+
+def prepare(pretrains: list[dict[str, Any]], cache: RunCache, device: str, threads: int, log) -> None:
+    """Train the self-trained models first, once each (cached on disk); a model that fails to train fails
+    its cells one by one with this error, the run goes on."""
+    for pre in pretrains:
+        t0 = time.perf_counter()
+        try:
+            with torch_threads(threads):
+                path = cache.pretrained(pre, device, log)
+            log(f"trained {pre['model']} in {time.perf_counter() - t0:.0f} s → {path}")
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            log(f"training {pre['model']} failed: {describe_error(exc)}")

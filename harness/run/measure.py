@@ -1,0 +1,205 @@
+"""What a cell measures. An **inference** cell, on the cell's clips (``max_clips`` videos × ``views``):
+
+* accuracy (labelled data): top-1 / top-5, softmax averaged over a video's views, and the same model
+  without reducer on the same clips (``top1_baseline``; once per model and data);
+* tokens: per clip entering the first block, and per layer (mean over clips);
+* GFLOPs: for every clip, the analytic backbone count from its token counts plus the reducer's own hook
+  cost per clip; both checked against an fvcore trace (attention handles included) of
+  ``flops_check_clips`` clips first (``harness.flops.verify_analytic``);
+* wall-clock (``harness.timing.time_forward``): ``time_clips`` clips decoded beforehand and resident on
+  the device, the baseline timed interleaved with the reducer, selection inside the timed region and
+  also timed alone; decode time per clip measured apart when the clips were loaded.
+
+A **train** cell trains the cell's model with the reducer (``harness.train``), times it, and evaluates
+the result the same way, with the reducer's ``for_eval()`` (or none with ``train.eval_reducer = "none"``).
+"""
+from __future__ import annotations
+
+import contextlib
+import statistics
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from tokenbench.datasets import get_dataset
+
+from ..errors import CellError
+from ..flops import gflops_from_stats, verify_analytic
+from ..metrics import MultiViewAccuracy, TokenCounts
+from ..model import build_model, load_checkpoint
+from ..schema import Cell
+from ..timing import time_forward
+from ..train import TrainRecipe, inference_reducer, train
+from .clips import ClipSet, data_key, limited, load_clipset, normalised
+from .common import DTYPES
+from .models import RunCache, base_model, build_reducer, calibrate, load_model, model_classes, model_key
+
+
+def autocast_for(cell: Cell) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` in the cell's ``autocast`` dtype on its device type (a no-op without one)."""
+    amp = cell.amp
+    if amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(cell.device).type, dtype=DTYPES[amp])
+
+
+MAX_TOKENS_PER_CLIP_RECORDED = 20000  # beyond this many clips a record keeps the first ones only
+
+
+class NonFiniteError(CellError):
+    """The model produced NaN or infinite logits."""
+
+
+def forward_all(model, reducer, clips: ClipSet, cell: Cell,
+                progress: Callable[[str], None] | None = None, what: str = "eval",
+                overhead_per_clip: float = 0.0) -> dict[str, Any]:
+    """Every clip through the model in batches of the cell's size: accuracy (multi-view), tokens per clip
+    and layer, GFLOPs per clip (the analytic backbone count from the clip's token counts, plus the
+    reducer's hook cost per clip measured by fvcore: ``overhead_per_clip``), the attention backend that
+    ran."""
+    device, dtype = cell.device, DTYPES[cell.dtype]
+    bs = max(1, int(cell.batch_size))
+    net = base_model(model)
+    acc = MultiViewAccuracy(protocol=cell.views) if clips.labelled else None
+    tokens = TokenCounts(tokens_total=net.num_tokens)
+    gflops, gflops_attn, backends = [], [], set()
+    n, done = len(clips), 0
+    with torch.inference_mode():
+        for batch, labels, vids, paths in clips.batches(bs):
+            x = normalised(batch, device, dtype)
+            out = model(x, reducer=reducer)
+            finite = torch.isfinite(out).all(dim=1)
+            if not bool(finite.all()):
+                bad = [paths[i] for i in range(out.shape[0]) if not bool(finite[i])]
+                raise NonFiniteError(f"non-finite logits for {len(bad)} clip(s) of this batch, first {bad[0]}")
+            stats = net.last_stats
+            if acc is not None:
+                acc.add(out, labels, vids)
+            tokens.add(stats)
+            fl = gflops_from_stats(net, stats)
+            gflops.extend(g + overhead_per_clip for g in fl.per_clip)
+            gflops_attn.extend(fl.attention_per_clip)
+            backends.add(stats.backend)
+            done += len(labels)
+            if progress:
+                progress(f"{what} {done}/{n} clips")
+    metrics = tokens.summary()
+    metrics["tokens_per_clip"] = metrics["tokens_per_clip"][:MAX_TOKENS_PER_CLIP_RECORDED]
+    metrics.update(gflops=statistics.fmean(gflops), gflops_attention=statistics.fmean(gflops_attn),
+                   num_clips=done)
+    if clips.skipped:
+        metrics["skipped_videos"] = len(clips.skipped)
+        metrics["skipped_errors"] = clips.skipped[:20]
+    if acc is not None:
+        r = acc.result()
+        metrics.update(top1=r["top1"], top5=r["top5"], views=r["views"], num_videos=r["num_clips"])
+    else:
+        metrics["views"] = cell.views
+    return {"metrics": metrics, "backend": "+".join(sorted(backends))}
+
+
+def _baseline_top1(model, clips: ClipSet, cell: Cell, cache: RunCache, mkey: str, progress) -> float:
+    """Top-1 of the same model without reducer on the same clips (once per model and data)."""
+    key = mkey + ":" + data_key(cell) + ":" + str(cell.amp)
+    if key not in cache.baseline:
+        with autocast_for(cell):
+            cache.baseline[key] = forward_all(model, None, clips, cell, progress, what="baseline")["metrics"]
+    return cache.baseline[key]["top1"]
+
+
+def inference_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tuple[dict, dict]:
+    clips = load_clipset(cell, cache, progress)
+    reducer = build_reducer(cell)
+    length_emb = reducer is not None and reducer.length_embedding
+    num_classes = model_classes(cell, clips.num_classes)
+    model = load_model(cell, cache, num_classes, length_emb, log)
+    net = base_model(model)
+    if reducer is not None:
+        reducer.check_geometry(net.grid, net.depth)
+    reducer = calibrate(reducer, cell, clips, cache)
+    device, dtype = cell.device, DTYPES[cell.dtype]
+
+    # FLOPs: an fvcore trace (attention handles included) of a sample checks the analytic count used for
+    # every clip, and measures what the reducer's own hooks cost per clip (ToMe/STA similarity matmuls)
+    metrics: dict[str, Any] = {}
+    overhead = 0.0
+    n_check = min(int(cell.flops_check_clips), int(clips.clips.shape[0]))
+    if n_check:
+        if progress:
+            progress(f"fvcore check on {n_check} clip(s)")
+        sample = normalised(clips.clips[:n_check], device, dtype)
+        rep = verify_analytic(net, sample, reducer.fresh() if reducer is not None else None)
+        overhead = rep.reducer_gflops
+        metrics["gflops_fvcore"] = rep.gflops
+        # what the analytic count (+ the hook cost) gives the same traced clips: agrees with gflops_fvcore
+        metrics["gflops_fvcore_analytic"] = rep.analytic.mean + rep.reducer_gflops
+        metrics["gflops_reducer_overhead"] = rep.reducer_gflops
+    # accuracy, tokens and GFLOPs of every clip
+    with autocast_for(cell):
+        fw = forward_all(model, reducer, clips, cell, progress, overhead_per_clip=overhead)
+    metrics.update(fw["metrics"])
+    if "top1" in metrics:
+        metrics["top1_baseline"] = metrics["top1"] if reducer is None else _baseline_top1(
+            model, clips, cell, cache, model_key(cell, num_classes, length_emb), progress)
+    # wall-clock: clips decoded beforehand and resident on the device; baseline interleaved
+    n_time = min(int(cell.time_clips or 0) or len(clips), int(clips.clips.shape[0]))
+    if progress:
+        progress(f"timing {n_time} clips × {cell.repeats} repeats")
+    resident = normalised(clips.clips[:n_time], device, dtype)
+    with autocast_for(cell):  # the context is entered once; every timed forward runs inside it
+        timing = time_forward(model, resident, reducer.fresh() if reducer is not None else None,
+                              baseline=reducer is not None, warmup=int(cell.warmup),
+                              repeats=int(cell.repeats), batch_size=int(cell.batch_size))
+    metrics.update(timing.as_metrics())
+    metrics["time_clips"] = timing.num_clips
+    if reducer is None:  # the baseline cell is its own reference
+        metrics.update(baseline_time_ms_median=metrics["time_ms_median"], speedup=1.0, speedup_q1=1.0,
+                       speedup_q3=1.0)
+    metrics["decode_ms_per_clip"] = statistics.fmean(clips.decode_ms)
+    if reducer is not None and reducer.params() != (cell.params or {}):
+        metrics["reducer_params_used"] = reducer.params()  # e.g. random's keep calibrated to RLT's budget
+    env = {"attn_backend": timing.backend or fw["backend"], "timer": timing.timer,
+           "decoder": clips.info.get("decoder"), "decoder_version": clips.info.get("decoder_version")}
+    return metrics, env
+
+
+def train_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tuple[dict, dict]:
+    """Train the cell's model with its reducer (``harness.train.train``), then evaluate it on the cell's
+    clips like an inference cell (the reducer at evaluation: ``harness.train.inference_reducer``)."""
+    settings = dict(cell.train or {})
+    device, dtype = cell.device, DTYPES[cell.dtype]
+    clips = load_clipset(cell, cache, progress)  # evaluation clips, and the calibration data
+    reducer = calibrate(build_reducer(cell), cell, clips, cache)
+    train_split = settings.get("split", "train")
+    train_ds = get_dataset(cell.dataset, train_split, num_frames=cell.num_frames, img_size=cell.img_size,
+                           **dict(cell.dataset_options or {}))
+    num_classes = int(cell.num_classes or train_ds.num_classes)
+    if not num_classes:
+        raise CellError(f"dataset {cell.dataset!r} is unlabelled: a train cell needs labels")
+    torch.manual_seed(int(cell.seed))
+    model = build_model(cell.model, num_classes, num_frames=cell.num_frames, img_size=cell.img_size,
+                        length_embedding=reducer is not None and reducer.length_embedding,
+                        attn_backend=cell.attn_backend)
+    if settings.get("init") == "checkpoint":
+        ck = cell.checkpoint
+        if ck.startswith("trained:"):
+            ck = str(cache.pretrained(cell.pretrain, device, log))
+        if ck != "none":
+            load_checkpoint(model, ck, strict=False)
+    if progress:
+        progress(f"training {settings.get('epochs')} epochs")
+    result = train(model, limited(train_ds, settings.get("max_clips")), None, reducer,
+                   TrainRecipe.from_settings(settings, seed=cell.seed), device=device, log=False)
+    model = model.to(device=device, dtype=dtype).eval()
+    eval_red = None if settings.get("eval_reducer") == "none" else inference_reducer(reducer)
+    fw = forward_all(model, eval_red, clips, cell, progress)
+    metrics: dict[str, Any] = dict(fw["metrics"])
+    metrics.update({k: v for k, v in result.metrics().items() if k.startswith("train_")})
+    metrics["train_clips"] = result.clips
+    metrics["eval_reducer"] = "none" if eval_red is None else f"{eval_red.name} {eval_red.params()}"
+    if reducer is not None and reducer.params() != (cell.params or {}):
+        metrics["reducer_params_used"] = reducer.params()
+    env = {"attn_backend": fw["backend"], "decoder": clips.info.get("decoder"),
+           "decoder_version": clips.info.get("decoder_version")}
+    return metrics, env

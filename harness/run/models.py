@@ -1,0 +1,186 @@
+"""A cell's model and reducer: self-trained weights (trained once, cached on disk under a file lock),
+checkpoints, and what the cells of one process share (:class:`RunCache`)."""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tokenbench.datasets import get_dataset
+from tokenbench.reducers import get_reducer
+
+from ..errors import CellError
+from ..model import _read_state_dict, build_model, load_checkpoint, normalise_keys
+from ..schema import Cell
+from ..train import TrainRecipe, train
+from .clips import ClipSet, data_key, limited, normalised
+from .common import DTYPES, _hash, cache_root, describe_error
+
+
+@dataclass
+class RunCache:
+    """What the cells of one process share: decoded clips, models, baseline predictions, calibrations."""
+
+    clips: dict[str, ClipSet] = field(default_factory=dict)
+    models: dict[str, torch.nn.Module] = field(default_factory=dict)
+    baseline: dict[str, dict[str, Any]] = field(default_factory=dict)
+    calibrated: dict[str, Any] = field(default_factory=dict)
+    cache_dir: Path = field(default_factory=cache_root)
+    pretrain_failures: dict[str, str] = field(default_factory=dict)  # a model whose training failed: why
+
+    def pretrained(self, pretrain: dict[str, Any], device: str = "cpu",
+                   log: Callable[[str], None] | None = None) -> Path:
+        """:func:`ensure_pretrained`, remembering a failure so the model's other cells do not retrain it."""
+        key = _hash(pretrain)
+        if key in self.pretrain_failures:
+            raise CellError(f"training the suite's {pretrain['model']} failed earlier in this run: "
+                            f"{self.pretrain_failures[key]}")
+        try:
+            return ensure_pretrained(pretrain, self.cache_dir, device, log)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            self.pretrain_failures[key] = describe_error(exc)
+            raise
+
+    def drop_clips_except(self, keep: str | None) -> None:
+        for k in [k for k in self.clips if k != keep]:
+            del self.clips[k]
+
+
+def pretrained_path(pretrain: dict[str, Any], cache_dir: Path) -> Path:
+    """Where a self-trained model's checkpoint is cached: named by its whole training configuration."""
+    return cache_dir / "models" / f"{pretrain['model']}-{pretrain['num_frames']}x{pretrain['img_size']}-" \
+                                  f"{_hash(pretrain)}.pt"
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def ensure_pretrained(pretrain: dict[str, Any], cache_dir: Path, device: str = "cpu",
+                      log: Callable[[str], None] | None = None) -> Path:
+    """The checkpoint of a self-trained model: trained once per training configuration and cached on disk
+    (a file lock keeps parallel jobs from training it twice)."""
+    path = pretrained_path(pretrain, cache_dir)
+    if path.is_file():
+        return path
+    with file_lock(path.with_suffix(".lock")):
+        if path.is_file():
+            return path
+        if log:
+            log(f"training {pretrain['model']} ({pretrain['num_frames']}×{pretrain['img_size']}²) on "
+                f"{pretrain['dataset']} for {pretrain.get('epochs')} epochs (once; cached as {path})")
+        ds = get_dataset(pretrain["dataset"], pretrain.get("split", "train"), num_frames=pretrain["num_frames"],
+                         img_size=pretrain["img_size"], **(pretrain.get("options") or {}))
+        if not ds.num_classes:
+            raise CellError(f"cannot pretrain on the unlabelled dataset {pretrain['dataset']!r}")
+        torch.manual_seed(int(pretrain.get("seed", 0)))
+        model = build_model(pretrain["model"], ds.num_classes, num_frames=pretrain["num_frames"],
+                            img_size=pretrain["img_size"])
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        train(model, limited(ds, pretrain.get("max_clips")), None, None, TrainRecipe.from_settings(pretrain),
+              device=device, out=tmp, log=log is not None)
+        os.replace(tmp, path)
+    return path
+
+
+def model_key(cell: Cell, num_classes: int, length_embedding: bool) -> str:
+    return _hash({k: getattr(cell, k) for k in ("model", "num_frames", "img_size", "checkpoint", "pretrain", "device",
+                                           "dtype", "attn_backend", "compile")}
+                 | {"num_classes": num_classes, "length_embedding": length_embedding})
+
+
+def checkpoint_classes(path: str) -> int | None:
+    """Rows of the head in a checkpoint file (its number of classes), None when it has no head."""
+    try:
+        state = normalise_keys(_read_state_dict(Path(path)))
+    except Exception:
+        return None
+    w = state.get("head.weight")
+    return int(w.shape[0]) if w is not None else None
+
+
+def load_model(cell: Cell, cache: RunCache, num_classes: int, length_embedding: bool = False,
+               log: Callable[[str], None] | None = None) -> torch.nn.Module:
+    """The cell's model in eval mode on its device and dtype (cached per process)."""
+    key = model_key(cell, num_classes, length_embedding)
+    if key in cache.models:
+        return cache.models[key]
+    torch.manual_seed(int(cell.seed))
+    model = build_model(cell.model, num_classes, num_frames=cell.num_frames, img_size=cell.img_size,
+                        length_embedding=length_embedding, attn_backend=cell.attn_backend)
+    ckpt = cell.checkpoint
+    if ckpt.startswith("trained:"):
+        if not cell.pretrain:
+            raise CellError(f"checkpoint {ckpt} names a self-trained model but the cell has no pretrain settings")
+        path = cache.pretrained(cell.pretrain, cell.device, log)
+        info = load_checkpoint(model, path, strict=False)
+    elif ckpt == "none":
+        info = {"missing": []}
+    else:
+        info = load_checkpoint(model, ckpt, strict=False)
+    missing = [k for k in info.get("missing", []) if k != "length_embed"]
+    if missing:
+        raise CellError(f"checkpoint {ckpt} lacks weights of {cell.model}: {', '.join(missing[:6])}")
+    if length_embedding and "length_embed" in info.get("missing", []):
+        raise CellError(f"the reducer uses a learned length embedding but checkpoint {ckpt} has none "
+                        "(train with it: a train-mode cell, or a checkpoint fine-tuned with RLT's length embedding)")
+    model = model.to(device=cell.device, dtype=DTYPES[cell.dtype]).eval()
+    if cell.compile:
+        model = torch.compile(model)
+    cache.models[key] = model
+    return model
+
+
+def model_classes(cell: Cell, clipset_classes: int) -> int:
+    if cell.num_classes:
+        return int(cell.num_classes)
+    ckpt = cell.checkpoint
+    if ckpt.startswith("trained:") and cell.pretrain:
+        pre = cell.pretrain
+        ds = get_dataset(pre["dataset"], pre.get("split", "train"), num_frames=pre["num_frames"],
+                         img_size=pre["img_size"], **(pre.get("options") or {}))
+        return int(ds.num_classes)
+    if ckpt not in ("none", "") and not ckpt.startswith("trained:"):
+        n = checkpoint_classes(ckpt)
+        if n:
+            return n
+    return clipset_classes or 1000
+
+
+def base_model(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "_orig_mod", model)
+
+
+def build_reducer(cell: Cell):
+    if cell.reducer == "none":
+        return None
+    return get_reducer(cell.reducer, **(cell.params or {}))
+
+
+def calibrate(reducer, cell: Cell, clips: ClipSet, cache: RunCache):
+    """Reducers with ``calibrate(batches)`` (random masking matched to RLT's budget) calibrate on the cell's
+    clips before any measured work; the calibrated reducer is shared by cells on the same data."""
+    if reducer is None or not reducer.calibrates:
+        return reducer
+    key = _hash({"reducer": cell.reducer, "params": cell.params, "data": data_key(cell)})
+    if key in cache.calibrated:
+        return cache.calibrated[key].fresh()
+    bs = max(1, int(cell.batch_size))
+    reducer.calibrate(normalised(b, "cpu", torch.float32) for b, _, _, _ in clips.batches(bs))
+    cache.calibrated[key] = reducer
+    return reducer.fresh()

@@ -1,0 +1,47 @@
+"""The one dispatch plan every launcher follows: which cells are not recorded yet, and which self-trained
+models they need first (trained once, before the cells fan out)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..results import ResultStore, store_path
+from ..schema import Cell
+from .common import hardware_fingerprint, torch_threads
+from .models import pretrained_path
+
+
+@dataclass
+class Plan:
+    cells: list[Cell]                # every cell asked for
+    pending: list[Cell]              # not recorded yet: to run
+    prepare: list[dict[str, Any]]    # pretrain settings of the self-trained models not cached yet
+
+    @property
+    def skipped(self) -> int:
+        return len(self.cells) - len(self.pending)
+
+
+def make_plan(cells: list[Cell], done: set[str], cache_dir: Path) -> Plan:
+    pending = [c for c in cells if c.key not in done]
+    return Plan(cells, pending, pending_pretrains(pending, cache_dir))
+
+
+def pending_pretrains(cells: list[Cell], cache_dir: Path) -> list[dict[str, Any]]:
+    """The distinct self-trained models ``cells`` need whose checkpoint is not cached yet."""
+    seen, out = set(), []
+    for c in cells:
+        if c.pretrain and c.checkpoint.startswith("trained:") and c.checkpoint not in seen:
+            seen.add(c.checkpoint)
+            if not pretrained_path(c.pretrain, cache_dir).is_file():
+                out.append(c.pretrain)
+    return out
+
+
+def local_store(out: str | Path, suite) -> tuple[str, ResultStore]:
+    """(fingerprint id, store) this machine's records of ``suite`` go to, under the suite's defaults."""
+    d = suite.defaults
+    with torch_threads(int(d.get("threads") or 0)) as threads:
+        fp = hardware_fingerprint(d.get("device", "cpu"), d.get("dtype", "float32"), threads)
+    return fp["id"], ResultStore(store_path(out, suite.name, fp["id"]))
