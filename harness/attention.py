@@ -2,10 +2,10 @@
 
 Backends, all taking q, k, v of shape [N_total, heads, head_dim] and ``cu_seqlens`` [B+1]:
 
-* ``sdpa`` — loop ``F.scaled_dot_product_attention`` over the ``cu_seqlens`` slices. The CPU path: on
-  the project's 2-core CPU it is ~2× faster than one padded, masked batch and ~35× faster than
-  jagged nested tensors. When every sequence has the same length it takes one dense batched call
-  instead (``dense=True``), which gives the same result.
+* ``sdpa`` — loop ``F.scaled_dot_product_attention`` over the ``cu_seqlens`` slices. The CPU path: faster
+  there than one padded, masked batch or jagged nested tensors (DESIGN.md §2 and the README's Performance
+  section have the measurements). When every sequence has the same length it takes one dense batched
+  call instead (``dense=True``), which gives the same result.
 * ``torch_varlen`` — ``torch.nn.attention.varlen.varlen_attn`` (CUDA only).
 * ``flash_attn`` — ``flash_attn.flash_attn_varlen_func`` (CUDA, fp16/bf16, optional extra ``gpu``);
   imported only when chosen, never at module load.

@@ -19,9 +19,8 @@ What the reducer itself costs: ``reducer.select`` runs eagerly before the trace 
 sizes become tensors, which breaks Python arithmetic on shapes in selection code); it holds no op fvcore
 counts anyway (RLT: pixel differences and comparisons; random: a sort). The in-block hooks are traced:
 the similarity matmuls of ToMe and STA appear as :attr:`FlopReport.reducer_gflops` (ops a block runs
-outside its submodules). They are small — ToMe r=8 on ViT-S 0.45 of 55 GFLOPs per clip — and are not in
-the analytic count, which models the backbone; the runner adds the per-clip overhead measured on the
-sample.
+outside its submodules). They are small and are not in the analytic count, which models the backbone;
+the runner adds the per-clip overhead measured on the sample.
 
 Which tokens enter which part of a block: attention and ``norm1`` see the tokens entering the block; the
 MLP and ``norm2`` see the tokens left after ``reducer.after_attention`` (ToMe merges there). The model

@@ -10,12 +10,11 @@ decay to ``min_lr``, cross-entropy with label smoothing, gradient-norm clipping.
 
 Precision: ``amp="auto"`` (the default) trains under bfloat16 autocast where the hardware runs bf16
 matmuls natively (CUDA; a CPU with AMX or AVX512-BF16), float32 elsewhere; ``True`` / ``False`` force it.
-On this project's CPU (AMX) bf16 makes the *dense* baseline step ~1.8× faster but the *packed* step of a
-content-adaptive reducer slower: per-sequence bf16 attention kernels cost several times one batched call
-(measured, 1 thread, 16 clips of 8 × 112², CPU-s/step: baseline 0.77 bf16 vs 1.37 fp32; RLT τ=0.1 1.13
-bf16 vs 1.30 fp32). So bf16 is right for getting a model trained fast, but a *training comparison* of
-reducers in bf16 on a CPU measures kernel shapes rather than tokens: run comparisons with ``amp=False``
-(``train_compare`` does by default). The precision used is recorded (``TrainResult.amp``).
+On a CPU, bf16 speeds up the *dense* baseline's batched kernels more than the *packed* per-sequence
+kernels of a content-adaptive reducer (the README's Performance section has the measurement), so a
+*training comparison* of reducers in bf16 on a CPU measures kernel shapes rather than tokens: run
+comparisons with ``amp=False`` (``train_compare`` does by default). The precision used is recorded
+(``TrainResult.amp``).
 
 Measurement protocol
 --------------------
@@ -60,7 +59,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -71,14 +69,18 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from tokenbench.reducers import Reducer
 
+from .distributed import _all_reduce, _Dist, _init_distributed, _resolve_device, native_bf16, resolve_amp
+from .evaluate import _collate, _to_input, evaluate
 from .model import save_checkpoint
+
+__all__ = ["TrainRecipe", "TrainResult", "DEFAULTS", "RECIPE_FIELDS", "train", "evaluate", "inference_reducer",
+           "param_groups", "lr_at", "native_bf16", "resolve_amp"]
 
 
 @dataclass(frozen=True)
@@ -165,23 +167,6 @@ class TrainResult:
 # --------------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------------
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
-
-
-def _collate(batch):
-    clips = torch.stack([b[0] for b in batch])
-    labels = torch.tensor([int(b[1]) for b in batch], dtype=torch.long)
-    metas = [b[2] for b in batch]
-    return clips, labels, metas
-
-
-def _to_input(clips: torch.Tensor, device: torch.device) -> torch.Tensor:
-    from tokenbench.datasets.transforms import to_model_input
-
-    return to_model_input(clips.to(device, non_blocking=True))
-
-
 def inference_reducer(reducer: Reducer | None) -> Reducer | None:
     """The reducer to evaluate a model trained with ``reducer``: its ``for_eval()`` (see the module docstring)."""
     return None if reducer is None else reducer.for_eval()
@@ -207,146 +192,6 @@ def lr_at(step: int, total: int, warmup: int, lr: float, min_lr: float) -> float
     span = max(1, total - warmup)
     progress = min(1.0, (step - warmup) / span)
     return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
-
-
-@dataclass
-class _Dist:
-    world_size: int = 1
-    rank: int = 0
-    local_rank: int = 0
-    started_here: bool = False
-
-    @property
-    def on(self) -> bool:
-        return self.world_size > 1
-
-
-def _init_distributed(device: str) -> _Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return _Dist()
-    started = False
-    if not dist.is_initialized():
-        backend = "nccl" if str(device).startswith("cuda") else "gloo"
-        dist.init_process_group(backend=backend)
-        started = True
-    return _Dist(world_size=dist.get_world_size(), rank=dist.get_rank(),
-                 local_rank=int(os.environ.get("LOCAL_RANK", "0")), started_here=started)
-
-
-def _all_reduce(values: list[float], d: _Dist, device: torch.device) -> list[float]:
-    if not d.on:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` runs bfloat16 matmuls natively (CUDA with bf16; a CPU with AMX or AVX512-BF16),
-    so that autocast speeds training up rather than emulating bf16 slowly."""
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
-    if device.type != "cpu":
-        return False
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def resolve_amp(amp: bool | str, device: torch.device) -> bool:
-    """``amp``: True / False, or ``"auto"`` = bfloat16 autocast where :func:`native_bf16`."""
-    if amp == "auto":
-        return native_bf16(device)
-    if isinstance(amp, bool):
-        return amp
-    raise ValueError(f"amp must be True, False or 'auto', got {amp!r}")
-
-
-def _resolve_device(device: str | torch.device | None, d: _Dist) -> torch.device:
-    if device is None or str(device) == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", d.local_rank if d.on else torch.cuda.current_device())
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    return dev
-
-
-# --------------------------------------------------------------------------------------------------
-# evaluation
-# --------------------------------------------------------------------------------------------------
-@torch.no_grad()
-def evaluate(model: nn.Module, dataset: Dataset, reducer: Reducer | None = None, *, batch_size: int = 32,
-             device: str | torch.device = "cpu", num_workers: int = 0, max_clips: int | None = None,
-             amp: bool | str = False) -> dict[str, Any]:
-    """Top-1 / top-5 (%) of ``model`` (+ ``reducer``, applied as given) on ``dataset``.
-
-    Returns ``{"top1", "top5", "num_clips", "num_videos", "views", "tokens_mean", "loss"}``. With
-    several views per video (``meta["video_index"]``) softmax scores are averaged per video before
-    ranking. Under an initialised process group each rank evaluates a disjoint shard and the counts
-    are summed, so every rank returns the same figures.
-    """
-    dist_on = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist_on else (0, 1)
-    dev = torch.device(device)
-    net = _unwrap(model)
-    was_training = net.training
-    net.eval()
-    n = len(dataset) if max_clips is None else min(len(dataset), int(max_clips))
-    indices = list(range(rank, n, world))
-    loader = DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, collate_fn=_collate)
-    num_classes = int(getattr(net, "num_classes", 0) or getattr(dataset, "num_classes", 0))
-    k5 = min(5, num_classes)
-    probs_sum = torch.zeros(n, num_classes, dtype=torch.float64)
-    labels_of = torch.full((n,), -1, dtype=torch.long)
-    seen = torch.zeros(n, dtype=torch.bool)
-    tokens = loss_sum = 0.0
-    count = 0
-    amp_ctx = torch.autocast(dev.type, dtype=torch.bfloat16) if resolve_amp(amp, dev) else contextlib.nullcontext()
-    try:
-        for clips, labels, metas in loader:
-            video = _to_input(clips, dev)
-            with amp_ctx:
-                logits = net(video, reducer).float()
-            loss_sum += float(F.cross_entropy(logits, labels.to(dev), reduction="sum"))
-            tokens += float(sum(net.last_stats.tokens_in))
-            count += len(labels)
-            probs = logits.softmax(-1).double().cpu()
-            vid = torch.tensor([int(m.get("video_index", m.get("index", 0))) for m in metas], dtype=torch.long)
-            probs_sum.index_add_(0, vid, probs)
-            labels_of[vid] = labels
-            seen[vid] = True
-    finally:
-        net.train(was_training)
-    if dist_on:  # sum scores, merge labels / seen over ranks
-        for t in (probs_sum,):
-            dist.all_reduce(t)
-        lab = torch.where(seen, labels_of, torch.full_like(labels_of, -1))
-        dist.all_reduce(lab, op=dist.ReduceOp.MAX)
-        labels_of = lab
-        seen_i = seen.to(torch.int64)
-        dist.all_reduce(seen_i)
-        seen = seen_i > 0
-        tokens, loss_sum, count = _all_reduce([tokens, loss_sum, float(count)],
-                                              _Dist(world_size=world, rank=rank), torch.device("cpu"))
-        count = int(count)
-    probs_sum, labels_of = probs_sum[seen], labels_of[seen]
-    videos = int(seen.sum())
-    top = probs_sum.topk(k5, dim=1).indices if videos else torch.zeros(0, k5, dtype=torch.long)
-    hit1 = (top[:, 0] == labels_of).sum().item() if videos else 0
-    hit5 = (top == labels_of.unsqueeze(1)).any(1).sum().item() if videos else 0
-    views = count // max(videos, 1)
-    return {"top1": 100.0 * hit1 / max(videos, 1), "top5": 100.0 * hit5 / max(videos, 1),
-            "num_clips": count, "num_videos": videos, "views": f"{views} per video",
-            "tokens_mean": tokens / max(count, 1), "loss": loss_sum / max(count, 1)}
-
-
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,98 @@
+"""Evaluation: top-1 / top-5 of a model with a reducer, softmax averaged over a video's views."""
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from tokenbench.datasets import to_model_input
+from tokenbench.reducers import Reducer
+
+from .distributed import _all_reduce, _Dist, resolve_amp
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+
+
+def _collate(batch):
+    clips = torch.stack([b[0] for b in batch])
+    labels = torch.tensor([int(b[1]) for b in batch], dtype=torch.long)
+    metas = [b[2] for b in batch]
+    return clips, labels, metas
+
+
+def _to_input(clips: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return to_model_input(clips.to(device, non_blocking=True))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: Dataset, reducer: Reducer | None = None, *, batch_size: int = 32,
+             device: str | torch.device = "cpu", num_workers: int = 0, max_clips: int | None = None,
+             amp: bool | str = False) -> dict[str, Any]:
+    """Top-1 / top-5 (%) of ``model`` (+ ``reducer``, applied as given) on ``dataset``.
+
+    Returns ``{"top1", "top5", "num_clips", "num_videos", "views", "tokens_mean", "loss"}``. With
+    several views per video (``meta["video_index"]``) softmax scores are averaged per video before
+    ranking. Under an initialised process group each rank evaluates a disjoint shard and the counts
+    are summed, so every rank returns the same figures.
+    """
+    dist_on = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist_on else (0, 1)
+    dev = torch.device(device)
+    net = _unwrap(model)
+    was_training = net.training
+    net.eval()
+    n = len(dataset) if max_clips is None else min(len(dataset), int(max_clips))
+    indices = list(range(rank, n, world))
+    loader = DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, collate_fn=_collate)
+    num_classes = int(getattr(net, "num_classes", 0) or getattr(dataset, "num_classes", 0))
+    k5 = min(5, num_classes)
+    probs_sum = torch.zeros(n, num_classes, dtype=torch.float64)
+    labels_of = torch.full((n,), -1, dtype=torch.long)
+    seen = torch.zeros(n, dtype=torch.bool)
+    tokens = loss_sum = 0.0
+    count = 0
+    amp_ctx = torch.autocast(dev.type, dtype=torch.bfloat16) if resolve_amp(amp, dev) else contextlib.nullcontext()
+    try:
+        for clips, labels, metas in loader:
+            video = _to_input(clips, dev)
+            with amp_ctx:
+                logits = net(video, reducer).float()
+            loss_sum += float(F.cross_entropy(logits, labels.to(dev), reduction="sum"))
+            tokens += float(sum(net.last_stats.tokens_in))
+            count += len(labels)
+            probs = logits.softmax(-1).double().cpu()
+            vid = torch.tensor([int(m.get("video_index", m.get("index", 0))) for m in metas], dtype=torch.long)
+            probs_sum.index_add_(0, vid, probs)
+            labels_of[vid] = labels
+            seen[vid] = True
+    finally:
+        net.train(was_training)
+    if dist_on:  # sum scores, merge labels / seen over ranks
+        for t in (probs_sum,):
+            dist.all_reduce(t)
+        lab = torch.where(seen, labels_of, torch.full_like(labels_of, -1))
+        dist.all_reduce(lab, op=dist.ReduceOp.MAX)
+        labels_of = lab
+        seen_i = seen.to(torch.int64)
+        dist.all_reduce(seen_i)
+        seen = seen_i > 0
+        tokens, loss_sum, count = _all_reduce([tokens, loss_sum, float(count)],
+                                              _Dist(world_size=world, rank=rank), torch.device("cpu"))
+        count = int(count)
+    probs_sum, labels_of = probs_sum[seen], labels_of[seen]
+    videos = int(seen.sum())
+    top = probs_sum.topk(k5, dim=1).indices if videos else torch.zeros(0, k5, dtype=torch.long)
+    hit1 = (top[:, 0] == labels_of).sum().item() if videos else 0
+    hit5 = (top == labels_of.unsqueeze(1)).any(1).sum().item() if videos else 0
+    views = count // max(videos, 1)
+    return {"top1": 100.0 * hit1 / max(videos, 1), "top5": 100.0 * hit5 / max(videos, 1),
+            "num_clips": count, "num_videos": videos, "views": f"{views} per video",
+            "tokens_mean": tokens / max(count, 1), "loss": loss_sum / max(count, 1)}
