@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from fvcore.nn import FlopCountAnalysis
 from torch import Tensor
 
 from tokenbench.reducers.base import Reducer, Selection
@@ -167,8 +168,6 @@ def attention_handles() -> dict[str, Any]:
 def flop_analysis(module: torch.nn.Module, inputs: tuple) -> Any:
     """A fvcore ``FlopCountAnalysis`` with the attention handles registered and warnings silenced
     (unsupported ops are reported in :class:`FlopReport` instead)."""
-    from fvcore.nn import FlopCountAnalysis
-
     fa = FlopCountAnalysis(module, inputs)
     fa.set_op_handle(**attention_handles())
     fa.unsupported_ops_warnings(False)

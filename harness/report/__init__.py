@@ -48,6 +48,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
+
+from ..results import find_record_files, load, safe_component
 from ..schema import HEAD
 from . import figures as figs
 from . import tables as tabs
@@ -81,12 +84,8 @@ class ReportPaths:
 
 
 def _load(paths) -> tuple[list[dict], dict[str, list[Path]]]:
-    """Records (dicts, see report_tables) of every records file named, and the folders each suite came
+    """Records (dicts, see report.records) of every records file named, and the folders each suite came
     from (``results/<suite>`` for files in the standard layout)."""
-    import pandas as pd
-
-    from ..results import find_record_files, load, safe_component
-
     files = find_record_files(paths)
     frames, sources = [], {}
     for f in files:
