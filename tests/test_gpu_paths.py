@@ -12,6 +12,7 @@ import types
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import seeded_model
 
 from tokenbench.harness import attention
 from tokenbench.harness.attention import (
@@ -21,7 +22,6 @@ from tokenbench.harness.attention import (
     packed_attention,
     padded_reference,
 )
-from tokenbench.harness.model import build_model
 from tokenbench.harness.run import RunCache, autocast_for, run_cell
 from tokenbench.harness.suite import load_suite
 from tokenbench.harness.timing import _timer
@@ -184,8 +184,7 @@ def test_choose_backend_reads_the_autocast_dtype_not_the_float32_weights(monkeyp
 # --- the backbone's packing -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def vit_t():
-    torch.manual_seed(0)
-    return build_model("vit_t", num_classes=5, num_frames=8, img_size=64).eval()
+    return seeded_model("vit_t", 5, num_frames=8, img_size=64)
 
 
 def _selection(b, grid, counts):

@@ -15,6 +15,7 @@ from pathlib import Path
 import cloudpickle
 import pytest
 import submitit
+from conftest import write_file
 
 from tokenbench.harness.cli import main
 from tokenbench.harness.results import ResultStore, load, store_path
@@ -197,9 +198,7 @@ def test_a_job_skips_a_cell_its_machine_already_recorded(tmp_path):
 
 
 def _write(tmp_path: Path, text: str, name: str = "two.toml") -> Path:
-    p = tmp_path / name
-    p.write_text(text)
-    return p
+    return write_file(tmp_path, name, text)
 
 
 # ---- Slurm, without a cluster ----------------------------------------------------------------------

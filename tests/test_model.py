@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import noise_video, seeded_model
 
 from tokenbench.harness.model import (
     MODEL_SIZES,
@@ -20,12 +21,8 @@ from tokenbench.reducers import Selection, get_reducer
 
 @pytest.fixture(scope="module")
 def tiny():
-    torch.manual_seed(0)
-    return build_model("vit_t", num_classes=7, num_frames=8, img_size=64).eval()
+    return seeded_model("vit_t", 7, num_frames=8, img_size=64)
 
-
-def _video(b=3, t=8, s=64, seed=0):
-    return torch.randn(b, 3, t, s, s, generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("name,dims", [("vit_s", (384, 12, 6)), ("vit_b", (768, 12, 12)),
@@ -51,14 +48,14 @@ def test_state_dict_has_videomae_layout(tiny):
 
 
 def test_embedding_equals_conv3d(tiny):
-    v = _video()
+    v = noise_video(3, 8, 64)
     ref = tiny.patch_embed.proj(v).flatten(2).transpose(1, 2)
     got = tiny.patch_embed(tiny.patch_embed.tubelets(v))
     assert torch.allclose(got, ref, atol=1e-5)
 
 
 def test_dense_fast_path_gives_same_logits(tiny):
-    v = _video()
+    v = noise_video(3, 8, 64)
     with torch.no_grad():
         dense = tiny(v)
         tiny.dense_fast_path = False
@@ -69,7 +66,7 @@ def test_dense_fast_path_gives_same_logits(tiny):
 
 def test_packed_batch_equals_clips_run_alone(tiny):
     """A clip's logits do not depend on which clips share its packed batch."""
-    v = _video(3)
+    v = noise_video(3, 8, 64)
     keep = torch.zeros(3, *tiny.grid, dtype=torch.bool)
     keep[0] = True
     keep[1, :2] = True
@@ -85,7 +82,7 @@ def test_packed_batch_equals_clips_run_alone(tiny):
 
 def test_token_counts_recorded(tiny):
     with torch.no_grad():
-        tiny(_video(2), get_reducer("random", count=10, seed=1))
+        tiny(noise_video(2, 8, 64), get_reducer("random", count=10, seed=1))
     st = tiny.last_stats
     assert st.tokens_in == [10, 10]
     assert st.tokens_per_layer == [[10, 10]] * tiny.depth
@@ -96,7 +93,7 @@ def test_kept_tokens_keep_their_own_position(tiny):
     keep = torch.zeros(1, *tiny.grid, dtype=torch.bool)
     keep[0, 2, 1, 3] = True
     keep[0, 3, 0, 0] = True
-    tok = tiny.embed(_video(1), Selection(keep, keep.long()))
+    tok = tiny.embed(noise_video(1, 8, 64), Selection(keep, keep.long()))
     h, w = tiny.grid[1:]
     assert tok.pos.tolist() == [2 * h * w + 1 * w + 3, 3 * h * w]
     assert tok.cu_seqlens.tolist() == [0, 2] and tok.cu_seqlens.dtype == torch.int32
@@ -120,7 +117,7 @@ def test_checkpoint_round_trip_with_videomae_container(tmp_path, tiny):
     fresh = build_model("vit_t", num_classes=7, num_frames=8, img_size=64).eval()
     report = load_checkpoint(fresh, path)
     assert report == {"missing": [], "unexpected": []}
-    v = _video(2)
+    v = noise_video(2, 8, 64)
     with torch.no_grad():
         assert torch.equal(fresh(v), tiny(v))
     # and our own saver writes what the loader reads
@@ -149,7 +146,7 @@ def test_length_embedding_is_used_when_enabled():
     m = build_model("vit_t", 5, num_frames=8, img_size=64, length_embedding=True).eval()
     assert m.length_embed.shape == (4, 192)
     keep = torch.ones(1, *m.grid, dtype=torch.bool)
-    v = _video(1)
+    v = noise_video(1, 8, 64)
     with torch.no_grad():
         a = m(v, selection=Selection(keep, keep.long()))
         b = m(v, selection=Selection(keep, keep.long() * 2))

@@ -8,9 +8,9 @@ import subprocess
 import sys
 import time
 import warnings
-from pathlib import Path
 
 import pytest
+from conftest import write_file
 
 from tokenbench.harness.results import ResultStore, TornLineWarning, load
 from tokenbench.harness.run import RunCache, pretrained_path, run_cell, run_suite
@@ -87,10 +87,7 @@ def cache_dir(tmp_path_factory):
         yield path
 
 
-def write(tmp_path: Path, name: str, text: str) -> Path:
-    p = tmp_path / name
-    p.write_text(text)
-    return p
+write = write_file  # (folder, name, text) -> path
 
 
 def test_tiny_suite_end_to_end_and_second_run_skips_everything(tmp_path, cache_dir):

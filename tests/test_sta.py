@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import noise_video, seeded_model
 
 from tokenbench.harness.model import build_model
 from tokenbench.reducers import PackedTokens, ReducerParamError, Selection, get_reducer
@@ -62,24 +63,20 @@ def test_vit_l_model_r64_token_counts():
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return build_model("vit_t", num_classes=5, num_frames=16, img_size=64).eval()
+    return seeded_model("vit_t", 5, num_frames=16, img_size=64)
 
-
-def _video(b=2, seed=0):
-    return torch.randn(b, 3, 16, 64, 64, generator=torch.Generator().manual_seed(seed))
 
 
 def test_vit_t_token_counts_through_the_model(model):
     # grid (8, 4, 4), depth 12: 8 groups of 16 → 8·12 = 96; 4 groups of 24 → 4·20 = 80; 2 of 40 → 72
     with torch.no_grad():
-        model(_video(), STA(r=4))
+        model(noise_video(2, 16, 64), STA(r=4))
     per_layer = [c[0] for c in model.last_stats.tokens_per_layer]
     assert per_layer == [96] * 4 + [80] * 4 + [72] * 4
 
 
 def test_r0_is_the_baseline(model):
-    v = _video()
+    v = noise_video(2, 16, 64)
     with torch.no_grad():
         assert torch.equal(model(v), model(v, STA(r=0)))
 
@@ -87,7 +84,7 @@ def test_r0_is_the_baseline(model):
 def test_output_in_original_temporal_order_and_pool_is_plain_mean(model):
     red = STA(r=4)
     with torch.no_grad():
-        out = model.forward_tokens(model.embed(_video()), red)
+        out = model.forward_tokens(model.embed(noise_video(2, 16, 64)), red)
     ids = out.seq_ids()
     for b in range(2):
         p = out.pos[ids == b]
@@ -233,6 +230,6 @@ def test_uses_the_selection_of_an_input_reducer(model):
     keep[0] = True
     keep[1, :, :2] = True  # half of every time step
     with torch.no_grad():
-        model(_video(), STA(r=2), selection=Selection(keep=keep, lengths=keep.long()))
+        model(noise_video(2, 16, 64), STA(r=2), selection=Selection(keep=keep, lengths=keep.long()))
     per_layer = model.last_stats.tokens_per_layer
     assert per_layer[0] == [8 * 14, 8 * 6] and per_layer[4] == [4 * 26, 4 * 10] and per_layer[8] == [2 * 50, 2 * 18]

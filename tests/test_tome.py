@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import noise_video, seeded_model
 
 from tokenbench.harness.attention import packed_attention
-from tokenbench.harness.model import build_model
 from tokenbench.reducers import PackedTokens, ReducerParamError, get_reducer
 from tokenbench.reducers.testing import check_packed, check_reducer, per_clip_size
 from tokenbench.reducers.tome import ToMe, bipartite_merge
@@ -18,12 +18,8 @@ GRID = (8, 4, 4)  # vit_t at 16×64²: 128 tokens per clip
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return build_model("vit_t", num_classes=5, num_frames=16, img_size=64).eval()
+    return seeded_model("vit_t", 5, num_frames=16, img_size=64)
 
-
-def _video(b=2, seed=0):
-    return torch.randn(b, 3, 16, 64, 64, generator=torch.Generator().manual_seed(seed))
 
 
 def _packed(lens, dim=8, heads=2, hd=4, seed=0):
@@ -51,19 +47,19 @@ def test_schedules():
 
 def test_tokens_after_each_layer_are_n_minus_l_r(model):
     with torch.no_grad():
-        model(_video(), ToMe(r=5))
+        model(noise_video(2, 16, 64), ToMe(r=5))
     assert model.last_stats.tokens_in == [128, 128]
     assert model.last_stats.tokens_per_layer == [[128 - 5 * (i + 1)] * 2 for i in range(12)]
     sched = ToMe(r=(6, -1.0)).schedule(12)
     with torch.no_grad():
-        model(_video(), ToMe(r=(6, -1.0)))
+        model(noise_video(2, 16, 64), ToMe(r=(6, -1.0)))
     assert [c[0] for c in model.last_stats.tokens_per_layer] == [128 - sum(sched[: i + 1]) for i in range(12)]
 
 
 def test_sizes_sum_to_n_and_pool_is_size_weighted(model):
     red = ToMe(r=8)
     with torch.no_grad():
-        out = model.forward_tokens(model.embed(_video()), red)
+        out = model.forward_tokens(model.embed(noise_video(2, 16, 64)), red)
     assert out.seqlens() == [128 - 12 * 8] * 2
     assert per_clip_size(out).tolist() == [128.0, 128.0]
     assert float(out.size.max()) > 1.0
@@ -198,7 +194,7 @@ def test_unequal_packed_batch_through_the_model(model):
     for i in range(3):
         keep[i, : 8 - i] = True
     with torch.no_grad():
-        logits = model(_video(3), Checked(r=4), selection=Selection(keep=keep, lengths=keep.long()))
+        logits = model(noise_video(3, 16, 64), Checked(r=4), selection=Selection(keep=keep, lengths=keep.long()))
     assert torch.isfinite(logits).all()
     assert model.last_stats.tokens_per_layer[-1] == [128 - 48, 112 - 48, 96 - 48]
 
@@ -229,7 +225,7 @@ def test_prop_attn_is_log_size_on_the_logits():
 
 
 def test_prop_attn_changes_nothing_while_sizes_are_one(model):
-    v = _video()
+    v = noise_video(2, 16, 64)
     with torch.no_grad():
         a = model(v, ToMe(r=0, prop_attn=True))
         b = model(v, ToMe(r=0, prop_attn=False))
@@ -250,7 +246,7 @@ def test_r_above_half_the_tokens_is_rejected_before_work(model):
         ToMe(r=[60, 60]).check_geometry(GRID, 12)
     ToMe(r=[64, 32, 16, 8, 4, 2, 1]).check_geometry(GRID, 12)  # exactly half each time is allowed
     with pytest.raises(ReducerParamError, match="tome: r="):
-        model(_video(1), ToMe(r=11))  # 12·11 > 128: at block 11 only 7 tokens are left
+        model(noise_video(1, 16, 64), ToMe(r=11))  # 12·11 > 128: at block 11 only 7 tokens are left
 
 
 @pytest.mark.parametrize("kw,name", [({"r": -1}, "r"), ({"r": "8"}, "r"), ({"r": 2.5}, "r"),
