@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from ..run import run_suite
 from ..run.executors import DEFAULT_TIMEOUT_MIN, LaunchOptions
 from ..run.launch import LAUNCHERS, launch, requested_device
 from ..suite import describe, load_suite
+from ..suite.overrides import parse_value
 
 DESCRIPTION = """\
 Run a benchmark suite: every model × dataset × reducer (× parameter sweep) × batch size × mode cell,
@@ -112,11 +112,7 @@ def options_from_args(args) -> LaunchOptions:
         k, sep, v = item.partition("=")
         if not sep or not k.strip():
             raise UserError(f"--slurm-param {item!r}: expected KEY=VALUE, e.g. account=myproject")
-        try:
-            value: Any = tomllib.loads(f"v = {v}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = v
-        extra[k.strip()] = value
+        extra[k.strip()] = parse_value(v)
     for flag, v in (("--gpus-per-job", args.gpus_per_job), ("--array-parallelism", args.array_parallelism),
                     ("--timeout-min", args.timeout_min), ("--cpus-per-job", args.cpus_per_job)):
         if v is not None and v < (0 if flag == "--gpus-per-job" else 1):

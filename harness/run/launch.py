@@ -58,6 +58,7 @@ from ..errors import UserError
 from ..results import RECORDS_FILE, ResultStore, iter_records, safe_component, store_path
 from ..schema import Cell, make_record
 from ..suite import suite_source
+from ..suite.overrides import parse_value
 from .cell import run_cell
 from .common import cache_root, hardware_fingerprint, torch_threads, utc_now
 from .executors import (
@@ -152,7 +153,7 @@ def requested_device(suite: str, overrides: list[str] | tuple[str, ...] = ()) ->
     for item in overrides:
         k, _, v = item.partition("=")
         if k.strip() == "defaults.device":
-            value = v.strip().strip("\"'")
+            value = str(parse_value(v.strip()))
     return value
 
 

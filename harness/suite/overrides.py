@@ -40,11 +40,13 @@ class _MissingPaths:
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def _parse_value(text: str) -> Any:
+def parse_value(text: str) -> Any:
+    """A ``KEY=VALUE`` item's VALUE: read as TOML (``3``, ``true``, ``[1, 2]``, ``"x"``), else the plain string."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+
 
 class _Checks:
     """The state of one suite being read, and the checks of single values."""
@@ -126,7 +128,7 @@ class _Checks:
             key, value = item.split("=", 1)
             parts = [p.strip() for p in key.strip().split(".")]
             parts[0] = alias.get(parts[0], parts[0])
-            value = _parse_value(value.strip())
+            value = parse_value(value.strip())
             sec = parts[0]
             if sec not in TOP_KEYS:
                 raise SuiteError(f"--set {item}: unknown section {sec!r}; use one of "
