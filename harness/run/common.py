@@ -6,7 +6,6 @@ import contextlib
 import datetime as _dt
 import hashlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from tokenbench.datasets import VideoDecodeError
 
 from ..fingerprint import fingerprint
 from ..schema import canonical_json
+from ..timing import fixed_threads
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -34,16 +34,10 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-@contextlib.contextmanager
-def torch_threads(threads: int) -> Iterator[int]:
-    """``torch.set_num_threads(threads)`` for the block when ``threads`` > 0; yields the count in force."""
-    before = torch.get_num_threads()
-    if threads and threads > 0:
-        torch.set_num_threads(threads)
-    try:
-        yield torch.get_num_threads()
-    finally:
-        torch.set_num_threads(before)
+def torch_threads(threads: int | None) -> contextlib.AbstractContextManager[int]:
+    """A suite's ``threads`` setting for the block (0 = torch's default): ``timing.fixed_threads``, which
+    yields the count in force and restores the previous one."""
+    return fixed_threads(int(threads) if threads and threads > 0 else None)
 
 
 _FP_CACHE: dict[tuple, dict[str, Any]] = {}
