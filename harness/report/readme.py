@@ -34,8 +34,12 @@ def suite_readme(suite, records, ok, failed, fps, tables, plan, regenerate) -> s
            "Timings from different hardware fingerprints are never compared in one column: each "
            "fingerprint has its own tables and timing figures. FLOPs, token counts and top-1 do not "
            "depend on hardware.", ""]
-    # provenance
-    out += ["## Provenance", "", "### Commands that produced the results", "", "```"]
+    out += _provenance(records) + _tables(tables, fps) + as_run(ok) + _figures(plan) + _failures(failed)
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _provenance(records: list[dict]) -> list[str]:
+    out = ["## Provenance", "", "### Commands that produced the results", "", "```"]
     cmds = sorted({str(r.get("command")) for r in records if r.get("command")})
     out += cmds or ["(no command recorded)"]
     out += ["```", ""]
@@ -46,10 +50,13 @@ def suite_readme(suite, records, ok, failed, fps, tables, plan, regenerate) -> s
     out += ["### Hardware fingerprints and software", ""]
     for fp in sorted({r["fingerprint"] for r in records}):
         out.append(fingerprint_block(fp, [r for r in records if r["fingerprint"] == fp]))
-    # tables
-    out += ["## Tables", "",
-            "Each table is also in `tables/` as Markdown, CSV (every number unrounded to 4 decimals, "
-            "IQR bounds in their own columns) and LaTeX (booktabs).", ""]
+    return out
+
+
+def _tables(tables, fps) -> list[str]:
+    out = ["## Tables", "",
+           "Each table is also in `tables/` as Markdown, CSV (every number unrounded to 4 decimals, "
+           "IQR bounds in their own columns) and LaTeX (booktabs).", ""]
     if not tables:
         out += ["No ok records: no tables.", ""]
     for stem, t in tables:
@@ -59,9 +66,11 @@ def suite_readme(suite, records, ok, failed, fps, tables, plan, regenerate) -> s
             out += [f"Hardware fingerprint: `{t.fingerprint}`.", ""]
         out += [t.markdown_body(), f"Files: [Markdown](tables/{stem}.md) · [CSV](tables/{stem}.csv) · "
                                    f"[LaTeX](tables/{stem}.tex)", ""]
-    out += as_run(ok)
-    # figures
-    out += ["## Figures", ""]
+    return out
+
+
+def _figures(plan) -> list[str]:
+    out = ["## Figures", ""]
     for spec in plan.figures:
         out += [f"### {spec.title}", "", f"![{spec.title}](figures/{spec.name}.png)", "",
                 f"{spec.caption} ([SVG](figures/{spec.name}.svg))", ""]
@@ -69,22 +78,23 @@ def suite_readme(suite, records, ok, failed, fps, tables, plan, regenerate) -> s
         out += ["Figures not drawn, for lack of data in these records:", ""]
         out += [f"* {title}: {reason}." for title, reason in plan.skipped]
         out.append("")
-    # failures
-    out += ["## Failed cells", ""]
+    return out
+
+
+def _failures(failed: list[dict]) -> list[str]:
+    out = ["## Failed cells", ""]
     if not failed:
-        out += ["None.", ""]
-    else:
-        out += [f"{len(failed)} cell(s) failed; they are left out of every table and figure.", "",
-                "| fingerprint | model | dataset | reducer | batch | mode | error |",
-                "|:---|:---|:---|:---|---:|:---|:---|"]
-        for r in failed:
-            err = " ".join(str(r.get("error") or "(no error recorded)").split())
-            out.append("| " + " | ".join(md_escape(str(v)) for v in (
-                r["fingerprint"], r.get("model") or MISSING, r.get("dataset") or MISSING, r["label"],
-                r.get("batch_size") if r.get("batch_size") is not None else MISSING,
-                r.get("mode") or MISSING, err)) + " |")
-        out.append("")
-    return "\n".join(out).rstrip("\n") + "\n"
+        return out + ["None.", ""]
+    out += [f"{len(failed)} cell(s) failed; they are left out of every table and figure.", "",
+            "| fingerprint | model | dataset | reducer | batch | mode | error |",
+            "|:---|:---|:---|:---|---:|:---|:---|"]
+    for r in failed:
+        err = " ".join(str(r.get("error") or "(no error recorded)").split())
+        out.append("| " + " | ".join(md_escape(str(v)) for v in (
+            r["fingerprint"], r.get("model") or MISSING, r.get("dataset") or MISSING, r["label"],
+            r.get("batch_size") if r.get("batch_size") is not None else MISSING,
+            r.get("mode") or MISSING, err)) + " |")
+    return out + [""]
 
 
 def _params(params: dict) -> str:
