@@ -192,6 +192,13 @@ class _Entries(_Checks):
                                             "use modes = [\"inference\"]")
         if not d.labelled:
             d.modes = tuple(m for m in d.modes if m != "train")
+        d.options = self.dataset_options(i, e, d)
+        return d
+
+    def dataset_options(self, i: int, e: dict, d: DatasetSpec) -> dict:
+        """The entry's ``options`` with its ``manifest`` / ``root`` paths checked; paths the format needs and
+        the suite does not give are collected, to be refused at once for the cells that use them."""
+        p = ("datasets", i)
         opts = e.get("options", {})
         if not isinstance(opts, dict):
             raise self.fail(p + ("options",), f"options must be a table, got {opts!r}")
@@ -218,12 +225,11 @@ class _Entries(_Checks):
                 self.missing.append(p, f"{self.where(p + (k,))}: {self.entry_name('datasets', i)} {k} {str(path)!r} "
                                     f"{'is not a file' if k == 'manifest' else 'is not a folder'}")
             opts[k] = str(path.resolve()) if path.exists() else str(path)
-        for need in dataset_format(name).needs:
+        for need in dataset_format(d.name).needs:
             if need not in opts and not self.missing.has(p):
                 self.missing.append(p, f"{self.where(p)}: {self.entry_name('datasets', i)} needs {need} = \"PATH\" "
                                     f"(or --set datasets.{d.id}.{need}=PATH)")
-        d.options = opts
-        return d
+        return opts
 
     def dataset_names(self) -> list[str]:
         return sorted(available_datasets())
