@@ -361,23 +361,7 @@ def count_flops(model: torch.nn.Module, video: Tensor, reducer: Reducer | None =
     by_module = {k: per_clip(sum(c.values())) for k, c in mods.items()}
     by_operator = {k: per_clip(v) for k, v in mods[""].items()}
     attention = by_operator.get(ATTENTION_OP, 0.0)
-    by_layer = []
-    for i in range(len(model.blocks)):
-        p = f"blocks.{i}"
-        attn = mods.get(f"{p}.attn", Counter())
-        row = {
-            "attention_matmul": per_clip(attn.get(ATTENTION_OP, 0)),
-            "attention_linear": per_clip(sum(v for k, v in attn.items() if k != ATTENTION_OP)),
-            "mlp": by_module.get(f"{p}.mlp", 0.0),
-            "norm": by_module.get(f"{p}.norm1", 0.0) + by_module.get(f"{p}.norm2", 0.0),
-        }
-        # ops the block runs itself, outside its submodules, are the reducer's hooks
-        # (Block.forward's own ops — residual adds, log(size) — are not counted by fvcore)
-        block_self = sum(mods.get(p, Counter()).values()) - sum(
-            sum(mods.get(f"{p}.{c}", Counter()).values()) for c in ("norm1", "attn", "norm2", "mlp"))
-        row["reducer"] = per_clip(block_self)
-        row["total"] = by_module.get(p, 0.0)
-        by_layer.append(row)
+    by_layer = [_layer_row(mods, by_module, f"blocks.{i}", per_clip) for i in range(len(model.blocks))]
     reducer_total = sum(r["reducer"] for r in by_layer)
     return FlopReport(
         gflops=per_clip(total),
@@ -396,6 +380,24 @@ def count_flops(model: torch.nn.Module, video: Tensor, reducer: Reducer | None =
         tokens_in=list(stats.tokens_in),
         tokens_per_layer=[list(x) for x in stats.tokens_per_layer],
     )
+
+
+def _layer_row(mods: dict[str, Counter], by_module: dict[str, float], p: str, per_clip) -> dict[str, float]:
+    """One block's GFLOPs per clip by part, from fvcore's per-module, per-operator counts."""
+    attn = mods.get(f"{p}.attn", Counter())
+    row = {
+        "attention_matmul": per_clip(attn.get(ATTENTION_OP, 0)),
+        "attention_linear": per_clip(sum(v for k, v in attn.items() if k != ATTENTION_OP)),
+        "mlp": by_module.get(f"{p}.mlp", 0.0),
+        "norm": by_module.get(f"{p}.norm1", 0.0) + by_module.get(f"{p}.norm2", 0.0),
+    }
+    # ops the block runs itself, outside its submodules, are the reducer's hooks
+    # (Block.forward's own ops — residual adds, log(size) — are not counted by fvcore)
+    block_self = sum(mods.get(p, Counter()).values()) - sum(
+        sum(mods.get(f"{p}.{c}", Counter()).values()) for c in ("norm1", "attn", "norm2", "mlp"))
+    row["reducer"] = per_clip(block_self)
+    row["total"] = by_module.get(p, 0.0)
+    return row
 
 
 def verify_analytic(model: torch.nn.Module, video: Tensor, reducer: Reducer | None = None,
