@@ -1,0 +1,144 @@
+"""What every report figure shares: one colour per reducer, one marker per variant, the matplotlib settings
+that make SVGs deterministic, the figure plan (which figures the records support), layout helpers."""
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from .records import params_key, reducer_rank
+
+REDUCER_COLOURS: dict[str, str] = {
+    "none": "#4d4d4d",    # grey-black: the baseline
+    "rlt": "#1f77b4",     # blue
+    "random": "#2ca02c",  # green
+    "tome": "#ff7f0e",    # orange
+    "sta": "#d62728",     # red
+}
+_EXTRA_COLOURS = ("#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
+_DASHES = ("-", "--", "-.", ":")
+
+RC = {
+    "svg.hashsalt": "tokenbench",
+    "svg.fonttype": "path",
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "legend.fontsize": 8,
+    "figure.dpi": 120,
+    "savefig.dpi": 120,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
+
+
+def reducer_colour(reducer: str) -> str:
+    if reducer in REDUCER_COLOURS:
+        return REDUCER_COLOURS[reducer]
+    h = int(hashlib.sha256(reducer.encode()).hexdigest()[:8], 16)
+    return _EXTRA_COLOURS[h % len(_EXTRA_COLOURS)]
+
+
+class Style:
+    """Colour (per reducer) and marker (per variant of a reducer) of every label in a suite.
+
+    Colour + marker identify a point uniquely through the legend, so scatter points carry no text labels:
+    reducers at matched budgets land on top of each other and their labels became unreadable."""
+
+    def __init__(self, records: list[dict]):
+        variants: dict[str, dict[str, tuple]] = {}
+        for r in records:
+            variants.setdefault(r["reducer"], {})[r["label"]] = params_key(r["params"])
+        self.reducer_of: dict[str, str] = {}
+        self.marker: dict[str, str] = {}
+        for reducer, labels in variants.items():
+            for i, label in enumerate(sorted(labels, key=lambda lb: (labels[lb], lb))):
+                self.marker[label] = _MARKERS[i % len(_MARKERS)]
+                self.reducer_of[label] = reducer
+
+    def colour(self, label: str) -> str:
+        return reducer_colour(self.reducer_of.get(label, label.split(" ")[0]))
+
+    def order(self, labels) -> list[str]:
+        return sorted(set(labels), key=lambda lb: (reducer_rank(self.reducer_of.get(lb, lb)), lb))
+
+    def handles(self, labels) -> list[Line2D]:
+        return [Line2D([], [], color=self.colour(lb), marker=self.marker.get(lb, "o"), linestyle="",
+                       markersize=6, label=lb) for lb in self.order(labels)]
+
+
+@dataclass
+class FigureSpec:
+    name: str                          # file stem
+    title: str
+    caption: str
+    draw: Callable[[], Figure]
+    fingerprint: str | None = None
+
+    def save(self, directory: Path) -> list[Path]:
+        directory.mkdir(parents=True, exist_ok=True)
+        with matplotlib.rc_context(RC):
+            fig = self.draw()
+            png, svg = directory / f"{self.name}.png", directory / f"{self.name}.svg"
+            fig.savefig(png, format="png", dpi="figure", metadata={"Software": None})
+            fig.savefig(svg, format="svg", metadata={"Date": None})
+        return [png, svg]
+
+
+@dataclass
+class FigurePlan:
+    figures: list[FigureSpec] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)   # (figure title, reason)
+
+
+def _grid(n: int, panel=(4.6, 3.6), legend_w=2.2, title_h=0.6, min_w=7.2):
+    """A figure with ``n`` panels (at most 3 across), room for a legend on the right and a title."""
+    ncols = min(n, 3) if n != 4 else 2
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(max(panel[0] * ncols + legend_w, min_w), panel[1] * nrows + title_h),
+                 layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, list(axes[:n])
+
+
+def _legend(fig: Figure, handles: list, ncol: int | None = None) -> None:
+    fig.legend(handles=handles, loc="outside right upper", frameon=False,
+               ncol=ncol or (1 if len(handles) <= 14 else 2))
+
+
+def _group(rows: list[dict], key: Callable[[dict], tuple]) -> list[tuple[tuple, list[dict]]]:
+    out: dict[tuple, list[dict]] = {}
+    for r in rows:
+        out.setdefault(key(r), []).append(r)
+    return sorted(out.items(), key=lambda kv: tuple(str(x) for x in kv[0]))
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points not dominated in (higher x, higher y), sorted by x."""
+    front = []
+    best_y = -math.inf
+    for x, y in sorted(set(points), key=lambda p: (-p[0], -p[1])):
+        if y > best_y:
+            front.append((x, y))
+            best_y = y
+    return sorted(front)
+
+
+def _fp_suffix(fp: str, several: bool) -> tuple[str, str]:
+    return (f"__{slug(fp)}", f" — {fp}") if several else ("", "")
+
+
+def slug(s: str) -> str:
+    out = "".join(c if c.isalnum() or c in "-._" else "-" for c in s)
+    return out.strip("-") or "unknown"
