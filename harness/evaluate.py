@@ -75,17 +75,9 @@ def evaluate(model: nn.Module, dataset: Dataset, reducer: Reducer | None = None,
             seen[vid] = True
     finally:
         net.train(was_training)
-    if dist_on:  # sum scores, merge labels / seen over ranks
-        for t in (probs_sum,):
-            dist.all_reduce(t)
-        lab = torch.where(seen, labels_of, torch.full_like(labels_of, -1))
-        dist.all_reduce(lab, op=dist.ReduceOp.MAX)
-        labels_of = lab
-        seen_i = seen.to(torch.int64)
-        dist.all_reduce(seen_i)
-        seen = seen_i > 0
-        tokens, loss_sum, count = _all_reduce([tokens, loss_sum, float(count)],
-                                              _Dist(world_size=world, rank=rank), torch.device("cpu"))
+    if dist_on:
+        probs_sum, labels_of, seen, (tokens, loss_sum, count) = _merge_ranks(
+            probs_sum, labels_of, seen, [tokens, loss_sum, float(count)], _Dist(world_size=world, rank=rank))
         count = int(count)
     probs_sum, labels_of = probs_sum[seen], labels_of[seen]
     videos = int(seen.sum())
@@ -96,3 +88,14 @@ def evaluate(model: nn.Module, dataset: Dataset, reducer: Reducer | None = None,
     return {"top1": 100.0 * hit1 / max(videos, 1), "top5": 100.0 * hit5 / max(videos, 1),
             "num_clips": count, "num_videos": videos, "views": f"{views} per video",
             "tokens_mean": tokens / max(count, 1), "loss": loss_sum / max(count, 1)}
+
+
+def _merge_ranks(probs_sum: torch.Tensor, labels_of: torch.Tensor, seen: torch.Tensor, sums: list[float],
+                 d: _Dist) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[float]]:
+    """Every rank's shard summed: scores added, labels and the videos seen merged, counters summed."""
+    dist.all_reduce(probs_sum)
+    lab = torch.where(seen, labels_of, torch.full_like(labels_of, -1))
+    dist.all_reduce(lab, op=dist.ReduceOp.MAX)
+    seen_i = seen.to(torch.int64)
+    dist.all_reduce(seen_i)
+    return probs_sum, lab, seen_i > 0, _all_reduce(sums, d, torch.device("cpu"))

@@ -43,6 +43,21 @@ def _bases(records: list[dict]) -> dict[tuple, list[dict]]:
     return out
 
 
+def _speedup(r: dict, bases: dict[tuple, list[dict]], t_med: float | None) -> tuple:
+    """(speedup, q1, q3): the record's paired speedup; else, for records without one (the runner always
+    writes it), baseline median / median from the record or its baseline record at the same batch size."""
+    sp, sp_q1, sp_q3 = (num(r.get(k)) for k in ("speedup", "speedup_q1", "speedup_q3"))
+    if sp is not None:
+        return sp, sp_q1, sp_q3
+    b_same = _baseline(bases.get(setting(r)), r.get("batch_size"))
+    b_time = num(r.get("baseline_time_ms_median"))
+    if b_time is None and b_same is not None and b_same.get("batch_size") == r.get("batch_size"):
+        b_time = num(b_same.get("time_ms_median"))
+    if b_time is not None and t_med:
+        return b_time / t_med, None, None
+    return (1.0 if r["reducer"] == "none" and t_med is not None else None), None, None
+
+
 def inference_values(records: list[dict]) -> list[dict]:
     """One row per inference record of ONE fingerprint, with Δtop-1, speedup and clips/s derived.
 
@@ -65,17 +80,7 @@ def inference_values(records: list[dict]) -> list[dict]:
         if b_top1 is None:
             b_top1 = num(r.get("top1_baseline"))
         t_med, t_q1, t_q3 = (num(r.get(k)) for k in ("time_ms_median", "time_ms_q1", "time_ms_q3"))
-        sp, sp_q1, sp_q3 = (num(r.get(k)) for k in ("speedup", "speedup_q1", "speedup_q3"))
-        if sp is None:
-            sp_q1 = sp_q3 = None
-            b_same = _baseline(bases.get(setting(r)), r.get("batch_size"))
-            b_time = num(r.get("baseline_time_ms_median"))
-            if b_time is None and b_same is not None and b_same.get("batch_size") == r.get("batch_size"):
-                b_time = num(b_same.get("time_ms_median"))
-            if b_time is not None and t_med:
-                sp = b_time / t_med
-            elif r["reducer"] == "none" and t_med is not None:
-                sp = 1.0
+        sp, sp_q1, sp_q3 = _speedup(r, bases, t_med)
         bs = r.get("batch_size")
         clips = num(r.get("clips_per_s"))
         if clips is None and t_med and bs:
