@@ -27,8 +27,10 @@ def _collate(batch):
     return clips, labels, metas
 
 
-def _to_input(clips: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return to_model_input(clips.to(device, non_blocking=True))
+def model_input(clips: torch.Tensor, device: torch.device | str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 clips [B, T, H, W, 3] → the model's input: float [B, 3, T, H, W], ImageNet-normalised, on
+    ``device`` in ``dtype`` (the one clip → input step of training, evaluation and the runner)."""
+    return to_model_input(clips.to(device, non_blocking=True)).to(dtype)
 
 
 @torch.no_grad()
@@ -62,7 +64,7 @@ def evaluate(model: nn.Module, dataset: Dataset, reducer: Reducer | None = None,
     amp_ctx = torch.autocast(dev.type, dtype=torch.bfloat16) if resolve_amp(amp, dev) else contextlib.nullcontext()
     try:
         for clips, labels, metas in loader:
-            video = _to_input(clips, dev)
+            video = model_input(clips, dev)
             with amp_ctx:
                 logits = net(video, reducer).float()
             loss_sum += float(F.cross_entropy(logits, labels.to(dev), reduction="sum"))

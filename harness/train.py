@@ -75,7 +75,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tokenbench.reducers import Reducer
 
 from .distributed import _all_reduce, _Dist, _init_distributed, _resolve_device, native_bf16, resolve_amp
-from .evaluate import _collate, _to_input, evaluate
+from .evaluate import _collate, evaluate, model_input
 from .model import save_checkpoint
 
 __all__ = ["TrainRecipe", "TrainResult", "DEFAULTS", "RECIPE_FIELDS", "train", "evaluate", "inference_reducer",
@@ -317,7 +317,7 @@ def _one_epoch(run: _Run, train_ds: Dataset, epoch: int) -> dict[str, Any]:
     for clips, labels, _ in run.loader:
         for g in run.opt.param_groups:
             g["lr"] = lr_at(run.step, run.total_steps, run.warmup_steps, rec.lr, rec.min_lr)
-        video = _to_input(clips, dev)
+        video = model_input(clips, dev)
         labels = labels.to(dev, non_blocking=True)
         with amp_ctx():
             logits = run.model_ddp(video, run.train_reducer)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from tokenbench.datasets import VideoDecodeError, dataset_format, decoder_info, get_dataset, to_model_input
+from tokenbench.datasets import VideoDecodeError, dataset_format, decoder_info, get_dataset
 
 from ..errors import CellError
 from ..schema import Cell
@@ -189,8 +189,6 @@ def load_clipset(cell: Cell, cache: RunCache, progress: Callable[[str], None] | 
     return cs
 
 
-def normalised(clips_uint8: torch.Tensor, device: str, dtype: torch.dtype) -> torch.Tensor:
-    return to_model_input(clips_uint8.to(device)).to(dtype)
 
 
 def limited(ds, max_items: int | None):

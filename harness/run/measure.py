@@ -25,13 +25,14 @@ import torch
 from tokenbench.datasets import get_dataset
 
 from ..errors import CellError
+from ..evaluate import model_input
 from ..flops import gflops_from_stats, verify_analytic
 from ..metrics import MultiViewAccuracy, TokenCounts
 from ..model import build_model, load_checkpoint
 from ..schema import Cell
 from ..timing import time_forward
 from ..train import TrainRecipe, inference_reducer, train
-from .clips import ClipSet, data_key, limited, load_clipset, normalised
+from .clips import ClipSet, data_key, limited, load_clipset
 from .common import DTYPES
 from .models import RunCache, base_model, build_reducer, calibrate, load_model, model_classes, model_key
 
@@ -67,7 +68,7 @@ def forward_all(model, reducer, clips: ClipSet, cell: Cell,
     n, done = len(clips), 0
     with torch.inference_mode():
         for batch, labels, vids, paths in clips.batches(bs):
-            x = normalised(batch, device, dtype)
+            x = model_input(batch, device, dtype)
             out = model(x, reducer=reducer)
             finite = torch.isfinite(out).all(dim=1)
             if not bool(finite.all()):
@@ -128,7 +129,7 @@ def inference_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tupl
     if n_check:
         if progress:
             progress(f"fvcore check on {n_check} clip(s)")
-        sample = normalised(clips.clips[:n_check], device, dtype)
+        sample = model_input(clips.clips[:n_check], device, dtype)
         rep = verify_analytic(net, sample, reducer.fresh() if reducer is not None else None)
         overhead = rep.reducer_gflops
         metrics["gflops_fvcore"] = rep.gflops
@@ -146,7 +147,7 @@ def inference_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tupl
     n_time = min(int(cell.time_clips or 0) or len(clips), int(clips.clips.shape[0]))
     if progress:
         progress(f"timing {n_time} clips × {cell.repeats} repeats")
-    resident = normalised(clips.clips[:n_time], device, dtype)
+    resident = model_input(clips.clips[:n_time], device, dtype)
     with autocast_for(cell):  # the context is entered once; every timed forward runs inside it
         timing = time_forward(model, resident, reducer.fresh() if reducer is not None else None,
                               baseline=reducer is not None, warmup=int(cell.warmup),

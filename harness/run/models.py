@@ -16,10 +16,11 @@ from tokenbench.datasets import get_dataset
 from tokenbench.reducers import get_reducer
 
 from ..errors import CellError
+from ..evaluate import model_input
 from ..model import _read_state_dict, build_model, load_checkpoint, normalise_keys
 from ..schema import Cell
 from ..train import TrainRecipe, train
-from .clips import ClipSet, data_key, limited, normalised
+from .clips import ClipSet, data_key, limited
 from .common import DTYPES, _hash, cache_root, describe_error
 
 
@@ -181,6 +182,6 @@ def calibrate(reducer, cell: Cell, clips: ClipSet, cache: RunCache):
     if key in cache.calibrated:
         return cache.calibrated[key].fresh()
     bs = max(1, int(cell.batch_size))
-    reducer.calibrate(normalised(b, "cpu", torch.float32) for b, _, _, _ in clips.batches(bs))
+    reducer.calibrate(model_input(b, "cpu", torch.float32) for b, _, _, _ in clips.batches(bs))
     cache.calibrated[key] = reducer
     return reducer.fresh()
