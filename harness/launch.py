@@ -131,16 +131,20 @@ def run_job(cell: dict[str, Any], suite: str, out: str, command: str = "", launc
     if cell["key"] in store.done_keys(include_failed=not retry_failed):
         log(f"{label}: already recorded in {store.path}; nothing to do")
         return {"key": cell["key"], "status": "skipped", "error": None, "store": str(store.path)}
-    log(f"{label}: {cell['mode']} {cell['model']}/{cell['dataset']} b{cell['batch_size']} → {store.path}")
-    rec = run_cell(cell, suite=suite, command=command, log=log, progress=None)
-    rec["launcher"] = _job_info(launcher)
-    if rec["fingerprint"]["id"] != fp["id"]:
-        store = ResultStore(store_path(out, suite, rec["fingerprint"]["id"]))
-    try:
-        store.append(rec)
-    except OSError as exc:
-        raise OSError(f"cannot append to {store.path} ({exc}); the results folder must be on a filesystem "
-                      "that supports flock") from exc
+    with store.claim(cell["key"], include_failed=not retry_failed) as claim:
+        if not claim.held:  # another run on this results folder has it: measure each cell once
+            log(f"{label}: {claim.why}; nothing to do")
+            return {"key": cell["key"], "status": "skipped", "error": None, "store": str(store.path)}
+        log(f"{label}: {cell['mode']} {cell['model']}/{cell['dataset']} b{cell['batch_size']} → {store.path}")
+        rec = run_cell(cell, suite=suite, command=command, log=log, progress=None)
+        rec["launcher"] = _job_info(launcher)
+        if rec["fingerprint"]["id"] != fp["id"]:
+            store = ResultStore(store_path(out, suite, rec["fingerprint"]["id"]))
+        try:
+            store.append(rec)
+        except OSError as exc:
+            raise OSError(f"cannot append to {store.path} ({exc}); the results folder must be on a filesystem "
+                          "that supports flock") from exc
     log(f"{label}: {rec['status']}{' — ' + rec['error'] if rec['error'] else ''} in {rec['duration_s']:.1f} s")
     return {"key": cell["key"], "status": rec["status"], "error": rec["error"], "store": str(store.path),
             "duration_s": rec["duration_s"]}
