@@ -51,6 +51,7 @@ from pathlib import Path
 
 from . import report_figures as figs
 from . import report_tables as tabs
+from .paths import WrittenFiles, distinct_names, inside, safe_name
 from .report_tables import MISSING, Table, md_escape, records_from_frame
 
 __all__ = ["ReportPaths", "write_report", "check_report", "headline_table", "add_cli"]
@@ -262,21 +263,25 @@ def write_report(results_dir_or_paths: str | Path | Iterable[str | Path], out_di
     the folder always matches the records."""
     out_dir = Path(out_dir)
     paths = ReportPaths(out_dir)
-    for rep in build_reports(results_dir_or_paths, out_dir):
-        root = out_dir / figs.slug(rep.suite)
-        expected = set(rep.texts) | {f"figures/{s.name}{e}" for s in rep.plan.figures for e in FIGURE_EXTS}
-        for sub, exts in (("tables", TABLE_EXTS), ("figures", FIGURE_EXTS)):
-            for old in sorted((root / sub).glob("*")) if (root / sub).is_dir() else []:
-                if old.suffix in exts and f"{sub}/{old.name}" not in expected:
-                    old.unlink()
+    reports = build_reports(results_dir_or_paths, out_dir)
+    folder = distinct_names({rep.suite for rep in reports})  # a suite named ".." or "." stays inside out_dir
+    for rep in reports:
+        root = inside(out_dir, folder[rep.suite])
+        drawn = {f"figures/{s.name}{e}" for s in rep.plan.figures for e in FIGURE_EXTS}
+        for rel in set(rep.texts) | drawn:
+            inside(root, rel)  # refuse before writing anything
+        owned = WrittenFiles(root)  # delete only what an earlier report wrote here
+        for old in owned.stale(set(rep.texts) | drawn):
+            old.unlink()
         for rel, text in sorted(rep.texts.items()):
-            p = root / rel
+            p = inside(root, rel)
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_text(text, encoding="utf-8", newline="\n")
             (paths.readmes if rel == "README.md" else paths.tables).append(p)
         if figures:
             for spec in rep.plan.figures:
                 paths.figures.extend(spec.save(root / "figures"))
+        owned.save(set(rep.texts) | (drawn if figures else drawn & owned.previous))
         paths.skipped_figures += [f"{rep.suite}: {t} — {why}" for t, why in rep.plan.skipped]
         paths.failed_cells += len(rep.failed)
     return paths
@@ -292,9 +297,9 @@ def check_report(results_dir_or_paths: str | Path | Iterable[str | Path], out_di
     stale = []
     with tempfile.TemporaryDirectory(prefix="tokenbench-report-check-") as tmp:
         for rep in reports:
-            committed = out_dir / figs.slug(rep.suite)
+            committed = inside(out_dir, safe_name(rep.suite))
             for rel, text in sorted(rep.texts.items()):
-                fresh = Path(tmp) / figs.slug(rep.suite) / rel
+                fresh = inside(tmp, safe_name(rep.suite), rel)
                 fresh.parent.mkdir(parents=True, exist_ok=True)
                 fresh.write_text(text, encoding="utf-8", newline="\n")
                 old = committed / rel
@@ -369,6 +374,8 @@ def add_cli(sub) -> None:
 
 def run(args) -> int:
     from .cli import UserError
+    from .paths import UnsafePathError
+    from .results import NotResultsError
 
     try:
         if args.check:
@@ -383,7 +390,7 @@ def run(args) -> int:
             print(f"report under {args.out} is up to date with {' '.join(args.results)}")
             return 0
         paths = write_report(args.results, args.out, figures=not args.no_figures)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, NotResultsError, UnsafePathError) as exc:
         raise UserError(str(exc)) from exc
     if not paths.readmes:
         raise UserError(f"no result records found in {' '.join(args.results)}")
