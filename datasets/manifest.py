@@ -303,6 +303,7 @@ class ManifestDataset(VideoClipDataset):
             for e in entries:
                 if e.label >= num_classes:
                     raise ManifestError(manifest, e.line, f"label {e.label} ≥ the {num_classes} classes")
+        self.num_classes_from = "labels" if num_classes is None else "declared"  # see datasets/classes.py
         self.root = None if root is None else str(root)
         super().__init__(entries, name=name, manifest=manifest, num_classes=num_classes, **options)
 
@@ -314,4 +315,5 @@ class ManifestDataset(VideoClipDataset):
         out = super().info()
         if self.root:
             out["root"] = self.root
+        out["num_classes_from"] = self.num_classes_from
         return out

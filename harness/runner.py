@@ -60,6 +60,8 @@ from typing import Any
 
 import torch
 
+from tokenbench.datasets.classes import check_head_classes
+
 from .fingerprint import load_average
 from .results import ResultStore, store_path
 from .schema import SCHEMA_VERSION, canonical_json
@@ -599,6 +601,7 @@ def inference_cell(cell: dict[str, Any], cache: RunCache, progress=None, log=Non
     reducer = build_reducer(cell)
     length_emb = bool(getattr(reducer, "length_embedding", False))
     num_classes = model_classes(cell, clips.num_classes)
+    check_head_classes(num_classes, clips.num_classes, clips.labels.tolist(), clips.paths, clips.info)
     model = load_model(cell, cache, num_classes, length_emb, log)
     net = base_model(model)
     if reducer is not None:
