@@ -513,7 +513,9 @@ def build_reducer(cell: dict[str, Any]):
 
     if cell["reducer"] == "none":
         return None
-    return get_reducer(cell["reducer"], **(cell.get("params") or {}))
+    from tokenbench.reducers.testing import checked  # a broken reducer fails naming the rule it broke
+
+    return checked(get_reducer(cell["reducer"], **(cell.get("params") or {})))
 
 
 def calibrate(reducer, cell: dict[str, Any], clips: ClipSet, cache: RunCache):

@@ -57,6 +57,11 @@ class Selection:
     lengths: Tensor  # [B, T', H', W'] long run lengths, 0 where dropped
 
 
+# frames and pixels per side of the backbone's tubelet (the VideoMAE layout, DESIGN.md §2; harness.model's own
+# TUBELET and PATCH, which a test keeps equal to these)
+BACKBONE_TUBELET = (2, 16)
+
+
 class ReducerParamError(ValueError):
     """A reducer parameter is out of range or of the wrong kind. The message names the parameter."""
 
@@ -81,7 +86,19 @@ class Reducer:
     def check_geometry(self, grid: tuple[int, int, int], depth: int) -> None:
         """Raise :class:`ReducerParamError` when the parameters cannot work on clips of ``grid`` (T', H', W')
         in a model of ``depth`` blocks (e.g. ToMe's r above half the tokens, STA on an ungroupable T').
-        Called by the model before a forward pass and by the runner before any work."""
+        Called by the model before a forward pass, by suite validation and by the runner before any work.
+
+        This default checks the reducer's own ``tubelet`` / ``patch`` parameters, when it has them, against
+        the backbone's tubelet (:data:`BACKBONE_TUBELET`): a reducer that cuts the video into other tubelets
+        selects on another grid than the model embeds."""
+        frames, pixels = BACKBONE_TUBELET
+        for param, fits in (("tubelet", frames), ("patch", pixels)):
+            value = getattr(self, param, fits)
+            if value != fits:
+                raise ReducerParamError(
+                    f"{self.name or type(self).__name__}: {param}={value!r} does not fit the model, whose "
+                    f"tubelets are {frames} frames × {pixels}×{pixels} pixels (token grid {tuple(grid)}); "
+                    f"use {param}={fits}")
 
     def select(self, video: Tensor) -> Selection | None:
         """video [B,3,T,H,W], ImageNet-normalised. ``None`` keeps every tubelet."""

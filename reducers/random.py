@@ -114,6 +114,13 @@ class RandomMasking(Reducer):
                 f"random: match_rlt={self.match_rlt} needs calibrate(videos) before select(): the keep "
                 "fraction is RLT's mean keep ratio on the data being compared")
 
+    def check_geometry(self, grid: tuple[int, int, int], depth: int) -> None:
+        super().check_geometry(grid, depth)
+        n = grid[0] * grid[1] * grid[2]
+        if self.count is not None and self.count > n:
+            raise ReducerParamError(f"random: count={self.count} exceeds the {n} tubelets of a clip of token grid "
+                                    f"{tuple(grid)}")
+
     def kept_per_clip(self, n: int) -> int:
         if self.count is not None:
             if self.count > n:
