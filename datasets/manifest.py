@@ -54,7 +54,9 @@ def read_manifest(manifest: str | Path, root: str | Path | None = None) -> list[
     the manifest itself is missing."""
     manifest = Path(manifest)
     if not manifest.is_file():
-        raise FileNotFoundError(f"manifest {manifest} does not exist")
+        what = "is a directory, not a manifest file" if manifest.is_dir() else (
+            "is not a regular file" if manifest.exists() else "does not exist")
+        raise FileNotFoundError(f"manifest {manifest} {what}")
     base = Path(root) if root is not None else manifest.resolve().parent
     entries = []
     with open(manifest, encoding="utf-8") as f:

@@ -259,12 +259,12 @@ def not_a_record(rec: Any) -> str:
     """Why a parsed JSON line is not a result record (harness/schema.py), or ``""`` when it is one."""
     if not isinstance(rec, dict):
         return f"a JSON {type(rec).__name__}, not an object"
-    for name in ("key", "suite", "status"):
+    for name in ("key", "status"):
         if not isinstance(rec.get(name), str):
             return f"no {name!r} string"
-    if not isinstance(rec.get("cell"), dict):
-        return f"its 'cell' is a {type(rec.get('cell')).__name__}, not an object"
-    for name in ("fingerprint", "metrics"):
+    if rec.get("suite") is not None and not isinstance(rec["suite"], str):
+        return f"its 'suite' is a {type(rec['suite']).__name__}, not a string"
+    for name in ("cell", "fingerprint", "metrics"):
         if rec.get(name) is not None and not isinstance(rec[name], dict):
             return f"its {name!r} is a {type(rec[name]).__name__}, not an object"
     return ""

@@ -138,3 +138,12 @@ def test_one_and_three_frame_videos_are_refused_naming_the_file_and_line(tmp_pat
         with pytest.raises(ShortVideoError, match="3 frames, fewer than the 8"):
             sampler()
     assert np.array_equal(window_indices(8, 8, 1), np.arange(8))
+
+
+def test_a_manifest_that_is_a_directory_is_called_a_directory(tmp_path):
+    from tokenbench.datasets import read_manifest
+
+    with pytest.raises(FileNotFoundError, match=r"is a directory, not a manifest file"):
+        read_manifest(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"does not exist"):
+        read_manifest(tmp_path / "nope.txt")
