@@ -259,8 +259,10 @@ def write_report(results_dir_or_paths: str | Path | Iterable[str | Path], out_di
                  figures: bool = True) -> ReportPaths:
     """Write ``out_dir/<suite>/`` (README, tables, figures) for every suite in the records named.
 
-    Files of a previous report that these records no longer produce (tables, figures) are removed, so
-    the folder always matches the records."""
+    Files an earlier report wrote there (listed in its ``.tokenbench-written.json``) that these records no
+    longer produce are removed, so the folder matches the records; a file the report did not write is
+    never touched. Every path is checked to stay inside ``out_dir`` (a suite named ``..`` writes to
+    ``out_dir/_``)."""
     out_dir = Path(out_dir)
     paths = ReportPaths(out_dir)
     reports = build_reports(results_dir_or_paths, out_dir)

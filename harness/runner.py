@@ -673,6 +673,7 @@ def train_cell(cell: dict[str, Any], cache: RunCache, progress=None, log=None) -
     num_classes = int(cell.get("num_classes") or train_ds.num_classes)
     if not num_classes:
         raise CellError(f"dataset {cell['dataset']!r} is unlabelled: a train cell needs labels")
+    check_head_classes(num_classes, clips.num_classes, clips.labels.tolist(), clips.paths, clips.info)
     torch.manual_seed(int(cell.get("seed", 0)))
     model = build_model(cell["model"], num_classes, num_frames=cell["num_frames"], img_size=cell["img_size"],
                         length_embedding=bool(getattr(reducer, "length_embedding", False)),
