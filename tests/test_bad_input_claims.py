@@ -95,9 +95,12 @@ sweep = { threshold = [0.02, 0.05, 0.1, 0.2, 0.3, 0.5] }
 
 
 def test_two_concurrent_runs_on_one_out_record_each_cell_once(tmp_path):
+    from tokenbench.harness.runner import hardware_fingerprint
+
     suite_file = tmp_path / "two.toml"
     suite_file.write_text(TWO)
-    cells = load_suite(suite_file).cells()
+    suite = load_suite(suite_file)
+    cells = suite.cells()
     out = tmp_path / "results"
     env = {**os.environ, "TOKENBENCH_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "tokenbench.harness.cli", "run", "--suite", str(suite_file), "--out", str(out),
@@ -106,14 +109,23 @@ def test_two_concurrent_runs_on_one_out_record_each_cell_once(tmp_path):
     def start():
         return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
-    first, second = start(), start()  # at once: both find every cell unrecorded
-    logs = [p.communicate(timeout=600)[0] for p in (first, second)]
+    # this test process holds the last cell, as a third run measuring it would: both runs must skip it
+    fp = hardware_fingerprint("cpu", suite.defaults["dtype"], 1)["id"]
+    store = ResultStore(store_path(out, "two", fp))
+    with store.claim(cells[-1]["key"]) as held:
+        assert held.held
+        first, second = start(), start()  # at once: both find every cell unrecorded
+        logs = [p.communicate(timeout=600)[0] for p in (first, second)]
     assert [p.returncode for p in (first, second)] == [0, 0], "\n----\n".join(logs)[-4000:]
-    records = list(out.glob("two/*/records.jsonl"))
-    assert len(records) == 1
-    keys = [json.loads(line)["key"] for line in records[0].read_text().splitlines()]
-    assert sorted(keys) == sorted(c["key"] for c in cells)  # every cell once: none twice, none lost
-    both = "\n".join(logs)
-    assert "skipped: claimed by another run (pid" in both or "skipped: recorded meanwhile" in both, both[-4000:]
-    assert store_path(out, "two", records[0].parent.name) == records[0]
-    assert not list(out.glob("two/*/.claims/*.lock"))  # both released their claims
+    for log in logs:
+        assert f"cell {len(cells)}/{len(cells)} rlt τ=0.5 skipped: claimed by another run (pid {os.getpid()} " in log
+    keys = [json.loads(line)["key"] for line in store.path.read_text().splitlines()]
+    assert sorted(keys) == sorted(c["key"] for c in cells[:-1])  # every cell once: none twice, none lost
+    # released: the next run measures just that cell
+    third = start()
+    log = third.communicate(timeout=600)[0]
+    assert third.returncode == 0 and f"1 of {len(cells)} cells to run" in log, log[-3000:]
+    keys = [json.loads(line)["key"] for line in store.path.read_text().splitlines()]
+    assert sorted(keys) == sorted(c["key"] for c in cells)
+    assert list(out.glob("two/*/records.jsonl")) == [store.path]
+    assert not list(out.glob("two/*/.claims/*.lock"))  # every claim released
