@@ -18,6 +18,13 @@ guarantees, and how they are kept:
 * **Finished cells are skipped.** :meth:`ResultStore.done_keys` is the set of keys recorded; the
   runner skips a cell whose ``schema.cell_key`` is in it (``--retry-failed`` re-runs failed ones;
   the newer record then supersedes the older in :func:`load`).
+* **A cell is measured once.** :meth:`ResultStore.claim` takes a per-cell ``flock`` while the cell
+  runs, so a second run on the same folder skips it (and says so); the lock dies with its process.
+* **Only records are read.** A line that parses but is not a record, or a record whose ``cell`` is
+  not an object, is skipped with a :class:`NotARecordWarning` naming the file and line; a file that is
+  not JSON Lines at all (a video given as results) is refused with :class:`NotResultsError`.
+* **Paths stay inside the root.** The suite and fingerprint parts of a store's path go through
+  :func:`tokenbench.harness.paths.safe_name` and :func:`~tokenbench.harness.paths.inside`.
 
 :func:`load` reads one or many stores into a pandas DataFrame — its columns are documented there.
 """
