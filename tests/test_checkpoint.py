@@ -345,3 +345,18 @@ def test_the_harness_never_imports_transformers():
     offenders = [p for d in ("harness", "reducers", "datasets") for p in (root / d).rglob("*.py")
                  if any(s in p.read_text() for s in ("import transformers", "from transformers"))]
     assert offenders == []
+
+
+def test_cli_checkpoint_names_layout_hash_and_classes_and_checks_a_fit(forms, capsys):
+    from tokenbench.harness.cli import main
+
+    sha = read_checkpoint(forms["directory"]).sha256
+    assert main(["checkpoint", str(forms["directory"]), "--model", "vit_t", "--frames", "4", "--size", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "transformers layout" in out and sha in out and "0: class 0, 1: class 1" in out
+    assert "LayerNorm eps: blocks 0.05, fc_norm 1e-05" in out and "fits vit_t (4×32², 5 classes)" in out
+    assert main(["checkpoint", str(forms["original layout .pth"]), "--model", "vit_s"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tokenbench checkpoint: error: ") and "mismatched shapes" in err
+    assert main(["checkpoint", str(forms["directory"] / "nope")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
