@@ -78,11 +78,20 @@ def _is_safetensors(path: Path) -> bool:
     return 0 < n < 100 * 2**20
 
 
-def _read_safetensors(path: Path) -> dict[str, Tensor]:
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def _read_safetensors(path: Path, meta: bool = False) -> dict[str, Tensor]:
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
+            if meta:  # shapes and dtypes from the header; no weight is read
+                return {k: torch.empty(f.get_slice(k).get_shape(), device="meta",
+                                       dtype=_SAFETENSORS_DTYPES.get(f.get_slice(k).get_dtype(), torch.float32))
+                        for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
             return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
     except Exception as exc:  # safetensors raises its own error type (and OSError) for damaged files
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -90,10 +99,19 @@ def _read_safetensors(path: Path) -> dict[str, Tensor]:
                               f"damaged one ({reason})") from None
 
 
-def _read_torch(path: Path) -> dict[str, Tensor]:
+def _torch_load(path: Path, meta: bool) -> Any:
+    with torch.serialization.safe_globals(list(_SAFE_GLOBALS)):
+        if meta:
+            try:  # memory-mapped: only what is touched is read (zip-format files, torch >= 1.6)
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:
+                pass  # a legacy-format file cannot be mapped: read it
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _read_torch(path: Path, meta: bool = False) -> dict[str, Tensor]:
     try:
-        with torch.serialization.safe_globals(list(_SAFE_GLOBALS)):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = _torch_load(path, meta)
     except Exception as exc:
         unsafe = re.search(r"GLOBAL (\S+)", str(exc))
         if unsafe:
@@ -109,17 +127,18 @@ def _read_torch(path: Path) -> dict[str, Tensor]:
             break
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} holds no state_dict (looked for keys {', '.join(_CONTAINER_KEYS)})")
-    return obj
+    return {k: v.to("meta") for k, v in obj.items()} if meta else obj
 
 
-def read_weights_file(path: Path) -> dict[str, Tensor]:
-    """The tensors of one file: safetensors (by its header, or a ``.safetensors`` name) or a torch file."""
+def read_weights_file(path: Path, meta: bool = False) -> dict[str, Tensor]:
+    """The tensors of one file: safetensors (by its header, or a ``.safetensors`` name) or a torch file.
+    ``meta``: shapes and dtypes only (meta tensors), read cheaply."""
     if _is_safetensors(path) or path.suffix == ".safetensors":
-        return _read_safetensors(path)
-    return _read_torch(path)
+        return _read_safetensors(path, meta)
+    return _read_torch(path, meta)
 
 
-def _read_index(index: Path) -> tuple[dict[str, Tensor], list[Path]]:
+def _read_index(index: Path, meta: bool = False) -> tuple[dict[str, Tensor], list[Path]]:
     """A sharded checkpoint: ``{"weight_map": {name: shard file}}`` and the shards beside it."""
     try:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
@@ -133,7 +152,7 @@ def _read_index(index: Path) -> tuple[dict[str, Tensor], list[Path]]:
     for shard in shards:
         if not shard.is_file():
             raise CheckpointError(f"shard {shard} listed in {index} is missing")
-        state.update(read_weights_file(shard))
+        state.update(read_weights_file(shard, meta))
     absent = sorted(set(weight_map) - set(state))
     if absent:
         raise CheckpointError(f"{index} lists {len(absent)} weights its shards lack: {', '.join(absent[:4])}")
@@ -222,7 +241,7 @@ def from_transformers(state: dict[str, Tensor], where: Path, qv_bias: bool = Tru
             elif not qv_bias:  # the config says the model has no q/v bias: it is zero
                 out[blk + f"attn.{ours}"] = torch.zeros(qkv[0].shape[0], dtype=qkv[0].dtype)
         kb = parts.pop("attention.attention.key.bias", None)
-        if kb is not None and bool(kb.any()):
+        if kb is not None and not kb.is_meta and bool(kb.any()):
             raise CheckpointError(f"{where}: layer {n} has a non-zero key bias (VideoMAE's attention has none)")
         for k, v in parts.items():
             mod, _, leaf = k.rpartition(".")
@@ -382,15 +401,15 @@ def locate(path: str | Path) -> tuple[list[Path], Path | None]:
     return [path], cfg if cfg.is_file() else None
 
 
-def read_checkpoint(path: str | Path) -> Checkpoint:
+def read_checkpoint(path: str | Path, meta: bool = False) -> Checkpoint:
     """Read any accepted form (module docstring) into a :class:`Checkpoint`, or raise CheckpointError
-    naming the file and what was expected."""
+    naming the file and what was expected. ``meta``: shapes only (meta tensors, no sha256), read cheaply."""
     given = Path(path).expanduser()
     (file,), cfg_path = locate(given)
     if file.name.endswith(".index.json"):
-        raw, files = _read_index(file)
+        raw, files = _read_index(file, meta)
     else:
-        raw, files = read_weights_file(file), [file]
+        raw, files = read_weights_file(file, meta), [file]
     layout = detect_layout(normalise_keys(raw))
     if layout is None:
         sample = ", ".join(sorted(raw)[:3]) or "no tensors"
@@ -406,46 +425,34 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     else:
         state = normalise_keys(raw)
     return Checkpoint(path=given, files=files, layout=layout, state=state, config=config,
-                      sha256=weights_sha256(state))
-
-
-def _safetensors_shapes(path: Path) -> dict[str, list[int]]:
-    """Tensor shapes from a safetensors header alone (no weight is read)."""
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-    return {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
+                      sha256="" if meta else weights_sha256(state))
 
 
 def checkpoint_classes(path: str | Path) -> int | None:
-    """The number of classes of a checkpoint's head, None when it has none or cannot be read. Cheap for a
-    transformers directory (its config) and safetensors (the header); a torch file is read whole."""
+    """The number of classes of a checkpoint's head (its config's, else its head's rows), None when it has
+    none or cannot be read. Cheap: no weight is read."""
     try:
-        (file,), cfg_path = locate(path)
-        if Path(path).is_dir() and cfg_path is not None:
-            return read_config(cfg_path).num_classes
-        if _is_safetensors(file):
-            shapes = _safetensors_shapes(file)
-            head = [s for k, s in shapes.items() if re.search(r"(^|\.)(head|classifier)\.weight$", k)]
-            return int(head[0][0]) if len(head) == 1 else None
-        return read_checkpoint(path).num_classes
-    except (CheckpointError, OSError, ValueError, KeyError, struct.error):
+        ck = read_checkpoint(path, meta=True)
+    except CheckpointError:
         return None
+    return ck.config.num_classes if ck.config and ck.config.num_classes else ck.num_classes
 
 
 def checkpoint_problem(path: str | Path, name: str, num_frames: int, img_size: int,
                        num_classes: int | None) -> str | None:
     """Why the checkpoint at ``path`` cannot be model ``name`` at ``num_frames``×``img_size``² with
-    ``num_classes`` (0: any), judged from its config.json alone (cheap: no weight is read); None when
-    nothing says it cannot."""
+    ``num_classes`` (0: any), judged from its transformers config.json alone, so a suite can refuse it
+    before any work without reading a weight; None when nothing says it cannot. (A bare file's weight
+    shapes are checked when it loads.)"""
     try:
         (file,), cfg_path = locate(path)
         if cfg_path is None or not (Path(path).is_dir() or file.name in WEIGHT_FILES):
-            return None  # a bare file: its weights' shapes are checked when it loads
+            return None
         bad = config_mismatches(read_config(cfg_path), name, num_frames, img_size, num_classes)
     except CheckpointError as exc:
         return str(exc)
-    return f"{cfg_path} does not fit {name} ({num_frames}×{img_size}²): " + "; ".join(bad) if bad else None
+    what = f"{name} ({num_frames}×{img_size}²" + (f", {num_classes} classes)" if num_classes else ")")
+    return f"{cfg_path} does not fit {what}: " + "; ".join(bad) if bad else None
 
 
 @dataclass
@@ -467,6 +474,17 @@ def load_checkpoint(model: VideoViT, path: str | Path | Checkpoint, strict: bool
     every mismatched shape, or (``strict``) the weights it lacks; with ``strict=False`` missing weights
     (e.g. a new ``head``) are allowed and reported. Weights the model has no place for are reported."""
     ck = path if isinstance(path, Checkpoint) else read_checkpoint(path)
+    if not ck.sha256:
+        raise ValueError(f"{ck.path} was read for its shapes only (meta=True); it has no weights to load")
+    missing, unexpected = check_fits(ck, model, strict)
+    model.load_state_dict({k: v for k, v in ck.state.items() if k not in unexpected}, strict=False)
+    model.set_norm_eps(*ck.norm_eps)
+    return LoadReport(ck, missing, unexpected)
+
+
+def check_fits(ck: Checkpoint, model: VideoViT, strict: bool = True) -> tuple[list[str], list[str]]:
+    """(missing, unexpected) weight names of ``ck`` for ``model``; raises :class:`CheckpointError` naming what
+    does not fit: config fields (both values), shapes, or (``strict``) missing weights."""
     what = f"{model.name} ({model.num_frames}×{model.img_size}², {model.num_classes} classes)"
     if ck.config is not None:
         bad = config_mismatches(ck.config, model.name, model.num_frames, model.img_size, model.num_classes)
@@ -476,16 +494,15 @@ def load_checkpoint(model: VideoViT, path: str | Path | Checkpoint, strict: bool
     mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                   for k, v in ck.state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
     if mismatched:
-        raise CheckpointError(f"{ck.path} does not fit {what}, grid {model.grid}; mismatched shapes:\n  "
-                              + "\n  ".join(mismatched))
+        more = f" (and {len(mismatched) - 6} more)" if len(mismatched) > 6 else ""
+        raise CheckpointError(f"{ck.path} does not fit {what}, grid {model.grid}; mismatched shapes: "
+                              + "; ".join(mismatched[:6]) + more)
     missing = sorted(set(own) - set(ck.state))
     unexpected = sorted(set(ck.state) - set(own))
     if strict and missing:
         raise CheckpointError(f"{ck.path} lacks {len(missing)} weights of {model.name}: {', '.join(missing[:8])}"
                               + (" …" if len(missing) > 8 else ""))
-    model.load_state_dict({k: v for k, v in ck.state.items() if k in own}, strict=False)
-    model.set_norm_eps(*ck.norm_eps)
-    return LoadReport(ck, missing, unexpected)
+    return missing, unexpected
 
 
 def save_checkpoint(model: VideoViT, path: str | Path, **extra) -> Path:
@@ -497,7 +514,8 @@ def save_checkpoint(model: VideoViT, path: str | Path, **extra) -> Path:
     return path
 
 
-__all__ = ["Checkpoint", "CheckpointConfig", "CheckpointError", "LoadReport", "checkpoint_classes", "checkpoint_problem",
+__all__ = ["Checkpoint", "CheckpointConfig", "CheckpointError", "LoadReport", "check_fits", "checkpoint_classes",
+           "checkpoint_problem",
            "config_mismatches", "detect_layout", "from_transformers", "load_checkpoint", "locate",
            "normalise_keys", "read_checkpoint", "read_config", "save_checkpoint", "short_hash",
            "weights_sha256"]

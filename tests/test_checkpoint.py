@@ -360,3 +360,23 @@ def test_cli_checkpoint_names_layout_hash_and_classes_and_checks_a_fit(forms, ca
     assert err.startswith("tokenbench checkpoint: error: ") and "mismatched shapes" in err
     assert main(["checkpoint", str(forms["directory"] / "nope")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_shapes_only_reading_and_the_pre_run_fit_check(forms):
+    from tokenbench.harness.checkpoint import checkpoint_problem
+
+    for form in FORMS:
+        ck = read_checkpoint(forms[form], meta=True)
+        assert ck.sha256 == "" and all(t.is_meta for t in ck.state.values())
+        assert {k: tuple(v.shape) for k, v in ck.state.items()} == \
+               {k: tuple(v.shape) for k, v in read_checkpoint(forms[form]).state.items()}
+        assert checkpoint_problem(forms[form], "vit_t", FRAMES, SIZE, CLASSES) is None
+        assert checkpoint_problem(forms[form], "vit_t", FRAMES, SIZE, 0) is None  # 0: any number of classes
+    for form in ("directory", "its model.safetensors", "sharded directory", "directory with pytorch_model.bin"):
+        assert checkpoint_problem(forms[form], "vit_t", 16, SIZE, 0).endswith(
+            "config.json does not fit vit_t (16×32²): num_frames: checkpoint 4, model 16")
+    assert checkpoint_problem(forms["original layout .pth"], "vit_s", FRAMES, SIZE, 0) is None  # no config
+    with pytest.raises(CheckpointError, match=r"mismatched shapes: patch_embed[^\n]* \(and 156 more\)$"):  # one line
+        load_checkpoint(build_model("vit_s", 7, FRAMES, SIZE), forms["original layout .pth"])
+    with pytest.raises(ValueError, match="shapes only"):
+        load_checkpoint(build_model("vit_t", CLASSES, FRAMES, SIZE), read_checkpoint(forms["directory"], meta=True))
