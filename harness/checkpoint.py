@@ -410,7 +410,7 @@ def read_checkpoint(path: str | Path, meta: bool = False) -> Checkpoint:
         raw, files = _read_index(file, meta)
     else:
         raw, files = read_weights_file(file, meta), [file]
-    layout = detect_layout(normalise_keys(raw))
+    layout = detect_layout(raw)  # before stripping prefixes: transformers' encoder-only keys start "encoder."
     if layout is None:
         sample = ", ".join(sorted(raw)[:3]) or "no tensors"
         raise CheckpointError(

@@ -380,3 +380,18 @@ def test_shapes_only_reading_and_the_pre_run_fit_check(forms):
         load_checkpoint(build_model("vit_s", 7, FRAMES, SIZE), forms["original layout .pth"])
     with pytest.raises(ValueError, match="shapes only"):
         load_checkpoint(build_model("vit_t", CLASSES, FRAMES, SIZE), read_checkpoint(forms["directory"], meta=True))
+
+
+def test_an_encoder_only_transformers_state_loads_without_its_head(hf, tmp_path):
+    """VideoMAEModel's keys (no ``videomae.`` prefix, no fc_norm/classifier) start with ``encoder.``, one of
+    the wrapper prefixes the original layout strips: the layout is still read from them."""
+    enc = {k.removeprefix("videomae."): v.contiguous() for k, v in hf.state_dict().items()
+           if k.startswith("videomae.")}
+    assert any(k.startswith("encoder.layer.") for k in enc)
+    save_file(enc, tmp_path / "encoder.safetensors")
+    model = build_model("vit_t", CLASSES, FRAMES, SIZE)
+    report = load_checkpoint(model, tmp_path / "encoder.safetensors", strict=False)
+    assert report.checkpoint.layout == "transformers" and report.unexpected == []
+    assert report.missing == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight"]
+    ref = hf.state_dict()["videomae.encoder.layer.3.attention.attention.value.weight"]
+    assert torch.equal(model.blocks[3].attn.qkv.weight[2 * 192:], ref)
