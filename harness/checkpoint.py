@@ -245,7 +245,8 @@ def from_transformers(state: dict[str, Tensor], where: Path, qv_bias: bool = Tru
             raise CheckpointError(f"{where}: layer {n} has a non-zero key bias (VideoMAE's attention has none)")
         for k, v in parts.items():
             mod, _, leaf = k.rpartition(".")
-            out[blk + f"{_HF_RENAMES[mod]}.{leaf}" if mod in _HF_RENAMES else f"encoder.layer.{n}.{k}"] = v
+            # a name it does not know goes back as it was, to be reported unexpected
+            out[(blk + f"{_HF_RENAMES[mod]}.{leaf}") if mod in _HF_RENAMES else f"encoder.layer.{n}.{k}"] = v
     return out
 
 
