@@ -78,8 +78,9 @@ def _is_safetensors(path: Path) -> bool:
     return 0 < n < 100 * 2**20
 
 
-_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+                       "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32, "I16": torch.int16,
+                       "I8": torch.int8,
                        "U8": torch.uint8, "BOOL": torch.bool}
 
 
@@ -89,9 +90,10 @@ def _read_safetensors(path: Path, meta: bool = False) -> dict[str, Tensor]:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             if meta:  # shapes and dtypes from the header; no weight is read
-                return {k: torch.empty(f.get_slice(k).get_shape(), device="meta",
-                                       dtype=_SAFETENSORS_DTYPES.get(f.get_slice(k).get_dtype(), torch.float32))
-                        for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
+                slices = {k: f.get_slice(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
+                return {k: torch.empty(s.get_shape(), device="meta",
+                                       dtype=_SAFETENSORS_DTYPES.get(s.get_dtype(), torch.float32))
+                        for k, s in slices.items()}
             return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
     except Exception as exc:  # safetensors raises its own error type (and OSError) for damaged files
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -242,7 +244,8 @@ def from_transformers(state: dict[str, Tensor], where: Path, qv_bias: bool = Tru
                 out[blk + f"attn.{ours}"] = torch.zeros(qkv[0].shape[0], dtype=qkv[0].dtype)
         kb = parts.pop("attention.attention.key.bias", None)
         if kb is not None and not kb.is_meta and bool(kb.any()):
-            raise CheckpointError(f"{where}: layer {n} has a non-zero key bias (VideoMAE's attention has none)")
+            raise CheckpointError(f"{where}: layer {n} has a non-zero key bias (VideoMAE's attention has "
+                                  "none)")
         for k, v in parts.items():
             mod, _, leaf = k.rpartition(".")
             # a name it does not know goes back as it was, to be reported unexpected
@@ -315,7 +318,8 @@ def read_config(path: Path) -> CheckpointConfig:
         return CheckpointConfig(
             source=path, num_frames=int(cfg.get("num_frames", 16)),
             img_size=_square(cfg.get("image_size", 224), "image_size", path),
-            width=width, depth=int(cfg.get("num_hidden_layers", 12)), heads=int(cfg.get("num_attention_heads", 12)),
+            width=width, depth=int(cfg.get("num_hidden_layers", 12)),
+            heads=int(cfg.get("num_attention_heads", 12)),
             mlp=int(cfg.get("intermediate_size", 4 * width)),
             patch=_square(cfg.get("patch_size", PATCH), "patch_size", path),
             tubelet=int(cfg.get("tubelet_size", TUBELET)),
@@ -332,8 +336,10 @@ def config_mismatches(config: CheckpointConfig, name: str, num_frames: int, img_
     ``num_classes`` (0/None: any), as ``"field: checkpoint X, model Y"``."""
     size = MODEL_SIZES[name]
     pairs = [("num_frames", config.num_frames, num_frames), ("image_size", config.img_size, img_size),
-             ("hidden_size (width)", config.width, size.dim), ("num_hidden_layers (depth)", config.depth, size.depth),
-             ("num_attention_heads", config.heads, size.heads), ("intermediate_size (MLP)", config.mlp, size.mlp),
+             ("hidden_size (width)", config.width, size.dim),
+             ("num_hidden_layers (depth)", config.depth, size.depth),
+             ("num_attention_heads", config.heads, size.heads),
+             ("intermediate_size (MLP)", config.mlp, size.mlp),
              ("patch_size", config.patch, PATCH), ("tubelet_size", config.tubelet, TUBELET)]
     if num_classes and config.num_classes:
         pairs.append(("num_labels (classes)", config.num_classes, num_classes))
@@ -349,7 +355,8 @@ def weights_sha256(state: dict[str, Tensor]) -> str:
     for k in sorted(state):
         t = state[k].detach().cpu().contiguous()
         h.update(f"{k}\0{str(t.dtype).removeprefix('torch.')}\0{tuple(t.shape)}\0".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():  # the bytes as they lie in memory (hashlib reads the buffer; no copy)
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()
 
 
@@ -501,8 +508,8 @@ def check_fits(ck: Checkpoint, model: VideoViT, strict: bool = True) -> tuple[li
     missing = sorted(set(own) - set(ck.state))
     unexpected = sorted(set(ck.state) - set(own))
     if strict and missing:
-        raise CheckpointError(f"{ck.path} lacks {len(missing)} weights of {model.name}: {', '.join(missing[:8])}"
-                              + (" …" if len(missing) > 8 else ""))
+        raise CheckpointError(f"{ck.path} lacks {len(missing)} weights of {model.name}: "
+                              f"{', '.join(missing[:8])}" + (" …" if len(missing) > 8 else ""))
     return missing, unexpected
 
 
@@ -515,8 +522,8 @@ def save_checkpoint(model: VideoViT, path: str | Path, **extra) -> Path:
     return path
 
 
-__all__ = ["Checkpoint", "CheckpointConfig", "CheckpointError", "LoadReport", "check_fits", "checkpoint_classes",
-           "checkpoint_problem",
+__all__ = ["Checkpoint", "CheckpointConfig", "CheckpointError", "LoadReport", "check_fits",
+           "checkpoint_classes", "checkpoint_problem",
            "config_mismatches", "detect_layout", "from_transformers", "load_checkpoint", "locate",
            "normalise_keys", "read_checkpoint", "read_config", "save_checkpoint", "short_hash",
            "weights_sha256"]

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 
 def add_cli(sub) -> None:
-    p = sub.add_parser("checkpoint", help="inspect a checkpoint: layout, sha256, config, class names; check a fit",
+    p = sub.add_parser("checkpoint", help="a checkpoint's layout, sha256, config, classes; its fit",
                        description="Read a checkpoint the way 'tokenbench run' does (a transformers model "
-                                   "directory, a .safetensors / .bin / .pth file in transformers' or VideoMAE's "
-                                   "layout) and print its layout, the files read, its weights' sha256 (how "
-                                   "records and reports name it), its config.json and class names. With "
-                                   "--model, load it into that model and report what does not fit.")
+                                   "directory, a .safetensors / .bin / .pth file in transformers' or "
+                                   "VideoMAE's layout) and print its layout, the files read, its weights' "
+                                   "sha256 (how records and reports name it), its config.json and class "
+                                   "names. With --model, load it into that model and report what does not "
+                                   "fit.")
     p.add_argument("path", help="checkpoint file or transformers model directory")
     p.add_argument("--model", default=None, help="check it fits this model size (vit_t … vit_g)")
     p.add_argument("--frames", type=int, default=16, help="with --model: frames per clip (default 16)")
     p.add_argument("--size", type=int, default=224, help="with --model: image size (default 224)")
     p.add_argument("--classes", type=int, default=0, help="with --model: classes (default: the checkpoint's)")
-    p.add_argument("--show-classes", type=int, default=10, metavar="N", help="class names to print (default 10)")
+    p.add_argument("--show-classes", type=int, default=10, metavar="N",
+                   help="class names to print (default 10)")
     p.set_defaults(func=run)
 
 
@@ -42,8 +44,9 @@ def run(args) -> int:
           + ("" if ck.config or ck.layout != "transformers" else " (transformers' defaults: no config.json)"))
     if ck.config:
         c = ck.config
-        print(f"  config {c.source}: {c.num_frames} frames × {c.img_size}², width {c.width}, depth {c.depth}, "
-              f"{c.heads} heads, MLP {c.mlp}, " + (f"{c.num_classes} classes" if c.num_classes else "no head"))
+        head = f"{c.num_classes} classes" if c.num_classes else "no head"
+        print(f"  config {c.source}: {c.num_frames} frames × {c.img_size}², width {c.width}, "
+              f"depth {c.depth}, {c.heads} heads, MLP {c.mlp}, {head}")
     names = ck.class_names
     if names:
         shown = ", ".join(f"{i}: {n}" for i, n in enumerate(names[:args.show_classes]))

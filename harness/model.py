@@ -180,7 +180,8 @@ class VideoViT(nn.Module):
         self.register_buffer("pos_embed", sincos_table(n_tok, dim), persistent=False)
         self.length_embed = nn.Parameter(torch.randn(self.grid[0], dim) * 0.02) if length_embedding else None
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
-        self.blocks = nn.ModuleList(Block(dim, heads, mlp, drop_path=dpr[i], eps=norm_eps) for i in range(depth))
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp, drop_path=dpr[i], eps=norm_eps)
+                                    for i in range(depth))
         self.fc_norm = nn.LayerNorm(dim, eps=fc_norm_eps)
         self.head_dropout = nn.Dropout(head_dropout)
         self.head = nn.Linear(dim, num_classes)

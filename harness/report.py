@@ -180,14 +180,16 @@ def _checkpoints_block(records: list[dict]) -> list[str]:
     for r in records:
         sha = r.get("checkpoint_sha256")
         if isinstance(sha, str) and sha:
-            path = r.get("checkpoint_path") if isinstance(r.get("checkpoint_path"), str) else r.get("checkpoint")
+            path = r.get("checkpoint_path")
+            path = path if isinstance(path, str) else r.get("checkpoint")
             held.setdefault(sha, set()).add(f"{r.get('model')}: {path}")
     if not held:
         return []
-    out = ["### Checkpoints", "", "Weights are identified by the sha256 of their tensors (names, dtypes, shapes, "
-           "bytes), so one set of weights is one checkpoint whatever file held it.", "",
+    out = ["### Checkpoints", "", "Weights are identified by the sha256 of their tensors (names, dtypes, "
+           "shapes, bytes), so one set of weights is one checkpoint whatever file held it.", "",
            "| sha256 (short) | sha256 | model: path |", "|:---|:---|:---|"]
-    out += [f"| `{sha[:12]}` | `{sha}` | {md_escape('; '.join(sorted(paths)))} |" for sha, paths in sorted(held.items())]
+    out += [f"| `{sha[:12]}` | `{sha}` | {md_escape('; '.join(sorted(paths)))} |"
+            for sha, paths in sorted(held.items())]
     return out + [""]
 
 

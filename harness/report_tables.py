@@ -120,8 +120,8 @@ def checkpoint_of(r: dict) -> str:
 
 def setting(r: dict) -> tuple:
     """What makes two records comparable: same model, input, checkpoint and data."""
-    return tuple(checkpoint_of(r) if k == "checkpoint" else str(r.get(k)) if r.get(k) is not None else "" for k in
-                 ("model", "num_frames", "img_size", "checkpoint", "dataset", "split"))
+    return tuple(checkpoint_of(r) if k == "checkpoint" else str(r.get(k)) if r.get(k) is not None else ""
+                 for k in ("model", "num_frames", "img_size", "checkpoint", "dataset", "split"))
 
 
 def sort_key(r: dict) -> tuple:
@@ -163,8 +163,8 @@ def model_names(records: list[dict]) -> dict[tuple, str]:
             if len(geoms) > 1:
                 name += f" {v[1]}×{v[2]}²"
             if len(vs) > len(geoms) and v[3]:  # a checkpoint by its short hash, else by its file name
-                short = v[3][7:19] if v[3].startswith("sha256:") else v[3].replace(chr(92), "/").rsplit("/", 1)[-1]
-                name += f" ({short})"
+                sha = v[3].removeprefix("sha256:") if v[3].startswith("sha256:") else None
+                name += f" ({sha[:12] if sha else v[3].replace(chr(92), '/').rsplit('/', 1)[-1]})"
             names[v] = name
     return names
 

@@ -236,7 +236,7 @@ class RunCache:
     calibrated: dict[str, Any] = field(default_factory=dict)
     cache_dir: Path = field(default_factory=cache_root)
     pretrain_failures: dict[str, str] = field(default_factory=dict)  # a model whose training failed: why
-    checkpoints: dict[str, dict[str, str]] = field(default_factory=dict)  # model key -> its weights' sha256, path
+    checkpoints: dict[str, dict[str, str]] = field(default_factory=dict)  # model key -> sha256 (+path)
 
     def pretrained(self, pretrain: dict[str, Any], device: str = "cpu",
                    log: Callable[[str], None] | None = None) -> Path:
@@ -690,7 +690,7 @@ def train_cell(cell: dict[str, Any], cache: RunCache, progress=None, log=None) -
         metrics["reducer_params_used"] = reducer.params()
     env = {"attn_backend": fw["backend"], "decoder": clips.info.get("decoder"),
            "decoder_version": clips.info.get("decoder_version"),
-           "checkpoint": {"checkpoint_sha256": weights_sha256(base_model(model).state_dict())}}  # as trained here
+           "checkpoint": {"checkpoint_sha256": weights_sha256(base_model(model).state_dict())}}
     return metrics, env
 
 
