@@ -598,7 +598,7 @@ def run_cli(args) -> int:
     from tokenbench.datasets import get_dataset
     from tokenbench.harness.cli import UserError, parse_params
 
-    from .checkpoint import load_checkpoint
+    from .checkpoint import CheckpointError, load_checkpoint
     from .model import build_model
 
     if args.threads:
@@ -620,7 +620,10 @@ def run_cli(args) -> int:
     model = build_model(args.model, train_ds.num_classes, num_frames=args.num_frames, img_size=args.img_size,
                         length_embedding=length_embedding, drop_path_rate=args.drop_path)
     if args.init:
-        info = load_checkpoint(model, args.init, strict=False)
+        try:
+            info = load_checkpoint(model, args.init, strict=False)
+        except CheckpointError as exc:
+            raise UserError(f"--init: {exc}") from None
         if info.missing:
             print(f"fine-tuning from {args.init}; newly initialised: {', '.join(info.missing)}", file=sys.stderr)
     result = train(model, train_ds, val_ds, reducer, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,

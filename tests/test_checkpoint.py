@@ -395,3 +395,13 @@ def test_an_encoder_only_transformers_state_loads_without_its_head(hf, tmp_path)
     assert report.missing == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight"]
     ref = hf.state_dict()["videomae.encoder.layer.3.attention.attention.value.weight"]
     assert torch.equal(model.blocks[3].attn.qkv.weight[2 * 192:], ref)
+
+
+def test_train_init_from_a_bad_checkpoint_is_one_line_and_exit_2(tmp_path, capsys):
+    from tokenbench.harness.cli import main
+
+    (tmp_path / "cut.safetensors").write_bytes(b"\x40\x00\x00\x00\x00\x00\x00\x00{\"a\": ")
+    assert main(["train", "--model", "vit_t", "--dataset", "synthetic", "--init", str(tmp_path / "cut.safetensors"),
+                 "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tokenbench train: error: --init: cannot read checkpoint ") and "\n" not in err
