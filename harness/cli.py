@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "tokenbench.harness.cli_list",
     "tokenbench.harness.cli_run",
     "tokenbench.harness.train",
+    "tokenbench.harness.cli_checkpoint",
     "tokenbench.datasets.cli_tokens",
     "tokenbench.harness.flops",
     "tokenbench.harness.report",

@@ -238,6 +238,7 @@ class RunCache:
     calibrated: dict[str, Any] = field(default_factory=dict)
     cache_dir: Path = field(default_factory=cache_root)
     pretrain_failures: dict[str, str] = field(default_factory=dict)  # a model whose training failed: why
+    checkpoints: dict[str, dict[str, str]] = field(default_factory=dict)  # model key -> sha256 (+path)
 
     def pretrained(self, pretrain: dict[str, Any], device: str = "cpu",
                    log: Callable[[str], None] | None = None) -> Path:
@@ -439,22 +440,11 @@ def model_key(cell: dict[str, Any], num_classes: int, length_embedding: bool) ->
                  | {"num_classes": num_classes, "length_embedding": length_embedding})
 
 
-def checkpoint_classes(path: str) -> int | None:
-    """Rows of the head in a checkpoint file (its number of classes), None when it has no head."""
-    from .model import _read_state_dict, normalise_keys
-
-    try:
-        state = normalise_keys(_read_state_dict(Path(path)))
-    except Exception:
-        return None
-    w = state.get("head.weight")
-    return int(w.shape[0]) if w is not None else None
-
-
 def load_model(cell: dict[str, Any], cache: RunCache, num_classes: int, length_embedding: bool = False,
                log: Callable[[str], None] | None = None) -> torch.nn.Module:
     """The cell's model in eval mode on its device and dtype (cached per process)."""
-    from .model import build_model, load_checkpoint
+    from .checkpoint import load_checkpoint, weights_sha256
+    from .model import build_model
 
     key = model_key(cell, num_classes, length_embedding)
     if key in cache.models:
@@ -468,14 +458,17 @@ def load_model(cell: dict[str, Any], cache: RunCache, num_classes: int, length_e
             raise CellError(f"checkpoint {ckpt} names a self-trained model but the cell has no pretrain settings")
         path = cache.pretrained(cell["pretrain"], cell.get("device", "cpu"), log)
         info = load_checkpoint(model, path, strict=False)
+        cache.checkpoints[key] = {"checkpoint_sha256": info.sha256, "checkpoint_path": str(path)}
     elif ckpt == "none":
-        info = {"missing": []}
+        info = None
+        cache.checkpoints[key] = {"checkpoint_sha256": weights_sha256(model.state_dict())}
     else:
         info = load_checkpoint(model, ckpt, strict=False)
-    missing = [k for k in info.get("missing", []) if k != "length_embed"]
+        cache.checkpoints[key] = {"checkpoint_sha256": info.sha256}
+    missing = [k for k in info.missing if k != "length_embed"] if info else []
     if missing:
         raise CellError(f"checkpoint {ckpt} lacks weights of {cell['model']}: {', '.join(missing[:6])}")
-    if length_embedding and "length_embed" in info.get("missing", []):
+    if length_embedding and info and "length_embed" in info.missing:
         raise CellError(f"the reducer uses a learned length embedding but checkpoint {ckpt} has none "
                         "(train with it: a train-mode cell, or a checkpoint fine-tuned with RLT's length embedding)")
     model = model.to(device=cell.get("device", "cpu"), dtype=DTYPES[cell.get("dtype", "float32")]).eval()
@@ -497,6 +490,8 @@ def model_classes(cell: dict[str, Any], clipset_classes: int) -> int:
                          img_size=pre["img_size"], **(pre.get("options") or {}))
         return int(ds.num_classes)
     if ckpt not in ("none", "") and not ckpt.startswith("trained:"):
+        from .checkpoint import checkpoint_classes
+
         n = checkpoint_classes(ckpt)
         if n:
             return n
@@ -651,7 +646,8 @@ def inference_cell(cell: dict[str, Any], cache: RunCache, progress=None, log=Non
     if reducer is not None and reducer.params() != (cell.get("params") or {}):
         metrics["reducer_params_used"] = reducer.params()  # e.g. random's keep calibrated to RLT's budget
     env = {"attn_backend": timing.backend or fw["backend"], "timer": timing.timer,
-           "decoder": clips.info.get("decoder"), "decoder_version": clips.info.get("decoder_version")}
+           "decoder": clips.info.get("decoder"), "decoder_version": clips.info.get("decoder_version"),
+           "checkpoint": cache.checkpoints.get(model_key(cell, num_classes, length_emb), {})}
     return metrics, env
 
 
@@ -660,7 +656,8 @@ def train_cell(cell: dict[str, Any], cache: RunCache, progress=None, log=None) -
     clips like an inference cell (the reducer at evaluation: ``harness.train.inference_reducer``)."""
     from tokenbench.datasets import get_dataset
 
-    from .model import build_model, load_checkpoint
+    from .checkpoint import load_checkpoint, weights_sha256
+    from .model import build_model
     from .train import inference_reducer, train
 
     settings = dict(cell.get("train") or {})
@@ -698,7 +695,8 @@ def train_cell(cell: dict[str, Any], cache: RunCache, progress=None, log=None) -
     if reducer is not None and reducer.params() != (cell.get("params") or {}):
         metrics["reducer_params_used"] = reducer.params()
     env = {"attn_backend": fw["backend"], "decoder": clips.info.get("decoder"),
-           "decoder_version": clips.info.get("decoder_version")}
+           "decoder_version": clips.info.get("decoder_version"),
+           "checkpoint": {"checkpoint_sha256": weights_sha256(base_model(model).state_dict())}}
     return metrics, env
 
 
@@ -744,7 +742,8 @@ def run_cell(cell: dict[str, Any], *, suite: str = "adhoc", command: str = "", c
     fp.update({k: v for k, v in env.items() if k in ("decoder", "decoder_version", "timer")})
     record = {
         "schema": SCHEMA_VERSION, "key": key, "suite": suite, "status": status, "error": error,
-        "cell": {**cell, "label": cell_label(cell)}, "fingerprint": fp, "metrics": metrics,
+        "cell": {**cell, **env.get("checkpoint", {}), "label": cell_label(cell)},  # + the weights' sha256
+        "fingerprint": fp, "metrics": metrics,
         "started": started, "finished": utc_now(), "duration_s": round(time.perf_counter() - t0, 3),
         "command": command,
     }

@@ -805,9 +805,15 @@ class _Validator:
             m.checkpoint = CHECKPOINT_NONE
         else:
             path = Path(ckpt).expanduser()
-            if self.check_paths and not path.is_file():
+            if self.check_paths and not path.exists():
                 self.missing.append(p, f"{self.where(p + ('checkpoint',))}: {self.entry_name('models', i)} checkpoint "
                                     f"{str(path)!r} does not exist")
+            elif self.check_paths:  # a config.json that does not fit is refused before any work
+                from .checkpoint import checkpoint_problem
+
+                problem = checkpoint_problem(path, name, m.num_frames, m.img_size, m.num_classes)
+                if problem:
+                    raise self.fail(p + ("checkpoint",), f"{self.entry_name('models', i)}: {problem}")
             m.checkpoint = str(path.resolve()) if path.exists() else str(path)
         return m
 

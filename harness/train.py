@@ -45,7 +45,7 @@ batch, split evenly over ranks), wraps the model in DDP and evaluates on disjoin
 are summed. Packed tokens give each step a different activation graph, but every parameter takes part
 in every step (the length embedding too: without a selection every run has length 1), so DDP runs with
 ``find_unused_parameters=False``; a reducer that bypasses parameters can set ``find_unused_parameters``.
-Rank 0 writes the checkpoint (VideoMAE layout, :func:`tokenbench.harness.model.save_checkpoint`).
+Rank 0 writes the checkpoint (VideoMAE layout, :func:`tokenbench.harness.checkpoint.save_checkpoint`).
 
 Defaults (:data:`DEFAULTS`: 2 epochs, global batch 16, lr 1e-3, 0.2 warm-up epochs, weight decay 0.05,
 label smoothing 0.1, amp "auto") are the recipe that trains ``vit_t`` from scratch on the default
@@ -504,7 +504,7 @@ def train(model: nn.Module, train_ds: Dataset, val_ds: Dataset | None = None, re
 
     if out is not None:
         if is_main:
-            from .model import save_checkpoint
+            from .checkpoint import save_checkpoint
 
             summary = {k: v for k, v in result.to_dict().items() if k not in ("config", "history")}
             save_checkpoint(net, out, epoch=result.epochs, train_result=json.dumps(summary, default=str),
@@ -598,7 +598,8 @@ def run_cli(args) -> int:
     from tokenbench.datasets import get_dataset
     from tokenbench.harness.cli import UserError, parse_params
 
-    from .model import build_model, load_checkpoint
+    from .checkpoint import CheckpointError, load_checkpoint
+    from .model import build_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -619,9 +620,12 @@ def run_cli(args) -> int:
     model = build_model(args.model, train_ds.num_classes, num_frames=args.num_frames, img_size=args.img_size,
                         length_embedding=length_embedding, drop_path_rate=args.drop_path)
     if args.init:
-        info = load_checkpoint(model, args.init, strict=False)
-        if info["missing"]:
-            print(f"fine-tuning from {args.init}; newly initialised: {', '.join(info['missing'])}", file=sys.stderr)
+        try:
+            info = load_checkpoint(model, args.init, strict=False)
+        except CheckpointError as exc:
+            raise UserError(f"--init: {exc}") from None
+        if info.missing:
+            print(f"fine-tuning from {args.init}; newly initialised: {', '.join(info.missing)}", file=sys.stderr)
     result = train(model, train_ds, val_ds, reducer, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                    weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
                    label_smoothing=args.label_smoothing, seed=args.seed, num_workers=args.num_workers,
