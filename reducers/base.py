@@ -83,6 +83,11 @@ class Reducer:
         in a model of ``depth`` blocks (e.g. ToMe's r above half the tokens, STA on an ungroupable T').
         Called by the model before a forward pass and by the runner before any work."""
 
+    def geometry_note(self, grid: tuple[int, int, int]) -> str | None:
+        """One line when clips of ``grid`` (T', H', W') run the reducer on a geometry its paper does not
+        define (a generalisation), for reports to label such rows; ``None`` when the paper defines it."""
+        return None
+
     def select(self, video: Tensor) -> Selection | None:
         """video [B,3,T,H,W], ImageNet-normalised. ``None`` keeps every tubelet."""
         return None

@@ -9,7 +9,9 @@ group loses ``r`` tokens (dropped, not merged):
   first tubelet lies at time t belongs to group t // 2^s. For T' = 8 that is the paper's 8, 4, 2 groups
   (the reference hard-codes 8/4/2); T' = 16 gives 16, 8, 4 and T' = 4 gives 4, 2, 1 — a group always
   spans the same 1, 2, 4 time steps, so the stages prune at the same temporal granularity whatever the
-  clip length. T' must be a multiple of 4 (:meth:`STA.check_geometry` raises otherwise).
+  clip length. T' must be a multiple of 4 (:meth:`STA.check_geometry` raises otherwise). Only T' = 8 is
+  what the paper defines; any other T' (4/2/1 groups for 8-frame clips, 16/8/4 for 32-frame ones) is
+  this generalisation, and :meth:`STA.geometry_note` says so for the report to label such rows.
 * **Walk.** Stages 0 and 2 walk the groups forward in time, stage 1 (after block depth//3; "stage 2"
   in DESIGN.md's count from 1) backwards, as the reference's ``perm``; the first group of the walk is
   the first non-empty one.
@@ -17,12 +19,15 @@ group loses ``r`` tokens (dropped, not merged):
   even token's best cosine match among the odd ones; the ``r`` even tokens with the highest match are
   dropped.
 * **Later groups**: with K the cosine-normalised, head-averaged keys of this group (n tokens) and K⁻
-  the keys of the *kept* tokens of the previous group in the walk, with masses s⁻ (uniform for the
-  first group; carried below), A = softmax over this group's tokens of K·K⁻ᵀ (each previous token
-  spreads one unit of its mass over the current tokens) and s = A·s⁻, the accumulated temporal
-  redundancy. With a = ‖x‖₁ (token activation, the block's output), min-max normalised within the
-  group, the score is s · (1 − a); the n − r lowest scores are kept. Their masses, renormalised to sum
-  to 1, and keys become s⁻ and K⁻ for the next group.
+  the keys of the previous group in the walk, with masses s⁻, A = softmax over this group's tokens of
+  K·K⁻ᵀ (each previous token spreads one unit of its mass over the current tokens) and s = A·s⁻, the
+  accumulated temporal redundancy. With a = ‖x‖₁ (token activation, the block's output), min-max
+  normalised within the group, the score is s · (1 − a); the n − r lowest scores are kept. Their masses,
+  renormalised to sum to 1, and keys become s⁻ and K⁻ for the next group.
+* **Which previous keys** (the authors' code is the reference, DESIGN.md §4): the second group of the
+  walk is linked to **all** of the first group's keys, dropped ones included, with uniform mass — the
+  reference computes ``m_t`` for t = 1 from ``m_0``, the first group before its r tokens are cut; every
+  later group is linked to the previous group's *kept* keys and their carried masses.
 * **Output**: the kept tokens of every group, in original temporal (``pos``) order.
 
 Token counts on a full clip: ViT-L (grid (8, 14, 14), depth 24) with r = 64 gives 1568 → 8·(196 − 64) =
@@ -30,9 +35,6 @@ Token counts on a full clip: ViT-L (grid (8, 14, 14), depth 24) with r = 64 give
 
 Departures from the reference, all deliberate:
 
-* the reference links the *first* group to the second through all of the first group's keys, dropped
-  ones included (``m_0`` is the group before its last r tokens are cut); we use its kept keys, as
-  DESIGN.md §4 and the paper describe ("previous group's kept keys");
 * the reference leaves tokens in its gather order (odd tokens first, then survivors sorted by score),
   so its later even/odd splits run over a scrambled order; we keep original order throughout;
 * clips shorter than the full geometry (packed, content-adaptive input, e.g. after RLT) are grouped by
@@ -58,6 +60,7 @@ from .base import PackedTokens, Reducer, ReducerParamError
 from .registry import register_reducer
 
 STAGES = 3
+PAPER_T = 8  # the paper's and the reference's only geometry: 16 frames, tubelet 2
 
 
 def stage_layers(depth: int) -> tuple[int, int, int]:
@@ -118,10 +121,11 @@ def sta_clip(act: Tensor, metric: Tensor, t_of: Tensor, group_span: int, n_group
         gm, ga = metric[a:a + n], act[a:a + n]
         if prev_metric is None:
             kept = first_group_keep(gm, rg)
-            mass = torch.full((len(kept),), 1.0 / len(kept), device=metric.device)
+            # the next group links to all of this group's keys, the dropped ones too (the reference's m_0)
+            prev_metric, prev_mass = gm, torch.full((n,), 1.0 / n, device=metric.device)
         else:
             kept, mass = later_group_keep(gm, ga, prev_metric, prev_mass, rg)
-        prev_metric, prev_mass = gm[kept], mass
+            prev_metric, prev_mass = gm[kept], mass
         kept_parts[g] = kept + a
     return torch.cat([kept_parts[g] for g in sorted(kept_parts)])
 
@@ -157,6 +161,14 @@ class STA(Reducer):
                     f"{stage_layers(depth)[s]}) a group of grid {tuple(grid)} holds {group} tokens and at "
                     f"most half ({group // 2}) can be dropped")
             group = 2 * (group - self.r)  # the next stage's group: two of this stage's, pruned
+
+    def geometry_note(self, grid: tuple[int, int, int]) -> str | None:
+        t_ = grid[0]
+        if t_ == PAPER_T:
+            return None
+        groups = "/".join(str(t_ // 2 ** s) for s in range(STAGES))
+        return (f"STA at T'={t_} (groups {groups}) generalises the paper, which defines T'={PAPER_T} "
+                f"(groups 8/4/2) only")
 
     def after_block(self, tokens: PackedTokens, keys: Tensor | None, layer: int, depth: int) -> PackedTokens:
         if self.r == 0 or layer not in stage_layers(depth):
