@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from tokenbench.harness.model import build_model
 from tokenbench.reducers import PackedTokens, Selection
@@ -194,6 +195,81 @@ def test_forward_equals_the_per_clip_implementation(golden, name):
         with torch.no_grad():
             alone = model(video[i:i + 1], red, selection=one)
         torch.testing.assert_close(alone[0], got["logits"][i], rtol=1e-4, atol=1e-5)
+
+
+# --- no device reads inside the hooks --------------------------------------------------------------------
+
+class _DeviceReads(TorchFunctionMode):
+    """Records every call that copies a device value to the host (a host sync on a GPU): tolist, item,
+    bool/int/float of a tensor, and the ops whose output size depends on values (nonzero, unique,
+    masked_select, repeat_interleave without output_size, boolean-mask indexing)."""
+
+    READS = {"tolist", "item", "__bool__", "__int__", "__float__", "__index__", "nonzero", "unique",
+             "unique_consecutive", "masked_select", "argwhere"}
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", str(func))
+        if name in self.READS or (name == "repeat_interleave" and kwargs.get("output_size") is None
+                                  and len(args) > 1 and isinstance(args[1], torch.Tensor)):
+            self.calls.append(name)
+        if name == "__getitem__" and any(isinstance(a, torch.Tensor) and a.dtype == torch.bool
+                                         for a in (args[1] if isinstance(args[1], tuple) else (args[1],))):
+            self.calls.append("bool-mask indexing")
+        return func(*args, **kwargs)
+
+
+def _spied(cls):
+    class Spied(cls):
+        def after_attention(self, tokens, keys, layer, depth):
+            with _DeviceReads() as spy:
+                out = super().after_attention(tokens, keys, layer, depth)
+            self.reads.append(spy.calls)
+            return out
+
+        def after_block(self, tokens, keys, layer, depth):
+            with _DeviceReads() as spy:
+                out = super().after_block(tokens, keys, layer, depth)
+            self.reads.append(spy.calls)
+            return out
+
+    return Spied
+
+
+def test_the_spy_sees_device_reads():
+    t = torch.arange(6)
+    with _DeviceReads() as spy:
+        t.tolist(), bool(t.sum() > 0), t.nonzero(), t[t > 2], torch.repeat_interleave(t, t)
+        torch.repeat_interleave(t, t, output_size=15)
+    assert spy.calls == ["tolist", "__bool__", "nonzero", "bool-mask indexing", "repeat_interleave"]
+
+
+@pytest.mark.parametrize("selected", [False, True], ids=["full", "selected"])
+def test_tome_reads_nothing_back_from_the_device(selected):
+    model = _MODELS.setdefault(16, _model(16))
+    red = _spied(ToMe)(r=(6, -1.0), prop_attn=True)
+    red.reads = []
+    with torch.no_grad():
+        model(_video(16), red, selection=_selection(3, GRID8, seed=16) if selected else None)
+    assert len(red.reads) == 2 * 12 and all(calls == [] for calls in red.reads), red.reads
+
+
+def test_sta_reads_nothing_back_on_full_clips_and_once_a_stage_after_a_selection():
+    model = _MODELS.setdefault(16, _model(16))
+    red = _spied(STA)(r=4)
+    red.reads = []
+    with torch.no_grad():
+        model(_video(16), red)
+    assert len(red.reads) == 2 * 12 and all(calls == [] for calls in red.reads), red.reads
+    red.reads = []
+    with torch.no_grad():
+        model(_video(16), red, selection=_selection(3, GRID8, seed=16))
+    # content-adaptive clips: each stage reads its [B, G] group sizes (the output size depends on them)
+    assert sorted(sum(red.reads, [])) == ["tolist"] * 3
 
 
 if __name__ == "__main__":
