@@ -325,7 +325,7 @@ class STA(Reducer):
             clip = torch.repeat_interleave(torch.arange(len(counts), device=idx.device), counts, output_size=n_out)
         cu = F.pad(counts.cumsum(0, dtype=torch.int32), (1, 0))
         pos = tokens.pos.index_select(0, idx)
-        if full_groups:
+        if full_groups and stage < STAGES - 1:  # kept only until the next stage: no tensor outlives a forward
             self._full_pos = (pos, stage)
         return tokens.replace(x=tokens.x.index_select(0, idx), pos=pos, cu_seqlens=cu, lens=groups.lens_out,
                               size=tokens.size.index_select(0, idx) * scale.index_select(0, clip).to(tokens.size.dtype))
