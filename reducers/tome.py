@@ -151,9 +151,11 @@ def merge_packed(x: Tensor, metric: Tensor, size: Tensor, pos: Tensor, cu_seqlen
     wsum = out_size.index_select(0, write_row) + (onehot @ src_w.to(x.dtype).unsqueeze(2)).flatten().to(size.dtype)
     num = out_x.index_select(0, write_row) * out_size.index_select(0, write_row).unsqueeze(1).to(x.dtype)
     num = num + (onehot @ (src_x * src_w.unsqueeze(2).to(x.dtype))).flatten(0, 1)
-    out_x = out_x.index_copy(0, write_row, num / wsum.unsqueeze(1).to(x.dtype))[:n_out]
-    out_size = out_size.index_copy(0, write_row, wsum)[:n_out]
-    out_pos = out_pos.scatter_reduce(0, pos_row, pos.index_select(0, flat_src), reduce="amin")[:n_out]
+    # in place: these are fresh gathers (index_select keeps nothing of its output for backward), so the
+    # full [N_out, D] matrix is not copied a second time
+    out_x = out_x.index_copy_(0, write_row, num / wsum.unsqueeze(1).to(x.dtype))[:n_out]
+    out_size = out_size.index_copy_(0, write_row, wsum)[:n_out]
+    out_pos = out_pos.scatter_reduce_(0, pos_row, pos.index_select(0, flat_src), reduce="amin")[:n_out]
     cu = F.pad(out_counts.cumsum(0, dtype=torch.int32), (1, 0))
     return out_x, out_size, out_pos, cu, out_lens
 
