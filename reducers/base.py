@@ -49,7 +49,9 @@ class PackedTokens:
     def seq_ids(self) -> Tensor:
         """[N_total] long: which clip each token belongs to."""
         lens = torch.diff(self.cu_seqlens.long())
-        return torch.repeat_interleave(torch.arange(len(lens), device=self.x.device), lens.to(self.x.device))
+        # output_size: the total is known on the host, so nothing is read back from the device
+        return torch.repeat_interleave(torch.arange(len(lens), device=self.x.device), lens.to(self.x.device),
+                                       output_size=self.x.shape[0])
 
     def replace(self, **changes: Any) -> PackedTokens:
         if "cu_seqlens" in changes and "lens" not in changes:
