@@ -33,6 +33,14 @@ group loses ``r`` tokens (dropped, not merged):
 Token counts on a full clip: ViT-L (grid (8, 14, 14), depth 24) with r = 64 gives 1568 → 8·(196 − 64) =
 1056 after block 0 → 4·(264 − 64) = 800 after block 8 → 2·(400 − 64) = 672 after block 16.
 
+Batching. All clips and groups of a stage are processed at once (:func:`sta_stage`), on a [B, G, C]
+layout of each clip's tokens in time order; only the walk's chain of masses steps from group to group, as
+the reference's loop over T does. Full clips fill every group, so the layout is the reference's [B, T, N]
+view and every output size is known on the host: nothing is read back from the device. Content-adaptive
+clips (after RLT) are padded to the largest group with masked slots that sort last, so a clip's choices
+never depend on its batch-mates; their [B, G] group sizes, which set the output size, are read once a stage
+(3 reads a forward, where the per-clip, per-group loop made hundreds).
+
 Departures from the reference, all deliberate:
 
 * the reference leaves tokens in its gather order (odd tokens first, then survivors sorted by score),
@@ -40,12 +48,6 @@ Departures from the reference, all deliberate:
 * clips shorter than the full geometry (packed, content-adaptive input, e.g. after RLT) are grouped by
   their tokens' time, empty groups are skipped, and a group of n tokens loses min(r, ⌊n/2⌋) so no group
   empties; full clips lose exactly r per group (``check_geometry`` guarantees r ≤ ⌊n/2⌋ there);
-* batching: all clips and groups of a stage are processed at once (:func:`sta_stage`), on a [B, G, C]
-  layout of each clip's tokens in time order. Full clips fill every group, so this is the reference's
-  [B, T, N] view and every output size is known on the host: nothing is read back from the device. For
-  content-adaptive clips the groups are padded to the largest (masked slots sort last, so a clip's choices
-  never depend on its batch-mates), and the [B, G] group sizes — which set the output size — are read
-  once per stage (3 reads a forward, where the per-clip, per-group loop made hundreds);
 * ``size``: STA drops tokens, but the interface keeps per-clip sizes summing to the tokens that entered
   (DESIGN.md §3), so the kept tokens' sizes are scaled by n_in / n_out per clip. A per-clip constant
   factor leaves size-weighted pooling equal to the reference's plain mean over the kept tokens (and,
