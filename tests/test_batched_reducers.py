@@ -150,9 +150,10 @@ def _assert_same(got, want, name):
     for key in ("pos", "cu", "per_layer"):
         if key in want:
             assert torch.equal(got[key], want[key]), f"{name}: {key} differs from the per-clip implementation"
-    for key in ("x", "size", "logits"):
+    # logits pass through 12 blocks of BLAS: a looser tolerance, so that another CPU's kernels still pass
+    for key, tol in (("x", 1e-6), ("size", 1e-6), ("logits", 1e-5)):
         if key in want:
-            torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6,
+            torch.testing.assert_close(got[key], want[key], rtol=10 * tol, atol=tol,
                                        msg=lambda m, key=key: f"{name}: {key}: {m}")
 
 

@@ -271,3 +271,12 @@ def test_geometry_outside_the_paper_is_labelled(grid, note):
     else:
         assert note in got and "T'=8" in got
     assert get_reducer("tome", r=2).geometry_note(grid) is None  # the base class: nothing to label
+
+
+def test_a_whole_clip_with_a_repeated_position_is_refused():
+    # full clips skip reading their group sizes; that rests on each clip's positions being distinct
+    tok, keys = _tokens((8, 4, 4))
+    pos = tok.pos.clone()
+    pos[5] = pos[100]
+    with pytest.raises(RuntimeError, match="sta: a whole clip repeats a token position"):
+        STA(r=2).after_block(tok.replace(pos=pos), keys, 0, 12)
