@@ -280,3 +280,20 @@ def test_a_whole_clip_with_a_repeated_position_is_refused():
     pos[5] = pos[100]
     with pytest.raises(RuntimeError, match="sta: a whole clip repeats a token position"):
         STA(r=2).after_block(tok.replace(pos=pos), keys, 0, 12)
+
+
+def test_gradients_reach_exactly_the_kept_tokens():
+    tok, keys = _tokens((8, 4, 4), batch=2, seed=4)
+    x = tok.x.clone().requires_grad_(True)
+    out = STA(r=4).after_block(tok.replace(x=x), keys, 0, 12)
+    w = torch.randn(out.x.shape, generator=torch.Generator().manual_seed(5))
+    (out.x * w).sum().backward()
+    rows = tok.seq_ids() * 128 + tok.pos  # each input token's (clip, slot)
+    kept = {(int(c), int(p)) for c, p in zip(out.seq_ids(), out.pos)}
+    for i in range(x.shape[0]):
+        key = (int(rows[i]) // 128, int(tok.pos[i]))
+        assert bool(x.grad[i].abs().sum() > 0) == (key in kept)
+    ocu = out.cu_seqlens.tolist()
+    for c in range(2):  # the kept tokens' gradients are their output rows' weights, in temporal order
+        mine = x.grad[128 * c: 128 * (c + 1)][out.pos[ocu[c]:ocu[c + 1]]]
+        assert torch.equal(mine, w[ocu[c]:ocu[c + 1]])
