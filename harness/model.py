@@ -152,6 +152,14 @@ class PatchEmbed(nn.Module):
         x = x.permute(0, 2, 4, 6, 1, 3, 5, 7)  # B, T', H', W', C, tt, p, p
         return x.reshape(b, (t // tt) * (h // p) * (w // p), c * tt * p * p)
 
+    def kept_tubelets(self, video: Tensor, index: tuple[Tensor, Tensor, Tensor, Tensor]) -> Tensor:
+        """The tubelets at (clip, t', h', w') = ``index`` of [B,3,T,H,W] → [K, 3·t·p·p], flattened like
+        :meth:`tubelets`; gathered from a view, so only the K kept tubelets' pixels are copied."""
+        b, c, t, h, w = video.shape
+        tt, p = self.tubelet, self.patch
+        view = video.reshape(b, c, t // tt, tt, h // p, p, w // p, p).permute(0, 2, 4, 6, 1, 3, 5, 7)
+        return view[index].reshape(index[0].numel(), c * tt * p * p)
+
     def forward(self, flat_tubelets: Tensor) -> Tensor:
         weight = self.proj.weight.reshape(self.proj.out_channels, -1)
         return F.linear(flat_tubelets, weight, self.proj.bias)
@@ -227,24 +235,28 @@ class VideoViT(nn.Module):
             raise ValueError(f"{self.name} was built for [B,3,{self.num_frames},{self.img_size},{self.img_size}] "
                              f"clips, got {list(video.shape)}")
         n = self.num_tokens
-        flat = self.patch_embed.tubelets(video)  # [B, N, P]
         if selection is None:
-            x = self.patch_embed(flat.reshape(b * n, -1))
+            x = self.patch_embed(self.patch_embed.tubelets(video).reshape(b * n, -1))
             pos = torch.arange(n, device=video.device).repeat(b)
             counts = torch.full((b,), n, dtype=torch.int32, device=video.device)
+            lens = (n,) * b
             lengths = None
         else:
             keep = selection.keep
             if tuple(keep.shape) != (b, *self.grid):
                 raise ValueError(f"selection.keep has shape {tuple(keep.shape)}, expected {(b, *self.grid)}")
-            keep_flat = keep.reshape(b, n).to(video.device)
-            idx = keep_flat.reshape(-1).nonzero().squeeze(1)  # clip-major, raster order within a clip
-            x = self.patch_embed(flat.reshape(b * n, -1).index_select(0, idx))
-            pos = idx % n
-            counts = keep_flat.sum(1).to(torch.int32)
-            lengths = selection.lengths.reshape(-1).to(video.device).index_select(0, idx)
-        if bool((counts == 0).any()):
-            raise ValueError("a reducer kept no token of a clip; every clip needs at least one token")
+            keep = keep.to(video.device)
+            counts = keep.flatten(1).sum(1).to(torch.int32)
+            lens = tuple(counts.tolist())  # the one device read: a content-adaptive batch's size
+            if 0 in lens:
+                raise ValueError("a reducer kept no token of a clip; every clip needs at least one token")
+            ib, it, ih, iw = keep.nonzero(as_tuple=True)  # clip-major, raster order within a clip
+            # Cut only the kept tubelets, straight from a strided view of the clip (no copy of the dropped
+            # ones), and project them: the embedding costs in proportion to the kept tokens.
+            x = self.patch_embed(self.patch_embed.kept_tubelets(video, (ib, it, ih, iw)))
+            _, gh, gw = self.grid
+            pos = (it * gh + ih) * gw + iw
+            lengths = selection.lengths.to(video.device)[ib, it, ih, iw]
         x = x + self.pos_embed.to(x.dtype).index_select(0, pos)
         if self.length_embed is not None:
             if lengths is None:  # no selection: every run has length 1
@@ -252,7 +264,7 @@ class VideoViT(nn.Module):
             x = x + self.length_embed.to(x.dtype).index_select(0, (lengths - 1).clamp(0, self.grid[0] - 1))
         cu = F.pad(torch.cumsum(counts, 0, dtype=torch.int32), (1, 0))
         size = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
-        return PackedTokens(x=x, cu_seqlens=cu, pos=pos, size=size, grid=self.grid)
+        return PackedTokens(x=x, cu_seqlens=cu, pos=pos, size=size, grid=self.grid, lens=lens)
 
     def pool(self, tokens: PackedTokens) -> Tensor:
         """Per-clip mean, weighted by ``size`` → [B, D]."""

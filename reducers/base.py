@@ -14,7 +14,7 @@ parameters in :meth:`Reducer.validate`, raising :class:`ReducerParamError` namin
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -30,22 +30,32 @@ class PackedTokens:
     pos: Tensor  # [N_total] long: index of the token's (first) tubelet in the T'·H'·W' grid
     size: Tensor  # [N_total] float: tokens merged into this one (1 when embedded)
     grid: tuple[int, int, int]  # (T', H', W') of the un-reduced clip
+    # Host copy of the per-clip token counts, set by whoever built the batch and knows them (the embedding,
+    # ToMe, STA), so that reducers size their outputs without reading cu_seqlens back from the device (a
+    # host sync on a GPU). Optional; replace() drops it when cu_seqlens changes without a new one.
+    lens: tuple[int, ...] | None = field(default=None, repr=False, compare=False)
 
     @property
     def batch_size(self) -> int:
         return int(self.cu_seqlens.numel()) - 1
 
     def seqlens(self) -> list[int]:
-        """Per-clip token counts as Python ints."""
+        """Per-clip token counts as Python ints (from ``lens`` when set: no device read)."""
+        if self.lens is not None:
+            return list(self.lens)
         cu = self.cu_seqlens.tolist()
         return [b - a for a, b in zip(cu[:-1], cu[1:])]
 
     def seq_ids(self) -> Tensor:
         """[N_total] long: which clip each token belongs to."""
         lens = torch.diff(self.cu_seqlens.long())
-        return torch.repeat_interleave(torch.arange(len(lens), device=self.x.device), lens.to(self.x.device))
+        # output_size: the total is known on the host, so nothing is read back from the device
+        return torch.repeat_interleave(torch.arange(len(lens), device=self.x.device), lens.to(self.x.device),
+                                       output_size=self.x.shape[0])
 
     def replace(self, **changes: Any) -> PackedTokens:
+        if "cu_seqlens" in changes and "lens" not in changes:
+            changes["lens"] = None  # never carry counts that belong to the old cu_seqlens
         return dataclasses.replace(self, **changes)
 
 
@@ -99,6 +109,11 @@ class Reducer:
                     f"{self.name or type(self).__name__}: {param}={value!r} does not fit the model, whose "
                     f"tubelets are {frames} frames × {pixels}×{pixels} pixels (token grid {tuple(grid)}); "
                     f"use {param}={fits}")
+
+    def geometry_note(self, grid: tuple[int, int, int]) -> str | None:
+        """One line when clips of ``grid`` (T', H', W') run the reducer on a geometry its paper does not
+        define (a generalisation), for reports to label such rows; ``None`` when the paper defines it."""
+        return None
 
     def select(self, video: Tensor) -> Selection | None:
         """video [B,3,T,H,W], ImageNet-normalised. ``None`` keeps every tubelet."""

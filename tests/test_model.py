@@ -121,3 +121,55 @@ def test_layer_norm_eps_is_the_models_and_can_be_set():
     m.set_norm_eps(1e-12, 1e-5)  # transformers'
     assert m.norm_eps == (1e-12, 1e-5)
     assert {b.norm1.eps for b in m.blocks} | {b.norm2.eps for b in m.blocks} == {1e-12}
+
+
+# --- the embedding under an input-stage selection ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def real_clips():
+    from tokenbench.datasets import get_dataset, load_clips, to_model_input
+
+    ds = get_dataset("samples", num_frames=16, img_size=112, windows=1)
+    return to_model_input(load_clips(ds, 4).clips).contiguous()  # the four bundled videos, one clip each
+
+
+def test_embed_under_rlt_equals_embedding_everything_then_gathering(real_clips):
+    torch.manual_seed(0)
+    m = build_model("vit_t", num_classes=3, num_frames=16, img_size=112, length_embedding=True)
+    sel = get_reducer("rlt", threshold=0.1).select(real_clips)
+    keep = sel.keep.flatten(1)
+    kept = keep.sum(1).tolist()
+    assert 0 < sum(kept) < keep.numel() and len(set(kept)) > 1  # real content: unequal, partial keep
+    # reference: every tubelet embedded (the Conv3d of the state_dict), then the kept rows gathered
+    ref_all = m.patch_embed.proj(real_clips).flatten(2).transpose(1, 2)  # [B, N, D]
+    n = m.num_tokens
+    idx = keep.reshape(-1).nonzero().squeeze(1)
+    ref = ref_all.reshape(-1, m.embed_dim).index_select(0, idx) + m.pos_embed.index_select(0, idx % n)
+    ref = ref + m.length_embed.index_select(0, sel.lengths.reshape(-1).index_select(0, idx) - 1)
+    tok = m.embed(real_clips, sel)
+    torch.testing.assert_close(tok.x, ref, rtol=1e-5, atol=1e-5)
+    assert torch.equal(tok.pos, idx % n)
+    assert torch.diff(tok.cu_seqlens).tolist() == kept and tok.lens == tuple(kept)
+    # gradients reach the projection (and the length embedding) as through the full embedding
+    w = torch.randn(tok.x.shape, generator=torch.Generator().manual_seed(1))
+    (tok.x * w).sum().backward()
+    got = [p.grad.clone() for p in (m.patch_embed.proj.weight, m.patch_embed.proj.bias, m.length_embed)]
+    m.zero_grad()
+    (ref * w).sum().backward()
+    want = [m.patch_embed.proj.weight.grad, m.patch_embed.proj.bias.grad, m.length_embed.grad]
+    for g, r in zip(got, want):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
+
+
+def test_kept_tubelets_match_the_full_cut_on_strided_clips(tiny):
+    # a non-contiguous clip (a strided view) gives the same tokens as its contiguous copy
+    v = _video(2).transpose(3, 4)
+    keep = torch.zeros(2, *tiny.grid, dtype=torch.bool)
+    keep[0, 1, 2, 3] = keep[1, 0, 0, 0] = keep[1, 3, 1, 2] = True
+    sel = Selection(keep, keep.long())
+    a, b = tiny.embed(v, sel), tiny.embed(v.contiguous(), sel)
+    assert torch.equal(a.x, b.x) and a.lens == (1, 2)
+    flat = tiny.patch_embed.tubelets(v.contiguous())
+    idx = keep.reshape(-1).nonzero().squeeze(1)
+    assert torch.equal(tiny.patch_embed.kept_tubelets(v, keep.nonzero(as_tuple=True)),
+                       flat.reshape(-1, flat.shape[-1]).index_select(0, idx))
