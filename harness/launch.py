@@ -346,7 +346,10 @@ def launch(suite, out: str | Path, opts: LaunchOptions, *, cells: list[dict[str,
     if opts.launcher == "local":
         _launch_local(pending, pretrains, suite, out, folder, opts, command, summary, log)
     else:
-        _launch_slurm(pending, pretrains, suite, out, folder, opts, command, summary, log)
+        from .slurm_poll import sbatch_refusals
+
+        with sbatch_refusals():  # an unknown partition, say: one line, not a traceback
+            _launch_slurm(pending, pretrains, suite, out, folder, opts, command, summary, log)
     summary.wall_s = time.perf_counter() - t0
     return summary
 

@@ -25,7 +25,7 @@ import contextlib
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,8 +35,6 @@ from .slurm_job import CellStart, marker_path, record_unfinished
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
          "PREEMPTED", "SPECIAL_EXIT", "REVOKED"}
 GONE = "GONE"  # neither squeue nor sacct knows the job any more
-
-
 # after a job is seen ended, how long its result file may take to appear (shared filesystems lag)
 GRACE_S = {"COMPLETED": 15.0}
 GRACE_OTHER_S = 3.0
@@ -105,7 +103,8 @@ class Scheduler:
         missing = [j for j in job_ids if j not in out]
         if missing and self.sacct_available():
             out.update(self._sacct_states(missing))
-        return {j: out.get(j, JobState(GONE)) for j in job_ids}
+        # an array's tasks that never started are listed as the array itself ("12") until they do
+        return {j: out.get(j) or out.get(j.split("_")[0]) or JobState(GONE) for j in job_ids}
 
     def _sacct_states(self, job_ids: list[str]) -> dict[str, JobState]:
         p = _run(["sacct", "--noheader", "--parsable2", "--allocations", "--jobs=" + ",".join(job_ids),
@@ -223,7 +222,7 @@ def wait_for_cells(cells: list[dict[str, Any]], jobs: list, summary, log: Callab
                     sched.cancel([jid])
                     why = "never started: the prepare job that trains the suite's model failed"
                     if prepare is not None:
-                        why += f" (job {prepare.job_id}; log: {prepare.paths.stderr})"
+                        why += f" (job {prepare.job_id}: {_prepare_error(prepare)}; log: {prepare.paths.stderr})"
                     _not_run(cell, jid, why, summary, log, close(jid))
                     continue
                 if st.ended:
@@ -247,6 +246,18 @@ def wait_for_cells(cells: list[dict[str, Any]], jobs: list, summary, log: Callab
             log(f"{finished}/{n} cells done; {running} running, {len(open_jobs) - running} waiting")
         if open_jobs:
             time.sleep(poll_s)
+
+
+def _prepare_error(job) -> str:
+    """What the prepare job died of: its own exception when it wrote a result, else its log's last word."""
+    if _has_result(job):
+        from .launch import job_error
+
+        with contextlib.suppress(Exception):
+            exc = job.exception()
+            if exc is not None:
+                return job_error(exc)
+    return last_line(job.paths.stderr) or "no log written"
 
 
 def _not_run(cell, jid: str, why: str, summary, log, counter: str) -> None:
@@ -279,3 +290,19 @@ def _ended_without_result(cell, job, st: JobState, summary, log, counter: str, *
     summary.failed += 1
     summary.failures.append(f"{label}: {status}: {why}")
     log(f"cell {counter} {label}: {status.upper()} — {why}")
+
+
+@contextlib.contextmanager
+def sbatch_refusals() -> Iterator[None]:
+    """sbatch refusing a submission (an unknown partition, an account over its limits, …) becomes one line
+    naming Slurm's reason instead of a traceback (the CLI's exit status 2)."""
+    from submitit.core.utils import FailedJobError
+
+    try:
+        yield
+    except FailedJobError as exc:
+        from .cli import UserError
+
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        said = [ln for ln in lines if "error" in ln.lower() or "fatal" in ln.lower()] or lines or [type(exc).__name__]
+        raise UserError(f"--launcher slurm: sbatch refused the jobs: {'; '.join(said)}") from None

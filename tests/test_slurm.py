@@ -2,7 +2,7 @@
 tests/slurm_cluster.py), faults included: a job SIGKILLed mid-cell, a job over its time limit, a requeued
 job, two sweeps on one results folder, a job whose interpreter cannot run tokenbench.
 
-Each launcher runs as its own process (``python -m tokenbench.harness.cli run …``), as a user runs it, and
+Each launcher runs as its own process (the ``tokenbench`` console script), as a user runs it, and
 the jobs are Slurm's: sbatch, srun, slurmstepd. Cells are tiny (vit_t 8×64², random weights, the bundled
 clips, two timed repeats). The time-limit sweep needs Slurm's shortest limit (1 min, enforced up to 30 s
 late), so it is started in the background when the module starts and checked by the last test."""
@@ -57,6 +57,7 @@ RLT = """
 name = "rlt"
 sweep = {{ threshold = [{thresholds}] }}
 """
+TOKENBENCH = str(Path(sys.executable).with_name("tokenbench"))  # the console script, as a user runs it
 SLURM = ["--launcher", "slurm", "--partition", "debug", "--gpus-per-job", "0", "--cpus-per-job", "1",
          "--mem-gb", "2"]
 
@@ -78,7 +79,7 @@ def cluster():
 
 def launch(cluster, suite: Path, out: Path, *extra: str, wait: bool = True) -> subprocess.Popen:
     """``tokenbench run --launcher slurm`` as its own process (its output: stdout and stderr together)."""
-    cmd = [sys.executable, "-m", "tokenbench.harness.cli", "run", "--suite", str(suite), "--out", str(out),
+    cmd = [TOKENBENCH, "run", "--suite", str(suite), "--out", str(out),
            "--report-dir", str(out.parent / "reports"), *SLURM, *(["--wait"] if wait else []), *extra]
     env = cluster.env(TOKENBENCH_CACHE=str(out.parent / "cache"))
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
@@ -273,6 +274,66 @@ def test_a_job_whose_interpreter_cannot_run_tokenbench_is_named_in_the_launchers
         assert "before its cell started" in line[0] and said in line[0] and str(python) in line[0], line[0]
         assert "--slurm-param python=PATH" in line[0] and str(out / "_submitit" / "python") in line[0]
         assert records(out, "python") == []  # never measured: nothing recorded, the next run submits it again
+
+
+PREPARE = """\
+[suite]
+name = "prepare"
+
+[defaults]
+batch_sizes = [2]
+repeats = 2
+warmup = 0
+threads = 1
+time_clips = 2
+device = "cpu"
+
+[[models]]
+name = "vit_t"
+num_frames = 8
+img_size = 64
+# fewer training clips than one batch: the prepare job fails
+pretrain = { dataset = "synthetic", options = { num_clips = 4 }, epochs = 1, batch_size = 8, warmup_epochs = 0 }
+
+[[datasets]]
+name = "synthetic"
+max_clips = 4
+options = { num_clips = 8 }
+
+[[reducers]]
+name = "none"
+
+[[reducers]]
+name = "rlt"
+params = { threshold = 0.1 }
+"""
+
+
+def test_cells_waiting_on_a_failed_prepare_job_are_cancelled_and_reported(cluster, tmp_path):
+    suite, out = tmp_path / "prepare.toml", tmp_path / "results"
+    suite.write_text(PREPARE)
+    rc, log = finish(launch(cluster, suite, out))
+    assert rc == 1, log
+    prep = re.search(r"prepare job (\d+)", log).group(1)
+    lines = [ln for ln in cell_lines(log) if "NOT RUN" in ln]
+    assert len(lines) == 2, log
+    for ln in lines:  # the prepare job's own error and log, not a wait for ever on an unsatisfiable dependency
+        assert f"(job {prep}: ValueError: training set of 4 clips gives no full batch of 8" in ln, ln
+        assert str(out / "_submitit" / "prepare" / prep / f"{prep}_0_log.err") in ln
+    array = {jid.split("_")[0] for jid in re.findall(r"job (\d+_\d+) never started", log)}
+    assert len(array) == 1  # and nothing of it is left waiting in the queue
+    states = cluster.run("squeue", "--noheader", "--array", "--states=all", f"--jobs={array.pop()}", "--format=%T")
+    assert set(states.split()) == {"CANCELLED"}, states
+    assert records(out, "prepare") == []
+
+
+def test_a_partition_slurm_does_not_have_is_one_line_naming_slurms_reason(cluster, tmp_path):
+    suite, out = write_suite(tmp_path, "partition"), tmp_path / "results"
+    rc, log = finish(launch(cluster, suite, out, "--partition", "gpu-h100"))
+    assert rc == 2, log
+    assert "Traceback" not in log and log.strip().splitlines()[-1] == (
+        "tokenbench run: error: --launcher slurm: sbatch refused the jobs: sbatch: error: invalid partition "
+        "specified: gpu-h100; sbatch: error: Batch job submission failed: Invalid partition name specified")
 
 
 def test_a_job_over_its_time_limit_is_recorded_as_timed_out_and_runs_again(cluster, overrun):
