@@ -152,18 +152,19 @@ def unfinished_record(cell: dict[str, Any], suite: str, status: str, error: str,
 
 
 def record_unfinished(cell: dict[str, Any], suite: str, status: str, error: str, start: CellStart,
-                      log_path: str | Path, command: str = "") -> bool:
+                      log_path: str | Path, command: str = "") -> dict[str, Any]:
     """Append an unfinished record unless the cell's newest record in that store is ``ok`` or was written
-    by this very job (it died after recording). Returns whether it appended."""
+    by this very job (it stopped after recording). Returns the cell's newest record after that."""
     from .results import ResultStore
 
     store = ResultStore(start.store)
     latest = store.latest().get(cell["key"])
     if latest is not None and (latest.get("status") == "ok"
                                or (latest.get("launcher") or {}).get("job_id") == start.job_id):
-        return False
-    store.append(unfinished_record(cell, suite, status, error, start, log_path, command))
-    return True
+        return latest
+    rec = unfinished_record(cell, suite, status, error, start, log_path, command)
+    store.append(rec)
+    return rec
 
 
 def run_slurm_cell(cell: dict[str, Any], suite: str, out: str, command: str = "", retry_failed: bool = False,
@@ -196,7 +197,9 @@ def run_slurm_cell(cell: dict[str, Any], suite: str, out: str, command: str = ""
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # let the record be written whole before SIGKILL
             why = f"{exc.code}; job {start.job_id} on {start.host}; the next `tokenbench run` runs it again " \
                   "(give a longer --timeout-min)"
-            log(f"timed out: {why}")
-            record_unfinished(cell, suite, "timeout", why, start, env.paths.stdout, command)
-            return {"key": cell["key"], "status": "timeout", "error": why, "store": start.store,
+            rec = record_unfinished(cell, suite, "timeout", why, start, env.paths.stdout, command)
+            if rec["status"] == "timeout":
+                log(f"timed out: {why}")
+            # else the limit came just after the cell's record was written: that record stands
+            return {"key": cell["key"], "status": rec["status"], "error": rec["error"], "store": start.store,
                     "duration_s": limit.elapsed()}

@@ -30,13 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .slurm_job import CellStart, marker_path, record_unfinished
+from .slurm_job import UNFINISHED, CellStart, marker_path, record_unfinished
 
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
          "PREEMPTED", "SPECIAL_EXIT", "REVOKED"}
 GONE = "GONE"  # neither squeue nor sacct knows the job any more
-# after a job is seen ended, how long its result file may take to appear (shared filesystems lag)
-GRACE_S = {"COMPLETED": 15.0}
+# after a job is seen ended, how long its result file may take to appear (shared filesystems lag), or
+# a preempted job or one whose node failed may take to be requeued
+GRACE_S = {"COMPLETED": 15.0, "PREEMPTED": 30.0, "NODE_FAIL": 30.0}
 GRACE_OTHER_S = 3.0
 HEARTBEAT_S = 600.0
 
@@ -286,7 +287,14 @@ def _ended_without_result(cell, job, st: JobState, summary, log, counter: str, *
     why = (f"job {jid} on {start.host} ended mid-cell without writing its record: {how}; log: "
            f"{job.paths.stdout} (and .err); the next `tokenbench run` runs it again"
            + (" (give a longer --timeout-min)" if status == "timeout" else ""))
-    record_unfinished(cell, suite, status, why, start, job.paths.stdout, command)
+    rec = record_unfinished(cell, suite, status, why, start, job.paths.stdout, command)
+    if rec["status"] not in UNFINISHED:  # it died after writing its record: that record stands
+        summary.ran += 1
+        if rec["status"] != "ok":
+            summary.failed += 1
+            summary.failures.append(f"{label}: {rec['error']}")
+        log(f"cell {counter} {label}: {rec['status']} (recorded before job {jid} ended {how})")
+        return
     summary.failed += 1
     summary.failures.append(f"{label}: {status}: {why}")
     log(f"cell {counter} {label}: {status.upper()} — {why}")
