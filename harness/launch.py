@@ -39,6 +39,8 @@ Safety
   file lock would also keep concurrent cells from training it twice, but they would wait idle on their GPUs.
 * A ``local`` job that dies without writing its record (timeout, killed) gets a ``failed`` record written
   by the launcher naming what happened, so the sweep's records account for every cell.
+* Slurm's faults — a job killed mid-cell, over its time limit, requeued, or whose Python cannot run
+  tokenbench — are handled in ``slurm_job.py`` (inside each job) and ``slurm_poll.py`` (``--wait``).
 """
 from __future__ import annotations
 
