@@ -183,17 +183,10 @@ def _has_result(job) -> bool:
 def wait_for_cells(cells: list[dict[str, Any]], jobs: list, summary, log: Callable[[str], None], *, suite: str,
                    command: str = "", python: str = "python", prepare=None, poll_s: float = 1.0) -> None:
     """Follow every cell's job to its end, one line per cell; fills ``summary`` (a ``launch.LaunchSummary``)."""
-    from .launch import _collect
-    from .suite import cell_label
-
     sched = Scheduler(log)
     sched.sacct_available()  # probed once, said once
     open_jobs = {str(job.job_id): (cell, job) for cell, job in zip(cells, jobs)}
     n, finished = len(cells), 0
-    ended_since: dict[str, float] = {}
-    last: dict[str, JobState] = {}
-    t_start = heartbeat = time.monotonic()
-    asked = t_start - ask_every_s(0)
 
     def close(jid: str) -> str:
         nonlocal finished
@@ -201,6 +194,26 @@ def wait_for_cells(cells: list[dict[str, Any]], jobs: list, summary, log: Callab
         finished += 1
         return f"{finished}/{n}"
 
+    try:
+        _follow(open_jobs, sched, summary, log, close, suite=suite, command=command, python=python,
+                prepare=prepare, poll_s=poll_s)
+    except KeyboardInterrupt:
+        arrays = ",".join(sorted({j.split("_")[0] for j in open_jobs}))
+        log(f"stopped waiting: {len(open_jobs)} job(s) go on running on the cluster (squeue -j {arrays}); "
+            "their records still land in the results folder, and the next `tokenbench run` skips them")
+        raise
+
+
+def _follow(open_jobs, sched: Scheduler, summary, log, close, *, suite: str, command: str, python: str, prepare,
+            poll_s: float) -> None:
+    from .launch import _collect
+    from .suite import cell_label
+
+    n = len(open_jobs)
+    ended_since: dict[str, float] = {}
+    last: dict[str, JobState] = {}
+    t_start = heartbeat = time.monotonic()
+    asked = t_start - ask_every_s(0)
     while open_jobs:
         for jid, (cell, job) in list(open_jobs.items()):
             if _has_result(job):
@@ -244,7 +257,7 @@ def wait_for_cells(cells: list[dict[str, Any]], jobs: list, summary, log: Callab
         if open_jobs and now - heartbeat >= HEARTBEAT_S:
             heartbeat = now
             running = sum(1 for j in open_jobs if last.get(j, JobState("")).state == "RUNNING")
-            log(f"{finished}/{n} cells done; {running} running, {len(open_jobs) - running} waiting")
+            log(f"{n - len(open_jobs)}/{n} cells done; {running} running, {len(open_jobs) - running} waiting")
         if open_jobs:
             time.sleep(poll_s)
 

@@ -276,6 +276,17 @@ def test_a_job_whose_interpreter_cannot_run_tokenbench_is_named_in_the_launchers
         assert records(out, "python") == []  # never measured: nothing recorded, the next run submits it again
 
 
+def test_ctrl_c_stops_the_wait_not_the_jobs(cluster, tmp_path):
+    suite, out = write_suite(tmp_path, "interrupt", thresholds=(0.1,)), tmp_path / "results"
+    p = launch(cluster, suite, out, "--no-report")
+    wait_for("the jobs to start", lambda: markers(out, "interrupt"))
+    p.send_signal(signal.SIGINT)
+    rc, log = finish(p)
+    assert rc == 130 and "stopped waiting: " in log and "go on running on the cluster" in log, log
+    wait_for("the jobs' records", lambda: len(records(out, "interrupt")) == 2, timeout=60)
+    assert {r["status"] for r in records(out, "interrupt")} == {"ok"}
+
+
 PREPARE = """\
 [suite]
 name = "prepare"
