@@ -39,6 +39,8 @@ Safety
   file lock would also keep concurrent cells from training it twice, but they would wait idle on their GPUs.
 * A ``local`` job that dies without writing its record (timeout, killed) gets a ``failed`` record written
   by the launcher naming what happened, so the sweep's records account for every cell.
+* Slurm's faults — a job killed mid-cell, over its time limit, requeued, or whose Python cannot run
+  tokenbench — are handled in ``slurm_job.py`` (inside each job) and ``slurm_poll.py`` (``--wait``).
 """
 from __future__ import annotations
 
@@ -128,7 +130,7 @@ def run_job(cell: dict[str, Any], suite: str, out: str, command: str = "", launc
     label = cell_label(cell)
     fp = _fingerprint_for(cell)
     store = ResultStore(store_path(out, suite, fp["id"]))
-    if cell["key"] in store.done_keys(include_failed=not retry_failed):
+    if cell["key"] in recorded_keys(out, suite, fingerprint_id=fp["id"], include_failed=not retry_failed):
         log(f"{label}: already recorded in {store.path}; nothing to do")
         return {"key": cell["key"], "status": "skipped", "error": None, "store": str(store.path)}
     with store.claim(cell["key"], include_failed=not retry_failed) as claim:
@@ -274,14 +276,17 @@ def slurm_executor(folder: str | Path, opts: LaunchOptions, job_name: str):
     """submitit's ``SlurmExecutor`` set up for tokenbench cells (needs ``srun`` on PATH)."""
     import submitit
 
-    try:
-        ex = submitit.SlurmExecutor(folder=str(Path(folder) / "%j"))
+    try:  # --slurm-param python=PATH: the interpreter the jobs run (default: this one)
+        ex = submitit.SlurmExecutor(folder=str(Path(folder) / "%j"), python=opts.slurm_params.get("python"))
     except RuntimeError as exc:
         from .cli import UserError
 
         raise UserError(f"--launcher slurm: {exc} (run it on a Slurm login node)") from None
     gpus = 1 if opts.gpus_per_job is None else int(opts.gpus_per_job)
-    params: dict[str, Any] = {"job_name": job_name, "time": int(opts.timeout_min), "ntasks_per_node": 1, "nodes": 1}
+    from .slurm_job import warning_delay_s
+
+    params: dict[str, Any] = {"job_name": job_name, "time": int(opts.timeout_min), "ntasks_per_node": 1, "nodes": 1,
+                              "signal_delay_s": warning_delay_s(opts.timeout_min)}
     if gpus:
         params["gpus_per_node"] = gpus
     if opts.partition:
@@ -292,7 +297,7 @@ def slurm_executor(folder: str | Path, opts: LaunchOptions, job_name: str):
         params["cpus_per_task"] = int(opts.cpus_per_job)
     if opts.mem_gb:
         params["mem"] = f"{int(round(opts.mem_gb * 1024))}MB"
-    params.update(opts.slurm_params)
+    params.update({k: v for k, v in opts.slurm_params.items() if k != "python"})
     ex.update_parameters(**params)
     return ex
 
@@ -347,14 +352,20 @@ def launch(suite, out: str | Path, opts: LaunchOptions, *, cells: list[dict[str,
     if opts.launcher == "local":
         _launch_local(pending, pretrains, suite, out, folder, opts, command, summary, log)
     else:
-        _launch_slurm(pending, pretrains, suite, out, folder, opts, command, summary, log)
+        from .slurm_poll import sbatch_refusals
+
+        with sbatch_refusals():  # an unknown partition, say: one line, not a traceback
+            _launch_slurm(pending, pretrains, suite, out, folder, opts, command, summary, log)
     summary.wall_s = time.perf_counter() - t0
     return summary
 
 
 def _launch_slurm(pending, pretrains, suite, out: Path, folder: Path, opts: LaunchOptions, command: str,
                   summary: LaunchSummary, log) -> None:
-    name = f"tokenbench-{suite.name}"
+    from .slurm_job import run_slurm_cell
+    from .slurm_poll import wait_for_cells
+
+    name, job = f"tokenbench-{suite.name}", None
     if pretrains:
         prep = slurm_executor(folder, opts, f"{name}-prepare")
         job = prep.submit(prepare_job, pretrains, suite.defaults.get("device", "cpu"),
@@ -368,8 +379,8 @@ def _launch_slurm(pending, pretrains, suite, out: Path, folder: Path, opts: Laun
     for i in range(0, len(pending), MAX_ARRAY_SIZE):
         chunk = pending[i:i + MAX_ARRAY_SIZE]
         n = len(chunk)
-        jobs += ex.map_array(run_job, chunk, [suite.name] * n, [str(out)] * n, [command] * n, ["slurm"] * n,
-                             [opts.retry_failed] * n)
+        jobs += ex.map_array(run_slurm_cell, chunk, [suite.name] * n, [str(out)] * n, [command] * n,
+                             [opts.retry_failed] * n, [opts.timeout_min] * n)
     summary.job_ids = [str(j.job_id) for j in jobs]
     summary.submitted = len(jobs)
     arrays = sorted({j.split("_")[0] for j in summary.job_ids})
@@ -378,8 +389,8 @@ def _launch_slurm(pending, pretrains, suite, out: Path, folder: Path, opts: Laun
         f"{ex.parameters.get('gpus_per_node', 0)} GPU(s) each); follow with: squeue -j {','.join(arrays)}")
     if not opts.wait:
         return
-    for cell, job in zip(pending, jobs):
-        _collect(cell, job, summary, log, None)
+    wait_for_cells(pending, jobs, summary, log, suite=suite.name, command=command, python=ex.python, prepare=job,
+                   poll_s=opts.poll_s)
 
 
 def _launch_local(pending, pretrains, suite, out: Path, folder: Path, opts: LaunchOptions, command: str,
