@@ -240,8 +240,6 @@ def test_a_requeued_job_records_its_cell_once(cluster, tmp_path):
     assert f"job {first.job_id}" in log and "requeued" in log, log
 
 
-@pytest.mark.xfail(strict=True, reason="needs the cell claim of issue 16 item 3: two jobs of one cell that "
-                                       "start at once both measure it")
 def test_two_sweeps_at_once_on_one_results_folder_record_each_cell_once(cluster, tmp_path):
     suite, out = write_suite(tmp_path, "twice", thresholds=(0.1,)), tmp_path / "results"
     cells = load_suite(suite).cells()
@@ -254,7 +252,7 @@ def test_two_sweeps_at_once_on_one_results_folder_record_each_cell_once(cluster,
     assert rc_a == 0 and rc_b == 0, log_a + log_b
     recs = records(out, "twice")
     assert {r["status"] for r in recs} == {"ok"}
-    assert sorted(r["key"] for r in recs) == sorted(c["key"] for c in cells)  # each cell once: fails today
+    assert sorted(r["key"] for r in recs) == sorted(c["key"] for c in cells)  # each cell once
 
 
 def test_a_job_whose_interpreter_cannot_run_tokenbench_is_named_in_the_launchers_output(cluster, tmp_path):
