@@ -255,8 +255,10 @@ class ResultStore:
         return out
 
     def done_keys(self, include_failed: bool = True) -> set[str]:
-        """Keys whose newest record is finished (``ok``; also ``failed`` unless ``include_failed`` is false)."""
-        return {k for k, r in self.latest().items() if r.get("status") == "ok" or include_failed}
+        """Keys whose newest record is finished (``ok``; also ``failed`` unless ``include_failed`` is false).
+        A ``lost`` or ``timeout`` cell is not finished: its job died or ran out of time, so it runs again."""
+        finished = {"ok", "failed"} if include_failed else {"ok"}
+        return {k for k, r in self.latest().items() if r.get("status") in finished}
 
     def __repr__(self) -> str:
         return f"ResultStore({str(self.path)!r})"
