@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .decode import VideoDecodeError, VideoReader, decoder_info, resolve_decoder
-from .sampling import PAD_MODES, SAMPLERS, sample_indices, video_key
+from .sampling import PAD_MODES, SAMPLERS, ShortVideoError, sample_indices, video_key
 from .transforms import eval_transform, train_transform
 
 TRAIN_SPLITS = ("train",)
@@ -155,9 +155,12 @@ class VideoClipDataset(ClipDataset):
         key = video_key(entry.name or str(entry.path))
         with VideoReader(entry.path, self.decoder) as reader:
             n = reader.num_frames
-            idx = sample_indices(self.sampling, n, self.num_frames, stride=self.stride, train=self.train,
-                                 rng=rng, seed=self.seed, key=key, clip_index=clip_index,
-                                 num_clips=self.num_clips, pad=self.pad)
+            try:
+                idx = sample_indices(self.sampling, n, self.num_frames, stride=self.stride, train=self.train,
+                                     rng=rng, seed=self.seed, key=key, clip_index=clip_index,
+                                     num_clips=self.num_clips, pad=self.pad)
+            except ShortVideoError as exc:  # failed or skipped like any video that cannot make a clip
+                raise VideoDecodeError(entry.path, str(exc)) from None
             frames = reader.get_frames(idx)
         if self.train:
             clip = train_transform(frames, self.img_size, gen, scale=self.scale, flip=self.flip)

@@ -152,6 +152,11 @@ class VideoReader:
         if self.info.num_frames <= 0:
             self.close()
             raise VideoDecodeError(self.path, "the video stream holds no frames")
+        declared, says = getattr(self._impl, "declared", (0, ""))
+        if declared > self.info.num_frames:  # cut mid-stream: would be measured as a shorter video
+            self.close()
+            raise VideoDecodeError(self.path, f"truncated: the container {says} but only {self.info.num_frames} "
+                                              "frames are present (the file was cut short)")
 
     @property
     def num_frames(self) -> int:
@@ -234,6 +239,25 @@ class _PyAVImpl:
         rate = s.average_rate or s.guessed_rate or 0
         cc = s.codec_context
         self.info = VideoInfo(str(self.path), n, float(rate), int(cc.width), int(cc.height), cc.name)
+        self.declared = self._declared(float(rate))
+
+    def _declared(self, rate: float) -> tuple[int, str]:
+        """(frames the container promises, how it says so): its frame count (an MP4/MOV sample table), else
+        its duration (the stream's, else the container's) × the frame rate less a 10 % margin for rounding
+        and variable frame rates; (0, "") when it says neither."""
+        import av
+
+        s = self.stream
+        if s.frames:
+            return int(s.frames), f"declares {int(s.frames)} frames"
+        if s.duration and s.time_base:
+            seconds = float(s.duration * s.time_base)
+        elif self.container.duration:  # Matroska/WebM: the segment's duration, in av.time_base units
+            seconds = self.container.duration / av.time_base
+        else:
+            return 0, ""
+        n = int(0.9 * seconds * rate) if rate > 0 else 0
+        return n, f"lasts {seconds:.2f} s at {rate:g} fps (at least {n} frames)"
 
     def decode(self, want: list[int]) -> dict[int, np.ndarray]:
         first, last = want[0], want[-1]
@@ -294,6 +318,9 @@ class _TorchCodecImpl:
         m = self.dec.metadata
         self.info = VideoInfo(str(path), int(m.num_frames or 0), float(m.average_fps or 0.0),
                               int(m.width or 0), int(m.height or 0), str(m.codec or ""))
+        # exact mode counts the frames present; the header says what the container promised
+        header = int(getattr(m, "num_frames_from_header", None) or 0)
+        self.declared = (header, f"declares {header} frames")
 
     def decode(self, want: list[int]) -> dict[int, np.ndarray]:
         batch = self.dec.get_frames_at(indices=want)

@@ -54,7 +54,9 @@ def read_manifest(manifest: str | Path, root: str | Path | None = None) -> list[
     the manifest itself is missing."""
     manifest = Path(manifest)
     if not manifest.is_file():
-        raise FileNotFoundError(f"manifest {manifest} does not exist")
+        what = "is a directory, not a manifest file" if manifest.is_dir() else (
+            "is not a regular file" if manifest.exists() else "does not exist")
+        raise FileNotFoundError(f"manifest {manifest} {what}")
     base = Path(root) if root is not None else manifest.resolve().parent
     entries = []
     with open(manifest, encoding="utf-8") as f:
@@ -305,6 +307,7 @@ class ManifestDataset(VideoClipDataset):
             for e in entries:
                 if e.label >= num_classes:
                     raise ManifestError(manifest, e.line, f"label {e.label} ≥ the {num_classes} classes")
+        self.num_classes_from = "labels" if num_classes is None else "declared"  # see datasets/classes.py
         self.root = None if root is None else str(root)
         super().__init__(entries, name=name, manifest=manifest, num_classes=num_classes, **options)
 
@@ -316,4 +319,5 @@ class ManifestDataset(VideoClipDataset):
         out = super().info()
         if self.root:
             out["root"] = self.root
+        out["num_classes_from"] = self.num_classes_from
         return out

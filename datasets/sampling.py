@@ -14,15 +14,21 @@ frame_interval=4)``): ``num_frames`` frames ``stride`` apart, a window spanning
 * *eval, several clips* (multi-view testing): ``num_clips`` windows evenly spaced from the first
   frame to the last possible start (``start_k = round(k·(n − span)/(num_clips − 1))``), as VideoMAE's
   test protocol spaces its temporal views;
-* *short videos* (``n < span``): the window starts at frame 0 and indices past the last frame are
-  **padded by repeating the last frame** (``pad="repeat"``, VideoMAE's behaviour), or with
-  ``pad="loop"`` wrap around to the start (index mod ``n``).
+* *short videos* (``num_frames ≤ n < span``): the window starts at frame 0 and indices past the last
+  frame are **padded by repeating the last frame** (``pad="repeat"``, VideoMAE's behaviour), or with
+  ``pad="loop"`` wrap around to the start (index mod ``n``);
+* *too short to sample* (``n < num_frames``, e.g. a 1- or 3-frame file): refused with
+  :class:`ShortVideoError`. Such a clip could only be made of repeated frames, at any stride, and
+  repeated frames are exactly what RLT removes: its tokens and accuracy would measure the padding, not
+  the video. A video long enough for ``num_frames`` distinct frames but shorter than the window is
+  padded as VideoMAE's evaluation pads it (its protocol, kept so numbers stay comparable).
 
 **SSv2 style** (:func:`segment_indices`; TSN / VideoMAE SSv2): the video is cut into ``num_segments``
 equal segments and one frame is taken from each — the middle of the segment at evaluation, a uniformly
 random frame of it in training. With ``num_clips`` > 1 views at evaluation, view ``k`` takes the
 frame at fraction ``(0.5 + k/num_clips) mod 1`` of each segment (for two views: the middle and the
-start, VideoMAE's two SSv2 test views). Videos shorter than ``num_segments`` repeat frames.
+start, VideoMAE's two SSv2 test views). Videos shorter than ``num_segments`` are refused
+(:class:`ShortVideoError`), for the reason above.
 """
 from __future__ import annotations
 
@@ -44,11 +50,18 @@ def video_key(name: str | bytes) -> int:
     return zlib.crc32(name.encode() if isinstance(name, str) else name)
 
 
+class ShortVideoError(ValueError):
+    """A video holds fewer frames than one clip takes: every clip of it would repeat frames."""
+
+
 def _check(n: int, count: int, what: str) -> None:
-    if n < 1:
-        raise ValueError(f"a video needs at least one frame, got n={n}")
     if count < 1:
         raise ValueError(f"{what} must be ≥ 1, got {count}")
+    if n < 1:
+        raise ShortVideoError(f"the video holds no frame (n={n})")
+    if n < count:
+        raise ShortVideoError(f"the video has {n} frame{'s' if n != 1 else ''}, fewer than the {count} a clip takes "
+                              f"({what}): its clips would repeat frames, which RLT reads as static content")
 
 
 def window_starts(n: int, span: int, num_clips: int) -> list[int]:

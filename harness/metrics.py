@@ -86,6 +86,14 @@ class MultiViewAccuracy:
         out["views"] = self.protocol or (f"{counts.pop()} views" if len(counts) == 1 else "mixed")
         return out
 
+    def correct(self, k: int = 1) -> dict[Any, bool]:
+        """video id → whether its label is in the top ``k`` of the averaged probabilities (the per-video
+        outcomes behind ``top{k}``, for intervals and paired differences)."""
+        ids = list(self._label)
+        mean = torch.stack([self._prob[v] / self._views[v] for v in ids])
+        hits = topk_correct(mean, torch.tensor([self._label[v] for v in ids]), k).tolist()
+        return dict(zip(ids, hits))
+
     def predictions(self) -> dict[Any, int]:
         """video id → predicted class (argmax of the averaged probabilities)."""
         return {v: int((self._prob[v] / self._views[v]).argmax()) for v in self._label}

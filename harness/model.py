@@ -9,16 +9,15 @@
 * no class token; per-clip mean pooling weighted by token ``size`` (a plain mean unless tokens were
   merged); ``fc_norm``; linear ``head``.
 
-Its ``state_dict`` matches VideoMAE / VideoMAE-2 fine-tuned checkpoints, so :func:`load_checkpoint`
-reads real Kinetics / SSv2 checkpoints from a local file. Nothing is ever downloaded.
+Its ``state_dict`` matches VideoMAE / VideoMAE-2 fine-tuned checkpoints, so
+:func:`tokenbench.harness.checkpoint.load_checkpoint` reads real Kinetics / SSv2 checkpoints (that layout,
+or transformers') from a local file. Nothing is ever downloaded.
 """
 from __future__ import annotations
 
-import argparse
 import math
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -29,14 +28,24 @@ from tokenbench.reducers.base import PackedTokens, Reducer, Selection
 
 from .attention import choose_backend, packed_attention
 
-# name -> (embed dim, depth, heads). S/B/L/H are VideoMAE's; T is the DeiT-Tiny width.
-MODEL_SIZES: dict[str, tuple[int, int, int]] = {
-    "vit_t": (192, 12, 3),
-    "vit_s": (384, 12, 6),
-    "vit_b": (768, 12, 12),
-    "vit_l": (1024, 24, 16),
-    "vit_h": (1280, 32, 16),
+
+class ModelSize(NamedTuple):
+    dim: int
+    depth: int
+    heads: int
+    mlp: int  # hidden width of each block's MLP
+
+
+# S/B/L/H are VideoMAE's (MLP ratio 4); T is the DeiT-Tiny width; G is VideoMAE-2's giant (MLP ratio 48/11).
+MODEL_SIZES: dict[str, ModelSize] = {
+    "vit_t": ModelSize(192, 12, 3, 768),
+    "vit_s": ModelSize(384, 12, 6, 1536),
+    "vit_b": ModelSize(768, 12, 12, 3072),
+    "vit_l": ModelSize(1024, 24, 16, 4096),
+    "vit_h": ModelSize(1280, 32, 16, 5120),
+    "vit_g": ModelSize(1408, 40, 16, 6144),
 }
+NORM_EPS = 1e-6  # the original VideoMAE's LayerNorm eps (blocks and fc_norm); transformers' differ
 TUBELET = 2
 PATCH = 16
 
@@ -101,12 +110,12 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0):
+    def __init__(self, dim: int, heads: int, mlp_hidden: int, drop_path: float = 0.0, eps: float = NORM_EPS):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, mlp_hidden)
         self.drop_path = drop_path
 
     def _drop(self, h: Tensor, tokens: PackedTokens) -> Tensor:
@@ -152,6 +161,14 @@ class PatchEmbed(nn.Module):
         x = x.permute(0, 2, 4, 6, 1, 3, 5, 7)  # B, T', H', W', C, tt, p, p
         return x.reshape(b, (t // tt) * (h // p) * (w // p), c * tt * p * p)
 
+    def kept_tubelets(self, video: Tensor, index: tuple[Tensor, Tensor, Tensor, Tensor]) -> Tensor:
+        """The tubelets at (clip, t', h', w') = ``index`` of [B,3,T,H,W] → [K, 3·t·p·p], flattened like
+        :meth:`tubelets`; gathered from a view, so only the K kept tubelets' pixels are copied."""
+        b, c, t, h, w = video.shape
+        tt, p = self.tubelet, self.patch
+        view = video.reshape(b, c, t // tt, tt, h // p, p, w // p, p).permute(0, 2, 4, 6, 1, 3, 5, 7)
+        return view[index].reshape(index[0].numel(), c * tt * p * p)
+
     def forward(self, flat_tubelets: Tensor) -> Tensor:
         weight = self.proj.weight.reshape(self.proj.out_channels, -1)
         return F.linear(flat_tubelets, weight, self.proj.bias)
@@ -162,14 +179,15 @@ class VideoViT(nn.Module):
 
     def __init__(self, name: str, num_classes: int, num_frames: int = 16, img_size: int = 224,
                  length_embedding: bool = False, drop_path_rate: float = 0.0, head_dropout: float = 0.0,
-                 attn_backend: str = "auto", dense_fast_path: bool = True):
+                 attn_backend: str = "auto", dense_fast_path: bool = True, norm_eps: float = NORM_EPS,
+                 fc_norm_eps: float = NORM_EPS):
         super().__init__()
         if name not in MODEL_SIZES:
             raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_SIZES)}")
         if num_frames % TUBELET or img_size % PATCH:
             raise ValueError(f"num_frames must be a multiple of {TUBELET} and img_size of {PATCH}, "
                              f"got {num_frames} and {img_size}")
-        dim, depth, heads = MODEL_SIZES[name]
+        dim, depth, heads, mlp = MODEL_SIZES[name]
         self.name, self.num_classes = name, num_classes
         self.num_frames, self.img_size = num_frames, img_size
         self.embed_dim, self.depth, self.heads = dim, depth, heads
@@ -179,8 +197,9 @@ class VideoViT(nn.Module):
         self.register_buffer("pos_embed", sincos_table(n_tok, dim), persistent=False)
         self.length_embed = nn.Parameter(torch.randn(self.grid[0], dim) * 0.02) if length_embedding else None
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
-        self.blocks = nn.ModuleList(Block(dim, heads, drop_path=dpr[i]) for i in range(depth))
-        self.fc_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp, drop_path=dpr[i], eps=norm_eps)
+                                    for i in range(depth))
+        self.fc_norm = nn.LayerNorm(dim, eps=fc_norm_eps)
         self.head_dropout = nn.Dropout(head_dropout)
         self.head = nn.Linear(dim, num_classes)
         self.attn_backend = attn_backend
@@ -199,6 +218,17 @@ class VideoViT(nn.Module):
                 nn.init.zeros_(m.bias)
         nn.init.trunc_normal_(self.head.weight, std=0.02)
 
+    def set_norm_eps(self, blocks: float, fc_norm: float) -> None:
+        """The LayerNorm eps a checkpoint was trained with (transformers' VideoMAE: 1e-12 and 1e-5)."""
+        for blk in self.blocks:
+            blk.norm1.eps = blk.norm2.eps = blocks
+        self.fc_norm.eps = fc_norm
+
+    @property
+    def norm_eps(self) -> tuple[float, float]:
+        """(blocks, fc_norm) LayerNorm eps."""
+        return self.blocks[0].norm1.eps if len(self.blocks) else NORM_EPS, self.fc_norm.eps
+
     @property
     def num_tokens(self) -> int:
         return math.prod(self.grid)
@@ -214,24 +244,28 @@ class VideoViT(nn.Module):
             raise ValueError(f"{self.name} was built for [B,3,{self.num_frames},{self.img_size},{self.img_size}] "
                              f"clips, got {list(video.shape)}")
         n = self.num_tokens
-        flat = self.patch_embed.tubelets(video)  # [B, N, P]
         if selection is None:
-            x = self.patch_embed(flat.reshape(b * n, -1))
+            x = self.patch_embed(self.patch_embed.tubelets(video).reshape(b * n, -1))
             pos = torch.arange(n, device=video.device).repeat(b)
             counts = torch.full((b,), n, dtype=torch.int32, device=video.device)
+            lens = (n,) * b
             lengths = None
         else:
             keep = selection.keep
             if tuple(keep.shape) != (b, *self.grid):
                 raise ValueError(f"selection.keep has shape {tuple(keep.shape)}, expected {(b, *self.grid)}")
-            keep_flat = keep.reshape(b, n).to(video.device)
-            idx = keep_flat.reshape(-1).nonzero().squeeze(1)  # clip-major, raster order within a clip
-            x = self.patch_embed(flat.reshape(b * n, -1).index_select(0, idx))
-            pos = idx % n
-            counts = keep_flat.sum(1).to(torch.int32)
-            lengths = selection.lengths.reshape(-1).to(video.device).index_select(0, idx)
-        if bool((counts == 0).any()):
-            raise ValueError("a reducer kept no token of a clip; every clip needs at least one token")
+            keep = keep.to(video.device)
+            counts = keep.flatten(1).sum(1).to(torch.int32)
+            lens = tuple(counts.tolist())  # the one device read: a content-adaptive batch's size
+            if 0 in lens:
+                raise ValueError("a reducer kept no token of a clip; every clip needs at least one token")
+            ib, it, ih, iw = keep.nonzero(as_tuple=True)  # clip-major, raster order within a clip
+            # Cut only the kept tubelets, straight from a strided view of the clip (no copy of the dropped
+            # ones), and project them: the embedding costs in proportion to the kept tokens.
+            x = self.patch_embed(self.patch_embed.kept_tubelets(video, (ib, it, ih, iw)))
+            _, gh, gw = self.grid
+            pos = (it * gh + ih) * gw + iw
+            lengths = selection.lengths.to(video.device)[ib, it, ih, iw]
         x = x + self.pos_embed.to(x.dtype).index_select(0, pos)
         if self.length_embed is not None:
             if lengths is None:  # no selection: every run has length 1
@@ -239,7 +273,7 @@ class VideoViT(nn.Module):
             x = x + self.length_embed.to(x.dtype).index_select(0, (lengths - 1).clamp(0, self.grid[0] - 1))
         cu = F.pad(torch.cumsum(counts, 0, dtype=torch.int32), (1, 0))
         size = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
-        return PackedTokens(x=x, cu_seqlens=cu, pos=pos, size=size, grid=self.grid)
+        return PackedTokens(x=x, cu_seqlens=cu, pos=pos, size=size, grid=self.grid, lens=lens)
 
     def pool(self, tokens: PackedTokens) -> Tensor:
         """Per-clip mean, weighted by ``size`` → [B, D]."""
@@ -285,100 +319,6 @@ class VideoViT(nn.Module):
 
 
 def build_model(name: str, num_classes: int, num_frames: int = 16, img_size: int = 224, **kwargs) -> VideoViT:
-    """A VideoMAE-layout video ViT: ``vit_t``, ``vit_s``, ``vit_b``, ``vit_l`` or ``vit_h``."""
+    """A VideoMAE-layout video ViT: ``vit_t``, ``vit_s``, ``vit_b``, ``vit_l``, ``vit_h`` or ``vit_g``."""
     return VideoViT(name, num_classes, num_frames=num_frames, img_size=img_size, **kwargs)
 
-
-_PREFIXES = ("module.", "encoder.", "backbone.")
-_CONTAINER_KEYS = ("model", "module", "state_dict", "model_state")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, unreadable, or does not fit the model."""
-
-
-# What a checkpoint may hold besides tensors and plain containers: VideoMAE's own .pth files pickle an
-# argparse.Namespace of their training arguments beside the weights. Nothing else is unpickled, so a
-# checkpoint (or a model cache on a shared filesystem) can never run code.
-_SAFE_GLOBALS = (argparse.Namespace,)
-
-
-def _torch_reason(exc: Exception) -> str:
-    """The one line of torch's weights-only message that says what is wrong (the rest is boilerplate)."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    keep = [ln for ln in lines if not ln.startswith(("Weights only load failed", "Check the documentation",
-                                                    "Please file an issue"))]
-    reason = keep[-1] if keep else lines[0] if lines else type(exc).__name__
-    return reason.removeprefix("WeightsUnpickler error: ")
-
-
-def _read_state_dict(path: Path) -> dict[str, Tensor]:
-    try:
-        with torch.serialization.safe_globals(list(_SAFE_GLOBALS)):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:
-        unsafe = re.search(r"GLOBAL (\S+)", str(exc))
-        if unsafe:
-            raise CheckpointError(
-                f"refusing to load {path}: it pickles {unsafe.group(1)}, which tokenbench never unpickles "
-                "(a checkpoint may hold tensors, plain containers and argparse.Namespace; re-save its "
-                "state_dict alone)") from None
-        raise CheckpointError(f"cannot read checkpoint {path}: not a torch checkpoint, or a damaged one "
-                              f"({_torch_reason(exc)})") from None
-    for key in _CONTAINER_KEYS:
-        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path} holds no state_dict (looked for keys {', '.join(_CONTAINER_KEYS)})")
-    return obj
-
-
-def normalise_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    out = {}
-    for k, v in state.items():
-        changed = True
-        while changed:
-            changed = False
-            for p in _PREFIXES:
-                if k.startswith(p):
-                    k, changed = k[len(p):], True
-        out[k] = v
-    return out
-
-
-def load_checkpoint(model: VideoViT, path: str | Path, strict: bool = True) -> dict[str, list[str]]:
-    """Load a VideoMAE-format checkpoint from a local file into ``model``.
-
-    Strips ``module.``/``encoder.``/``backbone.`` prefixes and unwraps ``{"model": ...}`` containers.
-    Raises :class:`CheckpointError` naming the file and every mismatched key; with ``strict=False``
-    missing keys (e.g. a new ``head``) are allowed and reported in the returned dict.
-    Keys the model does not have (a learned ``pos_embed``, decoder weights) are ignored and reported.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    state = normalise_keys(_read_state_dict(path))
-    own = model.state_dict()
-    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                  for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    if mismatched:
-        raise CheckpointError(f"{path} does not fit {model.name} ({model.num_classes} classes, grid "
-                              f"{model.grid}); mismatched shapes:\n  " + "\n  ".join(mismatched))
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if strict and missing:
-        raise CheckpointError(f"{path} lacks {len(missing)} weights of {model.name}: {', '.join(missing[:8])}"
-                              + (" …" if len(missing) > 8 else ""))
-    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-    return {"missing": missing, "unexpected": unexpected}
-
-
-def save_checkpoint(model: VideoViT, path: str | Path, **extra) -> Path:
-    """Save in the VideoMAE layout (``{"model": state_dict, ...}``) that :func:`load_checkpoint` reads."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict(), **extra}, path)
-    return path

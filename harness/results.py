@@ -18,6 +18,13 @@ guarantees, and how they are kept:
 * **Finished cells are skipped.** :meth:`ResultStore.done_keys` is the set of keys recorded; the
   runner skips a cell whose ``schema.cell_key`` is in it (``--retry-failed`` re-runs failed ones;
   the newer record then supersedes the older in :func:`load`).
+* **A cell is measured once.** :meth:`ResultStore.claim` takes a per-cell ``flock`` while the cell
+  runs, so a second run on the same folder skips it (and says so); the lock dies with its process.
+* **Only records are read.** A line that parses but is not a record, or a record whose ``cell`` is
+  not an object, is skipped with a :class:`NotARecordWarning` naming the file and line; a file that is
+  not JSON Lines at all (a video given as results) is refused with :class:`NotResultsError`.
+* **Paths stay inside the root.** The suite and fingerprint parts of a store's path go through
+  :func:`tokenbench.harness.paths.safe_name` and :func:`~tokenbench.harness.paths.inside`.
 
 :func:`load` reads one or many stores into a pandas DataFrame — its columns are documented there.
 """
@@ -28,30 +35,51 @@ import fcntl
 import json
 import math
 import os
-import re
+import socket
+import time
 import warnings
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .paths import inside, safe_name
 from .schema import CELL_FIELDS, METRICS, SCHEMA_VERSION, canonical_json, reducer_label
 
 RECORDS_FILE = "records.jsonl"
+
+
+CLAIMS_DIR = ".claims"  # beside records.jsonl: one lock file per cell being measured
 
 
 class TornLineWarning(UserWarning):
     """A records file ended in a partial line (a writer died mid-write); the partial line was dropped."""
 
 
-def safe_component(name: str) -> str:
-    """A suite name or fingerprint id made safe as one path component."""
-    out = re.sub(r"[^A-Za-z0-9._+\-]+", "_", str(name)).strip("._") or "_"
-    return out[:120]
+class NotARecordWarning(UserWarning):
+    """A line of a records file parses but is not a result record (not an object, no key/suite/status, or a
+    ``cell`` that is not an object); it was skipped."""
+
+
+class NotResultsError(ValueError):
+    """A file named as results is not a records file (JSON Lines): e.g. a video given to ``report``."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The outcome of :meth:`ResultStore.claim`: ``held`` when this process may run the cell; otherwise
+    ``why`` says who has it (another run measuring it, or a record written meanwhile)."""
+
+    key: str
+    held: bool
+    why: str = ""
+
+
 
 
 def store_path(root: str | Path, suite: str, fingerprint_id: str) -> Path:
-    """``<root>/<suite>/<fingerprint id>/records.jsonl``."""
-    return Path(root) / safe_component(suite) / safe_component(fingerprint_id) / RECORDS_FILE
+    """``<root>/<suite>/<fingerprint id>/records.jsonl``, checked to lie inside ``root``."""
+    return inside(root, safe_name(suite), safe_name(fingerprint_id), RECORDS_FILE)
 
 
 @contextlib.contextmanager
@@ -165,6 +193,54 @@ class ResultStore:
         finally:
             os.close(fd)
 
+    # --- claiming a cell ------------------------------------------------------------------------
+    def claim_path(self, key: str) -> Path:
+        return inside(self.path.parent, CLAIMS_DIR, safe_name(key) + ".lock")
+
+    @contextlib.contextmanager
+    def claim(self, key: str, include_failed: bool = True) -> Iterator[Claim]:
+        """Claim cell ``key`` for the block: yields a :class:`Claim`, ``held`` unless another process holds
+        the cell's claim or the store recorded the key meanwhile (``include_failed`` as in
+        :meth:`done_keys`). Two runs on one results folder so measure each cell once.
+
+        The claim is an exclusive ``flock`` on ``.claims/<key>.lock`` beside the records file, taken without
+        waiting. The kernel releases it when its holder exits, however it dies, so a killed run never
+        leaves a cell claimed: its empty lock file is simply locked by the next claimant. The holder writes
+        its pid and host into the file (shown to a run that finds the cell claimed) and removes the file
+        before releasing the lock."""
+        path = self.claim_path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+                os.close(fd)
+                yield Claim(key, False, f"claimed by another run ({holder})")
+                return
+            # the previous holder may have removed the file between our open and our lock: then we hold a
+            # lock on a file nobody else can see; try again on the file at that path now
+            try:
+                current = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                break
+            os.close(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
+                          f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n".encode(), 0)
+            if key in self.done_keys(include_failed=include_failed):
+                yield Claim(key, False, "recorded meanwhile by another run")
+            else:
+                yield Claim(key, True)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(path)  # still under our lock: a waiting claimant retries on a fresh file
+            os.close(fd)  # releases the lock
+
     # --- reading ------------------------------------------------------------------------------
     def records(self) -> list[dict[str, Any]]:
         return list(iter_records(self.path))
@@ -178,16 +254,53 @@ class ResultStore:
         return out
 
     def done_keys(self, include_failed: bool = True) -> set[str]:
-        """Keys whose newest record is finished (``ok``; also ``failed`` unless ``include_failed`` is false)."""
-        return {k for k, r in self.latest().items() if r.get("status") == "ok" or include_failed}
+        """Keys whose newest record is finished (``ok``; also ``failed`` unless ``include_failed`` is false).
+        A ``lost`` or ``timeout`` cell is not finished: its job died or ran out of time, so it runs again."""
+        finished = {"ok", "failed"} if include_failed else {"ok"}
+        return {k for k, r in self.latest().items() if r.get("status") in finished}
 
     def __repr__(self) -> str:
         return f"ResultStore({str(self.path)!r})"
 
 
+def not_a_record(rec: Any) -> str:
+    """Why a parsed JSON line is not a result record (harness/schema.py), or ``""`` when it is one."""
+    if not isinstance(rec, dict):
+        return f"a JSON {type(rec).__name__}, not an object"
+    for name in ("key", "status"):
+        if not isinstance(rec.get(name), str):
+            return f"no {name!r} string"
+    if rec.get("suite") is not None and not isinstance(rec["suite"], str):
+        return f"its 'suite' is a {type(rec['suite']).__name__}, not a string"
+    for name in ("cell", "fingerprint", "metrics"):
+        if rec.get(name) is not None and not isinstance(rec[name], dict):
+            return f"its {name!r} is a {type(rec[name]).__name__}, not an object"
+    return ""
+
+
+def check_records_file(path: str | Path) -> None:
+    """Raise :class:`NotResultsError` when ``path`` is plainly not a records file: binary data, or a first
+    line that is not JSON (a video or a CSV given as results). A file that starts with JSON is read line by
+    line, each bad line skipped with a warning."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(65536)
+    first = head.split(b"\n", 1)[0].strip()
+    ok = b"\0" not in head
+    if ok and first and len(first) < len(head.rstrip()):  # a lone line without newline may be torn
+        try:
+            json.loads(first)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            ok = False
+    if not ok:
+        raise NotResultsError(f"{path} is not a results file (JSON Lines of records, e.g. "
+                              f"results/<suite>/<fingerprint>/{RECORDS_FILE}): its first line is not JSON")
+
+
 def iter_records(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Every parseable record of one records file. A torn last line (no newline) is ignored; any other
-    line that does not parse is reported with its line number and skipped."""
+    """Every record of one records file. A torn last line (no newline) is ignored; any other line that does
+    not parse, or parses to something that is not a record (:func:`not_a_record`), is reported with its
+    line number and skipped."""
     path = Path(path)
     if not path.is_file():
         return
@@ -203,8 +316,11 @@ def iter_records(path: str | Path) -> Iterator[dict[str, Any]]:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             warnings.warn(f"{path}:{i}: unreadable record skipped ({exc})", stacklevel=2)
             continue
-        if isinstance(rec, dict):
-            yield rec
+        why = not_a_record(rec)
+        if why:
+            warnings.warn(f"{path}:{i}: not a result record ({why}); skipped", NotARecordWarning, stacklevel=2)
+            continue
+        yield rec
     if torn.strip():
         warnings.warn(f"{path}: ignoring a torn last line of {len(torn)} bytes", TornLineWarning, stacklevel=2)
 
@@ -219,6 +335,7 @@ def find_record_files(paths: str | Path | Iterable[str | Path]) -> list[Path]:
         if p.is_dir():
             out.extend(sorted(p.rglob(RECORDS_FILE)))
         elif p.is_file():
+            check_records_file(p)
             out.append(p)
         else:
             raise FileNotFoundError(f"no results at {p}")

@@ -62,7 +62,9 @@ INFERENCE_ONLY = ("repeats", "warmup", "flops_check_clips", "time_clips")
 TRAIN_ONLY = ("train",)
 # written only when set: absent and unset are the same configuration (and the same key)
 OPTIONAL = ("model_id", "dataset_id", "num_classes", "dataset_options", "skip_unreadable", "pretrain", "autocast")
-NOT_IN_KEY = ("key", "label")
+# recorded in a record's cell beside its configuration, not part of it: the key, the label, and which weights
+# the cell's checkpoint held when it ran (content hash, and where a trained-here model was cached)
+NOT_IN_KEY = ("key", "label", "checkpoint_sha256", "checkpoint_path")
 
 
 @dataclass(frozen=True)
@@ -175,12 +177,15 @@ class Cell(Mapping):
 def make_record(cell: Cell, *, suite: str, fingerprint: dict[str, Any], started: str, finished: str,
                 duration_s: float, command: str = "", metrics: dict[str, Any] | None = None,
                 error: str | None = None, traceback: str | None = None, launcher: dict[str, Any] | None = None,
-                key: str | None = None) -> dict[str, Any]:
-    """The one record constructor: ``ok`` when ``error`` is None, else ``failed`` with its error."""
+                key: str | None = None, weights: dict[str, str] | None = None,
+                status: str | None = None) -> dict[str, Any]:
+    """The one record constructor: ``ok`` when ``error`` is None, else ``failed`` with its error, or the
+    ``status`` given (``lost``: the job died mid-cell; ``timeout``: it ran out of time).
+    ``weights`` (``checkpoint_sha256``, ``checkpoint_path``) identify the weights the cell ran with."""
     record: dict[str, Any] = {
         "schema": SCHEMA_VERSION, "key": key or cell.key, "suite": suite,
-        "status": "ok" if error is None else "failed", "error": error,
-        "cell": cell.as_dict(), "fingerprint": fingerprint, "metrics": dict(metrics or {}),
+        "status": status or ("ok" if error is None else "failed"), "error": error,
+        "cell": {**cell.as_dict(), **(weights or {})}, "fingerprint": fingerprint, "metrics": dict(metrics or {}),
         "started": started, "finished": finished, "duration_s": duration_s, "command": command,
     }
     if traceback:
@@ -265,14 +270,19 @@ METRIC_TABLE: tuple[Metric, ...] = (
        "speedup", ((INF, 70), (SWEEP, 50), (HEAD, 70)), suffix="×", iqr=("speedup_q1", "speedup_q3")),
     _m("speedup_q1", "25th percentile of the paired per-repeat ratios", "×", "fixed:2", True),
     _m("speedup_q3", "75th percentile of the paired per-repeat ratios", "×", "fixed:2", True),
+    _m("speedup_ci_lo", "lower end of the speedup's 95 % interval (bootstrap of the median over repeats)", "×",
+       "fixed:2", True, "speedup 95% lo", ((DET, 21),)),
+    _m("speedup_ci_hi", "upper end of the same", "×", "fixed:2", True, "speedup 95% hi", ((DET, 22),)),
     _m("clips_per_s", "batch_size / median seconds per batch", "clips/s", better=True, header="clips/s",
        shown=((INF, 60), (HEAD, 60)), iqr=("clips_per_s_q1", "clips_per_s_q3")),
     _m("select_ms_median", "reducer.select alone per batch (ms), median", "ms", "sig:3", False, "select (ms)",
        ((DET, 30),)),
     _m("decode_ms_per_clip", "decode + sample + resize per clip (ms), measured apart from the forward", "ms",
        "sig:3", False, "decode (ms/clip)", ((DET, 40),)),
-    _m("peak_mem_mb", "peak device memory (MB) during the timed runs (CUDA only)", "MB", "fixed:0", False,
-       "peak mem (MB)", ((DET, 50),)),
+    _m("peak_mem_mb", "reducer arm's peak device memory (MB) above the resident clips, timed runs (CUDA only)",
+       "MB", "fixed:0", False, "peak mem (MB)", ((DET, 50),)),
+    _m("baseline_peak_mem_mb", "the same for the baseline arm (CUDA only)", "MB", "fixed:0", False,
+       "baseline peak mem (MB)", ((DET, 51),)),
     _m("repeats", "timed repeats per arm", "", "fixed:0", None, "repeats", ((DET, 130),)),
     _m("warmup", "warm-up runs per arm", "", "fixed:0", None, "warm-up", ((DET, 140),)),
     _m("time_clips", "clips each timed repeat ran", "clips", "fixed:0", None, "clips timed", ((DET, 120),)),

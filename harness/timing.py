@@ -6,13 +6,22 @@
   runs every batch once, and its time is reported per batch;
 * ``reducer.select`` runs inside the timed region (``model(video, reducer)`` calls it: selection is part
   of inference cost) and is also timed alone (:attr:`TimingResult.select_ms_median`);
-* warm-up runs of each arm, then ``repeats`` timed runs interleaved baseline, reducer, baseline, … so
-  that drift (thermal, other tenants of a shared machine) hits both arms alike. Each reducer run is
-  paired with the baseline run just before it; the speedup is the median of those paired ratios and their
-  quartiles give its spread. (The ratio of the two arms' medians is not used: with few repeats and a
-  drifting machine it can fall outside the paired ratios' own IQR.);
+* two arms, the baseline (no reducer) and the reducer, each run every batch once per repeat, in a
+  balanced order: ABBA over repeats (baseline first in even repeats, reducer first in odd ones), so neither
+  arm always runs on a machine the other has just warmed (caches, allocator, frequency). Each repeat's
+  two runs are paired; the speedup is the median of the paired ratios, its interval a bootstrap over
+  repeats. (The ratio of the two arms' medians is not used: with few repeats and a drifting machine it can
+  fall outside the paired ratios' own spread.);
+* **A/A control**: with ``reducer=None`` and ``baseline=True`` both arms are the baseline, timed through
+  exactly the same protocol; its speedup must read 1.00 within its interval, which is what validates the
+  estimator on this machine;
+* the garbage collector is collected before and disabled during the timed runs (a collection pause
+  would land in whichever arm happened to allocate last);
 * CUDA events on a GPU, ``time.perf_counter`` on CPU with ``torch.set_num_threads`` fixed for the run and
-  recorded; everything under ``torch.inference_mode`` with the model in eval mode.
+  recorded; everything under ``torch.inference_mode`` with the model in eval mode;
+* per arm: the attention path that ran (``model.last_stats.backend``) and, on CUDA, the peak memory above
+  what was allocated before the arm started (the resident clips are not counted). On CPU there is no
+  allocator statistic that means the same, so no memory figure is given.
 
 Decoding is measured apart (:func:`time_decode`: decode + sample + resize per clip).
 
@@ -22,6 +31,7 @@ the datasets package's eval transform (short side to ``img_size``, centre crop) 
 """
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -32,6 +42,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from .intervals import median_interval
 
 
 # --- clip preparation --------------------------------------------------------------------------------
@@ -121,7 +133,9 @@ class TimingResult:
     repeats: int
     timer: str  # "cuda_event" or "perf_counter"
     backend: str  # attention backend that ran (model.last_stats.backend of the reducer arm)
-    peak_mem_mb: float | None = None
+    baseline_backend: str = ""  # the same for the baseline arm
+    peak_mem_mb: float | None = None  # CUDA: the reducer arm's peak above what was resident before it
+    baseline_peak_mem_mb: float | None = None
     tokens_in: list[int] = field(default_factory=list)  # per clip of the last reducer batch
 
     @property
@@ -131,10 +145,15 @@ class TimingResult:
 
     @property
     def paired_ratios(self) -> list[float]:
-        """baseline / reducer per repeat, pairing each reducer run with the baseline run just before it."""
+        """baseline / reducer per repeat (the two runs of one repeat, whichever ran first)."""
         if self.baseline is None:
             return []
         return [b / r for b, r in zip(self.baseline.times_ms, self.reducer.times_ms)]
+
+    @property
+    def speedup_interval(self) -> tuple[float, float] | None:
+        """95 % bootstrap interval (over repeats) of :attr:`speedup`."""
+        return median_interval(self.paired_ratios) if self.baseline is not None else None
 
     @property
     def select_ms_median(self) -> float | None:
@@ -152,17 +171,21 @@ class TimingResult:
         }
         if self.baseline is not None:
             q1, _, q3 = quartiles(self.paired_ratios)
+            lo, hi = self.speedup_interval
             out.update(baseline_time_ms_median=self.baseline.median_ms, speedup=self.speedup,
-                       speedup_q1=q1, speedup_q3=q3)
+                       speedup_q1=q1, speedup_q3=q3, speedup_ci_lo=lo, speedup_ci_hi=hi)
         if self.select_ms:
             out["select_ms_median"] = self.select_ms_median
         if self.peak_mem_mb is not None:
             out["peak_mem_mb"] = self.peak_mem_mb
+        if self.baseline_peak_mem_mb is not None:
+            out["baseline_peak_mem_mb"] = self.baseline_peak_mem_mb
         return out
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.update(speedup=self.speedup, paired_ratios=self.paired_ratios, select_ms_median=self.select_ms_median)
+        d.update(speedup=self.speedup, paired_ratios=self.paired_ratios, select_ms_median=self.select_ms_median,
+                 speedup_interval=self.speedup_interval)
         return d
 
 
@@ -223,14 +246,54 @@ def make_batches(videos: Tensor | Sequence[Tensor], batch_size: int) -> list[Ten
             for i in range(num_batches)]
 
 
+def arm_order(repeat: int, arms: Sequence[str]) -> list[str]:
+    """The order of the arms in one repeat: ABBA over repeats (reversed in every odd repeat)."""
+    return list(arms) if repeat % 2 == 0 else list(reversed(arms))
+
+
+class _PeakMemory:
+    """CUDA peak memory of one arm above what was allocated when it started (resident clips excluded)."""
+
+    def __init__(self, device: torch.device):
+        self.on = device.type == "cuda"
+        self.device = device
+        self.peak: dict[str, float] = {}
+
+    @contextmanager
+    def arm(self, name: str):
+        if not self.on:
+            yield
+            return
+        torch.cuda.synchronize(self.device)
+        start = torch.cuda.memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        yield
+        torch.cuda.synchronize(self.device)
+        mb = (torch.cuda.max_memory_allocated(self.device) - start) / 2**20
+        self.peak[name] = max(self.peak.get(name, 0.0), mb)
+
+
+@contextmanager
+def _no_gc():
+    """Collect now, then keep the collector out of the timed runs."""
+    was = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def time_forward(model: torch.nn.Module, videos_on_device: Tensor | Sequence[Tensor], reducer=None, *,
                  baseline: bool = True, warmup: int = 2, repeats: int = 10, batch_size: int = 8,
                  threads: int | None = None) -> TimingResult:
     """Time ``model(video, reducer)`` over pre-decoded, normalised clips already on the device.
 
-    With ``reducer=None`` only the baseline is timed (it is then the ``reducer`` arm and
-    ``baseline`` is None). Otherwise, with ``baseline=True``, the baseline (no reducer) and the reducer
-    are timed interleaved: warm-up (baseline, reducer) × ``warmup``, then (baseline, reducer) × ``repeats``.
+    With ``baseline=True`` the baseline (no reducer) is timed beside the reducer arm, ABBA over repeats,
+    after ``warmup`` rounds of both; with ``reducer=None`` that is the A/A control (both arms the
+    baseline). With ``baseline=False`` only the reducer arm (or, without a reducer, the baseline) runs.
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats ≥ 1 and warmup ≥ 0, got {repeats} and {warmup}")
@@ -239,12 +302,11 @@ def time_forward(model: torch.nn.Module, videos_on_device: Tensor | Sequence[Ten
     batches = make_batches(clips, batch_size)
     device = batches[0].device
     timer_name, timed = _timer(device)
-    arms: list[tuple[str, Any]] = []
-    if reducer is not None and baseline:
-        arms.append(("baseline", None))
-    arms.append(("reducer", reducer))
+    arms: dict[str, Any] = {"baseline": None} if baseline else {}
+    arms["reducer"] = reducer
     if reducer is not None:
         reducer.check_geometry(model.grid, model.depth)
+    memory = _PeakMemory(device)
 
     def run_arm(red) -> float:
         total = 0.0
@@ -260,23 +322,23 @@ def time_forward(model: torch.nn.Module, videos_on_device: Tensor | Sequence[Ten
 
     was_training = model.training
     model.eval()
-    times: dict[str, list[float]] = {name: [] for name, _ in arms}
+    times: dict[str, list[float]] = {name: [] for name in arms}
+    backends: dict[str, str] = {}
     order: list[str] = []
     select_ms: list[float] = []
-    backend, tokens_in = "", []
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    tokens_in: list[int] = []
     try:
-        with fixed_threads(threads) as n_threads, torch.inference_mode():
-            for _ in range(warmup):
-                for _name, red in arms:
-                    run_arm(red)
-            for _ in range(repeats):
-                for name, red in arms:
-                    times[name].append(run_arm(red))
+        with fixed_threads(threads) as n_threads, torch.inference_mode(), _no_gc():
+            for i in range(warmup):
+                for name in arm_order(i, arms):
+                    run_arm(arms[name])
+            for i in range(repeats):
+                for name in arm_order(i, arms):
+                    with memory.arm(name):
+                        times[name].append(run_arm(arms[name]))
                     order.append(name)
+                    backends[name] = model.last_stats.backend
                     if name == "reducer":
-                        backend = model.last_stats.backend
                         tokens_in = list(model.last_stats.tokens_in)
             if reducer is not None:
                 for _ in range(warmup):
@@ -284,13 +346,14 @@ def time_forward(model: torch.nn.Module, videos_on_device: Tensor | Sequence[Ten
                 select_ms = [run_select() for _ in range(repeats)]
     finally:
         model.train(was_training)
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return TimingResult(
         reducer=ArmTiming(times["reducer"], batch_size),
         baseline=ArmTiming(times["baseline"], batch_size) if "baseline" in times else None,
         select_ms=select_ms, order=order, threads=n_threads, device=str(device), batch_size=batch_size,
         num_batches=len(batches), num_clips=num_clips, warmup=warmup, repeats=repeats, timer=timer_name,
-        backend=backend, peak_mem_mb=peak, tokens_in=tokens_in,
+        backend=backends.get("reducer", ""), baseline_backend=backends.get("baseline", ""),
+        peak_mem_mb=memory.peak.get("reducer"), baseline_peak_mem_mb=memory.peak.get("baseline"),
+        tokens_in=tokens_in,
     )
 
 

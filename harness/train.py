@@ -44,7 +44,7 @@ batch, split evenly over ranks), wraps the model in DDP and evaluates on disjoin
 are summed. Packed tokens give each step a different activation graph, but every parameter takes part
 in every step (the length embedding too: without a selection every run has length 1), so DDP runs with
 ``find_unused_parameters=False``; a reducer that bypasses parameters can set ``find_unused_parameters``.
-Rank 0 writes the checkpoint (VideoMAE layout, :func:`tokenbench.harness.model.save_checkpoint`).
+Rank 0 writes the checkpoint (VideoMAE layout, :func:`tokenbench.harness.checkpoint.save_checkpoint`).
 
 The defaults (:class:`TrainRecipe`) are the recipe that trains ``vit_t`` from scratch on the default
 ``synthetic`` benchmark (8 × 112²) on a CPU; the top-1 it reaches is in the committed reference report.
@@ -74,9 +74,9 @@ from torch.utils.data.distributed import DistributedSampler
 
 from tokenbench.reducers import Reducer
 
+from .checkpoint import save_checkpoint
 from .distributed import _all_reduce, _Dist, _init_distributed, _resolve_device, native_bf16, resolve_amp
 from .evaluate import _collate, evaluate, model_input
-from .model import save_checkpoint
 
 __all__ = ["TrainRecipe", "TrainResult", "DEFAULTS", "RECIPE_FIELDS", "train", "evaluate", "inference_reducer",
            "param_groups", "lr_at", "native_bf16", "resolve_amp"]

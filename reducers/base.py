@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -31,22 +31,32 @@ class PackedTokens:
     pos: Tensor  # [N_total] long: index of the token's (first) tubelet in the T'·H'·W' grid
     size: Tensor  # [N_total] float: tokens merged into this one (1 when embedded)
     grid: tuple[int, int, int]  # (T', H', W') of the un-reduced clip
+    # Host copy of the per-clip token counts, set by whoever built the batch and knows them (the embedding,
+    # ToMe, STA), so that reducers size their outputs without reading cu_seqlens back from the device (a
+    # host sync on a GPU). Optional; replace() drops it when cu_seqlens changes without a new one.
+    lens: tuple[int, ...] | None = field(default=None, repr=False, compare=False)
 
     @property
     def batch_size(self) -> int:
         return int(self.cu_seqlens.numel()) - 1
 
     def seqlens(self) -> list[int]:
-        """Per-clip token counts as Python ints."""
+        """Per-clip token counts as Python ints (from ``lens`` when set: no device read)."""
+        if self.lens is not None:
+            return list(self.lens)
         cu = self.cu_seqlens.tolist()
         return [b - a for a, b in zip(cu[:-1], cu[1:])]
 
     def seq_ids(self) -> Tensor:
         """[N_total] long: which clip each token belongs to."""
         lens = torch.diff(self.cu_seqlens.long())
-        return torch.repeat_interleave(torch.arange(len(lens), device=self.x.device), lens.to(self.x.device))
+        # output_size: the total is known on the host, so nothing is read back from the device
+        return torch.repeat_interleave(torch.arange(len(lens), device=self.x.device), lens.to(self.x.device),
+                                       output_size=self.x.shape[0])
 
     def replace(self, **changes: Any) -> PackedTokens:
+        if "cu_seqlens" in changes and "lens" not in changes:
+            changes["lens"] = None  # never carry counts that belong to the old cu_seqlens
         return dataclasses.replace(self, **changes)
 
 
@@ -56,6 +66,11 @@ class Selection:
 
     keep: Tensor  # [B, T', H', W'] bool
     lengths: Tensor  # [B, T', H', W'] long run lengths, 0 where dropped
+
+
+# frames and pixels per side of the backbone's tubelet (the VideoMAE layout, DESIGN.md §2; harness.model's own
+# TUBELET and PATCH, which a test keeps equal to these)
+BACKBONE_TUBELET = (2, 16)
 
 
 class ReducerParamError(ValueError):
@@ -91,7 +106,24 @@ class Reducer:
     def check_geometry(self, grid: tuple[int, int, int], depth: int) -> None:
         """Raise :class:`ReducerParamError` when the parameters cannot work on clips of ``grid`` (T', H', W')
         in a model of ``depth`` blocks (e.g. ToMe's r above half the tokens, STA on an ungroupable T').
-        Called by the model before a forward pass and by the runner before any work."""
+        Called by the model before a forward pass, by suite validation and by the runner before any work.
+
+        This default checks the reducer's own ``tubelet`` / ``patch`` parameters, when it has them, against
+        the backbone's tubelet (:data:`BACKBONE_TUBELET`): a reducer that cuts the video into other tubelets
+        selects on another grid than the model embeds."""
+        frames, pixels = BACKBONE_TUBELET
+        for param, fits in (("tubelet", frames), ("patch", pixels)):
+            value = getattr(self, param, fits)
+            if value != fits:
+                raise ReducerParamError(
+                    f"{self.name or type(self).__name__}: {param}={value!r} does not fit the model, whose "
+                    f"tubelets are {frames} frames × {pixels}×{pixels} pixels (token grid {tuple(grid)}); "
+                    f"use {param}={fits}")
+
+    def geometry_note(self, grid: tuple[int, int, int]) -> str | None:
+        """One line when clips of ``grid`` (T', H', W') run the reducer on a geometry its paper does not
+        define (a generalisation), for reports to label such rows; ``None`` when the paper defines it."""
+        return None
 
     def select(self, video: Tensor) -> Selection | None:
         """video [B,3,T,H,W], ImageNet-normalised. ``None`` keeps every tubelet."""

@@ -23,8 +23,9 @@ it, before any timed or evaluated work, as::
 ``calibrate`` returns the fraction it set (``None``, without reading ``videos``, when ``match_rlt`` is
 unset). After calibration ``params()`` carries the measured ``keep`` next to ``match_rlt``, so results
 record the budget actually used. A reducer built with ``match_rlt`` refuses to ``select`` before it is
-calibrated rather than silently masking at the default fraction. ``count`` and ``match_rlt`` exclude
-each other.
+calibrated rather than silently masking at the default fraction. ``keep``, ``count`` and ``match_rlt``
+exclude one another (given together, one would run and the record's label would name the other);
+``keep`` unset means 0.5.
 
 :meth:`RandomMasking.select_among` masks within an existing selection (RLT's kept tubelets); the
 ``rlt_random`` reducer (``tokenbench.reducers.compose``) uses it for RLT + random masking.
@@ -40,14 +41,17 @@ from torch import Tensor
 from .base import Reducer, ReducerParamError, Selection, grid_of
 from .registry import register_reducer
 
+DEFAULT_KEEP = 0.5
+
 
 @register_reducer("random")
 @dataclass(repr=False)
 class RandomMasking(Reducer):
     calibrates = True  # match_rlt: keep is RLT's keep ratio on the cell's clips
     train_only = True  # as RLT's training-time masking: evaluated without it
-    keep: float = field(default=0.5, metadata={"help": "fraction of tubelets kept per clip, in (0, 1]"})
-    count: int | None = field(default=None, metadata={"help": "exact tubelets kept per clip (overrides keep)"})
+    keep: float | None = field(default=None, metadata={
+        "help": f"fraction of tubelets kept per clip, in (0, 1] ({DEFAULT_KEEP} unless count or match_rlt is given)"})
+    count: int | None = field(default=None, metadata={"help": "exact tubelets kept per clip (instead of keep)"})
     seed: int = field(default=0, metadata={"help": "seed of the masking generator"})
     tubelet: int = field(default=2, metadata={"help": "frames per tubelet"})
     patch: int = field(default=16, metadata={"help": "tubelet height and width in pixels"})
@@ -55,8 +59,15 @@ class RandomMasking(Reducer):
         "help": "RLT threshold τ whose mean keep ratio calibrate(videos) measures and uses as keep"})
 
     def validate(self) -> None:
-        if isinstance(self.keep, bool) or not isinstance(self.keep, (int, float)) or not 0.0 < self.keep <= 1.0:
+        if self.keep is not None and (isinstance(self.keep, bool) or not isinstance(self.keep, (int, float))
+                                      or not 0.0 < self.keep <= 1.0):
             raise ReducerParamError(f"random: keep must be a fraction in (0, 1], got {self.keep!r}")
+        # two ways of setting the budget at once would run one and be labelled with the other
+        if self.keep is not None and self.count is not None:
+            raise ReducerParamError(f"random: keep={self.keep} and count={self.count} exclude each other; give one")
+        if self.keep is not None and self.match_rlt is not None and not getattr(self, "_calibrated", False):
+            raise ReducerParamError(f"random: keep={self.keep} and match_rlt={self.match_rlt} exclude each other "
+                                    "(match_rlt measures keep on the data being compared); give one")
         if self.count is not None and (isinstance(self.count, bool) or not isinstance(self.count, int)
                                        or self.count < 1):
             raise ReducerParamError(f"random: count must be a positive integer or None, got {self.count!r}")
@@ -88,9 +99,16 @@ class RandomMasking(Reducer):
         return self.keep
 
     def fresh(self) -> RandomMasking:
-        twin = type(self)(**self.params())
-        twin._calibrated = self._calibrated
+        if not self._calibrated:
+            return type(self)(**self.params())
+        twin = type(self)(**{**self.params(), "keep": None})  # the measured keep travels as calibration
+        twin.keep, twin._calibrated = self.keep, True
         return twin
+
+    @property
+    def fraction(self) -> float:
+        """The keep fraction in force: ``keep`` (measured, under ``match_rlt``), else 0.5."""
+        return DEFAULT_KEEP if self.keep is None else float(self.keep)
 
     def _check_calibrated(self) -> None:
         if self.match_rlt is not None and not self._calibrated:
@@ -98,12 +116,19 @@ class RandomMasking(Reducer):
                 f"random: match_rlt={self.match_rlt} needs calibrate(videos) before select(): the keep "
                 "fraction is RLT's mean keep ratio on the data being compared")
 
+    def check_geometry(self, grid: tuple[int, int, int], depth: int) -> None:
+        super().check_geometry(grid, depth)
+        n = grid[0] * grid[1] * grid[2]
+        if self.count is not None and self.count > n:
+            raise ReducerParamError(f"random: count={self.count} exceeds the {n} tubelets of a clip of token grid "
+                                    f"{tuple(grid)}")
+
     def kept_per_clip(self, n: int) -> int:
         if self.count is not None:
             if self.count > n:
                 raise ReducerParamError(f"random: count={self.count} exceeds the {n} tubelets of a clip")
             return self.count
-        return max(1, min(n, round(self.keep * n)))
+        return max(1, min(n, round(self.fraction * n)))
 
     def select(self, video: Tensor) -> Selection:
         self._check_calibrated()
@@ -131,6 +156,6 @@ class RandomMasking(Reducer):
         order = scores.argsort(dim=1)
         out = torch.zeros_like(flat)
         for i, n in enumerate(flat.sum(1).tolist()):
-            k = min(n, self.count) if self.count is not None else max(1, min(n, round(self.keep * n)))
+            k = min(n, self.count) if self.count is not None else max(1, min(n, round(self.fraction * n)))
             out[i, order[i, :k]] = True
         return out.view(keep.shape).to(keep.device)

@@ -56,20 +56,42 @@ def _qualname(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def _builtin(ep: importlib.metadata.EntryPoint) -> bool:
+    """Declared by tokenbench itself (its own distribution, or its own package when the metadata has none)."""
+    dist = getattr(ep, "dist", None)
+    if dist is not None and getattr(dist, "name", None):
+        return dist.name.lower() == "tokenbench"
+    return ep.value.split(":", 1)[0].split(".", 1)[0] == "tokenbench"
+
+
 def _entry_points() -> list[importlib.metadata.EntryPoint]:
-    return list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+    """The group's entry points, tokenbench's own first: a built-in name always resolves to the built-in."""
+    eps = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+    return sorted(eps, key=lambda ep: not _builtin(ep))  # stable: otherwise in discovery order
+
+
+def _describe_failure(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"called sys.exit({exc.code!r}) while being imported"
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()[-1]
 
 
 def _load_entry_point(ep: importlib.metadata.EntryPoint) -> None:
     if ep.name in _registry:
+        if _origin.get(ep.name) != ep.value:  # a second reducer under a name already taken: say so
+            owner = "the built-in" if _registry[ep.name].__module__.split(".")[0] == "tokenbench" else "the plugin"
+            _broken[f"{ep.name} ({ep.value})"] = (
+                f"claims the name {ep.name!r}, already taken by {owner} {_origin.get(ep.name)}; "
+                "ignored (register it under another name)")
         return
     try:
         obj = ep.load()
         if not (isinstance(obj, type) and issubclass(obj, Reducer)):
             raise TypeError(f"{ep.value} is not a tokenbench Reducer subclass (got {obj!r})")
-    except Exception as exc:  # a plugin that fails to import is reported, never fatal
-        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        _broken[ep.name] = f"{ep.value}: {detail}"
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a plugin that fails to import (even by sys.exit) is reported
+        _broken[ep.name] = f"{ep.value}: {_describe_failure(exc)}"
         return
     if not obj.name:
         obj.name = ep.name
@@ -100,10 +122,11 @@ def broken_reducers() -> dict[str, str]:
 
 def reducer_class(name: str) -> type[Reducer]:
     if name not in _registry:
-        for ep in _entry_points():
+        for ep in _entry_points():  # built-ins first
             if ep.name == name:
                 _load_entry_point(ep)
-                break
+                if name in _registry:
+                    break
     if name in _registry:
         return _registry[name]
     if name in _broken or (not _entry_points_loaded and name in broken_reducers()):

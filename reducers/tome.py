@@ -13,8 +13,10 @@ Rule (DESIGN.md §4), in every block between attention and MLP (``after_attentio
    in their order. The next layer's even/odd split runs over that order, as in the reference.
 
 For video every token of a clip is matched jointly, across space and time (the ToMe video setting,
-ToMe paper §4.3 / MAE-ST); clips of a packed batch never mix. Equal-length batches take one batched
-pass; unequal ones loop over clips. Both give the same tokens.
+ToMe paper §4.3 / MAE-ST); clips of a packed batch never mix. All clips are matched in one batched pass
+(:func:`merge_packed`): equal-length clips as a [B, n, D] view like the reference, unequal ones (after RLT)
+padded to the longest with masked slots; a clip's tokens do not depend on its batch-mates, and no count is
+read back from the device (output sizes follow from the host copy of the clip lengths).
 
 At most half the tokens can merge in a layer (r ≤ ⌊n/2⌋): :meth:`ToMe.check_geometry` rejects a schedule
 that asks for more on a full clip of the model's geometry, naming ``r`` and the layer; a shorter clip
@@ -63,47 +65,99 @@ def linear_schedule(r: int, inflection: float, depth: int) -> list[int]:
 def bipartite_merge(x: Tensor, metric: Tensor, size: Tensor, pos: Tensor,
                     r: int) -> tuple[Tensor, Tensor, Tensor]:
     """One ToMe step on a batch of equal-length clips: x [B, n, D], metric [B, n, d], size [B, n],
-    pos [B, n] → the same with n − r tokens. ``r`` must be ≤ n // 2.
-
-    Same result as the reference's ``merge_wavg`` (x·size scatter-summed, then divided by the summed
-    size), computed with one gather of the surviving rows plus arithmetic on the ≤ r rows that receive
-    merges only; untouched tokens are copied exactly rather than multiplied and divided by their size."""
+    pos [B, n] → the same with n − r tokens. ``r`` must be ≤ n // 2 (see :func:`merge_packed`)."""
     b, n, dim = x.shape
     if r <= 0:
         return x, size, pos
-    n_a, n_b = (n + 1) // 2, n // 2
-    with torch.no_grad():
-        m = F.normalize(metric.float(), dim=-1)
-        scores = m[:, 0::2] @ m[:, 1::2].transpose(1, 2)  # [B, |A|, |B|]
-        best, partner = scores.max(dim=-1)
-        order = best.argsort(dim=-1, descending=True, stable=True)
-        src_idx, unm_idx = order[:, :r], order[:, r:]  # A tokens that merge / stay
-        dst_idx = partner.gather(1, src_idx)  # their B partners
-        dev = x.device
-        offs = (torch.arange(b, device=dev) * n).unsqueeze(1)
-        b_tok = (2 * torch.arange(n_b, device=dev) + 1).expand(b, n_b)
-        keep_tok = torch.cat([2 * unm_idx, b_tok], dim=1)  # token index (in 0…n) of each output row
-        src_tok = 2 * src_idx
-        out_offs = (torch.arange(b, device=dev) * (n - r)).unsqueeze(1)
-        dst_row = (dst_idx + (n_a - r) + out_offs).flatten()  # output row receiving each merge
-        rows, inverse = torch.unique(dst_row, return_inverse=True)
-    flat_keep = (keep_tok + offs).flatten()
-    flat_src = (src_tok + offs).flatten()
-    size_f = size.reshape(-1)
-    out_x = x.reshape(b * n, dim).index_select(0, flat_keep)
-    out_size = size_f.index_select(0, flat_keep)
-    out_pos = pos.reshape(-1).index_select(0, flat_keep)
-    src_w = size_f.index_select(0, flat_src)
-    # weighted sums on the receiving rows only: (x_dst·size_dst + Σ x_src·size_src) / Σ size
-    # (a one-hot matmul sums the merged rows; CPU index_add is far slower at these shapes)
-    onehot = F.one_hot(inverse, rows.numel()).T.to(x.dtype)  # [rows, B·r]
-    wsum = out_size.index_select(0, rows) + (onehot @ src_w.to(x.dtype)).to(size.dtype)
-    num = out_x.index_select(0, rows) * out_size.index_select(0, rows).unsqueeze(1).to(x.dtype)
-    num = num + onehot @ (x.reshape(b * n, dim).index_select(0, flat_src) * src_w.unsqueeze(1).to(x.dtype))
-    out_x = out_x.index_copy(0, rows, num / wsum.unsqueeze(1).to(x.dtype))
-    out_size = out_size.index_copy(0, rows, wsum)
-    out_pos = out_pos.scatter_reduce(0, dst_row, pos.reshape(-1).index_select(0, flat_src), reduce="amin")
+    cu = torch.arange(b + 1, dtype=torch.int32, device=x.device) * n
+    out_x, out_size, out_pos, _, _ = merge_packed(x.reshape(b * n, dim), metric.reshape(b * n, -1),
+                                                  size.reshape(-1), pos.reshape(-1), cu, [n] * b, r)
     return out_x.view(b, n - r, dim), out_size.view(b, n - r), out_pos.view(b, n - r)
+
+
+def merge_packed(x: Tensor, metric: Tensor, size: Tensor, pos: Tensor, cu_seqlens: Tensor, lens: list[int],
+                 r: int) -> tuple[Tensor, Tensor, Tensor, Tensor, list[int]]:
+    """One ToMe step on a packed batch, all clips at once: x [N, D], metric [N, d], size [N], pos [N],
+    ``cu_seqlens`` (on x's device) and its per-clip counts ``lens`` on the host → (x, size, pos,
+    cu_seqlens, lens) after clip i merged min(r, ⌊nᵢ/2⌋) tokens.
+
+    Clips are laid out as [B, n_max] (a view when every clip has n_max tokens, the dense case of the
+    reference; a gather padded with masked slots otherwise, e.g. after RLT), matched in one batched product,
+    and every output size is computed on the host from ``lens``: nothing is read back from the device.
+    Padding sorts last (score −inf), so each clip's choices are those it makes alone.
+
+    The merge is the reference's ``merge_wavg`` (x·size summed into the B partner, then divided by the summed
+    size), computed on the receiving rows only: untouched tokens are copied exactly, and each receiving row
+    is written once (by the first of the A tokens merging into it), so gradients are not double counted."""
+    b = len(lens)
+    dev = x.device
+    r_of = [min(r, n // 2) for n in lens]
+    r_max = max(r_of, default=0)
+    if r_max <= 0:
+        return x, size, pos, cu_seqlens, list(lens)
+    n_max = max(lens)
+    out_lens = [n - k for n, k in zip(lens, r_of)]
+    n_out = sum(out_lens)
+    equal = min(lens) == n_max
+    starts = cu_seqlens[:-1].long()
+    counts = torch.diff(cu_seqlens).long()
+    r_dev = counts.div(2, rounding_mode="floor").clamp(max=r)  # min(r, n // 2) per clip, on the device
+    with torch.no_grad():
+        if equal:
+            m = metric.view(b, n_max, -1)
+        else:
+            j = torch.arange(n_max, device=dev)
+            valid = j < counts.unsqueeze(1)
+            m = metric.index_select(0, (starts.unsqueeze(1) + torch.minimum(j, counts.unsqueeze(1) - 1)).flatten())
+            m = m.view(b, n_max, -1)
+        m = F.normalize(m.float(), dim=-1)
+        scores = m[:, 0::2] @ m[:, 1::2].transpose(1, 2)  # [B, |A|, |B|]
+        if not equal:
+            scores.masked_fill_(~valid[:, 1::2].unsqueeze(1), -math.inf)
+        best, partner = scores.max(dim=-1)
+        if not equal:
+            best.masked_fill_(~valid[:, 0::2], -math.inf)
+        order = best.argsort(dim=-1, descending=True, stable=True)  # [B, |A|]: most similar A tokens first
+        n_a = counts.add(1).div(2, rounding_mode="floor")  # A tokens per clip
+        # output rows of clip i: its unmerged A tokens (ranks rᵢ … |Aᵢ|−1), then its B tokens
+        out_counts = counts - r_dev
+        out_cu = F.pad(out_counts.cumsum(0), (1, 0))
+        clip = torch.repeat_interleave(torch.arange(b, device=dev), out_counts, output_size=n_out)
+        q = torch.arange(n_out, device=dev) - out_cu[clip]  # row within the clip's output
+        n_unm = (n_a - r_dev)[clip]
+        a_rank = torch.minimum(q + r_dev[clip], n_a[clip] - 1)
+        a_tok = 2 * order[clip, a_rank]
+        b_tok = 2 * (q - n_unm) + 1
+        flat_keep = starts[clip] + torch.where(q < n_unm, a_tok, b_tok)
+        # the merging A tokens (ranks < rᵢ), their rows in the output, and whether each is the first to land
+        active = torch.arange(r_max, device=dev) < r_dev.unsqueeze(1)  # [B, r_max]
+        src_idx = torch.where(active, order[:, :r_max], 0)  # inactive slots (short clips) point at token 0
+        dst_idx = partner.gather(1, src_idx)
+        flat_src = (starts.unsqueeze(1) + 2 * src_idx).flatten()
+        same = (dst_idx.unsqueeze(2) == dst_idx.unsqueeze(1)) & active.unsqueeze(1)  # [B, r_max, r_max]
+        earlier = torch.ones(r_max, r_max, dtype=torch.bool, device=dev).tril(-1)
+        first = active & ~(same & earlier).any(-1)
+        dst_row = out_cu[:-1].unsqueeze(1) + (n_a - r_dev).unsqueeze(1) + dst_idx
+        write_row = torch.where(first, dst_row, n_out).flatten()  # others go to a spare row, dropped
+        pos_row = torch.where(active, dst_row, n_out).flatten()
+        flat_keep = F.pad(flat_keep, (0, 1))  # the spare row (a copy of token 0)
+    out_x = x.index_select(0, flat_keep)
+    out_size = size.index_select(0, flat_keep)
+    out_pos = pos.index_select(0, flat_keep)
+    src_w = size.index_select(0, flat_src).view(b, r_max)
+    src_x = x.index_select(0, flat_src).view(b, r_max, -1)
+    # per clip, Σ size·x of every A token merging into the same row (a one-hot product, batched over clips)
+    onehot = same.to(x.dtype)
+    wsum = out_size.index_select(0, write_row) + (onehot @ src_w.to(x.dtype).unsqueeze(2)).flatten().to(size.dtype)
+    num = out_x.index_select(0, write_row) * out_size.index_select(0, write_row).unsqueeze(1).to(x.dtype)
+    num = num + (onehot @ (src_x * src_w.unsqueeze(2).to(x.dtype))).flatten(0, 1)
+    # in place: these are fresh gathers (index_select keeps nothing of its output for backward), so the
+    # full [N_out, D] matrix is not copied a second time
+    out_x = out_x.index_copy_(0, write_row, num / wsum.unsqueeze(1).to(x.dtype))[:n_out]
+    out_size = out_size.index_copy_(0, write_row, wsum)[:n_out]
+    out_pos = out_pos.scatter_reduce_(0, pos_row, pos.index_select(0, flat_src), reduce="amin")[:n_out]
+    cu = F.pad(out_counts.cumsum(0, dtype=torch.int32), (1, 0))
+    return out_x, out_size, out_pos, cu, out_lens
 
 
 @register_reducer("tome")
@@ -175,24 +229,6 @@ class ToMe(Reducer):
         if r == 0:
             return tokens
         metric = keys.mean(dim=1)  # [N, head_dim]
-        lens = tokens.seqlens()
-        if len(set(lens)) == 1:  # equal lengths: one batched pass
-            b, n = len(lens), lens[0]
-            x, size, pos = bipartite_merge(tokens.x.view(b, n, -1), metric.view(b, n, -1),
-                                           tokens.size.view(b, n), tokens.pos.view(b, n), min(r, n // 2))
-            x, size, pos = x.flatten(0, 1), size.flatten(), pos.flatten()
-            counts = [x.shape[0] // b] * b
-        else:
-            xs, sizes, poss, counts = [], [], [], []
-            for a, n in zip(tokens.cu_seqlens[:-1].tolist(), lens):
-                sl = slice(a, a + n)
-                xi, si, pi = bipartite_merge(tokens.x[sl].unsqueeze(0), metric[sl].unsqueeze(0),
-                                             tokens.size[sl].unsqueeze(0), tokens.pos[sl].unsqueeze(0),
-                                             min(r, n // 2))
-                xs.append(xi[0])
-                sizes.append(si[0])
-                poss.append(pi[0])
-                counts.append(xi.shape[1])
-            x, size, pos = torch.cat(xs), torch.cat(sizes), torch.cat(poss)
-        cu = F.pad(torch.tensor(counts, dtype=torch.int32).cumsum(0, dtype=torch.int32), (1, 0))
-        return tokens.replace(x=x, size=size, pos=pos, cu_seqlens=cu.to(tokens.cu_seqlens.device))
+        x, size, pos, cu, lens = merge_packed(tokens.x, metric, tokens.size, tokens.pos, tokens.cu_seqlens,
+                                              tokens.seqlens(), r)
+        return tokens.replace(x=x, size=size, pos=pos, cu_seqlens=cu, lens=tuple(lens))

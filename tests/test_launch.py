@@ -1,6 +1,7 @@
-"""Sweeps through submitit (issue 7): real LocalExecutor jobs, real cells, one records file; the Slurm
-array submission checked without a cluster (stand-in ``srun``/``sbatch`` executables on PATH capture
-what submitit hands to Slurm)."""
+"""Sweeps through submitit (issue 7): real LocalExecutor jobs, real cells, one records file. Slurm runs for
+real in tests/test_slurm.py (a single-node cluster); what a CPU-only cluster cannot show — GPU requests,
+``device = "auto"`` resolved for GPU nodes from a login node without one — is checked here with stand-in
+``srun``/``sbatch`` executables on PATH that capture what submitit hands to Slurm."""
 from __future__ import annotations
 
 import fcntl
@@ -20,6 +21,7 @@ from conftest import write_file
 from tokenbench.harness.cli import main
 from tokenbench.harness.results import ResultStore, load, store_path
 from tokenbench.harness.run import pretrained_path
+from tokenbench.harness.run.executors import warning_delay_s
 from tokenbench.harness.run.launch import (
     LaunchOptions,
     launch,
@@ -29,6 +31,7 @@ from tokenbench.harness.run.launch import (
     run_job,
     slurm_executor,
 )
+from tokenbench.harness.run.slurm_job import run_slurm_cell
 from tokenbench.harness.suite import load_suite
 
 TWO = """\
@@ -246,12 +249,19 @@ def test_slurm_executor_parameters(tmp_path, fake_slurm):
     assert p["ntasks_per_node"] == 1 and p["nodes"] == 1 and p["job_name"] == "tokenbench-x"
     cpu = slurm_executor(tmp_path / "jobs", LaunchOptions(launcher="slurm", gpus_per_job=0), "t")
     assert "gpus_per_node" not in cpu.parameters  # no --gpus-per-node=0 line for CPU-only partitions
+    # submitit's 90 s warning before the limit, less for short limits (slurmctld looks every 30 s: a warning
+    # due within 30 s of the start would reach a job still starting Python, and kill it)
+    assert p["signal_delay_s"] == 90 and [warning_delay_s(m) for m in (1, 2, 3, 240)] == [1, 30, 60, 90]
+    short = slurm_executor(tmp_path / "jobs", LaunchOptions(launcher="slurm", timeout_min=1,
+                                                            slurm_params={"python": "/shared/env/bin/python"}), "t")
+    assert short.parameters["signal_delay_s"] == 1
+    assert short.python == "/shared/env/bin/python" and "python" not in short.parameters  # the jobs' interpreter
 
 
 def test_slurm_array_submission_builds_the_right_jobs(tmp_path, fake_slurm, cache_dir, capsys):
     """Through the CLI: a login node without a GPU, a suite asking for device auto, one cell recorded on a GPU
     already, a self-trained model not cached yet. Expect a prepare job, then one array of the two pending
-    cells on CUDA, depending on it."""
+    cells on CUDA with a GPU each, depending on it."""
     text = TWO.replace('device = "cpu"', 'device = "auto"').replace(
         '[[reducers]]\nname = "rlt"', '[[reducers]]\nname = "tome"\nparams = { r = 2 }\n\n[[reducers]]\nname = "rlt"')
     suite_file = _write(tmp_path, text)
@@ -278,9 +288,10 @@ def test_slurm_array_submission_builds_the_right_jobs(tmp_path, fake_slurm, cach
     assert array["array"] == "0-1%1"  # two pending cells, one at a time
     assert array["dependency"] == "afterok:4242" and array["job-name"] == "tokenbench-two"
     assert array["output"].endswith("%A_%a_0_log.out")
+    assert array["signal"] == "USR2@90"  # Slurm's warning 90 s before a 90-minute limit
     assert "submitit.core._submit" in scripts[1].read_text()
 
-    # what each array task will run: run_job on one pending cell, on CUDA, appending under OUT
+    # what each array task will run: one pending cell, on CUDA, appending under OUT, with the job's limit
     folder = out / "_submitit" / "two"
     pickles = sorted(folder.glob("4243_*/4243_*_submitted.pkl"))
     assert len(pickles) == 2
@@ -288,9 +299,10 @@ def test_slurm_array_submission_builds_the_right_jobs(tmp_path, fake_slurm, cach
     for pk in pickles:
         with open(pk, "rb") as f:
             ds = pickle.load(f)
-        assert ds.function is run_job
+        assert ds.function is run_slurm_cell
         cell, suite_name, out_dir = ds.args[:3]
         assert suite_name == "two" and Path(out_dir) == out.resolve() and cell["device"] == "cuda"
+        assert ds.args[-1] == 90  # --timeout-min: the job tells Slurm's limit from a preemption
         submitted.append(cell["key"])
     assert sorted(submitted) == sorted(c["key"] for c in cells[1:])  # the recorded cell was not submitted
     with open(next(folder.glob("4242/4242_submitted.pkl")), "rb") as f:

@@ -1,21 +1,11 @@
-"""The packed video ViT: geometry, packing, the dense fast path, checkpoints."""
+"""The packed video ViT: geometry, packing, the dense fast path (checkpoints: test_checkpoint.py)."""
 from __future__ import annotations
-
-import argparse
-import os
-from pathlib import Path
 
 import pytest
 import torch
 from conftest import noise_video, seeded_model
 
-from tokenbench.harness.model import (
-    MODEL_SIZES,
-    CheckpointError,
-    build_model,
-    load_checkpoint,
-    save_checkpoint,
-)
+from tokenbench.harness.model import MODEL_SIZES, build_model
 from tokenbench.reducers import Selection, get_reducer
 
 
@@ -25,13 +15,14 @@ def tiny():
 
 
 
-@pytest.mark.parametrize("name,dims", [("vit_s", (384, 12, 6)), ("vit_b", (768, 12, 12)),
-                                       ("vit_l", (1024, 24, 16)), ("vit_h", (1280, 32, 16))])
+@pytest.mark.parametrize("name,dims", [("vit_s", (384, 12, 6, 1536)), ("vit_b", (768, 12, 12, 3072)),
+                                       ("vit_l", (1024, 24, 16, 4096)), ("vit_h", (1280, 32, 16, 5120)),
+                                       ("vit_g", (1408, 40, 16, 6144))])  # VideoMAE-2 giant: MLP 48/11 × width
 def test_videomae_dimensions(name, dims):
     assert MODEL_SIZES[name] == dims
     with torch.device("meta"):
         m = build_model(name, num_classes=400)
-    assert (m.embed_dim, m.depth, m.heads) == dims
+    assert (m.embed_dim, m.depth, m.heads, m.blocks[0].mlp.fc1.out_features) == dims
     assert m.grid == (8, 14, 14) and m.num_tokens == 1568
     assert m.patch_embed.proj.weight.shape == (dims[0], 3, 2, 16, 16)
 
@@ -105,40 +96,8 @@ def test_wrong_input_shape_is_a_clear_error(tiny):
 
 
 def test_unknown_model_lists_choices():
-    with pytest.raises(ValueError, match="vit_t, vit_s, vit_b, vit_l, vit_h"):
+    with pytest.raises(ValueError, match="vit_t, vit_s, vit_b, vit_l, vit_h, vit_g"):
         build_model("vit_q", 10)
-
-
-def test_checkpoint_round_trip_with_videomae_container(tmp_path, tiny):
-    path = tmp_path / "ckpt.pth"
-    # VideoMAE saves {"model": state_dict, "args": Namespace, ...}, sometimes with a DDP "module." prefix.
-    state = {f"module.{k}": v for k, v in tiny.state_dict().items()}
-    torch.save({"model": state, "args": argparse.Namespace(lr=1e-3), "epoch": 3}, path)
-    fresh = build_model("vit_t", num_classes=7, num_frames=8, img_size=64).eval()
-    report = load_checkpoint(fresh, path)
-    assert report == {"missing": [], "unexpected": []}
-    v = noise_video(2, 8, 64)
-    with torch.no_grad():
-        assert torch.equal(fresh(v), tiny(v))
-    # and our own saver writes what the loader reads
-    save_checkpoint(fresh, tmp_path / "again.pt")
-    assert load_checkpoint(build_model("vit_t", 7, 8, 64), tmp_path / "again.pt")["missing"] == []
-
-
-def test_checkpoint_errors(tmp_path, tiny):
-    with pytest.raises(CheckpointError, match="checkpoint not found: .*nope.pt"):
-        load_checkpoint(tiny, tmp_path / "nope.pt")
-    save_checkpoint(build_model("vit_t", num_classes=400, num_frames=8, img_size=64), tmp_path / "k400.pt")
-    with pytest.raises(CheckpointError, match=r"head.weight: checkpoint \(400, 192\) vs model \(7, 192\)"):
-        load_checkpoint(tiny, tmp_path / "k400.pt")
-    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
-        load_checkpoint(tiny, tmp_path / "junk.pt")
-    partial = {k: v for k, v in tiny.state_dict().items() if not k.startswith("head.")}
-    torch.save(partial, tmp_path / "encoder.pt")
-    with pytest.raises(CheckpointError, match="lacks 2 weights"):
-        load_checkpoint(tiny, tmp_path / "encoder.pt")
-    assert load_checkpoint(tiny, tmp_path / "encoder.pt", strict=False)["missing"] == ["head.bias", "head.weight"]
 
 
 def test_length_embedding_is_used_when_enabled():
@@ -153,38 +112,61 @@ def test_length_embedding_is_used_when_enabled():
     assert not torch.allclose(a, b)
 
 
-class _RunsCode:
-    """Unpickling this runs a shell command: what a malicious checkpoint would carry beside good weights."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
+def test_layer_norm_eps_is_the_models_and_can_be_set():
+    m = build_model("vit_t", 5, num_frames=8, img_size=64)
+    assert m.norm_eps == (1e-6, 1e-6)  # the original VideoMAE's
+    m.set_norm_eps(1e-12, 1e-5)  # transformers'
+    assert m.norm_eps == (1e-12, 1e-5)
+    assert {b.norm1.eps for b in m.blocks} | {b.norm2.eps for b in m.blocks} == {1e-12}
 
 
-def test_checkpoint_that_would_run_code_is_refused_and_nothing_runs(tmp_path, tiny):
-    marker = tmp_path / "pwned"
-    evil = tmp_path / "evil.pth"
-    torch.save({"model": tiny.state_dict(), "args": _RunsCode(marker)}, evil)
-    with pytest.raises(CheckpointError, match=r"refusing to load .*evil.pth: it pickles .*system"):
-        load_checkpoint(build_model("vit_t", 7, 8, 64), evil)
-    # hidden inside the Namespace VideoMAE checkpoints carry: still refused
-    nested = tmp_path / "nested.pth"
-    torch.save({"model": tiny.state_dict(), "args": argparse.Namespace(x=_RunsCode(marker))}, nested)
-    with pytest.raises(CheckpointError, match="refusing to load .*nested.pth"):
-        load_checkpoint(build_model("vit_t", 7, 8, 64), nested)
-    assert not marker.exists()
+# --- the embedding under an input-stage selection ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def real_clips():
+    from tokenbench.datasets import get_dataset, load_clips, to_model_input
+
+    ds = get_dataset("samples", num_frames=16, img_size=112, windows=1)
+    return to_model_input(load_clips(ds, 4).clips).contiguous()  # the four bundled videos, one clip each
 
 
-def test_no_checkpoint_reader_unpickles_arbitrary_objects():
-    root = Path(__file__).resolve().parents[1]
-    offenders = [p for d in ("harness", "reducers", "datasets") for p in (root / d).rglob("*.py")
-                 if "weights_only=False" in p.read_text()]
-    assert offenders == []
+def test_embed_under_rlt_equals_embedding_everything_then_gathering(real_clips):
+    torch.manual_seed(0)
+    m = build_model("vit_t", num_classes=3, num_frames=16, img_size=112, length_embedding=True)
+    sel = get_reducer("rlt", threshold=0.1).select(real_clips)
+    keep = sel.keep.flatten(1)
+    kept = keep.sum(1).tolist()
+    assert 0 < sum(kept) < keep.numel() and len(set(kept)) > 1  # real content: unequal, partial keep
+    # reference: every tubelet embedded (the Conv3d of the state_dict), then the kept rows gathered
+    ref_all = m.patch_embed.proj(real_clips).flatten(2).transpose(1, 2)  # [B, N, D]
+    n = m.num_tokens
+    idx = keep.reshape(-1).nonzero().squeeze(1)
+    ref = ref_all.reshape(-1, m.embed_dim).index_select(0, idx) + m.pos_embed.index_select(0, idx % n)
+    ref = ref + m.length_embed.index_select(0, sel.lengths.reshape(-1).index_select(0, idx) - 1)
+    tok = m.embed(real_clips, sel)
+    torch.testing.assert_close(tok.x, ref, rtol=1e-5, atol=1e-5)
+    assert torch.equal(tok.pos, idx % n)
+    assert torch.diff(tok.cu_seqlens).tolist() == kept and tok.lens == tuple(kept)
+    # gradients reach the projection (and the length embedding) as through the full embedding
+    w = torch.randn(tok.x.shape, generator=torch.Generator().manual_seed(1))
+    (tok.x * w).sum().backward()
+    got = [p.grad.clone() for p in (m.patch_embed.proj.weight, m.patch_embed.proj.bias, m.length_embed)]
+    m.zero_grad()
+    (ref * w).sum().backward()
+    want = [m.patch_embed.proj.weight.grad, m.patch_embed.proj.bias.grad, m.length_embed.grad]
+    for g, r in zip(got, want):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
 
 
-def test_random_bytes_checkpoint_names_a_reason(tmp_path, tiny):
-    (tmp_path / "noise.pt").write_bytes(os.urandom(256))
-    with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*noise.pt: \S"):
-        load_checkpoint(tiny, tmp_path / "noise.pt")
+def test_kept_tubelets_match_the_full_cut_on_strided_clips(tiny):
+    # a non-contiguous clip (a strided view) gives the same tokens as its contiguous copy
+    v = noise_video(2, 8, 64).transpose(3, 4)
+    keep = torch.zeros(2, *tiny.grid, dtype=torch.bool)
+    keep[0, 1, 2, 3] = keep[1, 0, 0, 0] = keep[1, 3, 1, 2] = True
+    sel = Selection(keep, keep.long())
+    a, b = tiny.embed(v, sel), tiny.embed(v.contiguous(), sel)
+    assert torch.equal(a.x, b.x) and a.lens == (1, 2)
+    flat = tiny.patch_embed.tubelets(v.contiguous())
+    idx = keep.reshape(-1).nonzero().squeeze(1)
+    assert torch.equal(tiny.patch_embed.kept_tubelets(v, keep.nonzero(as_tuple=True)),
+                       flat.reshape(-1, flat.shape[-1]).index_select(0, idx))

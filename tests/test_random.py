@@ -94,9 +94,10 @@ def test_fresh_keeps_the_calibration():
     v = torch.zeros(2, 3, 16, 64, 64)
     assert twin.keep == r.keep
     assert torch.equal(twin.select(v).keep, RandomMasking(keep=r.keep, seed=5).select(v).keep)
-    rebuilt = RandomMasking(**r.params())  # from a record's params: must calibrate again
-    with pytest.raises(RuntimeError, match="calibrate"):
-        rebuilt.select(v)
+    with pytest.raises(ReducerParamError, match="exclude each other"):  # measured keep + match_rlt: refused
+        RandomMasking(**r.params())
+    with pytest.raises(RuntimeError, match="calibrate"):  # match_rlt alone must calibrate again
+        RandomMasking(match_rlt=0.1, seed=5).select(v)
 
 
 def test_select_among_masks_within_a_selection():

@@ -118,6 +118,14 @@ def test_done_keys_skip_finished_and_optionally_failed(tmp_path):
     assert len(load(store.path, latest=False)) == 3
 
 
+def test_lost_and_timed_out_cells_are_not_done(tmp_path):
+    store = ResultStore(tmp_path / "r.jsonl")
+    lost, late = make_record(0, status="lost"), make_record(1, status="timeout")
+    store.append(lost)
+    store.append(late)
+    assert store.done_keys() == set() and store.done_keys(include_failed=False) == set()
+
+
 def test_load_columns_follow_the_documented_schema(tmp_path):
     store = ResultStore.for_suite(tmp_path, "t", "cpu-test-2t")
     store.append(make_record(0))

@@ -53,7 +53,7 @@ def test_short_video_repeats_the_last_frame_or_loops():
     assert idx.tolist() == [0, 4, 8, 12, 16, 20, 24, 28] + [29] * 8
     loop = window_indices(30, 16, 4, pad="loop")
     assert loop.tolist() == [i % 30 for i in range(0, 64, 4)]
-    assert window_indices(1, 16, 4).tolist() == [0] * 16
+    assert window_indices(16, 16, 4).tolist() == [0, 4, 8, 12] + [15] * 12  # as short as a clip: still padded
 
 
 def test_segments_take_the_middle_at_eval():
@@ -72,10 +72,8 @@ def test_segments_at_train_stay_in_their_segment():
     assert len(draws) > 1
 
 
-def test_short_video_segments_repeat_frames():
-    idx = segment_indices(5, 16)
-    assert len(idx) == 16 and idx.min() >= 0 and idx.max() <= 4
-    assert np.all(np.diff(idx) >= 0)
+def test_segments_of_a_video_as_long_as_the_clip_take_every_frame():
+    assert segment_indices(16, 16).tolist() == list(range(16))
 
 
 def test_dispatch_and_errors():

@@ -233,3 +233,64 @@ def test_uses_the_selection_of_an_input_reducer(model):
         model(noise_video(2, 16, 64), STA(r=2), selection=Selection(keep=keep, lengths=keep.long()))
     per_layer = model.last_stats.tokens_per_layer
     assert per_layer[0] == [8 * 14, 8 * 6] and per_layer[4] == [4 * 26, 4 * 10] and per_layer[8] == [2 * 50, 2 * 18]
+
+
+# --- the authors' linking and the paper's geometry ---------------------------------------------------------
+
+def test_second_group_is_linked_to_all_of_the_first_groups_keys():
+    # The authors' code (Mark12Ding/STA, model_vit.py, ``merge``) links group 1 to m_0, the first group
+    # before its r tokens are cut. Constructed so that linking to the kept keys only would choose differently:
+    # group 0 (time 0) holds e0 twice (tokens 0 and 1: token 0 is dropped as odd token 1's twin), e1, e2;
+    # group 1 (time 1) holds e0, ≈e1, e3, e3. Equal activations: the accumulated mass alone decides.
+    e = torch.eye(4)
+    c1 = F.normalize(e[1] + 0.3 * e[2], dim=0)
+    keys = torch.stack([e[0], e[0], e[1], e[2], e[0], c1, e[3], e[3]]).unsqueeze(1)  # [8, 1 head, 4]
+    tok = PackedTokens(x=torch.ones(8, 4), cu_seqlens=torch.tensor([0, 8], dtype=torch.int32),
+                       pos=torch.arange(8), size=torch.ones(8), grid=(2, 1, 4))
+    out = STA(r=1).after_block(tok, keys, 0, 12)
+    # all four keys of group 0: e0 carries half the mass, so group 1's e0 token (pos 4) is the redundant one
+    assert out.pos.tolist() == [1, 2, 3, 5, 6, 7]
+    # the kept keys alone (e0, e1, e2 at a third each) would have dropped the ≈e1 token (pos 5) instead
+    g0, g1 = keys[:4, 0], keys[4:, 0]
+    kept_only, _ = later_group_keep(g1, torch.ones(4), g0[1:], torch.full((3,), 1 / 3), 1)
+    assert kept_only.tolist() == [0, 2, 3]
+    all_keys, _ = later_group_keep(g1, torch.ones(4), g0, torch.full((4,), 1 / 4), 1)
+    assert all_keys.tolist() == [1, 2, 3]
+
+
+@pytest.mark.parametrize("grid,note", [((8, 14, 14), None), ((8, 4, 4), None),
+                                       ((4, 14, 14), "T'=4 (groups 4/2/1)"),
+                                       ((16, 14, 14), "T'=16 (groups 16/8/4)")])
+def test_geometry_outside_the_paper_is_labelled(grid, note):
+    got = STA(r=4).geometry_note(grid)
+    if note is None:
+        assert got is None
+    else:
+        assert note in got and "T'=8" in got
+    assert get_reducer("tome", r=2).geometry_note(grid) is None  # the base class: nothing to label
+
+
+def test_a_whole_clip_with_a_repeated_position_is_refused():
+    # full clips skip reading their group sizes; that rests on each clip's positions being distinct
+    tok, keys = _tokens((8, 4, 4))
+    pos = tok.pos.clone()
+    pos[5] = pos[100]
+    with pytest.raises(RuntimeError, match="sta: a whole clip repeats a token position"):
+        STA(r=2).after_block(tok.replace(pos=pos), keys, 0, 12)
+
+
+def test_gradients_reach_exactly_the_kept_tokens():
+    tok, keys = _tokens((8, 4, 4), batch=2, seed=4)
+    x = tok.x.clone().requires_grad_(True)
+    out = STA(r=4).after_block(tok.replace(x=x), keys, 0, 12)
+    w = torch.randn(out.x.shape, generator=torch.Generator().manual_seed(5))
+    (out.x * w).sum().backward()
+    rows = tok.seq_ids() * 128 + tok.pos  # each input token's (clip, slot)
+    kept = {(int(c), int(p)) for c, p in zip(out.seq_ids(), out.pos)}
+    for i in range(x.shape[0]):
+        key = (int(rows[i]) // 128, int(tok.pos[i]))
+        assert bool(x.grad[i].abs().sum() > 0) == (key in kept)
+    ocu = out.cu_seqlens.tolist()
+    for c in range(2):  # the kept tokens' gradients are their output rows' weights, in temporal order
+        mine = x.grad[128 * c: 128 * (c + 1)][out.pos[ocu[c]:ocu[c + 1]]]
+        assert torch.equal(mine, w[ocu[c]:ocu[c + 1]])

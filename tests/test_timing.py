@@ -89,9 +89,10 @@ def test_runs_are_interleaved_in_inference_mode_with_fixed_threads(tiny):
         log.handle.remove()
         tiny.eval()
     arms = [c[0] for c in log.calls]
-    # 2 batches per run: warm-up (baseline, reducer) × 2, then timed (baseline, reducer) × 3
-    assert arms == (["baseline"] * 2 + ["reducer"] * 2) * 5
-    assert r.order == ["baseline", "reducer"] * 3
+    # 2 batches per run; ABBA over rounds: warm-up (B, R), (R, B), then timed (B, R), (R, B), (B, R)
+    ab, ba = ["baseline"] * 2 + ["reducer"] * 2, ["reducer"] * 2 + ["baseline"] * 2
+    assert arms == ab + ba + ab + ba + ab
+    assert r.order == ["baseline", "reducer", "reducer", "baseline", "baseline", "reducer"]
     assert all(c[1] for c in log.calls), "every forward runs under torch.inference_mode"
     assert all(c[2] == 1 for c in log.calls), "the thread count is fixed during the runs"
     assert not any(c[3] for c in log.calls), "the model runs in eval mode"
@@ -112,7 +113,7 @@ def test_selection_is_inside_the_timed_region_and_timed_alone(tiny):
 def test_baseline_only_and_reducer_only_runs(tiny):
     log = CallLog(tiny)
     try:
-        base = time_forward(tiny, noise_video(2, 4, 32), None, warmup=1, repeats=2, batch_size=2)
+        base = time_forward(tiny, noise_video(2, 4, 32), None, baseline=False, warmup=1, repeats=2, batch_size=2)
         only = time_forward(tiny, noise_video(2, 4, 32), get_reducer("random", count=3), baseline=False, warmup=0, repeats=2,
                             batch_size=2)
     finally:
@@ -165,3 +166,63 @@ def test_cuda_event_timer():
     model = build_model("vit_t", 5, num_frames=4, img_size=32).cuda().eval()
     r = time_forward(model, noise_video(2, 4, 32).cuda(), get_reducer("random", count=3), warmup=1, repeats=2, batch_size=2)
     assert r.timer == "cuda_event" and r.device.startswith("cuda") and r.peak_mem_mb > 0
+
+
+def test_aa_control_times_the_baseline_against_itself(tiny):
+    log = CallLog(tiny)
+    try:
+        r = time_forward(tiny, noise_video(4, 4, 32), None, warmup=1, repeats=6, batch_size=2, threads=1)
+    finally:
+        log.handle.remove()
+    assert [c[0] for c in log.calls] == ["baseline"] * (2 * 2 * 7), "both arms run without a reducer"
+    assert r.order == ["baseline", "reducer", "reducer", "baseline"] * 3 and len(r.paired_ratios) == 6
+    lo, hi = r.speedup_interval
+    assert lo <= r.speedup <= hi
+    m = r.as_metrics()
+    assert m["speedup"] == r.speedup and (m["speedup_ci_lo"], m["speedup_ci_hi"]) == (lo, hi)
+
+
+@dataclasses.dataclass(repr=False)
+class SleepyForward(Reducer):
+    """Keeps every token; each batch's selection sleeps ``sleep_ms``: an arm slowed by a known time."""
+
+    sleep_ms: float = 20.0
+
+    def select(self, video):
+        time.sleep(self.sleep_ms / 1000)
+        return None
+
+
+def test_an_arm_slowed_on_purpose_reads_the_expected_speedup():
+    # a model whose forward is itself a fixed sleep, so the expected ratio is known exactly
+    class Sleeper(torch.nn.Module):
+        grid, depth = (2, 2, 2), 1
+
+        def __init__(self, ms):
+            super().__init__()
+            self.ms = ms
+            self.last_stats = type("S", (), {"backend": "none", "tokens_in": [8]})()
+
+        def forward(self, video, reducer=None):
+            if reducer is not None:
+                reducer.select(video)
+            time.sleep(self.ms / 1000)
+            return video
+
+    r = time_forward(Sleeper(20.0), noise_video(2, 4, 32), SleepyForward(sleep_ms=20.0), warmup=1, repeats=8, batch_size=2)
+    # baseline 20 ms per batch, reducer arm 40 ms: a speedup of 0.5 (the reducer arm is twice as slow)
+    assert r.speedup == pytest.approx(0.5, rel=0.03)
+    lo, hi = r.speedup_interval
+    assert lo <= r.speedup <= hi
+
+
+def test_gc_is_off_while_timing_and_restored(tiny):
+    import gc
+
+    seen = []
+    h = tiny.register_forward_pre_hook(lambda *a: seen.append(gc.isenabled()))
+    try:
+        time_forward(tiny, noise_video(2, 4, 32), None, warmup=1, repeats=2, batch_size=2)
+    finally:
+        h.remove()
+    assert seen and not any(seen) and gc.isenabled()

@@ -257,3 +257,46 @@ def test_r_above_half_the_tokens_is_rejected_before_work(model):
 def test_bad_parameters_name_the_parameter(kw, name):
     with pytest.raises(ReducerParamError, match=f"tome: .*{name}"):
         get_reducer("tome", **kw)
+
+
+# --- one batched pass over clips ------------------------------------------------------------------------
+
+def _reference_merge(x, metric, size, r):
+    """The reference's merge_wavg on one clip, with autograd: x·size and size scatter-summed into B."""
+    m = metric / metric.norm(dim=-1, keepdim=True)
+    best, partner = (m[::2] @ m[1::2].T).max(-1)
+    order = best.argsort(descending=True, stable=True)
+    src, unm = order[:r], order[r:]
+    xs = x * size[:, None]
+    a, b = xs[::2], xs[1::2]
+    b = b.index_add(0, partner[src], a[src])
+    s = size[1::2].index_add(0, partner[src], size[::2][src])
+    return torch.cat([a[unm] / size[::2][unm, None], b / s[:, None]])
+
+
+def test_gradients_through_an_unequal_batch_equal_the_reference_per_clip():
+    # many-into-one merges included: each receiving row's gradient must be counted once
+    tok, keys = _packed([40, 23, 3], seed=6)
+    keys[0:20:2, 0] = keys[1, 0]
+    size = torch.randint(1, 4, (tok.x.shape[0],), generator=torch.Generator().manual_seed(2)).float()
+    x = tok.x.clone().requires_grad_(True)
+    out = ToMe(r=9).after_attention(tok.replace(x=x, size=size), keys, 0, 12)
+    w = torch.randn(out.x.shape, generator=torch.Generator().manual_seed(3))
+    (out.x * w).sum().backward()
+    cu, ocu = tok.cu_seqlens.tolist(), out.cu_seqlens.tolist()
+    for i in range(3):
+        xi = tok.x[cu[i]:cu[i + 1]].clone().requires_grad_(True)
+        ref = _reference_merge(xi, keys[cu[i]:cu[i + 1]].mean(1), size[cu[i]:cu[i + 1]],
+                               min(9, (cu[i + 1] - cu[i]) // 2))
+        torch.testing.assert_close(out.x[ocu[i]:ocu[i + 1]], ref, rtol=1e-5, atol=1e-6)
+        (ref * w[ocu[i]:ocu[i + 1]]).sum().backward()
+        torch.testing.assert_close(x.grad[cu[i]:cu[i + 1]], xi.grad, rtol=1e-5, atol=1e-6)
+    assert float(out.size.max()) >= 4.0  # a row did absorb several tokens
+
+
+def test_output_counts_come_from_the_host_lengths():
+    tok, keys = _packed([40, 25, 3], seed=7)
+    out = ToMe(r=7).after_attention(tok, keys, 0, 12)
+    assert out.lens == (33, 18, 2) and torch.diff(out.cu_seqlens).tolist() == [33, 18, 2]
+    # a stale host copy is never carried: replacing cu_seqlens alone drops it
+    assert out.replace(cu_seqlens=tok.cu_seqlens).lens is None

@@ -9,7 +9,8 @@ import subprocess
 import sys
 
 from tokenbench.datasets.synthetic import load_backgrounds
-from tokenbench.harness.model import build_model, load_checkpoint
+from tokenbench.harness.checkpoint import load_checkpoint
+from tokenbench.harness.model import build_model
 
 
 def _torchrun() -> list[str]:
@@ -35,4 +36,4 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     assert res["tokens_mean"] == 8  # random keep=0.5 of 4 × 2 × 2 tubelets
     model = build_model("vit_t", 4, num_frames=8, img_size=32)
     info = load_checkpoint(model, ckpt)
-    assert info["missing"] == [] and info["unexpected"] == []  # no DDP "module." prefix left behind
+    assert info.missing == [] and info.unexpected == []  # no DDP "module." prefix left behind

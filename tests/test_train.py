@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from tokenbench.datasets.synthetic import SyntheticMotion, load_backgrounds
-from tokenbench.harness.model import build_model, load_checkpoint
+from tokenbench.harness.checkpoint import load_checkpoint
+from tokenbench.harness.model import build_model
 from tokenbench.harness.train import TrainRecipe, TrainResult, evaluate, inference_reducer, lr_at, train
 from tokenbench.reducers import available_reducers, get_reducer
 
@@ -78,7 +79,7 @@ def test_checkpoint_round_trips(data, tmp_path):
     assert json.loads(raw["train_result"])["steps"] == 2
     fresh = build_model("vit_t", 4, num_frames=FRAMES, img_size=SIZE)
     info = load_checkpoint(fresh, ckpt)
-    assert info["missing"] == [] and info["unexpected"] == []
+    assert info.missing == [] and info.unexpected == []
     for k, v in m.state_dict().items():
         assert torch.equal(v, fresh.state_dict()[k]), k
     # the reloaded model evaluates to the same figures
@@ -175,7 +176,7 @@ def test_cli_trains_and_writes_checkpoint_and_json(tmp_path, capsys):
     res = json.loads(js.read_text())
     assert res["steps"] == 2 and res["config"]["length_embedding"] is True and res["checkpoint"] == str(ckpt)
     m = build_model("vit_t", 4, num_frames=8, img_size=64, length_embedding=True)
-    assert load_checkpoint(m, ckpt)["missing"] == []
+    assert load_checkpoint(m, ckpt).missing == []
 
 
 def test_cli_rejects_bad_reducer_parameter(capsys):

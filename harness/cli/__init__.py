@@ -14,10 +14,10 @@ import argparse
 import sys
 
 from ..errors import UserError
-from . import flops, listing, report, run, tokens, train, train_compare
+from . import checkpoint, flops, listing, report, run, tokens, train, train_compare
 from .common import parse_params
 
-COMMAND_MODULES = [listing, run, train, train_compare, tokens, flops, report]
+COMMAND_MODULES = [listing, run, train, train_compare, checkpoint, tokens, flops, report]
 
 EPILOG = """examples:
   tokenbench list                                 reducers (built-in and plugins) and their parameters

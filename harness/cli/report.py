@@ -4,7 +4,9 @@ from __future__ import annotations
 import sys
 
 from ..errors import UserError
+from ..paths import UnsafePathError
 from ..report import check_report, write_report
+from ..results import NotResultsError
 
 
 def add_cli(sub) -> None:
@@ -38,7 +40,7 @@ def run(args) -> int:
             print(f"report under {args.out} is up to date with {' '.join(args.results)}")
             return 0
         paths = write_report(args.results, args.out, figures=not args.no_figures)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, NotResultsError, UnsafePathError) as exc:
         raise UserError(str(exc)) from exc
     if not paths.readmes:
         raise UserError(f"no result records found in {' '.join(args.results)}")

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..paths import safe_name
 from ..report import headline_table, write_report
-from ..results import load, safe_component
+from ..results import load
 from ..run import run_suite
 from ..run.executors import DEFAULT_TIMEOUT_MIN, LaunchOptions
 from ..run.launch import LAUNCHERS, launch, requested_device
@@ -155,7 +156,7 @@ def run(args) -> int:
         summary = launch(suite, args.out, opts, cells=cells, command=command_line())
     if summary.failures:
         print("failed cells:\n  " + "\n  ".join(summary.failures), file=sys.stderr)
-    suite_dir = Path(args.out) / safe_component(suite.name)
+    suite_dir = Path(args.out) / safe_name(suite.name)
     if opts is not None and opts.launcher == "slurm" and not opts.wait:
         if summary.job_ids:
             print(f"{suite.name}: {summary.submitted} jobs submitted ({summary.skipped} cells already recorded); "

@@ -12,8 +12,9 @@ import torch
 
 from tokenbench.datasets import get_dataset
 
+from ..checkpoint import CheckpointError, load_checkpoint
 from ..errors import UserError
-from ..model import build_model, load_checkpoint
+from ..model import build_model
 from ..train import DEFAULTS, TrainRecipe, train
 from .common import parse_params, reducer_from
 
@@ -86,9 +87,12 @@ def run_cli(args) -> int:
     model = build_model(args.model, train_ds.num_classes, num_frames=args.num_frames, img_size=args.img_size,
                         length_embedding=length_embedding, drop_path_rate=args.drop_path)
     if args.init:
-        info = load_checkpoint(model, args.init, strict=False)
-        if info["missing"]:
-            print(f"fine-tuning from {args.init}; newly initialised: {', '.join(info['missing'])}", file=sys.stderr)
+        try:
+            info = load_checkpoint(model, args.init, strict=False)
+        except CheckpointError as exc:
+            raise UserError(f"--init: {exc}") from None
+        if info.missing:
+            print(f"fine-tuning from {args.init}; newly initialised: {', '.join(info.missing)}", file=sys.stderr)
     recipe = TrainRecipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
                          label_smoothing=args.label_smoothing, min_lr=args.min_lr, clip_grad=args.clip_grad or None,

@@ -50,7 +50,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..results import find_record_files, load, safe_component
+from ..paths import WrittenFiles, distinct_names, inside, safe_name
+from ..results import find_record_files, load
 from ..schema import HEAD
 from . import figures as figs
 from . import tables as tabs
@@ -94,7 +95,7 @@ def _load(paths) -> tuple[list[dict], dict[str, list[Path]]]:
             frames.append(df)
             for suite in sorted({str(s) if s is not None else "unnamed" for s in df["suite"]}):
                 # results/<suite>/<fp>/records.jsonl -> results/<suite>; any other file: itself
-                d = f.parent.parent if f.parent.parent.name == safe_component(suite) else f
+                d = f.parent.parent if f.parent.parent.name == safe_name(suite) else f
                 sources.setdefault(suite, [])
                 if d not in sources[suite]:
                     sources[suite].append(d)
@@ -125,7 +126,7 @@ class SuiteReport:
 
 
 def _table_stem(table: Table, several: bool) -> str:
-    return table.name + (f"__{figs.slug(table.fingerprint)}" if several and table.fingerprint else "")
+    return table.name + (f"__{safe_name(table.fingerprint)}" if several and table.fingerprint else "")
 
 
 def build_suite(suite: str, records: list[dict], regenerate: str) -> SuiteReport:
@@ -151,7 +152,7 @@ def build_suite(suite: str, records: list[dict], regenerate: str) -> SuiteReport
     for stem, t in tables:
         texts[f"tables/{stem}.md"] = t.markdown()
         texts[f"tables/{stem}.csv"] = t.csv()
-        texts[f"tables/{stem}.tex"] = t.latex(f"tab:{figs.slug(suite)}-{stem.replace('__', '-')}")
+        texts[f"tables/{stem}.tex"] = t.latex(f"tab:{safe_name(suite)}-{stem.replace('__', '-')}")
     style = figs.Style(ok)
     plan = figs.plan_figures(by_fp, ok, style)
     texts["README.md"] = suite_readme(suite, records, ok, failed, fps, tables, plan, regenerate)
@@ -180,25 +181,31 @@ def write_report(results_dir_or_paths: str | Path | Iterable[str | Path], out_di
                  figures: bool = True) -> ReportPaths:
     """Write ``out_dir/<suite>/`` (README, tables, figures) for every suite in the records named.
 
-    Files of a previous report that these records no longer produce (tables, figures) are removed, so
-    the folder always matches the records."""
+    Files an earlier report wrote there (listed in its ``.tokenbench-written.json``) that these records no
+    longer produce are removed, so the folder matches the records; a file the report did not write is
+    never touched. Every path is checked to stay inside ``out_dir`` (a suite named ``..`` writes to
+    ``out_dir/_``)."""
     out_dir = Path(out_dir)
     paths = ReportPaths(out_dir)
-    for rep in build_reports(results_dir_or_paths, out_dir):
-        root = out_dir / figs.slug(rep.suite)
-        expected = set(rep.texts) | {f"figures/{s.name}{e}" for s in rep.plan.figures for e in FIGURE_EXTS}
-        for sub, exts in (("tables", TABLE_EXTS), ("figures", FIGURE_EXTS)):
-            for old in sorted((root / sub).glob("*")) if (root / sub).is_dir() else []:
-                if old.suffix in exts and f"{sub}/{old.name}" not in expected:
-                    old.unlink()
+    reports = build_reports(results_dir_or_paths, out_dir)
+    folder = distinct_names({rep.suite for rep in reports})  # a suite named ".." or "." stays inside out_dir
+    for rep in reports:
+        root = inside(out_dir, folder[rep.suite])
+        drawn = {f"figures/{s.name}{e}" for s in rep.plan.figures for e in FIGURE_EXTS}
+        for rel in set(rep.texts) | drawn:
+            inside(root, rel)  # refuse before writing anything
+        owned = WrittenFiles(root)  # delete only what an earlier report wrote here
+        for old in owned.stale(set(rep.texts) | drawn):
+            old.unlink()
         for rel, text in sorted(rep.texts.items()):
-            p = root / rel
+            p = inside(root, rel)
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_text(text, encoding="utf-8", newline="\n")
             (paths.readmes if rel == "README.md" else paths.tables).append(p)
         if figures:
             for spec in rep.plan.figures:
                 paths.figures.extend(spec.save(root / "figures"))
+        owned.save(set(rep.texts) | (drawn if figures else drawn & owned.previous))
         paths.skipped_figures += [f"{rep.suite}: {t} — {why}" for t, why in rep.plan.skipped]
         paths.failed_cells += len(rep.failed)
     return paths
@@ -214,9 +221,9 @@ def check_report(results_dir_or_paths: str | Path | Iterable[str | Path], out_di
     stale = []
     with tempfile.TemporaryDirectory(prefix="tokenbench-report-check-") as tmp:
         for rep in reports:
-            committed = out_dir / figs.slug(rep.suite)
+            committed = inside(out_dir, safe_name(rep.suite))
             for rel, text in sorted(rep.texts.items()):
-                fresh = Path(tmp) / figs.slug(rep.suite) / rel
+                fresh = inside(tmp, safe_name(rep.suite), rel)
                 fresh.parent.mkdir(parents=True, exist_ok=True)
                 fresh.write_text(text, encoding="utf-8", newline="\n")
                 old = committed / rel

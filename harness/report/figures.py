@@ -34,12 +34,11 @@ from .style import (
     _legend,
     pareto_front,
     reducer_colour,
-    slug,
 )
 from .tables import inference_values, token_records
 
 __all__ = ["RC", "REDUCER_COLOURS", "FigurePlan", "FigureSpec", "Style", "pareto_front", "plan_figures",
-           "reducer_colour", "slug", "sweep_panels"]
+           "reducer_colour", "sweep_panels"]
 
 # ----------------------------------------------------------------------------------------------------
 # the figures

@@ -47,10 +47,30 @@ def _provenance(records: list[dict]) -> list[str]:
     finished = sorted(str(r["finished"]) for r in records if r.get("finished"))
     if started and finished:
         out += [f"Cells ran from {started[0]} to {finished[-1]}.", ""]
+    out += _checkpoints(records)
     out += ["### Hardware fingerprints and software", ""]
     for fp in sorted({r["fingerprint"] for r in records}):
         out.append(fingerprint_block(fp, [r for r in records if r["fingerprint"] == fp]))
     return out
+
+
+def _checkpoints(records: list[dict]) -> list[str]:
+    """Each checkpoint by its weights' short sha256 (the name tables use), with the paths that held it."""
+    held: dict[str, set[str]] = {}
+    for r in records:
+        sha = r.get("checkpoint_sha256")
+        if isinstance(sha, str) and sha:
+            path = r.get("checkpoint_path")
+            path = path if isinstance(path, str) else r.get("checkpoint")
+            held.setdefault(sha, set()).add(f"{r.get('model')}: {path}")
+    if not held:
+        return []
+    out = ["### Checkpoints", "", "Weights are identified by the sha256 of their tensors (names, dtypes, "
+           "shapes, bytes), so one set of weights is one checkpoint whatever file held it.", "",
+           "| sha256 (short) | sha256 | model: path |", "|:---|:---|:---|"]
+    out += [f"| `{sha[:12]}` | `{sha}` | {md_escape('; '.join(sorted(paths)))} |"
+            for sha, paths in sorted(held.items())]
+    return out + [""]
 
 
 def _tables(tables, fps) -> list[str]:

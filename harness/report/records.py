@@ -95,10 +95,17 @@ def params_key(params: dict[str, Any]) -> tuple:
                  for k, v in sorted(params.items()))
 
 
+def checkpoint_of(r: dict) -> str:
+    """A record's checkpoint: its weights' sha256 when recorded (two files holding the same weights are
+    one checkpoint), else what the cell named (a path, ``none``, ``trained:<hash>``)."""
+    sha = r.get("checkpoint_sha256")
+    return f"sha256:{sha}" if isinstance(sha, str) and sha else str(r.get("checkpoint") or "")
+
+
 def setting(r: dict) -> tuple:
     """What makes two records comparable: same model, input, checkpoint and data."""
-    return tuple(str(r.get(k)) if r.get(k) is not None else "" for k in
-                 ("model", "num_frames", "img_size", "checkpoint", "dataset", "split"))
+    return tuple(checkpoint_of(r) if k == "checkpoint" else str(r.get(k)) if r.get(k) is not None else ""
+                 for k in ("model", "num_frames", "img_size", "checkpoint", "dataset", "split"))
 
 
 def sort_key(r: dict) -> tuple:
@@ -127,7 +134,8 @@ def dedupe(records: Iterable[dict]) -> tuple[list[dict], list[dict]]:
 
 def model_names(records: list[dict]) -> dict[tuple, str]:
     """Display name of each (model, frames, size, checkpoint): the bare model name unless the same
-    model appears with several inputs or checkpoints, then with ``16×224²`` (and the checkpoint file)."""
+    model appears with several inputs or checkpoints, then with ``16×224²`` (and the checkpoint's short hash,
+    or its file name for records without one)."""
     variants: dict[str, set] = {}
     for r in records:
         variants.setdefault(str(r.get("model")), set()).add(setting(r)[:4])
@@ -138,8 +146,9 @@ def model_names(records: list[dict]) -> dict[tuple, str]:
             name = model
             if len(geoms) > 1:
                 name += f" {v[1]}×{v[2]}²"
-            if len(vs) > len(geoms) and v[3]:
-                name += f" ({v[3].replace(chr(92), '/').rsplit('/', 1)[-1]})"
+            if len(vs) > len(geoms) and v[3]:  # a checkpoint by its short hash, else by its file name
+                sha = v[3].removeprefix("sha256:") if v[3].startswith("sha256:") else None
+                name += f" ({sha[:12] if sha else v[3].replace(chr(92), '/').rsplit('/', 1)[-1]})"
             names[v] = name
     return names
 

@@ -12,6 +12,7 @@ import matplotlib
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from ..paths import safe_name
 from .records import params_key, reducer_rank
 
 REDUCER_COLOURS: dict[str, str] = {
@@ -136,9 +137,6 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
 
 
 def _fp_suffix(fp: str, several: bool) -> tuple[str, str]:
-    return (f"__{slug(fp)}", f" — {fp}") if several else ("", "")
+    return (f"__{safe_name(fp)}", f" — {fp}") if several else ("", "")
 
 
-def slug(s: str) -> str:
-    out = "".join(c if c.isalnum() or c in "-._" else "-" for c in s)
-    return out.strip("-") or "unknown"

@@ -59,4 +59,4 @@ def run_cell(cell: Cell | Mapping[str, Any], *, suite: str = "adhoc", command: s
     fp.update({k: v for k, v in env.items() if k in ("decoder", "decoder_version", "timer")})
     return make_record(cell, key=key, suite=suite, fingerprint=fp, metrics=metrics, error=error, traceback=tb,
                        started=started, finished=utc_now(), duration_s=round(time.perf_counter() - t0, 3),
-                       command=command)
+                       command=command, weights=env.get("checkpoint"))

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..results import safe_component
+from ..paths import safe_name
 
 DEFAULT_TIMEOUT_MIN = 240
 
@@ -31,20 +31,29 @@ class LaunchOptions:
     poll_s: float = 1.0
 
 
+def warning_delay_s(timeout_min: float) -> int:
+    """How long before the time limit Slurm should warn a job (submitit's ``signal_delay_s``): submitit's 90 s
+    when the limit is long, less for short limits. slurmctld looks at time limits every 30 s and sends a
+    warning already when it falls due before its next look; a warning due within 30 s of the start can come
+    while Python is still starting, before any handler is installed, where SIGUSR2 kills the process."""
+    return int(max(1, min(90, float(timeout_min) * 60 / 2 - 30)))
+
+
 def default_folder(out: str | Path, suite: str) -> Path:
-    return Path(out) / "_submitit" / safe_component(suite)
+    return Path(out) / "_submitit" / safe_name(suite)
 
 
 def slurm_executor(folder: str | Path, opts: LaunchOptions, job_name: str):
     """submitit's ``SlurmExecutor`` set up for tokenbench cells (needs ``srun`` on PATH)."""
     import submitit
 
-    try:
-        ex = submitit.SlurmExecutor(folder=str(Path(folder) / "%j"))
+    try:  # --slurm-param python=PATH: the interpreter the jobs run (default: this one)
+        ex = submitit.SlurmExecutor(folder=str(Path(folder) / "%j"), python=opts.slurm_params.get("python"))
     except RuntimeError as exc:
         raise UserError(f"--launcher slurm: {exc} (run it on a Slurm login node)") from None
     gpus = 1 if opts.gpus_per_job is None else int(opts.gpus_per_job)
-    params: dict[str, Any] = {"job_name": job_name, "time": int(opts.timeout_min), "ntasks_per_node": 1, "nodes": 1}
+    params: dict[str, Any] = {"job_name": job_name, "time": int(opts.timeout_min), "ntasks_per_node": 1, "nodes": 1,
+                              "signal_delay_s": warning_delay_s(opts.timeout_min)}
     if gpus:
         params["gpus_per_node"] = gpus
     if opts.partition:
@@ -55,7 +64,7 @@ def slurm_executor(folder: str | Path, opts: LaunchOptions, job_name: str):
         params["cpus_per_task"] = int(opts.cpus_per_job)
     if opts.mem_gb:
         params["mem"] = f"{int(round(opts.mem_gb * 1024))}MB"
-    params.update(opts.slurm_params)
+    params.update({k: v for k, v in opts.slurm_params.items() if k != "python"})
     ex.update_parameters(**params)
     return ex
 

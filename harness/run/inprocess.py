@@ -72,10 +72,16 @@ def run_suite(suite: Suite, out: str | Path = "results", *, command: str = "", r
             def progress(msg: str) -> None:
                 bar.set_postfix_str(msg, refresh=interactive)
 
-            rec = run_cell(cell, suite=suite.name, command=command, cache=cache, progress=progress, log=log)
-            target = store if rec["fingerprint"]["id"] == fp_id else ResultStore(
-                store_path(out, suite.name, rec["fingerprint"]["id"]))
-            target.append(rec)
+            with store.claim(cell.key, include_failed=not retry_failed) as claim:
+                if not claim.held:  # another run on this results folder has it: measure each cell once
+                    log(f"cell {i}/{len(cells)} {label} skipped: {claim.why}")
+                    summary.skipped += 1
+                    bar.update(1)
+                    continue
+                rec = run_cell(cell, suite=suite.name, command=command, cache=cache, progress=progress, log=log)
+                target = store if rec["fingerprint"]["id"] == fp_id else ResultStore(
+                    store_path(out, suite.name, rec["fingerprint"]["id"]))
+                target.append(rec)
             summary.ran += 1
             if rec["status"] != "ok":
                 summary.failed += 1

@@ -1,6 +1,6 @@
 """Fan a suite out as jobs through submitit (DESIGN.md §7): ``tokenbench run --launcher local|slurm``.
 
-One job per pending cell. Every job calls :func:`tokenbench.harness.runner.run_cell` and appends its record
+One job per pending cell. Every job calls :func:`tokenbench.harness.run.cell.run_cell` and appends its record
 to ``<out>/<suite>/<fingerprint of the machine it ran on>/records.jsonl`` through the same
 :class:`~tokenbench.harness.results.ResultStore` the in-process runner uses, so the results folder looks
 the same whichever launcher filled it.
@@ -39,6 +39,8 @@ Safety
   file lock would also keep concurrent cells from training it twice, but they would wait idle on their GPUs.
 * A ``local`` job that dies without writing its record (timeout, killed) gets a ``failed`` record written
   by the launcher naming what happened, so the sweep's records account for every cell.
+* Slurm's faults — a job killed mid-cell, over its time limit, requeued, or whose Python cannot run
+  tokenbench — are handled in ``slurm_job.py`` (inside each job) and ``slurm_poll.py`` (``--wait``).
 """
 from __future__ import annotations
 
@@ -55,23 +57,24 @@ from typing import Any
 import torch
 
 from ..errors import UserError
-from ..results import RECORDS_FILE, ResultStore, iter_records, safe_component, store_path
+from ..paths import safe_name
+from ..results import RECORDS_FILE, ResultStore, iter_records, store_path
 from ..schema import Cell, make_record
 from ..suite import suite_source
 from ..suite.overrides import parse_value
-from .cell import run_cell
-from .common import cache_root, hardware_fingerprint, torch_threads, utc_now
+from .common import cache_root, utc_now
 from .executors import (
     LaunchOptions,
     default_folder,
     job_error,
-    job_info,
     local_executor,
     pin_gpu,
     slurm_executor,
 )
-from .models import RunCache, ensure_pretrained
+from .job import fingerprint_for, prepare_job, run_job
 from .plan import make_plan, pending_pretrains
+from .slurm_job import run_slurm_cell
+from .slurm_poll import sbatch_refusals, wait_for_cells
 
 LAUNCHERS = ("inprocess", "local", "slurm")
 MAX_ARRAY_SIZE = 1000  # Slurm's default MaxArraySize is 1001 (indices 0…1000)
@@ -93,53 +96,6 @@ class LaunchSummary:
     store: Path | None = None
     folder: Path | None = None
     wall_s: float = 0.0
-
-
-# ----------------------------------------------------------------------------------------------
-# what runs inside a job
-# ----------------------------------------------------------------------------------------------
-def _fingerprint_for(device: str, dtype: str, threads: int) -> dict[str, Any]:
-    """The fingerprint :func:`runner.run_cell` will record for a cell on this machine."""
-    with torch_threads(int(threads or 0)) as in_force:
-        return hardware_fingerprint(device, dtype, in_force)
-
-
-def run_job(cell: Cell, suite: str, out: str, command: str = "", launcher: str = "local",
-            retry_failed: bool = False) -> dict[str, Any]:
-    """One cell in a job: skip it when this machine's store already has it, else measure it and append its
-    record. Returns a short summary (the record itself is in the store)."""
-    def log(msg: str) -> None:
-        print(msg, flush=True)
-
-    label = cell.label
-    fp = _fingerprint_for(cell.device, cell.dtype, cell.threads)
-    store = ResultStore(store_path(out, suite, fp["id"]))
-    if cell.key in store.done_keys(include_failed=not retry_failed):
-        log(f"{label}: already recorded in {store.path}; nothing to do")
-        return {"key": cell.key, "status": "skipped", "error": None, "store": str(store.path)}
-    log(f"{label}: {cell.mode} {cell.model}/{cell.dataset} b{cell.batch_size} → {store.path}")
-    rec = run_cell(cell, suite=suite, command=command, log=log, progress=None)
-    rec["launcher"] = job_info(launcher)
-    if rec["fingerprint"]["id"] != fp["id"]:
-        store = ResultStore(store_path(out, suite, rec["fingerprint"]["id"]))
-    try:
-        store.append(rec)
-    except OSError as exc:
-        raise OSError(f"cannot append to {store.path} ({exc}); the results folder must be on a filesystem "
-                      "that supports flock") from exc
-    log(f"{label}: {rec['status']}{' — ' + rec['error'] if rec['error'] else ''} in {rec['duration_s']:.1f} s")
-    return {"key": cell.key, "status": rec["status"], "error": rec["error"], "store": str(store.path),
-            "duration_s": rec["duration_s"]}
-
-
-def prepare_job(pretrains: list[dict[str, Any]], device: str, threads: int = 0) -> list[str]:
-    """Train (once, cached under a file lock) every self-trained model the cells need."""
-    cache = RunCache()
-    out = []
-    with torch_threads(threads):
-        for pre in pretrains:
-            out.append(str(ensure_pretrained(pre, cache.cache_dir, device, lambda m: print(m, flush=True))))
-    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -172,7 +128,7 @@ def recorded_keys(out: str | Path, suite: str, fingerprint_id: str | None = None
     if fingerprint_id is not None:
         files = [store_path(out, suite, fingerprint_id)]
     else:
-        files = sorted((Path(out) / safe_component(suite)).glob(f"*/{RECORDS_FILE}"))
+        files = sorted((Path(out) / safe_name(suite)).glob(f"*/{RECORDS_FILE}"))
     done = set()
     for f in files:
         for key, rec in _latest(f).items():
@@ -233,7 +189,7 @@ def launch(suite, out: str | Path, opts: LaunchOptions, *, cells: list[Cell] | N
     if cuda and opts.gpus_per_job < 1:
         raise UserError(f"the cells run on {device}: each job needs a GPU (--gpus-per-job ≥ 1)")
     if opts.launcher == "local":
-        fp = _fingerprint_for(device, suite.defaults.get("dtype", "float32"), suite.defaults.get("threads", 0))
+        fp = fingerprint_for(device, suite.defaults.get("dtype", "float32"), suite.defaults.get("threads", 0))
         done = recorded_keys(out, suite.name, fingerprint_id=fp["id"], include_failed=not opts.retry_failed)
         summary.store = store_path(out, suite.name, fp["id"])
     else:
@@ -249,14 +205,15 @@ def launch(suite, out: str | Path, opts: LaunchOptions, *, cells: list[Cell] | N
     if opts.launcher == "local":
         _launch_local(pending, pretrains, suite, out, folder, opts, command, summary, log)
     else:
-        _launch_slurm(pending, pretrains, suite, out, folder, opts, command, summary, log)
+        with sbatch_refusals():  # an unknown partition, say: one line, not a traceback
+            _launch_slurm(pending, pretrains, suite, out, folder, opts, command, summary, log)
     summary.wall_s = time.perf_counter() - t0
     return summary
 
 
 def _launch_slurm(pending, pretrains, suite, out: Path, folder: Path, opts: LaunchOptions, command: str,
                   summary: LaunchSummary, log) -> None:
-    name = f"tokenbench-{suite.name}"
+    name, job = f"tokenbench-{suite.name}", None
     if pretrains:
         prep = slurm_executor(folder, opts, f"{name}-prepare")
         job = prep.submit(prepare_job, pretrains, suite.defaults.get("device", "cpu"),
@@ -270,8 +227,8 @@ def _launch_slurm(pending, pretrains, suite, out: Path, folder: Path, opts: Laun
     for i in range(0, len(pending), MAX_ARRAY_SIZE):
         chunk = pending[i:i + MAX_ARRAY_SIZE]
         n = len(chunk)
-        jobs += ex.map_array(run_job, chunk, [suite.name] * n, [str(out)] * n, [command] * n, ["slurm"] * n,
-                             [opts.retry_failed] * n)
+        jobs += ex.map_array(run_slurm_cell, chunk, [suite.name] * n, [str(out)] * n, [command] * n,
+                             [opts.retry_failed] * n, [opts.timeout_min] * n)
     summary.job_ids = [str(j.job_id) for j in jobs]
     summary.submitted = len(jobs)
     arrays = sorted({j.split("_")[0] for j in summary.job_ids})
@@ -280,8 +237,8 @@ def _launch_slurm(pending, pretrains, suite, out: Path, folder: Path, opts: Laun
         f"{ex.parameters.get('gpus_per_node', 0)} GPU(s) each); follow with: squeue -j {','.join(arrays)}")
     if not opts.wait:
         return
-    for cell, job in zip(pending, jobs):
-        _collect(cell, job, summary, log, None)
+    wait_for_cells(pending, jobs, summary, log, collect=_collect, suite=suite.name, command=command,
+                   python=ex.python, prepare=job, poll_s=opts.poll_s)
 
 
 def _launch_local(pending, pretrains, suite, out: Path, folder: Path, opts: LaunchOptions, command: str,
@@ -373,7 +330,7 @@ def _collect(cell, job, summary: LaunchSummary, log, counter: str | None, out: P
 
 def _record_lost(cell: Cell, suite: str, out: Path, error: str, log_path: Path) -> None:
     """A failed record for a cell whose job died before appending one (local launcher: same machine)."""
-    fp = _fingerprint_for(cell.device, cell.dtype, cell.threads)
+    fp = fingerprint_for(cell.device, cell.dtype, cell.threads)
     now = utc_now()
     rec = make_record(cell, suite=suite, fingerprint=fp, error=error, started=now, finished=now, duration_s=0.0,
                       launcher={"name": "local", "log": str(log_path)})

@@ -23,12 +23,14 @@ from typing import Any
 import torch
 
 from tokenbench.datasets import get_dataset
+from tokenbench.datasets.classes import check_head_classes
 
+from ..checkpoint import load_checkpoint, weights_sha256
 from ..errors import CellError
 from ..evaluate import model_input
 from ..flops import gflops_from_stats, verify_analytic
 from ..metrics import MultiViewAccuracy, TokenCounts
-from ..model import build_model, load_checkpoint
+from ..model import build_model
 from ..schema import Cell
 from ..timing import time_forward
 from ..train import TrainRecipe, inference_reducer, train
@@ -114,6 +116,7 @@ def inference_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tupl
     reducer = build_reducer(cell)
     length_emb = reducer is not None and reducer.length_embedding
     num_classes = model_classes(cell, clips.num_classes)
+    check_head_classes(num_classes, clips.num_classes, clips.labels.tolist(), clips.paths, clips.info)
     model = load_model(cell, cache, num_classes, length_emb, log)
     net = base_model(model)
     if reducer is not None:
@@ -161,7 +164,8 @@ def inference_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tupl
     if reducer is not None and reducer.params() != (cell.params or {}):
         metrics["reducer_params_used"] = reducer.params()  # e.g. random's keep calibrated to RLT's budget
     env = {"attn_backend": timing.backend or fw["backend"], "timer": timing.timer,
-           "decoder": clips.info.get("decoder"), "decoder_version": clips.info.get("decoder_version")}
+           "decoder": clips.info.get("decoder"), "decoder_version": clips.info.get("decoder_version"),
+           "checkpoint": cache.checkpoints.get(model_key(cell, num_classes, length_emb), {})}
     return metrics, env
 
 
@@ -178,6 +182,7 @@ def train_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tuple[di
     num_classes = int(cell.num_classes or train_ds.num_classes)
     if not num_classes:
         raise CellError(f"dataset {cell.dataset!r} is unlabelled: a train cell needs labels")
+    check_head_classes(num_classes, clips.num_classes, clips.labels.tolist(), clips.paths, clips.info)
     torch.manual_seed(int(cell.seed))
     model = build_model(cell.model, num_classes, num_frames=cell.num_frames, img_size=cell.img_size,
                         length_embedding=reducer is not None and reducer.length_embedding,
@@ -202,5 +207,6 @@ def train_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tuple[di
     if reducer is not None and reducer.params() != (cell.params or {}):
         metrics["reducer_params_used"] = reducer.params()
     env = {"attn_backend": fw["backend"], "decoder": clips.info.get("decoder"),
-           "decoder_version": clips.info.get("decoder_version")}
+           "decoder_version": clips.info.get("decoder_version"),
+           "checkpoint": {"checkpoint_sha256": weights_sha256(base_model(model).state_dict())}}
     return metrics, env

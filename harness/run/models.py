@@ -14,10 +14,12 @@ import torch
 
 from tokenbench.datasets import get_dataset
 from tokenbench.reducers import get_reducer
+from tokenbench.reducers.testing import checked
 
+from ..checkpoint import checkpoint_classes, load_checkpoint, weights_sha256
 from ..errors import CellError
 from ..evaluate import model_input
-from ..model import _read_state_dict, build_model, load_checkpoint, normalise_keys
+from ..model import build_model
 from ..schema import Cell
 from ..train import TrainRecipe, train
 from .clips import ClipSet, data_key, limited
@@ -34,6 +36,7 @@ class RunCache:
     calibrated: dict[str, Any] = field(default_factory=dict)
     cache_dir: Path = field(default_factory=cache_root)
     pretrain_failures: dict[str, str] = field(default_factory=dict)  # a model whose training failed: why
+    checkpoints: dict[str, dict[str, str]] = field(default_factory=dict)  # model key -> sha256 (+path)
 
     def pretrained(self, pretrain: dict[str, Any], device: str = "cpu",
                    log: Callable[[str], None] | None = None) -> Path:
@@ -105,16 +108,6 @@ def model_key(cell: Cell, num_classes: int, length_embedding: bool) -> str:
                  | {"num_classes": num_classes, "length_embedding": length_embedding})
 
 
-def checkpoint_classes(path: str) -> int | None:
-    """Rows of the head in a checkpoint file (its number of classes), None when it has no head."""
-    try:
-        state = normalise_keys(_read_state_dict(Path(path)))
-    except Exception:
-        return None
-    w = state.get("head.weight")
-    return int(w.shape[0]) if w is not None else None
-
-
 def load_model(cell: Cell, cache: RunCache, num_classes: int, length_embedding: bool = False,
                log: Callable[[str], None] | None = None) -> torch.nn.Module:
     """The cell's model in eval mode on its device and dtype (cached per process)."""
@@ -130,14 +123,17 @@ def load_model(cell: Cell, cache: RunCache, num_classes: int, length_embedding: 
             raise CellError(f"checkpoint {ckpt} names a self-trained model but the cell has no pretrain settings")
         path = cache.pretrained(cell.pretrain, cell.device, log)
         info = load_checkpoint(model, path, strict=False)
+        cache.checkpoints[key] = {"checkpoint_sha256": info.sha256, "checkpoint_path": str(path)}
     elif ckpt == "none":
-        info = {"missing": []}
+        info = None
+        cache.checkpoints[key] = {"checkpoint_sha256": weights_sha256(model.state_dict())}
     else:
         info = load_checkpoint(model, ckpt, strict=False)
-    missing = [k for k in info.get("missing", []) if k != "length_embed"]
+        cache.checkpoints[key] = {"checkpoint_sha256": info.sha256}
+    missing = [k for k in info.missing if k != "length_embed"] if info else []
     if missing:
         raise CellError(f"checkpoint {ckpt} lacks weights of {cell.model}: {', '.join(missing[:6])}")
-    if length_embedding and "length_embed" in info.get("missing", []):
+    if length_embedding and info and "length_embed" in info.missing:
         raise CellError(f"the reducer uses a learned length embedding but checkpoint {ckpt} has none "
                         "(train with it: a train-mode cell, or a checkpoint fine-tuned with RLT's length embedding)")
     model = model.to(device=cell.device, dtype=DTYPES[cell.dtype]).eval()
@@ -170,7 +166,7 @@ def base_model(model: torch.nn.Module) -> torch.nn.Module:
 def build_reducer(cell: Cell):
     if cell.reducer == "none":
         return None
-    return get_reducer(cell.reducer, **(cell.params or {}))
+    return checked(get_reducer(cell.reducer, **(cell.params or {})))  # a broken reducer names the rule it broke
 
 
 def calibrate(reducer, cell: Cell, clips: ClipSet, cache: RunCache):

@@ -9,6 +9,7 @@ from typing import Any
 from tokenbench.datasets import available_datasets, dataset_format
 from tokenbench.reducers import ReducerParamError, UnknownReducerError, get_reducer, reducer_class
 
+from ..checkpoint import checkpoint_problem
 from ..model import MODEL_SIZES
 from ..train import DEFAULTS as TRAIN_DEFAULTS
 from ..train import RECIPE_FIELDS, TrainRecipe
@@ -147,7 +148,7 @@ class _Entries(_Checks):
         if ckpt in ("", None):
             if pre is None and not reported:
                 raise self.fail(p, f"{self.entry_name('models', i)} has no weights: give checkpoint = \"PATH\" (a "
-                                   f"VideoMAE-format file), checkpoint = \"{CHECKPOINT_NONE}\" (random weights), "
+                                   f"checkpoint file or transformers model directory), checkpoint = \"{CHECKPOINT_NONE}\" (random weights), "
                                    "or pretrain = { dataset = \"synthetic\", epochs = 8 }")
             m.pretrain = pre
             m.checkpoint = ""
@@ -155,9 +156,13 @@ class _Entries(_Checks):
             m.checkpoint = CHECKPOINT_NONE
         else:
             path = Path(ckpt).expanduser()
-            if self.check_paths and not path.is_file():
+            if self.check_paths and not path.exists():
                 self.missing.append(p, f"{self.where(p + ('checkpoint',))}: {self.entry_name('models', i)} checkpoint "
                                     f"{str(path)!r} does not exist")
+            elif self.check_paths:  # a config.json that does not fit is refused before any work
+                problem = checkpoint_problem(path, name, m.num_frames, m.img_size, m.num_classes)
+                if problem:
+                    raise self.fail(p + ("checkpoint",), f"{self.entry_name('models', i)}: {problem}")
             m.checkpoint = str(path.resolve()) if path.exists() else str(path)
         return m
 

