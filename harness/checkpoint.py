@@ -22,333 +22,26 @@ and 1e-5 in ``fc_norm``, the original VideoMAE 1e-6) and its class names (``id2l
 A checkpoint is identified by :attr:`Checkpoint.sha256`, a hash of its weights in tokenbench's layout
 (names, dtypes, shapes and bytes, in name order), so one set of weights has one identity whatever file
 format, layout or sharding holds it.
+
+The steps are modules of their own: checkpoint_files (which files, and their tensors), checkpoint_layout
+(whose names, mapped onto tokenbench's), checkpoint_config (what config.json says); this module reads a
+checkpoint through them and loads it into a model.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
-import re
-import struct
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from .model import MODEL_SIZES, NORM_EPS, PATCH, TUBELET, VideoViT
+from .checkpoint_config import CheckpointConfig, config_mismatches, read_config
+from .checkpoint_files import WEIGHT_FILES, CheckpointError, locate, read_index, read_weights_file
+from .checkpoint_layout import TRANSFORMERS, detect_layout, from_transformers, normalise_keys
+from .model import NORM_EPS, VideoViT
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable, in no known layout, or does not fit the model."""
-
-
-# --------------------------------------------------------------------------------------------------
-# reading files
-# --------------------------------------------------------------------------------------------------
-_PREFIXES = ("module.", "encoder.", "backbone.")
-_CONTAINER_KEYS = ("model", "module", "state_dict", "model_state")
-# What a torch checkpoint may hold besides tensors and plain containers: VideoMAE's own .pth files pickle
-# an argparse.Namespace of their training arguments beside the weights. Nothing else is unpickled.
-_SAFE_GLOBALS = (argparse.Namespace,)
-# A transformers model directory's weight files, in the order transformers itself prefers them.
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
-CONFIG_FILE = "config.json"
-
-
-def _torch_reason(exc: Exception) -> str:
-    """The one line of torch's weights-only message that says what is wrong (the rest is boilerplate)."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    keep = [ln for ln in lines if not ln.startswith(("Weights only load failed", "Check the documentation",
-                                                    "Please file an issue"))]
-    reason = keep[-1] if keep else lines[0] if lines else type(exc).__name__
-    return reason.removeprefix("WeightsUnpickler error: ")
-
-
-def _is_safetensors(path: Path) -> bool:
-    """A safetensors file starts with its JSON header's length (u64, little-endian), then ``{``."""
-    with open(path, "rb") as f:
-        head = f.read(9)
-    if len(head) < 9 or head[8:9] != b"{":
-        return False
-    (n,) = struct.unpack("<Q", head[:8])
-    return 0 < n < 100 * 2**20
-
-
-_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
-                       "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32, "I16": torch.int16,
-                       "I8": torch.int8,
-                       "U8": torch.uint8, "BOOL": torch.bool}
-
-
-def _read_safetensors(path: Path, meta: bool = False) -> dict[str, Tensor]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            if meta:  # shapes and dtypes from the header; no weight is read
-                slices = {k: f.get_slice(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
-                return {k: torch.empty(s.get_shape(), device="meta",
-                                       dtype=_SAFETENSORS_DTYPES.get(s.get_dtype(), torch.float32))
-                        for k, s in slices.items()}
-            return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
-    except Exception as exc:  # safetensors raises its own error type (and OSError) for damaged files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: not a safetensors file, or a truncated or "
-                              f"damaged one ({reason})") from None
-
-
-def _torch_load(path: Path, meta: bool) -> Any:
-    with torch.serialization.safe_globals(list(_SAFE_GLOBALS)):
-        if meta:
-            try:  # memory-mapped: only what is touched is read (zip-format files, torch >= 1.6)
-                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError:
-                pass  # a legacy-format file cannot be mapped: read it
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _read_torch(path: Path, meta: bool = False) -> dict[str, Tensor]:
-    try:
-        obj = _torch_load(path, meta)
-    except Exception as exc:
-        unsafe = re.search(r"GLOBAL (\S+)", str(exc))
-        if unsafe:
-            raise CheckpointError(
-                f"refusing to load {path}: it pickles {unsafe.group(1)}, which tokenbench never unpickles "
-                "(a checkpoint may hold tensors, plain containers and argparse.Namespace; re-save its "
-                "state_dict alone)") from None
-        raise CheckpointError(f"cannot read checkpoint {path}: not a torch or safetensors checkpoint, or a "
-                              f"damaged one ({_torch_reason(exc)})") from None
-    for key in _CONTAINER_KEYS:
-        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path} holds no state_dict (looked for keys {', '.join(_CONTAINER_KEYS)})")
-    return {k: v.to("meta") for k, v in obj.items()} if meta else obj
-
-
-def read_weights_file(path: Path, meta: bool = False) -> dict[str, Tensor]:
-    """The tensors of one file: safetensors (by its header, or a ``.safetensors`` name) or a torch file.
-    ``meta``: shapes and dtypes only (meta tensors), read cheaply."""
-    if _is_safetensors(path) or path.suffix == ".safetensors":
-        return _read_safetensors(path, meta)
-    return _read_torch(path, meta)
-
-
-def _read_index(index: Path, meta: bool = False) -> tuple[dict[str, Tensor], list[Path]]:
-    """A sharded checkpoint: ``{"weight_map": {name: shard file}}`` and the shards beside it."""
-    try:
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        if not isinstance(weight_map, dict):
-            raise TypeError("weight_map is not an object")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"cannot read shard index {index}: expected JSON with a \"weight_map\" "
-                              f"object ({type(exc).__name__}: {exc})") from None
-    shards = [index.parent / name for name in dict.fromkeys(weight_map.values())]
-    state: dict[str, Tensor] = {}
-    for shard in shards:
-        if not shard.is_file():
-            raise CheckpointError(f"shard {shard} listed in {index} is missing")
-        state.update(read_weights_file(shard, meta))
-    absent = sorted(set(weight_map) - set(state))
-    if absent:
-        raise CheckpointError(f"{index} lists {len(absent)} weights its shards lack: {', '.join(absent[:4])}")
-    return state, shards
-
-
-def normalise_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Strip wrapper prefixes (``module.``, ``encoder.``, ``backbone.``, in any order and number)."""
-    out = {}
-    for k, v in state.items():
-        changed = True
-        while changed:
-            changed = False
-            for p in _PREFIXES:
-                if k.startswith(p):
-                    k, changed = k[len(p):], True
-        out[k] = v
-    return out
-
-
-# --------------------------------------------------------------------------------------------------
-# layouts
-# --------------------------------------------------------------------------------------------------
-ORIGINAL, TRANSFORMERS = "videomae", "transformers"
-_ORIGINAL_KEY = re.compile(r"(^|\.)(blocks\.\d+\.attn\.qkv\.weight|patch_embed\.proj\.weight)$")
-_HF_KEY = re.compile(r"(^|\.)(encoder\.layer\.\d+\.attention\.attention\.query\.weight|"
-                     r"embeddings\.patch_embeddings\.projection\.weight)$")
-_HF_LAYER = re.compile(r"^encoder\.layer\.(\d+)\.(.+)$")
-_HF_RENAMES = {  # transformers name inside a layer -> tokenbench name inside a block
-    "attention.output.dense": "attn.proj",
-    "intermediate.dense": "mlp.fc1",
-    "output.dense": "mlp.fc2",
-    "layernorm_before": "norm1",
-    "layernorm_after": "norm2",
-}
-_HF_TOP = {"embeddings.patch_embeddings.projection": "patch_embed.proj", "fc_norm": "fc_norm",
-           "classifier": "head"}
-_HF_BIAS = {"q_bias": ("attention.attention.q_bias", "attention.attention.query.bias"),
-            "v_bias": ("attention.attention.v_bias", "attention.attention.value.bias")}
-
-
-def detect_layout(keys: Iterable[str]) -> str | None:
-    """``"videomae"`` (original), ``"transformers"``, or None, from the weight names alone."""
-    keys = list(keys)
-    hf = any(_HF_KEY.search(k) for k in keys)
-    orig = any(_ORIGINAL_KEY.search(k) for k in keys)
-    if hf and orig:
-        return "both"
-    return TRANSFORMERS if hf else ORIGINAL if orig else None
-
-
-def _strip_hf(key: str) -> str:
-    for p in ("module.", "videomae."):
-        key = key.removeprefix(p)
-    return key
-
-
-def from_transformers(state: dict[str, Tensor], where: Path, qv_bias: bool = True) -> dict[str, Tensor]:
-    """transformers' VideoMAE names → tokenbench's (query/key/value concatenated into ``qkv``). Names it
-    does not know (a pretraining decoder, ``videomae.layernorm``) pass through, to be reported unexpected."""
-    state = {_strip_hf(k): v for k, v in state.items()}
-    out: dict[str, Tensor] = {}
-    layers: dict[int, dict[str, Tensor]] = {}
-    for k, v in state.items():
-        m = _HF_LAYER.match(k)
-        if m:
-            layers.setdefault(int(m.group(1)), {})[m.group(2)] = v
-            continue
-        mod, _, leaf = k.rpartition(".")
-        out[f"{_HF_TOP[mod]}.{leaf}" if mod in _HF_TOP else k] = v
-    for n, parts in sorted(layers.items()):
-        blk = f"blocks.{n}."
-        qkv = [parts.pop(f"attention.attention.{p}.weight", None) for p in ("query", "key", "value")]
-        if any(w is None for w in qkv):
-            if all(w is None for w in qkv):
-                continue
-            lacking = [p for p, w in zip(("query", "key", "value"), qkv) if w is None]
-            raise CheckpointError(f"{where}: layer {n} has no attention {', '.join(lacking)} weight")
-        out[blk + "attn.qkv.weight"] = torch.cat(qkv, 0)
-        for ours, spellings in _HF_BIAS.items():
-            found = [s for s in spellings if s in parts]
-            if len(found) > 1:
-                raise CheckpointError(f"{where}: layer {n} holds both {found[0]} and {found[1]}")
-            if found:
-                out[blk + f"attn.{ours}"] = parts.pop(found[0])
-            elif not qv_bias:  # the config says the model has no q/v bias: it is zero
-                out[blk + f"attn.{ours}"] = torch.zeros(qkv[0].shape[0], dtype=qkv[0].dtype)
-        kb = parts.pop("attention.attention.key.bias", None)
-        if kb is not None and not kb.is_meta and bool(kb.any()):
-            raise CheckpointError(f"{where}: layer {n} has a non-zero key bias (VideoMAE's attention has "
-                                  "none)")
-        for k, v in parts.items():
-            mod, _, leaf = k.rpartition(".")
-            # a name it does not know goes back as it was, to be reported unexpected
-            out[(blk + f"{_HF_RENAMES[mod]}.{leaf}") if mod in _HF_RENAMES else f"encoder.layer.{n}.{k}"] = v
-    return out
-
-
-# --------------------------------------------------------------------------------------------------
-# config.json
-# --------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class CheckpointConfig:
-    """What a transformers ``config.json`` says about the network."""
-
-    source: Path
-    num_frames: int
-    img_size: int
-    width: int
-    depth: int
-    heads: int
-    mlp: int
-    patch: int = PATCH
-    tubelet: int = TUBELET
-    num_classes: int | None = None  # None: no classification head (``VideoMAEModel``)
-    norm_eps: float = 1e-12  # transformers' block LayerNorms (``layer_norm_eps``)
-    fc_norm_eps: float = 1e-5  # transformers' fc_norm is a default nn.LayerNorm
-    qv_bias: bool = True
-    id2label: dict[int, str] = field(default_factory=dict)
-
-    @property
-    def class_names(self) -> list[str] | None:
-        """Class names in id order, when ``id2label`` names every class."""
-        n = self.num_classes
-        if not n or sorted(self.id2label) != list(range(n)):
-            return None
-        return [self.id2label[i] for i in range(n)]
-
-
-def _square(value: Any, name: str, where: Path) -> int:
-    if isinstance(value, list | tuple):
-        if len(set(value)) != 1:
-            raise CheckpointError(f"{where}: {name} = {value} is not square (tokenbench's backbone is)")
-        value = value[0]
-    return int(value)
-
-
-def read_config(path: Path) -> CheckpointConfig:
-    """Parse a transformers VideoMAE ``config.json``; refuses what tokenbench's backbone cannot be."""
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(cfg, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read {path}: {exc}") from None
-    if cfg.get("model_type", "videomae") != "videomae":
-        raise CheckpointError(f"{path}: model_type is {cfg['model_type']!r}, expected 'videomae'")
-    if not cfg.get("use_mean_pooling", True):
-        raise CheckpointError(f"{path}: use_mean_pooling = false (the first token through a last LayerNorm); "
-                              "tokenbench's backbone pools by mean through fc_norm, as VideoMAE's fine-tuned "
-                              "models do")
-    for key, want in (("hidden_act", "gelu"), ("num_channels", 3)):
-        if cfg.get(key, want) != want:
-            raise CheckpointError(f"{path}: {key} = {cfg[key]!r}, tokenbench's backbone has {want!r}")
-    try:
-        width = int(cfg.get("hidden_size", 768))
-        id2label = {int(k): str(v) for k, v in (cfg.get("id2label") or {}).items()}
-        archs = cfg.get("architectures") or []
-        classifier = any("Classification" in a for a in archs) or (not archs and bool(id2label))
-        n = int(cfg["num_labels"]) if "num_labels" in cfg else len(id2label)
-        return CheckpointConfig(
-            source=path, num_frames=int(cfg.get("num_frames", 16)),
-            img_size=_square(cfg.get("image_size", 224), "image_size", path),
-            width=width, depth=int(cfg.get("num_hidden_layers", 12)),
-            heads=int(cfg.get("num_attention_heads", 12)),
-            mlp=int(cfg.get("intermediate_size", 4 * width)),
-            patch=_square(cfg.get("patch_size", PATCH), "patch_size", path),
-            tubelet=int(cfg.get("tubelet_size", TUBELET)),
-            num_classes=n if classifier and n else None,
-            norm_eps=float(cfg.get("layer_norm_eps", 1e-12)),
-            qv_bias=bool(cfg.get("qv_bias", cfg.get("qkv_bias", True))), id2label=id2label)
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: unexpected value ({exc})") from None
-
-
-def config_mismatches(config: CheckpointConfig, name: str, num_frames: int, img_size: int,
-                      num_classes: int | None) -> list[str]:
-    """Each field of ``config`` that does not fit model ``name`` at ``num_frames``×``img_size``² with
-    ``num_classes`` (0/None: any), as ``"field: checkpoint X, model Y"``."""
-    size = MODEL_SIZES[name]
-    pairs = [("num_frames", config.num_frames, num_frames), ("image_size", config.img_size, img_size),
-             ("hidden_size (width)", config.width, size.dim),
-             ("num_hidden_layers (depth)", config.depth, size.depth),
-             ("num_attention_heads", config.heads, size.heads),
-             ("intermediate_size (MLP)", config.mlp, size.mlp),
-             ("patch_size", config.patch, PATCH), ("tubelet_size", config.tubelet, TUBELET)]
-    if num_classes and config.num_classes:
-        pairs.append(("num_labels (classes)", config.num_classes, num_classes))
-    return [f"{what}: checkpoint {have}, model {want}" for what, have, want in pairs if have != want]
-
-
-# --------------------------------------------------------------------------------------------------
-# the checkpoint
-# --------------------------------------------------------------------------------------------------
 def weights_sha256(state: dict[str, Tensor]) -> str:
     """sha256 over every tensor's name, dtype, shape and bytes, in name order: the weights' identity."""
     h = hashlib.sha256()
@@ -393,21 +86,6 @@ class Checkpoint:
         return self.config.class_names if self.config else None
 
 
-def locate(path: str | Path) -> tuple[list[Path], Path | None]:
-    """(weight files or one index, config.json or None) for a file or a transformers model directory."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        for name in WEIGHT_FILES:
-            if (path / name).is_file():
-                cfg = path / CONFIG_FILE
-                return [path / name], cfg if cfg.is_file() else None
-        raise CheckpointError(f"{path} is a directory without weights: expected a transformers model "
-                              f"directory ({CONFIG_FILE} with {', '.join(WEIGHT_FILES)})")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    cfg = path.parent / CONFIG_FILE
-    return [path], cfg if cfg.is_file() else None
-
 
 def read_checkpoint(path: str | Path, meta: bool = False) -> Checkpoint:
     """Read any accepted form (module docstring) into a :class:`Checkpoint`, or raise CheckpointError
@@ -415,7 +93,7 @@ def read_checkpoint(path: str | Path, meta: bool = False) -> Checkpoint:
     given = Path(path).expanduser()
     (file,), cfg_path = locate(given)
     if file.name.endswith(".index.json"):
-        raw, files = _read_index(file, meta)
+        raw, files = read_index(file, meta)
     else:
         raw, files = read_weights_file(file, meta), [file]
     layout = detect_layout(raw)  # before stripping prefixes: transformers' encoder-only keys start "encoder."
