@@ -126,6 +126,22 @@ def test_lost_and_timed_out_cells_are_not_done(tmp_path):
     assert store.done_keys() == set() and store.done_keys(include_failed=False) == set()
 
 
+def test_done_keys_of_a_file_are_read_only_and_filter_by_device(tmp_path):
+    """The one ``done_keys`` the store and the launcher's ``recorded_keys`` both use: reading a folder that
+    does not exist creates nothing, and ``device_type`` keeps the records measured on that device."""
+    missing = tmp_path / "none" / "fp" / "records.jsonl"
+    assert results.done_keys(missing) == set() and not missing.parent.exists()
+    store = ResultStore(tmp_path / "r.jsonl")
+    cpu, gpu = make_record(0), make_record(1)
+    gpu["fingerprint"] = {**gpu["fingerprint"], "device": "cuda"}
+    cpu["fingerprint"] = {**cpu["fingerprint"], "device": "cpu"}
+    store.append(cpu)
+    store.append(gpu)
+    assert results.done_keys(store.path, device_type="cuda") == {gpu["key"]}
+    assert results.done_keys(store.path, device_type="cpu") == {cpu["key"]}
+    assert results.done_keys(store.path) == store.done_keys() == {cpu["key"], gpu["key"]}
+
+
 def test_load_columns_follow_the_documented_schema(tmp_path):
     store = ResultStore.for_suite(tmp_path, "t", "cpu-test-2t")
     store.append(make_record(0))

@@ -58,7 +58,7 @@ import torch
 
 from ..errors import UserError
 from ..paths import safe_name
-from ..results import RECORDS_FILE, ResultStore, iter_records, store_path
+from ..results import RECORDS_FILE, ResultStore, done_keys, store_path
 from ..schema import Cell, make_record
 from ..suite import suite_source
 from ..suite.overrides import parse_value
@@ -113,14 +113,6 @@ def requested_device(suite: str, overrides: list[str] | tuple[str, ...] = ()) ->
     return value
 
 
-def _latest(path: Path) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for rec in iter_records(path):
-        if "key" in rec:
-            out[rec["key"]] = rec
-    return out
-
-
 def recorded_keys(out: str | Path, suite: str, fingerprint_id: str | None = None, device_type: str | None = None,
                   include_failed: bool = True) -> set[str]:
     """Keys recorded for ``suite`` under ``out``: in the store of ``fingerprint_id`` when given, else in
@@ -129,15 +121,8 @@ def recorded_keys(out: str | Path, suite: str, fingerprint_id: str | None = None
         files = [store_path(out, suite, fingerprint_id)]
     else:
         files = sorted((Path(out) / safe_name(suite)).glob(f"*/{RECORDS_FILE}"))
-    done = set()
-    for f in files:
-        for key, rec in _latest(f).items():
-            dev = str((rec.get("fingerprint") or {}).get("device", ""))
-            if device_type is not None and fingerprint_id is None and dev != device_type:
-                continue
-            if rec.get("status") == "ok" or (include_failed and rec.get("status") == "failed"):
-                done.add(key)
-    return done
+    on = device_type if fingerprint_id is None else None
+    return set().union(*(done_keys(f, include_failed, device_type=on) for f in files))
 
 
 def visible_gpus() -> list[str]:
