@@ -14,6 +14,7 @@ from tokenbench.datasets import to_model_input
 from tokenbench.reducers import Reducer
 
 from .distributed import _all_reduce, _Dist, resolve_amp
+from .metrics import MultiViewAccuracy
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -54,11 +55,7 @@ def evaluate(model: nn.Module, dataset: Dataset, reducer: Reducer | None = None,
     indices = list(range(rank, n, world))
     loader = DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=_collate)
-    num_classes = int(getattr(net, "num_classes", 0) or getattr(dataset, "num_classes", 0))
-    k5 = min(5, num_classes)
-    probs_sum = torch.zeros(n, num_classes, dtype=torch.float64)
-    labels_of = torch.full((n,), -1, dtype=torch.long)
-    seen = torch.zeros(n, dtype=torch.bool)
+    acc = MultiViewAccuracy(ks=(1, 5))
     tokens = loss_sum = 0.0
     count = 0
     amp_ctx = torch.autocast(dev.type, dtype=torch.bfloat16) if resolve_amp(amp, dev) else contextlib.nullcontext()
@@ -70,34 +67,26 @@ def evaluate(model: nn.Module, dataset: Dataset, reducer: Reducer | None = None,
             loss_sum += float(F.cross_entropy(logits, labels.to(dev), reduction="sum"))
             tokens += float(sum(net.last_stats.tokens_in))
             count += len(labels)
-            probs = logits.softmax(-1).double().cpu()
-            vid = torch.tensor([int(m.get("video_index", m.get("index", 0))) for m in metas], dtype=torch.long)
-            probs_sum.index_add_(0, vid, probs)
-            labels_of[vid] = labels
-            seen[vid] = True
+            acc.add(logits, labels, [int(m.get("video_index", m.get("index", 0))) for m in metas])
     finally:
         net.train(was_training)
     if dist_on:
-        probs_sum, labels_of, seen, (tokens, loss_sum, count) = _merge_ranks(
-            probs_sum, labels_of, seen, [tokens, loss_sum, float(count)], _Dist(world_size=world, rank=rank))
+        acc, (tokens, loss_sum, count) = _merge_ranks(acc, [tokens, loss_sum, float(count)],
+                                                      _Dist(world_size=world, rank=rank))
         count = int(count)
-    probs_sum, labels_of = probs_sum[seen], labels_of[seen]
-    videos = int(seen.sum())
-    top = probs_sum.topk(k5, dim=1).indices if videos else torch.zeros(0, k5, dtype=torch.long)
-    hit1 = (top[:, 0] == labels_of).sum().item() if videos else 0
-    hit5 = (top == labels_of.unsqueeze(1)).any(1).sum().item() if videos else 0
-    views = count // max(videos, 1)
-    return {"top1": 100.0 * hit1 / max(videos, 1), "top5": 100.0 * hit5 / max(videos, 1),
-            "num_clips": count, "num_videos": videos, "views": f"{views} per video",
-            "tokens_mean": tokens / max(count, 1), "loss": loss_sum / max(count, 1)}
+    videos = len(acc)
+    top = acc.result() if videos else {"top1": 0.0, "top5": 0.0}
+    return {"top1": top["top1"], "top5": top["top5"], "num_clips": count, "num_videos": videos,
+            "views": f"{count // max(videos, 1)} per video", "tokens_mean": tokens / max(count, 1),
+            "loss": loss_sum / max(count, 1)}
 
 
-def _merge_ranks(probs_sum: torch.Tensor, labels_of: torch.Tensor, seen: torch.Tensor, sums: list[float],
-                 d: _Dist) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[float]]:
-    """Every rank's shard summed: scores added, labels and the videos seen merged, counters summed."""
-    dist.all_reduce(probs_sum)
-    lab = torch.where(seen, labels_of, torch.full_like(labels_of, -1))
-    dist.all_reduce(lab, op=dist.ReduceOp.MAX)
-    seen_i = seen.to(torch.int64)
-    dist.all_reduce(seen_i)
-    return probs_sum, lab, seen_i > 0, _all_reduce(sums, d, torch.device("cpu"))
+def _merge_ranks(acc: MultiViewAccuracy, sums: list[float], d: _Dist) -> tuple[MultiViewAccuracy, list[float]]:
+    """Every rank's shard merged: a video's views may lie on several ranks, so its scores are summed across
+    them before ranking; the counters are summed."""
+    shards: list[MultiViewAccuracy | None] = [None] * d.world_size
+    dist.all_gather_object(shards, acc)
+    merged = MultiViewAccuracy(acc.ks)
+    for shard in shards:
+        merged.merge(shard)
+    return merged, _all_reduce(sums, d, torch.device("cpu"))

@@ -52,19 +52,28 @@ class MultiViewAccuracy:
         self._label: dict[Any, int] = {}
 
     def add(self, logits: Tensor, labels: Tensor | Sequence[int], video_ids: Iterable[Any]) -> None:
-        probs = logits.detach().float().softmax(dim=-1).cpu()
+        # summed in float64: many views of one video add up without rounding deciding a near tie
+        probs = logits.detach().float().softmax(dim=-1).double().cpu()
         labels = torch.as_tensor(labels).view(-1).tolist()
         ids = [v.item() if isinstance(v, Tensor) else v for v in video_ids]
         if not (len(ids) == len(labels) == probs.shape[0]):
             raise ValueError(f"{probs.shape[0]} logits rows, {len(labels)} labels, {len(ids)} video ids")
         for vid, label, p in zip(ids, labels, probs):
-            if vid in self._label:
-                if self._label[vid] != label:
-                    raise ValueError(f"video {vid!r} has views labelled {self._label[vid]} and {label}")
-                self._prob[vid] += p
-                self._views[vid] += 1
-            else:
-                self._label[vid], self._prob[vid], self._views[vid] = int(label), p.clone(), 1
+            self._add(vid, int(label), p, 1)
+
+    def merge(self, other: MultiViewAccuracy) -> None:
+        """Add ``other``'s views (another process's shard of the same evaluation) to these."""
+        for vid, label in other._label.items():
+            self._add(vid, label, other._prob[vid], other._views[vid])
+
+    def _add(self, vid: Any, label: int, prob_sum: Tensor, views: int) -> None:
+        if vid in self._label:
+            if self._label[vid] != label:
+                raise ValueError(f"video {vid!r} has views labelled {self._label[vid]} and {label}")
+            self._prob[vid] += prob_sum
+            self._views[vid] += views
+        else:
+            self._label[vid], self._prob[vid], self._views[vid] = label, prob_sum.clone(), views
 
     def __len__(self) -> int:
         return len(self._label)

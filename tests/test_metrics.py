@@ -37,6 +37,24 @@ def test_views_may_arrive_in_different_batches():
     assert r["top1"] == 100.0 and r["top5"] == 100.0 and r["views"] == "1x2"
 
 
+def test_shards_merged_equal_one_accumulator_of_every_view():
+    """What evaluate does across ranks: a video's views split over two shards count as one video."""
+    g = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(12, 6, generator=g), torch.arange(12) // 3 % 6
+    ids = (torch.arange(12) // 3).tolist()
+    whole = MultiViewAccuracy()
+    whole.add(logits, labels, ids)
+    a, b = MultiViewAccuracy(), MultiViewAccuracy()
+    a.add(logits[::2], labels[::2], ids[::2])
+    b.add(logits[1::2], labels[1::2], ids[1::2])
+    a.merge(b)
+    assert len(a) == 4 and a.result() == whole.result() and a.predictions() == whole.predictions()
+    other = MultiViewAccuracy()
+    other.add(logits[:1], [5], [0])
+    with pytest.raises(ValueError, match="labelled"):
+        a.merge(other)
+
+
 def test_top5_with_fewer_classes_and_topk():
     scores = torch.tensor([[0.1, 0.2, 0.7], [0.5, 0.4, 0.1]])
     assert topk_correct(scores, torch.tensor([2, 1]), 1).tolist() == [True, False]
