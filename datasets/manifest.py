@@ -95,16 +95,28 @@ def write_manifest(rows: Iterable[tuple[str, int]], out: str | Path) -> Path:
     return out
 
 
+def _read_json(path: Path, kind: type | tuple[type, ...], expected: str):
+    """The JSON value in ``path``, which must be a ``kind``; else a :class:`ManifestError` naming the file
+    (and the line of a syntax error) and what was expected."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ManifestError(path, exc.lineno, f"not valid JSON: {exc.msg}") from None
+    if not isinstance(data, kind):
+        raise ManifestError(path, None, f"expected {expected}")
+    return data
+
+
 def read_label_list(path: str | Path) -> list[str]:
     """Class names in id order from a label file: one name per line; or a CSV with ``id,name`` columns
     (header optional); or a JSON mapping ``{name: id}`` or list of names."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
     if path.suffix == ".json":
-        data = json.loads(text)
+        data = _read_json(path, (list, dict), "a JSON list of class names or an object mapping name → id")
         if isinstance(data, list):
             return [str(x) for x in data]
         return _names_by_id({str(k): v for k, v in data.items()}, path)
+    text = path.read_text(encoding="utf-8")
     rows = [r for r in csv.reader(text.splitlines()) if r and any(c.strip() for c in r)]
     if rows and len(rows[0]) == 2 and all(len(r) == 2 for r in rows):
         body = rows[1:] if not rows[0][0].strip().lstrip("-").isdigit() else rows
@@ -244,20 +256,10 @@ def ssv2_json_to_manifest(labels_json: str | Path, split_json: str | Path, out: 
     """Convert SSv2 ``labels.json`` + a split's JSON (``train.json``, ``validation.json``, ``test.json``)
     to manifest rows ``<id>.webm label`` (label −1 for entries without a template, i.e. the test split)."""
     labels_json, split_json = Path(labels_json), Path(split_json)
-    try:
-        mapping = json.loads(labels_json.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ManifestError(labels_json, exc.lineno, f"not valid JSON: {exc.msg}") from None
-    if not isinstance(mapping, dict):
-        raise ManifestError(labels_json, None, "expected a JSON object mapping template → class id")
+    mapping = _read_json(labels_json, dict, "a JSON object mapping template → class id")
     class_names = _names_by_id({ssv2_template(k): v for k, v in mapping.items()}, labels_json)
     ids = {c: i for i, c in enumerate(class_names)}
-    try:
-        items = json.loads(split_json.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ManifestError(split_json, exc.lineno, f"not valid JSON: {exc.msg}") from None
-    if not isinstance(items, list):
-        raise ManifestError(split_json, None, "expected a JSON list of {id, template, …} objects")
+    items = _read_json(split_json, list, "a JSON list of {id, template, …} objects")
     root = Path(video_root) if video_root is not None else None
     rows, missing = [], []
     for k, item in enumerate(items):

@@ -155,6 +155,13 @@ def test_label_list_formats(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps({"abseiling": 1, "zumba": "0"}))
     for f in ("a.txt", "b.csv", "c.json"):
         assert read_label_list(tmp_path / f) == ["zumba", "abseiling"]
+    # a damaged or wrongly shaped JSON label file is named, with the line of a syntax error
+    (tmp_path / "bad.json").write_text('{\n  "zumba": 0,\n  oops\n}')
+    with pytest.raises(ManifestError, match=r"bad\.json, line 3: not valid JSON"):
+        read_label_list(tmp_path / "bad.json")
+    (tmp_path / "num.json").write_text("7")
+    with pytest.raises(ManifestError, match=r"num\.json: expected a JSON list of class names"):
+        read_label_list(tmp_path / "num.json")
 
 
 @pytest.fixture(scope="module")
