@@ -24,6 +24,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+# The one import of harness from reducers: a conformance check runs the reducer through the real backbone.
+from tokenbench.harness.model import build_model
+
 from .base import BACKBONE_TUBELET, PackedTokens, Reducer, Selection
 
 
@@ -220,8 +223,6 @@ def check_reducer(reducer: Reducer, *, model_name: str = "vit_t", num_frames: in
     ``video`` [B,3,T,H,W] may be given (e.g. a real clip, for content-dependent reducers); by default a
     seeded random batch is used. ``num_frames`` 16 gives T'=8, which every built-in reducer accepts.
     """
-    from tokenbench.harness.model import build_model
-
     torch.manual_seed(seed)
     model = build_model(model_name, num_classes=5, num_frames=num_frames, img_size=img_size).eval()
     if video is None:
