@@ -140,7 +140,8 @@ def suite_overrides_for(args) -> list[str]:
 def run(args) -> int:
     """``tokenbench run``, whichever launcher: validate, list (--dry-run) or run, summarise, report."""
     opts = None if args.launcher == "inprocess" else options_from_args(args)
-    suite = load_suite(args.suite, overrides=suite_overrides_for(args), only=args.only)
+    suite = load_suite(args.suite, overrides=suite_overrides_for(args), only=args.only,
+                       check_device=args.launcher != "slurm")  # Slurm's cells run on its compute nodes
     cells = suite.cells()
     print(describe(suite), file=sys.stderr)
     if args.dry_run:
