@@ -212,3 +212,30 @@ def test_a_local_job_that_dies_is_recorded_lost_and_runs_again(tmp_path):
     recs = [json.loads(line) for line in store.read_text().splitlines()]
     assert len(recs) == 3 and recs[-1]["key"] == lost[0]["key"] and recs[-1]["status"] == "ok"
     assert recorded_keys(out, "out", fingerprint_id=store.parent.name) == {c.key for c in suite.cells()}
+
+
+# --- unreadable videos left out: shown in the report, not only counted in records ----------------------
+SKIPPING = SUITE.replace('name = "out"', 'name = "skips"').replace(
+    '[[datasets]]\nname = "samples"\noptions = { windows = 1, videos = ["bikes"] }',
+    '[[datasets]]\nname = "manifest"\nmanifest = "MANIFEST"\nskip_unreadable = true').replace(
+    '\n[[reducers]]\nname = "rlt"\n', "")
+
+
+def test_videos_left_out_as_unreadable_are_named_and_counted_in_the_report(tmp_path, capsys):
+    bad = tmp_path / "videos" / "cut.mp4"
+    bad.parent.mkdir()
+    data = Path(BIKES).read_bytes()
+    bad.write_bytes(data[: len(data) // 3])  # cut mid-stream, as an interrupted download
+    manifest = tmp_path / "val.txt"
+    manifest.write_text(f"{BIKES} 0\nvideos/cut.mp4 1\n")
+    suite = tmp_path / "skips.toml"
+    suite.write_text(SKIPPING.replace("MANIFEST", str(manifest)))
+    out, reports = tmp_path / "results", tmp_path / "reports"
+    assert main(["run", "--suite", str(suite), "--out", str(out), "--report-dir", str(reports),
+                 "--no-progress"]) == 0, capsys.readouterr().err
+    readme = (reports / "skips" / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Videos left out as unreadable", 1)[1].split("\n#", 1)[0]
+    assert str(bad) in section, readme
+    (details,) = (reports / "skips" / "tables").glob("inference_details*.csv")
+    header, row = details.read_text(encoding="utf-8").splitlines()[:2]
+    assert float(dict(zip(header.split(","), row.split(",")))["skipped_videos"]) == 1
