@@ -26,7 +26,8 @@ The format (every key optional unless marked)::
                                   # attention (flash_attn / torch_varlen on CUDA) in the autocast dtype;
                                   # dtype "auto" then means float32
     attn_backend = "auto"         # auto | sdpa | torch_varlen | flash_attn
-    device = "auto"               # auto (cuda when available) | cpu | cuda | cuda:1 …
+    device = "auto"               # auto (cuda when available) | cpu | cuda | cuda:1 … (one this machine
+                                  # lacks is refused, except for Slurm jobs)
     flops_check_clips = 1         # clips traced by fvcore to check the analytic FLOP count (0 = none)
     time_clips = 16               # clips (decoded, on the device) each timed repeat runs; 0 = all
 
@@ -66,7 +67,8 @@ The format (every key optional unless marked)::
 
     [[reducers]]
     name = "rlt"                  # REQUIRED: any reducer `tokenbench list` shows
-    id = "rlt"                    # how --set names it (default: name)
+    id = "rlt"                    # how --set names it (default: name; an id given twice is refused, and so is
+                                  # an entry running the same parameters, given or default, as another)
     params = { length_embedding = false }   # fixed parameters
     sweep = { threshold = [0.05, 0.1, 0.2] } # one cell per combination of the listed values
     label = "RLT"                 # a name for tables (default: reducer_label, e.g. "rlt τ=0.1")
@@ -81,7 +83,8 @@ that would give it.
 **Overrides** (``tokenbench run --set KEY=VALUE``; VALUE is read as TOML, else as a plain string):
 ``defaults.repeats=3``, ``train.epochs=1``, ``models.vit_b.checkpoint=/ckpt/vit_b.pth`` (an entry by
 its id), ``models.checkpoint=/x.pth`` (every model entry), ``datasets.k400.manifest=/data/val.csv``;
-``model.`` / ``dataset.`` / ``data.`` / ``reducer.`` are accepted for the plural names.
+``model.`` / ``dataset.`` / ``data.`` / ``reducer.`` are accepted for the plural names. TOML's prefixed
+integers (``0x1``, ``0o7``, ``0b1``) stay strings: ``--set datasets.views=0x1`` is a view protocol.
 
 Relative paths are read from the current directory.
 
