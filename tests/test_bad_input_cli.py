@@ -172,6 +172,12 @@ def test_train_refuses_a_cuda_device_this_machine_lacks(capsys):
     assert line.startswith("tokenbench train: error: --device cuda:1: this machine has no CUDA device"), line
 
 
+def test_train_refuses_a_device_that_is_not_a_device_name(capsys):
+    line = _one_line(capsys, ["train", "--device", "cuda:x"])
+    assert line == ("tokenbench train: error: --device cuda:x: that is not a device name (cpu, cuda, cuda:N, mps); "
+                    "use --device cpu or auto"), line
+
+
 # --- python -m tokenbench.harness.cli ---------------------------------------------------------------
 @pytest.mark.parametrize("argv,message", [
     (["run", "--suite", "/nowhere/s.toml", "--dry-run"], "tokenbench run: error: suite file not found: /nowhere/s.toml"),

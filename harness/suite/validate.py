@@ -39,6 +39,8 @@ from .spec import (
 def device_problem(device: str) -> str | None:
     """Why ``device`` (cpu, cuda, cuda:N, mps) cannot run on this machine, or None."""
     if device.startswith("cuda"):
+        if not re.fullmatch(r"cuda(:\d+)?", device):
+            return "that is not a device name (cpu, cuda, cuda:N, mps)"
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if n == 0:
             build = f"torch {torch.__version__} is built without CUDA" if torch.version.cuda is None else (
