@@ -91,6 +91,11 @@ def test_tokens_refuses_a_non_positive_count_in_a_sentence(capsys, flag, value, 
     assert line.startswith("tokenbench tokens: error: ") and message in line, line
 
 
+def test_tokens_refuses_a_dataset_without_clips_instead_of_blaming_the_videos(capsys):
+    line = _one_line(capsys, ["tokens", "--dataset", "synthetic", "-o", "num_clips=0"])
+    assert line == "tokenbench tokens: error: the dataset has no clips (synthetic with num_clips=0)", line
+
+
 def test_tokens_refuses_a_directory_given_as_a_video(tmp_path, capsys):
     line = _one_line(capsys, ["tokens", BIKES, str(tmp_path)])
     assert line.endswith(f"video {tmp_path} is a directory, not a video file"), line

@@ -189,6 +189,9 @@ def run(args) -> int:
         raise UserError(f"--frames must be even and --size a multiple of 16 (2×16×16 tubelets); "
                         f"got {args.frames} frames × {args.size}²")
     dataset = build_dataset(args)
+    if len(dataset) == 0:  # "no clip could be read" would blame the videos
+        raise UserError(f"the dataset has no clips ({', '.join(args.videos) or args.dataset or 'samples'}"
+                        f"{' with ' + ' '.join(args.option) if args.option else ''})")
     failures = []
 
     def on_error(i, exc):
