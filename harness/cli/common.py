@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+from pathlib import Path
 
 from tokenbench.reducers import Reducer, ReducerParamError, UnknownReducerError, get_reducer
 
@@ -31,3 +32,47 @@ def reducer_from(spec: list[str] | None) -> Reducer | None:
         return get_reducer(spec[0], **parse_params(spec[1:]))
     except (ReducerParamError, UnknownReducerError, TypeError) as exc:
         raise UserError(str(exc)) from exc
+
+
+def require_at_least(args, minimums: dict[str, int]) -> None:
+    """Refuse a numeric option below its minimum, naming the flag (``None``: not given, left to its default)."""
+    for name, lo in minimums.items():
+        v = getattr(args, name)
+        if v is not None and v < lo:
+            raise UserError(f"--{name.replace('_', '-')} must be ≥ {lo}, got {v}")
+
+
+def require_file(flag: str, path: str) -> None:
+    """A path that must name a file: a directory or a missing path is refused as what it is."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise UserError(f"{flag} {path} is a directory, not a file")
+    if not p.exists():
+        raise UserError(f"{flag} {path} does not exist")
+
+
+def require_folder(flag: str, path: str | Path) -> None:
+    """A folder the command will write into (made if missing): refused when it, or a folder above it, is
+    a file — before any work, not when the first write fails after hours of cells."""
+    given = Path(path).expanduser()
+    for p in (given, *given.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is a file" if p == given else f"is inside {p}, which is a file"
+                raise UserError(f"{flag} {path} {what}; give a folder")
+            return
+
+
+def require_output_file(flag: str, path: str | Path | None) -> None:
+    """A file the command will write at its end: refused now when it is a directory or sits inside a file,
+    not after the training it would hold."""
+    if path is None:
+        return
+    given = Path(path).expanduser()
+    if given.is_dir():
+        raise UserError(f"{flag} {path} is a directory; give a file name")
+    for p in given.parents:
+        if p.exists():
+            if not p.is_dir():
+                raise UserError(f"{flag} {path} is inside {p}, which is a file")
+            return

@@ -1,16 +1,19 @@
 """``tokenbench flops``: GFLOPs per clip through fvcore (attention counted) and the analytic cross-check."""
 from __future__ import annotations
 
+import sys
+
 import torch
 
-from tokenbench.datasets.decode import VideoDecodeError
+from tokenbench.datasets.decode import VideoDecodeError, read_video
+from tokenbench.datasets.transforms import eval_transform
 from tokenbench.reducers import ReducerParamError, UnknownReducerError, get_reducer
 
 from ..errors import UserError
 from ..flops import count_flops
 from ..model import MODEL_SIZES, build_model
-from ..timing import load_clip, to_model_input
-from .common import parse_params
+from ..timing import sample_frames, to_model_input
+from .common import parse_params, require_at_least, require_file
 
 
 def add_cli(sub) -> None:
@@ -32,9 +35,36 @@ def add_cli(sub) -> None:
     p.set_defaults(func=run_cli)
 
 
+# the smallest value each option can take: one tubelet (2 frames × 16²), a head of one class
+MINIMUMS = {"frames": 2, "size": 16, "stride": 1, "start": 0, "num_classes": 1}
+
+
+def video_clip(args) -> torch.Tensor:
+    """The clip ``--video``, ``--start``, ``--stride`` name; a start past the video's end is refused (it would
+    count a clip of its last frame repeated), a clip running past it is said (its last frame repeats)."""
+    try:
+        frames = torch.from_numpy(read_video(args.video, max_frames=args.start + (args.frames - 1) * args.stride + 1))
+    except VideoDecodeError as exc:
+        raise UserError(str(exc)) from exc
+    n = frames.shape[0]
+    if args.start >= n:
+        raise UserError(f"--start {args.start} is past the end of {args.video} ({n} frames)")
+    past = sum(1 for i in range(args.frames) if args.start + i * args.stride >= n)
+    if past:
+        print(f"note: {args.video} has {n} frames: the clip's last {past} of {args.frames} (from frame "
+              f"{args.start}, stride {args.stride}) repeat its last frame", file=sys.stderr)
+    return eval_transform(sample_frames(frames, args.frames, args.start, args.stride), args.size)
+
+
 def run_cli(args) -> int:
     if args.model not in MODEL_SIZES:
         raise UserError(f"unknown model {args.model!r}; choose from {', '.join(MODEL_SIZES)}")
+    require_at_least(args, MINIMUMS)
+    if args.frames % 2 or args.size % 16:
+        raise UserError(f"--frames must be even and --size a multiple of 16 (2×16×16 tubelets); "
+                        f"got {args.frames} frames × {args.size}²")
+    if args.video:
+        require_file("--video", args.video)
     reducer = None
     if args.reducer:
         try:
@@ -51,11 +81,7 @@ def run_cli(args) -> int:
         except ReducerParamError as exc:
             raise UserError(str(exc)) from exc
     if args.video:
-        try:
-            clip = load_clip(args.video, args.frames, args.size, start=args.start, stride=args.stride)
-        except VideoDecodeError as exc:
-            raise UserError(str(exc)) from exc
-        video, source = to_model_input(clip.unsqueeze(0)), args.video
+        video, source = to_model_input(video_clip(args).unsqueeze(0)), args.video
     else:
         video = torch.randn(1, 3, args.frames, args.size, args.size, generator=torch.Generator().manual_seed(0))
         source = "random noise"

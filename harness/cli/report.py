@@ -7,6 +7,7 @@ from ..errors import UserError
 from ..paths import UnsafePathError
 from ..report import check_report, write_report
 from ..results import NotResultsError
+from .common import require_folder
 
 
 def add_cli(sub) -> None:
@@ -27,6 +28,8 @@ def add_cli(sub) -> None:
 
 
 def run(args) -> int:
+    if not args.check:
+        require_folder("--out", args.out)
     try:
         if args.check:
             stale = check_report(args.results, args.out)

@@ -16,6 +16,7 @@ from ..run.executors import DEFAULT_TIMEOUT_MIN, LaunchOptions
 from ..run.launch import LAUNCHERS, launch, requested_device
 from ..suite import describe, load_suite
 from ..suite.overrides import parse_value
+from .common import require_folder
 
 DESCRIPTION = """\
 Run a benchmark suite: every model × dataset × reducer (× parameter sweep) × batch size × mode cell,
@@ -139,8 +140,12 @@ def suite_overrides_for(args) -> list[str]:
 
 def run(args) -> int:
     """``tokenbench run``, whichever launcher: validate, list (--dry-run) or run, summarise, report."""
+    require_folder("--out", args.out)
+    if not args.no_report:
+        require_folder("--report-dir", args.report_dir)
     opts = None if args.launcher == "inprocess" else options_from_args(args)
-    suite = load_suite(args.suite, overrides=suite_overrides_for(args), only=args.only)
+    suite = load_suite(args.suite, overrides=suite_overrides_for(args), only=args.only,
+                       check_device=args.launcher != "slurm")  # Slurm's cells run on its compute nodes
     cells = suite.cells()
     print(describe(suite), file=sys.stderr)
     if args.dry_run:

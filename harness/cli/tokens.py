@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import torch
 
@@ -24,7 +25,7 @@ from tokenbench.datasets.samples import VideoFilesDataset
 from tokenbench.reducers import ReducerParamError, UnknownReducerError, get_reducer
 
 from ..errors import UserError
-from .common import parse_params
+from .common import parse_params, require_at_least
 
 DEFAULT_THRESHOLDS = "0.1"
 
@@ -89,9 +90,10 @@ def build_dataset(args):
     options.setdefault("decoder", args.decoder)
     if args.videos and args.dataset:
         raise UserError("give video files or --dataset, not both")
-    for k in ("frames", "size", "stride", "batch_size"):
-        if getattr(args, k) < 1:
-            raise UserError(f"--{k.replace('_', '-')} must be ≥ 1")
+    require_at_least(args, MINIMUMS)
+    for v in args.videos:  # a missing or corrupt file is skipped like any unreadable clip; a folder is a mistake
+        if Path(v).expanduser().is_dir():
+            raise UserError(f"video {v} is a directory, not a video file")
     if args.videos:
         return VideoFilesDataset(args.videos, split=args.split, num_frames=args.frames, img_size=args.size,
                                  windows=args.windows or 1, stride=args.stride, **options)
@@ -172,7 +174,12 @@ def summarise(rows, thresholds: list[float]) -> list[dict]:
     return out
 
 
+# the smallest value each count can take (None: not given): one tubelet is 2 frames × 16²
+MINIMUMS = {"frames": 2, "size": 16, "stride": 1, "batch_size": 1, "windows": 1, "limit": 1}
+
+
 def run(args) -> int:
+    require_at_least(args, MINIMUMS)
     thresholds = parse_thresholds(args.threshold)
     try:
         get_reducer("rlt", threshold=thresholds[0])
@@ -182,6 +189,9 @@ def run(args) -> int:
         raise UserError(f"--frames must be even and --size a multiple of 16 (2×16×16 tubelets); "
                         f"got {args.frames} frames × {args.size}²")
     dataset = build_dataset(args)
+    if len(dataset) == 0:  # "no clip could be read" would blame the videos
+        raise UserError(f"the dataset has no clips ({', '.join(args.videos) or args.dataset or 'samples'}"
+                        f"{' with ' + ' '.join(args.option) if args.option else ''})")
     failures = []
 
     def on_error(i, exc):

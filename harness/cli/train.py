@@ -15,8 +15,9 @@ from tokenbench.datasets import get_dataset
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..errors import UserError
 from ..model import build_model
+from ..suite.validate import device_problem
 from ..train import DEFAULTS, TrainRecipe, train
-from .common import parse_params, reducer_from
+from .common import parse_params, reducer_from, require_output_file
 
 
 def add_cli(sub) -> None:
@@ -68,6 +69,11 @@ def add_cli(sub) -> None:
 
 
 def run_cli(args) -> int:
+    require_output_file("--out", args.out)
+    require_output_file("--json", args.json)
+    problem = device_problem(args.device)
+    if problem:
+        raise UserError(f"--device {args.device}: {problem}; use --device cpu or auto")
     if args.threads:
         torch.set_num_threads(args.threads)
     reducer = reducer_from(args.reducer)

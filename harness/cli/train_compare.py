@@ -29,7 +29,7 @@ from tokenbench.datasets import get_dataset
 from ..fingerprint import fingerprint, load_average
 from ..model import build_model
 from ..train import DEFAULTS, TrainRecipe, train
-from .common import parse_params, reducer_from
+from .common import parse_params, reducer_from, require_output_file
 
 PROG = "python -m tokenbench.harness.train_compare"
 
@@ -76,6 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def compare(args, args_typed: list[str], prog: str = "tokenbench") -> int:
     """Train every arm, print the table, write ``--out``."""
+    require_output_file("--out", args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
     arms = [_arm(a) for a in (args.arm or ["none", "rlt threshold=0.1"])]

@@ -37,8 +37,9 @@ Safety
   :func:`runner.ensure_pretrained` in ``$TOKENBENCH_CACHE``) is trained by one *prepare* job before the
   cells fan out: ``local`` waits for it; ``slurm`` makes the array depend on it (``afterok``). The cache's
   file lock would also keep concurrent cells from training it twice, but they would wait idle on their GPUs.
-* A ``local`` job that dies without writing its record (timeout, killed) gets a ``failed`` record written
-  by the launcher naming what happened, so the sweep's records account for every cell.
+* A ``local`` job that dies without writing its record (timeout, killed) gets a ``lost`` record written
+  by the launcher naming what happened, so the sweep's records account for every cell; like Slurm's lost
+  cells it is not finished, and the next run runs it again.
 * Slurm's faults — a job killed mid-cell, over its time limit, requeued, or whose Python cannot run
   tokenbench — are handled in ``slurm_job.py`` (inside each job) and ``slurm_poll.py`` (``--wait``).
 """
@@ -295,11 +296,14 @@ def _collect(cell, job, summary: LaunchSummary, log, counter: str | None, out: P
     except Exception as exc:  # the job died without returning: timeout, killed, cannot import …
         why = job_error(exc)
         summary.failed += 1
-        summary.failures.append(f"{label}: job {job.job_id} died: {why}")
-        log(f"{prefix}{label}: job {job.job_id} died without a record: {why}")
-        if out is not None and suite is not None:
-            _record_lost(cell, suite, out, f"job {job.job_id} died without writing its record: {why}",
-                         job.paths.stderr)
+        if out is None or suite is None:  # Slurm: slurm_poll records the cell from the node's own store
+            summary.failures.append(f"{label}: job {job.job_id} died: {why}")
+            log(f"{prefix}{label}: job {job.job_id} died without a record: {why}")
+            return
+        summary.failures.append(f"{label}: lost: job {job.job_id} died: {why}")
+        log(f"{prefix}{label}: LOST — job {job.job_id} died without a record: {why}; the next run runs it again")
+        _record_lost(cell, suite, out, f"job {job.job_id} died without writing its record: {why}; the next "
+                     "`tokenbench run` runs it again", job.paths.stderr, status="lost")
         return
     if res["status"] == "skipped":
         summary.skipped += 1
@@ -313,10 +317,11 @@ def _collect(cell, job, summary: LaunchSummary, log, counter: str | None, out: P
         f" ({res.get('duration_s', 0):.1f} s, job {job.job_id})")
 
 
-def _record_lost(cell: Cell, suite: str, out: Path, error: str, log_path: Path) -> None:
-    """A failed record for a cell whose job died before appending one (local launcher: same machine)."""
+def _record_lost(cell: Cell, suite: str, out: Path, error: str, log_path: Path, status: str = "failed") -> None:
+    """The record of a cell whose job ended before appending one (local launcher: same machine): ``lost``
+    when the job died (run again next time), ``failed`` when what it needed failed (its model's training)."""
     fp = fingerprint_for(cell.device, cell.dtype, cell.threads)
     now = utc_now()
     rec = make_record(cell, suite=suite, fingerprint=fp, error=error, started=now, finished=now, duration_s=0.0,
-                      launcher={"name": "local", "log": str(log_path)})
+                      launcher={"name": "local", "log": str(log_path)}, status=status)
     ResultStore(store_path(out, suite, fp["id"])).append(rec)

@@ -26,7 +26,8 @@ The format (every key optional unless marked)::
                                   # attention (flash_attn / torch_varlen on CUDA) in the autocast dtype;
                                   # dtype "auto" then means float32
     attn_backend = "auto"         # auto | sdpa | torch_varlen | flash_attn
-    device = "auto"               # auto (cuda when available) | cpu | cuda | cuda:1 …
+    device = "auto"               # auto (cuda when available) | cpu | cuda | cuda:1 … (one this machine
+                                  # lacks is refused, except for Slurm jobs)
     flops_check_clips = 1         # clips traced by fvcore to check the analytic FLOP count (0 = none)
     time_clips = 16               # clips (decoded, on the device) each timed repeat runs; 0 = all
 
@@ -66,7 +67,8 @@ The format (every key optional unless marked)::
 
     [[reducers]]
     name = "rlt"                  # REQUIRED: any reducer `tokenbench list` shows
-    id = "rlt"                    # how --set names it (default: name)
+    id = "rlt"                    # how --set names it (default: name; an id given twice is refused, and so is
+                                  # an entry running the same parameters, given or default, as another)
     params = { length_embedding = false }   # fixed parameters
     sweep = { threshold = [0.05, 0.1, 0.2] } # one cell per combination of the listed values
     label = "RLT"                 # a name for tables (default: reducer_label, e.g. "rlt τ=0.1")
@@ -81,7 +83,8 @@ that would give it.
 **Overrides** (``tokenbench run --set KEY=VALUE``; VALUE is read as TOML, else as a plain string):
 ``defaults.repeats=3``, ``train.epochs=1``, ``models.vit_b.checkpoint=/ckpt/vit_b.pth`` (an entry by
 its id), ``models.checkpoint=/x.pth`` (every model entry), ``datasets.k400.manifest=/data/val.csv``;
-``model.`` / ``dataset.`` / ``data.`` / ``reducer.`` are accepted for the plural names.
+``model.`` / ``dataset.`` / ``data.`` / ``reducer.`` are accepted for the plural names. TOML's prefixed
+integers (``0x1``, ``0o7``, ``0b1``) stay strings: ``--set datasets.views=0x1`` is a view protocol.
 
 Relative paths are read from the current directory.
 
@@ -112,18 +115,20 @@ from .spec import (
 
 def load_suite(name_or_path: str | os.PathLike = "default", overrides: list[str] | tuple[str, ...] = (),
                env: dict[str, str] | None = None, check_paths: bool = True,
-               only: list[str] | tuple[str, ...] = ()) -> Suite:
+               only: list[str] | tuple[str, ...] = (), check_device: bool = True) -> Suite:
     """Read, override (``--set``), validate and expand a suite; keep the cells ``only`` selects
-    (``FIELD=VALUE`` items, see :func:`select_cells`). Raises :class:`SuiteError` (a
+    (``FIELD=VALUE`` items, see :func:`select_cells`). ``check_device``: refuse a ``defaults.device`` this
+    machine lacks (off when the cells run elsewhere, as Slurm jobs do). Raises :class:`SuiteError` (a
     :class:`~tokenbench.harness.errors.UserError`) naming the file and line of the first problem, or every
     path the selected cells need and lack, at once."""
     text, display, stem = suite_source(name_or_path)
-    return parse_suite(text, display, stem, overrides=overrides, env=env, check_paths=check_paths, only=only)
+    return parse_suite(text, display, stem, overrides=overrides, env=env, check_paths=check_paths, only=only,
+                       check_device=check_device)
 
 
 def parse_suite(text: str, file: str = "<suite>", default_name: str = "suite",
                 overrides: list[str] | tuple[str, ...] = (), env: dict[str, str] | None = None,
-                check_paths: bool = True, only: list[str] | tuple[str, ...] = ()) -> Suite:
+                check_paths: bool = True, only: list[str] | tuple[str, ...] = (), check_device: bool = True) -> Suite:
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -131,7 +136,7 @@ def parse_suite(text: str, file: str = "<suite>", default_name: str = "suite",
         where = f"{file}:{m.group(1)}" if m else file
         raise SuiteError(f"{where}: not valid TOML: {exc}") from None
     return _Validator(raw, SourceMap(text), file, default_name, list(overrides),
-                      os.environ if env is None else env, check_paths, only).run()
+                      os.environ if env is None else env, check_paths, only, check_device).run()
 
 __all__ = ["Suite", "SuiteError", "ModelSpec", "DatasetSpec", "ReducerSpec", "SourceMap", "load_suite",
            "parse_suite", "builtin_suites", "suite_source", "parse_views", "describe", "select_cells",

@@ -2,6 +2,7 @@
 ``--only`` selection, and the few lines ``--dry-run`` prints."""
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -54,8 +55,12 @@ class _Validator(_Entries):
         for kind, items in (("models", models), ("datasets", datasets), ("reducers", reducers)):
             seen: dict[str, int] = {}
             for i, it in enumerate(items):
-                if kind != "reducers" and it.id in seen:
-                    raise self.fail((kind, i), f"two [[{kind}]] entries have id {it.id!r}; give each its own id")
+                # reducer entries may share their name as id (two `tome` entries for two models): only an
+                # id given twice is refused; repeated measurements are refused in expand()
+                given = kind != "reducers" or any("id" in self.raw[kind][j] for j in (i, seen.get(it.id, i)))
+                if it.id in seen and given:
+                    raise self.fail((kind, i), f"two [[{kind}]] entries have id {it.id!r} (the other at "
+                                               f"{self.where((kind, seen[it.id]))}); give each its own id")
                 seen[it.id] = i
         self.check_references(models, datasets, reducers)
         name = meta.get("name", self.default_name)
@@ -85,6 +90,8 @@ class _Validator(_Entries):
 
         dflt, cells = suite.defaults, []
         checked: set[tuple] = set()
+        effective: dict[tuple, dict] = {}  # (entry, params) -> every parameter of the reducer it builds
+        runs: dict[str, ReducerSpec] = {}  # what a cell measures (its key with effective parameters) -> entry
         for mode in [m for m in MODES if m in dflt["modes"]]:
             for m in suite.models:
                 if mode not in m.modes:
@@ -101,6 +108,7 @@ class _Validator(_Entries):
                             if ck not in checked:
                                 checked.add(ck)
                                 red = self.build_reducer(r, params)
+                                effective[ck[:2]] = _effective_params(red, params)
                                 try:
                                     red.check_geometry(m.grid, m.depth)
                                 except ReducerParamError as exc:
@@ -113,9 +121,28 @@ class _Validator(_Entries):
                             amps = dflt["autocast"] if mode == "inference" else ["none"]
                             for bs in sizes:
                                 for ac in amps:
-                                    cells.append(self.with_autocast(self.cell(suite, mode, m, d, r, params, bs), ac))
+                                    cell = self.with_autocast(self.cell(suite, mode, m, d, r, params, bs), ac)
+                                    self.refuse_repeat(runs, cell, r, effective[ck[:2]])
+                                    cells.append(cell)
                                     self.cell_entries.append((m.path, d.path))
         return cells
+
+    def refuse_repeat(self, runs: dict[str, ReducerSpec], cell: Cell, r: ReducerSpec, params: dict) -> None:
+        """Two reducer entries (or one entry's sweep) measuring the same thing twice: refused, as two models
+        or datasets with one id are. The same reducer with the same parameters, given or left at their
+        defaults, on the same model, data and settings is the same measurement."""
+        what = cell.with_(params=params, given_label=None).key
+        if what not in runs:
+            runs[what] = r
+            return
+        other = runs[what]
+        if other.path == r.path:
+            raise self.fail(r.path + ("sweep",), f"{self.entry_name('reducers', r.path[1])} lists the same "
+                                                 f"parameters twice: {reducer_label(r.name, cell.params)!r}")
+        raise self.fail(r.path, f"{self.entry_name('reducers', r.path[1])} repeats "
+                                f"{self.entry_name('reducers', other.path[1])} (at {self.where(other.path)}): "
+                                f"both run {reducer_label(r.name, cell.params)!r} on {cell.where} ({cell.mode}, batch "
+                                f"{cell.batch_size}); remove one or give them different parameters")
 
     def cell(self, suite: Suite, mode: str, m: ModelSpec, d: DatasetSpec, r: ReducerSpec,
              params: dict, bs: int) -> Cell:
@@ -146,6 +173,14 @@ class _Validator(_Entries):
         if autocast == "none":
             return cell
         return cell.with_(autocast=autocast, given_label=f"{cell.label} [{autocast} autocast]")  # tables keep the two apart
+
+def _effective_params(reducer: Any, params: dict) -> dict:
+    """Every parameter of a built reducer (its dataclass fields), so ``rlt`` and ``rlt threshold=0.1``
+    compare equal; a reducer that is not a dataclass is compared by the parameters given."""
+    if not dataclasses.is_dataclass(reducer):
+        return dict(params)
+    return {f.name: getattr(reducer, f.name) for f in dataclasses.fields(reducer) if f.init}
+
 
 def describe(suite: Suite) -> str:
     """A few lines on what a suite will run (for ``tokenbench run --dry-run`` and logs)."""

@@ -40,8 +40,14 @@ class _MissingPaths:
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
+_PREFIXED_INT = re.compile(r"[+-]?0[xob][0-9a-fA-F_]*")
+
+
 def parse_value(text: str) -> Any:
-    """A ``KEY=VALUE`` item's VALUE: read as TOML (``3``, ``true``, ``[1, 2]``, ``"x"``), else the plain string."""
+    """A ``KEY=VALUE`` item's VALUE: read as TOML (``3``, ``true``, ``[1, 2]``, ``"x"``), else the plain string.
+    TOML's hexadecimal, octal and binary integers stay strings: ``views=0x1`` means clips × crops."""
+    if _PREFIXED_INT.fullmatch(text.strip()):
+        return text
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
@@ -52,12 +58,13 @@ class _Checks:
     """The state of one suite being read, and the checks of single values."""
 
     def __init__(self, raw: dict, src: SourceMap, file: str, default_name: str, overrides: list[str],
-                 env, check_paths: bool, only=()):
+                 env, check_paths: bool, only=(), check_device: bool = True):
         self.raw, self.src, self.file = raw, src, file
         self.default_name = default_name
         self.overrides = overrides
         self.env = env
         self.check_paths = check_paths
+        self.check_device = check_device  # False where the cells run on other machines (Slurm)
         self.from_set: dict[tuple, str] = {}  # path -> the --set that put it there
         self.missing = _MissingPaths()
         self.only = list(only)

@@ -125,6 +125,9 @@ def suite_source(name_or_path: str | os.PathLike) -> tuple[str, str, str]:
     """(text, display name of the file, default suite name) of a built-in suite name or a file path."""
     s = str(name_or_path)
     p = Path(s)
+    if p.is_dir():  # not "not found": it is there, and it is the wrong kind of thing
+        raise SuiteError(f"suite {s!r} is a directory; give a suite .toml file or a built-in suite name "
+                         f"({', '.join(builtin_suites())})")
     if p.suffix == ".toml" or os.sep in s or p.is_file():
         if not p.is_file():
             raise SuiteError(f"suite file not found: {s}")

@@ -6,6 +6,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from tokenbench.datasets import available_datasets, dataset_format
 from tokenbench.reducers import ReducerParamError, UnknownReducerError, get_reducer, reducer_class
 
@@ -34,6 +36,24 @@ from .spec import (
 )
 
 
+def device_problem(device: str) -> str | None:
+    """Why ``device`` (cpu, cuda, cuda:N, mps) cannot run on this machine, or None."""
+    if device.startswith("cuda"):
+        if not re.fullmatch(r"cuda(:\d+)?", device):
+            return "that is not a device name (cpu, cuda, cuda:N, mps)"
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            build = f"torch {torch.__version__} is built without CUDA" if torch.version.cuda is None else (
+                f"torch {torch.__version__} sees no CUDA device")
+            return f"this machine has no CUDA device ({build})"
+        index = int(device.partition(":")[2] or 0)
+        if index >= n:
+            return f"this machine has {n} CUDA device{'s' if n > 1 else ''} (cuda:0…cuda:{n - 1})"
+    if device == "mps" and not torch.backends.mps.is_available():
+        return "this machine has no MPS device"
+    return None
+
+
 class _Entries(_Checks):
     def defaults(self) -> dict[str, Any]:
         raw = self.raw.get("defaults", {})
@@ -55,6 +75,10 @@ class _Entries(_Checks):
         self._str(p + ("device",), d["device"])
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", d["device"]):
             raise self.fail(p + ("device",), f"device must be auto, cpu, cuda or cuda:N; got {d['device']!r}")
+        problem = device_problem(d["device"]) if self.check_device else None
+        if problem:  # refused here, so --dry-run refuses it too, not the first cell's model.to()
+            raise self.fail(p + ("device",), f"device = {d['device']!r}, but {problem}; use device = \"auto\" or "
+                                             "\"cpu\"")
         if not isinstance(d["compile"], bool):
             raise self.fail(p + ("compile",), f"compile must be true or false, got {d['compile']!r}")
         if d["compile"] and "inference" in d["modes"] and d["warmup"] < 1:
@@ -180,9 +204,9 @@ class _Entries(_Checks):
         d = DatasetSpec(id=self._str(p + ("id",), e.get("id", name)), name=name, path=p)
         d.split = self._str(p + ("split",), e.get("split", "val"))
         d.train_split = self._str(p + ("train_split",), e.get("train_split", "train"))
-        d.views = self._str(p + ("views",), e.get("views", "1x1"))
-        try:
-            c, k = parse_views(d.views)
+        views = e.get("views", "1x1")
+        try:  # a number (views = 3) gets the expected form too, not "must be a string"
+            c, k = parse_views(self._str(p + ("views",), views) if isinstance(views, _Missing) else views)
         except ValueError as exc:
             raise self.fail(p + ("views",), str(exc)) from None
         d.views = f"{c}x{k}"
