@@ -226,3 +226,19 @@ def test_gc_is_off_while_timing_and_restored(tiny):
     finally:
         h.remove()
     assert seen and not any(seen) and gc.isenabled()
+
+
+def test_each_arm_records_the_attention_path_it_ran(tiny):
+    """Equal lengths take one dense batched call; RLT-like unequal lengths (or the dense shortcut off, as
+    ``attn_path = "packed"`` does) take the per-sequence loop — and each arm says which."""
+    r = time_forward(tiny, noise_video(4, 4, 32), get_reducer("random", count=3), warmup=0, repeats=1,
+                     batch_size=2)
+    assert (r.attn_path, r.baseline_attn_path) == ("dense", "dense")
+    assert r.as_metrics()["attn_path"] == "dense" and r.as_metrics()["baseline_attn_path"] == "dense"
+    tiny.dense_fast_path = False
+    try:
+        r = time_forward(tiny, noise_video(4, 4, 32), get_reducer("random", count=3), warmup=0, repeats=1,
+                         batch_size=2)
+    finally:
+        tiny.dense_fast_path = True
+    assert (r.attn_path, r.baseline_attn_path) == ("packed", "packed")
