@@ -198,8 +198,11 @@ def test_inference_table_has_a_row_per_reducer_with_the_records_numbers(written)
     assert "\\toprule" in tex and "$\\tau$=0.1" in tex and tex.count("\\\\") == len(ok) + 1
 
 
-def test_delta_top1_and_speedup_are_computed_against_the_baseline(tmp_path):
+def test_delta_top1_is_read_against_the_records_own_baseline_and_speedup_falls_back(tmp_path):
     records = make_suite_records(train=False, failed=False, batches=(2,), datasets=("synthetic",))
+    # a record whose paired baseline (other views, say) is not the none row's top-1: its own is used
+    sta = next(r for r in records if r["cell"]["reducer"] == "sta")
+    sta["metrics"]["top1_baseline"] = sta["metrics"]["top1"] - 3.0
     # one record without its own speedup (from its baseline_time_ms_median), one without either
     # (from the baseline record's median at the same batch size)
     rlt = next(r for r in records if r["cell"]["reducer"] == "rlt")
@@ -215,7 +218,11 @@ def test_delta_top1_and_speedup_are_computed_against_the_baseline(tmp_path):
     rows = {row["label"]: row for row in report_tables.inference_values(recs)}
     for rec in records:
         row = rows[_label(rec)]
-        assert row["delta_top1"] == pytest.approx(rec["metrics"]["top1"] - base["metrics"]["top1"])
+        if "top1_baseline" in rec["metrics"]:
+            assert row["delta_top1"] == pytest.approx(rec["metrics"]["top1"] - rec["metrics"]["top1_baseline"])
+        else:  # never a baseline row picked by dataset name
+            assert row["delta_top1"] is None
+    assert rows[_label(sta)]["delta_top1"] == pytest.approx(3.0)
     assert rows["none"]["delta_top1"] == 0
     assert rows[_label(rlt)]["speedup"] == pytest.approx(
         rlt["metrics"]["baseline_time_ms_median"] / rlt["metrics"]["time_ms_median"])
@@ -227,8 +234,7 @@ def test_delta_top1_and_speedup_are_computed_against_the_baseline(tmp_path):
     # the Markdown shows the signed delta
     report.write_report(tmp_path / "results", tmp_path / "reports", figures=False)
     md = (tmp_path / "reports" / "default" / "tables" / "inference.md").read_text(encoding="utf-8")
-    d = rlt["metrics"]["top1"] - base["metrics"]["top1"]
-    assert f"| {d:+.1f} |" in md
+    assert "| +3.0 |" in md
 
 
 def test_training_table_speedup_against_baseline_training(written):

@@ -126,7 +126,24 @@ def test_tiny_suite_end_to_end_and_second_run_skips_everything(tmp_path, cache_d
             assert m["train_wall_s"] > 0 and m["train_epochs"] == 1 and "top1" in m
     by = {(r["cell"]["mode"], r["cell"]["dataset"], r["cell"]["reducer"]): r for r in recs}
     none, rlt = by[("inference", "synthetic", "none")], by[("inference", "synthetic", "rlt")]
-    assert none["metrics"]["speedup"] == 1.0 and none["metrics"]["top1_baseline"] == none["metrics"]["top1"]
+    assert none["metrics"]["top1_baseline"] == none["metrics"]["top1"]
+    # the none cell is timed against itself (A/A), not typed in as 1.00
+    nm = none["metrics"]
+    assert nm["baseline_time_ms_median"] != nm["time_ms_median"] or nm["speedup"] == 1.0
+    assert nm["speedup_ci_lo"] <= nm["speedup"] <= nm["speedup_ci_hi"]
+    assert nm["delta_top1_ci_lo"] == nm["delta_top1_ci_hi"] == 0.0  # against itself: the same videos agree
+    for r in recs:
+        m = r["metrics"]
+        if r["cell"]["mode"] == "inference":
+            assert m["attn_path"] in ("dense", "packed") and m["baseline_attn_path"] == "dense"
+            assert m["time_clips"] == 4 and m["time_tokens_in_mean"] > 0 and m["time_gflops"] > 0
+        if r["cell"]["dataset"] == "synthetic":
+            assert m["top1_ci_lo"] <= m["top1"] <= m["top1_ci_hi"]
+        if r["cell"]["dataset"] == "synthetic" and r["cell"]["mode"] == "inference":
+            assert m["delta_top1_ci_lo"] <= m["top1"] - m["top1_baseline"] <= m["delta_top1_ci_hi"]
+    assert rlt["metrics"]["attn_path"] == "packed"  # content-adaptive lengths: the per-sequence loop
+    # the timed clips are a sample over the 8 videos (1 view each), not the first 4
+    assert none["metrics"]["time_videos"] == 4
     assert rlt["metrics"]["top1_baseline"] == none["metrics"]["top1"]  # same model, same clips, no reducer
     assert rlt["metrics"]["tokens_in_mean"] < 64 and rlt["metrics"]["gflops"] < none["metrics"]["gflops"]
     # random masking calibrated to RLT's budget on the same clips
@@ -335,3 +352,16 @@ def test_a_model_that_fails_to_train_fails_its_cells_once_each_without_retrainin
     errors = list(load(tmp_path / "results")["error"])
     assert all("no full batch" in e for e in errors)  # train()'s own message, on every cell
     assert len(cache.pretrain_failures) == 1 and all("failed earlier in this run" in e for e in errors)
+
+
+def test_timing_sample_is_seeded_and_spread_over_videos():
+    from tokenbench.harness.run.clips import timing_sample
+
+    videos = [v for v in range(6) for _ in range(15)]  # 6 videos × 15 views, in video order
+    picked = timing_sample(videos, 16, seed=0)
+    assert len(set(picked)) == 16 and picked == timing_sample(videos, 16, seed=0)
+    per_video = [sum(videos[i] == v for i in picked) for v in range(6)]
+    assert max(per_video) - min(per_video) <= 1  # round-robin: 16 over 6 videos is 3 or 2 each
+    assert picked != list(range(16))  # never the first N views
+    assert timing_sample(videos, 16, seed=1) != picked
+    assert timing_sample(videos[:10], 16) == list(range(10))  # fewer clips than asked: all of them

@@ -56,6 +56,7 @@ from ..schema import HEAD
 from . import figures as figs
 from . import tables as tabs
 from .format import Table
+from .provenance import commits_note
 from .readme import suite_readme
 from .records import dedupe, records_from_frame
 
@@ -148,6 +149,9 @@ def build_suite(suite: str, records: list[dict], regenerate: str) -> SuiteReport
             t = build(by_fp[fp], fp)
             if t is not None:
                 tables.append((_table_stem(t, several), t))
+    for _, t in tables:  # the code behind each table's numbers
+        recs = [r for r in ok if t.fingerprint is None or r["fingerprint"] == t.fingerprint]
+        t.notes.append(commits_note([r for r in recs if _in_table(t, r)]))
     texts: dict[str, str] = {}
     for stem, t in tables:
         texts[f"tables/{stem}.md"] = t.markdown()
@@ -157,6 +161,11 @@ def build_suite(suite: str, records: list[dict], regenerate: str) -> SuiteReport
     plan = figs.plan_figures(by_fp, ok, style)
     texts["README.md"] = suite_readme(suite, records, ok, failed, fps, tables, plan, regenerate)
     return SuiteReport(suite, texts, tables, plan, failed)
+
+
+def _in_table(t: Table, r: dict) -> bool:
+    """Whether record ``r`` is of the mode table ``t`` shows."""
+    return r.get("mode") == ("train" if t.name == "training" else "inference")
 
 
 def _regenerate_command(sources: list[Path], out_dir: Path) -> str:

@@ -61,8 +61,9 @@ def _speedup(r: dict, bases: dict[tuple, list[dict]], t_med: float | None) -> tu
 def inference_values(records: list[dict]) -> list[dict]:
     """One row per inference record of ONE fingerprint, with Δtop-1, speedup and clips/s derived.
 
-    * Δtop-1: top-1 minus the baseline's (reducer ``none``, same model/input/dataset) in these
-      records, falling back to the record's own ``top1_baseline``.
+    * Δtop-1: top-1 minus the record's own paired baseline (``top1_baseline``: the runner's baseline on the
+      same clips, views, options and autocast), never another row picked by dataset name; its 95 %
+      interval is the record's paired bootstrap (``delta_top1_ci_lo``/``_hi``).
     * speedup: the record's paired ``speedup`` (and IQR); else ``baseline_time_ms_median /
       time_ms_median`` from the record; else the baseline record's median at the same batch size;
       1 for the baseline itself.
@@ -74,11 +75,8 @@ def inference_values(records: list[dict]) -> list[dict]:
     bases = _bases(records)
     rows = []
     for r in sorted(records, key=sort_key):
-        b = _baseline(bases.get(setting(r)), r.get("batch_size"), lambda b: num(b.get("top1")) is not None)
         top1 = num(r.get("top1"))
-        b_top1 = num(b.get("top1")) if b is not None else None
-        if b_top1 is None:
-            b_top1 = num(r.get("top1_baseline"))
+        b_top1 = num(r.get("top1_baseline"))
         t_med, t_q1, t_q3 = (num(r.get(k)) for k in ("time_ms_median", "time_ms_q1", "time_ms_q3"))
         sp, sp_q1, sp_q3 = _speedup(r, bases, t_med)
         bs = r.get("batch_size")
@@ -95,8 +93,11 @@ def inference_values(records: list[dict]) -> list[dict]:
             "reducer": r["reducer"], "label": r["label"], "params": params_text(r["params"]),
             "batch_size": bs, "top1": top1, "top1_baseline": b_top1,
             "delta_top1": top1 - b_top1 if top1 is not None and b_top1 is not None else None,
+            "delta_top1_ci_lo": num(r.get("delta_top1_ci_lo")), "delta_top1_ci_hi": num(r.get("delta_top1_ci_hi")),
+            "top1_ci_lo": num(r.get("top1_ci_lo")), "top1_ci_hi": num(r.get("top1_ci_hi")),
             "top5": num(r.get("top5")),
             "gflops": gflops if gflops is not None else num(r.get("gflops_fvcore")),
+            "time_gflops": num(r.get("time_gflops")),
             "tokens_in_mean": tok_in, "tokens_in_min": num(r.get("tokens_in_min")),
             "tokens_in_max": num(r.get("tokens_in_max")), "tokens_total": total,
             "tokens_out_mean": layers[-1] if layers else None,
@@ -223,7 +224,12 @@ def inference_table(records: list[dict], fingerprint: str) -> Table | None:
     if not rows:
         return None
     cols = _ident_cols("model", "dataset", "reducer", "params", "batch") + metric_cols(INF)
-    notes = ["Δtop-1: percentage points against the baseline (reducer none) of the same model and dataset.",
+    notes = ["top-1: in brackets its 95 % interval (Wilson over videos). Δtop-1: percentage points against the "
+             "cell's own paired baseline (the same model without reducer on the same clips, views, options "
+             "and autocast); in brackets its 95 % interval, a paired bootstrap over the same videos.",
+             "attention path: dense (one batched call), packed (per-sequence loop) or varlen (one kernel call), "
+             "as the reducer arm ran; rows marked [packed] ran every arm per sequence (attn_path = \"packed\"), "
+             "so they compare selection at one kernel shape.",
              "tokens/clip in: entering the first block; out: after the last block (differs for "
              "progressive reducers such as ToMe and STA).", SPEEDUP_NOTE]
     return Table("inference", "Inference: accuracy, cost and speed per reducer", cols, rows, fingerprint, notes)

@@ -200,3 +200,25 @@ def limited(ds, max_items: int | None):
         if hasattr(ds, attr):
             setattr(sub, attr, getattr(ds, attr))
     return sub
+
+
+def timing_sample(video_index: list[int], n: int, seed: int = 0) -> list[int]:
+    """Indices of ``n`` clips to time, spread over videos: the videos in a seeded random order, each
+    video's views shuffled, then one view of each video in turn (round-robin) until ``n`` are taken.
+    The first N clips would be the first few videos' views (5×3 views: 16 clips ≈ 1 video), so the timed
+    clips would not be the clips whose tokens and GFLOPs the record reports."""
+    if n >= len(video_index):
+        return list(range(len(video_index)))
+    gen = torch.Generator().manual_seed(int(seed))
+    by_video: dict[int, list[int]] = {}
+    for i, v in enumerate(video_index):
+        by_video.setdefault(v, []).append(i)
+    videos = list(by_video)
+    queues = [[by_video[videos[j]][k] for k in torch.randperm(len(by_video[videos[j]]), generator=gen).tolist()]
+              for j in torch.randperm(len(videos), generator=gen).tolist()]
+    out: list[int] = []
+    while len(out) < n:
+        for q in queues:
+            if q and len(out) < n:
+                out.append(q.pop(0))
+    return sorted(out)  # clip order: a batch holds views of several videos either way

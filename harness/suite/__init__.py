@@ -73,6 +73,8 @@ The format (every key optional unless marked)::
     modes = ["inference"]         # restrict to some modes …
     datasets = ["k400"]           # … datasets (ids) …
     models = ["vit_b"]            # … and models (ids)
+    attn_path = "auto"            # auto: equal-length batches take one dense batched attention call;
+                                  # "packed": every arm of the cell per sequence (inference; label + " [packed]")
 
 **Strings may read environment variables**: ``"${VAR}"`` (required) or ``"${VAR:-default}"``. A
 required path that is not given is refused before any work, naming the variable and the ``--set``

@@ -113,7 +113,8 @@ class _Validator(_Entries):
                             amps = dflt["autocast"] if mode == "inference" else ["none"]
                             for bs in sizes:
                                 for ac in amps:
-                                    cells.append(self.with_autocast(self.cell(suite, mode, m, d, r, params, bs), ac))
+                                    cell = self.with_autocast(self.cell(suite, mode, m, d, r, params, bs), ac)
+                                    cells.append(self.with_attn_path(cell, r.attn_path))
                                     self.cell_entries.append((m.path, d.path))
         return cells
 
@@ -146,6 +147,14 @@ class _Validator(_Entries):
         if autocast == "none":
             return cell
         return cell.with_(autocast=autocast, given_label=f"{cell.label} [{autocast} autocast]")  # tables keep the two apart
+
+    @staticmethod
+    def with_attn_path(cell: Cell, attn_path: str) -> Cell:
+        """The cell with every arm on the per-sequence path; "auto" leaves it (and its key) as it was."""
+        if attn_path == "auto" or cell.mode != "inference":
+            return cell
+        return cell.with_(attn_path=attn_path, given_label=f"{cell.label} [{attn_path}]")
+
 
 def describe(suite: Suite) -> str:
     """A few lines on what a suite will run (for ``tokenbench run --dry-run`` and logs)."""

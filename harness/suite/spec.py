@@ -60,7 +60,8 @@ PRETRAIN_EXTRAS: dict[str, Any] = {"dataset": "synthetic", "split": "train", "op
 MODEL_KEYS = ("name", "id", "num_frames", "img_size", "checkpoint", "num_classes", "pretrain", "modes")
 DATASET_KEYS = ("name", "id", "split", "train_split", "views", "max_clips", "manifest", "root", "options",
                 "skip_unreadable", "modes")
-REDUCER_KEYS = ("name", "id", "params", "sweep", "label", "modes", "datasets", "models")
+REDUCER_KEYS = ("name", "id", "params", "sweep", "label", "modes", "datasets", "models", "attn_path")
+ATTN_PATHS = ("auto", "packed")  # packed: every arm per sequence (harness.run.measure.attention_path)
 
 
 @dataclass
@@ -124,6 +125,7 @@ class ReducerSpec:
     modes: tuple[str, ...] = MODES
     datasets: tuple[str, ...] | None = None
     models: tuple[str, ...] | None = None
+    attn_path: str = "auto"
     path: tuple = ()
 
     def variants(self) -> list[dict[str, Any]]:
