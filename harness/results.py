@@ -38,7 +38,7 @@ import os
 import socket
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,7 +198,8 @@ class ResultStore:
         return inside(self.path.parent, CLAIMS_DIR, safe_name(key) + ".lock")
 
     @contextlib.contextmanager
-    def claim(self, key: str, include_failed: bool = True) -> Iterator[Claim]:
+    def claim(self, key: str, include_failed: bool = True,
+              stale: Callable[[dict[str, Any]], bool] | None = None) -> Iterator[Claim]:
         """Claim cell ``key`` for the block: yields a :class:`Claim`, ``held`` unless another process holds
         the cell's claim or the store recorded the key meanwhile (``include_failed`` as in
         :meth:`done_keys`). Two runs on one results folder so measure each cell once.
@@ -232,7 +233,7 @@ class ResultStore:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
                           f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n".encode(), 0)
-            if key in self.done_keys(include_failed=include_failed):
+            if key in self.done_keys(include_failed=include_failed, stale=stale):
                 yield Claim(key, False, "recorded meanwhile by another run")
             else:
                 yield Claim(key, True)
@@ -253,11 +254,14 @@ class ResultStore:
                 out[rec["key"]] = rec
         return out
 
-    def done_keys(self, include_failed: bool = True) -> set[str]:
+    def done_keys(self, include_failed: bool = True,
+                  stale: Callable[[dict[str, Any]], bool] | None = None) -> set[str]:
         """Keys whose newest record is finished (``ok``; also ``failed`` unless ``include_failed`` is false).
-        A ``lost`` or ``timeout`` cell is not finished: its job died or ran out of time, so it runs again."""
+        A ``lost`` or ``timeout`` cell is not finished: its job died or ran out of time, so it runs again;
+        nor is one whose newest record ``stale(record)`` says to measure again (``--rerun-stale``)."""
         finished = {"ok", "failed"} if include_failed else {"ok"}
-        return {k for k, r in self.latest().items() if r.get("status") in finished}
+        return {k for k, r in self.latest().items()
+                if r.get("status") in finished and not (stale is not None and stale(r))}
 
     def __repr__(self) -> str:
         return f"ResultStore({str(self.path)!r})"

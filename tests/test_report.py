@@ -553,3 +553,39 @@ def test_every_recorded_metric_reaches_a_table_the_readme_or_a_figure(tmp_path):
     for name in ("select_ms_median", "decode_ms_per_clip", "peak_mem_mb", "gflops_attention", "warmup"):
         assert name in columns, name
     assert set(METRICS) - columns <= in_readme | in_figures | via_derived, sorted(set(METRICS) - columns)
+
+
+def test_a_failing_aa_control_marks_its_fingerprint_and_tables_name_their_commits(tmp_path):
+    records = make_suite_records(train=False, failed=False, batches=(2,), datasets=("synthetic",))
+    base = next(r for r in records if r["cell"]["reducer"] == "none")
+    base["metrics"].update(speedup=1.00, speedup_ci_lo=0.99, speedup_ci_hi=1.01)  # a good A/A control
+    other = next(r for r in records if r["cell"]["reducer"] == "tome")
+    other["fingerprint"] = {**other["fingerprint"], "git_commit": "fedcba987654321", "git_dirty": True}
+    write_records(tmp_path / "results", records)
+    report.write_report(tmp_path / "results", tmp_path / "reports", figures=False)
+    readme = (tmp_path / "reports" / "default" / "README.md").read_text(encoding="utf-8")
+    assert "A/A control off" not in readme
+    md = (tmp_path / "reports" / "default" / "tables" / "inference.md").read_text(encoding="utf-8")
+    n = sum(r["cell"]["mode"] == "inference" for r in records)
+    assert f"`0123abcd` ({n - 1} records), `fedcba987654+dirty` (1 record)" in md
+    # the baseline against itself reads 3 % fast: the estimator failed its check on this hardware
+    base["metrics"].update(speedup=1.03, speedup_ci_lo=1.02, speedup_ci_hi=1.05)
+    write_records(tmp_path / "results2", records)
+    report.write_report(tmp_path / "results2", tmp_path / "reports2", figures=False)
+    readme = (tmp_path / "reports2" / "default" / "README.md").read_text(encoding="utf-8")
+    assert f"#### `{FP_A}` ⚠ A/A control off" in readme and "1.030× (95 % 1.020–1.050)" in readme
+
+
+def test_tokenbench_run_warns_in_one_line_when_an_aa_control_is_off(tmp_path, capsys):
+    from tokenbench.harness.cli.run import warn_aa
+
+    records = make_suite_records(train=False, failed=False, batches=(2,), datasets=("synthetic",))
+    base = next(r for r in records if r["cell"]["reducer"] == "none")
+    base["metrics"].update(speedup=0.97, speedup_ci_lo=0.95, speedup_ci_hi=0.99)
+    write_records(tmp_path / "results", records)
+    suite_dir = tmp_path / "results" / "default"
+    warn_aa(suite_dir, {r["key"] for r in records if r is not base})  # not a cell of this run: silent
+    assert capsys.readouterr().err == ""
+    warn_aa(suite_dir, {r["key"] for r in records})
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "A/A control is off 1 by more than 2%" in err and "0.970×" in err

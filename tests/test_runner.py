@@ -365,3 +365,77 @@ def test_timing_sample_is_seeded_and_spread_over_videos():
     assert picked != list(range(16))  # never the first N views
     assert timing_sample(videos, 16, seed=1) != picked
     assert timing_sample(videos[:10], 16) == list(range(10))  # fewer clips than asked: all of them
+
+
+AA = """\
+[suite]
+name = "aa"
+
+[defaults]
+batch_sizes = [4]
+repeats = 6
+warmup = 1
+threads = 1
+time_clips = 4
+device = "cpu"
+
+[[models]]
+name = "vit_t"
+num_frames = 8
+img_size = 64
+checkpoint = "none"
+
+[[datasets]]
+name = "samples"
+options = { windows = 1 }
+
+[[reducers]]
+name = "none"
+
+[[reducers]]
+name = "rlt"
+params = { threshold = 0.1 }
+
+[[reducers]]
+name = "random"
+params = { match_rlt = 0.1 }
+attn_path = "packed"
+"""
+
+
+def test_tokenbench_run_measures_the_aa_control_records_paths_and_re_measures_stale_cells(tmp_path, cache_dir):
+    """Through ``tokenbench run``: vit_t with random weights on the bundled real clips. The none row's
+    speedup is a measured A/A (an interval around it), each arm's attention path is recorded, and cells
+    recorded at another commit are counted, kept, and measured again with --rerun-stale."""
+    suite_file = write(tmp_path, "aa.toml", AA)
+    out, reports = tmp_path / "results", tmp_path / "reports"
+    args = ["--suite", str(suite_file), "--out", str(out), "--report-dir", str(reports), "--no-progress"]
+    proc = _run_cli(args, cache_dir)
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, log[-3000:]
+    records = next(out.glob("aa/*/records.jsonl"))
+    recs = {json.loads(line)["cell"]["reducer"]: json.loads(line) for line in records.read_text().splitlines()}
+    none, rlt, rnd = (recs[k]["metrics"] for k in ("none", "rlt", "random"))
+    assert none["speedup_ci_lo"] <= none["speedup"] <= none["speedup_ci_hi"]  # measured, not typed in
+    assert none["baseline_time_ms_median"] > 0 and none["attn_path"] == none["baseline_attn_path"] == "dense"
+    assert rlt["attn_path"] == "packed" and rlt["baseline_attn_path"] == "dense"
+    # attn_path = "packed": both arms per sequence, though random's lengths are equal
+    assert rnd["attn_path"] == rnd["baseline_attn_path"] == "packed"
+    assert recs["random"]["cell"]["attn_path"] == "packed" and "attn_path" not in recs["rlt"]["cell"]
+    md = (reports / "aa" / "tables" / "inference.md").read_text(encoding="utf-8")
+    assert "attention path" in md and "random match_rlt=0.1 [packed]" in md and "code: measured at commit" in md
+
+    # the records as if measured at another commit: counted and kept, then measured again on request
+    lines = [json.loads(line) for line in records.read_text().splitlines()]
+    for rec in lines:
+        rec["fingerprint"]["git_commit"] = "0" * 40
+    records.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    proc = _run_cli(args + ["--no-report"], cache_dir)
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and "3 recorded cell(s) were measured at another commit" in log, log[-2000:]
+    assert "--rerun-stale" in log and len(records.read_text().splitlines()) == 3
+    proc = _run_cli(args + ["--no-report", "--rerun-stale"], cache_dir)
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and "were measured again" in log, log[-2000:]
+    newest = [json.loads(line) for line in records.read_text().splitlines()][3:]
+    assert len(newest) == 3 and all(r["fingerprint"]["git_commit"] != "0" * 40 for r in newest)
