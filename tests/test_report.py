@@ -589,3 +589,27 @@ def test_tokenbench_run_warns_in_one_line_when_an_aa_control_is_off(tmp_path, ca
     warn_aa(suite_dir, {r["key"] for r in records})
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "A/A control is off 1 by more than 2%" in err and "0.970×" in err
+
+
+def test_training_seeds_are_pooled_with_their_spread_and_paired_by_seed(tmp_path):
+    walls = {("none", 0): 100.0, ("none", 1): 110.0, ("rlt", 0): 50.0, ("rlt", 1): 100.0}
+    top1 = {("none", 0): 90.0, ("none", 1): 92.0, ("rlt", 0): 89.0, ("rlt", 1): 93.0}
+    records = []
+    for (reducer, seed), wall in walls.items():
+        cell = {**_cell("synthetic", reducer, {"threshold": 0.1} if reducer == "rlt" else {}, 8, "train"),
+                "seed": seed}
+        records.append(_record(FP_A, cell, {"train_wall_s": wall, "train_epochs": 1, "top1": top1[reducer, seed]},
+                               minute=len(records)))
+    write_records(tmp_path / "results", records)
+    rows = {r["label"]: r for r in report_tables.training_values(
+        report_records.records_from_frame(load(tmp_path / "results")))}
+    assert set(rows) == {"none", "rlt τ=0.1"}
+    rlt = rows["rlt τ=0.1"]
+    assert rlt["train_seeds"] == 2
+    assert rlt["train_speedup"] == pytest.approx((100 / 50 + 110 / 100) / 2)  # each seed against its own
+    assert rlt["train_speedup_range"] == "1.10–2.00"
+    assert rlt["top1"] == pytest.approx(91.0) and rlt["top1_range"] == "89.0–93.0"
+    assert rlt["delta_top1"] == pytest.approx(((89 - 90) + (93 - 92)) / 2)
+    report.write_report(tmp_path / "results", tmp_path / "reports", figures=False)
+    md = (tmp_path / "reports" / "default" / "tables" / "training.md").read_text(encoding="utf-8")
+    assert "| 2 | 1.10–2.00 |" in md and "89.0–93.0" in md

@@ -114,35 +114,65 @@ def inference_values(records: list[dict]) -> list[dict]:
 
 
 def training_values(records: list[dict]) -> list[dict]:
-    """One row per training record of ONE fingerprint; speedup = baseline wall-clock / wall-clock for the
-    baseline trained on the same setting (same batch size and epochs where recorded)."""
+    """One row per training arm of ONE fingerprint, its seeds (``[train] seeds``) pooled: speedup = the
+    baseline's wall-clock / this one, the baseline trained on the same setting (same batch size and
+    epochs) with the same seed where there is one; wall-clock, speedup and top-1 are means over the seeds,
+    with their range (min–max) beside them when there are several."""
     fps = {r["fingerprint"] for r in records}
     assert len(fps) <= 1, f"timings of several fingerprints in one table: {sorted(fps)}"
     names = model_names(records)
     bases = _bases(records)
-    rows = []
+    arms: dict[tuple, list[dict]] = {}
     for r in sorted(records, key=sort_key):
         epochs = num(r.get("train_epochs"))
         b = _baseline(bases.get(setting(r)), r.get("batch_size"),
                       lambda b, ep=epochs: num(b.get("train_epochs")) == ep)
+        same_seed = [x for x in bases.get(setting(r), []) if x.get("seed") == r.get("seed")
+                     and x.get("batch_size") == r.get("batch_size") and num(x.get("train_epochs")) == epochs]
+        b = same_seed[0] if same_seed else b
         wall = num(r.get("train_wall_s"))
         b_wall = num(b.get("train_wall_s")) if b is not None else None
         top1 = num(r.get("top1"))
         b_top1 = num(b.get("top1")) if b is not None else num(r.get("top1_baseline"))
         tokens = num(r.get("train_tokens_mean"))
-        rows.append({
+        key = (setting(r), r["label"], r["params_json"], r.get("batch_size"), epochs)
+        arms.setdefault(key, []).append({
             "model": names.get(setting(r)[:4], r.get("model")), "dataset": r.get("dataset"),
             "reducer": r["reducer"], "label": r["label"], "params": params_text(r["params"]),
-            "batch_size": r.get("batch_size"), "train_epochs": num(r.get("train_epochs")),
+            "batch_size": r.get("batch_size"), "train_epochs": epochs,
             "train_wall_s": wall, "baseline_train_wall_s": b_wall,
             "train_speedup": b_wall / wall if b_wall is not None and wall else None,
             "train_clips_per_s": num(r.get("train_clips_per_s")),
             "top1": top1, "delta_top1": top1 - b_top1 if top1 is not None and b_top1 is not None else None,
+            "top1_ci_lo": num(r.get("top1_ci_lo")), "top1_ci_hi": num(r.get("top1_ci_hi")),
             "train_tokens_mean": tokens if tokens is not None else num(r.get("tokens_in_mean")),
             "train_final_loss": num(r.get("train_final_loss")), "load_avg": load_text(r),
             "_record": r,
         })
-    return rows
+    return [_pool_seeds(rows) for rows in arms.values()]
+
+
+POOLED = ("train_wall_s", "baseline_train_wall_s", "train_speedup", "train_clips_per_s", "top1", "delta_top1",
+          "train_tokens_mean", "train_final_loss")
+
+
+def _pool_seeds(rows: list[dict]) -> dict:
+    """One arm's rows over its seeds: the mean of each number, the range of speedup and top-1."""
+    out = dict(rows[0])
+    out["train_seeds"] = len(rows)
+    if len(rows) == 1:
+        return out
+    for k in POOLED:
+        vals = [r[k] for r in rows if r[k] is not None]
+        out[k] = sum(vals) / len(vals) if vals else None
+    for k in ("train_speedup", "top1"):
+        vals = [r[k] for r in rows if r[k] is not None]
+        out[f"{k}_range"] = f"{min(vals):.2f}–{max(vals):.2f}" if k == "train_speedup" and vals else (
+            f"{min(vals):.1f}–{max(vals):.1f}" if vals else None)
+    out["top1_ci_lo"] = out["top1_ci_hi"] = None  # a mean over seeds: its range is the spread shown
+    loads = [r["load_avg"] for r in rows if r["load_avg"]]
+    out["load_avg"] = "; ".join(loads) if loads else None
+    return out
 
 
 def load_text(r: dict) -> str | None:
@@ -259,8 +289,11 @@ def training_table(records: list[dict], fingerprint: str) -> Table | None:
         return None
     cols = _ident_cols("model", "dataset", "reducer", "params", "batch") + metric_cols(TRAIN)
     notes = ["wall-clock to train: data loading included, evaluation excluded.",
-             "speedup: the baseline's (reducer none, same model, dataset, batch size and epochs) "
-             "wall-clock divided by this one, both on this hardware.",
+             "speedup: the baseline's (reducer none, same model, dataset, batch size and epochs; the same "
+             "seed) wall-clock divided by this one, both on this hardware.",
+             "seeds: training runs of the arm ([train] seeds); with several, wall-clock, speedup and top-1 "
+             "are means over them and the ranges (min–max over seeds) are their spread; top-1 of a single "
+             "run carries its 95 % interval (Wilson over videos) in brackets.",
              "tokens/clip: mean tokens per clip seen in training."]
     return Table("training", "Training: wall-clock to train and accuracy per reducer", cols, rows,
                  fingerprint, notes)

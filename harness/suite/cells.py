@@ -111,11 +111,14 @@ class _Validator(_Entries):
                                                     f"{self.where(m.path)}): {exc}") from None
                             sizes = dflt["batch_sizes"] if mode == "inference" else [suite.train["batch_size"]]
                             amps = dflt["autocast"] if mode == "inference" else ["none"]
+                            seeds = 1 if mode == "inference" else int(suite.train.get("seeds", 1))
                             for bs in sizes:
                                 for ac in amps:
                                     cell = self.with_autocast(self.cell(suite, mode, m, d, r, params, bs), ac)
-                                    cells.append(self.with_attn_path(cell, r.attn_path))
-                                    self.cell_entries.append((m.path, d.path))
+                                    cell = self.with_attn_path(cell, r.attn_path)
+                                    for i in range(seeds):  # seed 0 of a repeated arm keeps its key
+                                        cells.append(cell.with_(seed=cell.seed + i) if i else cell)
+                                        self.cell_entries.append((m.path, d.path))
         return cells
 
     def cell(self, suite: Suite, mode: str, m: ModelSpec, d: DatasetSpec, r: ReducerSpec,
@@ -128,7 +131,7 @@ class _Validator(_Entries):
         mode_fields: dict[str, Any] = (
             dict(repeats=dflt["repeats"], warmup=dflt["warmup"], flops_check_clips=dflt["flops_check_clips"],
                  time_clips=dflt["time_clips"]) if mode == "inference"
-            else dict(train={**suite.train, "split": d.train_split}))
+            else dict(train={**{k: v for k, v in suite.train.items() if k != "seeds"}, "split": d.train_split}))
         return Cell(
             model=m.name, num_frames=m.num_frames, img_size=m.img_size, checkpoint=m.checkpoint_id,
             dataset=d.name, split=d.split, reducer=r.name, params=params, batch_size=bs, mode=mode,

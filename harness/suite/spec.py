@@ -51,6 +51,7 @@ TRAIN_EXTRAS: dict[str, Any] = {  # beyond harness.train.TrainRecipe (epochs, ba
     "init": "scratch",      # scratch | checkpoint (fine-tune the model entry's weights)
     "eval_reducer": "auto",  # auto (harness.train.inference_reducer) | none
     "max_steps": None,
+    "seeds": 1,             # each train arm repeated with seeds defaults.seed, +1, …: the spread is reported
 }
 PRETRAIN_EXTRAS: dict[str, Any] = {"dataset": "synthetic", "split": "train", "options": {}, "max_clips": 0,
                                    "seed": 0}
