@@ -142,6 +142,11 @@ def test_tiny_suite_end_to_end_and_second_run_skips_everything(tmp_path, cache_d
         if r["cell"]["dataset"] == "synthetic" and r["cell"]["mode"] == "inference":
             assert m["delta_top1_ci_lo"] <= m["top1"] - m["top1_baseline"] <= m["delta_top1_ci_hi"]
     assert rlt["metrics"]["attn_path"] == "packed"  # content-adaptive lengths: the per-sequence loop
+    # the timed clips' own tokens: the mean of 4 of the 8 clips counted (which 4: the seeded sample)
+    import itertools
+    per_clip = rlt["metrics"]["tokens_per_clip"]
+    assert any(sum(c) / 4 == pytest.approx(rlt["metrics"]["time_tokens_in_mean"])
+               for c in itertools.combinations(per_clip, 4))
     # the timed clips are a sample over the 8 videos (1 view each), not the first 4
     assert none["metrics"]["time_videos"] == 4
     assert rlt["metrics"]["top1_baseline"] == none["metrics"]["top1"]  # same model, same clips, no reducer
@@ -439,3 +444,19 @@ def test_tokenbench_run_measures_the_aa_control_records_paths_and_re_measures_st
     assert proc.returncode == 0 and "were measured again" in log, log[-2000:]
     newest = [json.loads(line) for line in records.read_text().splitlines()][3:]
     assert len(newest) == 3 and all(r["fingerprint"]["git_commit"] != "0" * 40 for r in newest)
+
+
+def test_a_streamed_clip_set_keeps_a_head_spread_over_the_videos(monkeypatch):
+    from tokenbench.harness.run import clips as run_clips
+    from tokenbench.harness.schema import Cell
+
+    assert run_clips.head_positions(100, 4, seed=0) == run_clips.head_positions(100, 4, seed=0)
+    pos = run_clips.head_positions(100, 4, seed=3)
+    assert len(pos) == 4 and all(25 * k <= p < 25 * (k + 1) for k, p in enumerate(pos))  # one per quarter
+    assert run_clips.head_positions(3, 8) == [0, 1, 2]
+    monkeypatch.setattr(run_clips, "IN_MEMORY_BUDGET_BYTES", 1)  # every set streams
+    cell = Cell(model="vit_t", dataset="samples", num_frames=8, img_size=32, dataset_options={"windows": 2},
+                time_clips=2, batch_size=2)
+    cs = run_clips.load_clipset(cell, RunCache())
+    assert cs.streaming and len(cs) == 8 and cs.clips.shape[0] == 2
+    assert len(set(cs.paths)) == 2  # two videos, not the two windows of the first one

@@ -40,7 +40,7 @@ from ..intervals import paired_delta, wilson
 from ..metrics import MultiViewAccuracy, TokenCounts
 from ..model import build_model
 from ..schema import Cell
-from ..timing import time_forward
+from ..timing import make_batches, time_forward
 from ..train import TrainRecipe, inference_reducer, train
 from .clips import ClipSet, data_key, limited, load_clipset, timing_sample
 from .common import DTYPES
@@ -68,14 +68,13 @@ def forward_all(model, reducer, clips: ClipSet, cell: Cell,
     """Every clip through the model in batches of the cell's size: accuracy (multi-view), tokens per clip
     and layer, GFLOPs per clip (the analytic backbone count from the clip's token counts, plus the
     reducer's hook cost per clip measured by fvcore: ``overhead_per_clip``), the attention backend that
-    ran; beside the metrics, per clip (in clip order) ``gflops_per_clip`` and ``tokens_in_per_clip``, and
-    ``correct``: video → top-1 correct (labelled data)."""
+    ran; beside the metrics, ``correct``: video → top-1 correct (labelled data), for paired intervals."""
     device, dtype = cell.device, DTYPES[cell.dtype]
     bs = max(1, int(cell.batch_size))
     net = base_model(model)
     acc = MultiViewAccuracy(protocol=cell.views) if clips.labelled else None
     tokens = TokenCounts(tokens_total=net.num_tokens)
-    gflops, gflops_attn, backends, tokens_in = [], [], set(), []
+    gflops, gflops_attn, backends = [], [], set()
     n, done = len(clips), 0
     with torch.inference_mode():
         for batch, labels, vids, paths in clips.batches(bs):
@@ -89,7 +88,6 @@ def forward_all(model, reducer, clips: ClipSet, cell: Cell,
             if acc is not None:
                 acc.add(out, labels, vids)
             tokens.add(stats)
-            tokens_in.extend(stats.tokens_in)
             fl = gflops_from_stats(net, stats)
             gflops.extend(g + overhead_per_clip for g in fl.per_clip)
             gflops_attn.extend(fl.attention_per_clip)
@@ -112,8 +110,7 @@ def forward_all(model, reducer, clips: ClipSet, cell: Cell,
         metrics["top1_ci_lo"], metrics["top1_ci_hi"] = wilson(sum(correct.values()), len(correct))
     else:
         metrics["views"] = cell.views
-    return {"metrics": metrics, "backend": "+".join(sorted(backends)), "gflops_per_clip": gflops,
-            "tokens_in_per_clip": tokens_in, "correct": correct}
+    return {"metrics": metrics, "backend": "+".join(sorted(backends)), "correct": correct}
 
 
 def _baseline(model, clips: ClipSet, cell: Cell, cache: RunCache, mkey: str, progress) -> dict[str, Any]:
@@ -144,14 +141,19 @@ def attention_path(net, cell: Cell):
         net.dense_fast_path = before
 
 
-def timed_clip_metrics(fw: dict[str, Any], picked: list[int], batch_size: int) -> dict[str, Any]:
-    """Mean tokens and GFLOPs of the clips exactly as timed: ``harness.timing.make_batches`` fills the last
-    batch by wrapping around, so those clips count again."""
-    n = len(picked)
-    batches = -(-n // batch_size)
-    ran = [picked[i % n] for i in range(batches * batch_size)]
-    return {"time_tokens_in_mean": statistics.fmean(fw["tokens_in_per_clip"][i] for i in ran),
-            "time_gflops": statistics.fmean(fw["gflops_per_clip"][i] for i in ran)}
+def timed_clip_metrics(model, resident: torch.Tensor, reducer, batch_size: int,
+                       overhead_per_clip: float) -> dict[str, Any]:
+    """Mean tokens and GFLOPs of the clips exactly as timed (``harness.timing.make_batches``: the last batch
+    is filled by wrapping around, so those clips count again), from one untimed pass over them."""
+    net = base_model(model)
+    tokens_in, gflops = [], []
+    with torch.inference_mode():
+        for batch in make_batches(resident, batch_size):
+            model(batch, reducer=reducer)
+            stats = net.last_stats
+            tokens_in.extend(stats.tokens_in)
+            gflops.extend(g + overhead_per_clip for g in gflops_from_stats(net, stats).per_clip)
+    return {"time_tokens_in_mean": statistics.fmean(tokens_in), "time_gflops": statistics.fmean(gflops)}
 
 
 def inference_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tuple[dict, dict]:
@@ -203,10 +205,11 @@ def inference_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tupl
             timing = time_forward(model, resident, reducer.fresh() if reducer is not None else None,
                                   baseline=True, warmup=int(cell.warmup), repeats=int(cell.repeats),
                                   batch_size=int(cell.batch_size))
+            metrics.update(timed_clip_metrics(model, resident, reducer.fresh() if reducer is not None else None,
+                                              int(cell.batch_size), overhead))
     metrics.update(timing.as_metrics())
     metrics["time_clips"] = timing.num_clips
     metrics["time_videos"] = len({clips.video_index[i] for i in picked})
-    metrics.update(timed_clip_metrics(fw, picked, int(cell.batch_size)))
     metrics["decode_ms_per_clip"] = statistics.fmean(clips.decode_ms)
     if reducer is not None and reducer.params() != (cell.params or {}):
         metrics["reducer_params_used"] = reducer.params()  # e.g. random's keep calibrated to RLT's budget
