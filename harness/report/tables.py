@@ -242,10 +242,12 @@ def _ident_cols(*names: str) -> list[Col]:
     return [IDENT[n] for n in names]
 
 
-SPEEDUP_NOTE = ("speedup: median over repeats of baseline time / reducer time per batch, each reducer run "
-                "paired with the baseline run just before it in the same cell on the same hardware; in "
-                "brackets the interquartile range of those paired ratios. clips/s: batch size / median batch "
-                "time, IQR from the time quartiles.")
+SPEEDUP_NOTE = ("speedup: median over repeats of baseline time / reducer time per batch, the two timed in the "
+                "same cell on the same clips in a balanced order (ABBA over repeats); in brackets the "
+                "interquartile range of those paired ratios (the details table has its 95 % bootstrap "
+                "interval). The none row is the A/A control, the baseline timed against itself the same way: it "
+                "should read 1.00 within noise (records from before the control carry a typed-in 1.00 without "
+                "an interval). clips/s: batch size / median batch time, IQR from the time quartiles.")
 
 
 def inference_table(records: list[dict], fingerprint: str) -> Table | None:
@@ -272,7 +274,10 @@ def details_table(records: list[dict], fingerprint: str) -> Table | None:
         return None
     cols = _ident_cols("model", "dataset", "reducer", "batch") + metric_cols(DET)
     notes = ["time/batch: the median forward time per batch with the reducer's selection inside it (IQR in "
-             "brackets); baseline: the reducer none timed interleaved in the same cell; select: the "
+             "brackets); baseline: the reducer none timed interleaved in the same cell (ABBA); speedup 95 %: "
+             "bootstrap over repeats of the median paired ratio; attention path / baseline path: what each arm "
+             "ran; videos / tokens / GFLOPs (timed): of the timed clips, a seeded sample over the videos; "
+             "select: the "
              "reducer's selection timed alone; decode: decode + sample + resize per clip, timed apart.",
              "fvcore GFLOPs (traced): fvcore with attention handles on a sample of the clips; analytic: the "
              "count from the same clips' token counts (they agree); reducer GFLOPs: the reducer's own "
