@@ -181,15 +181,17 @@ def run(args) -> int:
     if not args.no_report and suite_dir.is_dir():
         report_and_headline(suite_dir, Path(args.report_dir))
     if suite_dir.is_dir():
-        warn_aa(suite_dir, {c.key for c in cells})
+        warn_aa(suite_dir, {c.key for c in cells}, Path(summary.store).parent.name if summary.store else None)
     return 1 if summary.failed else 0
 
 
-def warn_aa(suite_dir: Path, keys: set[str]) -> None:
+def warn_aa(suite_dir: Path, keys: set[str], fingerprint: str | None = None) -> None:
     """One line when a cell's A/A control (the baseline timed against itself) reads off 1 by more than
-    the tolerance: the speedups measured beside it are not to be trusted."""
+    the tolerance: the speedups measured beside it are not to be trusted. Only this run's cells (``keys``)
+    on this run's hardware (``fingerprint``, when known) count."""
     ok, _ = dedupe(records_from_frame(load(suite_dir)))
-    bad = aa_failures([r for r in ok if r.get("key") in keys])
+    bad = aa_failures([r for r in ok if r.get("key") in keys
+                       and (fingerprint is None or r["fingerprint"] == fingerprint)])
     if bad:
         print(f"warning: the A/A control is off 1 by more than {AA_TOLERANCE:.0%} in {len(bad)} cell(s) "
               f"(timing noise: a busy machine?), e.g. {aa_text(bad[0])}", file=sys.stderr)
