@@ -574,6 +574,8 @@ def test_a_failing_aa_control_marks_its_fingerprint_and_tables_name_their_commit
     report.write_report(tmp_path / "results2", tmp_path / "reports2", figures=False)
     readme = (tmp_path / "reports2" / "default" / "README.md").read_text(encoding="utf-8")
     assert f"#### `{FP_A}` ⚠ A/A control off" in readme and "1.030× (95 % 1.020–1.050)" in readme
+    md = (tmp_path / "reports2" / "default" / "tables" / "inference.md").read_text(encoding="utf-8")
+    assert "⚠ the A/A control" in md
 
 
 def test_tokenbench_run_warns_in_one_line_when_an_aa_control_is_off(tmp_path, capsys):

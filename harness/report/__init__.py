@@ -56,7 +56,7 @@ from ..schema import HEAD
 from . import figures as figs
 from . import tables as tabs
 from .format import Table
-from .provenance import commits_note
+from .provenance import AA_TOLERANCE, aa_failures, aa_text, commits_note
 from .readme import suite_readme
 from .records import dedupe, records_from_frame
 
@@ -149,9 +149,14 @@ def build_suite(suite: str, records: list[dict], regenerate: str) -> SuiteReport
             t = build(by_fp[fp], fp)
             if t is not None:
                 tables.append((_table_stem(t, several), t))
-    for _, t in tables:  # the code behind each table's numbers
+    for _, t in tables:  # the code behind each table's numbers, and whether its timings passed the A/A check
         recs = [r for r in ok if t.fingerprint is None or r["fingerprint"] == t.fingerprint]
         t.notes.append(commits_note([r for r in recs if _in_table(t, r)]))
+        bad = aa_failures(recs) if t.fingerprint is not None else []
+        if bad:
+            t.notes.insert(0, f"⚠ the A/A control (the baseline timed against itself) is off 1 by more than "
+                              f"{AA_TOLERANCE:.0%} on this fingerprint — {'; '.join(aa_text(r) for r in bad)}: "
+                              "its speedups are not to be trusted.")
     texts: dict[str, str] = {}
     for stem, t in tables:
         texts[f"tables/{stem}.md"] = t.markdown()
