@@ -113,10 +113,14 @@ def forward_all(model, reducer, clips: ClipSet, cell: Cell,
     return {"metrics": metrics, "backend": "+".join(sorted(backends)), "correct": correct}
 
 
-def _baseline(model, clips: ClipSet, cell: Cell, cache: RunCache, mkey: str, progress) -> dict[str, Any]:
+def _baseline(model, clips: ClipSet, cell: Cell, cache: RunCache, mkey: str, progress,
+              own: dict[str, Any] | None = None) -> dict[str, Any]:
     """:func:`forward_all` of the same model without reducer on the same clips (once per model, data and
-    autocast): its top-1 and per-video correctness are this cell's paired baseline."""
+    autocast): its top-1 and per-video correctness are this cell's paired baseline. ``own``: the cell is
+    the baseline, and its forward pass is the one kept."""
     key = mkey + ":" + data_key(cell) + ":" + str(cell.amp)
+    if own is not None:
+        cache.baseline.setdefault(key, own)
     if key not in cache.baseline:
         with autocast_for(cell):
             cache.baseline[key] = forward_all(model, None, clips, cell, progress, what="baseline")
@@ -190,9 +194,9 @@ def inference_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tupl
             fw = forward_all(model, reducer, clips, cell, progress, overhead_per_clip=overhead)
         metrics.update(fw["metrics"])
         if "top1" in metrics:
-            base = fw if reducer is None else _baseline(model, clips, cell, cache,
-                                                        model_key(cell, num_classes, length_emb), progress)
-            metrics.update(paired_accuracy(fw, base))
+            base = _baseline(model, clips, cell, cache, model_key(cell, num_classes, length_emb), progress,
+                             own=fw if reducer is None else None)
+            metrics.update(paired_accuracy(fw, fw if reducer is None else base))
         # wall-clock: a seeded sample of clips spread over the videos, decoded beforehand and resident on the
         # device; the baseline interleaved (the none cell: against itself, the A/A control)
         in_memory = int(clips.clips.shape[0])
