@@ -12,7 +12,10 @@ Backends, all taking q, k, v of shape [N_total, heads, head_dim] and ``cu_seqlen
 
 An additive bias (ToMe's proportional attention, ``log(size)`` on the logits) is not accepted by the
 flash kernels, so a call with a bias always runs through ``sdpa``. Every call reports which backend
-actually ran (:func:`packed_attention` returns it), and the model records it.
+actually ran (:func:`packed_attention` returns it), and the model records it, with the *path*
+(:func:`attention_call` returns both): ``dense`` (one batched call, equal lengths), ``packed`` (the
+per-sequence loop) or ``varlen`` (one packed kernel call). Paths differ in speed for the same FLOPs, so a
+timing that does not say which ran cannot separate a reducer's selection from its kernel shape.
 
 FLOP counting (tokenbench.harness.flops) traces the per-sequence path, so each sequence's length is
 visible to the counter; a single packed varlen call hides them inside ``cu_seqlens``.
@@ -128,13 +131,21 @@ def _sdpa_one(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, scale: float
     return out.squeeze(0).transpose(0, 1)
 
 
+PATHS = ("dense", "packed", "varlen")
+
+
+def takes_dense(lens: list[int], dense: bool) -> bool:
+    """Whether :func:`sdpa_packed` runs one dense batched call (several sequences, all one length)."""
+    return dense and len(lens) > 1 and len(set(lens)) == 1
+
+
 def sdpa_packed(q: Tensor, k: Tensor, v: Tensor, cu: list[int], bias: Tensor | None = None,
                 scale: float | None = None, dense: bool = True) -> Tensor:
     """Per-sequence SDPA over packed q, k, v [N, h, d]; ``bias`` [N] is added to every query's logits
     for the key at that position (key-side bias, as ToMe's ``log(size)``)."""
     scale = scale if scale is not None else q.shape[-1] ** -0.5
     lens = [b - a for a, b in zip(cu[:-1], cu[1:])]
-    if dense and len(lens) > 1 and len(set(lens)) == 1:
+    if takes_dense(lens, dense):
         bsz, n = len(lens), lens[0]
         qb, kb, vb = (t.reshape(bsz, n, *t.shape[1:]).transpose(1, 2) for t in (q, k, v))
         mask = None if bias is None else bias.to(q.dtype).view(bsz, 1, 1, n)
@@ -152,8 +163,19 @@ def packed_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, *, bac
                      bias: Tensor | None = None, scale: float | None = None,
                      dense: bool = True) -> tuple[Tensor, str]:
     """Attention within each packed sequence. Returns (output [N, h, d], backend that ran)."""
+    out, ran, _ = attention_call(q, k, v, cu_seqlens, backend=backend, bias=bias, scale=scale, dense=dense)
+    return out, ran
+
+
+def attention_call(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, *, backend: str = "sdpa",
+                   bias: Tensor | None = None, scale: float | None = None,
+                   dense: bool = True) -> tuple[Tensor, str, str]:
+    """:func:`packed_attention`, also returning the path that ran (one of :data:`PATHS`)."""
     if bias is not None or backend == "sdpa":
-        return sdpa_packed(q, k, v, cu_seqlens.tolist(), bias=bias, scale=scale, dense=dense), "sdpa"
+        cu = cu_seqlens.tolist()
+        lens = [b - a for a, b in zip(cu[:-1], cu[1:])]
+        path = "dense" if takes_dense(lens, dense) else "packed"
+        return sdpa_packed(q, k, v, cu, bias=bias, scale=scale, dense=dense), "sdpa", path
     if q.dtype not in HALF:  # float32 activations under autocast: the kernels take the autocast dtype
         half = compute_dtype(q.device, q.dtype)
         if half not in HALF:
@@ -163,7 +185,7 @@ def packed_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, *, bac
     if kernel is None:
         raise ValueError(f"unknown attention backend {backend!r}; choose from {', '.join(BACKENDS)}")
     cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
-    return kernel.run(q, k, v, cu, int(torch.diff(cu).max()), scale), kernel.name
+    return kernel.run(q, k, v, cu, int(torch.diff(cu).max()), scale), kernel.name, "varlen"
 
 
 def padded_reference(q: Tensor, k: Tensor, v: Tensor, cu: list[int], bias: Tensor | None = None,

@@ -47,8 +47,10 @@ def paired_delta(baseline: Mapping[Any, bool], arm: Mapping[Any, bool], *, sampl
     if not diff.any():  # the arms agree on every video: no resample can differ
         return delta, delta, delta
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(videos), size=(samples, len(videos)))
-    boots = 100.0 * diff[idx].mean(axis=1)
+    # resamples in chunks: samples × videos indices at once would be 320 MB for Kinetics-400's 20k videos
+    chunk = max(1, min(samples, 4_000_000 // len(videos)))
+    boots = np.concatenate([100.0 * diff[rng.integers(0, len(videos), size=(min(chunk, samples - i), len(videos)))]
+                            .mean(axis=1) for i in range(0, samples, chunk)])
     lo, hi = np.percentile(boots, [2.5, 97.5])
     return delta, float(lo), float(hi)
 

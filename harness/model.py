@@ -26,7 +26,7 @@ from torch import Tensor
 
 from tokenbench.reducers.base import PackedTokens, Reducer, Selection
 
-from .attention import choose_backend, packed_attention
+from .attention import attention_call, choose_backend
 
 
 class ModelSize(NamedTuple):
@@ -71,6 +71,7 @@ class ForwardStats:
     """What the last forward pass did: recorded with results."""
 
     backend: str = ""
+    attn_path: str = ""  # dense | packed | varlen ("+"-joined when layers differed): harness.attention.PATHS
     tokens_in: list[int] = field(default_factory=list)  # per clip, entering the first block
     tokens_per_layer: list[list[int]] = field(default_factory=list)  # [layer][clip], after each block
     tokens_mlp_per_layer: list[list[int]] = field(default_factory=list)  # [layer][clip], entering each MLP
@@ -88,14 +89,14 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor, cu_seqlens: Tensor, backend: str, bias: Tensor | None,
-                dense: bool) -> tuple[Tensor, Tensor, str]:
+                dense: bool) -> tuple[Tensor, Tensor, tuple[str, str]]:
         n, dim = x.shape
         qkv_bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
         qkv = F.linear(x, self.qkv.weight, qkv_bias).view(n, 3, self.heads, self.head_dim)
         q, k, v = qkv.unbind(1)
-        out, ran = packed_attention(q, k, v, cu_seqlens, backend=backend, bias=bias, scale=self.scale,
-                                    dense=dense)
-        return self.proj(out.reshape(n, dim)), k, ran
+        out, ran, path = attention_call(q, k, v, cu_seqlens, backend=backend, bias=bias, scale=self.scale,
+                                        dense=dense)
+        return self.proj(out.reshape(n, dim)), k, (ran, path)
 
 
 class Mlp(nn.Module):
@@ -127,8 +128,8 @@ class Block(nn.Module):
         return h * scale[tokens.seq_ids()].unsqueeze(1)
 
     def forward(self, tokens: PackedTokens, reducer: Reducer | None, layer: int, depth: int,
-                backend: str, prop_attn: bool, dense: bool) -> tuple[PackedTokens, str, Tensor]:
-        """(tokens after the block, the attention path that ran, ``cu_seqlens`` of the tokens entering the
+                backend: str, prop_attn: bool, dense: bool) -> tuple[PackedTokens, tuple[str, str], Tensor]:
+        """(tokens after the block, the attention (backend, path) that ran, ``cu_seqlens`` of the tokens entering the
         MLP — FLOP counting reads them)."""
         bias = tokens.size.log() if prop_attn else None
         h, keys, ran = self.attn(self.norm1(tokens.x), tokens.cu_seqlens, backend, bias, dense)
@@ -288,18 +289,20 @@ class VideoViT(nn.Module):
         backend = self.backend_for(tokens.x)
         prop_attn = reducer is not None and reducer.prop_attn
         stats = ForwardStats(tokens_in=tokens.seqlens())
-        ran = set()
+        ran, paths = set(), set()
         counts = stats.tokens_in
         for i, blk in enumerate(self.blocks):
             cu_before = tokens.cu_seqlens
             tokens, used, mlp_cu = blk(tokens, reducer, i, self.depth, backend, prop_attn, self.dense_fast_path)
-            ran.add(used)
+            ran.add(used[0])
+            paths.add(used[1])
             # counts are read back (a host sync) only where a reducer changed them
             mlp = list(counts) if mlp_cu is cu_before else _seqlens(mlp_cu)
             counts = list(mlp) if tokens.cu_seqlens is mlp_cu else tokens.seqlens()
             stats.tokens_mlp_per_layer.append(mlp)
             stats.tokens_per_layer.append(counts)
         stats.backend = "+".join(sorted(ran)) if ran else backend
+        stats.attn_path = "+".join(sorted(paths))
         self.last_stats = stats
         return tokens
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -123,13 +123,16 @@ def latest(path: str | Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def done_keys(path: str | Path, include_failed: bool = True, device_type: str | None = None) -> set[str]:
+def done_keys(path: str | Path, include_failed: bool = True, device_type: str | None = None,
+              stale: Callable[[dict[str, Any]], bool] | None = None) -> set[str]:
     """Keys whose newest record in ``path`` is finished (``ok``; also ``failed`` unless ``include_failed``
     is false; never ``lost`` or ``timeout``), with ``device_type`` only those measured on that kind of
-    device (the fingerprint's ``device``: cpu, cuda). Read only."""
+    device (the fingerprint's ``device``: cpu, cuda), and never one that ``stale(record)`` says to measure
+    again. Read only."""
     finished = FINISHED if include_failed else ("ok",)
     return {k for k, r in latest(path).items() if r.get("status") in finished
-            and (device_type is None or str((r.get("fingerprint") or {}).get("device", "")) == device_type)}
+            and (device_type is None or str((r.get("fingerprint") or {}).get("device", "")) == device_type)
+            and not (stale is not None and stale(r))}
 
 
 # columns, in order, before the cell fields and metrics

@@ -39,7 +39,7 @@ import os
 import socket
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,7 +199,8 @@ class ResultStore:
         return inside(self.path.parent, CLAIMS_DIR, safe_name(key) + ".lock")
 
     @contextlib.contextmanager
-    def claim(self, key: str, include_failed: bool = True) -> Iterator[Claim]:
+    def claim(self, key: str, include_failed: bool = True,
+              stale: Callable[[dict[str, Any]], bool] | None = None) -> Iterator[Claim]:
         """Claim cell ``key`` for the block: yields a :class:`Claim`, ``held`` unless another process holds
         the cell's claim or the store recorded the key meanwhile (``include_failed`` as in
         :meth:`done_keys`). Two runs on one results folder so measure each cell once.
@@ -233,7 +234,7 @@ class ResultStore:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
                           f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n".encode(), 0)
-            if key in self.done_keys(include_failed=include_failed):
+            if key in self.done_keys(include_failed=include_failed, stale=stale):
                 yield Claim(key, False, "recorded meanwhile by another run")
             else:
                 yield Claim(key, True)
@@ -250,9 +251,11 @@ class ResultStore:
         """key -> the newest record of that key."""
         return latest(self.path)
 
-    def done_keys(self, include_failed: bool = True) -> set[str]:
-        """Keys whose newest record is finished (:func:`~tokenbench.harness.record_files.done_keys`)."""
-        return done_keys(self.path, include_failed)
+    def done_keys(self, include_failed: bool = True,
+                  stale: Callable[[dict[str, Any]], bool] | None = None) -> set[str]:
+        """Keys whose newest record is finished (:func:`~tokenbench.harness.record_files.done_keys`), less
+        those whose newest record ``stale(record)`` says to measure again (``--rerun-stale``)."""
+        return done_keys(self.path, include_failed, stale=stale)
 
     def __repr__(self) -> str:
         return f"ResultStore({str(self.path)!r})"

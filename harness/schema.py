@@ -61,7 +61,8 @@ CELL_FIELDS = ("model", "num_frames", "img_size", "checkpoint", "dataset", "spli
 INFERENCE_ONLY = ("repeats", "warmup", "flops_check_clips", "time_clips")
 TRAIN_ONLY = ("train",)
 # written only when set: absent and unset are the same configuration (and the same key)
-OPTIONAL = ("model_id", "dataset_id", "num_classes", "dataset_options", "skip_unreadable", "pretrain", "autocast")
+OPTIONAL = ("model_id", "dataset_id", "num_classes", "dataset_options", "skip_unreadable", "pretrain", "autocast",
+            "attn_path")
 # recorded in a record's cell beside its configuration, not part of it: the key, the label, and which weights
 # the cell's checkpoint held when it ran (content hash, and where a trained-here model was cached)
 NOT_IN_KEY = ("key", "label", "checkpoint_sha256", "checkpoint_path")
@@ -109,6 +110,7 @@ class Cell(Mapping):
     skip_unreadable: bool | None = None
     pretrain: dict[str, Any] | None = None  # how a "trained:<hash>" checkpoint is made
     autocast: str | None = None             # None = no autocast
+    attn_path: str | None = None            # "packed": every arm per sequence; None = auto (dense when equal)
     given_label: str | None = None          # the suite's label; None = reducer_label
 
     @classmethod
@@ -286,11 +288,27 @@ METRIC_TABLE: tuple[Metric, ...] = (
     _m("repeats", "timed repeats per arm", "", "fixed:0", None, "repeats", ((DET, 130),)),
     _m("warmup", "warm-up runs per arm", "", "fixed:0", None, "warm-up", ((DET, 140),)),
     _m("time_clips", "clips each timed repeat ran", "clips", "fixed:0", None, "clips timed", ((DET, 120),)),
+    _m("time_videos", "videos the timed clips come from (a seeded sample spread over videos)", "videos", "fixed:0",
+       None, "videos timed", ((DET, 121),)),
+    _m("time_tokens_in_mean", "tokens per clip entering the first block, mean over the timed clips (as timed)",
+       "tokens", "fixed:1", False, "tokens/clip in (timed)", ((DET, 122),)),
+    _m("time_gflops", "GFLOPs per clip, mean over the timed clips (as timed): the x the time is paired with",
+       "GFLOPs", "adaptive", False, "GFLOPs/clip (timed)", ((DET, 123),)),
+    _m("attn_path", "attention path the reducer arm ran: dense (one batched call), packed (per-sequence "
+       "loop), varlen (one packed kernel call); '+' joins several", "", "text", None, "attention path",
+       ((INF, 75), (DET, 23))),
+    _m("baseline_attn_path", "the same for the baseline arm", "", "text", None, "baseline path", ((DET, 24),)),
     # accuracy
     _m("top1", "top-1 accuracy (%) over the evaluated split", "%", "fixed:1", True, "top-1 (%)",
-       ((INF, 10), (TRAIN, 50), (SWEEP, 60), (HEAD, 10, "top-1 %"))),
+       ((INF, 10), (TRAIN, 50), (SWEEP, 60), (HEAD, 10, "top-1 %")), iqr=("top1_ci_lo", "top1_ci_hi")),
+    _m("top1_ci_lo", "lower end of top-1's 95 % interval (Wilson over videos)", "%", "fixed:1", True),
+    _m("top1_ci_hi", "upper end of the same", "%", "fixed:1", True),
     _m("top5", "top-5 accuracy (%)", "%", "fixed:1", True, "top-5 (%)", ((DET, 90),)),
-    _m("top1_baseline", "top-1 (%) of the same model without reducer, same cell's data", "%", "fixed:1", True),
+    _m("top1_baseline", "top-1 (%) of the same model without reducer, same cell's clips, views, options and "
+       "autocast (the paired baseline Δtop-1 is read against)", "%", "fixed:1", True),
+    _m("delta_top1_ci_lo", "lower end of Δtop-1's 95 % interval (paired bootstrap over the same videos)", "pt",
+       "signed:1", True),
+    _m("delta_top1_ci_hi", "upper end of the same", "pt", "signed:1", True),
     _m("num_clips", "clips evaluated", "clips", "fixed:0", None, "clips", ((TOK, 80),)),
     _m("num_videos", "videos evaluated (a video gives views clips)", "videos", "fixed:0", None, "videos",
        ((DET, 110),)),
@@ -316,8 +334,16 @@ METRIC_TABLE: tuple[Metric, ...] = (
        "", "fixed:2", False),
     _m("load_avg_end", "the same after the cell", "", "fixed:2", False),
     # derived by the report from the record (and its baseline), never recorded
-    _m("delta_top1", "top-1 minus the baseline's (reducer none, same model and dataset)", "pt", "signed:1", True,
-       "Δtop-1 (pt)", ((INF, 20), (TRAIN, 60), (SWEEP, 70), (HEAD, 20, "Δtop-1")), derived=True),
+    _m("delta_top1", "top-1 minus the record's own paired baseline (top1_baseline; train cells: the none "
+       "cell trained alike)", "pt", "signed:1", True, "Δtop-1 (pt)",
+       ((INF, 20), (TRAIN, 60), (SWEEP, 70), (HEAD, 20, "Δtop-1")), derived=True,
+       iqr=("delta_top1_ci_lo", "delta_top1_ci_hi")),
+    _m("train_seeds", "training runs (seeds) pooled in the row", "", "fixed:0", None, "seeds", ((TRAIN, 31),),
+       derived=True),
+    _m("train_speedup_range", "min–max of the wall-clock speedup over the seeds", "×", "text", None,
+       "speedup range (seeds)", ((TRAIN, 32),), derived=True),
+    _m("top1_range", "min–max of top-1 over the seeds", "%", "text", None, "top-1 range (seeds)", ((TRAIN, 51),),
+       derived=True),
     _m("tokens_out_mean", "tokens per clip after the last block, mean", "tokens", "fixed:1", False,
        "tokens/clip out", ((INF, 50), (TOK, 70, "after last block"), (HEAD, 50, "out")), derived=True),
     _m("kept_pct", "share of the tubelets kept at the input (%)", "%", "fixed:1", False, "kept (%)",

@@ -19,7 +19,8 @@
   would land in whichever arm happened to allocate last);
 * CUDA events on a GPU, ``time.perf_counter`` on CPU with ``torch.set_num_threads`` fixed for the run and
   recorded; everything under ``torch.inference_mode`` with the model in eval mode;
-* per arm: the attention path that ran (``model.last_stats.backend``) and, on CUDA, the peak memory above
+* per arm: the attention backend and path that ran (``model.last_stats.backend`` / ``.attn_path``: dense
+  batched, per-sequence packed or a varlen kernel) and, on CUDA, the peak memory above
   what was allocated before the arm started (the resident clips are not counted). On CPU there is no
   allocator statistic that means the same, so no memory figure is given.
 
@@ -134,6 +135,8 @@ class TimingResult:
     timer: str  # "cuda_event" or "perf_counter"
     backend: str  # attention backend that ran (model.last_stats.backend of the reducer arm)
     baseline_backend: str = ""  # the same for the baseline arm
+    attn_path: str = ""  # attention path of the reducer arm (dense | packed | varlen: harness.attention.PATHS)
+    baseline_attn_path: str = ""  # the same for the baseline arm
     peak_mem_mb: float | None = None  # CUDA: the reducer arm's peak above what was resident before it
     baseline_peak_mem_mb: float | None = None
     tokens_in: list[int] = field(default_factory=list)  # per clip of the last reducer batch
@@ -169,6 +172,10 @@ class TimingResult:
             "repeats": self.repeats,
             "warmup": self.warmup,
         }
+        if self.attn_path:
+            out["attn_path"] = self.attn_path
+        if self.baseline_attn_path:
+            out["baseline_attn_path"] = self.baseline_attn_path
         if self.baseline is not None:
             q1, _, q3 = quartiles(self.paired_ratios)
             lo, hi = self.speedup_interval
@@ -308,10 +315,14 @@ def time_forward(model: torch.nn.Module, videos_on_device: Tensor | Sequence[Ten
         reducer.check_geometry(model.grid, model.depth)
     memory = _PeakMemory(device)
 
-    def run_arm(red) -> float:
+    paths: dict[str, set[str]] = {}
+
+    def run_arm(red, name: str = "") -> float:
         total = 0.0
         for batch in batches:
             total += timed(lambda b=batch: model(b, reducer=red))
+            if name:  # every batch's path: one RLT batch may happen to have equal lengths
+                paths.setdefault(name, set()).update(getattr(model.last_stats, "attn_path", "").split("+"))
         return total / len(batches)
 
     def run_select() -> float:
@@ -335,7 +346,7 @@ def time_forward(model: torch.nn.Module, videos_on_device: Tensor | Sequence[Ten
             for i in range(repeats):
                 for name in arm_order(i, arms):
                     with memory.arm(name):
-                        times[name].append(run_arm(arms[name]))
+                        times[name].append(run_arm(arms[name], name))
                     order.append(name)
                     backends[name] = model.last_stats.backend
                     if name == "reducer":
@@ -352,6 +363,8 @@ def time_forward(model: torch.nn.Module, videos_on_device: Tensor | Sequence[Ten
         select_ms=select_ms, order=order, threads=n_threads, device=str(device), batch_size=batch_size,
         num_batches=len(batches), num_clips=num_clips, warmup=warmup, repeats=repeats, timer=timer_name,
         backend=backends.get("reducer", ""), baseline_backend=backends.get("baseline", ""),
+        attn_path="+".join(sorted(paths.get("reducer", set()) - {""})),
+        baseline_attn_path="+".join(sorted(paths.get("baseline", set()) - {""})),
         peak_mem_mb=memory.peak.get("reducer"), baseline_peak_mem_mb=memory.peak.get("baseline"),
         tokens_in=tokens_in,
     )

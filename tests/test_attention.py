@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from tokenbench.harness.attention import (
+    attention_call,
     available_backends,
     choose_backend,
     packed_attention,
@@ -92,3 +93,16 @@ def test_backend_choice_on_cpu_and_errors():
         choose_backend("cpu", requested="flash_attn")
     with pytest.raises(ValueError, match="unknown attention backend 'nope'"):
         choose_backend("cpu", requested="nope")
+
+
+def test_attention_call_names_the_path_that_ran():
+    q, k, v, cu = _qkv([6, 6, 6])
+    out, ran, path = attention_call(q, k, v, cu)
+    assert (ran, path) == ("sdpa", "dense")
+    loop, _, path_off = attention_call(q, k, v, cu, dense=False)
+    assert path_off == "packed"
+    assert torch.allclose(out, loop)  # the same attention either way
+    q, k, v, cu = _qkv(LENGTHS)
+    assert attention_call(q, k, v, cu)[2] == "packed"  # unequal lengths: per sequence
+    q, k, v, cu = _qkv([6, 6])
+    assert attention_call(q, k, v, cu, bias=torch.zeros(12, dtype=q.dtype))[2] == "dense"

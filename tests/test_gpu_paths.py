@@ -215,7 +215,7 @@ def test_every_block_hands_the_kernel_the_packed_batch_in_the_autocast_dtype(vit
         ref = tokens
         for i, blk in enumerate(vit_t.blocks):
             tokens, ran, _ = blk(tokens, None, i, vit_t.depth, "flash_attn", False, True)
-            assert ran == "flash_attn"
+            assert ran == ("flash_attn", "varlen")  # (backend, path): one packed kernel call
             ref, _, _ = blk(ref, None, i, vit_t.depth, "sdpa", False, True)
     assert len(flash_standin) == vit_t.depth == 12
     for c in flash_standin:

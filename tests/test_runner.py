@@ -126,7 +126,29 @@ def test_tiny_suite_end_to_end_and_second_run_skips_everything(tmp_path, cache_d
             assert m["train_wall_s"] > 0 and m["train_epochs"] == 1 and "top1" in m
     by = {(r["cell"]["mode"], r["cell"]["dataset"], r["cell"]["reducer"]): r for r in recs}
     none, rlt = by[("inference", "synthetic", "none")], by[("inference", "synthetic", "rlt")]
-    assert none["metrics"]["speedup"] == 1.0 and none["metrics"]["top1_baseline"] == none["metrics"]["top1"]
+    assert none["metrics"]["top1_baseline"] == none["metrics"]["top1"]
+    # the none cell is timed against itself (A/A), not typed in as 1.00
+    nm = none["metrics"]
+    assert nm["baseline_time_ms_median"] != nm["time_ms_median"] or nm["speedup"] == 1.0
+    assert nm["speedup_ci_lo"] <= nm["speedup"] <= nm["speedup_ci_hi"]
+    assert nm["delta_top1_ci_lo"] == nm["delta_top1_ci_hi"] == 0.0  # against itself: the same videos agree
+    for r in recs:
+        m = r["metrics"]
+        if r["cell"]["mode"] == "inference":
+            assert m["attn_path"] in ("dense", "packed") and m["baseline_attn_path"] == "dense"
+            assert m["time_clips"] == 4 and m["time_tokens_in_mean"] > 0 and m["time_gflops"] > 0
+        if r["cell"]["dataset"] == "synthetic":
+            assert m["top1_ci_lo"] <= m["top1"] <= m["top1_ci_hi"]
+        if r["cell"]["dataset"] == "synthetic" and r["cell"]["mode"] == "inference":
+            assert m["delta_top1_ci_lo"] <= m["top1"] - m["top1_baseline"] <= m["delta_top1_ci_hi"]
+    assert rlt["metrics"]["attn_path"] == "packed"  # content-adaptive lengths: the per-sequence loop
+    # the timed clips' own tokens: the mean of 4 of the 8 clips counted (which 4: the seeded sample)
+    import itertools
+    per_clip = rlt["metrics"]["tokens_per_clip"]
+    assert any(sum(c) / 4 == pytest.approx(rlt["metrics"]["time_tokens_in_mean"])
+               for c in itertools.combinations(per_clip, 4))
+    # the timed clips are a sample over the 8 videos (1 view each), not the first 4
+    assert none["metrics"]["time_videos"] == 4
     assert rlt["metrics"]["top1_baseline"] == none["metrics"]["top1"]  # same model, same clips, no reducer
     assert rlt["metrics"]["tokens_in_mean"] < 64 and rlt["metrics"]["gflops"] < none["metrics"]["gflops"]
     # random masking calibrated to RLT's budget on the same clips
@@ -335,3 +357,106 @@ def test_a_model_that_fails_to_train_fails_its_cells_once_each_without_retrainin
     errors = list(load(tmp_path / "results")["error"])
     assert all("no full batch" in e for e in errors)  # train()'s own message, on every cell
     assert len(cache.pretrain_failures) == 1 and all("failed earlier in this run" in e for e in errors)
+
+
+def test_timing_sample_is_seeded_and_spread_over_videos():
+    from tokenbench.harness.run.clips import timing_sample
+
+    videos = [v for v in range(6) for _ in range(15)]  # 6 videos × 15 views, in video order
+    picked = timing_sample(videos, 16, seed=0)
+    assert len(set(picked)) == 16 and picked == timing_sample(videos, 16, seed=0)
+    per_video = [sum(videos[i] == v for i in picked) for v in range(6)]
+    assert max(per_video) - min(per_video) <= 1  # round-robin: 16 over 6 videos is 3 or 2 each
+    assert picked != list(range(16))  # never the first N views
+    assert timing_sample(videos, 16, seed=1) != picked
+    assert timing_sample(videos[:10], 16) == list(range(10))  # fewer clips than asked: all of them
+
+
+AA = """\
+[suite]
+name = "aa"
+
+[defaults]
+batch_sizes = [4]
+repeats = 6
+warmup = 1
+threads = 1
+time_clips = 4
+device = "cpu"
+
+[[models]]
+name = "vit_t"
+num_frames = 8
+img_size = 64
+checkpoint = "none"
+
+[[datasets]]
+name = "samples"
+options = { windows = 1 }
+
+[[reducers]]
+name = "none"
+
+[[reducers]]
+name = "rlt"
+params = { threshold = 0.1 }
+
+[[reducers]]
+name = "random"
+params = { match_rlt = 0.1 }
+attn_path = "packed"
+"""
+
+
+def test_tokenbench_run_measures_the_aa_control_records_paths_and_re_measures_stale_cells(tmp_path, cache_dir):
+    """Through ``tokenbench run``: vit_t with random weights on the bundled real clips. The none row's
+    speedup is a measured A/A (an interval around it), each arm's attention path is recorded, and cells
+    recorded at another commit are counted, kept, and measured again with --rerun-stale."""
+    suite_file = write(tmp_path, "aa.toml", AA)
+    out, reports = tmp_path / "results", tmp_path / "reports"
+    args = ["--suite", str(suite_file), "--out", str(out), "--report-dir", str(reports), "--no-progress"]
+    proc = _run_cli(args, cache_dir)
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, log[-3000:]
+    records = next(out.glob("aa/*/records.jsonl"))
+    recs = {json.loads(line)["cell"]["reducer"]: json.loads(line) for line in records.read_text().splitlines()}
+    none, rlt, rnd = (recs[k]["metrics"] for k in ("none", "rlt", "random"))
+    assert none["speedup_ci_lo"] <= none["speedup"] <= none["speedup_ci_hi"]  # measured, not typed in
+    assert none["baseline_time_ms_median"] > 0 and none["attn_path"] == none["baseline_attn_path"] == "dense"
+    assert rlt["attn_path"] == "packed" and rlt["baseline_attn_path"] == "dense"
+    # attn_path = "packed": both arms per sequence, though random's lengths are equal
+    assert rnd["attn_path"] == rnd["baseline_attn_path"] == "packed"
+    assert recs["random"]["cell"]["attn_path"] == "packed" and "attn_path" not in recs["rlt"]["cell"]
+    md = (reports / "aa" / "tables" / "inference.md").read_text(encoding="utf-8")
+    assert "attention path" in md and "random match_rlt=0.1 [packed]" in md and "code: measured at commit" in md
+
+    # the records as if measured at another commit: counted and kept, then measured again on request
+    lines = [json.loads(line) for line in records.read_text().splitlines()]
+    for rec in lines:
+        rec["fingerprint"]["git_commit"] = "0" * 40
+    records.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    proc = _run_cli(args + ["--no-report"], cache_dir)
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and "3 recorded cell(s) were measured at another commit" in log, log[-2000:]
+    assert "--rerun-stale" in log and len(records.read_text().splitlines()) == 3
+    proc = _run_cli(args + ["--no-report", "--rerun-stale"], cache_dir)
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and "were measured again" in log, log[-2000:]
+    newest = [json.loads(line) for line in records.read_text().splitlines()][3:]
+    assert len(newest) == 3 and all(r["fingerprint"]["git_commit"] != "0" * 40 for r in newest)
+
+
+def test_a_streamed_clip_set_keeps_a_head_spread_over_the_videos(monkeypatch):
+    from tokenbench.harness.run import clips as run_clips
+    from tokenbench.harness.schema import Cell
+
+    assert run_clips.head_positions(100, 4, seed=0) == run_clips.head_positions(100, 4, seed=0)
+    pos = run_clips.head_positions(100, 4, seed=3)
+    assert len(pos) == 4 and all(25 * k <= p < 25 * (k + 1) for k, p in enumerate(pos))  # one per quarter
+    assert run_clips.head_positions(3, 8) == [0, 1, 2]
+    monkeypatch.setattr(run_clips, "IN_MEMORY_BUDGET_BYTES", 1)  # every set streams
+    cell = Cell(model="vit_t", dataset="samples", num_frames=8, img_size=32, dataset_options={"windows": 2},
+                time_clips=2, batch_size=2)
+    cs = run_clips.load_clipset(cell, RunCache())
+    assert cs.streaming and len(cs) == 8 and cs.clips.shape[0] == 2
+    assert len(set(cs.paths)) == 2  # two videos, not the two windows of the first one

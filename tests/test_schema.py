@@ -72,12 +72,19 @@ def test_every_metric_a_reference_record_holds_is_in_the_metric_table():
 
 def test_table_columns_follow_their_order():
     assert [m.name for m in shown_in("inference")] == [
-        "top1", "delta_top1", "gflops", "tokens_in_mean", "tokens_out_mean", "clips_per_s", "speedup"]
+        "top1", "delta_top1", "gflops", "tokens_in_mean", "tokens_out_mean", "clips_per_s", "speedup", "attn_path"]
     assert shown_in("nowhere") == []
 
 
 def test_the_default_suite_expands_to_exactly_the_reference_cells():
     from tokenbench.harness.suite import load_suite
 
-    keys = {c.key for c in load_suite("default", overrides=["defaults.device=cpu"]).cells()}  # as recorded
+    cells = load_suite("default", overrides=["defaults.device=cpu"]).cells()  # as recorded
+    # the attn_path = "packed" cells came after the reference run (issue 12; re-running it is its item 9):
+    # setting attn_path on them left every other key as it was
+    keys = {c.key for c in cells if c.attn_path is None}
     assert keys == {rec["key"] for rec in _reference_records()}
+    packed = [c for c in cells if c.attn_path == "packed"]
+    assert sorted(c.label for c in packed) == sorted(
+        f"{r} [packed]" for r in ("rlt τ=0.1", "random match_rlt=0.1") for _ in ("synthetic", "samples"))
+    assert all(c.with_(attn_path=None, given_label=None).key in keys for c in packed)

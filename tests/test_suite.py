@@ -258,3 +258,30 @@ def test_a_model_without_weights_is_refused():
     with pytest.raises(SuiteError, match="has no weights") as exc:
         parse(text)
     assert str(exc.value).startswith(f"mini.toml:{line_of(text, '[[models]]')}:")
+
+
+def test_attn_path_packed_marks_its_cells_and_leaves_other_keys_alone():
+    plain = parse()
+    text = SUITE.replace('params = { r = 4 }', 'params = { r = 4 }\nattn_path = "packed"', 1)
+    suite = parse(text)
+    packed = [c for c in suite.cells() if c.attn_path == "packed"]
+    assert packed and all(c.reducer == "tome" and c.mode == "inference" and c.label.endswith(" [packed]")
+                          for c in packed)
+    assert {c.key for c in suite.cells() if c.attn_path is None} <= {c.key for c in plain.cells()}
+    assert not {c.key for c in packed} & {c.key for c in plain.cells()}  # a different configuration
+    bad = SUITE.replace('params = { r = 4 }', 'params = { r = 4 }\nattn_path = "dense"', 1)
+    with pytest.raises(SuiteError, match=r"attn_path must be one of auto, packed") as exc:
+        parse(bad)
+    assert str(exc.value).startswith(f"mini.toml:{line_of(bad, 'attn_path')}:"), str(exc.value)
+
+
+def test_train_seeds_repeat_each_train_arm_and_keep_the_first_seeds_key():
+    plain = [c for c in parse().cells() if c.mode == "train"]
+    text = SUITE.replace("[train]\nepochs = 1\n", "[train]\nepochs = 1\nseeds = 3\n", 1)
+    seeded = [c for c in parse(text).cells() if c.mode == "train"]
+    assert len(seeded) == 3 * len(plain)
+    assert {c.key for c in plain} <= {c.key for c in seeded}  # seed 0: the same cell as without seeds
+    assert sorted({c.seed for c in seeded}) == [0, 1, 2] and "seeds" not in seeded[0].train
+    assert len({c.key for c in seeded}) == len(seeded)
+    with pytest.raises(SuiteError, match="seeds"):
+        parse(SUITE.replace("[train]\nepochs = 1\n", "[train]\nepochs = 1\nseeds = 0\n", 1))

@@ -209,8 +209,10 @@ def test_an_arm_slowed_on_purpose_reads_the_expected_speedup():
             time.sleep(self.ms / 1000)
             return video
 
-    r = time_forward(Sleeper(20.0), noise_video(2, 4, 32), SleepyForward(sleep_ms=20.0), warmup=1, repeats=8, batch_size=2)
-    # baseline 20 ms per batch, reducer arm 40 ms: a speedup of 0.5 (the reducer arm is twice as slow)
+    # 60 ms sleeps: a loaded machine wakes a sleeper a few ms late, which must stay small against the sleep
+    r = time_forward(Sleeper(60.0), noise_video(2, 4, 32), SleepyForward(sleep_ms=60.0), warmup=1, repeats=8,
+                     batch_size=2)
+    # baseline 60 ms per batch, reducer arm 120 ms: a speedup of 0.5 (the reducer arm is twice as slow)
     assert r.speedup == pytest.approx(0.5, rel=0.03)
     lo, hi = r.speedup_interval
     assert lo <= r.speedup <= hi
@@ -226,3 +228,19 @@ def test_gc_is_off_while_timing_and_restored(tiny):
     finally:
         h.remove()
     assert seen and not any(seen) and gc.isenabled()
+
+
+def test_each_arm_records_the_attention_path_it_ran(tiny):
+    """Equal lengths take one dense batched call; RLT-like unequal lengths (or the dense shortcut off, as
+    ``attn_path = "packed"`` does) take the per-sequence loop — and each arm says which."""
+    r = time_forward(tiny, noise_video(4, 4, 32), get_reducer("random", count=3), warmup=0, repeats=1,
+                     batch_size=2)
+    assert (r.attn_path, r.baseline_attn_path) == ("dense", "dense")
+    assert r.as_metrics()["attn_path"] == "dense" and r.as_metrics()["baseline_attn_path"] == "dense"
+    tiny.dense_fast_path = False
+    try:
+        r = time_forward(tiny, noise_video(4, 4, 32), get_reducer("random", count=3), warmup=0, repeats=1,
+                         batch_size=2)
+    finally:
+        tiny.dense_fast_path = True
+    assert (r.attn_path, r.baseline_attn_path) == ("packed", "packed")

@@ -10,6 +10,8 @@ from typing import Any
 from ..errors import UserError
 from ..paths import safe_name
 from ..report import headline_table, write_report
+from ..report.provenance import AA_TOLERANCE, aa_failures, aa_text
+from ..report.records import dedupe, records_from_frame
 from ..results import load
 from ..run import run_suite
 from ..run.executors import DEFAULT_TIMEOUT_MIN, LaunchOptions
@@ -76,6 +78,9 @@ def add_cli(sub) -> None:
                    help="report root; the suite's report goes to DIR/<suite>/ (default: %(default)s)")
     p.add_argument("--retry-failed", action="store_true",
                    help="run again the cells recorded as failed (the new record supersedes the old)")
+    p.add_argument("--rerun-stale", action="store_true",
+                   help="measure again the recorded cells measured at another git commit or in a tree with "
+                        "uncommitted changes (the new record supersedes the old; --launcher inprocess)")
     p.add_argument("--dry-run", action="store_true", help="validate the suite and list its cells; run nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     add_launch_args(p)
@@ -144,6 +149,8 @@ def run(args) -> int:
     if not args.no_report:
         require_folder("--report-dir", args.report_dir)
     opts = None if args.launcher == "inprocess" else options_from_args(args)
+    if opts is not None and args.rerun_stale:
+        raise UserError(f"--rerun-stale runs with --launcher inprocess only, not {args.launcher}")
     suite = load_suite(args.suite, overrides=suite_overrides_for(args), only=args.only,
                        check_device=args.launcher != "slurm")  # Slurm's cells run on its compute nodes
     cells = suite.cells()
@@ -156,7 +163,7 @@ def run(args) -> int:
         return 0
     if opts is None:
         summary = run_suite(suite, args.out, command=command_line(), retry_failed=args.retry_failed, cells=cells,
-                            show_progress=not args.no_progress)
+                            show_progress=not args.no_progress, rerun_stale=args.rerun_stale)
     else:
         summary = launch(suite, args.out, opts, cells=cells, command=command_line())
     if summary.failures:
@@ -171,9 +178,28 @@ def run(args) -> int:
     where = f" → {summary.store}" if summary.store else ""
     print(f"{suite.name}: {summary.ran} cells run ({summary.failed} failed), {summary.skipped} already recorded, "
           f"{summary.wall_s:.1f} s{where}", file=sys.stderr)
+    stale = getattr(summary, "stale", 0)
+    if stale:
+        print(f"{suite.name}: {stale} recorded cell(s) were measured at another commit or in a dirty tree"
+              + (" and were measured again" if summary.rerun_stale else
+                 "; their records are kept (tokenbench run --rerun-stale measures them again)"), file=sys.stderr)
     if not args.no_report and suite_dir.is_dir():
         report_and_headline(suite_dir, Path(args.report_dir))
+    if suite_dir.is_dir():
+        warn_aa(suite_dir, {c.key for c in cells}, Path(summary.store).parent.name if summary.store else None)
     return 1 if summary.failed else 0
+
+
+def warn_aa(suite_dir: Path, keys: set[str], fingerprint: str | None = None) -> None:
+    """One line when a cell's A/A control (the baseline timed against itself) reads off 1 by more than
+    the tolerance: the speedups measured beside it are not to be trusted. Only this run's cells (``keys``)
+    on this run's hardware (``fingerprint``, when known) count."""
+    ok, _ = dedupe(records_from_frame(load(suite_dir)))
+    bad = aa_failures([r for r in ok if r.get("key") in keys
+                       and (fingerprint is None or r["fingerprint"] == fingerprint)])
+    if bad:
+        print(f"warning: the A/A control is off 1 by more than {AA_TOLERANCE:.0%} in {len(bad)} cell(s) "
+              f"(timing noise: a busy machine?), e.g. {aa_text(bad[0])}", file=sys.stderr)
 
 
 def report_and_headline(suite_dir: Path, report_dir: Path) -> None:

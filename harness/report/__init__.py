@@ -56,6 +56,7 @@ from ..schema import HEAD
 from . import figures as figs
 from . import tables as tabs
 from .format import Table
+from .provenance import AA_TOLERANCE, aa_failures, aa_text, commits_note
 from .readme import suite_readme
 from .records import dedupe, records_from_frame
 
@@ -148,6 +149,14 @@ def build_suite(suite: str, records: list[dict], regenerate: str) -> SuiteReport
             t = build(by_fp[fp], fp)
             if t is not None:
                 tables.append((_table_stem(t, several), t))
+    for _, t in tables:  # the code behind each table's numbers, and whether its timings passed the A/A check
+        recs = [r for r in ok if t.fingerprint is None or r["fingerprint"] == t.fingerprint]
+        t.notes.append(commits_note([r for r in recs if _in_table(t, r)]))
+        bad = aa_failures(recs) if t.fingerprint is not None else []
+        if bad:
+            t.notes.insert(0, f"⚠ the A/A control (the baseline timed against itself) is off 1 by more than "
+                              f"{AA_TOLERANCE:.0%} on this fingerprint — {'; '.join(aa_text(r) for r in bad)}: "
+                              "its speedups are not to be trusted.")
     texts: dict[str, str] = {}
     for stem, t in tables:
         texts[f"tables/{stem}.md"] = t.markdown()
@@ -157,6 +166,11 @@ def build_suite(suite: str, records: list[dict], regenerate: str) -> SuiteReport
     plan = figs.plan_figures(by_fp, ok, style)
     texts["README.md"] = suite_readme(suite, records, ok, failed, fps, tables, plan, regenerate)
     return SuiteReport(suite, texts, tables, plan, failed)
+
+
+def _in_table(t: Table, r: dict) -> bool:
+    """Whether record ``r`` is of the mode table ``t`` shows."""
+    return r.get("mode") == ("train" if t.name == "training" else "inference")
 
 
 def _regenerate_command(sources: list[Path], out_dir: Path) -> str:

@@ -71,11 +71,17 @@ def _accuracy_vs_throughput(rows: list[dict], style: Style, fp: str, title_fp: s
     return draw
 
 
+def _timed_gflops(r: dict) -> float:
+    """GFLOPs per clip of the clips the row's time was measured on, else (older records) of all clips."""
+    return r.get("time_gflops") or r["gflops"]
+
+
 def _gflops_vs_time(rows: list[dict], style: Style, fp: str, title_fp: str) -> Callable[[], Figure]:
     """Per (model, dataset, batch): left, absolute ms per clip against GFLOPs per clip, with time ∝
     GFLOPs through the baseline; right, the same against the paired timing: time ÷ the baseline timed
     interleaved in the same cell (1 / speedup, IQR from the speedup quartiles), which cancels drift
-    between cells, with the ideal line through (baseline GFLOPs, 1)."""
+    between cells, with the ideal line through (baseline GFLOPs, 1). x is the GFLOPs of the clips that were
+    timed (``time_gflops``; records from before it was recorded: the all-clip mean)."""
     def draw() -> Figure:
         groups = _group(rows, lambda r: (r["model"], r["dataset"], r["batch_size"]))
         fig = Figure(figsize=(10.2, 3.5 * len(groups) + 0.6), layout="constrained")
@@ -83,7 +89,7 @@ def _gflops_vs_time(rows: list[dict], style: Style, fp: str, title_fp: str) -> C
         for (ax_abs, ax_rel), ((model, dataset, bs), grp) in zip(axes, groups):
             grp = sorted(grp, key=lambda r: sort_key(r["_record"]))
             base = [r for r in grp if r["reducer"] == "none"]
-            xmax = max(r["gflops"] for r in grp) * 1.1
+            xmax = max(_timed_gflops(r) for r in grp) * 1.1
             for ax, relative in ((ax_abs, False), (ax_rel, True)):
                 ytop = 0.0
                 for r in grp:
@@ -100,15 +106,15 @@ def _gflops_vs_time(rows: list[dict], style: Style, fp: str, title_fp: str) -> C
                     yerr = [[max(y - lo_hi[0], 0)], [max(lo_hi[1] - y, 0)]] if lo_hi else None
                     ytop = max(ytop, lo_hi[1] if lo_hi else y)
                     c = style.colour(r["label"])
-                    ax.errorbar(r["gflops"], y, yerr=yerr, color=c, marker=style.marker.get(r["label"], "o"),
+                    ax.errorbar(_timed_gflops(r), y, yerr=yerr, color=c, marker=style.marker.get(r["label"], "o"),
                                 markersize=6, linestyle="", capsize=2, zorder=3, markeredgecolor="white",
                                 markeredgewidth=0.6)
                 if base:
                     b = base[0]
                     y0 = 1.0 if relative else b["time_ms_median"] / bs
-                    ax.plot([0, xmax], [0, y0 / b["gflops"] * xmax], color=reducer_colour("none"),
+                    ax.plot([0, xmax], [0, y0 / _timed_gflops(b) * xmax], color=reducer_colour("none"),
                             linestyle=":", linewidth=1.2, zorder=1)
-                    ytop = max(ytop, y0 / b["gflops"] * xmax * 0.9)
+                    ytop = max(ytop, y0 / _timed_gflops(b) * xmax * 0.9)
                 ax.set_xlim(0, xmax)
                 ax.set_ylim(0, max(ytop * 1.12, 1e-9))
                 ax.set_xlabel("compute (GFLOPs per clip)")
@@ -317,7 +323,8 @@ def plan_figures(by_fp: dict[str, list[dict]], ok: list[dict], style: Style) -> 
         if ft:
             flops_time.append(FigureSpec(
                 "gflops_vs_time" + suffix, "GFLOPs vs measured time" + title_fp,
-                "forward time per clip against GFLOPs per clip, per reducer and batch size: left the "
+                "forward time per clip against GFLOPs per clip of the same (timed) clips, per reducer and batch "
+                "size: left the "
                 "measured median (bars: IQR), right the time relative to the baseline timed interleaved in "
                 "the same cell (1/speedup; bars from the speedup IQR), which cancels drift between cells. "
                 "The dotted line is time proportional to GFLOPs through the baseline; points above it gain "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .format import MISSING, md_escape, params_text
+from .provenance import AA_TOLERANCE, aa_failures, aa_text
 from .records import sort_key
 
 
@@ -18,7 +19,14 @@ def fingerprint_block(fp: str, recs: list[dict]) -> str:
     first = ("device", "device_name", "cpu", "threads", "cuda", "driver", "torch", "python", "git_commit",
              "dtype", "attn_backend")
     order = [k for k in first if k in fields] + sorted(k for k in fields if k not in first)
-    lines = [f"#### `{fp}`", "", "| field | value |", "|:---|:---|"]
+    bad = aa_failures(recs)
+    mark = " ⚠ A/A control off" if bad else ""
+    lines = [f"#### `{fp}`{mark}", ""]
+    if bad:  # the estimator failed its own check here: every speedup of this fingerprint is suspect
+        lines += [f"**The A/A control (the baseline timed against itself) reads further than "
+                  f"{AA_TOLERANCE:.0%} from 1.00 on this fingerprint**, so its speedups are not to be trusted:", ""]
+        lines += [f"* {md_escape(aa_text(r))}" for r in bad] + [""]
+    lines += ["| field | value |", "|:---|:---|"]
     lines += [f"| {md_escape(k)} | {md_escape(', '.join(sorted(fields[k])))} |" for k in order]
     return "\n".join(lines) + "\n"
 

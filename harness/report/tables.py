@@ -61,8 +61,9 @@ def _speedup(r: dict, bases: dict[tuple, list[dict]], t_med: float | None) -> tu
 def inference_values(records: list[dict]) -> list[dict]:
     """One row per inference record of ONE fingerprint, with Δtop-1, speedup and clips/s derived.
 
-    * Δtop-1: top-1 minus the baseline's (reducer ``none``, same model/input/dataset) in these
-      records, falling back to the record's own ``top1_baseline``.
+    * Δtop-1: top-1 minus the record's own paired baseline (``top1_baseline``: the runner's baseline on the
+      same clips, views, options and autocast), never another row picked by dataset name; its 95 %
+      interval is the record's paired bootstrap (``delta_top1_ci_lo``/``_hi``).
     * speedup: the record's paired ``speedup`` (and IQR); else ``baseline_time_ms_median /
       time_ms_median`` from the record; else the baseline record's median at the same batch size;
       1 for the baseline itself.
@@ -74,11 +75,8 @@ def inference_values(records: list[dict]) -> list[dict]:
     bases = _bases(records)
     rows = []
     for r in sorted(records, key=sort_key):
-        b = _baseline(bases.get(setting(r)), r.get("batch_size"), lambda b: num(b.get("top1")) is not None)
         top1 = num(r.get("top1"))
-        b_top1 = num(b.get("top1")) if b is not None else None
-        if b_top1 is None:
-            b_top1 = num(r.get("top1_baseline"))
+        b_top1 = num(r.get("top1_baseline"))
         t_med, t_q1, t_q3 = (num(r.get(k)) for k in ("time_ms_median", "time_ms_q1", "time_ms_q3"))
         sp, sp_q1, sp_q3 = _speedup(r, bases, t_med)
         bs = r.get("batch_size")
@@ -95,8 +93,11 @@ def inference_values(records: list[dict]) -> list[dict]:
             "reducer": r["reducer"], "label": r["label"], "params": params_text(r["params"]),
             "batch_size": bs, "top1": top1, "top1_baseline": b_top1,
             "delta_top1": top1 - b_top1 if top1 is not None and b_top1 is not None else None,
+            "delta_top1_ci_lo": num(r.get("delta_top1_ci_lo")), "delta_top1_ci_hi": num(r.get("delta_top1_ci_hi")),
+            "top1_ci_lo": num(r.get("top1_ci_lo")), "top1_ci_hi": num(r.get("top1_ci_hi")),
             "top5": num(r.get("top5")),
             "gflops": gflops if gflops is not None else num(r.get("gflops_fvcore")),
+            "time_gflops": num(r.get("time_gflops")),
             "tokens_in_mean": tok_in, "tokens_in_min": num(r.get("tokens_in_min")),
             "tokens_in_max": num(r.get("tokens_in_max")), "tokens_total": total,
             "tokens_out_mean": layers[-1] if layers else None,
@@ -113,35 +114,65 @@ def inference_values(records: list[dict]) -> list[dict]:
 
 
 def training_values(records: list[dict]) -> list[dict]:
-    """One row per training record of ONE fingerprint; speedup = baseline wall-clock / wall-clock for the
-    baseline trained on the same setting (same batch size and epochs where recorded)."""
+    """One row per training arm of ONE fingerprint, its seeds (``[train] seeds``) pooled: speedup = the
+    baseline's wall-clock / this one, the baseline trained on the same setting (same batch size and
+    epochs) with the same seed where there is one; wall-clock, speedup and top-1 are means over the seeds,
+    with their range (min–max) beside them when there are several."""
     fps = {r["fingerprint"] for r in records}
     assert len(fps) <= 1, f"timings of several fingerprints in one table: {sorted(fps)}"
     names = model_names(records)
     bases = _bases(records)
-    rows = []
+    arms: dict[tuple, list[dict]] = {}
     for r in sorted(records, key=sort_key):
         epochs = num(r.get("train_epochs"))
         b = _baseline(bases.get(setting(r)), r.get("batch_size"),
                       lambda b, ep=epochs: num(b.get("train_epochs")) == ep)
+        same_seed = [x for x in bases.get(setting(r), []) if x.get("seed") == r.get("seed")
+                     and x.get("batch_size") == r.get("batch_size") and num(x.get("train_epochs")) == epochs]
+        b = same_seed[0] if same_seed else b
         wall = num(r.get("train_wall_s"))
         b_wall = num(b.get("train_wall_s")) if b is not None else None
         top1 = num(r.get("top1"))
         b_top1 = num(b.get("top1")) if b is not None else num(r.get("top1_baseline"))
         tokens = num(r.get("train_tokens_mean"))
-        rows.append({
+        key = (setting(r), r["label"], r["params_json"], r.get("batch_size"), epochs)
+        arms.setdefault(key, []).append({
             "model": names.get(setting(r)[:4], r.get("model")), "dataset": r.get("dataset"),
             "reducer": r["reducer"], "label": r["label"], "params": params_text(r["params"]),
-            "batch_size": r.get("batch_size"), "train_epochs": num(r.get("train_epochs")),
+            "batch_size": r.get("batch_size"), "train_epochs": epochs,
             "train_wall_s": wall, "baseline_train_wall_s": b_wall,
             "train_speedup": b_wall / wall if b_wall is not None and wall else None,
             "train_clips_per_s": num(r.get("train_clips_per_s")),
             "top1": top1, "delta_top1": top1 - b_top1 if top1 is not None and b_top1 is not None else None,
+            "top1_ci_lo": num(r.get("top1_ci_lo")), "top1_ci_hi": num(r.get("top1_ci_hi")),
             "train_tokens_mean": tokens if tokens is not None else num(r.get("tokens_in_mean")),
             "train_final_loss": num(r.get("train_final_loss")), "load_avg": load_text(r),
             "_record": r,
         })
-    return rows
+    return [_pool_seeds(rows) for rows in arms.values()]
+
+
+POOLED = ("train_wall_s", "baseline_train_wall_s", "train_speedup", "train_clips_per_s", "top1", "delta_top1",
+          "train_tokens_mean", "train_final_loss")
+
+
+def _pool_seeds(rows: list[dict]) -> dict:
+    """One arm's rows over its seeds: the mean of each number, the range of speedup and top-1."""
+    out = dict(rows[0])
+    out["train_seeds"] = len(rows)
+    if len(rows) == 1:
+        return out
+    for k in POOLED:
+        vals = [r[k] for r in rows if r[k] is not None]
+        out[k] = sum(vals) / len(vals) if vals else None
+    for k in ("train_speedup", "top1"):
+        vals = [r[k] for r in rows if r[k] is not None]
+        out[f"{k}_range"] = f"{min(vals):.2f}–{max(vals):.2f}" if k == "train_speedup" and vals else (
+            f"{min(vals):.1f}–{max(vals):.1f}" if vals else None)
+    out["top1_ci_lo"] = out["top1_ci_hi"] = None  # a mean over seeds: its range is the spread shown
+    loads = [r["load_avg"] for r in rows if r["load_avg"]]
+    out["load_avg"] = "; ".join(loads) if loads else None
+    return out
 
 
 def load_text(r: dict) -> str | None:
@@ -211,10 +242,12 @@ def _ident_cols(*names: str) -> list[Col]:
     return [IDENT[n] for n in names]
 
 
-SPEEDUP_NOTE = ("speedup: median over repeats of baseline time / reducer time per batch, each reducer run "
-                "paired with the baseline run just before it in the same cell on the same hardware; in "
-                "brackets the interquartile range of those paired ratios. clips/s: batch size / median batch "
-                "time, IQR from the time quartiles.")
+SPEEDUP_NOTE = ("speedup: median over repeats of baseline time / reducer time per batch, the two timed in the "
+                "same cell on the same clips in a balanced order (ABBA over repeats); in brackets the "
+                "interquartile range of those paired ratios (the details table has its 95 % bootstrap "
+                "interval). The none row is the A/A control, the baseline timed against itself the same way: it "
+                "should read 1.00 within noise (records from before the control carry a typed-in 1.00 without "
+                "an interval). clips/s: batch size / median batch time, IQR from the time quartiles.")
 
 
 def inference_table(records: list[dict], fingerprint: str) -> Table | None:
@@ -223,7 +256,12 @@ def inference_table(records: list[dict], fingerprint: str) -> Table | None:
     if not rows:
         return None
     cols = _ident_cols("model", "dataset", "reducer", "params", "batch") + metric_cols(INF)
-    notes = ["Δtop-1: percentage points against the baseline (reducer none) of the same model and dataset.",
+    notes = ["top-1: in brackets its 95 % interval (Wilson over videos). Δtop-1: percentage points against the "
+             "cell's own paired baseline (the same model without reducer on the same clips, views, options "
+             "and autocast); in brackets its 95 % interval, a paired bootstrap over the same videos.",
+             "attention path: dense (one batched call), packed (per-sequence loop) or varlen (one kernel call), "
+             "as the reducer arm ran; rows marked [packed] ran every arm per sequence (attn_path = \"packed\"), "
+             "so they compare selection at one kernel shape.",
              "tokens/clip in: entering the first block; out: after the last block (differs for "
              "progressive reducers such as ToMe and STA).", SPEEDUP_NOTE]
     return Table("inference", "Inference: accuracy, cost and speed per reducer", cols, rows, fingerprint, notes)
@@ -236,7 +274,10 @@ def details_table(records: list[dict], fingerprint: str) -> Table | None:
         return None
     cols = _ident_cols("model", "dataset", "reducer", "batch") + metric_cols(DET)
     notes = ["time/batch: the median forward time per batch with the reducer's selection inside it (IQR in "
-             "brackets); baseline: the reducer none timed interleaved in the same cell; select: the "
+             "brackets); baseline: the reducer none timed interleaved in the same cell (ABBA); speedup 95 %: "
+             "bootstrap over repeats of the median paired ratio; attention path / baseline path: what each arm "
+             "ran; videos / tokens / GFLOPs (timed): of the timed clips, a seeded sample over the videos; "
+             "select: the "
              "reducer's selection timed alone; decode: decode + sample + resize per clip, timed apart.",
              "fvcore GFLOPs (traced): fvcore with attention handles on a sample of the clips; analytic: the "
              "count from the same clips' token counts (they agree); reducer GFLOPs: the reducer's own "
@@ -253,8 +294,11 @@ def training_table(records: list[dict], fingerprint: str) -> Table | None:
         return None
     cols = _ident_cols("model", "dataset", "reducer", "params", "batch") + metric_cols(TRAIN)
     notes = ["wall-clock to train: data loading included, evaluation excluded.",
-             "speedup: the baseline's (reducer none, same model, dataset, batch size and epochs) "
-             "wall-clock divided by this one, both on this hardware.",
+             "speedup: the baseline's (reducer none, same model, dataset, batch size and epochs; the same "
+             "seed) wall-clock divided by this one, both on this hardware.",
+             "seeds: training runs of the arm ([train] seeds); with several, wall-clock, speedup and top-1 "
+             "are means over them and the ranges (min–max over seeds) are their spread; top-1 of a single "
+             "run carries its 95 % interval (Wilson over videos) in brackets.",
              "tokens/clip: mean tokens per clip seen in training."]
     return Table("training", "Training: wall-clock to train and accuracy per reducer", cols, rows,
                  fingerprint, notes)

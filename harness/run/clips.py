@@ -29,8 +29,9 @@ class ClipSet:
     """A cell's clips (views), decoded once: uint8 [N, T, H, W, 3], labels, the video of each view.
 
     When the clips would not fit in memory (``IN_MEMORY_BUDGET_BYTES``, e.g. Kinetics-400 val × 15 views),
-    ``clips`` holds only the first ``head`` clips (for timing and the FLOP check) and :meth:`batches`
-    decodes the rest on the fly through a ``DataLoader`` with worker processes.
+    ``clips`` holds only a ``head`` of clips spread evenly over the whole set (for timing and the FLOP
+    check; :func:`head_positions`) and :meth:`batches` decodes every clip on the fly through a
+    ``DataLoader`` with worker processes.
     """
 
     clips: torch.Tensor  # all clips, or the head when streaming
@@ -150,7 +151,8 @@ def load_clipset(cell: Cell, cache: RunCache, progress: Callable[[str], None] | 
     skip = bool(cell.skip_unreadable)
     clips, labels, vids, paths, ms, skipped = [], [], [], [], [], []
     bad_paths: set[str] = set()
-    for i in range(head):
+    positions = head_positions(n, head, int(cell.seed)) if streaming else range(n)
+    for j, i in enumerate(positions):
         t0 = time.perf_counter()
         try:
             clip, label, meta = ds[i]  # a VideoDecodeError names the file; the cell fails with it …
@@ -166,8 +168,8 @@ def load_clipset(cell: Cell, cache: RunCache, progress: Callable[[str], None] | 
         labels.append(int(label))
         vids.append(int(meta.get("video_index", i)))
         paths.append(str(meta.get("path", "")))
-        if progress and (i % 16 == 15 or i == head - 1):
-            progress(f"decoding {i + 1}/{head}")
+        if progress and (j % 16 == 15 or j == head - 1):
+            progress(f"decoding {j + 1}/{head}")
     info = {}
     try:
         info = dict(ds.info()) if hasattr(ds, "info") else {}
@@ -191,6 +193,16 @@ def load_clipset(cell: Cell, cache: RunCache, progress: Callable[[str], None] | 
 
 
 
+def head_positions(n: int, head: int, seed: int = 0) -> list[int]:
+    """``head`` clip positions of ``n`` spread evenly over the set, from a seeded offset: views of one video
+    sit side by side, so the first ``head`` clips would be a few videos' views."""
+    if head >= n:
+        return list(range(n))
+    step = n / head
+    offset = torch.rand(1, generator=torch.Generator().manual_seed(int(seed))).item() * step
+    return sorted({min(n - 1, int(offset + k * step)) for k in range(head)})
+
+
 def limited(ds, max_items: int | None):
     """The first ``max_items`` items of ``ds`` (all when 0/None), keeping its attributes visible."""
     if not max_items or max_items >= len(ds):
@@ -200,3 +212,25 @@ def limited(ds, max_items: int | None):
         if hasattr(ds, attr):
             setattr(sub, attr, getattr(ds, attr))
     return sub
+
+
+def timing_sample(video_index: list[int], n: int, seed: int = 0) -> list[int]:
+    """Indices of ``n`` clips to time, spread over videos: the videos in a seeded random order, each
+    video's views shuffled, then one view of each video in turn (round-robin) until ``n`` are taken.
+    The first N clips would be the first few videos' views (5×3 views: 16 clips ≈ 1 video), so the timed
+    clips would not be the clips whose tokens and GFLOPs the record reports."""
+    if n >= len(video_index):
+        return list(range(len(video_index)))
+    gen = torch.Generator().manual_seed(int(seed))
+    by_video: dict[int, list[int]] = {}
+    for i, v in enumerate(video_index):
+        by_video.setdefault(v, []).append(i)
+    videos = list(by_video)
+    queues = [[by_video[videos[j]][k] for k in torch.randperm(len(by_video[videos[j]]), generator=gen).tolist()]
+              for j in torch.randperm(len(videos), generator=gen).tolist()]
+    out: list[int] = []
+    while len(out) < n:
+        for q in queues:
+            if q and len(out) < n:
+                out.append(q.pop(0))
+    return sorted(out)  # clip order: a batch holds views of several videos either way

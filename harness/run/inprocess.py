@@ -16,7 +16,7 @@ from .cell import run_cell
 from .clips import data_key
 from .common import describe_error, torch_threads
 from .models import RunCache
-from .plan import local_store, make_plan
+from .plan import CodeVersion, local_store, make_plan, stale_keys
 
 
 @dataclass
@@ -29,20 +29,32 @@ class RunSummary:
     failed: int = 0
     failures: list[str] = field(default_factory=list)
     wall_s: float = 0.0
+    stale: int = 0        # recorded cells measured at another commit or in a dirty tree (kept unless rerun)
+    rerun_stale: bool = False  # … and re-measured (--rerun-stale)
 
 
 def run_suite(suite: Suite, out: str | Path = "results", *, command: str = "", retry_failed: bool = False,
               cells: list[Cell] | None = None, show_progress: bool = True,
-              cache: RunCache | None = None, stream=None) -> RunSummary:
-    """Run every unrecorded cell of ``suite``, appending each record to the suite's store as it finishes."""
+              cache: RunCache | None = None, stream=None, rerun_stale: bool = False,
+              code: CodeVersion | None = None) -> RunSummary:
+    """Run every unrecorded cell of ``suite``, appending each record to the suite's store as it finishes.
+    With ``rerun_stale``, cells whose record was measured at another commit than ``code`` (default: this
+    checkout) or in a dirty tree run again too; the new record supersedes the old."""
     stream = stream if stream is not None else sys.stderr
     t_start = time.perf_counter()
     cells = suite.cells() if cells is None else cells
     fp_id, store = local_store(out, suite)
     cache = cache or RunCache()
-    plan = make_plan(cells, store.done_keys(include_failed=not retry_failed), cache.cache_dir)
+    code = code or CodeVersion.here()
+    done = store.done_keys(include_failed=not retry_failed)
+    stale = stale_keys(store, cells, code) & done
+    if rerun_stale:
+        done -= stale
+    plan = make_plan(cells, done, cache.cache_dir)
     pending = plan.pending
-    summary = RunSummary(suite.name, store.path, len(cells), skipped=plan.skipped)
+    summary = RunSummary(suite.name, store.path, len(cells), skipped=plan.skipped, stale=len(stale),
+                         rerun_stale=rerun_stale)
+    redo = code.measured_elsewhere if rerun_stale else None
 
     def log(msg: str) -> None:
         tqdm.write(msg, file=stream)
@@ -72,7 +84,7 @@ def run_suite(suite: Suite, out: str | Path = "results", *, command: str = "", r
             def progress(msg: str) -> None:
                 bar.set_postfix_str(msg, refresh=interactive)
 
-            with store.claim(cell.key, include_failed=not retry_failed) as claim:
+            with store.claim(cell.key, include_failed=not retry_failed, stale=redo) as claim:
                 if not claim.held:  # another run on this results folder has it: measure each cell once
                     log(f"cell {i}/{len(cells)} {label} skipped: {claim.why}")
                     summary.skipped += 1

@@ -6,9 +6,16 @@
 * GFLOPs: for every clip, the analytic backbone count from its token counts plus the reducer's own hook
   cost per clip; both checked against an fvcore trace (attention handles included) of
   ``flops_check_clips`` clips first (``harness.flops.verify_analytic``);
-* wall-clock (``harness.timing.time_forward``): ``time_clips`` clips decoded beforehand and resident on
-  the device, the baseline timed interleaved with the reducer, selection inside the timed region and
-  also timed alone; decode time per clip measured apart when the clips were loaded.
+* wall-clock (``harness.timing.time_forward``): ``time_clips`` clips, a seeded sample spread over the videos
+  (``clips.timing_sample``), decoded beforehand and resident on the device; the baseline timed interleaved
+  with the reducer (for the ``none`` cell: the baseline against itself, the A/A control), selection inside
+  the timed region and also timed alone; the timed clips' own tokens and GFLOPs beside the all-clip ones;
+  the attention path of each arm; decode time per clip measured apart when the clips were loaded;
+* intervals (95 %): top-1 Wilson over videos, Δtop-1 against this cell's own paired baseline (same clips,
+  views, options, autocast) bootstrapped over the same videos.
+
+``attn_path = "packed"`` runs every arm of the cell through the per-sequence path (no dense batched
+shortcut for equal lengths), so reducers at one budget compare by selection, not by kernel shape.
 
 A **train** cell trains the cell's model with the reducer (``harness.train``), times it, and evaluates
 the result the same way, with the reducer's ``for_eval()`` (or none with ``train.eval_reducer = "none"``).
@@ -29,12 +36,13 @@ from ..checkpoint import load_checkpoint, weights_sha256
 from ..errors import CellError
 from ..evaluate import model_input
 from ..flops import gflops_from_stats, verify_analytic
+from ..intervals import paired_delta, wilson
 from ..metrics import MultiViewAccuracy, TokenCounts
 from ..model import build_model
 from ..schema import Cell
-from ..timing import time_forward
+from ..timing import make_batches, time_forward
 from ..train import TrainRecipe, inference_reducer, train
-from .clips import ClipSet, data_key, limited, load_clipset
+from .clips import ClipSet, data_key, limited, load_clipset, timing_sample
 from .common import DTYPES
 from .models import RunCache, base_model, build_reducer, calibrate, load_model, model_classes, model_key
 
@@ -60,7 +68,7 @@ def forward_all(model, reducer, clips: ClipSet, cell: Cell,
     """Every clip through the model in batches of the cell's size: accuracy (multi-view), tokens per clip
     and layer, GFLOPs per clip (the analytic backbone count from the clip's token counts, plus the
     reducer's hook cost per clip measured by fvcore: ``overhead_per_clip``), the attention backend that
-    ran."""
+    ran; beside the metrics, ``correct``: video → top-1 correct (labelled data), for paired intervals."""
     device, dtype = cell.device, DTYPES[cell.dtype]
     bs = max(1, int(cell.batch_size))
     net = base_model(model)
@@ -94,21 +102,62 @@ def forward_all(model, reducer, clips: ClipSet, cell: Cell,
     if clips.skipped:
         metrics["skipped_videos"] = len(clips.skipped)
         metrics["skipped_errors"] = clips.skipped[:20]
+    correct: dict[Any, bool] = {}
     if acc is not None:
         r = acc.result()
         metrics.update(top1=r["top1"], top5=r["top5"], views=r["views"], num_videos=r["num_clips"])
+        correct = acc.correct(1)
+        metrics["top1_ci_lo"], metrics["top1_ci_hi"] = wilson(sum(correct.values()), len(correct))
     else:
         metrics["views"] = cell.views
-    return {"metrics": metrics, "backend": "+".join(sorted(backends))}
+    return {"metrics": metrics, "backend": "+".join(sorted(backends)), "correct": correct}
 
 
-def _baseline_top1(model, clips: ClipSet, cell: Cell, cache: RunCache, mkey: str, progress) -> float:
-    """Top-1 of the same model without reducer on the same clips (once per model and data)."""
+def _baseline(model, clips: ClipSet, cell: Cell, cache: RunCache, mkey: str, progress,
+              own: dict[str, Any] | None = None) -> dict[str, Any]:
+    """:func:`forward_all` of the same model without reducer on the same clips (once per model, data and
+    autocast): its top-1 and per-video correctness are this cell's paired baseline. ``own``: the cell is
+    the baseline, and its forward pass is the one kept."""
     key = mkey + ":" + data_key(cell) + ":" + str(cell.amp)
+    if own is not None:
+        cache.baseline.setdefault(key, own)
     if key not in cache.baseline:
         with autocast_for(cell):
-            cache.baseline[key] = forward_all(model, None, clips, cell, progress, what="baseline")["metrics"]
-    return cache.baseline[key]["top1"]
+            cache.baseline[key] = forward_all(model, None, clips, cell, progress, what="baseline")
+    return cache.baseline[key]
+
+
+def paired_accuracy(fw: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """``top1_baseline`` and the paired 95 % interval of Δtop-1 (top-1 − top1_baseline) over the videos
+    both arms scored."""
+    delta, lo, hi = paired_delta(base["correct"], fw["correct"])
+    return {"top1_baseline": base["metrics"]["top1"], "delta_top1_ci_lo": lo, "delta_top1_ci_hi": hi}
+
+
+@contextlib.contextmanager
+def attention_path(net, cell: Cell):
+    """``attn_path = "packed"``: the model's dense batched shortcut off for the cell (restored after)."""
+    before = net.dense_fast_path
+    net.dense_fast_path = before and cell.attn_path != "packed"
+    try:
+        yield
+    finally:
+        net.dense_fast_path = before
+
+
+def timed_clip_metrics(model, resident: torch.Tensor, reducer, batch_size: int,
+                       overhead_per_clip: float) -> dict[str, Any]:
+    """Mean tokens and GFLOPs of the clips exactly as timed (``harness.timing.make_batches``: the last batch
+    is filled by wrapping around, so those clips count again), from one untimed pass over them."""
+    net = base_model(model)
+    tokens_in, gflops = [], []
+    with torch.inference_mode():
+        for batch in make_batches(resident, batch_size):
+            model(batch, reducer=reducer)
+            stats = net.last_stats
+            tokens_in.extend(stats.tokens_in)
+            gflops.extend(g + overhead_per_clip for g in gflops_from_stats(net, stats).per_clip)
+    return {"time_tokens_in_mean": statistics.fmean(tokens_in), "time_gflops": statistics.fmean(gflops)}
 
 
 def inference_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tuple[dict, dict]:
@@ -139,27 +188,32 @@ def inference_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tupl
         # what the analytic count (+ the hook cost) gives the same traced clips: agrees with gflops_fvcore
         metrics["gflops_fvcore_analytic"] = rep.analytic.mean + rep.reducer_gflops
         metrics["gflops_reducer_overhead"] = rep.reducer_gflops
-    # accuracy, tokens and GFLOPs of every clip
-    with autocast_for(cell):
-        fw = forward_all(model, reducer, clips, cell, progress, overhead_per_clip=overhead)
-    metrics.update(fw["metrics"])
-    if "top1" in metrics:
-        metrics["top1_baseline"] = metrics["top1"] if reducer is None else _baseline_top1(
-            model, clips, cell, cache, model_key(cell, num_classes, length_emb), progress)
-    # wall-clock: clips decoded beforehand and resident on the device; baseline interleaved
-    n_time = min(int(cell.time_clips or 0) or len(clips), int(clips.clips.shape[0]))
-    if progress:
-        progress(f"timing {n_time} clips × {cell.repeats} repeats")
-    resident = model_input(clips.clips[:n_time], device, dtype)
-    with autocast_for(cell):  # the context is entered once; every timed forward runs inside it
-        timing = time_forward(model, resident, reducer.fresh() if reducer is not None else None,
-                              baseline=reducer is not None, warmup=int(cell.warmup),
-                              repeats=int(cell.repeats), batch_size=int(cell.batch_size))
+    with attention_path(net, cell):
+        # accuracy, tokens and GFLOPs of every clip
+        with autocast_for(cell):
+            fw = forward_all(model, reducer, clips, cell, progress, overhead_per_clip=overhead)
+        metrics.update(fw["metrics"])
+        if "top1" in metrics:
+            base = _baseline(model, clips, cell, cache, model_key(cell, num_classes, length_emb), progress,
+                             own=fw if reducer is None else None)
+            metrics.update(paired_accuracy(fw, fw if reducer is None else base))
+        # wall-clock: a seeded sample of clips spread over the videos, decoded beforehand and resident on the
+        # device; the baseline interleaved (the none cell: against itself, the A/A control)
+        in_memory = int(clips.clips.shape[0])
+        n_time = min(int(cell.time_clips or 0) or in_memory, in_memory)
+        picked = timing_sample(clips.video_index[:in_memory], n_time, seed=int(cell.seed))
+        if progress:
+            progress(f"timing {n_time} clips × {cell.repeats} repeats")
+        resident = model_input(clips.clips[picked], device, dtype)
+        with autocast_for(cell):  # the context is entered once; every timed forward runs inside it
+            timing = time_forward(model, resident, reducer.fresh() if reducer is not None else None,
+                                  baseline=True, warmup=int(cell.warmup), repeats=int(cell.repeats),
+                                  batch_size=int(cell.batch_size))
+            metrics.update(timed_clip_metrics(model, resident, reducer.fresh() if reducer is not None else None,
+                                              int(cell.batch_size), overhead))
     metrics.update(timing.as_metrics())
     metrics["time_clips"] = timing.num_clips
-    if reducer is None:  # the baseline cell is its own reference
-        metrics.update(baseline_time_ms_median=metrics["time_ms_median"], speedup=1.0, speedup_q1=1.0,
-                       speedup_q3=1.0)
+    metrics["time_videos"] = len({clips.video_index[i] for i in picked})
     metrics["decode_ms_per_clip"] = statistics.fmean(clips.decode_ms)
     if reducer is not None and reducer.params() != (cell.params or {}):
         metrics["reducer_params_used"] = reducer.params()  # e.g. random's keep calibrated to RLT's budget

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..fingerprint import git_commit, git_dirty
 from ..results import ResultStore, store_path
 from ..schema import Cell
 from .common import hardware_fingerprint, torch_threads
@@ -26,6 +27,30 @@ class Plan:
 def make_plan(cells: list[Cell], done: set[str], cache_dir: Path) -> Plan:
     pending = [c for c in cells if c.key not in done]
     return Plan(cells, pending, pending_pretrains(pending, cache_dir))
+
+
+@dataclass(frozen=True)
+class CodeVersion:
+    """The code a record was measured with: ``git_commit`` and ``git_dirty`` of its fingerprint."""
+
+    commit: str
+    dirty: bool | None
+
+    @classmethod
+    def here(cls) -> CodeVersion:
+        return cls(git_commit(), git_dirty())
+
+    def measured_elsewhere(self, record: dict[str, Any]) -> bool:
+        """Whether ``record`` was measured at another commit or in a tree with uncommitted changes: its
+        numbers may not be what this code measures."""
+        fp = record.get("fingerprint") or {}
+        return fp.get("git_commit") != self.commit or bool(fp.get("git_dirty"))
+
+
+def stale_keys(store: ResultStore, cells: list[Cell], code: CodeVersion) -> set[str]:
+    """Keys of ``cells`` whose newest record was measured at another commit or in a dirty tree."""
+    wanted = {c.key for c in cells}
+    return {k for k, r in store.latest().items() if k in wanted and code.measured_elsewhere(r)}
 
 
 def pending_pretrains(cells: list[Cell], cache_dir: Path) -> list[dict[str, Any]]:

@@ -29,7 +29,8 @@ The format (every key optional unless marked)::
     device = "auto"               # auto (cuda when available) | cpu | cuda | cuda:1 … (one this machine
                                   # lacks is refused, except for Slurm jobs)
     flops_check_clips = 1         # clips traced by fvcore to check the analytic FLOP count (0 = none)
-    time_clips = 16               # clips (decoded, on the device) each timed repeat runs; 0 = all
+    time_clips = 16               # clips (decoded, on the device) each timed repeat runs, a seeded sample
+                                  # spread over the videos; 0 = all
 
     [train]                       # train-mode cells: harness.train's recipe (its DEFAULTS) overridden
     epochs = 3                    # … epochs, batch_size, lr, weight_decay, warmup_epochs, label_smoothing,
@@ -37,6 +38,8 @@ The format (every key optional unless marked)::
     max_clips = 0                 # training clips used; 0 = the whole train split
     init = "scratch"              # scratch | checkpoint (fine-tune the model entry's weights)
     eval_reducer = "auto"         # auto (RLT stays on; random masking off; rlt_random → rlt) | none
+    seeds = 1                     # each train arm trained with seeds seed, seed+1, …; the training table
+                                  # shows the mean and the range over seeds
 
     [[models]]                    # one table per model; repeat for more
     name = "vit_b"                # REQUIRED: vit_t | vit_s | vit_b | vit_l | vit_h
@@ -75,6 +78,8 @@ The format (every key optional unless marked)::
     modes = ["inference"]         # restrict to some modes …
     datasets = ["k400"]           # … datasets (ids) …
     models = ["vit_b"]            # … and models (ids)
+    attn_path = "auto"            # auto: equal-length batches take one dense batched attention call;
+                                  # "packed": every arm of the cell per sequence (inference; label + " [packed]")
 
 **Strings may read environment variables**: ``"${VAR}"`` (required) or ``"${VAR:-default}"``. A
 required path that is not given is refused before any work, naming the variable and the ``--set``

@@ -119,12 +119,15 @@ class _Validator(_Entries):
                                                     f"{self.where(m.path)}): {exc}") from None
                             sizes = dflt["batch_sizes"] if mode == "inference" else [suite.train["batch_size"]]
                             amps = dflt["autocast"] if mode == "inference" else ["none"]
+                            seeds = 1 if mode == "inference" else int(suite.train.get("seeds", 1))
                             for bs in sizes:
                                 for ac in amps:
                                     cell = self.with_autocast(self.cell(suite, mode, m, d, r, params, bs), ac)
+                                    cell = self.with_attn_path(cell, r.attn_path)
                                     self.refuse_repeat(runs, cell, r, effective[ck[:2]])
-                                    cells.append(cell)
-                                    self.cell_entries.append((m.path, d.path))
+                                    for i in range(seeds):  # seed 0 of a repeated arm keeps its key
+                                        cells.append(cell.with_(seed=cell.seed + i) if i else cell)
+                                        self.cell_entries.append((m.path, d.path))
         return cells
 
     def refuse_repeat(self, runs: dict[str, ReducerSpec], cell: Cell, r: ReducerSpec, params: dict) -> None:
@@ -154,7 +157,7 @@ class _Validator(_Entries):
         mode_fields: dict[str, Any] = (
             dict(repeats=dflt["repeats"], warmup=dflt["warmup"], flops_check_clips=dflt["flops_check_clips"],
                  time_clips=dflt["time_clips"]) if mode == "inference"
-            else dict(train={**suite.train, "split": d.train_split}))
+            else dict(train={**{k: v for k, v in suite.train.items() if k != "seeds"}, "split": d.train_split}))
         return Cell(
             model=m.name, num_frames=m.num_frames, img_size=m.img_size, checkpoint=m.checkpoint_id,
             dataset=d.name, split=d.split, reducer=r.name, params=params, batch_size=bs, mode=mode,
@@ -173,6 +176,14 @@ class _Validator(_Entries):
         if autocast == "none":
             return cell
         return cell.with_(autocast=autocast, given_label=f"{cell.label} [{autocast} autocast]")  # tables keep the two apart
+
+    @staticmethod
+    def with_attn_path(cell: Cell, attn_path: str) -> Cell:
+        """The cell with every arm on the per-sequence path; "auto" leaves it (and its key) as it was."""
+        if attn_path == "auto" or cell.mode != "inference":
+            return cell
+        return cell.with_(attn_path=attn_path, given_label=f"{cell.label} [{attn_path}]")
+
 
 def _effective_params(reducer: Any, params: dict) -> dict:
     """Every parameter of a built reducer (its dataclass fields), so ``rlt`` and ``rlt threshold=0.1``

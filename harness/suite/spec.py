@@ -51,6 +51,7 @@ TRAIN_EXTRAS: dict[str, Any] = {  # beyond harness.train.TrainRecipe (epochs, ba
     "init": "scratch",      # scratch | checkpoint (fine-tune the model entry's weights)
     "eval_reducer": "auto",  # auto (harness.train.inference_reducer) | none
     "max_steps": None,
+    "seeds": 1,             # each train arm repeated with seeds defaults.seed, +1, …: the spread is reported
 }
 PRETRAIN_EXTRAS: dict[str, Any] = {"dataset": "synthetic", "split": "train", "options": {}, "max_clips": 0,
                                    "seed": 0}
@@ -60,7 +61,8 @@ PRETRAIN_EXTRAS: dict[str, Any] = {"dataset": "synthetic", "split": "train", "op
 MODEL_KEYS = ("name", "id", "num_frames", "img_size", "checkpoint", "num_classes", "pretrain", "modes")
 DATASET_KEYS = ("name", "id", "split", "train_split", "views", "max_clips", "manifest", "root", "options",
                 "skip_unreadable", "modes")
-REDUCER_KEYS = ("name", "id", "params", "sweep", "label", "modes", "datasets", "models")
+REDUCER_KEYS = ("name", "id", "params", "sweep", "label", "modes", "datasets", "models", "attn_path")
+ATTN_PATHS = ("auto", "packed")  # packed: every arm per sequence (harness.run.measure.attention_path)
 
 
 @dataclass
@@ -124,6 +126,7 @@ class ReducerSpec:
     modes: tuple[str, ...] = MODES
     datasets: tuple[str, ...] | None = None
     models: tuple[str, ...] | None = None
+    attn_path: str = "auto"
     path: tuple = ()
 
     def variants(self) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ from ..train import RECIPE_FIELDS, TrainRecipe
 from .overrides import _Checks, _Missing
 from .spec import (
     ATTN_BACKENDS,
+    ATTN_PATHS,
     AUTOCAST,
     CHECKPOINT_NONE,
     DATASET_KEYS,
@@ -291,6 +292,8 @@ class _Entries(_Checks):
             r.datasets = self._ids(p + ("datasets",), e["datasets"])
         if "models" in e:
             r.models = self._ids(p + ("models",), e["models"])
+        if "attn_path" in e:
+            r.attn_path = self._str(p + ("attn_path",), e["attn_path"], ATTN_PATHS)
         for variant in r.variants():
             self.build_reducer(r, variant)
         return r
