@@ -33,7 +33,10 @@ def test_cell_recomputes_the_key_of_every_committed_reference_record():
     for rec in records:
         cell = Cell.from_dict(rec["cell"])
         assert cell.key == rec["key"], rec["cell"]
-        assert cell.as_dict() == rec["cell"]  # the JSON shape round-trips exactly
+        # the JSON shape round-trips exactly; the weights' identity is recorded beside the configuration
+        weights = {k: rec["cell"][k] for k in ("checkpoint_sha256", "checkpoint_path") if k in rec["cell"]}
+        assert {**cell.as_dict(), **weights} == rec["cell"]
+        assert len(weights.get("checkpoint_sha256", "")) == 64  # every reference record names its weights
 
 
 def test_cell_defaults_mode_fields_and_optional_fields():
@@ -80,10 +83,9 @@ def test_the_default_suite_expands_to_exactly_the_reference_cells():
     from tokenbench.harness.suite import load_suite
 
     cells = load_suite("default", overrides=["defaults.device=cpu"]).cells()  # as recorded
-    # the attn_path = "packed" cells came after the reference run (issue 12; re-running it is its item 9):
-    # setting attn_path on them left every other key as it was
+    assert {c.key for c in cells} == {rec["key"] for rec in _reference_records()}
+    # the attn_path = "packed" cells (issue 12) joined the suite without changing any other cell's key
     keys = {c.key for c in cells if c.attn_path is None}
-    assert keys == {rec["key"] for rec in _reference_records()}
     packed = [c for c in cells if c.attn_path == "packed"]
     assert sorted(c.label for c in packed) == sorted(
         f"{r} [packed]" for r in ("rlt τ=0.1", "random match_rlt=0.1") for _ in ("synthetic", "samples"))
