@@ -118,7 +118,7 @@ def test_every_frame_is_equally_likely_under_every_label(t):
     """Frame t of a clip of one motion is exactly frame t of a clip of any other motion whose objects start
     elsewhere (position shifted on the torus, angle on the circle). Start states are uniform, so every
     frame's distribution is the same under every label: no single frame tells the label."""
-    from tokenbench.datasets.synthetic import _object_params
+    from tokenbench.datasets.synthetic_scene import _object_params
 
     ds = small(n=6, classes=MOTIONS)
     size = ds.img_size
