@@ -192,7 +192,8 @@ def matched_budget_table(records: list[dict]) -> Table | None:
                 continue
             row = {"model": cs.model, "dataset": cs.dataset, "family": family, "budgets": len(pts),
                    "fraction_min": 100 * pts[0].fraction, "fraction_max": 100 * pts[-1].fraction,
-                   "top1_baseline": cs.baseline.top1}
+                   "top1_baseline": cs.baseline.top1, "top1_baseline_lo": cs.baseline.top1_lo,
+                   "top1_baseline_hi": cs.baseline.top1_hi}
             for b, vals in at_budgets(pts).items():
                 for k, v in vals.items():
                     for i, end in enumerate(("", "_lo", "_hi")):
@@ -209,7 +210,8 @@ def matched_budget_table(records: list[dict]) -> Table | None:
             Col("budgets", ("budgets",), lambda r: str(r["budgets"])),
             Col("tokens/block (% of baseline)", ("fraction_min", "fraction_max"),
                 lambda r: f"{one(r['fraction_min'])}–{one(r['fraction_max'])}"),
-            Col("baseline top-1 (%)", ("top1_baseline",), lambda r: one(r["top1_baseline"]))]
+            Col("baseline top-1 (%)", ("top1_baseline", "top1_baseline_lo", "top1_baseline_hi"),
+                lambda r: top((r["top1_baseline"], r["top1_baseline_lo"], r["top1_baseline_hi"])))]
     for b in BUDGETS:
         p = _pct(b)
         cols.append(Col(f"top-1 @{p} % (%)", tuple(f"top1_at_{p}{e}" for e in ("", "_lo", "_hi")),

@@ -47,6 +47,7 @@ class SharePoint:
 @dataclass
 class ShareSeries:
     model: str
+    dataset_format: str            # the datasets' format (registry name)
     batch_size: int | None
     taus: list[float]
     points: list[SharePoint]       # sorted by (τ, share)
@@ -81,7 +82,7 @@ def static_share_series(records: list[dict]) -> list[ShareSeries]:
         pts.sort(key=lambda p: (p.tau, p.share, p.dataset))
         first = rlt[0]
         model = names.get(setting(first)[:4], str(first.get("model")))
-        out.append(ShareSeries(model, first.get("batch_size"), sorted({p.tau for p in pts}), pts))
+        out.append(ShareSeries(model, str(first.get("dataset_name")), first.get("batch_size"), sorted({p.tau for p in pts}), pts))
     return out
 
 
