@@ -33,9 +33,9 @@ def _fig(nrows: int, ncols: int, panel=PANEL, legend_h: float = 0.9) -> tuple[Fi
     return fig, axes
 
 
-def _legend(fig: Figure, handles: list, ncol: int = 3) -> None:
+def _legend(fig: Figure, handles: list, ncol: int = 3, handlelength: float = 2.2) -> None:
     fig.legend(handles=handles, loc="outside lower center", frameon=False, ncol=ncol, fontsize=SMALL,
-               handlelength=2.2, columnspacing=1.2)
+               handlelength=handlelength, columnspacing=1.2)
 
 
 def _err(v: float | None, lo: float | None, hi: float | None):
@@ -136,8 +136,9 @@ def _static_share(series: list[ShareSeries], title: str) -> Callable[[], Figure]
                                 ax.errorbar(x, v, yerr=e, fmt="none", ecolor=c, elinewidth=0.8, capsize=1.5,
                                             alpha=0.7, zorder=2)
                         label = f"RLT τ={tau:g}" if who == "rlt" else f"random at RLT τ={tau:g}'s budget"
-                        handles.setdefault(label, Line2D([], [], color=c, marker=m, markersize=4,
-                                                         linestyle=_DASHES[i % len(_DASHES)], label=label))
+                        handles.setdefault(label, Line2D([], [], color=c, marker=m, markersize=4, linewidth=1.2,
+                                                         linestyle=_DASHES[i % len(_DASHES)], markevery=[1],
+                                                         label=label))
                 if name == "speedup":
                     ax.axhline(1.0, color=reducer_colour("none"), linestyle=":", linewidth=0.8)
                 if name == "kept":
@@ -147,7 +148,7 @@ def _static_share(series: list[ShareSeries], title: str) -> Callable[[], Figure]
                 ax.set_ylabel(ylabel, fontsize=SMALL)
                 ax.set_title(f"{s.model} · {s.dataset_format} · batch {s.batch_size}", fontsize=SMALL)
                 ax.margins(x=0.08, y=0.1)
-        _legend(fig, list(handles.values()), ncol=2)
+        _legend(fig, list(handles.values()), ncol=2, handlelength=4.0)  # long enough to show each τ's dashes
         fig.suptitle(title, fontsize=TEXT)
         return fig
     return draw
