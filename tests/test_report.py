@@ -304,8 +304,9 @@ def test_mixed_fingerprints_give_separate_tables_never_one_speedup_column(tmp_pa
     ok, _ = report_records.dedupe(mixed)
     by_fp = {fp: [r for r in ok if r["fingerprint"] == fp] for fp in (FP_A, FP_B)}
     names = {s.name for s in report_figures.plan_figures(by_fp, ok, report_figures.Style(ok)).figures}
-    assert names == {f"{n}__{s}" for n in ("accuracy_vs_throughput", "gflops_vs_time", "rlt_threshold_sweep")
-                     for s in (slug_a, slug_b)} | {"token_distribution", "tokens_per_layer"}
+    timed = ("accuracy_vs_throughput", "gflops_vs_time", "rlt_threshold_sweep", "curves_top1_vs_throughput")
+    assert names == {f"{n}__{s}" for n in timed for s in (slug_a, slug_b)} | {
+        "token_distribution", "tokens_per_layer", "curves_top1_vs_gflops"}
     assert "(figures/accuracy_vs_throughput__" + slug_b + ".png)" in readme
     with pytest.raises(AssertionError, match="several fingerprints"):
         report_tables.inference_values([r for r in mixed if r.get("mode") == "inference"])
@@ -464,7 +465,7 @@ def test_every_figure_is_a_real_image_with_data_in_each_plot_area(written, tmp_p
     tmp, records, paths = written
     # the files write_report wrote open as images / SVG documents
     pngs = [p for p in paths.figures if p.suffix == ".png"]
-    assert len(pngs) == 5
+    assert len(pngs) == 7  # the five figures and the two curve figures (no static-share sweep here)
     for p in pngs:
         img = imread(p)
         assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 300

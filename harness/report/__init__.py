@@ -9,16 +9,19 @@ Command line::
 * ``--out DIR`` (default ``reports``): each suite found gets ``DIR/<suite>/``::
 
       README.md                        provenance, every table inline, figure links, failed cells
-      tables/<table>.{md,csv,tex}      inference, training, tokens, rlt_threshold_sweep
+      tables/<table>.{md,csv,tex}      inference, training, tokens, matched_budget, rlt_threshold_sweep,
+                                       static_share, inference_details
       figures/<figure>.{png,svg}       accuracy_vs_throughput, gflops_vs_time, token_distribution,
-                                       tokens_per_layer, rlt_threshold_sweep
+                                       tokens_per_layer, rlt_threshold_sweep, curves_top1_vs_gflops,
+                                       curves_top1_vs_throughput, static_share
 
-  Tables and figures that carry timings (inference, training, rlt_threshold_sweep; accuracy vs
-  throughput, GFLOPs vs time, the sweep figure) are made once per hardware fingerprint: when a suite's
+  Tables and figures that carry timings (inference, training, rlt_threshold_sweep, static_share; accuracy
+  vs throughput, GFLOPs vs time, the sweep, throughput-curve and static-share figures) are made once per
+  hardware fingerprint: when a suite's
   records come from more than one fingerprint their names end in ``__<fingerprint id>``
   (``tables/inference__cpu-….md``) and the README gives each its own section. Timings from two
   fingerprints never share a column. Token counts do not depend on hardware: the tokens table and the
-  token figures span fingerprints.
+  token figures span fingerprints, and so do the matched-budget table and the top-1-vs-GFLOPs curves.
 * ``--check``: write nothing; regenerate the tables and README in a temporary folder and compare them
   byte for byte with those under ``--out``; also check that every figure the records support exists
   (PNG and SVG). Prints each stale, missing or no-longer-generated file and exits 1; exits 0 when the
@@ -55,10 +58,12 @@ from ..results import find_record_files, load
 from ..schema import HEAD
 from . import figures as figs
 from . import tables as tabs
+from .curves import matched_budget_table
 from .format import Table
 from .provenance import AA_TOLERANCE, aa_failures, aa_text, commits_note
 from .readme import suite_readme
 from .records import dedupe, records_from_frame
+from .static_share import static_share_table
 
 __all__ = ["ReportPaths", "write_report", "check_report", "headline_table"]
 
@@ -141,11 +146,11 @@ def build_suite(suite: str, records: list[dict], regenerate: str) -> SuiteReport
             t = build(by_fp[fp], fp)
             if t is not None:
                 tables.append((_table_stem(t, several), t))
-    t = tabs.tokens_table(ok)
-    if t is not None:
-        tables.append((t.name, t))
+    for t in (tabs.tokens_table(ok), matched_budget_table(ok)):  # hardware-independent
+        if t is not None:
+            tables.append((t.name, t))
     for fp in fps:
-        for build in (tabs.sweep_table, tabs.details_table):
+        for build in (tabs.sweep_table, static_share_table, tabs.details_table):
             t = build(by_fp[fp], fp)
             if t is not None:
                 tables.append((_table_stem(t, several), t))

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, NullLocator
 
+from .curve_figures import plan_curve_figures
 from .records import num, num_list, sort_key
 from .style import (
     _DASHES,
@@ -50,8 +51,9 @@ def _accuracy_vs_throughput(rows: list[dict], style: Style, fp: str, title_fp: s
         fig, axes = _grid(len(groups))
         for ax, ((model, dataset, bs), grp) in zip(axes, groups):
             for r in sorted(grp, key=lambda r: sort_key(r["_record"])):
-                ax.scatter(r["clips_per_s"], r["top1"], color=style.colour(r["label"]), s=46, zorder=3,
-                           marker=style.marker.get(r["label"], "o"), edgecolors="white", linewidths=0.6)
+                ax.scatter(r["clips_per_s"], r["top1"], facecolors=style.face(r["label"]), s=46, zorder=3,
+                           marker=style.marker.get(r["label"], "o"), edgecolors=style.edge(r["label"]),
+                           linewidths=0.6 if r["label"] not in style.hollow else 1.2)
                 if r["clips_per_s_q1"] is not None and r["clips_per_s_q3"] is not None:
                     ax.plot([r["clips_per_s_q1"], r["clips_per_s_q3"]], [r["top1"]] * 2,
                             color=style.colour(r["label"]), linewidth=1.2, alpha=0.7, zorder=2)
@@ -107,8 +109,9 @@ def _gflops_vs_time(rows: list[dict], style: Style, fp: str, title_fp: str) -> C
                     ytop = max(ytop, lo_hi[1] if lo_hi else y)
                     c = style.colour(r["label"])
                     ax.errorbar(_timed_gflops(r), y, yerr=yerr, color=c, marker=style.marker.get(r["label"], "o"),
-                                markersize=6, linestyle="", capsize=2, zorder=3, markeredgecolor="white",
-                                markeredgewidth=0.6)
+                                markersize=6, linestyle="", capsize=2, zorder=3,
+                                markerfacecolor=style.face(r["label"]), markeredgecolor=style.edge(r["label"]),
+                                markeredgewidth=0.6 if r["label"] not in style.hollow else 1.2)
                 if base:
                     b = base[0]
                     y0 = 1.0 if relative else b["time_ms_median"] / bs
@@ -157,8 +160,9 @@ def _token_distribution(recs: list[dict], style: Style) -> Callable[[], Figure]:
                 if lo is not None and hi is not None:
                     ax.plot([i, i], [lo, hi], color=c, linewidth=1.5, zorder=2)
                 if mean is not None:
-                    ax.scatter([i], [mean], color=c, marker=style.marker.get(r["label"], "o"), s=52, zorder=4,
-                               edgecolors="black", linewidths=0.6)
+                    ax.scatter([i], [mean], facecolors=style.face(r["label"]), marker=style.marker.get(r["label"], "o"),
+                               s=52, zorder=4, edgecolors="black" if r["label"] not in style.hollow else c,
+                               linewidths=0.6 if r["label"] not in style.hollow else 1.2)
             for t in totals:
                 ax.axhline(t, color="#777777", linestyle="--", linewidth=1)
                 ax.annotate("all tokens (T′·H′·W′)", (len(grp) - 0.5, t), xytext=(0, 7),
@@ -366,4 +370,7 @@ def plan_figures(by_fp: dict[str, list[dict]], ok: list[dict], style: Style) -> 
         "Tokens per layer", "no progressive reducer (token count changing across blocks) in these records"
         if layer else "no record has per-layer token counts")
     add(sweep, "RLT threshold sweep", "fewer than two RLT thresholds on the same model and dataset")
+    curves, skipped = plan_curve_figures(by_fp, ok)
+    plan.figures.extend(curves)
+    plan.skipped.extend(skipped)
     return plan

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import schema
 from ..schema import canonical_json
 from .records import _is_missing, num
 
@@ -98,6 +99,17 @@ def csv_value(v: Any) -> str:
     return "" if _is_missing(v) else str(v)
 
 
+def count_fields() -> set[str]:
+    """Metrics that count things (clips, videos, tokens min/max, repeats …): those shown without decimals."""
+    return {m.name for m in schema.METRIC_TABLE if m.fmt == "fixed:0"}
+
+
+def as_count(v: Any) -> Any:
+    """A whole-number float (a count read through a DataFrame) as an int, so a CSV says ``240``, not ``240.0``."""
+    f = num(v)
+    return int(f) if f is not None and not isinstance(v, (bool, str)) and f.is_integer() else v
+
+
 _LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
           "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
           "τ": r"$\tau$", "Δ": r"$\Delta$", "×": r"$\times$", "–": "--", "—": "---", "²": r"$^2$",
@@ -163,9 +175,11 @@ class Table:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         fields = self.csv_fields()
+        counts = count_fields()
         w.writerow(fields)
         for row in self.rows:
-            w.writerow([csv_value(self.fingerprint if f == "fingerprint" else row.get(f)) for f in fields])
+            w.writerow([csv_value(self.fingerprint if f == "fingerprint" else
+                                  as_count(row.get(f)) if f in counts else row.get(f)) for f in fields])
         return buf.getvalue()
 
     def latex(self, label: str) -> str:

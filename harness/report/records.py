@@ -66,6 +66,18 @@ def records_from_frame(df) -> list[dict[str, Any]]:
         params = dict(params or {})
         r["params"] = params
         r["params_json"] = canonical_json(params)
+        opts = r.get("dataset_options")
+        if isinstance(opts, str):
+            try:
+                opts = json.loads(opts)
+            except ValueError:
+                opts = None
+        r["dataset_options"] = dict(opts) if isinstance(opts, dict) else {}
+        # a suite's dataset entry by its id (two entries of one format differ in options, e.g. static_share):
+        # tables and figures show and group by it; the format (registry name) stays in dataset_name
+        r["dataset_name"] = r.get("dataset")
+        if r.get("dataset_id"):
+            r["dataset"] = str(r["dataset_id"])
         r["reducer"] = str(r.get("reducer") or "?")
         r["label"] = r.get("label") or reducer_label(r["reducer"], params)
         r["fingerprint"] = str(r.get("fingerprint") or "unknown")
@@ -74,6 +86,20 @@ def records_from_frame(df) -> list[dict[str, Any]]:
         r["batch_size"] = int(bs) if bs is not None else None
         out.append(r)
     return out
+
+
+def forced_packed(r: dict) -> bool:
+    """Whether every arm of the record's cell ran per sequence (the suite's ``attn_path = "packed"``,
+    labelled ``[packed]``): its baseline arm ran the per-sequence path too, which an equal-length baseline
+    does only when told to. (The loaded row's ``attn_path`` is the metric, the path the reducer arm ran.)"""
+    return r.get("baseline_attn_path") == "packed" or str(r.get("label") or "").endswith("[packed]")
+
+
+def tokens_per_block(r: dict) -> float | None:
+    """Mean tokens per block: the mean over blocks of ``tokens_per_layer`` (tokens entering each block's MLP,
+    averaged over clips), the quantity FLOPs follow; records without it: tokens entering the network."""
+    layers = num_list(r.get("tokens_per_layer"))
+    return sum(layers) / len(layers) if layers else num(r.get("tokens_in_mean"))
 
 
 def _sk(v: Any) -> tuple:

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ..paths import safe_name
-from .records import params_key, reducer_rank
+from .records import forced_packed, params_key, reducer_rank
 
 REDUCER_COLOURS: dict[str, str] = {
     "none": "#4d4d4d",    # grey-black: the baseline
@@ -24,6 +24,9 @@ REDUCER_COLOURS: dict[str, str] = {
 }
 _EXTRA_COLOURS = ("#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
+# one marker per reducer family in the curve figures (a family's budgets are joined by its line)
+FAMILY_MARKERS: dict[str, str] = {"none": "*", "rlt": "o", "random": "s", "tome": "^", "sta": "D"}
+_EXTRA_MARKERS = ("v", "P", "X", "<", ">", "h")
 _DASHES = ("-", "--", "-.", ":")
 
 RC = {
@@ -49,22 +52,53 @@ def reducer_colour(reducer: str) -> str:
     return _EXTRA_COLOURS[h % len(_EXTRA_COLOURS)]
 
 
+def family_marker(reducer: str) -> str:
+    if reducer in FAMILY_MARKERS:
+        return FAMILY_MARKERS[reducer]
+    h = int(hashlib.sha256(reducer.encode()).hexdigest()[:8], 16)
+    return _EXTRA_MARKERS[h % len(_EXTRA_MARKERS)]
+
+
 class Style:
     """Colour (per reducer) and marker (per variant of a reducer) of every label in a suite.
 
     Colour + marker identify a point uniquely through the legend, so scatter points carry no text labels:
-    reducers at matched budgets land on top of each other and their labels became unreadable."""
+    reducers at matched budgets land on top of each other and their labels became unreadable. A
+    ``[packed]`` variant (every arm per sequence) takes the marker of the same parameters run as deployed,
+    drawn hollow (:meth:`face`), so it reads as "the same budget, another kernel shape"."""
 
     def __init__(self, records: list[dict]):
         variants: dict[str, dict[str, tuple]] = {}
+        packed: dict[str, tuple[str, str]] = {}  # label -> (reducer, params) of a [packed] variant
         for r in records:
-            variants.setdefault(r["reducer"], {})[r["label"]] = params_key(r["params"])
+            if forced_packed(r):
+                packed[r["label"]] = (r["reducer"], r["params_json"])
+            else:
+                variants.setdefault(r["reducer"], {})[r["label"]] = params_key(r["params"])
         self.reducer_of: dict[str, str] = {}
         self.marker: dict[str, str] = {}
+        self.hollow: set[str] = set(packed)
         for reducer, labels in variants.items():
             for i, label in enumerate(sorted(labels, key=lambda lb: (labels[lb], lb))):
                 self.marker[label] = _MARKERS[i % len(_MARKERS)]
                 self.reducer_of[label] = reducer
+        twin = {(r["reducer"], r["params_json"]): r["label"] for r in records if not forced_packed(r)}
+        extra = 0
+        for label, (reducer, pj) in sorted(packed.items()):
+            self.reducer_of[label] = reducer
+            if (reducer, pj) in twin:
+                self.marker[label] = self.marker[twin[(reducer, pj)]]
+            else:  # no deployed twin: the next marker after the reducer's own variants
+                self.marker[label] = _MARKERS[(len(variants.get(reducer, {})) + extra) % len(_MARKERS)]
+                extra += 1
+
+    def face(self, label: str) -> str:
+        """The marker's fill: the reducer's colour, or none (hollow) for a [packed] variant."""
+        return "none" if label in self.hollow else self.colour(label)
+
+    def edge(self, label: str) -> str:
+        """The marker's edge: white around a filled marker, the reducer's colour around a hollow one."""
+        return self.colour(label) if label in self.hollow else "white"
 
     def colour(self, label: str) -> str:
         return reducer_colour(self.reducer_of.get(label, label.split(" ")[0]))
@@ -74,7 +108,7 @@ class Style:
 
     def handles(self, labels) -> list[Line2D]:
         return [Line2D([], [], color=self.colour(lb), marker=self.marker.get(lb, "o"), linestyle="",
-                       markersize=6, label=lb) for lb in self.order(labels)]
+                       markersize=6, markerfacecolor=self.face(lb), label=lb) for lb in self.order(labels)]
 
 
 @dataclass

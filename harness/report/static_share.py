@@ -1,0 +1,165 @@
+"""RLT against the share of static content (issue 13: "savings follow content").
+
+Datasets of one format that differ only in ``static_share`` (the synthetic benchmark's share of clips whose
+background is one frame held still) make a series: at each share, RLT at each τ and random masking matched
+to that τ's measured budget (``match_rlt = τ``), both from cells of one hardware fingerprint and batch size.
+:func:`static_share_series` finds them; the figure (``curve_figures``) and :func:`static_share_table` show
+them. A dataset entry that does not set ``static_share`` has its format's default (the registry's factory
+signature), so the main synthetic dataset joins its sweep.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+from ..schema import canonical_json
+from .format import MISSING, Col, Table, fixed, signed
+from .records import forced_packed, model_names, num, setting, sort_key
+
+OPTION = "static_share"
+
+
+def option_default(dataset_format: str | None, option: str) -> float | None:
+    """The default of ``option`` in the registered dataset format's factory, or None (unknown format, or
+    it has no such option)."""
+    from ...datasets import dataset_format as fmt  # the registry; report code needs it only here
+    try:
+        p = inspect.signature(fmt(str(dataset_format)).factory).parameters.get(option)
+    except (ValueError, TypeError):
+        return None
+    return num(p.default) if p is not None and p.default is not inspect.Parameter.empty else None
+
+
+def share_of(r: dict) -> float | None:
+    v = num(r["dataset_options"].get(OPTION)) if OPTION in r["dataset_options"] else None
+    return v if v is not None else option_default(r.get("dataset_name"), OPTION)
+
+
+@dataclass(frozen=True)
+class SharePoint:
+    share: float
+    dataset: str
+    tau: float
+    rlt: dict                      # the RLT record
+    random: dict | None            # random masking at this τ's budget, when measured
+
+
+@dataclass
+class ShareSeries:
+    model: str
+    dataset_format: str            # the datasets' format (registry name)
+    batch_size: int | None
+    taus: list[float]
+    points: list[SharePoint]       # sorted by (τ, share)
+
+
+def _group_key(r: dict) -> tuple:
+    opts = {k: v for k, v in r["dataset_options"].items() if k != OPTION}
+    return (str(r.get("model")), str(r.get("num_frames")), str(r.get("img_size")), str(r.get("checkpoint")),
+            str(r.get("dataset_name")), str(r.get("split")), canonical_json(opts), r.get("batch_size"))
+
+
+def static_share_series(records: list[dict]) -> list[ShareSeries]:
+    """One series per model, dataset format (with every other option equal) and batch size that has RLT
+    measured on at least two static shares. ``records``: ok inference records of one fingerprint."""
+    recs = [r for r in records if r.get("mode") == "inference" and not forced_packed(r)]
+    groups: dict[tuple, list[dict]] = {}
+    for r in sorted(recs, key=sort_key):
+        groups.setdefault(_group_key(r), []).append(r)
+    names = model_names(recs)
+    out = []
+    for grp in groups.values():
+        shares = {r["dataset"]: share_of(r) for r in grp}
+        rlt = [r for r in grp if r["reducer"] == "rlt" and num(r["params"].get("threshold")) is not None
+               and shares[r["dataset"]] is not None]
+        if len({shares[r["dataset"]] for r in rlt}) < 2:
+            continue
+        pts = []
+        for r in rlt:
+            tau = num(r["params"]["threshold"])
+            match = [x for x in grp if x["dataset"] == r["dataset"] and num(x["params"].get("match_rlt")) == tau]
+            pts.append(SharePoint(shares[r["dataset"]], r["dataset"], tau, r, match[0] if match else None))
+        pts.sort(key=lambda p: (p.tau, p.share, p.dataset))
+        first = rlt[0]
+        model = names.get(setting(first)[:4], str(first.get("model")))
+        out.append(ShareSeries(model, str(first.get("dataset_name")), first.get("batch_size"), sorted({p.tau for p in pts}), pts))
+    return out
+
+
+def kept(r: dict | None) -> float | None:
+    """Share of the tubelets kept at the input."""
+    if r is None:
+        return None
+    tin, total = num(r.get("tokens_in_mean")), num(r.get("tokens_total"))
+    return tin / total if tin is not None and total else None
+
+
+def triple(r: dict | None, name: str) -> tuple[float | None, float | None, float | None]:
+    """``(value, lo, hi)`` of ``top1`` (Wilson) or ``speedup`` (bootstrap) of a record."""
+    if r is None:
+        return None, None, None
+    return num(r.get(name)), num(r.get(f"{name}_ci_lo")), num(r.get(f"{name}_ci_hi"))
+
+
+def _overlap(a: tuple, b: tuple) -> str | None:
+    if None in (a[1], a[2], b[1], b[2]):
+        return None
+    return "yes" if a[1] <= b[2] and b[1] <= a[2] else "no"
+
+
+def static_share_table(records: list[dict], fingerprint: str) -> Table | None:
+    rows = []
+    for s in static_share_series(records):
+        for p in s.points:
+            t_r, t_m = triple(p.rlt, "top1"), triple(p.random, "top1")
+            row = {"model": s.model, "batch_size": s.batch_size, "dataset": p.dataset, "static_share": p.share,
+                   "tau": p.tau, "rlt_kept_pct": None, "random_kept_pct": None,
+                   "delta_top1_rlt_random": t_r[0] - t_m[0] if None not in (t_r[0], t_m[0]) else None,
+                   "top1_intervals_overlap": _overlap(t_r, t_m)}
+            for who, r in (("rlt", p.rlt), ("random", p.random)):
+                k = kept(r)
+                row[f"{who}_kept_pct"] = 100 * k if k is not None else None
+                for name in ("speedup", "top1"):
+                    v = triple(r, name)
+                    row[f"{who}_{name}"], row[f"{who}_{name}_ci_lo"], row[f"{who}_{name}_ci_hi"] = v
+            rows.append(row)
+    if not rows:
+        return None
+    one, two = fixed(1), fixed(2)
+
+    def ci(prefix: str, fmt, suffix: str = "") -> Col:
+        fields = (prefix, f"{prefix}_ci_lo", f"{prefix}_ci_hi")
+
+        def show(r: dict) -> str:
+            if r[prefix] is None:
+                return MISSING
+            s = fmt(r[prefix]) + suffix
+            return s + (f" ({fmt(r[fields[1]])}–{fmt(r[fields[2]])})" if None not in (r[fields[1]], r[fields[2]])
+                        else "")
+        return Col({"rlt_speedup": "RLT speedup", "random_speedup": "random speedup", "rlt_top1": "RLT top-1 (%)",
+                    "random_top1": "random top-1 (%)"}[prefix], fields, show)
+
+    cols = [Col("model", ("model",), lambda r: str(r["model"]), "l"),
+            Col("batch", ("batch_size",), lambda r: str(r["batch_size"])),
+            Col("dataset", ("dataset",), lambda r: str(r["dataset"]), "l"),
+            Col("static share", ("static_share",), lambda r: f"{r['static_share']:g}"),
+            Col("τ", ("tau",), lambda r: f"{r['tau']:g}"),
+            Col("RLT kept (%)", ("rlt_kept_pct",), lambda r: one(r["rlt_kept_pct"])),
+            Col("random kept (%)", ("random_kept_pct",), lambda r: one(r["random_kept_pct"])),
+            ci("rlt_speedup", two, "×"), ci("random_speedup", two, "×"),
+            ci("rlt_top1", one), ci("random_top1", one),
+            Col("Δtop-1 RLT − random (pt)", ("delta_top1_rlt_random",),
+                lambda r: signed(1)(r["delta_top1_rlt_random"])),
+            Col("top-1 intervals overlap", ("top1_intervals_overlap",),
+                lambda r: r["top1_intervals_overlap"] or MISSING, "l")]
+    notes = ["Datasets of one format differing only in static_share (the share of clips whose background is one "
+             "frame held still); random: random masking matched to RLT's measured budget at the same τ "
+             "(match_rlt = τ) on the same data. kept: tubelets kept at the input.",
+             "speedup: paired, against the baseline timed in the same cell, with its 95 % bootstrap interval; "
+             "top-1 with its 95 % interval (Wilson over videos).",
+             "Δtop-1 RLT − random: the difference of the two cells' top-1. RLT and random are two cells, so no "
+             "paired interval of the difference is available here; the last column says only whether the two "
+             "top-1 intervals overlap (overlapping intervals do not rule out a difference; disjoint ones are a "
+             "conservative sign of one)."]
+    return Table("static_share", "RLT and random masking at RLT's budget against the share of static content",
+                 cols, rows, fingerprint, notes)
