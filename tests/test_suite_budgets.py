@@ -8,6 +8,8 @@ accepts there.
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -67,7 +69,10 @@ def _check(settings, model_for) -> list[str]:
     bad, found = [], set()
     for (mid, label), (reducer, params, spec) in sorted(settings.items()):
         model = model_for(spec)
-        frac = fixed_budget(model, reducer, params)
+        key = (id(model), reducer, repr(sorted(params.items())))
+        if key not in _MEASURED:
+            _MEASURED[key] = fixed_budget(model, reducer, params)
+        frac = _MEASURED[key]
         if frac is None:  # content-dependent: RLT, random matched to RLT
             assert label not in TARGETS[mid], f"{mid} {label}: expected a fixed budget"
             continue
@@ -86,21 +91,21 @@ def _check(settings, model_for) -> list[str]:
     return bad
 
 
-def _cached_models():
-    built: dict[tuple, torch.nn.Module] = {}
+_MODELS: dict[tuple, torch.nn.Module] = {}  # one random-weight model per geometry, kept for the module
+_MEASURED: dict[tuple, float | None] = {}  # (model, reducer, params) → fixed_budget: both paper suites share
 
-    def model_for(spec):
-        key = (spec.name, spec.num_frames, spec.img_size)
-        if key not in built:
-            built[key] = build_model(spec.name, 2, num_frames=spec.num_frames, img_size=spec.img_size).eval()
-        return built[key]
-    return model_for
+
+def _model_for(spec) -> torch.nn.Module:
+    key = (spec.name, spec.num_frames, spec.img_size)
+    if key not in _MODELS:
+        _MODELS[key] = build_model(spec.name, 2, num_frames=spec.num_frames, img_size=spec.img_size).eval()
+    return _MODELS[key]
 
 
 @pytest.mark.parametrize("name", ["default", "full"])
 def test_default_and_full_budgets_land_on_their_targets(name):
     settings = _settings(load_suite(name, env={}))
-    assert _check(settings, _cached_models()) == []
+    assert _check(settings, _model_for) == []
     fixed = {label for mid, label in settings if label in TARGETS[mid]}
     assert fixed == set(TARGETS["vit_t"])  # every target is run
 
@@ -109,8 +114,8 @@ def test_paper_budgets_on_vit_b_geometry_land_on_their_targets(tmp_path):
     """ViT-B's budgets on a vit_t of ViT-B's token grid and depth (8×14×14, 12 blocks): the counts of these
     reducers follow the grid and the depth, not the width (checked below). The real ViT-B and ViT-L: the slow
     test."""
-    twin = build_model("vit_t", 2, num_frames=16, img_size=224).eval()
-    assert (twin.grid, twin.depth) == ((8, 14, 14), 12)
+    twin = _model_for(SimpleNamespace(name="vit_t", num_frames=16, img_size=224))
+    assert (twin.name, twin.grid, twin.depth) == ("vit_t", (8, 14, 14), 12)
     k400, ssv2 = ({k: v for k, v in _settings(_paper(name, tmp_path)).items() if k[0] == "vit_b"}
                   for name in ("paper-k400", "paper-ssv2"))
     assert set(k400) == set(ssv2)  # one budget table for both datasets: the counts do not follow content
@@ -146,6 +151,15 @@ def test_fixed_budgets_are_content_independent_and_rlt_is_not():
 def test_paper_budgets_on_the_real_vit_b_and_vit_l_land_on_their_targets(name, tmp_path):
     settings = _settings(_paper(name, tmp_path))
     assert {m for m, _ in settings} == {"vit_b", "vit_l"}
-    assert _check(settings, _cached_models()) == []
+    assert _check(settings, _model_for) == []
     for mid in ("vit_b", "vit_l"):
         assert {label for m, label in settings if m == mid and label in TARGETS[mid]} == set(TARGETS[mid])
+
+
+def test_the_budgets_command_prints_each_fixed_setting_of_a_suite(capsys):
+    from tokenbench.harness.suite.budgets import main
+
+    main(["default"])
+    rows = {" ".join(ln.split()[1:-1]): float(ln.split()[-1]) for ln in capsys.readouterr().out.splitlines()}
+    assert set(rows) == set(TARGETS["vit_t"])  # RLT and random at RLT's budget follow content: not listed
+    assert rows["tome r=3"] == pytest.approx(0.901, abs=5e-4) and rows["none"] == 1.0

@@ -4,15 +4,18 @@ The budget of a reducer setting is the mean, over the model's blocks, of the tok
 MLP (``model.last_stats.tokens_mlp_per_layer``), divided by the un-reduced T'·H'·W'. Attention and the MLP of
 block l see those tokens (ToMe merges before the MLP, STA prunes after a whole block), so GFLOPs follow it.
 
-:func:`budget_fraction` measures it by running the real reducer in the real model on one random clip. That
-is exact for the fixed-schedule reducers, whose counts do not depend on content: random masking keeps
-``round(keep·n)`` tubelets per clip, ToMe merges its schedule's r per block, STA drops ``min(r, ⌊c/2⌋)`` of
-every temporal group of c tokens, and a full clip's group sizes follow from the grid alone. That claim is
+:func:`budget_fraction` measures it by running the real reducer in the real model (random weights) on a
+clip. That is exact for the fixed-schedule reducers, whose counts do not depend on content: random
+masking keeps ``round(keep·n)`` tubelets per clip, ToMe merges its schedule's r per block, STA drops
+``min(r, ⌊c/2⌋)`` of every temporal group of c tokens, and a full clip's group sizes follow from the grid
+alone. That claim is
 checked, not assumed: :func:`fixed_budget` counts on a noise clip and on a still one and refuses a setting
 that counts them differently (RLT, and random masking matched to RLT, which calibrates on the same clip).
 
 ``python -m tokenbench.harness.suite.budgets SUITE`` prints the budget of every content-independent setting
-of a suite's inference cells (how the suites' values were chosen).
+of a suite's inference cells (how the suites' values were chosen). A paper suite needs its paths given, but
+any existing files do (nothing is read from them):
+``--set models.checkpoint=FILE --set datasets.manifest=FILE``.
 """
 from __future__ import annotations
 
@@ -73,7 +76,8 @@ def suite_budgets(suite: Any) -> list[tuple[str, str, float]]:
         seen.add(what)
         if mid not in built:
             m = models[mid]
-            built[mid] = build_model(m.name, num_classes=2, num_frames=m.num_frames, img_size=m.img_size).eval()
+            built[mid] = build_model(m.name, num_classes=2, num_frames=m.num_frames,
+                                     img_size=m.img_size).eval()
         frac = fixed_budget(built[mid], c.reducer, c.params)
         if frac is not None:
             out.append((mid, c.label, frac))
@@ -88,10 +92,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("suite", help="a built-in suite name or a .toml file")
     ap.add_argument("--set", action="append", default=[], help="KEY=VALUE overrides, as tokenbench run's")
     args = ap.parse_args(argv)
-    torch.set_grad_enabled(False)
     suite = load_suite(args.suite, overrides=args.set, check_paths=False)
-    for mid, label, frac in suite_budgets(suite):
-        print(f"{mid:8s} {label:32s} {frac:.3f}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # counting, not timing: one thread wastes no time waiting on a busy machine
+    try:
+        for mid, label, frac in suite_budgets(suite):
+            print(f"{mid:8s} {label:32s} {frac:.3f}")
+    finally:
+        torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":
