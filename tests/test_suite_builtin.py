@@ -73,7 +73,8 @@ def test_default_suite_cells():
         assert sorted(c.params["match_rlt"] for c in cells if _family(c) == "random-match"
                       and c.dataset == data and c.mode == "inference" and c.dataset_id is None) == taus
     static = [c for c in cells if c.dataset_id in STATIC]
-    assert {c.max_clips for c in static} == {500} and all(c.mode == "inference" for c in static)
+    assert {(c.max_clips, c.dataset_options["num_clips"]) for c in static} == {(500, 500)}
+    assert all(c.mode == "inference" for c in static)
     assert {(c.dataset_id, c.dataset_options["static_share"]) for c in static} == {
         ("synthetic-static0", 0.0), ("synthetic-static25", 0.25), ("synthetic-static75", 0.75),
         ("synthetic-static100", 1.0)}
@@ -94,10 +95,11 @@ def test_full_suite_holds_the_default_suite_and_what_left_it():
     full_keys = {c.key for c in full.cells()}
     # every default cell, the static-share sweep at 1000 clips instead of 500
     for c in default.cells():
-        same = c.with_(max_clips=1000) if c.dataset_id in STATIC else c
+        same = (c.with_(max_clips=1000, dataset_options={**c.dataset_options, "num_clips": 1000})
+                if c.dataset_id in STATIC else c)
         assert same.key in full_keys, c.label
     static = [c for c in full.cells() if c.dataset_id in STATIC]
-    assert {c.max_clips for c in static} == {1000}
+    assert {(c.max_clips, c.dataset_options["num_clips"]) for c in static} == {(1000, 1000)}
     train = [c for c in full.cells() if c.mode == "train"]
     assert Counter(c.seed for c in train) == {0: 5, 1: 5, 2: 5}
     assert any(c.params.get("length_embedding") for c in train)
@@ -131,3 +133,19 @@ def test_run_help_lists_each_builtin_suite_with_its_description(capsys):
     for name in builtin_suites():
         desc = tomllib.loads((folder / f"{name}.toml").read_text(encoding="utf-8"))["suite"]["description"]
         assert f" {name} {' '.join(desc.split())}" in out
+
+
+@pytest.mark.parametrize("name", ["default", "full"])
+def test_the_static_share_datasets_build_with_their_options(name):
+    """Each static-share entry's options are ones the synthetic dataset takes, and set what they say: a
+    few clips of each (not cached), their backgrounds all still at share 1 and never still at share 0."""
+    from tokenbench.datasets import get_dataset
+
+    for d in load_suite(name, env={}).datasets:
+        if d.id not in STATIC:
+            continue
+        ds = get_dataset(d.name, d.split, num_frames=8, img_size=112, **{**d.options, "num_clips": 12},
+                         cache=False)
+        still = [ds[i][2]["background"] == "static" for i in range(len(ds))]
+        share = d.options["static_share"]
+        assert (all(still) if share == 1.0 else not any(still) if share == 0.0 else 0 < sum(still) < 12), d.id
