@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -122,7 +123,9 @@ def test_paper_ssv2_end_to_end_one_reducer(ssv2, tmp_path, monkeypatch):
 def test_paper_suite_end_to_end_every_reducer(suite, data_id, fixture, videos, tmp_path, monkeypatch, request):
     tree = request.getfixturevalue(fixture)
     records = _run(tmp_path, monkeypatch, suite, data_id, tree)
-    assert sorted(r["cell"]["reducer"] for r in records) == ["none", "random", "rlt", "rlt", "rlt", "sta", "tome"]
+    # the budget curves (tests/test_suite_builtin.py has the design): none, RLT × 5 τ, random at each τ and at
+    # 4 keep fractions, ToMe × 4, STA × 4
+    assert Counter(r["cell"]["reducer"] for r in records) == {"none": 1, "rlt": 5, "random": 9, "tome": 4, "sta": 4}
     _check(records, tree, tmp_path, suite, videos)
 
 

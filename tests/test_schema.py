@@ -83,7 +83,11 @@ def test_the_default_suite_expands_to_exactly_the_reference_cells():
     from tokenbench.harness.suite import load_suite
 
     cells = load_suite("default", overrides=["defaults.device=cpu"]).cells()  # as recorded
-    assert {c.key for c in cells} == {rec["key"] for rec in _reference_records()}
+    suite_keys, reference_keys = {c.key for c in cells}, {rec["key"] for rec in _reference_records()}
+    assert suite_keys == reference_keys, (
+        f"results/reference is stale: re-measure it (tokenbench run from a fresh clone): "
+        f"{len(suite_keys - reference_keys)} cells of the default suite have no reference record, "
+        f"{len(reference_keys - suite_keys)} reference records are of no default cell")
     # the attn_path = "packed" cells (issue 12) joined the suite without changing any other cell's key
     keys = {c.key for c in cells if c.attn_path is None}
     packed = [c for c in cells if c.attn_path == "packed"]

@@ -210,19 +210,20 @@ r = 8
 
 
 def test_builtin_suites_parse():
-    assert {"default", "paper-k400", "paper-ssv2"} <= set(builtin_suites())
+    assert {"default", "full", "paper-k400", "paper-ssv2"} <= set(builtin_suites())
     default = load_suite("default", env={})
     cells = default.cells()
     assert {c["mode"] for c in cells} == {"inference", "train"}
     inf_reducers = {c["reducer"] for c in cells if c["mode"] == "inference"}
     assert {"none", "rlt", "random", "tome", "sta"} <= inf_reducers
     assert {c["params"]["threshold"] for c in cells if c["reducer"] == "rlt" and c["mode"] == "inference"} == {
-        0.05, 0.1, 0.2}
+        0.02, 0.05, 0.1, 0.2, 0.4}
     train = {(c["reducer"], tuple(sorted(c["params"].items()))) for c in cells if c["mode"] == "train"}
-    assert ("none", ()) in train and any(r == "rlt_random" for r, _ in train)
-    assert any(dict(p).get("length_embedding") for r, p in train if r == "rlt")
+    assert ("none", ()) in train and {r for r, _ in train} == {"none", "rlt", "random"}
+    full_train = {c["reducer"] for c in load_suite("full", env={}).cells() if c["mode"] == "train"}
+    assert "rlt_random" in full_train  # the longer arms moved to the full suite
     assert all(c["checkpoint"].startswith("trained:") for c in cells)  # it trains its own model
-    assert {c["dataset"] for c in cells if c["mode"] == "inference"} == {"synthetic", "samples"}
+    assert {c["dataset"] for c in cells if c["mode"] == "inference"} == {"synthetic", "samples"}  # + static sweep
 
 
 @pytest.mark.parametrize("name, prefix", [("paper-k400", "K400"), ("paper-ssv2", "SSV2")])

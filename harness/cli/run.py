@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from ..run.executors import DEFAULT_TIMEOUT_MIN, LaunchOptions
 from ..run.launch import LAUNCHERS, launch, requested_device
 from ..suite import describe, load_suite
 from ..suite.overrides import parse_value
+from ..suite.source import builtin_suite_descriptions, builtin_suites
 from .common import require_folder
 
 DESCRIPTION = """\
@@ -32,11 +34,8 @@ The suite file is validated before any work: a typo, an unknown reducer or a par
 work on the model is refused with the file and line at fault."""
 
 EPILOG = """\
-built-in suites:
-  default      CPU-sized comparison: the synthetic labelled benchmark and the bundled real clips, a
-               small ViT it trains itself (cached), every reducer, and a short training comparison
-  paper-k400   the RLT paper's Kinetics-400 setting: ViT-B/L, 16×224², stride 4, 5 clips × 3 crops
-  paper-ssv2   the RLT paper's Something-Something v2 setting: ViT-B/L, 16 segments, 2 clips × 3 crops
+built-in suites (each file's [suite] description):
+{suites}
 
 paths for the paper suites (environment variables, or --set):
   TOKENBENCH_K400_MANIFEST   'path label' list of the Kinetics-400 validation videos
@@ -58,11 +57,21 @@ examples:
 """
 
 
+def _suite_listing() -> str:
+    width = 100 - 15  # the epilog's other lines are about 100 wide
+    lines = []
+    for name, desc in builtin_suite_descriptions().items():
+        wrapped = textwrap.wrap(desc, width) or [""]
+        lines += [f"  {name:<12} {wrapped[0]}"] + [" " * 15 + w for w in wrapped[1:]]
+    return "\n".join(lines)
+
+
 def add_cli(sub) -> None:
     p = sub.add_parser("run", help="run a benchmark suite (default: the built-in 'default' suite)",
-                       description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=DESCRIPTION, epilog=EPILOG.format(suites=_suite_listing()),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--suite", default="default", metavar="NAME|PATH",
-                   help="a built-in suite name (default, paper-k400, paper-ssv2) or a suite .toml file "
+                   help=f"a built-in suite name ({', '.join(builtin_suites())}) or a suite .toml file "
                         "(default: %(default)s)")
     p.add_argument("--out", default="results", metavar="DIR",
                    help="results root; records go to DIR/<suite>/<fingerprint>/records.jsonl (default: %(default)s)")

@@ -121,6 +121,15 @@ def builtin_suites() -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
+def builtin_suite_descriptions() -> dict[str, str]:
+    """Each built-in suite's ``[suite] description`` (for the listing in ``tokenbench run --help``)."""
+    import tomllib
+
+    folder = importlib.resources.files("tokenbench.harness.suites")
+    return {name: str(tomllib.loads((folder / f"{name}.toml").read_text(encoding="utf-8"))
+                      .get("suite", {}).get("description", "")) for name in builtin_suites()}
+
+
 def suite_source(name_or_path: str | os.PathLike) -> tuple[str, str, str]:
     """(text, display name of the file, default suite name) of a built-in suite name or a file path."""
     s = str(name_or_path)
