@@ -117,9 +117,11 @@ def multiview_accuracy(logits: Tensor, labels: Tensor | Sequence[int], video_ids
 
 
 def token_summary(tokens_in: Sequence[int], tokens_per_layer: Sequence[Sequence[int]] | None = None,
-                  tokens_total: int | None = None) -> dict[str, Any]:
+                  tokens_total: int | None = None,
+                  tokens_mlp_per_layer: Sequence[Sequence[int]] | None = None) -> dict[str, Any]:
     """Schema metrics from per-clip counts: ``tokens_in`` one entry per clip; ``tokens_per_layer``
-    ``[layer][clip]`` after each block; ``tokens_total`` the un-reduced T'·H'·W'."""
+    ``[layer][clip]`` after each block, ``tokens_mlp_per_layer`` entering each block's MLP (they differ for
+    a reducer that prunes between attention and MLP, like STA); ``tokens_total`` the un-reduced T'·H'·W'."""
     if not tokens_in:
         raise ValueError("no clips")
     out: dict[str, Any] = {
@@ -132,6 +134,8 @@ def token_summary(tokens_in: Sequence[int], tokens_per_layer: Sequence[Sequence[
         out["tokens_total"] = tokens_total
     if tokens_per_layer:
         out["tokens_per_layer"] = [statistics.fmean(layer) for layer in tokens_per_layer]
+    if tokens_mlp_per_layer:
+        out["tokens_mlp_per_layer"] = [statistics.fmean(layer) for layer in tokens_mlp_per_layer]
     return out
 
 
@@ -142,6 +146,7 @@ class TokenCounts:
         self.tokens_total = tokens_total
         self.tokens_in: list[int] = []
         self.tokens_per_layer: list[list[int]] = []  # [layer][clip], clips of every batch
+        self.tokens_mlp_per_layer: list[list[int]] = []  # [layer][clip], entering each MLP
 
     def add(self, stats: Any) -> None:
         if not stats.tokens_in:
@@ -153,9 +158,14 @@ class TokenCounts:
         self.tokens_in.extend(int(n) for n in stats.tokens_in)
         for acc, layer in zip(self.tokens_per_layer, stats.tokens_per_layer):
             acc.extend(int(n) for n in layer)
+        mlp = stats.tokens_mlp_per_layer
+        if not self.tokens_mlp_per_layer:
+            self.tokens_mlp_per_layer = [[] for _ in mlp]
+        for acc, layer in zip(self.tokens_mlp_per_layer, mlp):
+            acc.extend(int(n) for n in layer)
 
     def __len__(self) -> int:
         return len(self.tokens_in)
 
     def summary(self) -> dict[str, Any]:
-        return token_summary(self.tokens_in, self.tokens_per_layer, self.tokens_total)
+        return token_summary(self.tokens_in, self.tokens_per_layer, self.tokens_total, self.tokens_mlp_per_layer)

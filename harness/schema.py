@@ -260,6 +260,8 @@ METRIC_TABLE: tuple[Metric, ...] = (
     _m("tokens_total", "tokens per clip before reduction (T'·H'·W')", "tokens", "fixed:0", None,
        "tokens total", ((TOK, 10),)),
     _m("tokens_per_layer", "list: mean tokens per clip after each block", "tokens", "text"),
+    _m("tokens_mlp_per_layer", "list: mean tokens per clip entering each block's MLP (the budget axis)",
+       "tokens", "text"),
     _m("tokens_per_clip", "list: tokens entering the network, one entry per clip", "tokens", "text"),
     # wall-clock (inference)
     _m("time_ms_median", "forward wall-clock per batch (ms), median over repeats, selection included", "ms",

@@ -97,3 +97,20 @@ def test_token_summary_per_layer_means():
     assert s["tokens_per_layer"] == [12.0, 6.0] and s["tokens_in_mean"] == 15.0
     with pytest.raises(ValueError):
         token_summary([])
+
+
+def test_token_counts_keep_the_tokens_entering_each_mlp_apart_from_those_after_each_block():
+    """STA prunes between a block's attention and its MLP: the MLP sees fewer tokens than attention did but as
+    many as leave the block. The budget axis (tokens entering each MLP) must come from the MLP count."""
+    torch.manual_seed(0)
+    model = build_model("vit_t", 5, num_frames=8, img_size=64).eval()  # grid 4×4×4 = 64 tokens
+    counts = TokenCounts(tokens_total=model.num_tokens)
+    with torch.inference_mode():
+        model(torch.randn(2, 3, 8, 64, 64), get_reducer("sta", r=4))
+        counts.add(model.last_stats)
+    s = counts.summary()
+    mlp = [sum(layer) / 2 for layer in model.last_stats.tokens_mlp_per_layer]
+    after = [sum(layer) / 2 for layer in model.last_stats.tokens_per_layer]
+    assert s["tokens_mlp_per_layer"] == pytest.approx(mlp) and s["tokens_per_layer"] == pytest.approx(after)
+    assert mlp != after and min(mlp) < 64  # STA pruned, and the two counts differ somewhere
+    assert set(s) <= set(METRICS)

@@ -96,9 +96,11 @@ def forced_packed(r: dict) -> bool:
 
 
 def tokens_per_block(r: dict) -> float | None:
-    """Mean tokens per block: the mean over blocks of ``tokens_per_layer`` (tokens entering each block's MLP,
-    averaged over clips), the quantity FLOPs follow; records without it: tokens entering the network."""
-    layers = num_list(r.get("tokens_per_layer"))
+    """Mean tokens per block: the mean over blocks of ``tokens_mlp_per_layer`` (tokens entering each block's
+    MLP, averaged over clips), the quantity FLOPs follow; older records, which lack it, give
+    ``tokens_per_layer`` (after each block: the same except for a reducer that prunes between attention and
+    MLP, as STA does), and without either, tokens entering the network."""
+    layers = num_list(r.get("tokens_mlp_per_layer")) or num_list(r.get("tokens_per_layer"))
     return sum(layers) / len(layers) if layers else num(r.get("tokens_in_mean"))
 
 
