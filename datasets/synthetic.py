@@ -18,19 +18,26 @@ size are label-independent. Only how frames change tells the classes apart.
 **Backgrounds distinguish the reducers.** Each clip's background is, at random (label-independent):
 
 * ``static`` (share ``static_share``, 0.5): one frame of a real clip held still. Only the tubelets the
-  objects touch change; RLT (τ = 0.1) keeps ≈ 70 % of the 196 tubelets;
+  objects touch change, so RLT drops the rest;
 * ``camera`` (share ``camera_share``, 0.25): the crop window pans across the playing clip at 2–4 px/frame.
-  Nearly every tubelet changes; RLT keeps ≈ 98 %;
+  Nearly every tubelet changes and RLT keeps nearly all of them;
 * ``video`` (the rest): a fixed crop of the real clip playing at its own speed (a person talking, a
-  street, an animation) — RLT keeps ≈ 80 %.
+  street, an animation) — RLT keeps what moves.
 
-With the defaults RLT keeps ≈ 80 % of the tokens on average (from ≈ 55 % to 100 % per clip); a higher
-``static_share`` rewards RLT more, a higher ``camera_share`` defeats it.
+A higher ``static_share`` rewards RLT, a higher ``camera_share`` defeats it: the static-share sweep of the
+default suite measures how much (the README has the figures).
+
+**Faint clips give the benchmark headroom.** A share ``faint_share`` (0.15) of clips, drawn independently of
+the label, shows its objects blended over the background at an opacity drawn per clip from ``contrast``
+(0.05–0.4) instead of painted solid. The faintest are hard for any model and nearly invisible to a
+threshold on change (RLT at a high τ drops their tubelets), so top-1 sits below its ceiling and budgets that
+drop the wrong tokens cost accuracy that the interval can see.
 
 Why these sizes: a ViT trained from scratch must first learn direction-selective token features, and
-how fast it does grows with how much of the clip carries motion. One small object (or slow objects)
-left ``vit_t`` and a per-token MLP at chance for hundreds of steps; 3–5 objects of radius 14–22 px moving
-5–8 px/frame train ``vit_t`` to ~99 % val top-1 in two epochs of 3000 clips (see ``harness/train.py``).
+how fast it does grows with how much of the clip carries motion: fewer, smaller or slower objects, or a
+larger faint share, left ``vit_t`` at chance for the whole of ``harness.train``'s default recipe (two
+epochs of 3000 clips). 3–5 solid objects of radius 14–22 px moving 5–8 px/frame in 85 % of the clips are
+what that recipe learns on a CPU; the top-1 it reaches is in the committed reference report.
 
 Generation is deterministic from ``seed``; ``train`` and ``val`` draw from disjoint seed streams
 (``numpy.random.SeedSequence((seed, split_id, index, stream))``), and clip ``i`` depends only on those,
@@ -67,7 +74,7 @@ GENERATOR_VERSION = 1
 
 DEFAULT_CLASSES = ("left", "right", "up", "down")
 SPLITS = {"train": 0, "val": 1}
-DEFAULT_SIZES = {"train": 3000, "val": 600}
+DEFAULT_SIZES = {"train": 3000, "val": 1000}
 MAX_BYTES = 6 * 2**30  # refuse splits that would not fit comfortably in memory / the cache
 
 
@@ -191,12 +198,13 @@ class SyntheticMotion(ClipDataset):
     (``synthetic://<split>/<i>``), ``index``, ``motion`` (the label's name) and ``background``
     (static / video / camera).
 
-    Options (all part of the cache key): ``num_clips`` (default 3000 train / 600 val), ``seed`` (0),
+    Options (all part of the cache key): ``num_clips`` (default 3000 train / 1000 val), ``seed`` (0),
     ``classes`` (motions to use, from :data:`MOTIONS`; default the four directions), ``static_share``
     (0.5), ``camera_share`` (0.25), ``num_objects`` (a count or an inclusive range, (3, 5)), and ranges
     that scale with ``img_size``/112: ``speed`` (5–8 px/frame), ``radius`` (14–22 px), ``outline``
     (2 px), ``camera_speed`` (2–4 px/frame); ``turn_deg`` (12–20 °/frame); ``noise`` (std of per-pixel
-    Gaussian noise in grey levels, 0); ``cache`` (False: generate in memory, write nothing).
+    Gaussian noise in grey levels, 0); ``faint_share`` (0.15) and ``contrast`` (the faint clips' opacity
+    range, 0.05–0.4); ``cache`` (False: generate in memory, write nothing).
     """
 
     name = "synthetic"
@@ -212,7 +220,8 @@ class SyntheticMotion(ClipDataset):
                  speed: tuple[float, float] = (5.0, 8.0), turn_deg: tuple[float, float] = (12.0, 20.0),
                  radius: tuple[float, float] = (14.0, 22.0), camera_speed: tuple[float, float] = (2.0, 4.0),
                  num_objects: int | tuple[int, int] = (3, 5), outline: float = 2.0, noise: float = 0.0,
-                 contrast: float | tuple[float, float] = (1.0, 1.0), cache: bool = True):
+                 faint_share: float = 0.15, contrast: float | tuple[float, float] = (0.05, 0.4),
+                 cache: bool = True):
         if split not in SPLITS:
             raise ValueError(f"synthetic: unknown split {split!r}; choose from {', '.join(SPLITS)}")
         classes = tuple(classes) if classes is not None else DEFAULT_CLASSES
@@ -220,7 +229,7 @@ class SyntheticMotion(ClipDataset):
         if bad or len(set(classes)) != len(classes) or len(classes) < 2:
             raise ValueError(f"synthetic: classes must be ≥ 2 distinct motions from {', '.join(MOTIONS)}, "
                              f"got {list(classes)}")
-        for nm, v in (("static_share", static_share), ("camera_share", camera_share)):
+        for nm, v in (("static_share", static_share), ("camera_share", camera_share), ("faint_share", faint_share)):
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"synthetic: {nm} must be in [0, 1], got {v}")
         if static_share + camera_share > 1.0 + 1e-9:
@@ -247,7 +256,8 @@ class SyntheticMotion(ClipDataset):
             "speed": [float(v) * k for v in speed], "turn_deg": [float(v) for v in turn_deg],
             "radius": [float(v) * k for v in radius], "camera_speed": [float(v) * k for v in camera_speed],
             "num_objects": [int(num_objects[0]), int(num_objects[1])], "outline": float(outline) * k,
-            "noise": float(noise), "contrast": [float(contrast[0]), float(contrast[1])],
+            "noise": float(noise), "faint_share": float(faint_share),
+            "contrast": [float(contrast[0]), float(contrast[1])],
         }
         nbytes = self.num_clips * self.num_frames * self.img_size ** 2 * 3
         if nbytes > MAX_BYTES:
@@ -294,7 +304,7 @@ class SyntheticMotion(ClipDataset):
         return sample_scene(self._rng(index, 1), bgs, self.num_frames, self.img_size,
                             o["static_share"], o["camera_share"], tuple(o["speed"]), tuple(o["turn_deg"]),
                             tuple(o["radius"]), tuple(o["camera_speed"]), tuple(o["num_objects"]), o["outline"],
-                            tuple(o["contrast"]))
+                            tuple(o["contrast"]), o["faint_share"])
 
     def render_scene(self, scene: Scene, label: int, index: int = 0,
                      backgrounds: list[np.ndarray] | None = None) -> np.ndarray:

@@ -134,9 +134,10 @@ def sample_scene(rng: np.random.Generator, backgrounds: list[np.ndarray], num_fr
                  static_share: float, camera_share: float, speed: tuple[float, float],
                  turn_deg: tuple[float, float], radius: tuple[float, float],
                  camera_speed: tuple[float, float], num_objects: tuple[int, int] = (1, 1),
-                 outline: float = 2.0, contrast: tuple[float, float] = (1.0, 1.0)) -> Scene:
-    """Draw a label-independent scene. ``contrast`` is drawn once per clip (every object of a clip is as
-    faint as the others), so a clip is hard or easy as a whole."""
+                 outline: float = 2.0, contrast: tuple[float, float] = (1.0, 1.0), faint_share: float = 0.0) -> Scene:
+    """Draw a label-independent scene. A share ``faint_share`` of clips is *faint*: their objects' opacity
+    is drawn once per clip from ``contrast`` (every object of a clip as faint as the others, so a clip is
+    hard or easy as a whole); the other clips' objects are solid."""
     s = img_size
     r = rng.random()
     mode = "static" if r < static_share else ("camera" if r < static_share + camera_share else "video")
@@ -161,7 +162,10 @@ def sample_scene(rng: np.random.Generator, backgrounds: list[np.ndarray], num_fr
     crop_y = int(round(rng.uniform(lo_y, max(lo_y, hi_y))))
     crop_x = int(round(rng.uniform(lo_x, max(lo_x, hi_x))))
     n_obj = int(rng.integers(num_objects[0], num_objects[1] + 1))
-    opacity = float(rng.uniform(*contrast)) if contrast[0] < contrast[1] else float(contrast[0])
+    opacity = 1.0
+    if faint_share > 0:  # drawn only then: with no faint clips the scene's random stream is as before
+        if rng.random() < faint_share:
+            opacity = float(rng.uniform(*contrast))
     objects = []
     for _ in range(n_obj):
         # a saturated colour: random hue, full saturation, bright

@@ -210,3 +210,30 @@ def test_class_subset():
     ds = small(n=12, classes=("cw", "ccw"))
     assert ds.num_classes == 2 and set(ds.labels.tolist()) == {0, 1}
     assert {ds[i][2]["motion"] for i in range(12)} == {"cw", "ccw"}
+
+
+def test_a_share_of_clips_is_faint_and_faint_objects_change_their_tubelets_less():
+    """faint_share of the clips (label-independent: the scene decides) blend their objects at an opacity
+    drawn from `contrast`; the rest are solid. A faint clip changes fewer pixels between frames than the same
+    scene rendered solid — what makes it hard for a model and for RLT's change threshold."""
+    ds = small(n=200, faint_share=0.5, contrast=(0.05, 0.4), static_share=1.0, camera_share=0.0)
+    opacity = np.array([ds.scene(i).objects[0].contrast for i in range(len(ds))])
+    faint = opacity < 1.0
+    assert 0.4 < faint.mean() < 0.6
+    assert ((opacity[faint] >= 0.05) & (opacity[faint] <= 0.4)).all()
+    assert all(len({o.contrast for o in ds.scene(i).objects}) == 1 for i in range(20))  # one opacity a clip
+    for i in np.flatnonzero(faint)[:5]:
+        sc = ds.scene(int(i))
+        solid = dataclasses.replace(sc, objects=tuple(dataclasses.replace(o, contrast=1.0) for o in sc.objects))
+        change = [np.abs(np.diff(ds.render_scene(s, int(ds.labels[i]), int(i)).astype(np.int16), axis=0)).mean()
+                  for s in (sc, solid)]
+        assert change[0] < 0.6 * change[1], change
+
+
+def test_no_faint_share_paints_every_object_solid():
+    ds = small(n=40, faint_share=0.0)
+    assert {o.contrast for i in range(len(ds)) for o in ds.scene(i).objects} == {1.0}
+    with pytest.raises(ValueError, match="contrast"):
+        small(n=2, contrast=(0.5, 0.2))
+    with pytest.raises(ValueError, match="faint_share"):
+        small(n=2, faint_share=1.5)
