@@ -550,7 +550,8 @@ def test_every_recorded_metric_reaches_a_table_the_readme_or_a_figure(tmp_path):
     in_readme = {"reducer_params_used", "eval_reducer", "skipped_errors"}
     in_figures = {"tokens_per_layer", "tokens_per_clip"}   # token figures
     via_derived = {"load_avg_start", "load_avg_end",       # the load avg column
-                   "top1_baseline"}                        # Δtop-1 when a table has no baseline row
+                   "top1_baseline",                        # Δtop-1 when a table has no baseline row
+                   "tokens_mlp_per_layer"}                 # the budget axis: matched-budget table, curves
     for name in ("select_ms_median", "decode_ms_per_clip", "peak_mem_mb", "gflops_attention", "warmup"):
         assert name in columns, name
     assert set(METRICS) - columns <= in_readme | in_figures | via_derived, sorted(set(METRICS) - columns)
