@@ -217,7 +217,7 @@ def test_builtin_suites_parse():
     inf_reducers = {c["reducer"] for c in cells if c["mode"] == "inference"}
     assert {"none", "rlt", "random", "tome", "sta"} <= inf_reducers
     assert {c["params"]["threshold"] for c in cells if c["reducer"] == "rlt" and c["mode"] == "inference"} == {
-        0.02, 0.05, 0.1, 0.2, 0.4}
+        0.02, 0.1, 0.2, 0.4}
     train = {(c["reducer"], tuple(sorted(c["params"].items()))) for c in cells if c["mode"] == "train"}
     assert ("none", ()) in train and {r for r, _ in train} == {"none", "rlt", "random"}
     full_train = {c["reducer"] for c in load_suite("full", env={}).cells() if c["mode"] == "train"}

@@ -107,7 +107,9 @@ def test_default_and_full_budgets_land_on_their_targets(name):
     settings = _settings(load_suite(name, env={}))
     assert _check(settings, _model_for) == []
     fixed = {label for mid, label in settings if label in TARGETS[mid]}
-    assert fixed == set(TARGETS["vit_t"])  # every target is run
+    # every target is run; default leaves random keep 0.9 / 0.75 to `full` (random matched to RLT covers them)
+    skipped = {"random keep=0.9", "random keep=0.75"} if name == "default" else set()
+    assert fixed == set(TARGETS["vit_t"]) - skipped
 
 
 def test_paper_budgets_on_vit_b_geometry_land_on_their_targets(tmp_path):
@@ -159,7 +161,7 @@ def test_paper_budgets_on_the_real_vit_b_and_vit_l_land_on_their_targets(name, t
 def test_the_budgets_command_prints_each_fixed_setting_of_a_suite(capsys):
     from tokenbench.harness.suite.budgets import main
 
-    main(["default"])
+    main(["full"])
     rows = {" ".join(ln.split()[1:-1]): float(ln.split()[-1]) for ln in capsys.readouterr().out.splitlines()}
     assert set(rows) == set(TARGETS["vit_t"])  # RLT and random at RLT's budget follow content: not listed
     assert rows["tome r=3"] == pytest.approx(0.901, abs=5e-4) and rows["none"] == 1.0

@@ -39,16 +39,18 @@ def _inference(dataset: str, **n: int) -> dict:
 
 
 DEFAULT = {
-    **_inference("synthetic", none=1, rlt=5, random_match=5, random_keep=4, tome=4, sta=4,
+    **_inference("synthetic", none=1, rlt=4, random_match=4, random_keep=2, tome=4, sta=4,
                  rlt_packed=1, random_match_packed=1),
-    **_inference("samples", none=1, rlt=5, random_match=5, rlt_packed=1, random_match_packed=1),
-    **{k: v for d in STATIC for k, v in _inference(d, rlt=1, random_match=1).items()},
+    **_inference("samples", none=1, rlt=4, random_match=4),
     ("train", "synthetic", "none"): 1, ("train", "synthetic", "rlt"): 1, ("train", "synthetic", "random-match"): 1,
 }
 FULL = {
     **DEFAULT,
+    **_inference("synthetic", none=1, rlt=5, random_match=5, random_keep=4, tome=4, sta=4,
+                 rlt_packed=1, random_match_packed=1),
     **_inference("samples", none=1, rlt=5, random_match=5, random_keep=4, tome=4, sta=4,
                  rlt_packed=1, random_match_packed=1),
+    **{k: v for d in STATIC for k, v in _inference(d, rlt=1, random_match=1).items()},
     ("train", "synthetic", "none"): 3, ("train", "synthetic", "rlt"): 6,  # RLT and RLT + length embedding
     ("train", "synthetic", "random-match"): 3, ("train", "synthetic", "rlt_random"): 3,
 }
@@ -64,27 +66,21 @@ def test_every_builtin_suite_is_tested_here():
 def test_default_suite_cells():
     suite = load_suite("default", env={})
     assert dict(_counts(suite)) == DEFAULT
-    assert len(suite.cells()) == 49
+    assert len(suite.cells()) == 33
     cells = suite.cells()
-    taus = [0.02, 0.05, 0.1, 0.2, 0.4]
+    taus = [0.02, 0.1, 0.2, 0.4]
     for data in ("synthetic", "samples"):
         assert sorted(c.params["threshold"] for c in cells if c.reducer == "rlt" and c.mode == "inference"
                       and c.dataset_id is None and c.dataset == data and c.attn_path is None) == taus
         assert sorted(c.params["match_rlt"] for c in cells if _family(c) == "random-match"
                       and c.dataset == data and c.mode == "inference" and c.dataset_id is None) == taus
-    static = [c for c in cells if c.dataset_id in STATIC]
-    assert {(c.max_clips, c.dataset_options["num_clips"]) for c in static} == {(500, 500)}
-    assert all(c.mode == "inference" for c in static)
-    assert {(c.dataset_id, c.dataset_options["static_share"]) for c in static} == {
-        ("synthetic-static0", 0.0), ("synthetic-static25", 0.25), ("synthetic-static75", 0.75),
-        ("synthetic-static100", 1.0)}
-    assert {c.params.get("threshold", c.params.get("match_rlt")) for c in static} == {0.1}
+    assert not [c for c in cells if c.dataset_id in STATIC]  # the static-share sweep is in `full`
     main_data = [c for c in cells if c.dataset == "synthetic" and c.dataset_id is None and c.mode == "inference"]
     assert {c.max_clips for c in main_data} == {1000} and all(c.dataset_options is None for c in main_data)
     inf = [c for c in cells if c.mode == "inference"]
     assert {(c.repeats, c.time_clips) for c in inf} == {(20, 16)}  # repeats are not cut to buy time
     train = [c for c in cells if c.mode == "train"]
-    assert {c.train["epochs"] for c in train} == {1} and {c.train["max_clips"] for c in train} == {1024}
+    assert {c.train["epochs"] for c in train} == {1} and {c.train["max_clips"] for c in train} == {512}
     assert {c.seed for c in train} == {0}
 
 
@@ -93,13 +89,15 @@ def test_full_suite_holds_the_default_suite_and_what_left_it():
     assert dict(_counts(full)) == FULL
     assert len(full.cells()) == 73
     full_keys = {c.key for c in full.cells()}
-    # every default cell, the static-share sweep at 1000 clips instead of 500
-    for c in default.cells():
-        same = (c.with_(max_clips=1000, dataset_options={**c.dataset_options, "num_clips": 1000})
-                if c.dataset_id in STATIC else c)
-        assert same.key in full_keys, c.label
+    for c in default.cells():  # every default cell, as it is
+        assert c.key in full_keys, c.label
     static = [c for c in full.cells() if c.dataset_id in STATIC]
     assert {(c.max_clips, c.dataset_options["num_clips"]) for c in static} == {(1000, 1000)}
+    assert all(c.mode == "inference" for c in static)
+    assert {(c.dataset_id, c.dataset_options["static_share"]) for c in static} == {
+        ("synthetic-static0", 0.0), ("synthetic-static25", 0.25), ("synthetic-static75", 0.75),
+        ("synthetic-static100", 1.0)}
+    assert {c.params.get("threshold", c.params.get("match_rlt")) for c in static} == {0.1}
     train = [c for c in full.cells() if c.mode == "train"]
     assert Counter(c.seed for c in train) == {0: 5, 1: 5, 2: 5}
     assert any(c.params.get("length_embedding") for c in train)
@@ -116,7 +114,7 @@ def test_paper_suite_cells(name, tmp_path):
                       and c.model == model) == [0.02, 0.05, 0.1, 0.2, 0.4]
 
 
-@pytest.mark.parametrize("name, cells", [("default", 49), ("full", 73), ("paper-k400", 46), ("paper-ssv2", 46)])
+@pytest.mark.parametrize("name, cells", [("default", 33), ("full", 73), ("paper-k400", 46), ("paper-ssv2", 46)])
 def test_dry_run_lists_every_suite(name, cells, tmp_path, capsys):
     sets = [a for s in (_paper_args(tmp_path) if name.startswith("paper") else []) for a in ("--set", s)]
     assert main(["run", "--suite", name, "--dry-run", *sets]) == 0
