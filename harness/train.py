@@ -88,7 +88,7 @@ class TrainRecipe:
     module docstring). A suite's ``[train]`` and ``pretrain`` tables are checked against these fields."""
 
     epochs: int = 2
-    batch_size: int = 8             # global: split over torchrun ranks
+    batch_size: int = 16            # global: split over torchrun ranks
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_epochs: float = 0.2
