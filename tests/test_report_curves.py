@@ -139,7 +139,7 @@ def test_interpolate_reads_exact_points_and_refuses_outside_the_curve():
     curve = [(0.4, 70.0, 66.0, 74.0), (0.8, 90.0, 88.0, 92.0)]
     assert curves.interpolate(curve, 0.8) == (90.0, 88.0, 92.0)
     assert curves.interpolate(curve, 0.4) == (70.0, 66.0, 74.0)
-    assert curves.interpolate(curve, 0.39) is None and curves.interpolate(curve, 0.81) is None
+    assert curves.interpolate(curve, 0.38) is None and curves.interpolate(curve, 0.82) is None
     assert curves.interpolate([], 0.5) is None
     # an interval missing at one end: the value is read, the interval is not
     assert curves.interpolate([(0.4, 70.0, None, None), (0.8, 90.0, 88.0, 92.0)], 0.6) == (80.0, None, None)
@@ -304,3 +304,11 @@ def test_report_check_passes_on_the_regenerated_reference():
     root = Path(__file__).resolve().parents[1]
     assert report.check_report(root / "results" / "reference", root / "reports" / "reference") == []
 
+
+
+def test_a_curve_ending_within_rounding_of_a_budget_is_read_at_its_end():
+    from tokenbench.harness.report.curves import SNAP, interpolate
+
+    curve = [(0.301, 88.7, 86.6, 90.5), (0.5, 92.1, 90.3, 93.6)]
+    assert interpolate(curve, 0.30) == pytest.approx((88.7, 86.6, 90.5))  # random keep 0.3 → 0.301 of 196
+    assert interpolate(curve, 0.301 - 2 * SNAP) is None                 # farther: no extrapolation

@@ -53,8 +53,13 @@ class ShareSeries:
     points: list[SharePoint]       # sorted by (τ, share)
 
 
+# options a static-share sweep may move with the share: the camera share (the suites split the non-static
+# rest evenly between panning and playing backgrounds) and the clip count (a split of exactly the clips used)
+WITH_SHARE = {OPTION, "camera_share", "num_clips"}
+
+
 def _group_key(r: dict) -> tuple:
-    opts = {k: v for k, v in r["dataset_options"].items() if k != OPTION}
+    opts = {k: v for k, v in r["dataset_options"].items() if k not in WITH_SHARE}
     return (str(r.get("model")), str(r.get("num_frames")), str(r.get("img_size")), str(r.get("checkpoint")),
             str(r.get("dataset_name")), str(r.get("split")), canonical_json(opts), r.get("batch_size"))
 
