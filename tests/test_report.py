@@ -617,3 +617,13 @@ def test_training_seeds_are_pooled_with_their_spread_and_paired_by_seed(tmp_path
     report.write_report(tmp_path / "results", tmp_path / "reports", figures=False)
     md = (tmp_path / "reports" / "default" / "tables" / "training.md").read_text(encoding="utf-8")
     assert "| 2 | 1.10–2.00 |" in md and "89.0–93.0" in md
+
+
+def test_training_rows_find_their_baseline_though_each_arm_trained_other_weights(tmp_path):
+    """A train record's checkpoint_sha256 is of the weights that arm trained; the arms compare by the checkpoint
+    they started from, so the committed reference's RLT and random rows carry a speedup over `none`."""
+    root = Path(__file__).resolve().parents[1]
+    report.write_report(root / "results" / "reference", tmp_path, figures=False)
+    speedups = {row["label"]: row["train_speedup"] for row in _csv(tmp_path / "default" / "tables" / "training.csv")}
+    assert set(speedups) >= {"none", "rlt τ=0.1", "random match_rlt=0.1"}
+    assert all(float(v) > 0 for v in speedups.values()), speedups

@@ -125,8 +125,10 @@ def params_key(params: dict[str, Any]) -> tuple:
 
 def checkpoint_of(r: dict) -> str:
     """A record's checkpoint: its weights' sha256 when recorded (two files holding the same weights are
-    one checkpoint), else what the cell named (a path, ``none``, ``trained:<hash>``)."""
-    sha = r.get("checkpoint_sha256")
+    one checkpoint), else what the cell named (a path, ``none``, ``trained:<hash>``). A train record's sha256
+    is of the weights it trained, different for every arm, so train records compare by the checkpoint the
+    cell started from."""
+    sha = r.get("checkpoint_sha256") if r.get("mode") != "train" else None
     return f"sha256:{sha}" if isinstance(sha, str) and sha else str(r.get("checkpoint") or "")
 
 
