@@ -148,8 +148,12 @@ def _grid(n: int, panel=(4.6, 3.6), legend_w=2.2, title_h=0.6, min_w=7.2):
 
 
 def _legend(fig: Figure, handles: list, ncol: int | None = None) -> None:
-    fig.legend(handles=handles, loc="outside right upper", frameon=False,
-               ncol=ncol or (1 if len(handles) <= 14 else 2))
+    # a long legend goes under the panels: two columns on the right squeezed the panels of a narrow figure
+    # and ran into its title
+    if ncol is None and len(handles) > 14:
+        fig.legend(handles=handles, loc="outside lower center", frameon=False, ncol=3)
+        return
+    fig.legend(handles=handles, loc="outside right upper", frameon=False, ncol=ncol or 1)
 
 
 def _group(rows: list[dict], key: Callable[[dict], tuple]) -> list[tuple[tuple, list[dict]]]:
