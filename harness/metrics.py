@@ -139,6 +139,14 @@ def token_summary(tokens_in: Sequence[int], tokens_per_layer: Sequence[Sequence[
     return out
 
 
+def _extend_layers(acc: list[list[int]], layers: Sequence[Sequence[int]]) -> None:
+    """Append one batch's ``[layer][clip]`` counts to ``acc`` (empty: one list per layer is made)."""
+    if not acc:
+        acc.extend([] for _ in layers)
+    for a, layer in zip(acc, layers):
+        a.extend(int(n) for n in layer)
+
+
 class TokenCounts:
     """Accumulates ``model.last_stats`` over a run's batches: ``add(model.last_stats)`` after each forward."""
 
@@ -153,16 +161,9 @@ class TokenCounts:
             raise ValueError("empty forward statistics (has the model run?)")
         if self.tokens_per_layer and len(stats.tokens_per_layer) != len(self.tokens_per_layer):
             raise ValueError(f"{len(stats.tokens_per_layer)} layers, earlier batches had {len(self.tokens_per_layer)}")
-        if not self.tokens_per_layer:
-            self.tokens_per_layer = [[] for _ in stats.tokens_per_layer]
         self.tokens_in.extend(int(n) for n in stats.tokens_in)
-        for acc, layer in zip(self.tokens_per_layer, stats.tokens_per_layer):
-            acc.extend(int(n) for n in layer)
-        mlp = stats.tokens_mlp_per_layer
-        if not self.tokens_mlp_per_layer:
-            self.tokens_mlp_per_layer = [[] for _ in mlp]
-        for acc, layer in zip(self.tokens_mlp_per_layer, mlp):
-            acc.extend(int(n) for n in layer)
+        _extend_layers(self.tokens_per_layer, stats.tokens_per_layer)
+        _extend_layers(self.tokens_mlp_per_layer, stats.tokens_mlp_per_layer)
 
     def __len__(self) -> int:
         return len(self.tokens_in)

@@ -45,18 +45,19 @@ RC = {
 }
 
 
+def _pick(reducer: str, table: dict[str, str], extra: tuple[str, ...]) -> str:
+    """A built-in reducer's entry of ``table``; any other (a plugin) a stable pick from ``extra`` by its name."""
+    if reducer in table:
+        return table[reducer]
+    return extra[int(hashlib.sha256(reducer.encode()).hexdigest()[:8], 16) % len(extra)]
+
+
 def reducer_colour(reducer: str) -> str:
-    if reducer in REDUCER_COLOURS:
-        return REDUCER_COLOURS[reducer]
-    h = int(hashlib.sha256(reducer.encode()).hexdigest()[:8], 16)
-    return _EXTRA_COLOURS[h % len(_EXTRA_COLOURS)]
+    return _pick(reducer, REDUCER_COLOURS, _EXTRA_COLOURS)
 
 
 def family_marker(reducer: str) -> str:
-    if reducer in FAMILY_MARKERS:
-        return FAMILY_MARKERS[reducer]
-    h = int(hashlib.sha256(reducer.encode()).hexdigest()[:8], 16)
-    return _EXTRA_MARKERS[h % len(_EXTRA_MARKERS)]
+    return _pick(reducer, FAMILY_MARKERS, _EXTRA_MARKERS)
 
 
 class Style:

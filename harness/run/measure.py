@@ -57,8 +57,8 @@ def autocast_for(cell: Cell) -> contextlib.AbstractContextManager:
 
 MAX_TOKENS_PER_CLIP_RECORDED = 20000  # beyond this many clips a record keeps the first ones only
 # The accuracy pass is not timed, so it runs in batches of about this many tokens (never fewer clips than the
-# cell's batch): small models on a CPU then run 64-clip batches, 1.5–2.5× the clips/s of 8-clip ones, while a
-# ViT-B at 16×224² (1,568 tokens a clip) keeps its batch of 8 and the memory it was sized for
+# cell's batch): a small model takes fewer, larger GEMMs (vit_t at 8×112²: 64 clips a batch), while a ViT-B at
+# 16×224² (1,568 tokens a clip) keeps its batch of 8 and the memory it was sized for
 EVAL_BATCH_TOKENS = 64 * 196
 
 
