@@ -88,6 +88,19 @@ def test_flip_happens_about_half_the_time():
     assert all(o[0, 0, 0, 0] < o[0, 0, -1, 0] for o in never)
 
 
+def test_to_model_input_equals_the_textbook_formula_on_every_value():
+    """The fused scale-and-shift gives (x/255 − mean)/std, per channel, for all 256 levels (to ~1 ulp)."""
+    levels = torch.arange(256, dtype=torch.uint8)
+    per_channel = torch.stack([levels, levels.flip(0), levels.roll(7)], -1).view(16, 16, 3)  # every level in each
+    clips = torch.stack([per_channel.expand(3, 16, 16, 3), per_channel.flip(0).expand(3, 16, 16, 3)])
+    ref = ((clips.double() / 255 - torch.tensor(IMAGENET_MEAN, dtype=torch.float64))
+           / torch.tensor(IMAGENET_STD, dtype=torch.float64)).permute(0, 4, 1, 2, 3)
+    got = to_model_input(clips)
+    assert got.is_contiguous() and got.shape == (2, 3, 3, 16, 16)
+    assert torch.allclose(got.double(), ref, rtol=0, atol=2e-6)
+    assert torch.allclose(to_model_input(clips, torch.float64), ref, rtol=0, atol=1e-12)
+
+
 def test_to_model_input_normalises_with_imagenet_statistics():
     clips = torch.zeros(2, 4, 8, 8, 3, dtype=torch.uint8)
     for c in range(3):
