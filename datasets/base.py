@@ -47,6 +47,12 @@ class ClipDataset(Dataset):
         """Options giving ``clips`` temporal clips × ``crops`` spatial crops per video (views ≠ 1x1)."""
         return {"num_clips": clips, "num_crops": crops}
 
+    @classmethod
+    def first_options(cls, n: int) -> dict[str, Any]:
+        """Options that build only the first ``n`` items, the same items the whole split starts with — for a
+        format that makes its clips, so a run using ``n`` of them makes no more; none by default."""
+        return {}
+
     def info(self) -> dict[str, Any]:
         """What identifies this data in a result record."""
         return {"dataset": self.name, "split": self.split, "num_frames": self.num_frames,

@@ -372,6 +372,24 @@ def test_timing_sample_is_seeded_and_spread_over_videos():
     assert timing_sample(videos[:10], 16) == list(range(10))  # fewer clips than asked: all of them
 
 
+def test_a_train_split_limited_to_n_clips_makes_only_those(tmp_path, monkeypatch):
+    """A fine-tune over the first N clips of a generated split renders N clips, the same N the whole split
+    starts with; a format that cannot build a prefix is cut after it is built; the suite's options win."""
+    import numpy as np
+
+    from tokenbench.harness.run.clips import first_items
+
+    monkeypatch.setenv("TOKENBENCH_CACHE", str(tmp_path))
+    kw = {"num_frames": 8, "img_size": 64}
+    head = first_items("synthetic", "train", 6, **kw)
+    assert len(head) == 6 and [p.name.split("-")[2] for p in tmp_path.glob("synthetic-train-*")] == ["6x8x64"]
+    whole = first_items("synthetic", "train", 0, options={"num_clips": 10}, **kw)
+    assert len(whole) == 10 and all(np.array_equal(head[i][0], whole[i][0]) for i in range(6))
+    assert len(first_items("synthetic", "train", 6, options={"num_clips": 10}, **kw)) == 6  # 10 made, 6 used
+    samples = first_items("samples", "val", 3, **kw)
+    assert len(samples) == 3 and samples.name == "samples"
+
+
 AA = """\
 [suite]
 name = "aa"

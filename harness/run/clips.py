@@ -203,6 +203,17 @@ def head_positions(n: int, head: int, seed: int = 0) -> list[int]:
     return sorted({min(n - 1, int(offset + k * step)) for k in range(head)})
 
 
+def first_items(name: str, split: str, max_items: int | None, *, num_frames: int, img_size: int,
+                options: dict | None = None):
+    """Dataset ``name``/``split`` limited to its first ``max_items`` items (all when 0/None), built no larger
+    than that where the format can (``first_options``: the synthetic generator then renders only those)."""
+    opts = dict(options or {})
+    if max_items:
+        opts = {**dataset_format(name).cls.first_options(int(max_items)), **opts}  # the suite's options win
+    ds = get_dataset(name, split, num_frames=num_frames, img_size=img_size, **opts)
+    return limited(ds, max_items)
+
+
 def limited(ds, max_items: int | None):
     """The first ``max_items`` items of ``ds`` (all when 0/None), keeping its attributes visible."""
     if not max_items or max_items >= len(ds):

@@ -29,7 +29,6 @@ from typing import Any
 
 import torch
 
-from tokenbench.datasets import get_dataset
 from tokenbench.datasets.classes import check_head_classes
 
 from ..checkpoint import load_checkpoint, weights_sha256
@@ -42,7 +41,7 @@ from ..model import build_model
 from ..schema import Cell
 from ..timing import make_batches, time_forward
 from ..train import TrainRecipe, inference_reducer, train
-from .clips import ClipSet, data_key, limited, load_clipset, timing_sample
+from .clips import ClipSet, data_key, first_items, load_clipset, timing_sample
 from .common import DTYPES
 from .models import RunCache, base_model, build_reducer, calibrate, load_model, model_classes, model_key
 
@@ -236,8 +235,8 @@ def train_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tuple[di
     clips = load_clipset(cell, cache, progress)  # evaluation clips, and the calibration data
     reducer = calibrate(build_reducer(cell), cell, clips, cache)
     train_split = settings.get("split", "train")
-    train_ds = get_dataset(cell.dataset, train_split, num_frames=cell.num_frames, img_size=cell.img_size,
-                           **dict(cell.dataset_options or {}))
+    train_ds = first_items(cell.dataset, train_split, settings.get("max_clips"), num_frames=cell.num_frames,
+                           img_size=cell.img_size, options=cell.dataset_options)
     num_classes = int(cell.num_classes or train_ds.num_classes)
     if not num_classes:
         raise CellError(f"dataset {cell.dataset!r} is unlabelled: a train cell needs labels")
@@ -254,7 +253,7 @@ def train_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tuple[di
             load_checkpoint(model, ck, strict=False)
     if progress:
         progress(f"training {settings.get('epochs')} epochs")
-    result = train(model, limited(train_ds, settings.get("max_clips")), None, reducer,
+    result = train(model, train_ds, None, reducer,
                    TrainRecipe.from_settings(settings, seed=cell.seed), device=device, log=False)
     model = model.to(device=device, dtype=dtype).eval()
     eval_red = None if settings.get("eval_reducer") == "none" else inference_reducer(reducer)

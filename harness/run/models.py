@@ -22,7 +22,7 @@ from ..evaluate import model_input
 from ..model import build_model
 from ..schema import Cell
 from ..train import TrainRecipe, train
-from .clips import ClipSet, data_key, limited
+from .clips import ClipSet, data_key, first_items
 from .common import DTYPES, _hash, cache_root, describe_error
 
 
@@ -88,15 +88,16 @@ def ensure_pretrained(pretrain: dict[str, Any], cache_dir: Path, device: str = "
         if log:
             log(f"training {pretrain['model']} ({pretrain['num_frames']}×{pretrain['img_size']}²) on "
                 f"{pretrain['dataset']} for {pretrain.get('epochs')} epochs (once; cached as {path})")
-        ds = get_dataset(pretrain["dataset"], pretrain.get("split", "train"), num_frames=pretrain["num_frames"],
-                         img_size=pretrain["img_size"], **(pretrain.get("options") or {}))
+        ds = first_items(pretrain["dataset"], pretrain.get("split", "train"), pretrain.get("max_clips"),
+                         num_frames=pretrain["num_frames"], img_size=pretrain["img_size"],
+                         options=pretrain.get("options"))
         if not ds.num_classes:
             raise CellError(f"cannot pretrain on the unlabelled dataset {pretrain['dataset']!r}")
         torch.manual_seed(int(pretrain.get("seed", 0)))
         model = build_model(pretrain["model"], ds.num_classes, num_frames=pretrain["num_frames"],
                             img_size=pretrain["img_size"])
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        train(model, limited(ds, pretrain.get("max_clips")), None, None, TrainRecipe.from_settings(pretrain),
+        train(model, ds, None, None, TrainRecipe.from_settings(pretrain),
               device=device, out=tmp, log=log is not None)
         os.replace(tmp, path)
     return path
