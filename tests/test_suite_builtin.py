@@ -39,10 +39,9 @@ def _inference(dataset: str, **n: int) -> dict:
 
 
 DEFAULT = {
-    **_inference("synthetic", none=1, rlt=4, random_match=4, random_keep=2, tome=4, sta=4,
-                 rlt_packed=1, random_match_packed=1),
-    **_inference("samples", none=1, rlt=4, random_match=4),
-    ("train", "synthetic", "none"): 1, ("train", "synthetic", "rlt"): 1, ("train", "synthetic", "random-match"): 1,
+    **_inference("synthetic", none=1, rlt=4, random_match=4, random_keep=2, tome=4, sta=4),
+    **_inference("samples", none=1, rlt=4, random_match=4, rlt_packed=1, random_match_packed=1),
+    ("train", "synthetic", "none"): 2, ("train", "synthetic", "rlt"): 2, ("train", "synthetic", "random-match"): 2,
 }
 FULL = {
     **DEFAULT,
@@ -66,7 +65,7 @@ def test_every_builtin_suite_is_tested_here():
 def test_default_suite_cells():
     suite = load_suite("default", env={})
     assert dict(_counts(suite)) == DEFAULT
-    assert len(suite.cells()) == 33
+    assert len(suite.cells()) == 36
     cells = suite.cells()
     taus = [0.02, 0.1, 0.2, 0.4]
     for data in ("synthetic", "samples"):
@@ -78,10 +77,12 @@ def test_default_suite_cells():
     main_data = [c for c in cells if c.dataset == "synthetic" and c.dataset_id is None and c.mode == "inference"]
     assert {c.max_clips for c in main_data} == {1000} and all(c.dataset_options is None for c in main_data)
     inf = [c for c in cells if c.mode == "inference"]
-    assert {(c.repeats, c.time_clips) for c in inf} == {(20, 16)}  # repeats are not cut to buy time
+    # repeats are not cut to buy time: the speedup's interval is over the 20 paired repeats; a repeat times
+    # one batch of 8 clips (8 videos), as on the real clips
+    assert {(c.repeats, c.time_clips, c.batch_size) for c in inf} == {(20, 8, 8)}
     train = [c for c in cells if c.mode == "train"]
-    assert {c.train["epochs"] for c in train} == {1} and {c.train["max_clips"] for c in train} == {512}
-    assert {c.seed for c in train} == {0}
+    assert {c.train["epochs"] for c in train} == {1} and {c.train["max_clips"] for c in train} == {384}
+    assert Counter(c.seed for c in train) == {0: 3, 1: 3}  # each arm twice: the training table's spread
 
 
 def test_full_suite_holds_the_default_suite_and_what_left_it():
@@ -114,7 +115,7 @@ def test_paper_suite_cells(name, tmp_path):
                       and c.model == model) == [0.02, 0.05, 0.1, 0.2, 0.4]
 
 
-@pytest.mark.parametrize("name, cells", [("default", 33), ("full", 73), ("paper-k400", 46), ("paper-ssv2", 46)])
+@pytest.mark.parametrize("name, cells", [("default", 36), ("full", 73), ("paper-k400", 46), ("paper-ssv2", 46)])
 def test_dry_run_lists_every_suite(name, cells, tmp_path, capsys):
     sets = [a for s in (_paper_args(tmp_path) if name.startswith("paper") else []) for a in ("--set", s)]
     assert main(["run", "--suite", name, "--dry-run", *sets]) == 0
