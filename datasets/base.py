@@ -49,8 +49,8 @@ class ClipDataset(Dataset):
 
     @classmethod
     def first_options(cls, n: int) -> dict[str, Any]:
-        """Options that build only the first ``n`` items, the same items the whole split starts with — for a
-        format that makes its clips, so a run using ``n`` of them makes no more; none by default."""
+        """Options that make a split of only ``n`` items, drawn like the whole split — for a format that
+        makes its clips, so a run that uses ``n`` of them makes no more; none by default."""
         return {}
 
     def info(self) -> dict[str, Any]:

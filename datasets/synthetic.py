@@ -44,8 +44,9 @@ and measures on the faint mix, whose faint clips the model meets first at evalua
 comparison's fine-tune.
 
 Generation is deterministic from ``seed``; ``train`` and ``val`` draw from disjoint seed streams
-(``numpy.random.SeedSequence((seed, split_id, index, stream))``), and clip ``i`` depends only on those,
-so a larger split extends a smaller one. Backgrounds come from the same four source videos in both splits
+(``numpy.random.SeedSequence((seed, split_id, index, stream))``), and clip ``i``'s scene depends only on
+those, so a larger split shows the same scenes as a smaller one and more; the labels are a seeded balanced
+permutation over the split. Backgrounds come from the same four source videos in both splits
 (different crops, times and pans): the task is about the foreground motion.
 
 Generated clips are cached on disk (``$TOKENBENCH_CACHE`` or ``~/.cache/tokenbench``) as uint8 ``.npy``
@@ -74,7 +75,7 @@ import torch
 from .base import ClipDataset
 from .synthetic_scene import BACKGROUND_MODES, MOTIONS, SHAPES, Scene, render, sample_scene
 
-GENERATOR_VERSION = 2  # 2: labels drawn per block of C clips (a split's prefix is the shorter split)
+GENERATOR_VERSION = 1
 
 DEFAULT_CLASSES = ("left", "right", "up", "down")
 SPLITS = {"train": 0, "val": 1}
@@ -220,7 +221,8 @@ class SyntheticMotion(ClipDataset):
 
     @classmethod
     def first_options(cls, n: int) -> dict:
-        return {"num_clips": int(n)}  # clip i depends only on (seed, split, i): a shorter split is a prefix
+        # a split of n clips: the same scenes as the first n of a longer one, labels balanced over the n
+        return {"num_clips": int(n)}
 
     def __init__(self, split: str = "train", num_frames: int = 8, img_size: int = 112, *,
                  num_clips: int | None = None, seed: int = 0, classes: tuple[str, ...] | list[str] | None = None,
@@ -300,13 +302,10 @@ class SyntheticMotion(ClipDataset):
         return np.random.default_rng(ss)
 
     def labels_for(self) -> np.ndarray:
-        """Balanced labels in a seeded order: clips ``kC … kC+C−1`` take the C classes in the order of a
-        permutation drawn for block k, so every class appears ``num_clips // C`` or one more times and
-        clip i's label, like its scene, depends only on i (a shorter split is a prefix of a longer one)."""
+        """Balanced labels (each class ``num_clips // C`` or one more times) in a seeded order."""
         c = self.num_classes
-        blocks = -(-self.num_clips // c)
-        order = np.concatenate([self._rng(b, 0).permutation(c) for b in range(blocks)])
-        return order[:self.num_clips]
+        base = np.arange(self.num_clips) % c
+        return self._rng(0, 0).permutation(base)
 
     def scene(self, index: int, backgrounds: list[np.ndarray] | None = None) -> Scene:
         """The label-independent scene of clip ``index`` (deterministic)."""

@@ -359,6 +359,18 @@ def test_a_model_that_fails_to_train_fails_its_cells_once_each_without_retrainin
     assert len(cache.pretrain_failures) == 1 and all("failed earlier in this run" in e for e in errors)
 
 
+def test_a_pretraining_that_ends_at_chance_says_so(tmp_path):
+    """Two steps on 16 clips learn nothing: the run says the model is at chance and how to get another."""
+    from tokenbench.harness.run.models import ensure_pretrained
+
+    pre = load_suite(write(tmp_path, "tiny.toml", TINY)).cells()[0]["pretrain"]
+    lines: list[str] = []
+    with pytest.warns(UserWarning, match=r"ended near chance .*chance ln 4 = 1\.386"):
+        path = ensure_pretrained(pre, tmp_path / "cache", log=lines.append)
+    assert path.is_file() and any(line.startswith("WARNING: pretraining vit_t") and str(path) in line
+                                  for line in lines)
+
+
 def test_timing_sample_is_seeded_and_spread_over_videos():
     from tokenbench.harness.run.clips import timing_sample
 
@@ -373,8 +385,8 @@ def test_timing_sample_is_seeded_and_spread_over_videos():
 
 
 def test_a_train_split_limited_to_n_clips_makes_only_those(tmp_path, monkeypatch):
-    """A fine-tune over the first N clips of a generated split renders N clips, the same N the whole split
-    starts with; a format that cannot build a prefix is cut after it is built; the suite's options win."""
+    """A fine-tune over N clips of a generated split renders N clips (the scenes the whole split starts
+    with, balanced labels); a format that makes no clips is cut after it is built; the suite's options win."""
     import numpy as np
 
     from tokenbench.harness.run.clips import first_items
@@ -384,7 +396,8 @@ def test_a_train_split_limited_to_n_clips_makes_only_those(tmp_path, monkeypatch
     head = first_items("synthetic", "train", 6, **kw)
     assert len(head) == 6 and [p.name.split("-")[2] for p in tmp_path.glob("synthetic-train-*")] == ["6x8x64"]
     whole = first_items("synthetic", "train", 0, options={"num_clips": 10}, **kw)
-    assert len(whole) == 10 and all(np.array_equal(head[i][0], whole[i][0]) for i in range(6))
+    assert len(whole) == 10 and all(head.scene(i) == whole.scene(i) for i in range(6))
+    assert np.bincount(head.labels, minlength=4).tolist() == [2, 2, 1, 1]  # balanced over the 6
     assert len(first_items("synthetic", "train", 6, options={"num_clips": 10}, **kw)) == 6  # 10 made, 6 used
     samples = first_items("samples", "val", 3, **kw)
     assert len(samples) == 3 and samples.name == "samples"

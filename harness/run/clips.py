@@ -205,8 +205,9 @@ def head_positions(n: int, head: int, seed: int = 0) -> list[int]:
 
 def first_items(name: str, split: str, max_items: int | None, *, num_frames: int, img_size: int,
                 options: dict | None = None):
-    """Dataset ``name``/``split`` limited to its first ``max_items`` items (all when 0/None), built no larger
-    than that where the format can (``first_options``: the synthetic generator then renders only those)."""
+    """Dataset ``name``/``split`` limited to ``max_items`` items (all when 0/None): a split made no larger
+    than that where the format makes its clips (``first_options``: the synthetic generator then renders
+    only those), else the first ``max_items`` of the split."""
     opts = dict(options or {})
     if max_items:
         opts = {**dataset_format(name).cls.first_options(int(max_items)), **opts}  # the suite's options win

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import math
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +60,13 @@ class RunCache:
             del self.clips[k]
 
 
+# a self-trained model whose last epoch's mean loss stays above this share of chance (ln C) has not learned
+# (the run says so):
+# harness.train's recipe on the synthetic benchmark either finds its motion features (vit_t: ~0.4) or stays
+# at ~ln 4 = 1.39 for the whole run (the phase change comes at a step that depends on the draw)
+CHANCE_LOSS_SHARE = 0.9
+
+
 def pretrained_path(pretrain: dict[str, Any], cache_dir: Path) -> Path:
     """Where a self-trained model's checkpoint is cached: named by its whole training configuration."""
     return cache_dir / "models" / f"{pretrain['model']}-{pretrain['num_frames']}x{pretrain['img_size']}-" \
@@ -97,8 +106,17 @@ def ensure_pretrained(pretrain: dict[str, Any], cache_dir: Path, device: str = "
         model = build_model(pretrain["model"], ds.num_classes, num_frames=pretrain["num_frames"],
                             img_size=pretrain["img_size"])
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        train(model, ds, None, None, TrainRecipe.from_settings(pretrain),
-              device=device, out=tmp, log=log is not None)
+        result = train(model, ds, None, None, TrainRecipe.from_settings(pretrain),
+                       device=device, out=tmp, log=log is not None)
+        chance = math.log(ds.num_classes)
+        if result.final_loss > CHANCE_LOSS_SHARE * chance:  # said, not refused: a tiny test recipe never learns
+            msg = (f"pretraining {pretrain['model']} on {pretrain['dataset']} ended near chance (last epoch's loss "
+                   f"{result.final_loss:.3f}, chance ln {ds.num_classes} = {chance:.3f}): the model has not learned "
+                   f"and its top-1 will say so. Give a checkpoint (TOKENBENCH_DEFAULT_CHECKPOINT=PATH for the default "
+                   f"suite) or another seed in the model's pretrain table (seed = 1), and delete {path}")
+            warnings.warn(msg, stacklevel=2)
+            if log:
+                log("WARNING: " + msg)
         os.replace(tmp, path)
     return path
 
