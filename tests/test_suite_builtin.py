@@ -41,7 +41,8 @@ def _inference(dataset: str, **n: int) -> dict:
 DEFAULT = {
     **_inference("synthetic", none=1, rlt=4, random_match=4, random_keep=2, tome=4, sta=4),
     **_inference("samples", none=1, rlt=4, random_match=4, rlt_packed=1, random_match_packed=1),
-    ("train", "synthetic", "none"): 2, ("train", "synthetic", "rlt"): 2, ("train", "synthetic", "random-match"): 2,
+    ("train", "synthetic-val500", "none"): 2, ("train", "synthetic-val500", "rlt"): 2,
+    ("train", "synthetic-val500", "random-match"): 2,
 }
 FULL = {
     **DEFAULT,
@@ -50,8 +51,8 @@ FULL = {
     **_inference("samples", none=1, rlt=5, random_match=5, random_keep=4, tome=4, sta=4,
                  rlt_packed=1, random_match_packed=1),
     **{k: v for d in STATIC for k, v in _inference(d, rlt=1, random_match=1).items()},
-    ("train", "synthetic", "none"): 3, ("train", "synthetic", "rlt"): 6,  # RLT and RLT + length embedding
-    ("train", "synthetic", "random-match"): 3, ("train", "synthetic", "rlt_random"): 3,
+    ("train", "synthetic-val500", "none"): 3, ("train", "synthetic-val500", "rlt"): 6,  # RLT, + length embedding
+    ("train", "synthetic-val500", "random-match"): 3, ("train", "synthetic-val500", "rlt_random"): 3,
 }
 PAPER = {("inference", data, fam): k * 2  # ViT-B and ViT-L
          for data in ("k400", "ssv2")
@@ -81,7 +82,8 @@ def test_default_suite_cells():
     # one batch of 8 clips (8 videos), as on the real clips
     assert {(c.repeats, c.time_clips, c.batch_size) for c in inf} == {(20, 8, 8)}
     train = [c for c in cells if c.mode == "train"]
-    assert {c.train["epochs"] for c in train} == {1} and {c.train["max_clips"] for c in train} == {384}
+    assert {c.train["epochs"] for c in train} == {1} and {c.train["max_clips"] for c in train} == {256}
+    assert {(c.dataset_id, c.max_clips) for c in train} == {("synthetic-val500", 500)}  # scored on 500 val clips
     assert Counter(c.seed for c in train) == {0: 3, 1: 3}  # each arm twice: the training table's spread
 
 
