@@ -108,6 +108,19 @@ def test_two_cell_sweep_through_the_local_launcher_lands_in_one_records_file(tmp
     assert "nothing to submit" in capsys.readouterr().err
     assert len(files[0].read_bytes().split(b"\n")) == 3
 
+    # the records as if measured at another commit: counted and kept, then measured again by jobs that are
+    # told the submitting checkout's commit (a job must not skip a cell its store holds from other code)
+    files[0].write_text("".join(json.dumps({**r, "fingerprint": {**r["fingerprint"], "git_commit": "0" * 40}})
+                                + "\n" for r in recs))
+    assert main(args) == 0
+    log = capsys.readouterr().err
+    assert "nothing to submit" in log and "2 recorded cell(s) were measured at another commit" in log
+    assert main(args + ["--rerun-stale"]) == 0
+    assert "were measured again" in capsys.readouterr().err
+    newest = [json.loads(line) for line in files[0].read_text().splitlines()][2:]
+    assert len(newest) == 2 and all(r["status"] == "ok" and r["fingerprint"]["git_commit"] != "0" * 40
+                                    for r in newest)
+
 
 def _append_many(path: str, who: int, n: int, pad: int) -> int:
     store = ResultStore(path)
@@ -302,7 +315,8 @@ def test_slurm_array_submission_builds_the_right_jobs(tmp_path, fake_slurm, cach
         assert ds.function is run_slurm_cell
         cell, suite_name, out_dir = ds.args[:3]
         assert suite_name == "two" and Path(out_dir) == out.resolve() and cell["device"] == "cuda"
-        assert ds.args[-1] == 90  # --timeout-min: the job tells Slurm's limit from a preemption
+        assert ds.args[5:] == (90, None)  # --timeout-min: the job tells Slurm's limit from a preemption; no
+        # --rerun-stale (with it: the submitting checkout's CodeVersion)
         submitted.append(cell["key"])
     assert sorted(submitted) == sorted(c["key"] for c in cells[1:])  # the recorded cell was not submitted
     with open(next(folder.glob("4242/4242_submitted.pkl")), "rb") as f:

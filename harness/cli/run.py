@@ -17,6 +17,7 @@ from ..results import load
 from ..run import run_suite
 from ..run.executors import DEFAULT_TIMEOUT_MIN, LaunchOptions
 from ..run.launch import LAUNCHERS, launch, requested_device
+from ..run.plan import CodeVersion
 from ..suite import describe, load_suite
 from ..suite.overrides import parse_value
 from ..suite.source import builtin_suite_descriptions, builtin_suites
@@ -89,7 +90,7 @@ def add_cli(sub) -> None:
                    help="run again the cells recorded as failed (the new record supersedes the old)")
     p.add_argument("--rerun-stale", action="store_true",
                    help="measure again the recorded cells measured at another git commit or in a tree with "
-                        "uncommitted changes (the new record supersedes the old; --launcher inprocess)")
+                        "uncommitted changes (the new record supersedes the old; every launcher)")
     p.add_argument("--dry-run", action="store_true", help="validate the suite and list its cells; run nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     add_launch_args(p)
@@ -139,7 +140,7 @@ def options_from_args(args) -> LaunchOptions:
                          partition=args.partition, gpus_per_job=args.gpus_per_job,
                          array_parallelism=args.array_parallelism, timeout_min=args.timeout_min,
                          cpus_per_job=args.cpus_per_job, mem_gb=args.mem_gb, slurm_params=extra, wait=args.wait,
-                         retry_failed=args.retry_failed)
+                         retry_failed=args.retry_failed, rerun_stale=CodeVersion.here() if args.rerun_stale else None)
 
 
 def suite_overrides_for(args) -> list[str]:
@@ -158,8 +159,6 @@ def run(args) -> int:
     if not args.no_report:
         require_folder("--report-dir", args.report_dir)
     opts = None if args.launcher == "inprocess" else options_from_args(args)
-    if opts is not None and args.rerun_stale:
-        raise UserError(f"--rerun-stale runs with --launcher inprocess only, not {args.launcher}")
     suite = load_suite(args.suite, overrides=suite_overrides_for(args), only=args.only,
                        check_device=args.launcher != "slurm")  # Slurm's cells run on its compute nodes
     cells = suite.cells()

@@ -7,10 +7,13 @@ import shlex
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
 from ..paths import safe_name
+
+if TYPE_CHECKING:
+    from .plan import CodeVersion
 
 DEFAULT_TIMEOUT_MIN = 240
 
@@ -28,6 +31,7 @@ class LaunchOptions:
     slurm_params: dict[str, Any] = field(default_factory=dict)  # more sbatch settings: account, qos, …
     wait: bool = False  # slurm: block until the array ends
     retry_failed: bool = False
+    rerun_stale: CodeVersion | None = None  # measure again the records measured at another code version
     poll_s: float = 1.0
 
 

@@ -11,6 +11,7 @@ from .cell import run_cell
 from .common import hardware_fingerprint, torch_threads
 from .executors import job_info
 from .models import RunCache, ensure_pretrained
+from .plan import CodeVersion
 
 
 def fingerprint_for(device: str, dtype: str, threads: int) -> dict[str, Any]:
@@ -20,19 +21,21 @@ def fingerprint_for(device: str, dtype: str, threads: int) -> dict[str, Any]:
 
 
 def run_job(cell: Cell, suite: str, out: str, command: str = "", launcher: str = "local",
-            retry_failed: bool = False) -> dict[str, Any]:
-    """One cell in a job: skip it when this machine's store already has it, else measure it and append its
-    record. Returns a short summary (the record itself is in the store)."""
+            retry_failed: bool = False, rerun_stale: CodeVersion | None = None) -> dict[str, Any]:
+    """One cell in a job: skip it when this machine's store already has it (measured by ``rerun_stale``'s
+    code, when given: the submitting checkout's), else measure it and append its record. Returns a short
+    summary (the record itself is in the store)."""
     def log(msg: str) -> None:
         print(msg, flush=True)
 
     label = cell.label
     fp = fingerprint_for(cell.device, cell.dtype, cell.threads)
     store = ResultStore(store_path(out, suite, fp["id"]))
-    if cell.key in store.done_keys(include_failed=not retry_failed):
+    stale = rerun_stale.measured_elsewhere if rerun_stale is not None else None
+    if cell.key in store.done_keys(include_failed=not retry_failed, stale=stale):
         log(f"{label}: already recorded in {store.path}; nothing to do")
         return {"key": cell.key, "status": "skipped", "error": None, "store": str(store.path)}
-    with store.claim(cell.key, include_failed=not retry_failed) as claim:
+    with store.claim(cell.key, include_failed=not retry_failed, stale=stale) as claim:
         if not claim.held:  # another run on this results folder has it: measure each cell once
             log(f"{label}: {claim.why}; nothing to do")
             return {"key": cell.key, "status": "skipped", "error": None, "store": str(store.path)}

@@ -73,7 +73,7 @@ from .executors import (
     slurm_executor,
 )
 from .job import fingerprint_for, prepare_job, run_job
-from .plan import make_plan, pending_pretrains
+from .plan import CodeVersion, make_plan, pending_pretrains
 from .slurm_job import run_slurm_cell
 from .slurm_poll import sbatch_refusals, wait_for_cells
 
@@ -97,6 +97,8 @@ class LaunchSummary:
     store: Path | None = None
     folder: Path | None = None
     wall_s: float = 0.0
+    stale: int = 0  # recorded cells measured at another commit or in a dirty tree
+    rerun_stale: bool = False  # … and submitted again (--rerun-stale)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -115,15 +117,16 @@ def requested_device(suite: str, overrides: list[str] | tuple[str, ...] = ()) ->
 
 
 def recorded_keys(out: str | Path, suite: str, fingerprint_id: str | None = None, device_type: str | None = None,
-                  include_failed: bool = True) -> set[str]:
+                  include_failed: bool = True, stale: Callable[[dict[str, Any]], bool] | None = None) -> set[str]:
     """Keys recorded for ``suite`` under ``out``: in the store of ``fingerprint_id`` when given, else in
-    every store of the suite whose records ran on ``device_type`` (cpu, cuda). Read only."""
+    every store of the suite whose records ran on ``device_type`` (cpu, cuda); less those whose newest
+    record ``stale(record)`` says to measure again. Read only."""
     if fingerprint_id is not None:
         files = [store_path(out, suite, fingerprint_id)]
     else:
         files = sorted((Path(out) / safe_name(suite)).glob(f"*/{RECORDS_FILE}"))
     on = device_type if fingerprint_id is None else None
-    return set().union(*(done_keys(f, include_failed, device_type=on) for f in files))
+    return set().union(*(done_keys(f, include_failed, device_type=on, stale=stale) for f in files))
 
 
 def visible_gpus() -> list[str]:
@@ -176,10 +179,19 @@ def launch(suite, out: str | Path, opts: LaunchOptions, *, cells: list[Cell] | N
         raise UserError(f"the cells run on {device}: each job needs a GPU (--gpus-per-job ≥ 1)")
     if opts.launcher == "local":
         fp = fingerprint_for(device, suite.defaults.get("dtype", "float32"), suite.defaults.get("threads", 0))
-        done = recorded_keys(out, suite.name, fingerprint_id=fp["id"], include_failed=not opts.retry_failed)
+        where: dict[str, Any] = {"fingerprint_id": fp["id"]}
         summary.store = store_path(out, suite.name, fp["id"])
     else:
-        done = recorded_keys(out, suite.name, device_type=device.split(":")[0], include_failed=not opts.retry_failed)
+        where = {"device_type": device.split(":")[0]}
+    done = recorded_keys(out, suite.name, include_failed=not opts.retry_failed, **where)
+    # recorded at another commit or in a dirty tree: counted always, measured again with --rerun-stale
+    code = opts.rerun_stale or CodeVersion.here()
+    fresh = recorded_keys(out, suite.name, include_failed=not opts.retry_failed, stale=code.measured_elsewhere,
+                          **where)
+    summary.stale = len((done - fresh) & {c.key for c in cells})
+    summary.rerun_stale = opts.rerun_stale is not None
+    if summary.rerun_stale:
+        done = fresh
     plan = make_plan(cells, done, cache_root())
     pending, pretrains = plan.pending, plan.prepare
     summary.skipped = plan.skipped
@@ -214,7 +226,7 @@ def _launch_slurm(pending, pretrains, suite, out: Path, folder: Path, opts: Laun
         chunk = pending[i:i + MAX_ARRAY_SIZE]
         n = len(chunk)
         jobs += ex.map_array(run_slurm_cell, chunk, [suite.name] * n, [str(out)] * n, [command] * n,
-                             [opts.retry_failed] * n, [opts.timeout_min] * n)
+                             [opts.retry_failed] * n, [opts.timeout_min] * n, [opts.rerun_stale] * n)
     summary.job_ids = [str(j.job_id) for j in jobs]
     summary.submitted = len(jobs)
     arrays = sorted({j.split("_")[0] for j in summary.job_ids})
@@ -265,7 +277,8 @@ def _launch_local(pending, pretrains, suite, out: Path, folder: Path, opts: Laun
                 slot = free.pop(0)
                 pin_gpu(ex, slot)
                 cell = queue.pop(0)
-                job = ex.submit(run_job, cell, suite.name, str(out), command, "local", opts.retry_failed)
+                job = ex.submit(run_job, cell, suite.name, str(out), command, "local", opts.retry_failed,
+                                opts.rerun_stale)
                 summary.job_ids.append(str(job.job_id))
                 summary.submitted += 1
                 running.append((job, cell, slot))

@@ -38,6 +38,7 @@ from ..results import ResultStore, store_path
 from ..schema import Cell, make_record
 from .common import utc_now
 from .job import fingerprint_for, run_job
+from .plan import CodeVersion
 
 UNFINISHED = ("lost", "timeout")
 MARKER_SUFFIX = "_cell.json"
@@ -158,7 +159,7 @@ def record_unfinished(cell: Cell, suite: str, status: str, error: str, start: Ce
 
 
 def run_slurm_cell(cell: Cell, suite: str, out: str, command: str = "", retry_failed: bool = False,
-                   timeout_min: float = 240) -> dict[str, Any]:
+                   timeout_min: float = 240, rerun_stale: CodeVersion | None = None) -> dict[str, Any]:
     """The function each Slurm array task runs: :func:`job.run_job` behind a start marker and the
     time-limit handling above. Returns run_job's summary (status ``timeout`` when the limit stopped it)."""
     import submitit  # loaded already: it is running this function
@@ -179,7 +180,7 @@ def run_slurm_cell(cell: Cell, suite: str, out: str, command: str = "", retry_fa
         if start.restarts:
             log(f"job {start.job_id}: restart {start.restarts} (requeued); the cell starts again from the beginning")
         try:
-            return run_job(cell, suite, out, command, "slurm", retry_failed)
+            return run_job(cell, suite, out, command, "slurm", retry_failed, rerun_stale)
         except CellTimedOut as exc:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # let the record be written whole before SIGKILL
             why = f"{exc.code}; job {start.job_id} on {start.host}; the next `tokenbench run` runs it again " \
