@@ -81,33 +81,36 @@ def _object_params(obj: Sprite, label: str, t: int, size: int) -> tuple[float, f
     return y, x, a
 
 
-def _draw(frame: np.ndarray, obj: Sprite, oy: float, ox: float, a: float) -> None:
-    """Paint ``obj`` centred at (oy, ox), turned by ``a``, into ``frame`` [s, s, 3] in place. Pixels are
-    taken round the frame (a torus): an object leaving one edge re-enters at the other."""
-    s = frame.shape[0]
+def _draw(frames: np.ndarray, obj: Sprite, oy: np.ndarray, ox: np.ndarray, a: np.ndarray) -> None:
+    """Paint ``obj`` into every frame of ``frames`` [T, s, s, 3] in place, in frame t centred at (oy[t], ox[t])
+    and turned by a[t]. Pixels are taken round the frame (a torus): an object leaving one edge re-enters at
+    the other. All frames in one set of array operations (per frame, numpy's per-call cost dominated)."""
+    n, s = frames.shape[0], frames.shape[1]
     r_out = obj.radius + obj.outline
     half = int(math.ceil(math.sqrt(2.0) * r_out)) + 1  # every shape fits in the rotated unit square
     box = np.arange(-half, half + 1) if 2 * half + 1 < s else None
-    rows = (int(math.floor(oy)) + box) % s if box is not None else np.arange(s)
-    cols = (int(math.floor(ox)) + box) % s if box is not None else np.arange(s)
-    dy = ((rows + 0.5 - oy + s / 2) % s - s / 2).astype(np.float32)[:, None]
-    dx = ((cols + 0.5 - ox + s / 2) % s - s / 2).astype(np.float32)[None, :]
-    c, sn = math.cos(a), math.sin(a)
+    oy, ox = oy[:, None], ox[:, None]  # [T, 1], float64
+    rows = (np.floor(oy).astype(np.int64) + box) % s if box is not None else np.broadcast_to(np.arange(s), (n, s))
+    cols = (np.floor(ox).astype(np.int64) + box) % s if box is not None else np.broadcast_to(np.arange(s), (n, s))
+    dy = ((rows + 0.5 - oy + s / 2) % s - s / 2).astype(np.float32)[:, :, None]
+    dx = ((cols + 0.5 - ox + s / 2) % s - s / 2).astype(np.float32)[:, None, :]
+    c, sn = (np.cos(a).astype(np.float32)[:, None, None], np.sin(a).astype(np.float32)[:, None, None])
     u = c * dx + sn * dy
     v = -sn * dx + c * dy
     inner = _shape_mask(obj.shape, u / obj.radius, v / obj.radius)
     outer = _shape_mask(obj.shape, u / r_out, v / r_out) | inner
-    patch = frame[np.ix_(rows, cols)]
+    where = (np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :])
+    patch = frames[where]  # [T, K, K, 3]
     if obj.contrast >= 1.0:
         patch[outer] = 0
         patch[inner] = np.asarray(obj.color, dtype=np.uint8)
     else:  # blended: a faint object changes its tubelets little, as camouflaged motion does in real video
-        c = obj.contrast
+        k = obj.contrast
         p = patch.astype(np.float32)
-        p[outer] *= 1.0 - c
-        p[inner] += c * (np.asarray(obj.color, dtype=np.float32) - p[inner])
+        p[outer] *= 1.0 - k
+        p[inner] += k * (np.asarray(obj.color, dtype=np.float32) - p[inner])
         patch = np.rint(p).astype(np.uint8)
-    frame[np.ix_(rows, cols)] = patch
+    frames[where] = patch
 
 
 def render(scene: Scene, label: str, backgrounds: list[np.ndarray], num_frames: int, img_size: int,
@@ -121,8 +124,9 @@ def render(scene: Scene, label: str, backgrounds: list[np.ndarray], num_frames: 
         cy = min(max(int(round(scene.crop_y + scene.cam_vy * t)), 0), src.shape[1] - s)
         cx = min(max(int(round(scene.crop_x + scene.cam_vx * t)), 0), src.shape[2] - s)
         out[t] = src[f % len(src), cy:cy + s, cx:cx + s]
-        for obj in scene.objects:
-            _draw(out[t], obj, *_object_params(obj, label, t, s))
+    for obj in scene.objects:  # in order, so in every frame a later object covers an earlier one
+        yxa = np.array([_object_params(obj, label, t, s) for t in range(num_frames)])
+        _draw(out, obj, yxa[:, 0], yxa[:, 1], yxa[:, 2])
     if noise > 0:
         rng = rng if rng is not None else np.random.default_rng(0)
         noisy = out.astype(np.float32) + rng.normal(0.0, noise, size=out.shape).astype(np.float32)
