@@ -60,10 +60,10 @@ class RunCache:
             del self.clips[k]
 
 
-# a self-trained model whose last epoch's mean loss stays above this share of chance (ln C) has not learned
-# (the run says so):
-# harness.train's recipe on the synthetic benchmark either finds its motion features (vit_t: ~0.4) or stays
-# at ~ln 4 = 1.39 for the whole run (the phase change comes at a step that depends on the draw)
+# A self-trained model whose last epoch's mean loss stays above this share of chance (ln C) has not learned,
+# and the run says so: harness.train's recipe on the synthetic benchmark either finds its motion features
+# (vit_t: ~0.4) or stays at ~ln 4 = 1.39 for the whole run (the phase change comes at a step that depends on
+# the draw).
 CHANCE_LOSS_SHARE = 0.9
 
 
