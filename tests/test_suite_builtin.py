@@ -60,7 +60,22 @@ PAPER = {("inference", data, fam): k * 2  # ViT-B and ViT-L
 
 
 def test_every_builtin_suite_is_tested_here():
-    assert set(builtin_suites()) == {"default", "full", "paper-k400", "paper-ssv2"}
+    assert set(builtin_suites()) == {"default", "full", "packing", "paper-k400", "paper-ssv2"}
+
+
+def test_packing_suite_times_every_reducer_on_the_papers_shapes():
+    """Issue 15's measurement: vit_t and vit_s at 16×224² (random weights: no checkpoint to find), the real
+    clips (never noise), batch 8 on 2 threads, random at RLT's budget beside RLT, every cell timed against
+    its own interleaved baseline."""
+    cells = load_suite("packing", env={}).cells()
+    assert len(cells) == 10
+    assert {(c.model, c.num_frames, c.img_size, c.checkpoint) for c in cells} == {
+        ("vit_t", 16, 224, "none"), ("vit_s", 16, 224, "none")}
+    assert {(c.dataset, c.batch_size, c.threads, c.mode) for c in cells} == {("samples", 8, 2, "inference")}
+    for model in ("vit_t", "vit_s"):
+        assert sorted((c.reducer, tuple(sorted((c.params or {}).items()))) for c in cells if c.model == model) == [
+            ("none", ()), ("random", (("match_rlt", 0.1),)), ("rlt", (("threshold", 0.1),)),
+            ("sta", (("r", 64),)), ("tome", (("r", 50),))]
 
 
 def test_default_suite_cells():
