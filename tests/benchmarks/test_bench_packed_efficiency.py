@@ -66,16 +66,16 @@ def _arms(lens: list[int], heads: int, backward: bool):
     def inputs(qkv):
         if backward:
             qkv = qkv.clone().requires_grad_(True)
-        return qkv, qkv.unbind(1)  # strided views, as Attention.forward makes them
+        return qkv.unbind(1)  # strided views, as Attention.forward makes them
 
     def packed():
-        qkv, (q, k, v) = inputs(packed_qkv)
+        q, k, v = inputs(packed_qkv)
         out = sdpa_packed(q, k, v, cu, dense=False)
         if backward:
             out.sum().backward()
 
     def dense():
-        qkv, (q, k, v) = inputs(dense_qkv)
+        q, k, v = inputs(dense_qkv)
         qb, kb, vb = (t.reshape(bsz, even, heads, HEAD_DIM).transpose(1, 2) for t in (q, k, v))
         out = F.scaled_dot_product_attention(qb, kb, vb)
         if backward:
