@@ -6,6 +6,9 @@ Backends, all taking q, k, v of shape [N_total, heads, head_dim] and ``cu_seqlen
   there than one padded, masked batch or jagged nested tensors (DESIGN.md §2 and the README's Performance
   section have the measurements). When every sequence has the same length it takes one dense batched
   call instead (``dense=True``), which gives the same result.
+* ``cpu_varlen`` — one op a layer on CPU (tokenbench.harness.cpu_varlen): torch's flash kernel on pieces of
+  the packed batch in one parallel region, built from source the first time (needs a C++ compiler; without
+  one ``auto`` takes ``sdpa``). The CPU's ``auto`` when it builds. Equal lengths still take the dense call.
 * ``torch_varlen`` — ``torch.nn.attention.varlen.varlen_attn`` (CUDA only).
 * ``flash_attn`` — ``flash_attn.flash_attn_varlen_func`` (CUDA, fp16/bf16, optional extra ``gpu``);
   imported only when chosen, never at module load.
@@ -61,13 +64,27 @@ def _flash_attn(q: Tensor, k: Tensor, v: Tensor, cu: Tensor, max_len: int, scale
     return flash_attn_varlen_func(q, k, v, cu, cu, max_len, max_len, softmax_scale=scale, causal=False)
 
 
+def _cpu_varlen(q: Tensor, k: Tensor, v: Tensor, cu: Tensor, max_len: int, scale: float | None) -> Tensor:
+    from . import cpu_varlen
+
+    return cpu_varlen.packed_sdpa(q, k, v, cu.tolist(), scale)
+
+
+def _cpu_varlen_available() -> bool:
+    from . import cpu_varlen
+
+    return cpu_varlen.available()
+
+
 @dataclass(frozen=True)
 class VarlenKernel:
-    """A packed varlen attention kernel: CUDA, float16/bfloat16, no additive bias."""
+    """A packed varlen attention kernel for one device type and the dtypes it takes; no additive bias."""
 
     name: str
     run: Callable[[Tensor, Tensor, Tensor, Tensor, int, float | None], Tensor]  # q, k, v, cu, max_len, scale
     installed: Callable[[], bool]
+    device_type: str = "cuda"
+    dtypes: tuple[torch.dtype, ...] = HALF
 
 
 # The backend table, best first. ``sdpa`` (per-sequence, any device and dtype, takes a bias) is always
@@ -75,6 +92,8 @@ class VarlenKernel:
 KERNELS: tuple[VarlenKernel, ...] = (
     VarlenKernel("flash_attn", _flash_attn, lambda: flash_attn_installed()),
     VarlenKernel("torch_varlen", _torch_varlen, lambda: torch_varlen_available()),
+    VarlenKernel("cpu_varlen", _cpu_varlen, _cpu_varlen_available, "cpu",
+                 (torch.float32, torch.float64, torch.bfloat16, torch.float16)),
 )
 BACKENDS = ("sdpa",) + tuple(k.name for k in reversed(KERNELS))
 
@@ -91,9 +110,9 @@ def compute_dtype(device: torch.device | str, dtype: torch.dtype = torch.float32
 def backends_for(device_type: str, dtype: torch.dtype, *, cuda: bool, **installed: bool) -> list[str]:
     """Backends for a device type and compute dtype given which kernels are installed (``flash_attn=True``
     …), best first (pure logic: :func:`available_backends` probes the machine and calls this)."""
-    out = []
-    if device_type == "cuda" and cuda and dtype in HALF:
-        out += [k.name for k in KERNELS if installed.get(k.name)]
+    usable = {"cuda": cuda, "cpu": True}
+    out = [k.name for k in KERNELS if k.device_type == device_type and usable.get(device_type)
+           and dtype in k.dtypes and installed.get(k.name)]
     out.append("sdpa")
     return out
 
@@ -102,8 +121,9 @@ def available_backends(device: torch.device | str, dtype: torch.dtype = torch.fl
     """Backends that can run on ``device`` with ``dtype`` (the autocast dtype when autocast is on for the
     device, see :func:`compute_dtype`), best first."""
     device = torch.device(device)
-    return backends_for(device.type, compute_dtype(device, dtype), cuda=torch.cuda.is_available(),
-                        **{k.name: k.installed() for k in KERNELS})
+    dtype = compute_dtype(device, dtype)
+    return backends_for(device.type, dtype, cuda=torch.cuda.is_available(),
+                        **{k.name: k.installed() for k in KERNELS if k.device_type == device.type and dtype in k.dtypes})
 
 
 def choose_backend(device: torch.device | str, dtype: torch.dtype = torch.float32,
@@ -176,14 +196,19 @@ def attention_call(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, *, backe
         lens = [b - a for a, b in zip(cu[:-1], cu[1:])]
         path = "dense" if takes_dense(lens, dense) else "packed"
         return sdpa_packed(q, k, v, cu, bias=bias, scale=scale, dense=dense), "sdpa", path
-    if q.dtype not in HALF:  # float32 activations under autocast: the kernels take the autocast dtype
-        half = compute_dtype(q.device, q.dtype)
-        if half not in HALF:
-            raise ValueError(f"attention backend {backend!r} needs float16/bfloat16 q, k, v, got {q.dtype}")
-        q, k, v = q.to(half), k.to(half), v.to(half)
     kernel = next((kn for kn in KERNELS if kn.name == backend), None)
     if kernel is None:
         raise ValueError(f"unknown attention backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if kernel.device_type == "cpu" and dense:
+        cu = cu_seqlens.tolist()
+        if takes_dense([b - a for a, b in zip(cu[:-1], cu[1:])], dense):  # equal lengths: one batched call
+            return sdpa_packed(q, k, v, cu, scale=scale), "sdpa", "dense"
+    if q.dtype not in kernel.dtypes:  # float32 activations under autocast: the kernels take the autocast dtype
+        half = compute_dtype(q.device, q.dtype)
+        if half not in kernel.dtypes:
+            names = "/".join(str(d).removeprefix("torch.") for d in kernel.dtypes)
+            raise ValueError(f"attention backend {backend!r} needs {names} q, k, v, got {q.dtype}")
+        q, k, v = q.to(half), k.to(half), v.to(half)
     cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
     return kernel.run(q, k, v, cu, int(torch.diff(cu).max()), scale), kernel.name, "varlen"
 

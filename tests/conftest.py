@@ -8,10 +8,16 @@ a file written under a test's folder.
 """
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
+
+# Every test process (and the runs and jobs they start, which inherit it) shares one build of the
+# cpu_varlen op, whatever TOKENBENCH_CACHE a test points at: it is built once, ~10 s, not once a test.
+os.environ.setdefault("TOKENBENCH_EXT_CACHE", str(Path(tempfile.gettempdir()) / f"tokenbench-test-ext-{os.getuid()}"))
 
 from tokenbench.harness.model import build_model
 

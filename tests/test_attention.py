@@ -87,7 +87,9 @@ def test_attention_never_crosses_sequences():
 
 
 def test_backend_choice_on_cpu_and_errors():
-    assert choose_backend("cpu") == "sdpa"
+    from tokenbench.harness import cpu_varlen
+
+    assert choose_backend("cpu") == ("cpu_varlen" if cpu_varlen.available() else "sdpa")
     assert choose_backend("cpu", requested="sdpa") == "sdpa"
     with pytest.raises(ValueError, match="cannot run on cpu"):
         choose_backend("cpu", requested="flash_attn")

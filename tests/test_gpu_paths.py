@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from conftest import seeded_model
 
-from tokenbench.harness import attention
+from tokenbench.harness import attention, cpu_varlen
 from tokenbench.harness.attention import (
     backends_for,
     choose_backend,
@@ -28,28 +28,31 @@ from tokenbench.harness.timing import _timer
 from tokenbench.reducers.base import Selection
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
+CPU_AUTO = "cpu_varlen" if cpu_varlen.available() else "sdpa"  # the CPU's auto backend on this machine
 LENGTHS = [37, 5, 64, 1, 23]
 
 
-@pytest.mark.parametrize("device,dtype,cuda,flash,varlen,expected", [
-    ("cuda", BF16, True, True, True, ["flash_attn", "torch_varlen", "sdpa"]),
-    ("cuda", F16, True, True, False, ["flash_attn", "sdpa"]),
-    ("cuda", BF16, True, False, True, ["torch_varlen", "sdpa"]),
-    ("cuda", F32, True, True, True, ["sdpa"]),  # the flash kernels take half precision only
-    ("cuda", BF16, False, True, True, ["sdpa"]),  # no CUDA runtime
-    ("cpu", BF16, True, True, True, ["sdpa"]),
-    ("cpu", F32, False, False, False, ["sdpa"]),
+@pytest.mark.parametrize("device,dtype,cuda,flash,varlen,cpu_op,expected", [
+    ("cuda", BF16, True, True, True, True, ["flash_attn", "torch_varlen", "sdpa"]),
+    ("cuda", F16, True, True, False, False, ["flash_attn", "sdpa"]),
+    ("cuda", BF16, True, False, True, False, ["torch_varlen", "sdpa"]),
+    ("cuda", F32, True, True, True, True, ["sdpa"]),  # the flash kernels take half precision only
+    ("cuda", BF16, False, True, True, False, ["sdpa"]),  # no CUDA runtime
+    ("cpu", BF16, True, True, True, False, ["sdpa"]),
+    ("cpu", F32, False, False, False, False, ["sdpa"]),
+    ("cpu", F32, False, False, False, True, ["cpu_varlen", "sdpa"]),  # the CPU op, where it built
+    ("cpu", BF16, True, True, True, True, ["cpu_varlen", "sdpa"]),
 ])
-def test_backend_candidates_per_device_and_dtype(device, dtype, cuda, flash, varlen, expected):
-    assert backends_for(device, dtype, cuda=cuda, flash_attn=flash, torch_varlen=varlen) == expected
+def test_backend_candidates_per_device_and_dtype(device, dtype, cuda, flash, varlen, cpu_op, expected):
+    assert backends_for(device, dtype, cuda=cuda, flash_attn=flash, torch_varlen=varlen, cpu_varlen=cpu_op) == expected
 
 
 def test_choose_backend_with_device_strings_on_this_machine():
     for dtype in (F32, F16, BF16):
-        assert choose_backend("cpu", dtype) == "sdpa"
+        assert choose_backend("cpu", dtype) == CPU_AUTO
     if not torch.cuda.is_available():
         assert choose_backend("cuda", BF16) == "sdpa" and choose_backend("cuda:1", F16) == "sdpa"
-    with pytest.raises(ValueError, match="flash_attn.*cpu.*available here: sdpa"):
+    with pytest.raises(ValueError, match="flash_attn.*cpu.*available here: (cpu_varlen, )?sdpa"):
         choose_backend("cpu", BF16, "flash_attn")
 
 
@@ -171,7 +174,7 @@ def test_choose_backend_reads_the_autocast_dtype_not_the_float32_weights(monkeyp
     try:
         assert choose_backend("cuda", F32) == "flash_attn"
         assert choose_backend("cuda:0", F32, "torch_varlen") == "torch_varlen"
-        assert choose_backend("cpu", F32) == "sdpa"  # autocast on CUDA says nothing about the CPU
+        assert choose_backend("cpu", F32) == CPU_AUTO  # autocast on CUDA says nothing about the CPU
         monkeypatch.delitem(sys.modules, "flash_attn")
         attention.flash_attn_installed.cache_clear()
         if not attention.flash_attn_installed():  # the real package is not installed here
@@ -274,7 +277,7 @@ def test_autocast_is_a_suite_dimension_and_cells_run_under_it(tmp_path, vit_t):
     rec = run_cell(cells[1], suite="amp", cache=RunCache(cache_dir=tmp_path / "cache"))
     assert rec["status"] == "ok", rec.get("traceback")
     assert rec["cell"]["autocast"] == "bfloat16" and rec["cell"]["label"].endswith("[bfloat16 autocast]")
-    assert rec["fingerprint"]["dtype"] == "float32" and rec["fingerprint"]["attn_backend"] == "sdpa"
+    assert rec["fingerprint"]["dtype"] == "float32" and rec["fingerprint"]["attn_backend"] == CPU_AUTO
     assert rec["fingerprint"]["timer"] == "perf_counter" and rec["metrics"]["time_ms_median"] > 0
     assert "peak_mem_mb" not in rec["metrics"]  # measured on CUDA only; never a made-up number
 

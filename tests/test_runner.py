@@ -12,10 +12,14 @@ import warnings
 import pytest
 from conftest import write_file
 
+from tokenbench.harness import cpu_varlen
 from tokenbench.harness.results import ResultStore, TornLineWarning, load
 from tokenbench.harness.run import RunCache, pretrained_path, run_cell, run_suite
 from tokenbench.harness.schema import CELL_FIELDS
 from tokenbench.harness.suite import load_suite
+
+# the path a packed batch takes on this CPU: the cpu_varlen op (one call a layer), else the sdpa loop
+PACKED = "varlen" if cpu_varlen.available() else "packed"
 
 TINY = """\
 [suite]
@@ -110,8 +114,11 @@ def test_tiny_suite_end_to_end_and_second_run_skips_everything(tmp_path, cache_d
         assert all(f in r["cell"] for f in CELL_FIELDS)
         fp = r["fingerprint"]
         assert fp["id"] == store.parent.name and fp["threads"] == 1 and fp["torch"] and fp["git_commit"]
-        assert fp["dtype"] == "float32" and fp["attn_backend"] == "sdpa" and "decoder" in fp
         m = r["metrics"]
+        # the backend that ran: the CPU op where lengths differ (RLT, here), one dense sdpa call where equal
+        packed = m.get("attn_path") == "varlen" or (r["cell"]["mode"] == "train" and r["cell"]["reducer"] == "rlt")
+        want = "cpu_varlen" if packed and cpu_varlen.available() else "sdpa"
+        assert fp["dtype"] == "float32" and fp["attn_backend"] == want and "decoder" in fp
         assert len(m["tokens_per_layer"]) == 12 and m["tokens_total"] == 64
         assert m["load_avg_start"] >= 0 and m["load_avg_end"] >= 0  # how busy the machine was
         assert m["num_clips"] == len(m["tokens_per_clip"])
@@ -135,13 +142,13 @@ def test_tiny_suite_end_to_end_and_second_run_skips_everything(tmp_path, cache_d
     for r in recs:
         m = r["metrics"]
         if r["cell"]["mode"] == "inference":
-            assert m["attn_path"] in ("dense", "packed") and m["baseline_attn_path"] == "dense"
+            assert m["attn_path"] in ("dense", PACKED) and m["baseline_attn_path"] == "dense"
             assert m["time_clips"] == 4 and m["time_tokens_in_mean"] > 0 and m["time_gflops"] > 0
         if r["cell"]["dataset"] == "synthetic":
             assert m["top1_ci_lo"] <= m["top1"] <= m["top1_ci_hi"]
         if r["cell"]["dataset"] == "synthetic" and r["cell"]["mode"] == "inference":
             assert m["delta_top1_ci_lo"] <= m["top1"] - m["top1_baseline"] <= m["delta_top1_ci_hi"]
-    assert rlt["metrics"]["attn_path"] == "packed"  # content-adaptive lengths: the per-sequence loop
+    assert rlt["metrics"]["attn_path"] == PACKED  # content-adaptive lengths: the packed path
     # the timed clips' own tokens: the mean of 4 of the 8 clips counted (which 4: the seeded sample)
     import itertools
     per_clip = rlt["metrics"]["tokens_per_clip"]
@@ -454,9 +461,9 @@ def test_tokenbench_run_measures_the_aa_control_records_paths_and_re_measures_st
     none, rlt, rnd = (recs[k]["metrics"] for k in ("none", "rlt", "random"))
     assert none["speedup_ci_lo"] <= none["speedup"] <= none["speedup_ci_hi"]  # measured, not typed in
     assert none["baseline_time_ms_median"] > 0 and none["attn_path"] == none["baseline_attn_path"] == "dense"
-    assert rlt["attn_path"] == "packed" and rlt["baseline_attn_path"] == "dense"
-    # attn_path = "packed": both arms per sequence, though random's lengths are equal
-    assert rnd["attn_path"] == rnd["baseline_attn_path"] == "packed"
+    assert rlt["attn_path"] == PACKED and rlt["baseline_attn_path"] == "dense"
+    # attn_path = "packed": both arms on the packed path, though random's lengths are equal
+    assert rnd["attn_path"] == rnd["baseline_attn_path"] == PACKED
     assert recs["random"]["cell"]["attn_path"] == "packed" and "attn_path" not in recs["rlt"]["cell"]
     md = (reports / "aa" / "tables" / "inference.md").read_text(encoding="utf-8")
     assert "attention path" in md and "random match_rlt=0.1 [packed]" in md and "code: measured at commit" in md
