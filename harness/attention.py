@@ -122,8 +122,9 @@ def available_backends(device: torch.device | str, dtype: torch.dtype = torch.fl
     device, see :func:`compute_dtype`), best first."""
     device = torch.device(device)
     dtype = compute_dtype(device, dtype)
-    return backends_for(device.type, dtype, cuda=torch.cuda.is_available(),
-                        **{k.name: k.installed() for k in KERNELS if k.device_type == device.type and dtype in k.dtypes})
+    # probe only the kernels that could run here (probing cpu_varlen builds it)
+    probed = {k.name: k.installed() for k in KERNELS if k.device_type == device.type and dtype in k.dtypes}
+    return backends_for(device.type, dtype, cuda=torch.cuda.is_available(), **probed)
 
 
 def choose_backend(device: torch.device | str, dtype: torch.dtype = torch.float32,
@@ -203,12 +204,12 @@ def attention_call(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, *, backe
         cu = cu_seqlens.tolist()
         if takes_dense([b - a for a, b in zip(cu[:-1], cu[1:])], dense):  # equal lengths: one batched call
             return sdpa_packed(q, k, v, cu, scale=scale), "sdpa", "dense"
-    if q.dtype not in kernel.dtypes:  # float32 activations under autocast: the kernels take the autocast dtype
-        half = compute_dtype(q.device, q.dtype)
-        if half not in kernel.dtypes:
-            names = "/".join(str(d).removeprefix("torch.") for d in kernel.dtypes)
-            raise ValueError(f"attention backend {backend!r} needs {names} q, k, v, got {q.dtype}")
-        q, k, v = q.to(half), k.to(half), v.to(half)
+    want = compute_dtype(q.device, q.dtype)  # float32 activations under autocast: the autocast dtype
+    if want not in kernel.dtypes:
+        names = "/".join(str(d).removeprefix("torch.") for d in kernel.dtypes)
+        raise ValueError(f"attention backend {backend!r} needs {names} q, k, v, got {q.dtype}")
+    if q.dtype != want:
+        q, k, v = q.to(want), k.to(want), v.to(want)
     cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
     return kernel.run(q, k, v, cu, int(torch.diff(cu).max()), scale), kernel.name, "varlen"
 
