@@ -102,11 +102,24 @@ def available() -> bool:
         if not lib.exists():
             _build(cxx, lib)
         torch.ops.load_library(str(lib))
+        _register_fakes()
     except (OSError, RuntimeError) as err:
         _failure.append(f"could not build or load {SOURCE.name}: {err}")
         print(f"tokenbench: cpu_varlen attention unavailable, using sdpa ({_failure[-1]})", file=sys.stderr)
         return False
     return True
+
+
+def _register_fakes() -> None:
+    # shapes without data, for torch.compile's tracing (a compiled cell on a CPU)
+    @torch.library.register_fake("tokenbench::packed_sdpa")
+    def _(q, k, v, cu_seqlens, scale):
+        lse_dtype = torch.float32 if q.dtype in (torch.bfloat16, torch.float16) else q.dtype
+        return q.new_empty(q.shape), q.new_empty((q.shape[1], q.shape[0]), dtype=lse_dtype)
+
+    @torch.library.register_fake("tokenbench::packed_sdpa_backward")
+    def _(grad_out, q, k, v, out, lse, cu_seqlens, scale):
+        return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def unavailable_reason() -> str | None:
