@@ -1,9 +1,10 @@
 """Hardware and software fingerprint recorded with every result (DESIGN.md §5).
 
-:func:`fingerprint` returns a flat dict; its ``id`` (e.g. ``cpu-intel-xeon-processor-2.10ghz-2t-torch2.13.0-float32``)
-names the results folder ``results/<suite>/<id>/``. Timings from different ids are never put in one
-comparison column: the id changes with the device model, the thread count (CPU), the torch version, the
-CUDA version (GPU) and the dtype. The attention backend is recorded (``attn_backend``) but is not part of
+:func:`fingerprint` returns a flat dict; its ``id`` (e.g.
+``cpu-intel-xeon-processor-2.10ghz-avx512-amx-2t-torch2.13.0-float32``) names the results folder
+``results/<suite>/<id>/``. Timings from different ids are never put in one comparison column: the id changes
+with the device model, the CPU's instruction set (CPU), the thread count (CPU), the torch version, the CUDA
+version (GPU) and the dtype. The attention backend is recorded (``attn_backend``) but is not part of
 the id — comparing backends on one machine is a legitimate measurement.
 """
 from __future__ import annotations
@@ -41,6 +42,29 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown"
+
+
+@functools.cache
+def cpu_isa() -> str:
+    """The vector instruction set torch's CPU kernels dispatch to (``avx2``, ``avx512``, …), with ``-amx``
+    where the CPU has AMX tiles (oneDNN's bfloat16 matmuls). A VM may report only ``AMD EPYC`` as its
+    model, and two such machines of different generations (AVX2 only, or AVX-512 with bf16) time the same
+    model far apart: the model name alone would put them in one column."""
+    try:
+        cap = torch.backends.cpu.get_cpu_capability()
+    except Exception:
+        cap = "unknown"
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    return slug(cap + ("-amx" if "amx_tile" in flags else ""))
 
 
 def git_commit(path: str | Path = SOURCE_DIR) -> str:
@@ -104,6 +128,7 @@ def fingerprint(device: torch.device | str = "cpu", dtype: torch.dtype | str = t
     fp: dict[str, Any] = {
         "device": device.type,
         "cpu_model": cpu_model(),
+        "cpu_isa": cpu_isa(),
         "cpu_count": os.cpu_count(),
         "threads": threads,
         "torch": torch.__version__.split("+")[0],
@@ -126,7 +151,7 @@ def fingerprint(device: torch.device | str = "cpu", dtype: torch.dtype | str = t
         fp["id"] = f"cuda-{slug(props.name)}-torch{fp['torch']}-cu{fp['cuda']}-{dt}"
     else:
         fp["device_name"] = fp["cpu_model"]
-        fp["id"] = f"{device.type}-{slug(fp['cpu_model'])}-{threads}t-torch{fp['torch']}-{dt}"
+        fp["id"] = f"{device.type}-{slug(fp['cpu_model'])}-{fp['cpu_isa']}-{threads}t-torch{fp['torch']}-{dt}"
     return fp
 
 

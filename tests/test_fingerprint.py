@@ -15,12 +15,13 @@ REPO = Path(fpmod.__file__).resolve().parent.parent
 
 def test_fields_and_id():
     fp = fingerprint("cpu", torch.float32, threads=2)
-    for key in ("id", "device", "device_name", "cpu_model", "threads", "torch", "cuda", "driver", "python", "dtype",
-                "git_commit", "pyav"):
+    for key in ("id", "device", "device_name", "cpu_model", "cpu_isa", "threads", "torch", "cuda", "driver", "python",
+                "dtype", "git_commit", "pyav"):
         assert key in fp
     assert fp["device"] == "cpu" and fp["threads"] == 2 and fp["dtype"] == "float32" and fp["cuda"] is None
     assert fp["torch"] == torch.__version__.split("+")[0]
     assert re.fullmatch(r"cpu-[a-z0-9.-]+-2t-torch\d+\.\d+\.\d+-float32", fp["id"]), fp["id"]
+    assert f"-{fp['cpu_isa']}-2t-" in fp["id"]
     assert fp["id"] == fingerprint("cpu", "float32", threads=2)["id"], "stable"
     import av
 
@@ -45,6 +46,15 @@ def test_cpu_model_from_proc_cpuinfo():
     if names:
         assert cpu_model() == names[0].strip()
     assert slug(cpu_model()) in fingerprint()["id"]
+
+
+def test_cpu_isa_is_what_torch_dispatches_to():
+    # two CPUs with one model name (a VM's bare "AMD EPYC") but different vector units get different ids
+    isa = fpmod.cpu_isa()
+    assert isa.startswith(slug(torch.backends.cpu.get_cpu_capability()))
+    flags = re.search(r"^flags\s*:(.*)$", Path("/proc/cpuinfo").read_text(), flags=re.M) if Path(
+        "/proc/cpuinfo").exists() else None
+    assert isa.endswith("-amx") == bool(flags and "amx_tile" in flags.group(1).split())
 
 
 def test_git_commit_of_the_source_checkout(tmp_path):
