@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import cpu_varlen  # torch only at import; the op is built when first asked for
+
 
 @functools.cache
 def flash_attn_installed() -> bool:
@@ -65,15 +67,7 @@ def _flash_attn(q: Tensor, k: Tensor, v: Tensor, cu: Tensor, max_len: int, scale
 
 
 def _cpu_varlen(q: Tensor, k: Tensor, v: Tensor, cu: Tensor, max_len: int, scale: float | None) -> Tensor:
-    from . import cpu_varlen
-
     return cpu_varlen.packed_sdpa(q, k, v, cu.tolist(), scale)
-
-
-def _cpu_varlen_available() -> bool:
-    from . import cpu_varlen
-
-    return cpu_varlen.available()
 
 
 @dataclass(frozen=True)
@@ -92,8 +86,7 @@ class VarlenKernel:
 KERNELS: tuple[VarlenKernel, ...] = (
     VarlenKernel("flash_attn", _flash_attn, lambda: flash_attn_installed()),
     VarlenKernel("torch_varlen", _torch_varlen, lambda: torch_varlen_available()),
-    VarlenKernel("cpu_varlen", _cpu_varlen, _cpu_varlen_available, "cpu",
-                 (torch.float32, torch.float64, torch.bfloat16, torch.float16)),
+    VarlenKernel("cpu_varlen", _cpu_varlen, cpu_varlen.available, "cpu", cpu_varlen.DTYPES),
 )
 BACKENDS = ("sdpa",) + tuple(k.name for k in reversed(KERNELS))
 
