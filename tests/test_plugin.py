@@ -1,9 +1,9 @@
 """A reducer from a throwaway package, found through the entry-point group only.
 
-The plugin is the one in the README's "Add your own reducer" section, taken from the README verbatim,
-so the documentation cannot drift from what works. It is installed with pip into a throwaway target
-folder put on PYTHONPATH (the same entry-point discovery as a site-packages install, without
-touching the test environment).
+The plugin is the one in the README's "Your own reducer" section and check.py the one in
+docs/extending.md, taken from them verbatim, so the documentation cannot drift from what works. It is
+installed with pip into a throwaway target folder put on PYTHONPATH (the same entry-point discovery as a
+site-packages install, without touching the test environment).
 """
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = (ROOT / "README.md", ROOT / "docs" / "extending.md")  # the files whose titled blocks make the plugin
 BLOCK = re.compile(r'```(\w+) title="([^"]+)"\n(.*?)```', re.S)
 
 
 def readme_files() -> dict[str, str]:
-    return {title: body for _, title, body in BLOCK.findall(README.read_text())}
+    return {title: body for doc in DOCS for _, title, body in BLOCK.findall(doc.read_text(encoding="utf-8"))}
 
 
 def _pip_install(project: Path, target: Path) -> None:
@@ -38,7 +39,7 @@ def installed_plugin(tmp_path_factory):
     root = tmp_path_factory.mktemp("plugin")
     files = readme_files()
     for name in ("my-reducer/my_reducer.py", "my-reducer/pyproject.toml", "check.py"):
-        assert name in files, f"README lost its {name} block"
+        assert name in files, f"README.md / docs/extending.md lost the {name} block"
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(files[name])
     site = root / "site"
@@ -50,9 +51,9 @@ def test_readme_plugin_is_listed(installed_plugin):
     root, site = installed_plugin
     out = _run(["-m", "tokenbench.harness.cli", "list"], site, root)
     assert out.returncode == 0, out.stderr
-    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("stride"))
-    assert "my_reducer:TemporalStride" in line
-    assert re.search(r"every\s+= 2\s+keep one time step in this many", out.stdout)
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("busiest"))
+    assert "my_reducer:Busiest" in line
+    assert re.search(r"keep\s+= 0.5\s+fraction of tubelets kept per clip", out.stdout)
     assert "BROKEN" not in out.stdout
 
 
