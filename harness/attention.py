@@ -112,6 +112,13 @@ KERNELS: tuple[VarlenKernel, ...] = (
 BACKENDS = ("sdpa",) + tuple(k.name for k in reversed(KERNELS))
 
 
+def missing_kernels(device: torch.device | str) -> list[str]:
+    """The varlen kernels of ``device``'s type that are not installed here: what a record says stood in
+    (the next kernel in :data:`KERNELS`, else ``sdpa``), e.g. ``["flash_attn"]`` on a GPU without flash-attn."""
+    dev_type = torch.device(device).type
+    return [k.name for k in KERNELS if k.device_type == dev_type and not k.installed()]
+
+
 def compute_dtype(device: torch.device | str, dtype: torch.dtype = torch.float32) -> torch.dtype:
     """The dtype attention runs in: under ``torch.autocast`` for the device's type, float32 inputs are
     computed in the autocast dtype (the weights stay float32); otherwise ``dtype`` itself."""

@@ -301,6 +301,9 @@ METRIC_TABLE: tuple[Metric, ...] = (
        "loop), varlen (one packed kernel call); '+' joins several", "", "text", None, "attention path",
        ((INF, 75), (DET, 23))),
     _m("baseline_attn_path", "the same for the baseline arm", "", "text", None, "baseline path", ((DET, 24),)),
+    _m("attn_kernels_missing", "varlen attention kernels of the cell's device not installed on the machine "
+       "('+' joins several; e.g. flash_attn on a GPU without flash-attn: torch's varlen_attn and SDPA stood in, "
+       "attn_backend and attn_path say which ran)", "", "text"),
     # interference while the arms were timed (harness.timing.Interference has the rules)
     _m("interference", "rules that marked the cell timed under interference: runqueue (other tasks runnable beyond "
        "the CPUs the cell's threads leave free), steal (CPU steal above 5 %), spread (paired ratios' IQR above 10 % "

@@ -364,3 +364,12 @@ def test_host_lengths_spare_the_device_read_of_cu_seqlens(flash_standin):
     with torch.autocast("cpu", dtype=BF16):
         attention.attention_call(q, k, v, cu, backend="flash_attn", lens=LENGTHS)
     assert flash_standin[-1]["max_q"] == max(LENGTHS) and isinstance(flash_standin[-1]["max_q"], int)
+
+
+def test_a_record_can_say_which_varlen_kernels_are_missing(flash_standin):
+    assert "flash_attn" not in attention.missing_kernels("cuda")  # the stand-in module imports
+    assert attention.missing_kernels("cpu") == ([] if cpu_varlen.available() else ["cpu_varlen"])
+    sys.modules.pop("flash_attn")
+    attention.flash_attn_installed.cache_clear()
+    if not attention.flash_attn_installed():
+        assert "flash_attn" in attention.missing_kernels("cuda:0")
