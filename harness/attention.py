@@ -8,10 +8,16 @@ Backends, all taking q, k, v of shape [N_total, heads, head_dim] and ``cu_seqlen
   call instead (``dense=True``), which gives the same result.
 * ``cpu_varlen`` — one op a layer on CPU (tokenbench.harness.cpu_varlen): torch's flash kernel on pieces of
   the packed batch in one parallel region, built from source the first time (needs a C++ compiler; without
-  one ``auto`` takes ``sdpa``). The CPU's ``auto`` when it builds. Equal lengths still take the dense call.
-* ``torch_varlen`` — ``torch.nn.attention.varlen.varlen_attn`` (CUDA only).
+  one ``auto`` takes ``sdpa``). The CPU's ``auto`` when it builds.
+* ``torch_varlen`` — ``torch.nn.attention.varlen.varlen_attn`` (CUDA only; torch ≥ 2.9; ``scale`` is a
+  keyword from 2.10 on, and 2.9's fixed ``head_dim ** -0.5`` is the backbone's scale).
 * ``flash_attn`` — ``flash_attn.flash_attn_varlen_func`` (CUDA, fp16/bf16, optional extra ``gpu``);
   imported only when chosen, never at module load.
+
+With every kernel, equal lengths take one dense batched SDPA call (``dense=True``, the model's
+``dense_fast_path``): it is the same attention, and on CUDA SDPA picks its own fastest kernel (flash, cuDNN or
+memory-efficient). ``dense=False`` (a cell's ``attn_path = "packed"``) keeps every call on the chosen kernel,
+equal lengths included, so that all arms of a cell run the same varlen path.
 
 An additive bias (ToMe's proportional attention, ``log(size)`` on the logits) is not accepted by the
 flash kernels, so a call with a bias always runs through ``sdpa``. Every call reports which backend
@@ -27,7 +33,9 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-from collections.abc import Callable
+import inspect
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -54,10 +62,23 @@ def torch_varlen_available() -> bool:
 HALF = (torch.float16, torch.bfloat16)  # the only dtypes the varlen flash kernels take
 
 
+@functools.cache
+def _varlen_takes_scale() -> bool:
+    from torch.nn.attention.varlen import varlen_attn
+
+    return "scale" in inspect.signature(varlen_attn).parameters
+
+
 def _torch_varlen(q: Tensor, k: Tensor, v: Tensor, cu: Tensor, max_len: int, scale: float | None) -> Tensor:
     from torch.nn.attention.varlen import varlen_attn
 
-    return varlen_attn(q, k, v, cu, cu, max_len, max_len, scale=scale)
+    if _varlen_takes_scale():  # keyword-only from torch 2.10 on, beside window_size and return_aux
+        return varlen_attn(q, k, v, cu, cu, max_len, max_len, scale=scale)
+    # torch 2.9's varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, is_causal, return_aux) has no scale: it
+    # always scales by head_dim ** -0.5, which is what the backbone uses; any other scale is refused
+    if scale is not None and not math.isclose(scale, q.shape[-1] ** -0.5, rel_tol=1e-6):
+        raise ValueError(f"this torch's varlen_attn takes no scale (it uses head_dim ** -0.5); got {scale}")
+    return varlen_attn(q, k, v, cu, cu, max_len, max_len)
 
 
 def _flash_attn(q: Tensor, k: Tensor, v: Tensor, cu: Tensor, max_len: int, scale: float | None) -> Tensor:
@@ -89,6 +110,13 @@ KERNELS: tuple[VarlenKernel, ...] = (
     VarlenKernel("cpu_varlen", _cpu_varlen, cpu_varlen.available, "cpu", cpu_varlen.DTYPES),
 )
 BACKENDS = ("sdpa",) + tuple(k.name for k in reversed(KERNELS))
+
+
+def missing_kernels(device: torch.device | str) -> list[str]:
+    """The varlen kernels of ``device``'s type that are not installed here: what a record says stood in
+    (the next kernel in :data:`KERNELS`, else ``sdpa``), e.g. ``["flash_attn"]`` on a GPU without flash-attn."""
+    dev_type = torch.device(device).type
+    return [k.name for k in KERNELS if k.device_type == dev_type and not k.installed()]
 
 
 def compute_dtype(device: torch.device | str, dtype: torch.dtype = torch.float32) -> torch.dtype:
@@ -175,36 +203,45 @@ def sdpa_packed(q: Tensor, k: Tensor, v: Tensor, cu: list[int], bias: Tensor | N
 
 def packed_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, *, backend: str = "sdpa",
                      bias: Tensor | None = None, scale: float | None = None,
-                     dense: bool = True) -> tuple[Tensor, str]:
+                     dense: bool = True, lens: Sequence[int] | None = None) -> tuple[Tensor, str]:
     """Attention within each packed sequence. Returns (output [N, h, d], backend that ran)."""
-    out, ran, _ = attention_call(q, k, v, cu_seqlens, backend=backend, bias=bias, scale=scale, dense=dense)
+    out, ran, _ = attention_call(q, k, v, cu_seqlens, backend=backend, bias=bias, scale=scale, dense=dense,
+                                 lens=lens)
     return out, ran
+
+
+def _offsets(lens: Sequence[int]) -> list[int]:
+    cu = [0]
+    for n in lens:
+        cu.append(cu[-1] + int(n))
+    return cu
 
 
 def attention_call(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, *, backend: str = "sdpa",
                    bias: Tensor | None = None, scale: float | None = None,
-                   dense: bool = True) -> tuple[Tensor, str, str]:
-    """:func:`packed_attention`, also returning the path that ran (one of :data:`PATHS`)."""
+                   dense: bool = True, lens: Sequence[int] | None = None) -> tuple[Tensor, str, str]:
+    """:func:`packed_attention`, also returning the path that ran (one of :data:`PATHS`).
+
+    ``lens``: the sequence lengths as host integers when the caller has them (``PackedTokens.lens``); without
+    them they are read back from ``cu_seqlens``, a host sync on a GPU in every layer."""
+    lens = [int(n) for n in lens] if lens is not None else torch.diff(cu_seqlens).tolist()
+    cu = _offsets(lens)
     if bias is not None or backend == "sdpa":
-        cu = cu_seqlens.tolist()
-        lens = [b - a for a, b in zip(cu[:-1], cu[1:])]
         path = "dense" if takes_dense(lens, dense) else "packed"
         return sdpa_packed(q, k, v, cu, bias=bias, scale=scale, dense=dense), "sdpa", path
     kernel = next((kn for kn in KERNELS if kn.name == backend), None)
     if kernel is None:
         raise ValueError(f"unknown attention backend {backend!r}; choose from {', '.join(BACKENDS)}")
-    if kernel.device_type == "cpu" and dense:
-        cu = cu_seqlens.tolist()
-        if takes_dense([b - a for a, b in zip(cu[:-1], cu[1:])], dense):  # equal lengths: one batched call
-            return sdpa_packed(q, k, v, cu, scale=scale), "sdpa", "dense"
+    if takes_dense(lens, dense):  # equal lengths: one dense batched call (on CUDA, SDPA picks flash/cuDNN)
+        return sdpa_packed(q, k, v, cu, scale=scale), "sdpa", "dense"
     want = compute_dtype(q.device, q.dtype)  # float32 activations under autocast: the autocast dtype
     if want not in kernel.dtypes:
         names = "/".join(str(d).removeprefix("torch.") for d in kernel.dtypes)
         raise ValueError(f"attention backend {backend!r} needs {names} q, k, v, got {q.dtype}")
     if q.dtype != want:
         q, k, v = q.to(want), k.to(want), v.to(want)
-    cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
-    return kernel.run(q, k, v, cu, int(torch.diff(cu).max()), scale), kernel.name, "varlen"
+    cu_dev = cu_seqlens.to(device=q.device, dtype=torch.int32)  # the flash kernels take int32 offsets only
+    return kernel.run(q, k, v, cu_dev, max(lens), scale), kernel.name, "varlen"
 
 
 def padded_reference(q: Tensor, k: Tensor, v: Tensor, cu: list[int], bias: Tensor | None = None,

@@ -89,13 +89,13 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor, cu_seqlens: Tensor, backend: str, bias: Tensor | None,
-                dense: bool) -> tuple[Tensor, Tensor, tuple[str, str]]:
+                dense: bool, lens: tuple[int, ...] | None = None) -> tuple[Tensor, Tensor, tuple[str, str]]:
         n, dim = x.shape
         qkv_bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
         qkv = F.linear(x, self.qkv.weight, qkv_bias).view(n, 3, self.heads, self.head_dim)
         q, k, v = qkv.unbind(1)
         out, ran, path = attention_call(q, k, v, cu_seqlens, backend=backend, bias=bias, scale=self.scale,
-                                        dense=dense)
+                                        dense=dense, lens=lens)  # host lengths: no device read a layer
         return self.proj(out.reshape(n, dim)), k, (ran, path)
 
 
@@ -132,7 +132,7 @@ class Block(nn.Module):
         """(tokens after the block, the attention (backend, path) that ran, ``cu_seqlens`` of the tokens entering the
         MLP — FLOP counting reads them)."""
         bias = tokens.size.log() if prop_attn else None
-        h, keys, ran = self.attn(self.norm1(tokens.x), tokens.cu_seqlens, backend, bias, dense)
+        h, keys, ran = self.attn(self.norm1(tokens.x), tokens.cu_seqlens, backend, bias, dense, tokens.lens)
         tokens = tokens.replace(x=tokens.x + self._drop(h, tokens))
         if reducer is not None:
             reduced = reducer.after_attention(tokens, keys, layer, depth)

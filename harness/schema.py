@@ -222,6 +222,7 @@ class Metric:
     iqr: tuple[str, str] | None = None  # metrics shown in brackets after it: (q1, q3)
     shown: tuple[Shown, ...] = ()
     derived: bool = False      # computed by the report from a record's metrics, never recorded
+    when_recorded: bool = False  # a column only where some row recorded it (older records keep their tables)
 
     def column_header(self, table: str) -> str:
         for s in self.shown:
@@ -300,6 +301,21 @@ METRIC_TABLE: tuple[Metric, ...] = (
        "loop), varlen (one packed kernel call); '+' joins several", "", "text", None, "attention path",
        ((INF, 75), (DET, 23))),
     _m("baseline_attn_path", "the same for the baseline arm", "", "text", None, "baseline path", ((DET, 24),)),
+    _m("attn_kernels_missing", "varlen attention kernels of the cell's device not installed on the machine "
+       "('+' joins several; e.g. flash_attn on a GPU without flash-attn: torch's varlen_attn and SDPA stood in, "
+       "attn_backend and attn_path say which ran)", "", "text"),
+    # interference while the arms were timed (harness.timing.Interference has the rules)
+    _m("interference", "rules that marked the cell timed under interference: runqueue (other tasks runnable beyond "
+       "the CPUs the cell's threads leave free), steal (CPU steal above 5 %), spread (paired ratios' IQR above 10 % "
+       "of their median); '+' joins several, empty: clean", "", "text", None, "interference", ((DET, 25),),
+       when_recorded=True),
+    _m("host_runnable_others", "runnable tasks on the host besides this process's timing thread, mean of "
+       "/proc/stat procs_running read at each timed arm's start and end", "tasks", "fixed:1", False,
+       "other runnable", ((DET, 26),), when_recorded=True),
+    _m("host_steal_pct", "CPU steal time during the timed runs (/proc/stat), % of all CPU time", "%", "fixed:1",
+       False, "steal (%)", ((DET, 27),), when_recorded=True),
+    _m("speedup_rel_iqr", "interquartile range of the paired ratios over their median", "", "fixed:3", False,
+       "ratio IQR/median", ((DET, 28),), when_recorded=True),
     # accuracy
     _m("top1", "top-1 accuracy (%) over the evaluated split", "%", "fixed:1", True, "top-1 (%)",
        ((INF, 10), (TRAIN, 50), (SWEEP, 60), (HEAD, 10, "top-1 %")), iqr=("top1_ci_lo", "top1_ci_hi")),

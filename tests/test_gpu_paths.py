@@ -316,3 +316,60 @@ def test_importing_the_harness_needs_neither_cuda_nor_the_optional_extras():
                          env={"CUDA_VISIBLE_DEVICES": "", "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+# --- the static review's fixes (issue 27) -----------------------------------------------------------------
+def test_torch_varlen_without_a_scale_keyword_is_called_without_one(monkeypatch):
+    """torch 2.9's varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, is_causal, return_aux) has no scale; 2.10 on
+    take it as a keyword. The backbone's scale is head_dim ** -0.5, 2.9's fixed one; any other is refused."""
+    from torch.nn.attention import varlen
+
+    calls = []
+
+    def varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False, return_aux=None):
+        calls.append((max_q, is_causal))
+        return _reference(query, key, value, cu_seq_q, None)
+
+    monkeypatch.setattr(varlen, "varlen_attn", varlen_attn)
+    attention._varlen_takes_scale.cache_clear()
+    try:
+        q, k, v, cu = _qkv(LENGTHS, dim=16, seed=4)
+        with torch.autocast("cpu", dtype=BF16):
+            out, ran = packed_attention(q, k, v, cu, backend="torch_varlen", scale=16 ** -0.5)
+            assert ran == "torch_varlen" and calls == [(max(LENGTHS), False)]
+            with pytest.raises(ValueError, match="no scale"):
+                packed_attention(q, k, v, cu, backend="torch_varlen", scale=0.3)
+    finally:
+        attention._varlen_takes_scale.cache_clear()
+
+
+def test_equal_lengths_take_the_dense_call_on_every_kernel_unless_the_cell_packs(flash_standin):
+    q, k, v, cu = _qkv([16, 16, 16], seed=5)
+    with torch.autocast("cpu", dtype=BF16):
+        out, ran, path = attention.attention_call(q, k, v, cu, backend="flash_attn")
+        assert (ran, path) == ("sdpa", "dense") and not flash_standin  # one batched SDPA call
+        _, ran, path = attention.attention_call(q, k, v, cu, backend="flash_attn", dense=False)
+    assert (ran, path) == ("flash_attn", "varlen") and len(flash_standin) == 1  # attn_path "packed": the kernel
+    ref = padded_reference(q.double(), k.double(), v.double(), cu.tolist())
+    assert float((out.double() - ref).norm() / ref.norm()) < 2e-2
+
+
+def test_host_lengths_spare_the_device_read_of_cu_seqlens(flash_standin):
+    """On a GPU every read of cu_seqlens is a host sync, once a layer; the backbone hands its host lengths."""
+    q, k, v, _ = _qkv(LENGTHS, seed=6)
+    on_meta = torch.empty(len(LENGTHS) + 1, dtype=torch.int32, device="meta")  # reading it would raise
+    out, ran, path = attention.attention_call(q, k, v, on_meta, backend="sdpa", lens=LENGTHS)
+    assert (ran, path) == ("sdpa", "packed") and out.shape == q.shape
+    cu = torch.tensor([0, *torch.tensor(LENGTHS).cumsum(0).tolist()])
+    with torch.autocast("cpu", dtype=BF16):
+        attention.attention_call(q, k, v, cu, backend="flash_attn", lens=LENGTHS)
+    assert flash_standin[-1]["max_q"] == max(LENGTHS) and isinstance(flash_standin[-1]["max_q"], int)
+
+
+def test_a_record_can_say_which_varlen_kernels_are_missing(flash_standin):
+    assert "flash_attn" not in attention.missing_kernels("cuda")  # the stand-in module imports
+    assert attention.missing_kernels("cpu") == ([] if cpu_varlen.available() else ["cpu_varlen"])
+    sys.modules.pop("flash_attn")
+    attention.flash_attn_installed.cache_clear()
+    if not attention.flash_attn_installed():
+        assert "flash_attn" in attention.missing_kernels("cuda:0")

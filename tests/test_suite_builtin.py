@@ -60,7 +60,7 @@ PAPER = {("inference", data, fam): k * 2  # ViT-B and ViT-L
 
 
 def test_every_builtin_suite_is_tested_here():
-    assert set(builtin_suites()) == {"default", "full", "packing", "paper-k400", "paper-ssv2"}
+    assert set(builtin_suites()) == {"default", "full", "gpu", "packing", "paper-k400", "paper-ssv2"}  # gpu: test_gpu_run
 
 
 def test_packing_suite_times_every_reducer_on_the_papers_shapes():

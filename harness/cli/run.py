@@ -91,6 +91,10 @@ def add_cli(sub) -> None:
     p.add_argument("--rerun-stale", action="store_true",
                    help="measure again the recorded cells measured at another git commit or in a tree with "
                         "uncommitted changes (the new record supersedes the old; every launcher)")
+    p.add_argument("--rerun-noisy", action="store_true",
+                   help="time again the recorded cells whose timing ran under interference (a busy run queue, CPU "
+                        "steal or a wide spread of the paired ratios: the interference column of the report's "
+                        "details table; the new record supersedes the old; in-process launcher)")
     p.add_argument("--dry-run", action="store_true", help="validate the suite and list its cells; run nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     add_launch_args(p)
@@ -159,6 +163,8 @@ def run(args) -> int:
     if not args.no_report:
         require_folder("--report-dir", args.report_dir)
     opts = None if args.launcher == "inprocess" else options_from_args(args)
+    if args.rerun_noisy and opts is not None:
+        raise UserError("--rerun-noisy re-times cells in this process: use it with --launcher inprocess")
     suite = load_suite(args.suite, overrides=suite_overrides_for(args), only=args.only,
                        check_device=args.launcher != "slurm")  # Slurm's cells run on its compute nodes
     cells = suite.cells()
@@ -171,7 +177,8 @@ def run(args) -> int:
         return 0
     if opts is None:
         summary = run_suite(suite, args.out, command=command_line(), retry_failed=args.retry_failed, cells=cells,
-                            show_progress=not args.no_progress, rerun_stale=args.rerun_stale)
+                            show_progress=not args.no_progress, rerun_stale=args.rerun_stale,
+                            rerun_noisy=args.rerun_noisy)
     else:
         summary = launch(suite, args.out, opts, cells=cells, command=command_line())
     if summary.failures:
@@ -194,8 +201,23 @@ def run(args) -> int:
     if not args.no_report and suite_dir.is_dir():
         report_and_headline(suite_dir, Path(args.report_dir))
     if suite_dir.is_dir():
-        warn_aa(suite_dir, {c.key for c in cells}, Path(summary.store).parent.name if summary.store else None)
+        fingerprint = Path(summary.store).parent.name if summary.store else None
+        warn_aa(suite_dir, {c.key for c in cells}, fingerprint)
+        warn_noisy(suite_dir, {c.key for c in cells}, fingerprint)
     return 1 if summary.failed else 0
+
+
+def warn_noisy(suite_dir: Path, keys: set[str], fingerprint: str | None = None) -> None:
+    """One line when cells of this run (``keys``, on ``fingerprint`` when known) were timed under interference
+    (``harness.timing.Interference``): which rules fired, and how to time them again."""
+    ok, _ = dedupe(records_from_frame(load(suite_dir)))
+    bad = [r for r in ok if r.get("key") in keys and r.get("interference")
+           and (fingerprint is None or r["fingerprint"] == fingerprint)]
+    if bad:
+        rules = sorted({rule for r in bad for rule in str(r["interference"]).split("+")})
+        print(f"warning: {len(bad)} cell(s) were timed under interference ({', '.join(rules)}; e.g. "
+              f"{bad[0].get('label')} b{bad[0].get('batch_size')}): their speedups are marked † in the report; "
+              f"tokenbench run --rerun-noisy times them again", file=sys.stderr)
 
 
 def warn_aa(suite_dir: Path, keys: set[str], fingerprint: str | None = None) -> None:

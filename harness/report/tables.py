@@ -221,8 +221,10 @@ def metric_col(m: Metric, table: str, iqr: bool = True) -> Col:
     return Col(m.column_header(table), (m.name,), show)
 
 
-def metric_cols(table: str, iqr: bool = True) -> list[Col]:
-    return [metric_col(m, table, iqr) for m in shown_in(table)]
+def metric_cols(table: str, iqr: bool = True, rows: list[dict] | None = None) -> list[Col]:
+    """The table's metric columns; given ``rows``, those ``when_recorded`` only where a row has a value."""
+    return [metric_col(m, table, iqr) for m in shown_in(table)
+            if not (m.when_recorded and rows is not None) or any(row.get(m.name) is not None for row in rows)]
 
 
 def with_metrics(row: dict, r: dict, table: str) -> dict:
@@ -250,11 +252,27 @@ SPEEDUP_NOTE = ("speedup: median over repeats of baseline time / reducer time pe
                 "an interval). clips/s: batch size / median batch time, IQR from the time quartiles.")
 
 
+NOISY_MARK = " †"
+NOISY_NOTE = ("† timed under interference (the details table's interference column names the rule: runqueue, other "
+              "tasks runnable beyond the CPUs the cell's threads leave free; steal, CPU steal above 5 %; spread, "
+              "the paired ratios' IQR above 10 % of their median): its speedup is not to be trusted; "
+              "tokenbench run --rerun-noisy times such cells again.")
+
+
+def _mark_noisy(rows: list[dict]) -> list[str]:
+    """Mark the label of every row whose cell was timed under interference; the note to add (none: none)."""
+    noisy = [row for row in rows if row["_record"].get("interference")]
+    for row in noisy:
+        row["label"] = f"{row['label']}{NOISY_MARK}"
+    return [NOISY_NOTE] if noisy else []
+
+
 def inference_table(records: list[dict], fingerprint: str) -> Table | None:
     rows = [with_metrics(row, row["_record"], INF)
             for row in inference_values([r for r in records if r.get("mode") == "inference"])]
     if not rows:
         return None
+    noisy_note = _mark_noisy(rows)
     cols = _ident_cols("model", "dataset", "reducer", "params", "batch") + metric_cols(INF)
     notes = ["top-1: in brackets its 95 % interval (Wilson over videos). Δtop-1: percentage points against the "
              "cell's own paired baseline (the same model without reducer on the same clips, views, options "
@@ -263,7 +281,7 @@ def inference_table(records: list[dict], fingerprint: str) -> Table | None:
              "as the reducer arm ran; rows marked [packed] ran every arm per sequence (attn_path = \"packed\"), "
              "so they compare selection at one kernel shape.",
              "tokens/clip in: entering the first block; out: after the last block (differs for "
-             "progressive reducers such as ToMe and STA).", SPEEDUP_NOTE]
+             "progressive reducers such as ToMe and STA).", SPEEDUP_NOTE] + noisy_note
     return Table("inference", "Inference: accuracy, cost and speed per reducer", cols, rows, fingerprint, notes)
 
 
@@ -272,7 +290,8 @@ def details_table(records: list[dict], fingerprint: str) -> Table | None:
             for row in inference_values([r for r in records if r.get("mode") == "inference"])]
     if not rows:
         return None
-    cols = _ident_cols("model", "dataset", "reducer", "batch") + metric_cols(DET)
+    noisy_note = _mark_noisy(rows)
+    cols = _ident_cols("model", "dataset", "reducer", "batch") + metric_cols(DET, rows=rows)
     notes = ["time/batch: the median forward time per batch with the reducer's selection inside it (IQR in "
              "brackets); baseline: the reducer none timed interleaved in the same cell (ABBA); speedup 95 %: "
              "bootstrap over repeats of the median paired ratio; attention path / baseline path: what each arm "
@@ -282,7 +301,10 @@ def details_table(records: list[dict], fingerprint: str) -> Table | None:
              "fvcore GFLOPs (traced): fvcore with attention handles on a sample of the clips; analytic: the "
              "count from the same clips' token counts (they agree); reducer GFLOPs: the reducer's own "
              "in-block work per clip, included in GFLOPs/clip; attention GFLOPs: the QKᵀ and AV share.",
-             "load avg: the machine's 1-minute load average before → after the cell."]
+             "load avg: the machine's 1-minute load average before → after the cell."] + noisy_note
+    if any(row.get("host_runnable_others") is not None for row in rows):
+        notes.append("other runnable, steal: what /proc/stat said while the arms were timed (at each timed arm's "
+                     "start and end); ratio IQR/median: the spread of the paired ratios.")
     return Table("inference_details", "Inference details: timing protocol and side costs per cell", cols, rows,
                  fingerprint, notes)
 

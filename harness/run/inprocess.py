@@ -16,7 +16,7 @@ from .cell import run_cell
 from .clips import data_key
 from .common import describe_error, torch_threads
 from .models import RunCache
-from .plan import CodeVersion, local_store, make_plan, stale_keys
+from .plan import CodeVersion, local_store, make_plan, noisy_keys, stale_keys, timed_noisy
 
 
 @dataclass
@@ -31,12 +31,14 @@ class RunSummary:
     wall_s: float = 0.0
     stale: int = 0        # recorded cells measured at another commit or in a dirty tree (kept unless rerun)
     rerun_stale: bool = False  # … and re-measured (--rerun-stale)
+    noisy: int = 0        # recorded cells timed under interference (kept unless rerun)
+    rerun_noisy: bool = False  # … and re-timed (--rerun-noisy)
 
 
 def run_suite(suite: Suite, out: str | Path = "results", *, command: str = "", retry_failed: bool = False,
               cells: list[Cell] | None = None, show_progress: bool = True,
               cache: RunCache | None = None, stream=None, rerun_stale: bool = False,
-              code: CodeVersion | None = None) -> RunSummary:
+              code: CodeVersion | None = None, rerun_noisy: bool = False) -> RunSummary:
     """Run every unrecorded cell of ``suite``, appending each record to the suite's store as it finishes.
     With ``rerun_stale``, cells whose record was measured at another commit than ``code`` (default: this
     checkout) or in a dirty tree run again too; the new record supersedes the old."""
@@ -48,13 +50,17 @@ def run_suite(suite: Suite, out: str | Path = "results", *, command: str = "", r
     code = code or CodeVersion.here()
     done = store.done_keys(include_failed=not retry_failed)
     stale = stale_keys(store, cells, code) & done
+    noisy = noisy_keys(store, cells) & done
     if rerun_stale:
         done -= stale
+    if rerun_noisy:
+        done -= noisy
     plan = make_plan(cells, done, cache.cache_dir)
     pending = plan.pending
     summary = RunSummary(suite.name, store.path, len(cells), skipped=plan.skipped, stale=len(stale),
-                         rerun_stale=rerun_stale)
-    redo = code.measured_elsewhere if rerun_stale else None
+                         rerun_stale=rerun_stale, noisy=len(noisy), rerun_noisy=rerun_noisy)
+    rules = [f for f, on in ((code.measured_elsewhere, rerun_stale), (timed_noisy, rerun_noisy)) if on]
+    redo = (lambda rec: any(f(rec) for f in rules)) if rules else None
 
     def log(msg: str) -> None:
         tqdm.write(msg, file=stream)

@@ -31,6 +31,7 @@ import torch
 
 from tokenbench.datasets.classes import check_head_classes
 
+from ..attention import missing_kernels
 from ..checkpoint import load_checkpoint, weights_sha256
 from ..errors import CellError
 from ..evaluate import model_input
@@ -221,6 +222,9 @@ def inference_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tupl
     metrics["decode_ms_per_clip"] = statistics.fmean(clips.decode_ms)
     if reducer is not None and reducer.params() != (cell.params or {}):
         metrics["reducer_params_used"] = reducer.params()  # e.g. random's keep calibrated to RLT's budget
+    missing = missing_kernels(device)
+    if missing:  # said in the record: what stood in is the backend and path that ran
+        metrics["attn_kernels_missing"] = "+".join(missing)
     env = {"attn_backend": timing.backend or fw["backend"], "timer": timing.timer,
            "decoder": clips.info.get("decoder"), "decoder_version": clips.info.get("decoder_version"),
            "checkpoint": cache.checkpoints.get(model_key(cell, num_classes, length_emb), {})}

@@ -53,6 +53,17 @@ def stale_keys(store: ResultStore, cells: list[Cell], code: CodeVersion) -> set[
     return {k for k, r in store.latest().items() if k in wanted and code.measured_elsewhere(r)}
 
 
+def timed_noisy(record: dict[str, Any]) -> bool:
+    """Whether ``record``'s timing ran under interference (``harness.timing.Interference``: a rule fired)."""
+    return bool((record.get("metrics") or {}).get("interference"))
+
+
+def noisy_keys(store: ResultStore, cells: list[Cell]) -> set[str]:
+    """Keys of ``cells`` whose newest record was timed under interference (``--rerun-noisy``)."""
+    wanted = {c.key for c in cells}
+    return {k for k, r in store.latest().items() if k in wanted and timed_noisy(r)}
+
+
 def pending_pretrains(cells: list[Cell], cache_dir: Path) -> list[dict[str, Any]]:
     """The distinct self-trained models ``cells`` need whose checkpoint is not cached yet."""
     seen, out = set(), []
