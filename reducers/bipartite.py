@@ -330,21 +330,27 @@ def merge_weighted(plan: BipartitePlan, tokens: PackedTokens, weight: Tensor) ->
 
 
 def drop(plan: BipartitePlan, tokens: PackedTokens) -> PackedTokens:
-    """The sources are discarded (Pollard & Wray's drop); the rest keep the plan's order. Each clip's
-    sizes are scaled by one factor so they still sum to the tokens that entered (the interface's rule,
-    DESIGN.md §3, as STA does): a per-clip constant leaves size-weighted pooling and proportional attention
-    unchanged — the reference resets sizes to 1, the same thing while no merge came before."""
+    """The sources are discarded (Pollard & Wray's drop); the rest keep the plan's order and their sizes,
+    scaled by :func:`conserve_size`."""
     if plan.r_max == 0:
         return tokens
-    n_out = plan.n_out
-    keep = plan.keep[:n_out]
-    size = tokens.size
-    b = len(plan.lens)
-    lost = (size.index_select(0, plan.src.flatten()).view(b, -1) * plan.active).sum(1)
-    total = torch.zeros(b, dtype=size.dtype, device=size.device).index_add_(0, tokens.seq_ids(), size)
-    scale = total / (total - lost)
-    out_cu = plan.cu_seqlens
-    clip = torch.repeat_interleave(torch.arange(b, device=size.device), torch.diff(out_cu).long(),
-                                   output_size=n_out)
-    return tokens.replace(x=tokens.x.index_select(0, keep), size=size.index_select(0, keep) * scale[clip],
-                          pos=tokens.pos.index_select(0, keep), cu_seqlens=out_cu, lens=plan.lens)
+    keep = plan.keep[:plan.n_out]
+    out = tokens.replace(x=tokens.x.index_select(0, keep), size=tokens.size.index_select(0, keep),
+                         pos=tokens.pos.index_select(0, keep), cu_seqlens=plan.cu_seqlens, lens=plan.lens)
+    return conserve_size(tokens, out)
+
+
+def conserve_size(before: PackedTokens, after: PackedTokens) -> PackedTokens:
+    """``after`` with each clip's sizes scaled by one factor so they sum to the clip's sizes in ``before``:
+    the interface's rule (sizes per clip count the tokens that entered, DESIGN.md §3), as STA keeps it after
+    pruning. A per-clip constant leaves size-weighted pooling and proportional attention (a constant added
+    to all of a clip's logits) unchanged, so a rule that discards tokens (the reference resets their sizes
+    to 1 or zeroes them) pools and attends as its authors' code does while nothing was merged before."""
+    b = before.batch_size
+    dt = before.size.dtype
+    total_in = torch.zeros(b, dtype=dt, device=before.size.device).index_add_(0, before.seq_ids(), before.size)
+    ids = after.seq_ids()
+    total_out = torch.zeros(b, dtype=dt, device=before.size.device).index_add_(0, ids, after.size)
+    return after.replace(size=after.size * (total_in / total_out).index_select(0, ids))
+
+
