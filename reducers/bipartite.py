@@ -232,6 +232,8 @@ def match(tokens: PackedTokens, scores: Scores, count: Count, protected: Tensor 
     dev = tokens.x.device
     b = len(lens)
     layout = ClipLayout.of(tokens.cu_seqlens, lens)
+    if layout.n_max < 2:  # no clip has a B token
+        return _identity_plan(tokens, lens)
     with torch.no_grad():
         s = scores.scores(layout)  # [B, |A|, |B|]
         if protected is not None:
