@@ -99,6 +99,8 @@ class Reducer:
     length_embedding: bool = False
     calibrates: ClassVar[bool] = False
     calibrates_with_model: ClassVar[bool] = False
+    calibration_clips: int = 64  # train clips and clips a batch :meth:`calibrate_model` asks the runner for
+    calibration_batch: int = 8
     train_only: ClassVar[bool] = False
 
     def __post_init__(self) -> None:

@@ -89,3 +89,60 @@ def test_budget_is_the_target_schedule():
 def test_conformance(one_thread):
     report = check_reducer(get_reducer("dtome", thresholds=[0.6] * 12))
     assert len(set(report.tokens_out)) > 1
+
+
+SUITE = """\
+[suite]
+name = "dtome-tiny"
+
+[defaults]
+modes = ["inference"]
+batch_sizes = [4]
+repeats = 1
+warmup = 0
+threads = 1
+time_clips = 4
+device = "cpu"
+
+[[models]]
+name = "vit_t"
+num_frames = 8
+img_size = 64
+checkpoint = "none"
+
+[[datasets]]
+name = "synthetic"
+split = "val"
+max_clips = 8
+options = { num_clips = 16 }  # both splits: 16 train clips to calibrate on, the first 8 val clips scored
+
+[[reducers]]
+name = "dtome"
+params = { calibration_clips = 16, calibration_batch = 8 }
+sweep = { target_r = [2, 3] }
+"""
+
+
+@pytest.mark.slow
+def test_the_runner_calibrates_on_train_clips_and_records_it(tmp_path, monkeypatch, one_thread):
+    from conftest import write_file
+
+    from tokenbench.harness.run import RunCache, run_suite
+    from tokenbench.harness.suite import load_suite
+
+    monkeypatch.setenv("TOKENBENCH_CACHE", str(tmp_path / "cache"))
+    suite = load_suite(write_file(tmp_path, "dtome.toml", SUITE))
+    cache = RunCache(cache_dir=tmp_path / "cache")
+    summary = run_suite(suite, tmp_path / "results", command="pytest", cache=cache, show_progress=False)
+    assert summary.failed == 0, summary.failures
+    import json
+    recs = [json.loads(line) for line in summary.store.read_text().splitlines()]
+    assert sorted(r["cell"]["params"]["target_r"] for r in recs) == [2, 3]
+    for r in recs:
+        m = r["metrics"]
+        cal = m["calibration"]
+        assert cal["source"]["split"] == "train" and cal["source"]["clips"] == 16 and cal["clips"] == 16
+        assert cal["batches"] == 2 and len(cal["thresholds"]) == 12
+        assert m["reducer_params_used"]["thresholds"] == cal["thresholds"]  # what the cell ran with
+        assert m["tokens_out_min"] <= m["tokens_out_max"]
+    assert len(cache.calibrated) == 2  # one per configuration, reused by later cells of the same one
