@@ -25,7 +25,8 @@ Deviations: the reference's inference path with batch size 1 caps nothing but âŒ
 inference path ranks over the batch with the threshold (the same counts per clip). Its optional
 ``max_r_per_instance`` cap is not offered. Protected class tokens do not exist in this backbone.
 
-Parameters: ``target_r`` (calibration target: tokens merged per block on average), ``thresholds`` (per
+Parameters: ``target_r`` (calibration target: tokens merged per block on average; with ``inflection`` a
+linear schedule, as ToMe's ``r``), ``thresholds`` (per
 block; empty until calibrated), ``keys`` (``mean`` over heads or ``concat``), ``prop_attn``,
 ``calibration_clips`` (train clips, default 64) and ``calibration_batch`` (clips ranked together, default 8;
 the reference ranks per batch of 128 images).
@@ -67,6 +68,8 @@ class ThresholdMerge(Reducer):
 
     target_r: int | list[int] | tuple[int, float] = field(default=8, metadata={
         "help": "calibration target: tokens merged per block on average (int, per-layer list or (r, inflection))"})
+    inflection: float = field(default=0.0, metadata={
+        "help": "linear target schedule for an int target_r, in [-1, 1], as ToMe's"})
     thresholds: list[float] = field(default_factory=list, metadata={
         "help": "cosine threshold per block; empty: calibrated with the model on train clips before the run"})
     keys: str = field(default="mean", metadata={"help": "matching metric: 'mean' of the heads' keys or 'concat'"})
@@ -80,9 +83,9 @@ class ThresholdMerge(Reducer):
     def validate(self) -> None:
         # the target schedule is ToMe's r, checked and expanded by ToMe's own rules
         try:
-            self._schedule = ToMe(r=self.target_r)
+            self._schedule = ToMe(r=self.target_r, inflection=self.inflection)
         except ReducerParamError as exc:
-            raise ReducerParamError(str(exc).replace("tome: r", "dtome: target_r")) from None
+            raise ReducerParamError(f"dtome: target_r/inflection as ToMe's r: {str(exc).removeprefix('tome: ')}") from None
         if not isinstance(self.thresholds, (list, tuple)) or not all(
                 isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) for t in self.thresholds):
             raise ReducerParamError(f"dtome: thresholds must be a list of numbers, got {self.thresholds!r}")
@@ -104,14 +107,14 @@ class ThresholdMerge(Reducer):
         try:
             self._schedule.check_geometry(grid, depth)
         except ReducerParamError as exc:
-            raise ReducerParamError(str(exc).replace("tome: r=", "dtome: target_r=")) from None
+            raise ReducerParamError(f"dtome: target_r as ToMe's r: {str(exc).removeprefix('tome: ')}") from None
         if self.thresholds and len(self.thresholds) != depth:
             raise ReducerParamError(f"dtome: thresholds lists {len(self.thresholds)} blocks but the model has "
                                     f"{depth}")
 
     def budget_reducer(self) -> Reducer:
         """Its budget is its calibration target: ToMe at ``target_r`` (the batch ranking on a lone clip)."""
-        return ToMe(r=self.target_r, keys=self.keys, prop_attn=self.prop_attn)
+        return ToMe(r=self.target_r, inflection=self.inflection, keys=self.keys, prop_attn=self.prop_attn)
 
     def after_attention(self, tokens: PackedTokens, keys: Tensor, layer: int, depth: int) -> PackedTokens:
         if not self.thresholds:

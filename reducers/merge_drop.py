@@ -104,8 +104,8 @@ class RandomDrop(_Seeded, ToMe):
 class ToMeHybrid(ToMe):
     """ToMe, but a destination with an incoming edge below ``threshold`` is replaced by its sources' mean."""
 
-    threshold: float = field(default=0.5, metadata={
-        "help": "cosine below which a matched destination gives up its own token (Pollard & Wray's hybrid)"})
+    threshold: float = field(default=0.8, metadata={
+        "help": "cosine below which a matched destination gives up its own token (their VideoMAE runs: 0.8)"})
 
     def validate(self) -> None:
         super().validate()

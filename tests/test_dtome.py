@@ -82,8 +82,9 @@ def test_calibrated_thresholds_meet_the_target_on_held_out_train_clips(one_threa
 
 
 def test_budget_is_the_target_schedule():
-    red = ThresholdMerge(target_r=(5, -1.0), keys="concat")
-    assert red.budget_reducer().params() == ToMe(r=(5, -1.0), keys="concat").params()
+    red = ThresholdMerge(target_r=5, inflection=-1.0, keys="concat")
+    assert red.budget_reducer().params() == ToMe(r=5, inflection=-1.0, keys="concat").params()
+    assert red.schedule(12) == ToMe(r=(5, -1.0)).schedule(12)
 
 
 def test_conformance(one_thread):
