@@ -159,3 +159,34 @@ def test_conformance(name, params, one_thread):
 def test_bad_parameters_name_the_parameter(cls, kw, param):
     with pytest.raises(ReducerParamError, match=param):
         cls(**kw)
+
+
+def test_protected_tokens_are_neither_sources_nor_destinations():
+    tok, keys = _six()
+    protected = torch.tensor([True, True, False, False, False, False])  # A0 and B1, the best pair
+    plan = match(tok, CosineScores(keys.mean(1)), FixedCount(1), protected)
+    assert plan.src.tolist() == [[2]] and plan.dst_row.tolist() == [[3]]  # A2 → B3, the best edge left
+    assert plan.keep[:plan.n_out].tolist() == [4, 0, 1, 3, 5]  # unmatched A by best edge: protected last
+
+
+@pytest.mark.parametrize("cls,kw", [(ToMe, {}), (ToMeDrop, {}), (ToMeHybrid, {"threshold": 0.9}),
+                                    (ToMe, {"keys": "concat"})])
+def test_a_packed_batch_of_unequal_clips_gives_each_clip_its_own_answer(cls, kw):
+    g = torch.Generator().manual_seed(3)
+    lens = [9, 4, 7]
+    n = sum(lens)
+    tok = PackedTokens(x=torch.randn(n, 5, generator=g), pos=torch.randperm(n, generator=g) % 128,
+                       cu_seqlens=F.pad(torch.tensor(lens).cumsum(0), (1, 0)).int(),
+                       size=torch.rand(n, generator=g) + 0.5, grid=GRID, lens=tuple(lens))
+    keys = torch.randn(n, 2, 3, generator=g)
+    red = cls(r=[3], **kw)
+    out = red.after_attention(tok, keys, 0, 1)
+    assert out.lens == (6, 2, 4)
+    start, o = 0, 0
+    for k, m in zip(lens, out.lens):
+        one = PackedTokens(x=tok.x[start:start + k], pos=tok.pos[start:start + k], size=tok.size[start:start + k],
+                           cu_seqlens=torch.tensor([0, k], dtype=torch.int32), grid=GRID, lens=(k,))
+        alone = red.after_attention(one, keys[start:start + k], 0, 1)
+        assert torch.allclose(out.x[o:o + m], alone.x, atol=1e-6) and torch.equal(out.pos[o:o + m], alone.pos)
+        assert torch.allclose(out.size[o:o + m], alone.size, atol=1e-6)
+        start, o = start + k, o + m
