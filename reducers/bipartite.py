@@ -14,7 +14,11 @@ ToMe's step (facebookresearch/ToMe ``merge.py``) is two parts, kept apart here a
   tokens in their order.
 * an *apply* turns the plan into new :class:`PackedTokens`: :func:`merge_wavg` (size-weighted average into
   the destination), :func:`merge_weighted` (the same with extra per-token weights, e.g. saliency) or
-  :func:`drop` (sources discarded). Other rules (a norm-preserving merge) can read the plan's fields.
+  :func:`drop` (sources discarded). A plan can be amended before it is applied
+  (:meth:`BipartitePlan.without_weak_destinations`: Pollard & Wray's hybrid), and a rule that discards
+  tokens keeps the interface's size rule with :func:`conserve_size`. Other rules (a norm-preserving merge)
+  read the plan's fields: which input rows are kept and in what order, each source's row, destination row
+  and score, and which sources share a destination.
 
 Everything is batched over the clips of a packed batch, of equal length (a [B, n, d] view like the
 reference) or unequal (padded to the longest with masked slots); a clip's choices never depend on its
