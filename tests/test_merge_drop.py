@@ -190,3 +190,20 @@ def test_a_packed_batch_of_unequal_clips_gives_each_clip_its_own_answer(cls, kw)
         assert torch.allclose(out.x[o:o + m], alone.x, atol=1e-6) and torch.equal(out.pos[o:o + m], alone.pos)
         assert torch.allclose(out.size[o:o + m], alone.size, atol=1e-6)
         start, o = start + k, o + m
+
+
+def test_random_scores_pick_sources_and_partners_uniformly_inside_each_clip(one_thread):
+    from tokenbench.reducers.bipartite import RandomScores
+
+    tok, _ = _six()
+    two = PackedTokens(x=torch.cat([tok.x, tok.x[:4]]), cu_seqlens=torch.tensor([0, 6, 10], dtype=torch.int32),
+                       pos=torch.cat([tok.pos, tok.pos[:4]]), size=torch.ones(10), grid=GRID, lens=(6, 4))
+    gen = torch.Generator().manual_seed(0)
+    src, dst = torch.zeros(3), torch.zeros(3)
+    for _ in range(300):
+        plan = match(two, RandomScores(gen), FixedCount(1))
+        src[int(plan.src[0, 0]) // 2] += 1
+        dst[int(plan.dst_row[0, 0]) - 2] += 1  # clip 0's output: 2 unmatched A tokens, then B1, B3, B5
+        assert 0 <= int(plan.dst_row[1, 0]) - 5 - 1 < 2  # clip 1 (4 tokens) goes to one of its own 2 B tokens
+    assert bool(((src / 300 - 1 / 3).abs() < 0.1).all()), src
+    assert bool(((dst / 300 - 1 / 3).abs() < 0.1).all()), dst
