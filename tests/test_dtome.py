@@ -143,6 +143,7 @@ def test_the_runner_calibrates_on_train_clips_and_records_it(tmp_path, monkeypat
         m = r["metrics"]
         cal = m["calibration"]
         assert cal["source"]["split"] == "train" and cal["source"]["clips"] == 16 and cal["clips"] == 16
+        assert cal["source"]["seed"] == 0 and cal["source"]["chosen"] == "the split's first 16 clips"
         assert cal["batches"] == 2 and len(cal["thresholds"]) == 12
         assert m["reducer_params_used"]["thresholds"] == cal["thresholds"]  # what the cell ran with
         assert m["tokens_out_min"] <= m["tokens_out_max"]

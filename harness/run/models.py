@@ -216,6 +216,7 @@ def calibrate_with_model(reducer, cell: Cell, model: torch.nn.Module, model_id: 
                         "score a held-out split (val/test)")
     n = int(reducer.calibration_clips)
     source = {"dataset": cell.dataset, "split": "train", "clips": n, "chosen": f"the split's first {n} clips",
+              "seed": (cell.dataset_options or {}).get("seed", 0),  # the synthetic generator's; 0 its default
               "dataset_options": dict(cell.dataset_options or {}), "num_frames": cell.num_frames,
               "img_size": cell.img_size}
     key = _hash({"reducer": cell.reducer, "params": cell.params, "model": model_id, "data": source})
