@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from tokenbench.reducers.base import PackedTokens, Reducer, Selection
+from tokenbench.reducers.base import AttentionContext, PackedTokens, Reducer, Selection
 
 from .attention import attention_call, choose_backend
 
@@ -89,14 +89,15 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor, cu_seqlens: Tensor, backend: str, bias: Tensor | None,
-                dense: bool) -> tuple[Tensor, Tensor, tuple[str, str]]:
+                dense: bool) -> tuple[Tensor, Tensor, Tensor, tuple[str, str]]:
+        """(output, queries, keys, (backend, path) that ran); q and k are views of one projection."""
         n, dim = x.shape
         qkv_bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
         qkv = F.linear(x, self.qkv.weight, qkv_bias).view(n, 3, self.heads, self.head_dim)
         q, k, v = qkv.unbind(1)
         out, ran, path = attention_call(q, k, v, cu_seqlens, backend=backend, bias=bias, scale=self.scale,
                                         dense=dense)
-        return self.proj(out.reshape(n, dim)), k, (ran, path)
+        return self.proj(out.reshape(n, dim)), q, k, (ran, path)
 
 
 class Mlp(nn.Module):
@@ -128,14 +129,22 @@ class Block(nn.Module):
         return h * scale[tokens.seq_ids()].unsqueeze(1)
 
     def forward(self, tokens: PackedTokens, reducer: Reducer | None, layer: int, depth: int,
-                backend: str, prop_attn: bool, dense: bool) -> tuple[PackedTokens, tuple[str, str], Tensor]:
+                backend: str, prop_attn: bool, dense: bool,
+                scored: bool = False) -> tuple[PackedTokens, tuple[str, str], Tensor]:
         """(tokens after the block, the attention (backend, path) that ran, ``cu_seqlens`` of the tokens entering the
-        MLP — FLOP counting reads them)."""
-        bias = tokens.size.log() if prop_attn else None
-        h, keys, ran = self.attn(self.norm1(tokens.x), tokens.cu_seqlens, backend, bias, dense)
+        MLP — FLOP counting reads them). ``scored``: the reducer reads this block's attention context."""
+        bias = tokens.weight.log() if prop_attn else None
+        h, queries, keys, ran = self.attn(self.norm1(tokens.x), tokens.cu_seqlens, backend, bias, dense)
+        # the context is built only where a reducer asked for it; elsewhere the queries die here
+        context = {"attn": AttentionContext(
+            queries=queries, keys=keys, scale=self.attn.scale, cu_seqlens=tokens.cu_seqlens,
+            lens=tuple(tokens.seqlens()), bias=bias if bias is not None else tokens.x.new_zeros(tokens.x.shape[0]),
+        )} if scored else {}
+        del queries
         tokens = tokens.replace(x=tokens.x + self._drop(h, tokens))
         if reducer is not None:
-            reduced = reducer.after_attention(tokens, keys, layer, depth)
+            reduced = reducer.after_attention(tokens, keys, layer, depth, **context)
+            context.clear()
             if reduced is not tokens:
                 # The keys belong to the tokens before after_attention merged or moved them; after_block
                 # gets None rather than keys that no longer line up with its tokens.
@@ -238,8 +247,10 @@ class VideoViT(nn.Module):
         return choose_backend(x.device, x.dtype, self.attn_backend)
 
     # --- stages ---------------------------------------------------------------------------------
-    def embed(self, video: Tensor, selection: Selection | None = None) -> PackedTokens:
-        """Tubelet-embed the kept tubelets of ``video`` and pack them: PackedTokens."""
+    def embed(self, video: Tensor, selection: Selection | None = None,
+              reducer: Reducer | None = None) -> PackedTokens:
+        """Tubelet-embed the kept tubelets of ``video`` and pack them: PackedTokens. ``reducer.before_position``
+        sees the embeddings before the position embedding is added."""
         b, c, t, h, w = video.shape
         if c != 3 or (t, h, w) != (self.num_frames, self.img_size, self.img_size):
             raise ValueError(f"{self.name} was built for [B,3,{self.num_frames},{self.img_size},{self.img_size}] "
@@ -267,19 +278,21 @@ class VideoViT(nn.Module):
             _, gh, gw = self.grid
             pos = (it * gh + ih) * gw + iw
             lengths = selection.lengths.to(video.device)[ib, it, ih, iw]
-        x = x + self.pos_embed.to(x.dtype).index_select(0, pos)
-        if self.length_embed is not None:
+        if self.length_embed is not None:  # added before before_position (the sum commutes), lined up with pos
             if lengths is None:  # no selection: every run has length 1
                 lengths = torch.ones_like(pos)
             x = x + self.length_embed.to(x.dtype).index_select(0, (lengths - 1).clamp(0, self.grid[0] - 1))
         cu = F.pad(torch.cumsum(counts, 0, dtype=torch.int32), (1, 0))
         size = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
-        return PackedTokens(x=x, cu_seqlens=cu, pos=pos, size=size, grid=self.grid, lens=lens)
+        tokens = PackedTokens(x=x, cu_seqlens=cu, pos=pos, size=size, grid=self.grid, lens=lens)
+        if reducer is not None:
+            tokens = reducer.before_position(tokens)
+        return tokens.replace(x=tokens.x + self.pos_embed.to(x.dtype).index_select(0, tokens.pos))
 
     def pool(self, tokens: PackedTokens) -> Tensor:
-        """Per-clip mean, weighted by ``size`` → [B, D]."""
+        """Per-clip mean, weighted by ``weight`` (``size`` unless a reducer weighs otherwise) → [B, D]."""
         ids = tokens.seq_ids()
-        w = tokens.size.to(tokens.x.dtype).unsqueeze(1)
+        w = tokens.weight.to(tokens.x.dtype).unsqueeze(1)
         b = tokens.batch_size
         num = tokens.x.new_zeros(b, tokens.x.shape[1]).index_add_(0, ids, tokens.x * w)
         den = tokens.x.new_zeros(b, 1).index_add_(0, ids, w)
@@ -291,9 +304,11 @@ class VideoViT(nn.Module):
         stats = ForwardStats(tokens_in=tokens.seqlens())
         ran, paths = set(), set()
         counts = stats.tokens_in
+        scored = reducer.attention_layers(self.depth) if reducer is not None else frozenset()
         for i, blk in enumerate(self.blocks):
             cu_before = tokens.cu_seqlens
-            tokens, used, mlp_cu = blk(tokens, reducer, i, self.depth, backend, prop_attn, self.dense_fast_path)
+            tokens, used, mlp_cu = blk(tokens, reducer, i, self.depth, backend, prop_attn, self.dense_fast_path,
+                                       scored=i in scored)
             ran.add(used[0])
             paths.add(used[1])
             # counts are read back (a host sync) only where a reducer changed them
@@ -317,7 +332,7 @@ class VideoViT(nn.Module):
             reducer.check_geometry(self.grid, self.depth)
             if selection is None:
                 selection = reducer.select(video)
-        tokens = self.forward_tokens(self.embed(video, selection), reducer)
+        tokens = self.forward_tokens(self.embed(video, selection, reducer), reducer)
         return self.head(self.head_dropout(self.fc_norm(self.pool(tokens))))
 
 
