@@ -73,6 +73,9 @@ class ForwardStats:
     backend: str = ""
     attn_path: str = ""  # dense | packed | varlen ("+"-joined when layers differed): harness.attention.PATHS
     tokens_in: list[int] = field(default_factory=list)  # per clip, entering the first block
+    # per clip, tubelets embedded (before reducer.before_position dropped any): the embedding's FLOPs follow
+    # these; empty when forward_tokens ran alone (then tokens_in)
+    tokens_embedded: list[int] = field(default_factory=list)
     tokens_per_layer: list[list[int]] = field(default_factory=list)  # [layer][clip], after each block
     tokens_mlp_per_layer: list[list[int]] = field(default_factory=list)  # [layer][clip], entering each MLP
 
@@ -251,6 +254,18 @@ class VideoViT(nn.Module):
               reducer: Reducer | None = None) -> PackedTokens:
         """Tubelet-embed the kept tubelets of ``video`` and pack them: PackedTokens. ``reducer.before_position``
         sees the embeddings before the position embedding is added."""
+        tokens = self.embed_tubelets(video, selection)
+        if reducer is not None:
+            tokens = reducer.before_position(tokens)
+        return self.add_position(tokens)
+
+    def add_position(self, tokens: PackedTokens) -> PackedTokens:
+        """Each token's row of the position table added at its ``pos``."""
+        return tokens.replace(x=tokens.x + self.pos_embed.to(tokens.x.dtype).index_select(0, tokens.pos))
+
+    def embed_tubelets(self, video: Tensor, selection: Selection | None = None) -> PackedTokens:
+        """The kept tubelets of ``video``, embedded (and their run-length embedding, when the model has one),
+        packed, without the position embedding."""
         b, c, t, h, w = video.shape
         if c != 3 or (t, h, w) != (self.num_frames, self.img_size, self.img_size):
             raise ValueError(f"{self.name} was built for [B,3,{self.num_frames},{self.img_size},{self.img_size}] "
@@ -284,10 +299,7 @@ class VideoViT(nn.Module):
             x = x + self.length_embed.to(x.dtype).index_select(0, (lengths - 1).clamp(0, self.grid[0] - 1))
         cu = F.pad(torch.cumsum(counts, 0, dtype=torch.int32), (1, 0))
         size = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
-        tokens = PackedTokens(x=x, cu_seqlens=cu, pos=pos, size=size, grid=self.grid, lens=lens)
-        if reducer is not None:
-            tokens = reducer.before_position(tokens)
-        return tokens.replace(x=tokens.x + self.pos_embed.to(x.dtype).index_select(0, tokens.pos))
+        return PackedTokens(x=x, cu_seqlens=cu, pos=pos, size=size, grid=self.grid, lens=lens)
 
     def pool(self, tokens: PackedTokens) -> Tensor:
         """Per-clip mean, weighted by ``weight`` (``size`` unless a reducer weighs otherwise) → [B, D]."""
@@ -332,7 +344,10 @@ class VideoViT(nn.Module):
             reducer.check_geometry(self.grid, self.depth)
             if selection is None:
                 selection = reducer.select(video)
-        tokens = self.forward_tokens(self.embed(video, selection, reducer), reducer)
+        embedded = self.embed_tubelets(video, selection)
+        tokens = reducer.before_position(embedded) if reducer is not None else embedded
+        tokens = self.forward_tokens(self.add_position(tokens), reducer)
+        self.last_stats.tokens_embedded = embedded.seqlens()
         return self.head(self.head_dropout(self.fc_norm(self.pool(tokens))))
 
 

@@ -48,7 +48,9 @@ def temporal_distance(tokens: PackedTokens, distance: str = "l2") -> Tensor:
     b = tokens.batch_size
     slot = ids * (t_ * cells) + tokens.pos  # flat (clip, t, cell)
     dense = tokens.x.new_zeros(b * t_ * cells, tokens.x.shape[1]).index_copy(0, slot, tokens.x)
-    present = torch.zeros(b * t_ * cells, dtype=torch.bool, device=tokens.x.device).index_fill(0, slot, True)
+    # index_add, not a bool index_fill: jit tracing (FLOP counting) has no bool overload of the latter
+    present = torch.zeros(b * t_ * cells, dtype=torch.long, device=tokens.x.device).index_add(
+        0, slot, torch.ones_like(slot)) > 0
     has_prev = (tokens.pos >= cells) & present.index_select(0, (slot - cells).clamp(min=0))
     prev = dense.index_select(0, (slot - cells).clamp(min=0))
     x, p = tokens.x.float(), prev.float()
@@ -119,7 +121,7 @@ class FeatureDiff(Reducer):
         dense = torch.full((tokens.batch_size * t_ * cells,), math.inf, device=d.device).index_copy(0, slot, d)
         first = tokens.pos < cells
         nxt = dense.index_select(0, (slot + cells).clamp(max=dense.numel() - 1))
-        score = torch.where(first & (t_ > 1), nxt, d)
+        score = torch.where(first, nxt, d) if t_ > 1 else d
         starts = tokens.cu_seqlens[:-1].long()
         local = torch.arange(d.numel(), device=d.device) - starts[ids]
         padded = torch.full((len(lens), max(lens)), -math.inf, device=d.device)

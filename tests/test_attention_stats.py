@@ -115,3 +115,24 @@ def test_hook_cost_counts_the_statistic_flops():
     assert rep.by_layer[2]["reducer"] == pytest.approx(expect, rel=1e-9)
     assert all(row["reducer"] == 0 for i, row in enumerate(rep.by_layer) if i != 2)
     assert rep.backbone_difference < 1e-6  # the block's own attention is still counted as before
+
+
+def test_vid_tldr_hook_cost_is_the_statistic_plus_its_matching():
+    from tokenbench.reducers.vid_tldr import VidTLDR
+
+    model = seeded_model().eval()
+    rep = count_flops(model, noise_video(2, 16, 64), VidTLDR(r=[30, 10]))
+    dim, heads = model.embed_dim, model.heads
+    for layer, n in ((0, 128), (1, 98)):  # entering each scored block
+        expect = statistic_flops([n], heads, dim // heads) + (n // 2) ** 2 * dim  # logits + A·Bᵀ similarity
+        assert rep.by_layer[layer]["reducer"] * 1e9 == pytest.approx(expect, rel=1e-9)
+    assert rep.backbone_difference < 1e-9
+
+
+def test_embedding_flops_count_the_tubelets_embedded_before_before_position():
+    from tokenbench.reducers.feature_diff import FeatureDiff
+
+    model = seeded_model().eval()
+    rep = count_flops(model, noise_video(2, 16, 64), FeatureDiff(drop_rate=0.5))
+    assert rep.tokens_in == [64, 64] and model.last_stats.tokens_embedded == [128, 128]
+    assert rep.backbone_difference < 1e-9  # fvcore saw all 128 embedded; the analytic count does too
