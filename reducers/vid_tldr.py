@@ -36,15 +36,17 @@ has all weights 0 instead of the reference's NaN; matching sorts stably (the ref
 not promise an order among equal scores); the reference divides by ``size / size.amax()`` around the sum,
 which cancels exactly in real arithmetic and is left out.
 
-The bipartite step is written here on its own (:func:`match_clips`, :func:`apply_weighted`), shaped as a
-match → plan / apply split so it can move onto a shared bipartite core: the plan holds the sources, their
-destinations and the unmerged tokens per clip; the apply is this reducer's saliency-weighted average.
+The bipartite step runs on the shared core (:mod:`tokenbench.reducers.bipartite`): :func:`match` on the
+hidden states with a per-clip count, the plan re-ordered so the unmerged A tokens keep their original order
+(:func:`in_original_order`), then the core's weighted apply with the A tokens' weights scaled by their
+saliency (:func:`merge_step`), all clips of a packed batch at once, equal lengths or not. The core scores
+edges by the cosine itself, not the reference's ``(cos + 1)/2``: the same order.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -52,19 +54,33 @@ from torch import Tensor
 
 from .attention_stats import attention_entropy
 from .base import NO_ATTENTION, AttentionContext, PackedTokens, Reducer, ReducerParamError
+from .bipartite import BipartitePlan, ClipLayout, CosineScores, Count, match, merge_weighted
 from .registry import register_reducer
 
 
-def objective_score(neg_entropy: Tensor) -> Tensor:
-    """The reference's ``get_objective_score`` after the head average, on one clip batch [B, n] of
-    ``Σ p̄ log p̄``: background (below the clip's mean after min-max) 0, foreground sharpened into (0, 1]."""
-    s = neg_entropy - neg_entropy.amin(dim=1, keepdim=True)
-    s = _safe_div(s, s.amax(dim=1, keepdim=True))
-    mean = s.mean(dim=1, keepdim=True)
-    background = s < mean
-    s = s - mean
-    s = _safe_div(s, s.amax(dim=1, keepdim=True))
-    return s.masked_fill(background, 0.0)
+def objective_score(neg_entropy: Tensor, valid: Tensor | None = None) -> Tensor:
+    """The reference's ``get_objective_score`` after the head average, per clip of a [B, n] batch of
+    ``Σ p̄ log p̄`` (``valid`` [B, n] masks padding out of every clip statistic): background (below the clip's
+    mean after min-max) 0, foreground sharpened into (0, 1]."""
+    ok = torch.ones_like(neg_entropy, dtype=torch.bool) if valid is None else valid
+    count = ok.sum(dim=1, keepdim=True)
+
+    def amin(t: Tensor) -> Tensor:
+        return t.masked_fill(~ok, math.inf).amin(dim=1, keepdim=True)
+
+    def amax(t: Tensor) -> Tensor:
+        return t.masked_fill(~ok, -math.inf).amax(dim=1, keepdim=True)
+
+    def mean(t: Tensor) -> Tensor:
+        return t.masked_fill(~ok, 0.0).sum(dim=1, keepdim=True) / count
+
+    s = neg_entropy - amin(neg_entropy)
+    s = _safe_div(s, amax(s))
+    m = mean(s)
+    background = s < m
+    s = s - m
+    s = _safe_div(s, amax(s))
+    return s.masked_fill(background | ~ok, 0.0)
 
 
 def _safe_div(a: Tensor, b: Tensor) -> Tensor:
@@ -72,51 +88,69 @@ def _safe_div(a: Tensor, b: Tensor) -> Tensor:
     return torch.where(b > 0, a / torch.where(b > 0, b, torch.ones_like(b)), torch.zeros_like(a))
 
 
-class MergePlan(NamedTuple):
-    """One bipartite step for a batch of equal-length clips [B, n]: indices into the A (even) and B (odd)
-    halves."""
-
-    src: Tensor  # [B, r] A indices merging, most similar first
-    dst: Tensor  # [B, r] their B partners
-    unmerged: Tensor  # [B, |A| − r] A indices kept, in original order
-
-
-def match_clips(metric: Tensor, r: int) -> MergePlan:
-    """The reference's ``merging`` on metric [B, n, d] (cosine): each A token's best B token, the ``r``
-    best-matched A tokens merge."""
-    m = metric / metric.norm(dim=-1, keepdim=True)
-    scores = (m[:, 0::2] @ m[:, 1::2].transpose(1, 2) + 1) / 2
-    best, partner = scores.max(dim=-1)
-    order = best.argsort(dim=-1, descending=True, stable=True)
-    src = order[:, :r]
-    return MergePlan(src=src, dst=partner.gather(1, src), unmerged=order[:, r:].sort(dim=1).values)
+def clip_saliency(tokens: PackedTokens, neg_entropy: Tensor) -> Tensor:
+    """[N] :func:`objective_score` of each clip of a packed batch (every statistic within its own clip)."""
+    lens = tokens.seqlens()
+    layout = ClipLayout.of(tokens.cu_seqlens, lens)
+    scores = objective_score(layout.gather(neg_entropy.float()), layout.valid)
+    if layout.equal:
+        return scores.flatten()
+    ids = tokens.seq_ids()
+    local = torch.arange(tokens.x.shape[0], device=ids.device) - layout.starts[ids]
+    return scores[ids, local]
 
 
-def apply_weighted(plan: MergePlan, x: Tensor, weight: Tensor, size: Tensor, pos: Tensor,
-                   saliency: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """vid-TLDR's ``merge_wavg`` of a plan on [B, n, ·] clips → (x, weight, size, pos) [B, n − r, ·]:
-    sources weighted by their saliency in the weighted average and the weight; ``size`` (the exact count)
-    and ``pos`` (the smallest) merge whole."""
-    b, _, dim = x.shape
+def in_original_order(plan: BipartitePlan, tokens: PackedTokens) -> BipartitePlan:
+    """The plan with each clip's unmerged A tokens in their original order (the reference sorts
+    ``unm_idx``; the core, as ToMe, puts the best-matched first). The B tokens, where the merges land, stay."""
+    if plan.r_max == 0:
+        return plan
+    dev = tokens.x.device
+    n_in = tokens.x.shape[0]
+    out_lens = torch.tensor(plan.lens, device=dev)
+    n_unm = torch.tensor([(n + 1) // 2 - r for n, r in zip(tokens.seqlens(), plan.r)], device=dev)
+    clip = torch.repeat_interleave(torch.arange(len(plan.lens), device=dev), out_lens, output_size=plan.n_out)
+    row = torch.arange(plan.n_out, device=dev)
+    q = row - F.pad(out_lens.cumsum(0), (1, 0))[clip]
+    keep = plan.keep[:plan.n_out]
+    # within a clip: unmerged A rows by input row, then the B rows where they are
+    key = clip * (2 * (n_in + plan.n_out)) + torch.where(q < n_unm[clip], keep, n_in + row)
+    order = key.argsort(stable=True)
+    return dataclasses.replace(plan, keep=torch.cat([keep.index_select(0, order), plan.keep[plan.n_out:]]))
 
-    def take(t: Tensor, idx: Tensor) -> Tensor:  # t [B, m, ...] gathered along tokens
-        return t.gather(1, idx.view(b, -1, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:]))
 
-    xa, xb = x[:, 0::2], x[:, 1::2]
-    wa, wb = weight[:, 0::2], weight[:, 1::2]
-    sa, sb = size[:, 0::2], size[:, 1::2]
-    pa, pb = pos[:, 0::2], pos[:, 1::2]
-    w_src = take(wa, plan.src) * take(saliency[:, 0::2], plan.src).to(wa.dtype)
-    w_dst = wb.scatter_add(1, plan.dst, w_src)
-    num = xb * wb.unsqueeze(-1).to(x.dtype)
-    num = num.scatter_add(1, plan.dst.unsqueeze(-1).expand(-1, -1, dim),
-                          take(xa, plan.src) * w_src.unsqueeze(-1).to(x.dtype))
-    x_dst = num / w_dst.unsqueeze(-1).to(x.dtype)
-    s_dst = sb.scatter_add(1, plan.dst, take(sa, plan.src))
-    p_dst = pb.scatter_reduce(1, plan.dst, take(pa, plan.src), reduce="amin")
-    unm = plan.unmerged
-    return (torch.cat([take(xa, unm), x_dst], 1), torch.cat([take(wa, unm), w_dst], 1),
-            torch.cat([take(sa, unm), s_dst], 1), torch.cat([take(pa, unm), p_dst], 1))
+@dataclass
+class PerClipCount(Count):
+    """Sources per clip given on the host (vid-TLDR's ``r_merge``, which a share r < 1 sets per clip)."""
+
+    r: list[int]
+
+    def counts(self, best: Tensor, n_dev: Tensor, lens: list[int]) -> tuple[Tensor, list[int]]:
+        return torch.tensor(self.r, device=n_dev.device), list(self.r)
+
+
+def merge_step(tokens: PackedTokens, saliency: Tensor, r: list[int]) -> PackedTokens:
+    """One vid-TLDR merge of ``r[i]`` tokens of clip i (each ≤ ⌊nᵢ/2⌋) on the bipartite core: matched on the hidden
+    states, sources weighted by their ``saliency`` [N] in the weighted average and in the weight; ``size``
+    (the exact count) and ``pos`` (the smallest) merge whole."""
+    plan = in_original_order(match(tokens, CosineScores(tokens.x.detach()), PerClipCount(list(r))), tokens)
+    if plan.r_max == 0:
+        return tokens
+    # sources are A tokens, destinations B tokens: scaling the A tokens' weight by their saliency scales the
+    # sources' alone, as the reference's ``src * src_so``
+    ids = tokens.seq_ids()
+    local = torch.arange(tokens.x.shape[0], device=ids.device) - tokens.cu_seqlens[:-1].long()[ids]
+    factor = torch.where(local % 2 == 0, saliency.to(tokens.weight.dtype), torch.ones_like(tokens.weight))
+    weighted = tokens.weight * factor
+    out = merge_weighted(plan, tokens, weighted)
+    # the merged weights (merge_weighted returns sizes): Σ over each destination and its weighted sources
+    b, r_max = plan.src.shape
+    write_row = plan.write_row()
+    out_w = tokens.weight.index_select(0, plan.keep)
+    src_w = weighted.index_select(0, plan.src.flatten()).view(b, r_max, 1)
+    w_sum = out_w.index_select(0, write_row) * plan.dst_kept.flatten().to(out_w.dtype)
+    w_sum = w_sum + (plan.same.to(out_w.dtype) @ src_w).flatten()
+    return out.replace(weight=out_w.index_copy_(0, write_row, w_sum)[:plan.n_out])
 
 
 @register_reducer("vid_tldr")
@@ -171,26 +205,6 @@ class VidTLDR(Reducer):
         rs = [self.merged(r, n) for n in lens]
         if max(rs, default=0) == 0:
             return tokens
-        neg_entropy = -attention_entropy(attn, bias=False)
-        fields = (tokens.x, tokens.weight, tokens.size, tokens.pos, neg_entropy)
-        if len(set(lens)) == 1:  # equal lengths: one batched step on a [B, n] view
-            out = self._step([f.view(len(lens), lens[0], *f.shape[1:]) for f in fields], rs[0])
-            out = [o.flatten(0, 1) for o in out]
-        else:  # unequal lengths (after an input-stage reducer): clip by clip
-            per_clip = [self._step([f.unsqueeze(0) for f in clip], k)
-                        for k, clip in zip(rs, zip(*(f.split(lens) for f in fields)))]
-            out = [torch.cat([c[i].squeeze(0) for c in per_clip]) for i in range(4)]
-        x, weight, size, pos = out
-        out_lens = tuple(n - k for n, k in zip(lens, rs))
-        cu = F.pad(torch.tensor(out_lens, device=tokens.cu_seqlens.device).cumsum(0, dtype=torch.int32), (1, 0))
-        return tokens.replace(x=x, size=size, weight=weight, pos=pos, cu_seqlens=cu, lens=out_lens)
-
-    @staticmethod
-    def _step(fields: list[Tensor], r: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        x, weight, size, pos, neg_entropy = fields
-        if r == 0:
-            return x, weight, size, pos
         with torch.no_grad():
-            saliency = objective_score(neg_entropy.float())
-            plan = match_clips(x.detach().float(), r)
-        return apply_weighted(plan, x, weight, size, pos, saliency)
+            saliency = clip_saliency(tokens, -attention_entropy(attn, bias=False))
+        return merge_step(tokens, saliency, rs)

@@ -7,7 +7,7 @@ import torch
 
 from tokenbench.reducers.base import AttentionContext, PackedTokens, ReducerParamError
 from tokenbench.reducers.testing import check_reducer, per_clip_size
-from tokenbench.reducers.vid_tldr import VidTLDR, apply_weighted, match_clips, objective_score
+from tokenbench.reducers.vid_tldr import VidTLDR, merge_step, objective_score
 
 
 def test_objective_score_zeroes_the_background_and_sharpens_the_foreground():
@@ -17,25 +17,46 @@ def test_objective_score_zeroes_the_background_and_sharpens_the_foreground():
     assert torch.equal(objective_score(torch.full((1, 4), 2.0)), torch.zeros(1, 4))  # constant: no NaN
 
 
+def _hand_built(weight, size, pos) -> PackedTokens:
+    """One clip; A = tokens 0, 2, 4; B = 1, 3, 5. Best matches: 0→1 (cos ≈ 1), 4→5 (≈ 0.99997), 2→3 (0.894)."""
+    x = torch.tensor([[1.0, 0.0], [1.0, 0.001], [0.0, 1.0], [0.5, 1.0], [1.0, -0.99], [1.0, -1.0]])
+    return PackedTokens(x=x, cu_seqlens=torch.tensor([0, 6], dtype=torch.int32), pos=torch.tensor(pos),
+                        size=torch.tensor(size), grid=(1, 2, 8), lens=(6,), weight=torch.tensor(weight))
+
+
 def test_merge_on_hand_built_tokens():
-    """A = tokens 0, 2, 4; B = 1, 3, 5. Best matches: 0→1 (cos ≈ 1), 4→5 (≈ 0.99997), 2→3 (0.894)."""
-    x = torch.tensor([[1.0, 0.0], [1.0, 0.001], [0.0, 1.0], [0.5, 1.0], [1.0, -0.99], [1.0, -1.0]]).unsqueeze(0)
-    plan = match_clips(x, 2)
-    assert plan.src.tolist() == [[0, 2]] and plan.dst.tolist() == [[0, 2]]  # A-index 0→B 0, A 2 (token 4)→B 2
-    assert plan.unmerged.tolist() == [[1]]  # token 2
-    plan = match_clips(x, 1)
-    assert plan.unmerged.tolist() == [[1, 2]]  # tokens 2, 4 in original order (ToMe would put 4 first)
-    weight = torch.tensor([[1.0, 1.0, 1.0, 2.0, 1.0, 1.0]])
-    size = torch.tensor([[1.0, 1.0, 1.0, 3.0, 1.0, 1.0]])
-    pos = torch.tensor([[7, 3, 9, 1, 5, 0]])
-    saliency = torch.tensor([[0.5, 0.9, 0.0, 1.0, 0.0, 0.2]])
-    ox, ow, os_, op = apply_weighted(match_clips(x, 2), x, weight, size, pos, saliency)
-    # out: token 2 (unmerged A), then B tokens 1, 3, 5; token 0 merged into 1 with weight 0.5, token 4 into 5
-    # with weight 0 (background: it vanishes from the average and the weight, not from the count)
-    torch.testing.assert_close(ox[0], torch.stack([x[0, 2], (x[0, 1] + 0.5 * x[0, 0]) / 1.5, x[0, 3], x[0, 5]]))
-    torch.testing.assert_close(ow[0], torch.tensor([1.0, 1.5, 2.0, 1.0]))
-    torch.testing.assert_close(os_[0], torch.tensor([1.0, 2.0, 3.0, 2.0]))
-    assert op[0].tolist() == [9, 3, 1, 0]
+    tokens = _hand_built([1.0, 1.0, 1.0, 2.0, 1.0, 1.0], [1.0, 1.0, 1.0, 3.0, 1.0, 1.0], [7, 3, 9, 1, 5, 0])
+    x = tokens.x
+    saliency = torch.tensor([0.5, 0.9, 0.0, 1.0, 0.0, 0.2])
+    out = merge_step(tokens, saliency, [2])
+    # sources 0 → 1 (weight 0.5) and 4 → 5 (background: weight 0, it vanishes from the average and the
+    # weight, not from the count); out: token 2 (unmerged A), then the B tokens 1, 3, 5
+    torch.testing.assert_close(out.x, torch.stack([x[2], (x[1] + 0.5 * x[0]) / 1.5, x[3], x[5]]))
+    torch.testing.assert_close(out.weight, torch.tensor([1.0, 1.5, 2.0, 1.0]))
+    torch.testing.assert_close(out.size, torch.tensor([1.0, 2.0, 3.0, 2.0]))
+    assert out.pos.tolist() == [9, 3, 1, 0] and out.seqlens() == [4]
+    # one merge: the unmerged A tokens 2 and 4 stay in their original order (ToMe puts 4, the better
+    # matched, first)
+    out = merge_step(tokens, saliency, [1])
+    assert out.pos.tolist() == [9, 5, 3, 1, 0]
+    torch.testing.assert_close(out.x[:2], x[[2, 4]])
+
+
+def test_merge_is_per_clip_on_an_unequal_packed_batch():
+    """Two clips of 6 and 5 tokens merge as each would alone, the second with its own count."""
+    one = _hand_built([1.0] * 6, [1.0] * 6, list(range(6)))
+    cu = torch.tensor([0, 6, 11], dtype=torch.int32)
+    x2 = torch.randn(5, 2, generator=torch.Generator().manual_seed(0))
+    both = PackedTokens(x=torch.cat([one.x, x2]), cu_seqlens=cu, pos=torch.cat([one.pos, torch.arange(5)]),
+                        size=torch.ones(11), grid=(1, 2, 8), lens=(6, 5))
+    sal = torch.rand(11, generator=torch.Generator().manual_seed(1))
+    out = merge_step(both, sal, [2, 1])
+    alone = [merge_step(one, sal[:6], [2]),
+             merge_step(PackedTokens(x=x2, cu_seqlens=torch.tensor([0, 5], dtype=torch.int32), pos=torch.arange(5),
+                                     size=torch.ones(5), grid=(1, 2, 8), lens=(5,)), sal[6:], [1])]
+    assert out.seqlens() == [4, 4]
+    for name in ("x", "weight", "size", "pos"):
+        torch.testing.assert_close(getattr(out, name), torch.cat([getattr(a, name) for a in alone]))
 
 
 # --- the authors' rule, transcribed from vid_TLDR.py (get_objective_score, merging, merge_wavg) ------------
@@ -111,3 +132,13 @@ def test_schedule_and_geometry():
 def test_conformance_on_unequal_lengths():
     rep = check_reducer(VidTLDR(r=[30, 10, 0.1]))
     assert rep.tokens_out != rep.tokens_in
+
+
+def test_saliency_is_computed_within_each_clip_of_a_packed_batch():
+    from tokenbench.reducers.vid_tldr import clip_saliency
+
+    ne = torch.tensor([0.0, 1.0, 2.0, 3.0, 5.0, -1.0, 4.0])
+    tokens = PackedTokens(x=torch.zeros(7, 2), cu_seqlens=torch.tensor([0, 4, 7], dtype=torch.int32),
+                          pos=torch.arange(7), size=torch.ones(7), grid=(1, 1, 8), lens=(4, 3))
+    expect = torch.cat([objective_score(ne[:4].unsqueeze(0))[0], objective_score(ne[4:].unsqueeze(0))[0]])
+    torch.testing.assert_close(clip_saliency(tokens, ne), expect)
