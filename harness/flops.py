@@ -10,16 +10,18 @@ Two counts, which must agree:
 * :func:`analytic_flops` computes the same number from the per-layer token counts the model reports
   (``model.last_stats``): per block and clip ``12·n·D²`` (qkv, proj, MLP) ``+ 2·n²·D`` (QKᵀ and AV)
   ``+ 2·5·n·D`` (the two LayerNorms, which fvcore counts as 5 FLOPs per element), plus the tubelet
-  embedding (kept tubelets × 1536 × D), ``fc_norm`` (5·D) and the head (D × classes). Everything else
-  (GELU, softmax, residual adds, pooling, position embedding) fvcore does not count, so neither do we.
+  embedding (tubelets embedded × 1536 × D: those selected, before ``reducer.before_position`` drops any),
+  ``fc_norm`` (5·D) and the head (D × classes). Everything else (GELU, softmax, residual adds, pooling,
+  position embedding) fvcore does not count, so neither do we.
   The runner uses this count for every clip (tracing each clip is too slow) after
   :func:`verify_analytic` has checked it against fvcore on a sample.
 
 What the reducer itself costs: ``reducer.select`` runs eagerly before the trace (under jit tracing tensor
 sizes become tensors, which breaks Python arithmetic on shapes in selection code); it holds no op fvcore
 counts anyway (RLT: pixel differences and comparisons; random: a sort). The in-block hooks are traced:
-the similarity matmuls of ToMe and STA appear as :attr:`FlopReport.reducer_gflops` (ops a block runs
-outside its submodules). They are small and are not in the analytic count, which models the backbone;
+the similarity matmuls of ToMe and STA, and the logits of the attention statistics a reducer reads at the
+blocks it declares (:mod:`tokenbench.reducers.attention_stats`, ``n²·D`` a clip per scored block), appear as
+:attr:`FlopReport.reducer_gflops` (ops a block runs outside its submodules). They are small and are not in the analytic count, which models the backbone;
 the runner adds the per-clip overhead measured on the sample.
 
 Which tokens enter which part of a block: attention and ``norm1`` see the tokens entering the block; the
@@ -90,12 +92,15 @@ def _dims(model: torch.nn.Module) -> tuple[int, int, int, int]:
 
 
 def analytic_flops(model: torch.nn.Module, tokens_in_per_clip: list[int], tokens_per_layer: list[list[int]],
-                   tokens_mlp_per_layer: list[list[int]] | None = None) -> AnalyticFlops:
+                   tokens_mlp_per_layer: list[list[int]] | None = None,
+                   tokens_embedded: list[int] | None = None) -> AnalyticFlops:
     """Analytic multiply-adds from token counts, in fvcore's conventions.
 
     ``tokens_in_per_clip``: tokens entering the first block; ``tokens_per_layer[l][i]``: tokens of clip i
     after block l (``model.last_stats``); ``tokens_mlp_per_layer[l][i]``: tokens entering block l's MLP
-    (default: those entering the block, i.e. no reduction between attention and MLP)."""
+    (default: those entering the block, i.e. no reduction between attention and MLP); ``tokens_embedded``:
+    tubelets embedded per clip (default ``tokens_in_per_clip``; more when ``reducer.before_position``
+    dropped embedded tokens)."""
     dim, hidden, patch, classes = _dims(model)
     depth = len(model.blocks)
     if len(tokens_per_layer) != depth:
@@ -107,7 +112,7 @@ def analytic_flops(model: torch.nn.Module, tokens_in_per_clip: list[int], tokens
     parts = {k: [0.0] * b for k in names}
     per_layer = []
     for i in range(b):
-        parts["embed"][i] = tokens_in_per_clip[i] * patch * dim
+        parts["embed"][i] = (tokens_embedded or tokens_in_per_clip)[i] * patch * dim
         parts["head"][i] = 5 * dim + dim * classes  # fc_norm + head
     for layer in range(depth):
         row = dict.fromkeys(names[1:5], 0.0)
@@ -144,7 +149,8 @@ def gflops_from_stats(model: torch.nn.Module, stats: Any = None) -> AnalyticFlop
     stats = stats if stats is not None else model.last_stats
     if not stats.tokens_in or not stats.tokens_per_layer:
         raise ValueError("the model has not run a forward pass yet (model.last_stats is empty)")
-    return analytic_flops(model, stats.tokens_in, stats.tokens_per_layer, stats.tokens_mlp_per_layer or None)
+    return analytic_flops(model, stats.tokens_in, stats.tokens_per_layer, stats.tokens_mlp_per_layer or None,
+                          stats.tokens_embedded or None)
 
 
 # --- fvcore count ------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from tokenbench.reducers.base import PackedTokens, Reducer, Selection
+from tokenbench.reducers.base import AttentionContext, PackedTokens, Reducer, Selection
 
 from .attention import attention_call, choose_backend
 
@@ -73,6 +73,9 @@ class ForwardStats:
     backend: str = ""
     attn_path: str = ""  # dense | packed | varlen ("+"-joined when layers differed): harness.attention.PATHS
     tokens_in: list[int] = field(default_factory=list)  # per clip, entering the first block
+    # per clip, tubelets embedded (before reducer.before_position dropped any): the embedding's FLOPs follow
+    # these; empty when forward_tokens ran alone (then tokens_in)
+    tokens_embedded: list[int] = field(default_factory=list)
     tokens_per_layer: list[list[int]] = field(default_factory=list)  # [layer][clip], after each block
     tokens_mlp_per_layer: list[list[int]] = field(default_factory=list)  # [layer][clip], entering each MLP
 
@@ -89,14 +92,15 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor, cu_seqlens: Tensor, backend: str, bias: Tensor | None,
-                dense: bool, lens: tuple[int, ...] | None = None) -> tuple[Tensor, Tensor, tuple[str, str]]:
+                dense: bool, lens: tuple[int, ...] | None = None) -> tuple[Tensor, Tensor, Tensor, tuple[str, str]]:
+        """(output, queries, keys, (backend, path) that ran); q and k are views of one projection."""
         n, dim = x.shape
         qkv_bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
         qkv = F.linear(x, self.qkv.weight, qkv_bias).view(n, 3, self.heads, self.head_dim)
         q, k, v = qkv.unbind(1)
         out, ran, path = attention_call(q, k, v, cu_seqlens, backend=backend, bias=bias, scale=self.scale,
                                         dense=dense, lens=lens)  # host lengths: no device read a layer
-        return self.proj(out.reshape(n, dim)), k, (ran, path)
+        return self.proj(out.reshape(n, dim)), q, k, (ran, path)
 
 
 class Mlp(nn.Module):
@@ -128,14 +132,23 @@ class Block(nn.Module):
         return h * scale[tokens.seq_ids()].unsqueeze(1)
 
     def forward(self, tokens: PackedTokens, reducer: Reducer | None, layer: int, depth: int,
-                backend: str, prop_attn: bool, dense: bool) -> tuple[PackedTokens, tuple[str, str], Tensor]:
+                backend: str, prop_attn: bool, dense: bool,
+                scored: bool = False) -> tuple[PackedTokens, tuple[str, str], Tensor]:
         """(tokens after the block, the attention (backend, path) that ran, ``cu_seqlens`` of the tokens entering the
-        MLP — FLOP counting reads them)."""
-        bias = tokens.size.log() if prop_attn else None
-        h, keys, ran = self.attn(self.norm1(tokens.x), tokens.cu_seqlens, backend, bias, dense, tokens.lens)
+        MLP — FLOP counting reads them). ``scored``: the reducer reads this block's attention context."""
+        bias = tokens.weight.log() if prop_attn else None
+        h, queries, keys, ran = self.attn(self.norm1(tokens.x), tokens.cu_seqlens, backend, bias, dense,
+                                          tokens.lens)
+        # the context is built only where a reducer asked for it; elsewhere the queries die here
+        context = {"attn": AttentionContext(
+            queries=queries, keys=keys, scale=self.attn.scale, cu_seqlens=tokens.cu_seqlens,
+            lens=tuple(tokens.seqlens()), bias=bias if bias is not None else tokens.x.new_zeros(tokens.x.shape[0]),
+        )} if scored else {}
+        del queries
         tokens = tokens.replace(x=tokens.x + self._drop(h, tokens))
         if reducer is not None:
-            reduced = reducer.after_attention(tokens, keys, layer, depth)
+            reduced = reducer.after_attention(tokens, keys, layer, depth, **context)
+            context.clear()
             if reduced is not tokens:
                 # The keys belong to the tokens before after_attention merged or moved them; after_block
                 # gets None rather than keys that no longer line up with its tokens.
@@ -238,8 +251,22 @@ class VideoViT(nn.Module):
         return choose_backend(x.device, x.dtype, self.attn_backend)
 
     # --- stages ---------------------------------------------------------------------------------
-    def embed(self, video: Tensor, selection: Selection | None = None) -> PackedTokens:
-        """Tubelet-embed the kept tubelets of ``video`` and pack them: PackedTokens."""
+    def embed(self, video: Tensor, selection: Selection | None = None,
+              reducer: Reducer | None = None) -> PackedTokens:
+        """Tubelet-embed the kept tubelets of ``video`` and pack them: PackedTokens. ``reducer.before_position``
+        sees the embeddings before the position embedding is added."""
+        tokens = self.embed_tubelets(video, selection)
+        if reducer is not None:
+            tokens = reducer.before_position(tokens)
+        return self.add_position(tokens)
+
+    def add_position(self, tokens: PackedTokens) -> PackedTokens:
+        """Each token's row of the position table added at its ``pos``."""
+        return tokens.replace(x=tokens.x + self.pos_embed.to(tokens.x.dtype).index_select(0, tokens.pos))
+
+    def embed_tubelets(self, video: Tensor, selection: Selection | None = None) -> PackedTokens:
+        """The kept tubelets of ``video``, embedded (and their run-length embedding, when the model has one),
+        packed, without the position embedding."""
         b, c, t, h, w = video.shape
         if c != 3 or (t, h, w) != (self.num_frames, self.img_size, self.img_size):
             raise ValueError(f"{self.name} was built for [B,3,{self.num_frames},{self.img_size},{self.img_size}] "
@@ -267,8 +294,7 @@ class VideoViT(nn.Module):
             _, gh, gw = self.grid
             pos = (it * gh + ih) * gw + iw
             lengths = selection.lengths.to(video.device)[ib, it, ih, iw]
-        x = x + self.pos_embed.to(x.dtype).index_select(0, pos)
-        if self.length_embed is not None:
+        if self.length_embed is not None:  # added before before_position (the sum commutes), lined up with pos
             if lengths is None:  # no selection: every run has length 1
                 lengths = torch.ones_like(pos)
             x = x + self.length_embed.to(x.dtype).index_select(0, (lengths - 1).clamp(0, self.grid[0] - 1))
@@ -277,9 +303,9 @@ class VideoViT(nn.Module):
         return PackedTokens(x=x, cu_seqlens=cu, pos=pos, size=size, grid=self.grid, lens=lens)
 
     def pool(self, tokens: PackedTokens) -> Tensor:
-        """Per-clip mean, weighted by ``size`` → [B, D]."""
+        """Per-clip mean, weighted by ``weight`` (``size`` unless a reducer weighs otherwise) → [B, D]."""
         ids = tokens.seq_ids()
-        w = tokens.size.to(tokens.x.dtype).unsqueeze(1)
+        w = tokens.weight.to(tokens.x.dtype).unsqueeze(1)
         b = tokens.batch_size
         num = tokens.x.new_zeros(b, tokens.x.shape[1]).index_add_(0, ids, tokens.x * w)
         den = tokens.x.new_zeros(b, 1).index_add_(0, ids, w)
@@ -291,9 +317,11 @@ class VideoViT(nn.Module):
         stats = ForwardStats(tokens_in=tokens.seqlens())
         ran, paths = set(), set()
         counts = stats.tokens_in
+        scored = reducer.attention_layers(self.depth) if reducer is not None else frozenset()
         for i, blk in enumerate(self.blocks):
             cu_before = tokens.cu_seqlens
-            tokens, used, mlp_cu = blk(tokens, reducer, i, self.depth, backend, prop_attn, self.dense_fast_path)
+            tokens, used, mlp_cu = blk(tokens, reducer, i, self.depth, backend, prop_attn, self.dense_fast_path,
+                                       scored=i in scored)
             ran.add(used[0])
             paths.add(used[1])
             # counts are read back (a host sync) only where a reducer changed them
@@ -317,7 +345,10 @@ class VideoViT(nn.Module):
             reducer.check_geometry(self.grid, self.depth)
             if selection is None:
                 selection = reducer.select(video)
-        tokens = self.forward_tokens(self.embed(video, selection), reducer)
+        embedded = self.embed_tubelets(video, selection)
+        tokens = reducer.before_position(embedded) if reducer is not None else embedded
+        tokens = self.forward_tokens(self.add_position(tokens), reducer)
+        self.last_stats.tokens_embedded = embedded.seqlens()
         return self.head(self.head_dropout(self.fc_norm(self.pool(tokens))))
 
 

@@ -6,7 +6,14 @@ A reducer acts at up to three points of a forward pass:
   returns a :class:`Selection` or ``None`` to keep every tubelet;
 * ``after_attention(tokens, keys, layer, depth)`` inside each block, between attention and MLP
   (ToMe merges here);
-* ``after_block(tokens, keys, layer, depth)`` after each whole block (STA prunes here).
+* ``after_block(tokens, keys, layer, depth)`` after each whole block (STA prunes here);
+* ``before_position(tokens)`` on the tubelet embeddings, before the position embedding is added
+  (``feature_diff`` compares raw embeddings of one cell across time here).
+
+A reducer that reads attention declares the blocks in :meth:`Reducer.attention_layers`; at those blocks
+(and only there) ``after_attention`` also receives ``attn=`` an :class:`AttentionContext` (queries, keys,
+scale, sequence offsets, the logits' bias), from which :mod:`tokenbench.reducers.attention_stats` computes
+exact attention statistics in bounded memory while the block's own attention stays fused.
 
 Parameters are dataclass fields with defaults; subclasses are ``@dataclass`` classes and check their
 parameters in :meth:`Reducer.validate`, raising :class:`ReducerParamError` naming the parameter.
@@ -29,12 +36,22 @@ class PackedTokens:
     x: Tensor  # [N_total, D] token features
     cu_seqlens: Tensor  # [B+1] int32 offsets of each clip's tokens in x
     pos: Tensor  # [N_total] long: index of the token's (first) tubelet in the T'·H'·W' grid
-    size: Tensor  # [N_total] float: tokens merged into this one (1 when embedded)
+    size: Tensor  # [N_total] float: tokens merged into this one (1 when embedded); sums to the clip's tokens
     grid: tuple[int, int, int]  # (T', H', W') of the un-reduced clip
     # Host copy of the per-clip token counts, set by whoever built the batch and knows them (the embedding,
     # ToMe, STA), so that reducers size their outputs without reading cu_seqlens back from the device (a
     # host sync on a GPU). Optional; replace() drops it when cu_seqlens changes without a new one.
     lens: tuple[int, ...] | None = field(default=None, repr=False, compare=False)
+    # [N_total] float: the weight a token has in size-weighted pooling and proportional attention. It is
+    # ``size`` (the same tensor) unless a reducer's rule weighs tokens otherwise than by the tokens they
+    # stand for (vid-TLDR: background sources merge with weight 0), so ``size`` stays an exact count for
+    # FLOPs, budgets and conformance. Left out (``None``), it is ``size``; replace() with a new ``size`` and
+    # no new ``weight`` makes it the new ``size`` again.
+    weight: Tensor = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.weight is None:
+            self.weight = self.size
 
     @property
     def batch_size(self) -> int:
@@ -57,6 +74,8 @@ class PackedTokens:
     def replace(self, **changes: Any) -> PackedTokens:
         if "cu_seqlens" in changes and "lens" not in changes:
             changes["lens"] = None  # never carry counts that belong to the old cu_seqlens
+        if "size" in changes and "weight" not in changes:
+            changes["weight"] = changes["size"]  # a weight lined up with the old tokens is never carried
         return dataclasses.replace(self, **changes)
 
 
@@ -71,6 +90,34 @@ class Selection:
 # frames and pixels per side of the backbone's tubelet (the VideoMAE layout, DESIGN.md §2; harness.model's own
 # TUBELET and PATCH, which a test keeps equal to these)
 BACKBONE_TUBELET = (2, 16)
+
+
+@dataclass(frozen=True)
+class AttentionContext:
+    """What a block's attention saw, handed to ``after_attention`` at the blocks a reducer declares in
+    :meth:`Reducer.attention_layers`. Views of the block's own q/k projection: building it copies nothing,
+    and it is dropped when the hook returns."""
+
+    queries: Tensor  # [N_total, heads, head_dim], before scaling
+    keys: Tensor  # [N_total, heads, head_dim]
+    scale: float  # the logits are scale · q·k + bias
+    cu_seqlens: Tensor  # [B+1] int32, as the tokens entering the block
+    lens: tuple[int, ...]  # per-sequence token counts (host)
+    bias: Tensor  # [N_total] key-side additive bias on the logits (log weight under prop. attention; else 0)
+
+
+class _NoAttention:
+    """The context a hook gets where its reducer declared none: any use says what to declare."""
+
+    def __getattr__(self, name: str):
+        raise AttributeError(f"no attention context at this block (reading {name!r}): list the block in the "
+                             "reducer's attention_layers(depth)")
+
+    def __repr__(self) -> str:
+        return "NO_ATTENTION"
+
+
+NO_ATTENTION: AttentionContext = _NoAttention()  # type: ignore[assignment]
 
 
 class ReducerParamError(ValueError):
@@ -91,7 +138,9 @@ class Reducer:
       *train* split before any measured work (threshold merging finds its per-layer thresholds); the runner
       never feeds it the clips it scores, and records what it returns with the cell;
     * ``train_only``: a training-time augmentation; a model trained with it is evaluated without it
-      (:meth:`for_eval`).
+      (:meth:`for_eval`);
+    * :meth:`attention_layers`: the blocks whose attention context ``after_attention`` reads (none by
+      default: the model then builds no context and keeps no query alive).
     """
 
     name: ClassVar[str] = ""
@@ -135,7 +184,20 @@ class Reducer:
         """video [B,3,T,H,W], ImageNet-normalised. ``None`` keeps every tubelet."""
         return None
 
-    def after_attention(self, tokens: PackedTokens, keys: Tensor, layer: int, depth: int) -> PackedTokens:
+    def attention_layers(self, depth: int) -> frozenset[int]:
+        """Blocks (of a model of ``depth``) at which ``after_attention`` needs ``attn=``, the block's
+        :class:`AttentionContext`. Only there does the model build one; elsewhere the hook is called
+        without it (so hooks written without the keyword keep working)."""
+        return frozenset()
+
+    def before_position(self, tokens: PackedTokens) -> PackedTokens:
+        """The tubelet embeddings of the kept tubelets, before the position embedding is added (``x`` holds
+        no position information yet; ``pos`` says where each token sits). Returns the tokens to embed."""
+        return tokens
+
+    def after_attention(self, tokens: PackedTokens, keys: Tensor, layer: int, depth: int,
+                        attn: AttentionContext = NO_ATTENTION) -> PackedTokens:
+        """``attn`` is given at the blocks :meth:`attention_layers` names, and only there."""
         return tokens
 
     def after_block(self, tokens: PackedTokens, keys: Tensor | None, layer: int, depth: int) -> PackedTokens:

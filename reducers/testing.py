@@ -11,8 +11,10 @@ small video ViT and on batches whose clips have *unequal* token counts:
 * ``select`` (if the reducer has one) returns bool ``keep`` / long ``lengths`` of shape [B, T', H', W'],
   lengths 0 exactly where dropped, at least one token per clip;
 * after every hook: ``cu_seqlens`` int32, starts at 0, monotone, ends at the number of tokens;
-  ``x``, ``pos`` and ``size`` agree in length; ``pos`` lies in the grid; no clip is emptied; the grid is
-  unchanged; per clip, ``size`` sums to the tokens that entered the reducer (nothing created or lost);
+  ``x``, ``pos``, ``size`` and ``weight`` agree in length; ``pos`` lies in the grid; no clip is emptied; the
+  grid is unchanged; per clip, ``size`` sums to the tokens that entered the reducer (nothing created or lost;
+  ``weight``, the pooling weight, may differ); at the blocks the reducer scores, the attention context lines
+  up with the tokens;
 * determinism: a second reducer built with the same parameters gives identical outputs;
 * a full forward pass through the model on a packed batch of unequal lengths gives finite logits of
   the right shape.
@@ -51,12 +53,14 @@ def check_packed(tokens: PackedTokens, where: str, grid: tuple[int, int, int] | 
     assert int(cu[-1]) == n, f"{where}: cu_seqlens ends at {int(cu[-1])} but x has {n} tokens"
     assert tokens.pos.shape == (n,), f"{where}: pos has shape {tuple(tokens.pos.shape)}, expected ({n},)"
     assert tokens.size.shape == (n,), f"{where}: size has shape {tuple(tokens.size.shape)}, expected ({n},)"
+    assert tokens.weight.shape == (n,), f"{where}: weight has shape {tuple(tokens.weight.shape)}, expected ({n},)"
     assert tokens.pos.dtype == torch.long, f"{where}: pos must be long, got {tokens.pos.dtype}"
     if grid is not None:
         assert tuple(tokens.grid) == tuple(grid), f"{where}: grid changed from {grid} to {tokens.grid}"
     total = tokens.grid[0] * tokens.grid[1] * tokens.grid[2]
     assert bool(((tokens.pos >= 0) & (tokens.pos < total)).all()), f"{where}: pos outside the {total}-slot grid"
     assert bool((tokens.size > 0).all()), f"{where}: every size must be positive"
+    assert bool((tokens.weight > 0).all()), f"{where}: every weight must be positive"
     if size_per_clip is not None:
         got = per_clip_size(tokens)
         assert torch.allclose(got, size_per_clip.to(got.dtype), rtol=1e-4, atol=1e-3), (
@@ -76,10 +80,10 @@ def contract_violation(out: object, before: PackedTokens, where: str) -> str:
     n = out.x.shape[0]
     if out.x.dim() != 2 or out.x.shape[1:] != before.x.shape[1:]:
         return f"{where}: x has shape {tuple(out.x.shape)}, expected [N, {before.x.shape[1]}]"
-    for name in ("pos", "size"):
+    for name in ("pos", "size", "weight"):
         shape = tuple(getattr(out, name).shape)
         if shape != (n,):
-            return f"{where}: x has {n} tokens but {name} has shape {shape} (x, pos and size must agree)"
+            return f"{where}: x has {n} tokens but {name} has shape {shape} (x, pos, size and weight must agree)"
     if out.cu_seqlens.shape != before.cu_seqlens.shape:
         return f"{where}: cu_seqlens has shape {tuple(out.cu_seqlens.shape)}, expected {tuple(before.cu_seqlens.shape)}"
     if tuple(out.grid) != tuple(before.grid):
@@ -140,8 +144,8 @@ def _checked_class(cls: type) -> type:
         return sel
 
     def hook(kind: str):
-        def call(self, tokens, keys, layer, depth):
-            out = getattr(cls, kind)(self, tokens, keys, layer, depth)
+        def call(self, tokens, keys, layer, depth, **attn):
+            out = getattr(cls, kind)(self, tokens, keys, layer, depth, **attn)
             if out is not tokens:
                 why = contract_violation(out, tokens, f"{cls.__name__}.{kind}(layer={layer})")
                 if why:
@@ -149,8 +153,18 @@ def _checked_class(cls: type) -> type:
             return out
         return call
 
+    def before_position(self, tokens):
+        out = cls.before_position(self, tokens)
+        if out is not tokens:
+            why = contract_violation(out, tokens, f"{cls.__name__}.before_position()")
+            if why:
+                raise ReducerContractError(why)
+        return out
+
     if cls.select is not Reducer.select:
         ns["select"] = select
+    if cls.before_position is not Reducer.before_position:
+        ns["before_position"] = before_position
     for kind in ("after_attention", "after_block"):
         if getattr(cls, kind) is not getattr(Reducer, kind):
             ns[kind] = hook(kind)
@@ -186,11 +200,26 @@ class _Recorder(Reducer):
     def select(self, video):
         return self.selection
 
-    def _hook(self, kind, tokens, keys, layer, depth):
+    def attention_layers(self, depth):
+        return self.inner.attention_layers(depth)
+
+    def before_position(self, tokens):
+        before = per_clip_size(tokens)
+        out = self.inner.before_position(tokens)
+        assert isinstance(out, PackedTokens), f"before_position must return PackedTokens, got {type(out).__name__}"
+        check_packed(out, f"{type(self.inner).__name__}.before_position", grid=tokens.grid, size_per_clip=before)
+        return out
+
+    def _hook(self, kind, tokens, keys, layer, depth, **attn):
         if kind == "after_attention" or keys is not None:
             assert keys is not None and keys.shape[0] == tokens.x.shape[0], f"{kind}: keys and tokens disagree"
+        if attn:
+            ctx = attn["attn"]
+            assert ctx.queries.shape == ctx.keys.shape and ctx.queries.shape[0] == tokens.x.shape[0], \
+                f"{kind}: the attention context and the tokens disagree"
+            assert list(ctx.lens) == tokens.seqlens(), f"{kind}: the attention context's lens are not the tokens'"
         before = per_clip_size(tokens)
-        out = getattr(self.inner, kind)(tokens, keys, layer, depth)
+        out = getattr(self.inner, kind)(tokens, keys, layer, depth, **attn)
         assert isinstance(out, PackedTokens), f"{kind} must return PackedTokens, got {type(out).__name__}"
         where = f"{type(self.inner).__name__}.{kind}(layer={layer})"
         check_packed(out, where, grid=tokens.grid, size_per_clip=before)
@@ -198,8 +227,8 @@ class _Recorder(Reducer):
         self.outputs.append((out.x.detach().clone(), out.pos.clone(), out.cu_seqlens.clone()))
         return out
 
-    def after_attention(self, tokens, keys, layer, depth):
-        return self._hook("after_attention", tokens, keys, layer, depth)
+    def after_attention(self, tokens, keys, layer, depth, **attn):
+        return self._hook("after_attention", tokens, keys, layer, depth, **attn)
 
     def after_block(self, tokens, keys, layer, depth):
         return self._hook("after_block", tokens, keys, layer, depth)

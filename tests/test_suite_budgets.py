@@ -26,7 +26,16 @@ TARGETS = {
     "vit_t": {"none": 1.0,
               "random keep=0.9": 0.90, "random keep=0.75": 0.75, "random keep=0.5": 0.50, "random keep=0.3": 0.30,
               "tome r=3": 0.90, "tome r=8": 0.75, "tome r=15": 0.50, "tome inflection=-1.0 r=16": 0.30,
-              "sta r=4": 0.90, "sta r=10": 0.75, "sta r=19": 0.50, "sta r=24": 0.30},
+              "sta r=4": 0.90, "sta r=10": 0.75, "sta r=19": 0.50, "sta r=24": 0.30,
+              # full only (issue 25): attention-reading reducers and feature-space pruning
+              "vid_tldr r=[6, 6, 6, 3]": 0.90, "vid_tldr r=[16, 16, 16, 8]": 0.75,
+              "vid_tldr r=[31, 31, 31, 16]": 0.50, "vid_tldr r=[44, 44, 44, 22]": 0.30,
+              "attn_prune fuse=True keep_rate=0.92 layers=[3, 6, 9]": 0.90,
+              "attn_prune fuse=True keep_rate=0.8 layers=[3, 6, 9]": 0.75,
+              "attn_prune fuse=True keep_rate=0.53 layers=[3, 6, 9]": 0.50,
+              "attn_prune fuse=True keep_rate=0.15 layers=[3, 6, 9]": 0.30,
+              "feature_diff drop_rate=0.1": 0.90, "feature_diff drop_rate=0.25": 0.75,
+              "feature_diff drop_rate=0.5": 0.50, "feature_diff drop_rate=0.7": 0.30},
     "vit_b": {"none": 1.0,
               "random keep=0.9": 0.90, "random keep=0.75": 0.75, "random keep=0.5": 0.50, "random keep=0.3": 0.30,
               "tome r=24": 0.90, "tome r=60": 0.75, "tome r=120": 0.50, "tome inflection=-1.0 r=127": 0.30,
@@ -137,7 +146,8 @@ def test_default_and_full_budgets_land_on_their_targets(name):
     assert _check(settings, _model_for) == []
     fixed = {label for mid, label in settings if label in TARGETS[mid]}
     # every target is run; default leaves random keep 0.9 / 0.75 to `full` (random matched to RLT covers them)
-    skipped = {"random keep=0.9", "random keep=0.75", *CORE_FULL_ONLY} if name == "default" else set()
+    full_only = {label for label in TARGETS["vit_t"] if label.split()[0] in ("vid_tldr", "attn_prune", "feature_diff")}
+    skipped = {"random keep=0.9", "random keep=0.75", *CORE_FULL_ONLY} | full_only if name == "default" else set()
     assert fixed == set(TARGETS["vit_t"]) - skipped
 
 

@@ -58,16 +58,22 @@ class _Timed:
     def select(self, video):
         return None if self.selector is None else self.selector.select(video)
 
-    def _timed(self, hook, tokens, keys, layer, depth):
+    def attention_layers(self, depth):
+        return self.inner.attention_layers(depth)
+
+    def before_position(self, tokens):
+        return self.inner.before_position(tokens)
+
+    def _timed(self, hook, tokens, keys, layer, depth, **attn):
         _sync()
         t0 = time.perf_counter()
-        out = getattr(self.inner, hook)(tokens, keys, layer, depth)
+        out = getattr(self.inner, hook)(tokens, keys, layer, depth, **attn)
         _sync()
         self.seconds += time.perf_counter() - t0
         return out
 
-    def after_attention(self, tokens, keys, layer, depth):
-        return self._timed("after_attention", tokens, keys, layer, depth)
+    def after_attention(self, tokens, keys, layer, depth, **attn):
+        return self._timed("after_attention", tokens, keys, layer, depth, **attn)
 
     def after_block(self, tokens, keys, layer, depth):
         return self._timed("after_block", tokens, keys, layer, depth)

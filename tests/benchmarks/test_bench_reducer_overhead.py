@@ -70,9 +70,15 @@ class _Tape:
     def select(self, video):
         return self.inner.select(video)
 
-    def after_attention(self, tokens, keys, layer, depth):
+    def attention_layers(self, depth):
+        return self.inner.attention_layers(depth)
+
+    def before_position(self, tokens):
+        return self.inner.before_position(tokens)
+
+    def after_attention(self, tokens, keys, layer, depth, **attn):
         self.calls.append(("after_attention", tokens, keys, layer, depth))
-        return self.inner.after_attention(tokens, keys, layer, depth)
+        return self.inner.after_attention(tokens, keys, layer, depth, **attn)
 
     def after_block(self, tokens, keys, layer, depth):
         self.calls.append(("after_block", tokens, keys, layer, depth))
