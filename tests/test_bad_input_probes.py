@@ -8,14 +8,49 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import noise_video, seeded_model
 
 from tokenbench.harness import cpu_varlen
 from tokenbench.harness.attention import choose_backend
+from tokenbench.harness.input_guard import InputMutatedError
+from tokenbench.harness.run import run_cell
+from tokenbench.harness.suite import load_suite
+from tokenbench.harness.timing import time_forward
+from tokenbench.reducers import Reducer, register_reducer
 
 COMPILER = pytest.mark.skipif(cpu_varlen._compiler() is None, reason="no C++ compiler to build the op")
+
+SMALL_SUITE = """\
+[suite]
+name = "probes"
+
+[defaults]
+modes = ["inference"]
+batch_sizes = [2]
+repeats = 1
+warmup = 0
+threads = 1
+time_clips = 2
+flops_check_clips = 0
+device = "cpu"
+
+[[models]]
+name = "vit_t"
+num_frames = 8
+img_size = 64
+checkpoint = "none"
+
+[[datasets]]
+name = "samples"
+options = { windows = 1, videos = ["bikes"] }
+
+[[reducers]]
+name = "REDUCER"
+"""
 
 
 @pytest.fixture
@@ -116,3 +151,28 @@ def test_without_a_compiler_auto_says_sdpa_and_an_explicit_cpu_varlen_names_the_
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1, err
     assert "attn_backend = 'cpu_varlen', but no C++ compiler ('no-such-compiler' is not on PATH)" in err[0]
+
+
+# --- a plugin that writes into its input video ---------------------------------------------------------
+@dataclass(repr=False)
+class Scribbler(Reducer):
+    """select darkens the video it is given, in place, and keeps every token."""
+
+    def select(self, video):
+        video.mul_(0.5)
+        return None
+
+
+def test_a_reducer_writing_into_its_timed_clips_fails_the_timing_naming_the_hook():
+    model = seeded_model(num_frames=8, img_size=64)
+    with pytest.raises(InputMutatedError, match=r"'Scribbler' wrote into its input video in place \(its select"):
+        time_forward(model, noise_video(2, 8, 64), Scribbler(), baseline=False, warmup=0, repeats=1, batch_size=2)
+
+
+def test_the_runner_records_a_cell_whose_reducer_writes_into_its_input_as_failed(tmp_path):
+    register_reducer("test_scribbler")(Scribbler)
+    suite = tmp_path / "scribble.toml"
+    suite.write_text(SMALL_SUITE.replace("REDUCER", "test_scribbler"))
+    rec = run_cell(load_suite(suite).cells()[0])
+    assert rec["status"] == "failed"
+    assert rec["error"].startswith("InputMutatedError: reducer 'test_scribbler' wrote into its input video in place")
