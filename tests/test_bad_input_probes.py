@@ -17,7 +17,9 @@ from conftest import noise_video, seeded_model
 from tokenbench.harness import cpu_varlen
 from tokenbench.harness.attention import choose_backend
 from tokenbench.harness.input_guard import InputMutatedError
+from tokenbench.harness.results import ResultStore
 from tokenbench.harness.run import run_cell
+from tokenbench.harness.run.launch import local_cell_limit_s
 from tokenbench.harness.suite import load_suite
 from tokenbench.harness.timing import time_forward
 from tokenbench.reducers import Reducer, register_reducer
@@ -176,3 +178,43 @@ def test_the_runner_records_a_cell_whose_reducer_writes_into_its_input_as_failed
     rec = run_cell(load_suite(suite).cells()[0])
     assert rec["status"] == "failed"
     assert rec["error"].startswith("InputMutatedError: reducer 'test_scribbler' wrote into its input video in place")
+
+
+# --- a plugin that never returns -----------------------------------------------------------------------
+@dataclass(repr=False)
+class NeverReturns(Reducer):
+    """select waits forever."""
+
+    def select(self, video):
+        while True:
+            time.sleep(0.05)
+
+
+def test_a_cell_past_its_time_limit_is_recorded_as_timeout_and_runs_again(tmp_path):
+    register_reducer("test_never_returns")(NeverReturns)
+    suite = tmp_path / "forever.toml"
+    suite.write_text(SMALL_SUITE.replace("REDUCER", "test_never_returns"))
+    t0 = time.monotonic()
+    rec = run_cell(load_suite(suite).cells()[0], time_limit_s=3)
+    assert time.monotonic() - t0 < 30
+    assert rec["status"] == "timeout", rec["error"]
+    assert rec["error"].startswith("stopped at the cell's time limit (3 s, --timeout-min)")
+    store = ResultStore(tmp_path / "records.jsonl")
+    store.append(rec)
+    assert rec["key"] not in store.done_keys()  # not measured: the next run runs it
+
+
+def test_submitits_timed_out_error_in_a_local_job_is_recorded_as_timeout(tmp_path):
+    from submitit.core.utils import UncompletedJobError
+
+    @dataclass(repr=False)
+    class SubmititLimit(Reducer):  # what submitit's handler raises in the job at its limit
+        def select(self, video):
+            raise UncompletedJobError("Job 123 (task: 0) timed-out and not checkpointable")
+
+    register_reducer("test_submitit_limit")(SubmititLimit)
+    suite = tmp_path / "limit.toml"
+    suite.write_text(SMALL_SUITE.replace("REDUCER", "test_submitit_limit"))
+    rec = run_cell(load_suite(suite).cells()[0])
+    assert rec["status"] == "timeout" and "timed-out and not checkpointable" in rec["error"]
+    assert local_cell_limit_s(10) == 600 - 40 and local_cell_limit_s(1) == 30  # ahead of submitit's signal

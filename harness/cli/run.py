@@ -111,7 +111,8 @@ def add_launch_args(p: argparse.ArgumentParser) -> None:
                    help="jobs running at once (slurm: the array's %%N, default 256; local: default 1, at most "
                         "one per visible GPU, always 1 for CPU cells)")
     g.add_argument("--timeout-min", type=int, default=DEFAULT_TIMEOUT_MIN, metavar="M",
-                   help="time limit of each job in minutes (default: %(default)s)")
+                   help="time limit of each cell (inprocess, local) or job (slurm) in minutes; a cell stopped "
+                        "by it is recorded as timeout and run again by the next run (default: %(default)s)")
     g.add_argument("--cpus-per-job", type=int, metavar="N", help="Slurm --cpus-per-task")
     g.add_argument("--mem-gb", type=float, metavar="G", help="Slurm memory per job")
     g.add_argument("--slurm-param", action="append", default=[], metavar="KEY=VALUE",
@@ -159,6 +160,8 @@ def run(args) -> int:
     if not args.no_report:
         require_folder("--report-dir", args.report_dir)
     opts = None if args.launcher == "inprocess" else options_from_args(args)
+    if args.timeout_min is not None and args.timeout_min < 1:
+        raise UserError(f"--timeout-min must be ≥ 1, got {args.timeout_min}")
     suite = load_suite(args.suite, overrides=suite_overrides_for(args), only=args.only,
                        check_device=args.launcher != "slurm")  # Slurm's cells run on its compute nodes
     cells = suite.cells()
@@ -171,7 +174,8 @@ def run(args) -> int:
         return 0
     if opts is None:
         summary = run_suite(suite, args.out, command=command_line(), retry_failed=args.retry_failed, cells=cells,
-                            show_progress=not args.no_progress, rerun_stale=args.rerun_stale)
+                            show_progress=not args.no_progress, rerun_stale=args.rerun_stale,
+                            timeout_min=args.timeout_min)
     else:
         summary = launch(suite, args.out, opts, cells=cells, command=command_line())
     if summary.failures:

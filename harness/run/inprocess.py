@@ -36,10 +36,11 @@ class RunSummary:
 def run_suite(suite: Suite, out: str | Path = "results", *, command: str = "", retry_failed: bool = False,
               cells: list[Cell] | None = None, show_progress: bool = True,
               cache: RunCache | None = None, stream=None, rerun_stale: bool = False,
-              code: CodeVersion | None = None) -> RunSummary:
+              code: CodeVersion | None = None, timeout_min: float | None = None) -> RunSummary:
     """Run every unrecorded cell of ``suite``, appending each record to the suite's store as it finishes.
     With ``rerun_stale``, cells whose record was measured at another commit than ``code`` (default: this
-    checkout) or in a dirty tree run again too; the new record supersedes the old."""
+    checkout) or in a dirty tree run again too; the new record supersedes the old. A cell still running
+    after ``timeout_min`` minutes is stopped and recorded as ``timeout`` (run again next time)."""
     stream = stream if stream is not None else sys.stderr
     t_start = time.perf_counter()
     cells = suite.cells() if cells is None else cells
@@ -90,7 +91,8 @@ def run_suite(suite: Suite, out: str | Path = "results", *, command: str = "", r
                     summary.skipped += 1
                     bar.update(1)
                     continue
-                rec = run_cell(cell, suite=suite.name, command=command, cache=cache, progress=progress, log=log)
+                rec = run_cell(cell, suite=suite.name, command=command, cache=cache, progress=progress, log=log,
+                               time_limit_s=timeout_min * 60 if timeout_min else None)
                 target = store if rec["fingerprint"]["id"] == fp_id else ResultStore(
                     store_path(out, suite.name, rec["fingerprint"]["id"]))
                 target.append(rec)
@@ -98,7 +100,8 @@ def run_suite(suite: Suite, out: str | Path = "results", *, command: str = "", r
             if rec["status"] != "ok":
                 summary.failed += 1
                 summary.failures.append(f"{label} ({where}, {cell.mode}): {rec['error']}")
-                log(f"cell {i}/{len(cells)} {label} FAILED: {rec['error']}")
+                what = "TIMED OUT" if rec["status"] == "timeout" else "FAILED"
+                log(f"cell {i}/{len(cells)} {label} {what}: {rec['error']}")
             bar.update(1)
     finally:
         bar.close()

@@ -79,6 +79,7 @@ from .slurm_poll import sbatch_refusals, wait_for_cells
 
 LAUNCHERS = ("inprocess", "local", "slurm")
 MAX_ARRAY_SIZE = 1000  # Slurm's default MaxArraySize is 1001 (indices 0…1000)
+LOCAL_SIGNAL_DELAY_S = 30  # submitit's LocalExecutor default: its USR2 this long before the job's limit
 
 
 @dataclass
@@ -278,7 +279,7 @@ def _launch_local(pending, pretrains, suite, out: Path, folder: Path, opts: Laun
                 pin_gpu(ex, slot)
                 cell = queue.pop(0)
                 job = ex.submit(run_job, cell, suite.name, str(out), command, "local", opts.retry_failed,
-                                opts.rerun_stale)
+                                opts.rerun_stale, local_cell_limit_s(opts.timeout_min))
                 summary.job_ids.append(str(job.job_id))
                 summary.submitted += 1
                 running.append((job, cell, slot))
@@ -300,6 +301,14 @@ def _launch_local(pending, pretrains, suite, out: Path, folder: Path, opts: Laun
         raise
 
 
+def local_cell_limit_s(timeout_min: float) -> float:
+    """The cell's own limit inside a local job: ahead of the signal submitit sends the job
+    ``LOCAL_SIGNAL_DELAY_S`` before its limit (whose handler would fail the cell), so the cell is recorded
+    as ``timeout``; never under half the job's time."""
+    limit = float(timeout_min) * 60
+    return max(limit / 2, limit - LOCAL_SIGNAL_DELAY_S - 10)
+
+
 def _collect(cell, job, summary: LaunchSummary, log, counter: str | None, out: Path | None = None,
              suite: str | None = None) -> None:
     label = cell.label
@@ -313,10 +322,12 @@ def _collect(cell, job, summary: LaunchSummary, log, counter: str | None, out: P
             summary.failures.append(f"{label}: job {job.job_id} died: {why}")
             log(f"{prefix}{label}: job {job.job_id} died without a record: {why}")
             return
-        summary.failures.append(f"{label}: lost: job {job.job_id} died: {why}")
-        log(f"{prefix}{label}: LOST — job {job.job_id} died without a record: {why}; the next run runs it again")
+        status = "timeout" if _timed_out(exc) else "lost"
+        summary.failures.append(f"{label}: {status}: job {job.job_id} died: {why}")
+        log(f"{prefix}{label}: {status.upper()} — job {job.job_id} died without a record: {why}; the next run runs "
+            "it again")
         _record_lost(cell, suite, out, f"job {job.job_id} died without writing its record: {why}; the next "
-                     "`tokenbench run` runs it again", job.paths.stderr, status="lost")
+                     "`tokenbench run` runs it again", job.paths.stderr, status=status)
         return
     if res["status"] == "skipped":
         summary.skipped += 1
@@ -328,6 +339,12 @@ def _collect(cell, job, summary: LaunchSummary, log, counter: str | None, out: P
         summary.failures.append(f"{label} ({cell.mode}): {res['error']}")
     log(f"{prefix}{label}: {res['status']}{' — ' + res['error'] if res['error'] else ''}"
         f" ({res.get('duration_s', 0):.1f} s, job {job.job_id})")
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """submitit's error for a job stopped at its time limit (its words: "timed-out", state TIMEOUT)."""
+    text = str(exc)
+    return "timed-out" in text or "timed out" in text or "state: TIMEOUT" in text
 
 
 def _record_lost(cell: Cell, suite: str, out: Path, error: str, log_path: Path, status: str = "failed") -> None:
