@@ -218,3 +218,36 @@ def test_submitits_timed_out_error_in_a_local_job_is_recorded_as_timeout(tmp_pat
     rec = run_cell(load_suite(suite).cells()[0])
     assert rec["status"] == "timeout" and "timed-out and not checkpointable" in rec["error"]
     assert local_cell_limit_s(10) == 600 - 40 and local_cell_limit_s(1) == 30  # ahead of submitit's signal
+
+
+# --- two runs on one --out -----------------------------------------------------------------------------
+def test_a_second_run_on_an_out_in_use_says_so_and_waits_for_the_first(tmp_path):
+    import io
+    import threading
+
+    from tokenbench.harness.run import run_suite
+    from tokenbench.harness.run.run_lock import timing_lock
+
+    out = tmp_path / "results"
+    held, release = threading.Event(), threading.Event()
+
+    def first_run():
+        with timing_lock(out, lambda msg: None, "tokenbench run --out results"):
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=first_run)
+    holder.start()
+    held.wait(10)
+    timer = threading.Timer(1.0, release.set)
+    timer.start()
+    suite = tmp_path / "probes.toml"
+    suite.write_text(SMALL_SUITE.replace("REDUCER", "none"))
+    stream = io.StringIO()
+    t0 = time.monotonic()
+    summary = run_suite(load_suite(suite), out, stream=stream, show_progress=False)
+    holder.join()
+    log = stream.getvalue()
+    assert f"another tokenbench run is timing cells into {out} (pid {os.getpid()} " in log
+    assert "tokenbench run --out results); waiting for it to end" in log
+    assert time.monotonic() - t0 >= 1.0 and summary.ran == 1  # then it measured its cell

@@ -27,8 +27,11 @@ DESCRIPTION = """\
 Run a benchmark suite: every model × dataset × reducer (× parameter sweep) × batch size × mode cell,
 one at a time. Each finished cell is appended to OUT/<suite>/<hardware fingerprint>/records.jsonl the
 moment it ends (flushed and fsynced), so an interrupted run loses at most the cell in flight and a
-second run skips every recorded cell. A failing cell (a corrupt video, out of memory, NaN) is recorded
-as failed with its error and the run goes on. At the end the report is rebuilt (REPORT_DIR/<suite>/)
+second run skips every recorded cell. A second run started on an --out that another run is timing
+into says so and waits for it to end (two runs timing at once on one machine would measure each other),
+then measures what is left (inprocess and local; Slurm's cells run elsewhere). A failing cell (a corrupt
+video, out of memory, NaN) is recorded as failed with its error and the run goes on; a cell past
+--timeout-min is recorded as timeout and run again by the next run. At the end the report is rebuilt (REPORT_DIR/<suite>/)
 and the headline table printed.
 
 The suite file is validated before any work: a typo, an unknown reducer or a parameter that cannot

@@ -17,6 +17,7 @@ from .clips import data_key
 from .common import describe_error, torch_threads
 from .models import RunCache
 from .plan import CodeVersion, local_store, make_plan, stale_keys
+from .run_lock import timing_lock
 
 
 @dataclass
@@ -40,9 +41,19 @@ def run_suite(suite: Suite, out: str | Path = "results", *, command: str = "", r
     """Run every unrecorded cell of ``suite``, appending each record to the suite's store as it finishes.
     With ``rerun_stale``, cells whose record was measured at another commit than ``code`` (default: this
     checkout) or in a dirty tree run again too; the new record supersedes the old. A cell still running
-    after ``timeout_min`` minutes is stopped and recorded as ``timeout`` (run again next time)."""
+    after ``timeout_min`` minutes is stopped and recorded as ``timeout`` (run again next time). Another run
+    timing into ``out`` is waited for first (harness/run/run_lock.py)."""
     stream = stream if stream is not None else sys.stderr
     t_start = time.perf_counter()
+    with timing_lock(out, lambda msg: tqdm.write(msg, file=stream), command):
+        return _run_suite(suite, out, command=command, retry_failed=retry_failed, cells=cells,
+                          show_progress=show_progress, cache=cache, stream=stream, rerun_stale=rerun_stale,
+                          code=code, timeout_min=timeout_min, t_start=t_start)
+
+
+def _run_suite(suite: Suite, out: str | Path, *, command: str, retry_failed: bool, cells: list[Cell] | None,
+               show_progress: bool, cache: RunCache | None, stream, rerun_stale: bool, code: CodeVersion | None,
+               timeout_min: float | None, t_start: float) -> RunSummary:
     cells = suite.cells() if cells is None else cells
     fp_id, store = local_store(out, suite)
     cache = cache or RunCache()

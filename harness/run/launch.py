@@ -74,6 +74,7 @@ from .executors import (
 )
 from .job import fingerprint_for, prepare_job, run_job
 from .plan import CodeVersion, make_plan, pending_pretrains
+from .run_lock import timing_lock
 from .slurm_job import run_slurm_cell
 from .slurm_poll import sbatch_refusals, wait_for_cells
 
@@ -167,6 +168,14 @@ def launch(suite, out: str | Path, opts: LaunchOptions, *, cells: list[Cell] | N
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     if opts.launcher not in ("local", "slurm"):
         raise ValueError(f"launch() takes launcher local or slurm, got {opts.launcher!r}")
+    if opts.launcher == "local":  # its jobs time cells on this machine: one run on --out at a time
+        with timing_lock(Path(out), log, command):
+            return _launch(suite, out, opts, cells, command, log)
+    return _launch(suite, out, opts, cells, command, log)
+
+
+def _launch(suite, out: str | Path, opts: LaunchOptions, cells: list[Cell] | None, command: str,
+            log: Callable[[str], None]) -> LaunchSummary:
     t0 = time.perf_counter()
     cells = suite.cells() if cells is None else cells
     out = Path(out).resolve()  # jobs may start in another directory
