@@ -251,3 +251,30 @@ def test_a_second_run_on_an_out_in_use_says_so_and_waits_for_the_first(tmp_path)
     assert f"another tokenbench run is timing cells into {out} (pid {os.getpid()} " in log
     assert "tokenbench run --out results); waiting for it to end" in log
     assert time.monotonic() - t0 >= 1.0 and summary.ran == 1  # then it measured its cell
+
+
+# --- manifests -----------------------------------------------------------------------------------------
+def test_a_repeated_manifest_line_warns_and_counts_once(tmp_path):
+    from tokenbench.datasets import read_manifest
+    from tokenbench.datasets.manifest import ManifestError, RepeatedVideoWarning
+
+    m = tmp_path / "val.txt"
+    m.write_text("a.mp4 0\nb.mp4 1\n./a.mp4 0\n")
+    with pytest.warns(RepeatedVideoWarning, match=r"val.txt: 1 repeated video\(s\) counted once: line 3 repeats "
+                                                  r"line 1 \(\./a\.mp4\)"):
+        entries = read_manifest(m)
+    assert [e.name for e in entries] == ["a.mp4", "b.mp4"]
+    m.write_text("a.mp4 0\na.mp4 3\n")
+    with pytest.raises(ManifestError, match="val.txt, line 2: a.mp4 is listed again with label 3; line 1 gives"):
+        read_manifest(m)
+
+
+def test_a_manifest_saved_with_a_byte_order_mark_finds_its_first_video(tmp_path):
+    from tokenbench.datasets import read_manifest
+
+    (tmp_path / "first.mp4").write_bytes(b"")
+    m = tmp_path / "val.txt"
+    m.write_bytes("\ufefffirst.mp4 0\nsecond.mp4 1\n".encode())
+    entries = read_manifest(m)
+    assert entries[0].path == tmp_path / "first.mp4" and entries[0].path.exists()
+    assert entries[0].name == "first.mp4"
