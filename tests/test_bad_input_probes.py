@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import noise_video, seeded_model
 
 from tokenbench.harness import cpu_varlen
@@ -278,3 +279,34 @@ def test_a_manifest_saved_with_a_byte_order_mark_finds_its_first_video(tmp_path)
     entries = read_manifest(m)
     assert entries[0].path == tmp_path / "first.mp4" and entries[0].path.exists()
     assert entries[0].name == "first.mp4"
+
+
+# --- checkpoints ---------------------------------------------------------------------------------------
+def _config_with_list_labels(tmp_path: Path) -> Path:
+    import json
+
+    from safetensors.torch import save_file
+
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    save_file({"videomae.encoder.layer.0.attention.attention.query.weight": torch.zeros(4, 4)},
+              ck / "model.safetensors")
+    (ck / "config.json").write_text(json.dumps({"model_type": "videomae", "hidden_size": 192,
+                                                "architectures": ["VideoMAEForVideoClassification"],
+                                                "id2label": ["a", "b", "c"]}))
+    return ck
+
+
+def test_a_config_whose_id2label_is_a_list_is_refused_naming_the_file(tmp_path, capsys):
+    from tokenbench.harness.cli import main
+
+    ck = _config_with_list_labels(tmp_path)
+    want = f"{ck / 'config.json'}: id2label must be an object like"
+    assert main(["checkpoint", str(ck)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and want in err[0], err
+    suite = tmp_path / "ck.toml"
+    suite.write_text(SMALL_SUITE.replace("REDUCER", "none").replace('checkpoint = "none"', f'checkpoint = "{ck}"'))
+    assert main(["run", "--suite", str(suite), "--dry-run", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and want in err[0], err
