@@ -310,3 +310,16 @@ def test_a_config_whose_id2label_is_a_list_is_refused_naming_the_file(tmp_path, 
     assert main(["run", "--suite", str(suite), "--dry-run", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and want in err[0], err
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--frames", "0"], "--frames must be ≥ 2, got 0"),
+    (["--size", "-16"], "--size must be ≥ 16, got -16"),
+    (["--classes", "-5"], "--classes must be ≥ 0, got -5"),
+    (["--frames", "7"], "--frames must be even and --size a multiple of 16 (2×16×16 tubelets); got 7 frames × 224²"),
+])
+def test_checkpoint_refuses_a_shape_no_model_can_have_in_one_line(tmp_path, capsys, flags, message):
+    from tokenbench.harness.cli import main
+
+    assert main(["checkpoint", str(tmp_path / "any.pth"), "--model", "vit_t", *flags]) == 2
+    assert capsys.readouterr().err.strip() == f"tokenbench checkpoint: error: {message}"
