@@ -323,3 +323,37 @@ def test_checkpoint_refuses_a_shape_no_model_can_have_in_one_line(tmp_path, caps
 
     assert main(["checkpoint", str(tmp_path / "any.pth"), "--model", "vit_t", *flags]) == 2
     assert capsys.readouterr().err.strip() == f"tokenbench checkpoint: error: {message}"
+
+
+# --- paths ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("out", ["/proc/x", "/sys/x"])
+def test_run_refuses_an_out_that_cannot_be_made_in_one_line(capsys, out):
+    from tokenbench.harness.cli import main
+
+    if not Path(out).parent.is_dir():
+        pytest.skip(f"no {Path(out).parent} here")
+    assert main(["run", "--dry-run", "--out", out]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"tokenbench run: error: --out {out} cannot be made ("), err
+
+
+def test_a_dry_run_leaves_no_folder_behind(tmp_path):
+    from tokenbench.harness.cli.common import require_folder
+
+    require_folder("--out", tmp_path / "a" / "b")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_refuses_a_symlink_out_of_out_in_one_line(tmp_path, capsys):
+    from tokenbench.harness.cli import main
+
+    out, elsewhere = tmp_path / "results", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / "probes").symlink_to(elsewhere)
+    suite = tmp_path / "probes.toml"
+    suite.write_text(SMALL_SUITE.replace("REDUCER", "none"))
+    assert main(["run", "--suite", str(suite), "--out", str(out), "--no-report", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("tokenbench run: error: refusing to use ") and f"outside {out}" in err[-1], err
+    assert "Traceback" not in "\n".join(err) and not list(elsewhere.iterdir())
