@@ -357,3 +357,27 @@ def test_run_refuses_a_symlink_out_of_out_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("tokenbench run: error: refusing to use ") and f"outside {out}" in err[-1], err
     assert "Traceback" not in "\n".join(err) and not list(elsewhere.iterdir())
+
+
+# --- records -------------------------------------------------------------------------------------------
+def test_a_record_whose_cell_is_null_is_named_and_skipped_not_a_phantom_row(tmp_path):
+    import json
+    import warnings
+
+    from tokenbench.harness.record_files import NotARecordWarning
+    from tokenbench.harness.results import load
+
+    results = tmp_path / "results"
+    suite = tmp_path / "probes.toml"
+    suite.write_text(SMALL_SUITE.replace("REDUCER", "none"))
+    rec = run_cell(load_suite(suite).cells()[0], suite="probes")
+    store = ResultStore.for_suite(results, "probes", rec["fingerprint"]["id"])
+    store.append(rec)
+    with open(store.path, "a") as f:
+        f.write(json.dumps({**rec, "key": "0123456789abcdef", "cell": None}) + "\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        df = load(results)
+    named = [str(w.message) for w in caught if issubclass(w.category, NotARecordWarning)]
+    assert named == [f"{store.path}:2: not a result record (its 'cell' is null, not an object); skipped"]
+    assert len(df) == 1 and list(df["key"]) == [rec["key"]]
