@@ -20,7 +20,7 @@ from tokenbench.harness.attention import choose_backend
 from tokenbench.harness.input_guard import InputMutatedError
 from tokenbench.harness.results import ResultStore
 from tokenbench.harness.run import run_cell
-from tokenbench.harness.run.launch import local_cell_limit_s
+from tokenbench.harness.run.launch import _timed_out, local_cell_limit_s
 from tokenbench.harness.suite import load_suite
 from tokenbench.harness.timing import time_forward
 from tokenbench.reducers import Reducer, register_reducer
@@ -218,7 +218,14 @@ def test_submitits_timed_out_error_in_a_local_job_is_recorded_as_timeout(tmp_pat
     suite.write_text(SMALL_SUITE.replace("REDUCER", "test_submitit_limit"))
     rec = run_cell(load_suite(suite).cells()[0])
     assert rec["status"] == "timeout" and "timed-out and not checkpointable" in rec["error"]
-    assert local_cell_limit_s(10) == 600 - 40 and local_cell_limit_s(1) == 30  # ahead of submitit's signal
+    assert rec["error"].startswith("stopped at the job's time limit (submitit: Job 123")
+    assert local_cell_limit_s(10) == 600 - 90 and local_cell_limit_s(1) == 15  # ahead of submitit's signal
+    # a local job killed at its limit without a record: submitit's error carries the job's stderr, whose
+    # handler said "timed-out"; recorded as timeout, not lost
+    killed = UncompletedJobError("Job 7 (task: 0) with path /x/7_result.pkl\nhas not produced any output "
+                                 "(state: FINISHED)\nError stream produced:\n----\nsubmitit WARNING: Caught "
+                                 "signal SIGUSR2 on host: this job is timed-out.\n----")
+    assert _timed_out(killed) and not _timed_out(UncompletedJobError("Job 7 ... (state: FAILED)"))
 
 
 # --- two runs on one --out -----------------------------------------------------------------------------

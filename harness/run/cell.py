@@ -51,7 +51,8 @@ def run_cell(cell: Cell | Mapping[str, Any], *, suite: str = "adhoc", command: s
             raise
         if isinstance(exc, CellTimeout) or _submitit_timeout(exc):
             status, metrics = "timeout", {}
-            error = f"{exc}; not measured, the next `tokenbench run` runs it again (give a longer --timeout-min)"
+            why = str(exc) if isinstance(exc, CellTimeout) else f"stopped at the job's time limit (submitit: {exc})"
+            error = f"{why}; not measured, the next `tokenbench run` runs it again (give a longer --timeout-min)"
         else:
             error = describe_error(exc)
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:]

@@ -313,9 +313,10 @@ def _launch_local(pending, pretrains, suite, out: Path, folder: Path, opts: Laun
 def local_cell_limit_s(timeout_min: float) -> float:
     """The cell's own limit inside a local job: ahead of the signal submitit sends the job
     ``LOCAL_SIGNAL_DELAY_S`` before its limit (whose handler would fail the cell), so the cell is recorded
-    as ``timeout``; never under half the job's time."""
+    as ``timeout`` (a minute of slack for the job's start); never under a quarter of the job's time (were
+    submitit's signal first, its error is recorded as ``timeout`` too)."""
     limit = float(timeout_min) * 60
-    return max(limit / 2, limit - LOCAL_SIGNAL_DELAY_S - 10)
+    return max(limit / 4, limit - LOCAL_SIGNAL_DELAY_S - 60)
 
 
 def _collect(cell, job, summary: LaunchSummary, log, counter: str | None, out: Path | None = None,
