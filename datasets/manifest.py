@@ -45,6 +45,9 @@ class RepeatedVideoWarning(UserWarning):
     """A manifest lists one video twice (counted once)."""
 
 
+_WARNED: set[tuple[str, int]] = set()  # manifests (path, mtime) whose repeats were already reported
+
+
 class ManifestError(ValueError):
     """A manifest (or a label file) that does not parse. ``path`` and ``line`` (1-based) say where."""
 
@@ -96,7 +99,9 @@ def read_manifest(manifest: str | Path, root: str | Path | None = None) -> list[
                 continue
             seen[path] = (lineno, label)
             entries.append(VideoEntry(path=path, label=label, name=rel, line=lineno))
-    if repeats:
+    said = (str(manifest.resolve()), manifest.stat().st_mtime_ns)
+    if repeats and said not in _WARNED:  # once a process: a run reads a manifest in several places
+        _WARNED.add(said)
         warnings.warn(f"manifest {manifest}: {len(repeats)} repeated video(s) counted once: {'; '.join(repeats[:3])}"
                       + (" …" if len(repeats) > 3 else ""), RepeatedVideoWarning, stacklevel=2)
     if not entries:
