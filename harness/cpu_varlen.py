@@ -115,7 +115,11 @@ def _loads_in_a_child(lib: Path) -> str | None:
     if done.returncode == 0:
         return None
     if done.returncode < 0:
-        return f"loading it in a child process died of signal {-done.returncode}"
+        try:
+            name = signal.Signals(-done.returncode).name
+        except ValueError:
+            name = f"signal {-done.returncode}"
+        return f"loading it in a child process died of {name}"
     return f"loading it in a child process failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}"
 
 
