@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -131,6 +132,7 @@ def choose_backend(device: torch.device | str, dtype: torch.dtype = torch.float3
     """The backend to use: ``requested`` when given (checked), else the best available."""
     avail = available_backends(device, dtype)
     if requested in (None, "auto"):
+        _say_fallbacks(device, dtype, avail)
         return avail[0]
     if requested not in BACKENDS:
         raise ValueError(f"unknown attention backend {requested!r}; choose from auto, {', '.join(BACKENDS)}")
@@ -146,6 +148,22 @@ def choose_backend(device: torch.device | str, dtype: torch.dtype = torch.float3
             f"available here: {', '.join(avail)}"
         )
     return requested
+
+
+def _say_fallbacks(device: torch.device | str, dtype: torch.dtype, avail: list[str]) -> None:
+    """A kernel that would run here but could not be made (no compiler …) and can say why: one line saying
+    what ``auto`` takes instead (once a process)."""
+    dev = torch.device(device)
+    for k in KERNELS:
+        if k.device_type == dev.type and compute_dtype(dev, dtype) in k.dtypes and k.name not in avail:
+            why = k.why_not()
+            if why:
+                _say_once(k.name, why, avail[0])
+
+
+@functools.cache
+def _say_once(name: str, why: str, instead: str) -> None:
+    print(f"tokenbench: {name} attention unavailable ({why}); auto uses {instead}", file=sys.stderr)
 
 
 def kernel_named(name: str) -> VarlenKernel | None:

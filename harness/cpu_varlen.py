@@ -18,7 +18,7 @@ The op is compiled from source with the C++ compiler torch was built for (``$CXX
 time it is needed, ~10 s, and kept in ``$TOKENBENCH_EXT_CACHE`` (default ``$TOKENBENCH_CACHE/ext``) under a
 name keyed by the source, torch's version and the compiler, so a changed source or torch builds anew.
 Without a compiler, or when the build fails, :func:`available` is False, :func:`unavailable_reason` says
-why (printed once, one line), ``auto`` falls back to ``sdpa`` (recorded per arm as always) and an explicit
+why, ``auto`` falls back to ``sdpa`` saying so once (one line) (recorded per arm as always) and an explicit
 ``attn_backend = "cpu_varlen"`` is refused naming that reason.
 
 A damaged cache cannot crash a run: a truncated library loaded into the process dies with SIGBUS, before
@@ -216,8 +216,8 @@ def available() -> bool:
 
 
 def _unavailable() -> bool:
-    # said once a process (available() is cached), in the words the README uses
-    print(f"tokenbench: cpu_varlen attention unavailable ({_failure[-1]}); auto uses sdpa", file=sys.stderr)
+    # not printed here: the backend choice says it (attention.choose_backend), once, where auto falls back;
+    # an explicit request is refused naming the reason instead
     return False
 
 

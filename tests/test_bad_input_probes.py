@@ -118,8 +118,8 @@ def test_a_compiler_that_hangs_is_stopped_at_the_build_time_limit_leaving_no_lib
     assert not cpu_varlen.available()
     assert time.monotonic() - t0 < 20
     assert "did not finish in 1 s" in cpu_varlen.unavailable_reason()
-    assert "auto uses sdpa" in capsys.readouterr().err
     assert choose_backend("cpu") == "sdpa"
+    assert "did not finish in 1 s" in capsys.readouterr().err.split("auto uses sdpa")[0]
     assert not [p.name for p in ext.iterdir()]  # no .so, no temporary
 
 
@@ -151,8 +151,8 @@ def test_without_a_compiler_auto_says_sdpa_and_an_explicit_cpu_varlen_names_the_
         choose_backend("cpu", requested="cpu_varlen")
     rc = main(["run", "--dry-run", "--only", "reducer=none", "--set", "defaults.attn_backend=cpu_varlen",
                "--out", str(tmp_path / "r")])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1, err
+    err = [ln for ln in capsys.readouterr().err.strip().splitlines() if not ln.startswith(("suite", "  "))]
+    assert rc == 2 and len(err) == 1, err  # the refusal alone: no "auto uses sdpa" where auto is not asked for
     assert "attn_backend = 'cpu_varlen', but no C++ compiler ('no-such-compiler' is not on PATH)" in err[0]
 
 
