@@ -17,10 +17,8 @@ from conftest import noise_video, seeded_model
 
 from tokenbench.harness import cpu_varlen
 from tokenbench.harness.attention import choose_backend
-from tokenbench.harness.input_guard import InputMutatedError
 from tokenbench.harness.results import ResultStore
 from tokenbench.harness.run import run_cell
-from tokenbench.harness.run.launch import _timed_out, local_cell_limit_s
 from tokenbench.harness.suite import load_suite
 from tokenbench.harness.timing import time_forward
 from tokenbench.reducers import Reducer, register_reducer
@@ -167,6 +165,8 @@ class Scribbler(Reducer):
 
 
 def test_a_reducer_writing_into_its_timed_clips_fails_the_timing_naming_the_hook():
+    from tokenbench.harness.input_guard import InputMutatedError
+
     model = seeded_model(num_frames=8, img_size=64)
     with pytest.raises(InputMutatedError, match=r"'Scribbler' wrote into its input video in place \(its select"):
         time_forward(model, noise_video(2, 8, 64), Scribbler(), baseline=False, warmup=0, repeats=1, batch_size=2)
@@ -207,6 +207,8 @@ def test_a_cell_past_its_time_limit_is_recorded_as_timeout_and_runs_again(tmp_pa
 
 def test_submitits_timed_out_error_in_a_local_job_is_recorded_as_timeout(tmp_path):
     from submitit.core.utils import UncompletedJobError
+
+    from tokenbench.harness.run.launch import _timed_out, local_cell_limit_s
 
     @dataclass(repr=False)
     class SubmititLimit(Reducer):  # what submitit's handler raises in the job at its limit
