@@ -191,7 +191,9 @@ def run(args) -> int:
                   f"tokenbench report {shlex.quote(str(suite_dir))}", file=sys.stderr)
         return 0
     where = f" → {summary.store}" if summary.store else ""
-    print(f"{suite.name}: {summary.ran} cells run ({summary.failed} failed), {summary.skipped} already recorded, "
+    timed = getattr(summary, "timed_out", 0)
+    failed = f"{summary.failed} failed" + (f", {timed} of them timed out" if timed else "")
+    print(f"{suite.name}: {summary.ran} cells run ({failed}), {summary.skipped} already recorded, "
           f"{summary.wall_s:.1f} s{where}", file=sys.stderr)
     stale = getattr(summary, "stale", 0)
     if stale:

@@ -30,6 +30,7 @@ class RunSummary:
     failed: int = 0
     failures: list[str] = field(default_factory=list)
     wall_s: float = 0.0
+    timed_out: int = 0  # of the failed: stopped at --timeout-min (run again next time)
     stale: int = 0        # recorded cells measured at another commit or in a dirty tree (kept unless rerun)
     rerun_stale: bool = False  # … and re-measured (--rerun-stale)
 
@@ -111,6 +112,7 @@ def _run_suite(suite: Suite, out: str | Path, *, command: str, retry_failed: boo
             if rec["status"] != "ok":
                 summary.failed += 1
                 summary.failures.append(f"{label} ({where}, {cell.mode}): {rec['error']}")
+                summary.timed_out += rec["status"] == "timeout"
                 what = "TIMED OUT" if rec["status"] == "timeout" else "FAILED"
                 log(f"cell {i}/{len(cells)} {label} {what}: {rec['error']}")
             bar.update(1)

@@ -99,6 +99,7 @@ class LaunchSummary:
     store: Path | None = None
     folder: Path | None = None
     wall_s: float = 0.0
+    timed_out: int = 0  # of the failed: stopped at --timeout-min (run again next time)
     stale: int = 0  # recorded cells measured at another commit or in a dirty tree
     rerun_stale: bool = False  # … and submitted again (--rerun-stale)
 
@@ -333,6 +334,7 @@ def _collect(cell, job, summary: LaunchSummary, log, counter: str | None, out: P
             log(f"{prefix}{label}: job {job.job_id} died without a record: {why}")
             return
         status = "timeout" if _timed_out(exc) else "lost"
+        summary.timed_out += status == "timeout"
         summary.failures.append(f"{label}: {status}: job {job.job_id} died: {why}")
         log(f"{prefix}{label}: {status.upper()} — job {job.job_id} died without a record: {why}; the next run runs "
             "it again")
@@ -344,6 +346,7 @@ def _collect(cell, job, summary: LaunchSummary, log, counter: str | None, out: P
         log(f"{prefix}{label}: already recorded (another run got there first)")
         return
     summary.ran += 1
+    summary.timed_out += res["status"] == "timeout"
     if res["status"] != "ok":
         summary.failed += 1
         summary.failures.append(f"{label} ({cell.mode}): {res['error']}")
