@@ -18,8 +18,8 @@ The op is compiled from source with the C++ compiler torch was built for (``$CXX
 time it is needed, ~10 s, and kept in ``$TOKENBENCH_EXT_CACHE`` (default ``$TOKENBENCH_CACHE/ext``) under a
 name keyed by the source, torch's version and the compiler, so a changed source or torch builds anew.
 Without a compiler, or when the build fails, :func:`available` is False, :func:`unavailable_reason` says
-why, ``auto`` falls back to ``sdpa`` saying so once (one line) (recorded per arm as always) and an explicit
-``attn_backend = "cpu_varlen"`` is refused naming that reason.
+why, ``auto`` falls back to ``sdpa`` (recorded per arm as always) saying so in one line, once a process,
+and an explicit ``attn_backend = "cpu_varlen"`` is refused naming that reason (``--dry-run`` too).
 
 A damaged cache cannot crash a run: a truncated library loaded into the process dies with SIGBUS, before
 Python can say anything. So the build writes the library's size and SHA-256 beside it (``<lib>.sha256``)
@@ -142,7 +142,8 @@ def damage(lib: Path) -> str | None:
         return "its SHA-256 differs from the one written at build time"
     why = _loads_in_a_child(lib)
     if why is None:
-        _write_sidecar(lib)
+        with contextlib.suppress(OSError):  # a read-only shared cache: checked again by the next process
+            _write_sidecar(lib)
     return why
 
 
@@ -193,11 +194,11 @@ def available() -> bool:
     """Whether the op is loaded, building it first if needed (once a process)."""
     if sys.platform != "linux":
         _failure.append(f"the op is built for Linux only (this is {sys.platform})")
-        return _unavailable()
+        return False
     cxx = _compiler()
     if cxx is None:
         _failure.append(f"no C++ compiler ({os.environ.get('CXX', 'c++')!r} is not on PATH)")
-        return _unavailable()
+        return False
     try:
         lib = _library_path(cxx)
         why = damage(lib) if lib.exists() else None
@@ -210,15 +211,11 @@ def available() -> bool:
         torch.ops.load_library(str(lib))
         _register_fakes()
     except (OSError, RuntimeError) as err:
+        # not printed here: attention.choose_backend says it once where auto falls back to sdpa, and an
+        # explicit cpu_varlen is refused naming this reason
         _failure.append(f"could not build or load {SOURCE.name}: {err}")
-        return _unavailable()
+        return False
     return True
-
-
-def _unavailable() -> bool:
-    # not printed here: the backend choice says it (attention.choose_backend), once, where auto falls back;
-    # an explicit request is refused naming the reason instead
-    return False
 
 
 def _register_fakes() -> None:

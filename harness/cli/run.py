@@ -31,8 +31,8 @@ second run skips every recorded cell. A second run started on an --out that anot
 into says so and waits for it to end (two runs timing at once on one machine would measure each other),
 then measures what is left (inprocess and local; Slurm's cells run elsewhere). A failing cell (a corrupt
 video, out of memory, NaN) is recorded as failed with its error and the run goes on; a cell past
---timeout-min is recorded as timeout and run again by the next run. At the end the report is rebuilt (REPORT_DIR/<suite>/)
-and the headline table printed.
+--timeout-min is recorded as timeout and run again by the next run. At the end the report is rebuilt
+(REPORT_DIR/<suite>/) and the headline table printed.
 
 The suite file is validated before any work: a typo, an unknown reducer or a parameter that cannot
 work on the model is refused with the file and line at fault."""
@@ -113,9 +113,10 @@ def add_launch_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--array-parallelism", type=int, metavar="N",
                    help="jobs running at once (slurm: the array's %%N, default 256; local: default 1, at most "
                         "one per visible GPU, always 1 for CPU cells)")
-    g.add_argument("--timeout-min", type=int, default=DEFAULT_TIMEOUT_MIN, metavar="M",
+    g.add_argument("--timeout-min", type=int, default=None, metavar="M",
                    help="time limit of each cell (inprocess, local) or job (slurm) in minutes; a cell stopped "
-                        "by it is recorded as timeout and run again by the next run (default: %(default)s)")
+                        "by it is recorded as timeout and run again by the next run (default: none inprocess, "
+                        f"{DEFAULT_TIMEOUT_MIN} for local and slurm jobs)")
     g.add_argument("--cpus-per-job", type=int, metavar="N", help="Slurm --cpus-per-task")
     g.add_argument("--mem-gb", type=float, metavar="G", help="Slurm memory per job")
     g.add_argument("--slurm-param", action="append", default=[], metavar="KEY=VALUE",
@@ -142,7 +143,8 @@ def options_from_args(args) -> LaunchOptions:
         print("note: no --partition given; Slurm uses its default partition", file=sys.stderr)
     return LaunchOptions(launcher=args.launcher, folder=Path(args.submitit_dir) if args.submitit_dir else None,
                          partition=args.partition, gpus_per_job=args.gpus_per_job,
-                         array_parallelism=args.array_parallelism, timeout_min=args.timeout_min,
+                         array_parallelism=args.array_parallelism,
+                         timeout_min=DEFAULT_TIMEOUT_MIN if args.timeout_min is None else args.timeout_min,
                          cpus_per_job=args.cpus_per_job, mem_gb=args.mem_gb, slurm_params=extra, wait=args.wait,
                          retry_failed=args.retry_failed, rerun_stale=CodeVersion.here() if args.rerun_stale else None)
 
