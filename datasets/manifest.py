@@ -8,7 +8,10 @@ them from the official Kinetics CSV and Something-Something-v2 JSON files.
 
 The label is the last field, so paths may contain spaces. Blank lines and lines starting with ``#`` are
 skipped. Label ``-1`` marks an unlabelled video (test splits). Relative paths are resolved against
-``root`` when given, else against the manifest's own folder. A line that does not parse raises
+``root`` when given, else against the manifest's own folder. A UTF-8 byte-order mark (Windows editors
+write one) is not part of the first path. A line repeating an earlier video with the same label counts once,
+with a warning naming both lines (a video counted twice weighs twice in top-1); with another label it is
+a :class:`ManifestError`. A line that does not parse raises
 :class:`ManifestError` naming the manifest and the line; a listed file that is missing or undecodable
 raises :class:`~tokenbench.datasets.decode.VideoDecodeError` naming the file, the manifest and the line
 (when the clip is loaded, so one bad file fails one clip, not the whole dataset).
@@ -30,11 +33,19 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .base import VideoClipDataset, VideoEntry
+
+
+class RepeatedVideoWarning(UserWarning):
+    """A manifest lists one video twice (counted once)."""
+
+
+_WARNED: set[tuple[str, int]] = set()  # manifests (path, mtime) whose repeats were already reported
 
 
 class ManifestError(ValueError):
@@ -59,7 +70,9 @@ def read_manifest(manifest: str | Path, root: str | Path | None = None) -> list[
         raise FileNotFoundError(f"manifest {manifest} {what}")
     base = Path(root) if root is not None else manifest.resolve().parent
     entries = []
-    with open(manifest, encoding="utf-8") as f:
+    seen: dict[Path, tuple[int, int]] = {}  # path → (line, label) of its first listing
+    repeats: list[str] = []
+    with open(manifest, encoding="utf-8-sig") as f:  # -sig: a leading byte-order mark is dropped
         for lineno, raw in enumerate(f, start=1):
             text = raw.strip()
             if not text or text.startswith("#"):
@@ -76,8 +89,21 @@ def read_manifest(manifest: str | Path, root: str | Path | None = None) -> list[
             if label < -1:
                 raise ManifestError(manifest, lineno, f"label {label} is negative (−1 marks unlabelled)")
             p = Path(rel)
-            entries.append(VideoEntry(path=p if p.is_absolute() else base / p, label=label, name=rel,
-                                      line=lineno))
+            path = p if p.is_absolute() else base / p
+            first = seen.get(path)
+            if first is not None:
+                if first[1] != label:
+                    raise ManifestError(manifest, lineno, f"{rel} is listed again with label {label}; line "
+                                                          f"{first[0]} gives it label {first[1]}")
+                repeats.append(f"line {lineno} repeats line {first[0]} ({rel})")
+                continue
+            seen[path] = (lineno, label)
+            entries.append(VideoEntry(path=path, label=label, name=rel, line=lineno))
+    said = (str(manifest.resolve()), manifest.stat().st_mtime_ns)
+    if repeats and said not in _WARNED:  # once a process: a run reads a manifest in several places
+        _WARNED.add(said)
+        warnings.warn(f"manifest {manifest}: {len(repeats)} repeated video(s) counted once: {'; '.join(repeats[:3])}"
+                      + (" …" if len(repeats) > 3 else ""), RepeatedVideoWarning, stacklevel=2)
     if not entries:
         raise ManifestError(manifest, None, "lists no video")
     return entries

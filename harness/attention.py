@@ -35,6 +35,7 @@ import functools
 import importlib.util
 import inspect
 import math
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -100,6 +101,11 @@ class VarlenKernel:
     installed: Callable[[], bool]
     device_type: str = "cuda"
     dtypes: tuple[torch.dtype, ...] = HALF
+    why_not: Callable[[], str | None] = lambda: None  # why it is not installed here, when it can say
+
+    def missing(self) -> str:
+        """Why this kernel cannot run here, for a message (its own reason, else that it is not installed)."""
+        return self.why_not() or f"{self.name} is not installed"
 
 
 # The backend table, best first. ``sdpa`` (per-sequence, any device and dtype, takes a bias) is always
@@ -107,7 +113,8 @@ class VarlenKernel:
 KERNELS: tuple[VarlenKernel, ...] = (
     VarlenKernel("flash_attn", _flash_attn, lambda: flash_attn_installed()),
     VarlenKernel("torch_varlen", _torch_varlen, lambda: torch_varlen_available()),
-    VarlenKernel("cpu_varlen", _cpu_varlen, cpu_varlen.available, "cpu", cpu_varlen.DTYPES),
+    VarlenKernel("cpu_varlen", _cpu_varlen, cpu_varlen.available, "cpu", cpu_varlen.DTYPES,
+                 cpu_varlen.unavailable_reason),
 )
 BACKENDS = ("sdpa",) + tuple(k.name for k in reversed(KERNELS))
 
@@ -153,16 +160,43 @@ def choose_backend(device: torch.device | str, dtype: torch.dtype = torch.float3
     """The backend to use: ``requested`` when given (checked), else the best available."""
     avail = available_backends(device, dtype)
     if requested in (None, "auto"):
+        _say_fallbacks(device, dtype, avail)
         return avail[0]
     if requested not in BACKENDS:
         raise ValueError(f"unknown attention backend {requested!r}; choose from auto, {', '.join(BACKENDS)}")
     if requested not in avail:
+        kernel = kernel_named(requested)
+        why = ""
+        if kernel is not None and kernel.device_type == torch.device(device).type and \
+                compute_dtype(device, dtype) in kernel.dtypes:  # it would run here, were it installed
+            why = f" ({kernel.missing()})"
         raise ValueError(
             f"attention backend {requested!r} cannot run on {torch.device(device)} with "
-            f"{compute_dtype(device, dtype)}; "
+            f"{compute_dtype(device, dtype)}{why}; "
             f"available here: {', '.join(avail)}"
         )
     return requested
+
+
+def _say_fallbacks(device: torch.device | str, dtype: torch.dtype, avail: list[str]) -> None:
+    """A kernel that would run here but could not be made (no compiler …) and can say why: one line saying
+    what ``auto`` takes instead (once a process)."""
+    dev = torch.device(device)
+    for k in KERNELS:
+        if k.device_type == dev.type and compute_dtype(dev, dtype) in k.dtypes and k.name not in avail:
+            why = k.why_not()
+            if why:
+                _say_once(k.name, why, avail[0])
+
+
+@functools.cache
+def _say_once(name: str, why: str, instead: str) -> None:
+    print(f"tokenbench: {name} attention unavailable ({why}); auto uses {instead}", file=sys.stderr)
+
+
+def kernel_named(name: str) -> VarlenKernel | None:
+    """The varlen kernel called ``name`` (None for ``sdpa``, ``auto`` or an unknown name)."""
+    return next((k for k in KERNELS if k.name == name), None)
 
 
 def _sdpa_one(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, scale: float) -> Tensor:
@@ -229,7 +263,7 @@ def attention_call(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, *, backe
     if bias is not None or backend == "sdpa":
         path = "dense" if takes_dense(lens, dense) else "packed"
         return sdpa_packed(q, k, v, cu, bias=bias, scale=scale, dense=dense), "sdpa", path
-    kernel = next((kn for kn in KERNELS if kn.name == backend), None)
+    kernel = kernel_named(backend)
     if kernel is None:
         raise ValueError(f"unknown attention backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if takes_dense(lens, dense):  # equal lengths: one dense batched call (on CUDA, SDPA picks flash/cuDNN)

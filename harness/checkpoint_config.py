@@ -65,9 +65,13 @@ def read_config(path: Path) -> CheckpointConfig:
     for key, want in (("hidden_act", "gelu"), ("num_channels", 3)):
         if cfg.get(key, want) != want:
             raise CheckpointError(f"{path}: {key} = {cfg[key]!r}, tokenbench's backbone has {want!r}")
+    labels = cfg.get("id2label") or {}
+    if not isinstance(labels, dict):  # transformers reads it as an object too
+        raise CheckpointError(f"{path}: id2label must be an object like {{\"0\": \"abseiling\", …}}, got a "
+                              f"{type(labels).__name__}")
     try:
         width = int(cfg.get("hidden_size", 768))
-        id2label = {int(k): str(v) for k, v in (cfg.get("id2label") or {}).items()}
+        id2label = {int(k): str(v) for k, v in labels.items()}
         archs = cfg.get("architectures") or []
         classifier = any("Classification" in a for a in archs) or (not archs and bool(id2label))
         n = int(cfg["num_labels"]) if "num_labels" in cfg else len(id2label)
@@ -82,7 +86,7 @@ def read_config(path: Path) -> CheckpointConfig:
             num_classes=n if classifier and n else None,
             norm_eps=float(cfg.get("layer_norm_eps", 1e-12)),
             qv_bias=bool(cfg.get("qv_bias", cfg.get("qkv_bias", True))), id2label=id2label)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, AttributeError) as exc:  # a value of another JSON kind than transformers'
         raise CheckpointError(f"{path}: unexpected value ({exc})") from None
 
 

@@ -18,17 +18,27 @@ The op is compiled from source with the C++ compiler torch was built for (``$CXX
 time it is needed, ~10 s, and kept in ``$TOKENBENCH_EXT_CACHE`` (default ``$TOKENBENCH_CACHE/ext``) under a
 name keyed by the source, torch's version and the compiler, so a changed source or torch builds anew.
 Without a compiler, or when the build fails, :func:`available` is False, :func:`unavailable_reason` says
-why, and ``auto`` falls back to ``sdpa`` (recorded per arm as always).
+why, ``auto`` falls back to ``sdpa`` (recorded per arm as always) saying so in one line, once a process,
+and an explicit ``attn_backend = "cpu_varlen"`` is refused naming that reason (``--dry-run`` too).
+
+A damaged cache cannot crash a run: a truncated library loaded into the process dies with SIGBUS, before
+Python can say anything. So the build writes the library's size and SHA-256 beside it (``<lib>.sha256``)
+and each process checks them before loading; a library without that file (built by an older version, or
+copied in) is first loaded in a child process, whose crash is only a status code. A damaged library is
+deleted and built again, saying so in one line. The build has a time limit (``$TOKENBENCH_EXT_BUILD_TIMEOUT_S``,
+default 600 s: a compiler that hangs fails the build, and ``auto`` takes ``sdpa``), and writes to a hidden
+temporary name the compiler itself creates, so a build killed from outside leaves no ``.so`` behind.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -71,20 +81,112 @@ def _library_path(cxx: str) -> Path:
     return ext_dir() / f"packed_sdpa-{key.hexdigest()[:16]}.so"
 
 
+def build_timeout_s() -> float:
+    """The op build's time limit: ``$TOKENBENCH_EXT_BUILD_TIMEOUT_S``, default 600 s (a cold build takes ~10 s)."""
+    try:
+        return float(os.environ.get("TOKENBENCH_EXT_BUILD_TIMEOUT_S", 600))
+    except ValueError:
+        return 600.0
+
+
+def _sidecar(lib: Path) -> Path:
+    return lib.with_name(lib.name + ".sha256")
+
+
+def _digest(lib: Path) -> str:
+    return f"{lib.stat().st_size} {hashlib.sha256(lib.read_bytes()).hexdigest()}"
+
+
+def _write_sidecar(lib: Path) -> None:
+    side = _sidecar(lib)
+    tmp = side.with_name(f".{side.name}.{os.getpid()}.tmp")
+    tmp.write_text(_digest(lib) + "\n")
+    os.replace(tmp, side)
+
+
+def _loads_in_a_child(lib: Path) -> str | None:
+    """Why ``lib`` cannot be loaded, found by loading it in a child process (None: it loads): a damaged
+    library kills that process, not this one."""
+    code = "import sys, torch; torch.ops.load_library(sys.argv[1])"
+    try:
+        done = subprocess.run([sys.executable, "-c", code, str(lib)], capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        return "loading it in a child process did not end in 300 s"
+    if done.returncode == 0:
+        return None
+    if done.returncode < 0:
+        try:
+            name = signal.Signals(-done.returncode).name
+        except ValueError:
+            name = f"signal {-done.returncode}"
+        return f"loading it in a child process died of {name}"
+    return f"loading it in a child process failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}"
+
+
+def damage(lib: Path) -> str | None:
+    """Why the cached library ``lib`` is not the one its build wrote (None: it is): its size or hash differs
+    from the ``.sha256`` file written beside it; without that file, a load in a child process decides (and
+    writes the file when it loads)."""
+    side = _sidecar(lib)
+    try:
+        want = side.read_text().strip()
+    except OSError:
+        want = None
+    if want is not None:
+        have = _digest(lib)
+        if have == want:
+            return None
+        size, _, _ = want.partition(" ")
+        if str(lib.stat().st_size) != size:
+            return f"{lib.stat().st_size} bytes where its build wrote {size}"
+        return "its SHA-256 differs from the one written at build time"
+    why = _loads_in_a_child(lib)
+    if why is None:
+        with contextlib.suppress(OSError):  # a read-only shared cache: checked again by the next process
+            _write_sidecar(lib)
+    return why
+
+
+def _sweep_temporaries(folder: Path) -> None:
+    # builds killed from outside (SIGKILL: no finally) leave their hidden temporary; its pid says whose
+    for tmp in folder.glob(".packed_sdpa-*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        alive = pid.isdigit() and Path(f"/proc/{pid}").exists()
+        if not alive:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
 def _build(cxx: str, lib: Path) -> None:
     lib.parent.mkdir(parents=True, exist_ok=True)
-    print(f"tokenbench: building the cpu_varlen attention op (once, ~10 s) into {lib.parent}", file=sys.stderr)
-    # build beside the target and rename: two processes building at once each install a whole file
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=lib.parent)
-    os.close(fd)
+    _sweep_temporaries(lib.parent)
+    limit = build_timeout_s()
+    print(f"tokenbench: building the cpu_varlen attention op (once, ~10 s, at most {limit:g} s) into {lib.parent}",
+          file=sys.stderr)
+    # build beside the target under a hidden name the compiler creates (none exists until it writes one),
+    # then rename: two processes building at once each install a whole file
+    tmp = lib.with_name(f".{lib.stem}.{os.getpid()}.tmp")
     try:
-        done = subprocess.run(_command(cxx, Path(tmp)), capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"{cxx} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+        # its own session: on a timeout the whole compiler (driver, cc1plus, ld) is killed, not the driver only
+        proc = subprocess.Popen(_command(cxx, tmp), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        try:
+            _, err = proc.communicate(timeout=limit)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise RuntimeError(f"{cxx} did not finish in {limit:g} s (a hung compiler?); the limit is "
+                               "$TOKENBENCH_EXT_BUILD_TIMEOUT_S") from None
+        if proc.returncode != 0:
+            raise RuntimeError(f"{cxx} failed ({proc.returncode}): {err.strip()[-2000:]}")
+        _write_sidecar(tmp)
+        os.replace(_sidecar(tmp), _sidecar(lib))
         os.replace(tmp, lib)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for p in (tmp, _sidecar(tmp)):
+            if p.exists():
+                p.unlink()
 
 
 @functools.cache
@@ -99,13 +201,19 @@ def available() -> bool:
         return False
     try:
         lib = _library_path(cxx)
+        why = damage(lib) if lib.exists() else None
+        if why:
+            print(f"tokenbench: the cached cpu_varlen op {lib} is damaged ({why}); building it again",
+                  file=sys.stderr)
+            lib.unlink()
         if not lib.exists():
             _build(cxx, lib)
         torch.ops.load_library(str(lib))
         _register_fakes()
     except (OSError, RuntimeError) as err:
+        # not printed here: attention.choose_backend says it once where auto falls back to sdpa, and an
+        # explicit cpu_varlen is refused naming this reason
         _failure.append(f"could not build or load {SOURCE.name}: {err}")
-        print(f"tokenbench: cpu_varlen attention unavailable, using sdpa ({_failure[-1]})", file=sys.stderr)
         return False
     return True
 

@@ -11,11 +11,14 @@ import json
 import re
 from pathlib import Path
 
+from .errors import UserError
+
 MAX_NAME = 120
 
 
-class UnsafePathError(ValueError):
-    """A path built from record or suite contents would leave its root folder."""
+class UnsafePathError(UserError, ValueError):
+    """A path built from record or suite contents would leave its root folder (a user's mistake, or a
+    symlink planted in the folder: one line on the command line, not a traceback)."""
 
 
 def safe_name(name: object) -> str:

@@ -45,6 +45,8 @@ def not_a_record(rec: Any) -> str:
             return f"no {name!r} string"
     if rec.get("suite") is not None and not isinstance(rec["suite"], str):
         return f"its 'suite' is a {type(rec['suite']).__name__}, not a string"
+    if "cell" in rec and rec["cell"] is None:  # a null cell has no row to go on (the report drew a phantom one)
+        return "its 'cell' is null, not an object"
     for name in ("cell", "fingerprint", "metrics"):
         if rec.get(name) is not None and not isinstance(rec[name], dict):
             return f"its {name!r} is a {type(rec[name]).__name__}, not an object"

@@ -5,7 +5,8 @@
 * clips are cut into full batches of ``batch_size`` *before* timing (indexing is not timed); one repeat
   runs every batch once, and its time is reported per batch;
 * ``reducer.select`` runs inside the timed region (``model(video, reducer)`` calls it: selection is part
-  of inference cost) and is also timed alone (:attr:`TimingResult.select_ms_median`);
+  of inference cost) and is also timed alone (:attr:`TimingResult.select_ms_median`); a ``select`` that
+  writes into the clips it is given fails the call (``harness.input_guard``: hashes before and after, untimed);
 * two arms, the baseline (no reducer) and the reducer, each run every batch once per repeat, in a
   balanced order: ABBA over repeats (baseline first in even repeats, reducer first in odd ones), so neither
   arm always runs on a machine the other has just warmed (caches, allocator, frequency). Each repeat's
@@ -49,6 +50,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .input_guard import check_unchanged, digests
 from .intervals import median_interval
 
 
@@ -474,6 +476,8 @@ def time_forward(model: torch.nn.Module, videos_on_device: Tensor | Sequence[Ten
     order: list[str] = []
     select_ms: list[float] = []
     tokens_in: list[int] = []
+    # hashed outside the timed region: a select that writes into its input fails the cell (input_guard)
+    before = digests(batches) if reducer is not None else []
     try:
         with fixed_threads(threads) as n_threads, torch.inference_mode(), _no_gc():
             for i in range(warmup):
@@ -493,6 +497,7 @@ def time_forward(model: torch.nn.Module, videos_on_device: Tensor | Sequence[Ten
                 for _ in range(warmup):
                     run_select()
                 select_ms = [run_select() for _ in range(repeats)]
+        check_unchanged(before, batches, reducer, "the timed runs")
     finally:
         model.train(was_training)
     return TimingResult(

@@ -8,7 +8,8 @@ import torch
 
 from ..checkpoint import CheckpointError, load_checkpoint, read_checkpoint, short_hash
 from ..errors import UserError
-from ..model import MODEL_SIZES, build_model
+from ..model import MODEL_SIZES, PATCH, TUBELET, build_model
+from .common import require_at_least
 
 
 def add_cli(sub) -> None:
@@ -29,7 +30,18 @@ def add_cli(sub) -> None:
     p.set_defaults(func=run)
 
 
+def check_shape_options(args) -> None:
+    """``--model`` and its shape options, refused in a sentence before any weights are read."""
+    if args.model is not None and args.model not in MODEL_SIZES:
+        raise UserError(f"unknown model {args.model!r}; choose from {', '.join(MODEL_SIZES)}")
+    require_at_least(args, {"frames": TUBELET, "size": PATCH, "classes": 0})
+    if args.frames % TUBELET or args.size % PATCH:
+        raise UserError(f"--frames must be even and --size a multiple of {PATCH} ({TUBELET}×{PATCH}×{PATCH} "
+                        f"tubelets); got {args.frames} frames × {args.size}²")
+
+
 def run(args) -> int:
+    check_shape_options(args)
     try:
         ck = read_checkpoint(args.path)
     except CheckpointError as exc:
@@ -54,8 +66,6 @@ def run(args) -> int:
     elif ck.num_classes:
         print(f"  classes {ck.num_classes} (unnamed)")
     if args.model:
-        if args.model not in MODEL_SIZES:
-            raise UserError(f"unknown model {args.model!r}; choose from {', '.join(MODEL_SIZES)}")
         classes = args.classes or ck.num_classes or 1
         with torch.device("meta"):  # shapes only: nothing is allocated
             model = build_model(args.model, classes, num_frames=args.frames, img_size=args.size)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import tempfile
 from pathlib import Path
 
 from tokenbench.reducers import Reducer, ReducerParamError, UnknownReducerError, get_reducer
@@ -53,14 +54,29 @@ def require_file(flag: str, path: str) -> None:
 
 def require_folder(flag: str, path: str | Path) -> None:
     """A folder the command will write into (made if missing): refused when it, or a folder above it, is
-    a file — before any work, not when the first write fails after hours of cells."""
+    a file, or when it cannot be made or written into (``/proc/x``, ``/sys/x``, a read-only disk) — before
+    any work, not when the first write fails after hours of cells. Tried, not guessed: the folders it had to
+    make are removed again, and a probe file is written into an existing one and removed."""
     given = Path(path).expanduser()
+    missing = []
     for p in (given, *given.parents):
         if p.exists():
             if not p.is_dir():
                 what = "is a file" if p == given else f"is inside {p}, which is a file"
                 raise UserError(f"{flag} {path} {what}; give a folder")
-            return
+            break
+        missing.append(p)
+    try:
+        if missing:
+            given.mkdir(parents=True)
+            for p in missing:  # deepest first: a dry run leaves nothing behind
+                p.rmdir()
+        else:
+            with tempfile.TemporaryFile(dir=given, prefix=".tokenbench-probe-"):
+                pass
+    except OSError as exc:
+        verb = "cannot be made" if missing else "cannot be written into"
+        raise UserError(f"{flag} {path} {verb} ({exc.strerror or exc}); give a folder you can write to") from None
 
 
 def require_output_file(flag: str, path: str | Path | None) -> None:

@@ -27,9 +27,12 @@ DESCRIPTION = """\
 Run a benchmark suite: every model × dataset × reducer (× parameter sweep) × batch size × mode cell,
 one at a time. Each finished cell is appended to OUT/<suite>/<hardware fingerprint>/records.jsonl the
 moment it ends (flushed and fsynced), so an interrupted run loses at most the cell in flight and a
-second run skips every recorded cell. A failing cell (a corrupt video, out of memory, NaN) is recorded
-as failed with its error and the run goes on. At the end the report is rebuilt (REPORT_DIR/<suite>/)
-and the headline table printed.
+second run skips every recorded cell. A second run started on an --out that another run is timing
+into says so and waits for it to end (two runs timing at once on one machine would measure each other),
+then measures what is left (inprocess and local; Slurm's cells run elsewhere). A failing cell (a corrupt
+video, out of memory, NaN) is recorded as failed with its error and the run goes on; a cell past
+--timeout-min is recorded as timeout and run again by the next run. At the end the report is rebuilt
+(REPORT_DIR/<suite>/) and the headline table printed.
 
 The suite file is validated before any work: a typo, an unknown reducer or a parameter that cannot
 work on the model is refused with the file and line at fault."""
@@ -114,8 +117,10 @@ def add_launch_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--array-parallelism", type=int, metavar="N",
                    help="jobs running at once (slurm: the array's %%N, default 256; local: default 1, at most "
                         "one per visible GPU, always 1 for CPU cells)")
-    g.add_argument("--timeout-min", type=int, default=DEFAULT_TIMEOUT_MIN, metavar="M",
-                   help="time limit of each job in minutes (default: %(default)s)")
+    g.add_argument("--timeout-min", type=int, default=None, metavar="M",
+                   help="time limit of each cell (inprocess, local) or job (slurm) in minutes; a cell stopped "
+                        "by it is recorded as timeout and run again by the next run (default: none inprocess, "
+                        f"{DEFAULT_TIMEOUT_MIN} for local and slurm jobs)")
     g.add_argument("--cpus-per-job", type=int, metavar="N", help="Slurm --cpus-per-task")
     g.add_argument("--mem-gb", type=float, metavar="G", help="Slurm memory per job")
     g.add_argument("--slurm-param", action="append", default=[], metavar="KEY=VALUE",
@@ -142,7 +147,8 @@ def options_from_args(args) -> LaunchOptions:
         print("note: no --partition given; Slurm uses its default partition", file=sys.stderr)
     return LaunchOptions(launcher=args.launcher, folder=Path(args.submitit_dir) if args.submitit_dir else None,
                          partition=args.partition, gpus_per_job=args.gpus_per_job,
-                         array_parallelism=args.array_parallelism, timeout_min=args.timeout_min,
+                         array_parallelism=args.array_parallelism,
+                         timeout_min=DEFAULT_TIMEOUT_MIN if args.timeout_min is None else args.timeout_min,
                          cpus_per_job=args.cpus_per_job, mem_gb=args.mem_gb, slurm_params=extra, wait=args.wait,
                          retry_failed=args.retry_failed, rerun_stale=CodeVersion.here() if args.rerun_stale else None)
 
@@ -165,6 +171,8 @@ def run(args) -> int:
     opts = None if args.launcher == "inprocess" else options_from_args(args)
     if args.rerun_noisy and opts is not None:
         raise UserError("--rerun-noisy re-times cells in this process: use it with --launcher inprocess")
+    if args.timeout_min is not None and args.timeout_min < 1:
+        raise UserError(f"--timeout-min must be ≥ 1, got {args.timeout_min}")
     suite = load_suite(args.suite, overrides=suite_overrides_for(args), only=args.only,
                        check_device=args.launcher != "slurm")  # Slurm's cells run on its compute nodes
     cells = suite.cells()
@@ -178,7 +186,7 @@ def run(args) -> int:
     if opts is None:
         summary = run_suite(suite, args.out, command=command_line(), retry_failed=args.retry_failed, cells=cells,
                             show_progress=not args.no_progress, rerun_stale=args.rerun_stale,
-                            rerun_noisy=args.rerun_noisy)
+                            rerun_noisy=args.rerun_noisy, timeout_min=args.timeout_min)
     else:
         summary = launch(suite, args.out, opts, cells=cells, command=command_line())
     if summary.failures:
@@ -191,7 +199,9 @@ def run(args) -> int:
                   f"tokenbench report {shlex.quote(str(suite_dir))}", file=sys.stderr)
         return 0
     where = f" → {summary.store}" if summary.store else ""
-    print(f"{suite.name}: {summary.ran} cells run ({summary.failed} failed), {summary.skipped} already recorded, "
+    timed = getattr(summary, "timed_out", 0)
+    failed = f"{summary.failed} failed" + (f", {timed} of them timed out" if timed else "")
+    print(f"{suite.name}: {summary.ran} cells run ({failed}), {summary.skipped} already recorded, "
           f"{summary.wall_s:.1f} s{where}", file=sys.stderr)
     stale = getattr(summary, "stale", 0)
     if stale:

@@ -17,6 +17,7 @@ from .clips import data_key
 from .common import describe_error, torch_threads
 from .models import RunCache
 from .plan import CodeVersion, local_store, make_plan, noisy_keys, stale_keys, timed_noisy
+from .run_lock import timing_lock
 
 
 @dataclass
@@ -29,6 +30,7 @@ class RunSummary:
     failed: int = 0
     failures: list[str] = field(default_factory=list)
     wall_s: float = 0.0
+    timed_out: int = 0  # of the failed: stopped at --timeout-min (run again next time)
     stale: int = 0        # recorded cells measured at another commit or in a dirty tree (kept unless rerun)
     rerun_stale: bool = False  # … and re-measured (--rerun-stale)
     noisy: int = 0        # recorded cells timed under interference (kept unless rerun)
@@ -38,12 +40,24 @@ class RunSummary:
 def run_suite(suite: Suite, out: str | Path = "results", *, command: str = "", retry_failed: bool = False,
               cells: list[Cell] | None = None, show_progress: bool = True,
               cache: RunCache | None = None, stream=None, rerun_stale: bool = False,
-              code: CodeVersion | None = None, rerun_noisy: bool = False) -> RunSummary:
+              code: CodeVersion | None = None, rerun_noisy: bool = False,
+              timeout_min: float | None = None) -> RunSummary:
     """Run every unrecorded cell of ``suite``, appending each record to the suite's store as it finishes.
     With ``rerun_stale``, cells whose record was measured at another commit than ``code`` (default: this
-    checkout) or in a dirty tree run again too; the new record supersedes the old."""
+    checkout) or in a dirty tree run again too; the new record supersedes the old. A cell still running
+    after ``timeout_min`` minutes is stopped and recorded as ``timeout`` (run again next time). Another run
+    timing into ``out`` is waited for first (harness/run/run_lock.py)."""
     stream = stream if stream is not None else sys.stderr
     t_start = time.perf_counter()
+    with timing_lock(out, lambda msg: tqdm.write(msg, file=stream), command):
+        return _run_suite(suite, out, command=command, retry_failed=retry_failed, cells=cells,
+                          show_progress=show_progress, cache=cache, stream=stream, rerun_stale=rerun_stale,
+                          code=code, rerun_noisy=rerun_noisy, timeout_min=timeout_min, t_start=t_start)
+
+
+def _run_suite(suite: Suite, out: str | Path, *, command: str, retry_failed: bool, cells: list[Cell] | None,
+               show_progress: bool, cache: RunCache | None, stream, rerun_stale: bool, code: CodeVersion | None,
+               rerun_noisy: bool, timeout_min: float | None, t_start: float) -> RunSummary:
     cells = suite.cells() if cells is None else cells
     fp_id, store = local_store(out, suite)
     cache = cache or RunCache()
@@ -96,7 +110,8 @@ def run_suite(suite: Suite, out: str | Path = "results", *, command: str = "", r
                     summary.skipped += 1
                     bar.update(1)
                     continue
-                rec = run_cell(cell, suite=suite.name, command=command, cache=cache, progress=progress, log=log)
+                rec = run_cell(cell, suite=suite.name, command=command, cache=cache, progress=progress, log=log,
+                               time_limit_s=timeout_min * 60 if timeout_min else None)
                 target = store if rec["fingerprint"]["id"] == fp_id else ResultStore(
                     store_path(out, suite.name, rec["fingerprint"]["id"]))
                 target.append(rec)
@@ -104,7 +119,9 @@ def run_suite(suite: Suite, out: str | Path = "results", *, command: str = "", r
             if rec["status"] != "ok":
                 summary.failed += 1
                 summary.failures.append(f"{label} ({where}, {cell.mode}): {rec['error']}")
-                log(f"cell {i}/{len(cells)} {label} FAILED: {rec['error']}")
+                summary.timed_out += rec["status"] == "timeout"
+                what = "TIMED OUT" if rec["status"] == "timeout" else "FAILED"
+                log(f"cell {i}/{len(cells)} {label} {what}: {rec['error']}")
             bar.update(1)
     finally:
         bar.close()

@@ -21,10 +21,11 @@ def fingerprint_for(device: str, dtype: str, threads: int) -> dict[str, Any]:
 
 
 def run_job(cell: Cell, suite: str, out: str, command: str = "", launcher: str = "local",
-            retry_failed: bool = False, rerun_stale: CodeVersion | None = None) -> dict[str, Any]:
+            retry_failed: bool = False, rerun_stale: CodeVersion | None = None,
+            time_limit_s: float | None = None) -> dict[str, Any]:
     """One cell in a job: skip it when this machine's store already has it (measured by ``rerun_stale``'s
-    code, when given: the submitting checkout's), else measure it and append its record. Returns a short
-    summary (the record itself is in the store)."""
+    code, when given: the submitting checkout's), else measure it and append its record (``timeout`` when
+    it runs past ``time_limit_s``). Returns a short summary (the record itself is in the store)."""
     def log(msg: str) -> None:
         print(msg, flush=True)
 
@@ -40,7 +41,7 @@ def run_job(cell: Cell, suite: str, out: str, command: str = "", launcher: str =
             log(f"{label}: {claim.why}; nothing to do")
             return {"key": cell.key, "status": "skipped", "error": None, "store": str(store.path)}
         log(f"{label}: {cell.mode} {cell.model}/{cell.dataset} b{cell.batch_size} → {store.path}")
-        rec = run_cell(cell, suite=suite, command=command, log=log, progress=None)
+        rec = run_cell(cell, suite=suite, command=command, log=log, progress=None, time_limit_s=time_limit_s)
         rec["launcher"] = job_info(launcher)
         if rec["fingerprint"]["id"] != fp["id"]:
             store = ResultStore(store_path(out, suite, rec["fingerprint"]["id"]))

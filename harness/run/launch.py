@@ -74,11 +74,13 @@ from .executors import (
 )
 from .job import fingerprint_for, prepare_job, run_job
 from .plan import CodeVersion, make_plan, pending_pretrains
+from .run_lock import timing_lock
 from .slurm_job import run_slurm_cell
 from .slurm_poll import sbatch_refusals, wait_for_cells
 
 LAUNCHERS = ("inprocess", "local", "slurm")
 MAX_ARRAY_SIZE = 1000  # Slurm's default MaxArraySize is 1001 (indices 0…1000)
+LOCAL_SIGNAL_DELAY_S = 30  # submitit's LocalExecutor default: its USR2 this long before the job's limit
 
 
 @dataclass
@@ -97,6 +99,7 @@ class LaunchSummary:
     store: Path | None = None
     folder: Path | None = None
     wall_s: float = 0.0
+    timed_out: int = 0  # of the failed: stopped at --timeout-min (run again next time)
     stale: int = 0  # recorded cells measured at another commit or in a dirty tree
     rerun_stale: bool = False  # … and submitted again (--rerun-stale)
 
@@ -166,6 +169,14 @@ def launch(suite, out: str | Path, opts: LaunchOptions, *, cells: list[Cell] | N
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     if opts.launcher not in ("local", "slurm"):
         raise ValueError(f"launch() takes launcher local or slurm, got {opts.launcher!r}")
+    if opts.launcher == "local":  # its jobs time cells on this machine: one run on --out at a time
+        with timing_lock(Path(out), log, command):
+            return _launch(suite, out, opts, cells, command, log)
+    return _launch(suite, out, opts, cells, command, log)
+
+
+def _launch(suite, out: str | Path, opts: LaunchOptions, cells: list[Cell] | None, command: str,
+            log: Callable[[str], None]) -> LaunchSummary:
     t0 = time.perf_counter()
     cells = suite.cells() if cells is None else cells
     out = Path(out).resolve()  # jobs may start in another directory
@@ -278,7 +289,7 @@ def _launch_local(pending, pretrains, suite, out: Path, folder: Path, opts: Laun
                 pin_gpu(ex, slot)
                 cell = queue.pop(0)
                 job = ex.submit(run_job, cell, suite.name, str(out), command, "local", opts.retry_failed,
-                                opts.rerun_stale)
+                                opts.rerun_stale, local_cell_limit_s(opts.timeout_min))
                 summary.job_ids.append(str(job.job_id))
                 summary.submitted += 1
                 running.append((job, cell, slot))
@@ -300,6 +311,15 @@ def _launch_local(pending, pretrains, suite, out: Path, folder: Path, opts: Laun
         raise
 
 
+def local_cell_limit_s(timeout_min: float) -> float:
+    """The cell's own limit inside a local job: ahead of the signal submitit sends the job
+    ``LOCAL_SIGNAL_DELAY_S`` before its limit (whose handler would fail the cell), so the cell is recorded
+    as ``timeout`` (a minute of slack for the job's start); never under a quarter of the job's time (were
+    submitit's signal first, its error is recorded as ``timeout`` too)."""
+    limit = float(timeout_min) * 60
+    return max(limit / 4, limit - LOCAL_SIGNAL_DELAY_S - 60)
+
+
 def _collect(cell, job, summary: LaunchSummary, log, counter: str | None, out: Path | None = None,
              suite: str | None = None) -> None:
     label = cell.label
@@ -313,21 +333,31 @@ def _collect(cell, job, summary: LaunchSummary, log, counter: str | None, out: P
             summary.failures.append(f"{label}: job {job.job_id} died: {why}")
             log(f"{prefix}{label}: job {job.job_id} died without a record: {why}")
             return
-        summary.failures.append(f"{label}: lost: job {job.job_id} died: {why}")
-        log(f"{prefix}{label}: LOST — job {job.job_id} died without a record: {why}; the next run runs it again")
+        status = "timeout" if _timed_out(exc) else "lost"
+        summary.timed_out += status == "timeout"
+        summary.failures.append(f"{label}: {status}: job {job.job_id} died: {why}")
+        log(f"{prefix}{label}: {status.upper()} — job {job.job_id} died without a record: {why}; the next run runs "
+            "it again")
         _record_lost(cell, suite, out, f"job {job.job_id} died without writing its record: {why}; the next "
-                     "`tokenbench run` runs it again", job.paths.stderr, status="lost")
+                     "`tokenbench run` runs it again", job.paths.stderr, status=status)
         return
     if res["status"] == "skipped":
         summary.skipped += 1
         log(f"{prefix}{label}: already recorded (another run got there first)")
         return
     summary.ran += 1
+    summary.timed_out += res["status"] == "timeout"
     if res["status"] != "ok":
         summary.failed += 1
         summary.failures.append(f"{label} ({cell.mode}): {res['error']}")
     log(f"{prefix}{label}: {res['status']}{' — ' + res['error'] if res['error'] else ''}"
         f" ({res.get('duration_s', 0):.1f} s, job {job.job_id})")
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """submitit's error for a job stopped at its time limit (its words: "timed-out", state TIMEOUT)."""
+    text = str(exc)
+    return "timed-out" in text or "timed out" in text or "state: TIMEOUT" in text
 
 
 def _record_lost(cell: Cell, suite: str, out: Path, error: str, log_path: Path, status: str = "failed") -> None:

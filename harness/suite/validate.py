@@ -11,6 +11,7 @@ import torch
 from tokenbench.datasets import available_datasets, dataset_format
 from tokenbench.reducers import ReducerParamError, UnknownReducerError, get_reducer, reducer_class
 
+from ..attention import kernel_named
 from ..checkpoint import checkpoint_problem
 from ..model import MODEL_SIZES
 from ..train import DEFAULTS as TRAIN_DEFAULTS
@@ -35,6 +36,16 @@ from .spec import (
     _resolve_device,
     parse_views,
 )
+
+
+def backend_problem(backend: str, device: str) -> str | None:
+    """Why the varlen kernel ``backend`` asked for by name cannot run on ``device``, this machine's kind of
+    device, when that is because it is missing here (no compiler for ``cpu_varlen``, no ``flash_attn``
+    package); None otherwise (a dtype it does not take is the cell's to refuse)."""
+    kernel = kernel_named(backend)
+    if kernel is None or kernel.device_type != torch.device(device).type or kernel.installed():
+        return None
+    return kernel.missing()
 
 
 def device_problem(device: str) -> str | None:
@@ -86,6 +97,10 @@ class _Entries(_Checks):
             raise self.fail(p + ("warmup",), "compile = true needs warmup ≥ 1: otherwise torch.compile's "
                                              "compilation lands in the timed runs")
         d["device"] = _resolve_device(d["device"])
+        problem = backend_problem(d["attn_backend"], d["device"]) if self.check_device else None
+        if problem:  # refused here, so --dry-run refuses it too, not every cell one by one
+            raise self.fail(p + ("attn_backend",), f"attn_backend = {d['attn_backend']!r}, but {problem}; use "
+                                                   "attn_backend = \"auto\" or \"sdpa\"")
         ac = d["autocast"] if isinstance(d["autocast"], list) else [d["autocast"]]
         if not ac:
             raise self.fail(p + ("autocast",), f"autocast must be one of {', '.join(AUTOCAST)} or a list of them")
