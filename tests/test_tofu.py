@@ -1,0 +1,135 @@
+"""ToFu (reducers/tofu.py) and the plan/apply module under it (reducers/merge_plan.py): MLERP on hand-built
+tokens, pruning, the first-half/second-half split, packed batches, ToMe's matching reproduced exactly."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import noise_video, seeded_model
+
+from tokenbench.reducers import PackedTokens, get_reducer
+from tokenbench.reducers.merge_plan import MergePlan, apply_drop, apply_mlerp, apply_wavg, plan_packed
+from tokenbench.reducers.testing import check_packed, check_reducer, per_clip_size
+from tokenbench.reducers.tofu import ToFu, tome_rule
+from tokenbench.reducers.tome import merge_packed
+
+GRID = (8, 4, 4)
+
+
+def _one_clip(x, size, pos):
+    return PackedTokens(x=torch.tensor(x), cu_seqlens=torch.tensor([0, len(x)], dtype=torch.int32),
+                        pos=torch.tensor(pos), size=torch.tensor(size), grid=GRID)
+
+
+def _plan(keep, src, dst, n_out):
+    return MergePlan(keep=torch.tensor(keep), src=torch.tensor(src), dst=torch.tensor(dst),
+                     cu_seqlens=torch.tensor([0, n_out], dtype=torch.int32), lens=(n_out,))
+
+
+def test_mlerp_keeps_the_largest_norm_along_the_weighted_mean():
+    # token 0 = (3, 0) (norm 3) merges into token 1 = (0, 4) (norm 4); token 2 untouched
+    tok = _one_clip([[3.0, 0.0], [0.0, 4.0], [1.0, 1.0]], [1.0, 1.0, 2.0], [6, 4, 1])
+    out = apply_mlerp(_plan([1, 2], [0], [0], 2), tok)
+    # mean (1.5, 2) has norm 2.5; MLERP scales it to 4: (2.4, 3.2)
+    assert torch.allclose(out.x[0], torch.tensor([2.4, 3.2]))
+    assert torch.equal(out.x[1], tok.x[2])
+    assert out.size.tolist() == [2.0, 2.0] and out.pos.tolist() == [4, 1]
+    # size-weighted: token 0 standing for 3 inputs pulls the direction towards (1, 0): mean (2.25, 1)
+    tok = _one_clip([[3.0, 0.0], [0.0, 4.0]], [3.0, 1.0], [6, 4])
+    out = apply_mlerp(_plan([1], [0], [0], 1), tok)
+    want = torch.tensor([2.25, 1.0]) / math.hypot(2.25, 1.0) * 4.0
+    assert torch.allclose(out.x[0], want) and out.size.tolist() == [4.0]
+    # the plain weighted average shrinks the norm; MLERP does not
+    avg = apply_wavg(_plan([1], [0], [0], 1), tok)
+    assert avg.x[0].norm() < 4.0 and math.isclose(out.x[0].norm().item(), 4.0, rel_tol=1e-6)
+
+
+def test_mlerp_several_sources_take_the_maximum_norm():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 16, generator=g)
+    tok = PackedTokens(x=x, cu_seqlens=torch.tensor([0, 7], dtype=torch.int32), pos=torch.arange(7),
+                       size=torch.rand(7, generator=g) + 0.5, grid=GRID)
+    # sources 0, 2, 4 into output row 0 (token 1); source 6 into row 2 (token 5); token 3 untouched
+    out = apply_mlerp(_plan([1, 3, 5], [0, 2, 4, 6], [0, 0, 0, 2], 3), tok)
+    assert math.isclose(out.x[0].norm().item(), x[[0, 1, 2, 4]].norm(dim=1).max().item(), rel_tol=1e-5)
+    assert math.isclose(out.x[2].norm().item(), x[[5, 6]].norm(dim=1).max().item(), rel_tol=1e-5)
+    w = tok.size[[0, 1, 2, 4]]
+    mean = (x[[0, 1, 2, 4]] * w.unsqueeze(1)).sum(0) / w.sum()
+    assert torch.allclose(F.normalize(out.x[0], dim=0), F.normalize(mean, dim=0), atol=1e-6)
+    assert torch.equal(out.x[1], x[3])
+
+
+def test_drop_discards_sources_and_rescales_sizes_per_clip():
+    tok = _one_clip([[1.0], [2.0], [3.0], [4.0]], [1.0, 1.0, 2.0, 4.0], [0, 1, 2, 3])
+    out = apply_drop(_plan([1, 3], [0, 2], [0, 1], 2), tok)
+    assert out.x.flatten().tolist() == [2.0, 4.0] and out.pos.tolist() == [1, 3]
+    # 8 tokens entered, the kept ones stood for 5: every kept size × 8/5, relative weights unchanged
+    assert torch.allclose(out.size, torch.tensor([1.6, 6.4]))
+
+
+def _packed(lens, seed=0, dim=8, heads=2, hd=4):
+    g = torch.Generator().manual_seed(seed)
+    n = sum(lens)
+    cu = F.pad(torch.tensor(lens, dtype=torch.int32).cumsum(0, dtype=torch.int32), (1, 0))
+    pos = torch.cat([torch.randperm(math.prod(GRID), generator=g)[:k] for k in lens])
+    tok = PackedTokens(x=torch.randn(n, dim, generator=g), cu_seqlens=cu, pos=pos,
+                       size=torch.rand(n, generator=g) + 0.5, grid=GRID)
+    return tok, torch.randn(n, heads, hd, generator=g)
+
+
+@pytest.mark.parametrize("lens", [[10, 10, 10], [10, 7, 10, 4, 1]])
+def test_tome_matching_with_the_weighted_merge_is_tome(lens):
+    tok, keys = _packed(lens)
+    metric = keys.mean(1)
+    r = 3
+    x, size, pos, cu, out_lens = merge_packed(tok.x, metric, tok.size, tok.pos, tok.cu_seqlens, lens, r)
+    out = apply_wavg(plan_packed(metric, tok, [min(r, n // 2) for n in lens], tome_rule), tok)
+    assert torch.equal(out.pos, pos) and torch.equal(out.size, size) and torch.allclose(out.x, x, atol=1e-6)
+    assert out.cu_seqlens.tolist() == cu.tolist() and list(out.lens) == out_lens
+
+
+def test_first_half_prunes_second_half_merges_with_mlerp():
+    # clip of 4: A = 0, 2; B = 1, 3. Token 0's key equals token 1's (cos 1), token 2's is orthogonal to both
+    # B keys (best 0): with r = 1, token 0 is the source, token 1 its destination
+    keys = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]]).unsqueeze(1)
+    tok = _one_clip([[3.0, 0.0], [0.0, 4.0], [5.0, 5.0], [1.0, 2.0]], [1.0] * 4, [8, 5, 2, 0])
+    red = ToFu(r=1)
+    assert [red.prunes(i, 12) for i in range(12)] == [True] * 6 + [False] * 6
+    pruned = red.after_attention(tok, keys, layer=5, depth=12)
+    # out: unmerged A (2), then B (1, 3); token 0 dropped, sizes × 4/3
+    assert pruned.x.tolist() == [[5.0, 5.0], [0.0, 4.0], [1.0, 2.0]]
+    assert pruned.pos.tolist() == [2, 5, 0] and torch.allclose(pruned.size, torch.full((3,), 4 / 3))
+    merged = red.after_attention(tok, keys, layer=6, depth=12)
+    assert torch.allclose(merged.x, torch.tensor([[5.0, 5.0], [2.4, 3.2], [1.0, 2.0]]))
+    assert merged.size.tolist() == [1.0, 2.0, 1.0] and merged.pos.tolist() == [2, 5, 0]
+
+
+@pytest.mark.parametrize("layer", [0, 11])  # prune, MLERP
+@pytest.mark.parametrize("lens", [[20, 20, 20], [20, 13, 20, 7, 2]])
+def test_batched_equals_per_clip(layer, lens):
+    tok, keys = _packed(lens)
+    red = ToFu(r=4)
+    out = red.after_attention(tok, keys, layer, 12)
+    check_packed(out, "tofu", grid=GRID, size_per_clip=per_clip_size(tok))
+    for i in range(len(lens)):
+        a, b = tok.cu_seqlens[i].item(), tok.cu_seqlens[i + 1].item()
+        one_tok = PackedTokens(x=tok.x[a:b], cu_seqlens=torch.tensor([0, b - a], dtype=torch.int32),
+                               pos=tok.pos[a:b], size=tok.size[a:b], grid=GRID)
+        one = red.after_attention(one_tok, keys[a:b], layer, 12)
+        c, d = out.cu_seqlens[i].item(), out.cu_seqlens[i + 1].item()
+        assert torch.equal(out.x[c:d], one.x) and torch.equal(out.pos[c:d], one.pos)
+        assert torch.allclose(out.size[c:d], one.size, rtol=1e-6)
+    assert list(out.lens) == [n - min(4, n // 2) for n in lens]
+
+
+def test_tokens_per_layer_are_tomes():
+    model = seeded_model("vit_t", 5, num_frames=16, img_size=64)
+    with torch.no_grad():
+        model(noise_video(2, 16, 64), get_reducer("tofu", r=5))
+    assert model.last_stats.tokens_per_layer == [[128 - 5 * (i + 1)] * 2 for i in range(12)]
+
+
+def test_conformance_on_unequal_lengths():
+    check_reducer(ToFu(r=4))
