@@ -43,11 +43,17 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .base import PackedTokens, Reducer, ReducerParamError
+from .bipartite import BipartitePlan, CosineScores, Count, FixedCount, Scores, match, merge_wavg
 from .registry import register_reducer
+
+# the per-token matching metric from the block's keys [N, heads, head_dim] (Pollard & Wray offer both)
+KEY_METRICS = {
+    "mean": lambda keys: keys.mean(dim=1),  # ToMe's: keys averaged over heads
+    "concat": lambda keys: keys.flatten(1),  # the heads side by side
+}
 
 
 def _is_int(v: object) -> bool:
@@ -79,85 +85,13 @@ def merge_packed(x: Tensor, metric: Tensor, size: Tensor, pos: Tensor, cu_seqlen
                  r: int) -> tuple[Tensor, Tensor, Tensor, Tensor, list[int]]:
     """One ToMe step on a packed batch, all clips at once: x [N, D], metric [N, d], size [N], pos [N],
     ``cu_seqlens`` (on x's device) and its per-clip counts ``lens`` on the host → (x, size, pos,
-    cu_seqlens, lens) after clip i merged min(r, ⌊nᵢ/2⌋) tokens.
-
-    Clips are laid out as [B, n_max] (a view when every clip has n_max tokens, the dense case of the
-    reference; a gather padded with masked slots otherwise, e.g. after RLT), matched in one batched product,
-    and every output size is computed on the host from ``lens``: nothing is read back from the device.
-    Padding sorts last (score −inf), so each clip's choices are those it makes alone.
-
-    The merge is the reference's ``merge_wavg`` (x·size summed into the B partner, then divided by the summed
-    size), computed on the receiving rows only: untouched tokens are copied exactly, and each receiving row
-    is written once (by the first of the A tokens merging into it), so gradients are not double counted."""
-    b = len(lens)
-    dev = x.device
-    r_of = [min(r, n // 2) for n in lens]
-    r_max = max(r_of, default=0)
-    if r_max <= 0:
-        return x, size, pos, cu_seqlens, list(lens)
-    n_max = max(lens)
-    out_lens = [n - k for n, k in zip(lens, r_of)]
-    n_out = sum(out_lens)
-    equal = min(lens) == n_max
-    starts = cu_seqlens[:-1].long()
-    counts = torch.diff(cu_seqlens).long()
-    r_dev = counts.div(2, rounding_mode="floor").clamp(max=r)  # min(r, n // 2) per clip, on the device
-    with torch.no_grad():
-        if equal:
-            m = metric.view(b, n_max, -1)
-        else:
-            j = torch.arange(n_max, device=dev)
-            valid = j < counts.unsqueeze(1)
-            m = metric.index_select(0, (starts.unsqueeze(1) + torch.minimum(j, counts.unsqueeze(1) - 1)).flatten())
-            m = m.view(b, n_max, -1)
-        m = F.normalize(m.float(), dim=-1)
-        scores = m[:, 0::2] @ m[:, 1::2].transpose(1, 2)  # [B, |A|, |B|]
-        if not equal:
-            scores.masked_fill_(~valid[:, 1::2].unsqueeze(1), -math.inf)
-        best, partner = scores.max(dim=-1)
-        if not equal:
-            best.masked_fill_(~valid[:, 0::2], -math.inf)
-        order = best.argsort(dim=-1, descending=True, stable=True)  # [B, |A|]: most similar A tokens first
-        n_a = counts.add(1).div(2, rounding_mode="floor")  # A tokens per clip
-        # output rows of clip i: its unmerged A tokens (ranks rᵢ … |Aᵢ|−1), then its B tokens
-        out_counts = counts - r_dev
-        out_cu = F.pad(out_counts.cumsum(0), (1, 0))
-        clip = torch.repeat_interleave(torch.arange(b, device=dev), out_counts, output_size=n_out)
-        q = torch.arange(n_out, device=dev) - out_cu[clip]  # row within the clip's output
-        n_unm = (n_a - r_dev)[clip]
-        a_rank = torch.minimum(q + r_dev[clip], n_a[clip] - 1)
-        a_tok = 2 * order[clip, a_rank]
-        b_tok = 2 * (q - n_unm) + 1
-        flat_keep = starts[clip] + torch.where(q < n_unm, a_tok, b_tok)
-        # the merging A tokens (ranks < rᵢ), their rows in the output, and whether each is the first to land
-        active = torch.arange(r_max, device=dev) < r_dev.unsqueeze(1)  # [B, r_max]
-        src_idx = torch.where(active, order[:, :r_max], 0)  # inactive slots (short clips) point at token 0
-        dst_idx = partner.gather(1, src_idx)
-        flat_src = (starts.unsqueeze(1) + 2 * src_idx).flatten()
-        same = (dst_idx.unsqueeze(2) == dst_idx.unsqueeze(1)) & active.unsqueeze(1)  # [B, r_max, r_max]
-        earlier = torch.ones(r_max, r_max, dtype=torch.bool, device=dev).tril(-1)
-        first = active & ~(same & earlier).any(-1)
-        dst_row = out_cu[:-1].unsqueeze(1) + (n_a - r_dev).unsqueeze(1) + dst_idx
-        write_row = torch.where(first, dst_row, n_out).flatten()  # others go to a spare row, dropped
-        pos_row = torch.where(active, dst_row, n_out).flatten()
-        flat_keep = F.pad(flat_keep, (0, 1))  # the spare row (a copy of token 0)
-    out_x = x.index_select(0, flat_keep)
-    out_size = size.index_select(0, flat_keep)
-    out_pos = pos.index_select(0, flat_keep)
-    src_w = size.index_select(0, flat_src).view(b, r_max)
-    src_x = x.index_select(0, flat_src).view(b, r_max, -1)
-    # per clip, Σ size·x of every A token merging into the same row (a one-hot product, batched over clips)
-    onehot = same.to(x.dtype)
-    wsum = out_size.index_select(0, write_row) + (onehot @ src_w.to(x.dtype).unsqueeze(2)).flatten().to(size.dtype)
-    num = out_x.index_select(0, write_row) * out_size.index_select(0, write_row).unsqueeze(1).to(x.dtype)
-    num = num + (onehot @ (src_x * src_w.unsqueeze(2).to(x.dtype))).flatten(0, 1)
-    # in place: these are fresh gathers (index_select keeps nothing of its output for backward), so the
-    # full [N_out, D] matrix is not copied a second time
-    out_x = out_x.index_copy_(0, write_row, num / wsum.unsqueeze(1).to(x.dtype))[:n_out]
-    out_size = out_size.index_copy_(0, write_row, wsum)[:n_out]
-    out_pos = out_pos.scatter_reduce_(0, pos_row, pos.index_select(0, flat_src), reduce="amin")[:n_out]
-    cu = F.pad(out_counts.cumsum(0, dtype=torch.int32), (1, 0))
-    return out_x, out_size, out_pos, cu, out_lens
+    cu_seqlens, lens) after clip i merged min(r, ⌊nᵢ/2⌋) tokens: :func:`bipartite.match` with cosine scores
+    and a fixed count, then :func:`bipartite.merge_wavg`. Nothing is read back from the device."""
+    n = x.shape[0]
+    grid = (1, 1, max(n, 1))  # only carried along: the merge never reads the grid
+    tokens = PackedTokens(x=x, cu_seqlens=cu_seqlens, pos=pos, size=size, grid=grid, lens=tuple(lens))
+    out = merge_wavg(match(tokens, CosineScores(metric), FixedCount(r)), tokens)
+    return out.x, out.size, out.pos, out.cu_seqlens, list(out.seqlens())
 
 
 @register_reducer("tome")
@@ -171,6 +105,8 @@ class ToMe(Reducer):
         "help": "linear schedule for int r, in [-1, 1]: r(1-i) at the first block to r(1+i) at the last"})
     prop_attn: bool = field(default=False, metadata={
         "help": "proportional attention: add log(size) to the attention logits"})
+    keys: str = field(default="mean", metadata={
+        "help": "matching metric from the attention keys: 'mean' over heads (ToMe) or 'concat' of the heads"})
 
     def validate(self) -> None:
         r = self.r
@@ -191,13 +127,15 @@ class ToMe(Reducer):
         elif _is_int(r):
             base, infl = r, self.inflection
         else:
-            raise ReducerParamError(f"tome: r must be an int, a list of ints or (r, inflection), got {r!r}")
+            raise ReducerParamError(f"{self.name}: r must be an int, a list of ints or (r, inflection), got {r!r}")
         if base < 0:
-            raise ReducerParamError(f"tome: r must be ≥ 0, got {base!r}")
+            raise ReducerParamError(f"{self.name}: r must be ≥ 0, got {base!r}")
         if isinstance(infl, bool) or not isinstance(infl, (int, float)) or not -1.0 <= infl <= 1.0:
             raise ReducerParamError(f"tome: inflection must be a number in [-1, 1], got {infl!r}")
         if not isinstance(self.prop_attn, bool):
             raise ReducerParamError(f"tome: prop_attn must be true or false, got {self.prop_attn!r}")
+        if self.keys not in KEY_METRICS:
+            raise ReducerParamError(f"{self.name}: keys must be one of {sorted(KEY_METRICS)}, got {self.keys!r}")
         self._schedules: dict[int, list[int]] = {}
 
     def schedule(self, depth: int) -> list[int]:
@@ -224,11 +162,20 @@ class ToMe(Reducer):
                     f"has {n} tokens there and at most half ({n // 2}) can merge in a block")
             n -= r
 
+    # --- the step, on the bipartite core: subclasses (the merge-vs-drop family) override one part each ----
+    def edge_scores(self, tokens: PackedTokens, keys: Tensor, layer: int) -> Scores:
+        """How A→B edges are scored: cosine of the key metric."""
+        return CosineScores(KEY_METRICS[self.keys](keys))
+
+    def count(self, layer: int, depth: int) -> Count:
+        """How many sources per clip at ``layer``: the schedule's r."""
+        return FixedCount(self.schedule(depth)[layer])
+
+    def apply(self, plan: BipartitePlan, tokens: PackedTokens) -> PackedTokens:
+        """What happens to the sources: the size-weighted merge."""
+        return merge_wavg(plan, tokens)
+
     def after_attention(self, tokens: PackedTokens, keys: Tensor, layer: int, depth: int) -> PackedTokens:
-        r = self.schedule(depth)[layer]
-        if r == 0:
+        if self.schedule(depth)[layer] == 0:
             return tokens
-        metric = keys.mean(dim=1)  # [N, head_dim]
-        x, size, pos, cu, lens = merge_packed(tokens.x, metric, tokens.size, tokens.pos, tokens.cu_seqlens,
-                                              tokens.seqlens(), r)
-        return tokens.replace(x=x, size=size, pos=pos, cu_seqlens=cu, lens=tuple(lens))
+        return self.apply(match(tokens, self.edge_scores(tokens, keys, layer), self.count(layer, depth)), tokens)
