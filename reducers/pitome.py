@@ -30,7 +30,13 @@ other way round. We follow the MAE patch — the backbone here is a VideoMAE-sty
 the paper's own write-up of the energy function could not be checked here, so the code is what we follow.
 Other differences: ties in energy are broken by token order (a stable sort; the reference's ``argsort`` is
 unstable), and there is no class token (the backbone pools size-weighted, as the reference's MAE patch).
-Clips of a packed batch never mix; clips of equal length are matched in one batched pass.
+
+Built on the bipartite core (:mod:`tokenbench.reducers.bipartite`): each clip's tokens are laid out in
+energy order (a permutation of row indices, no copy of x), the core's :func:`match` runs on that layout with
+a per-clip count and, for the energy rule, the ranks past 2r ``protected``; the plan is relabelled to the
+batch's own rows (and, for the energy rule, its rows put in the reference's order) and applied with the core's
+:func:`merge_wavg`. All clips of a packed batch are matched in one batched pass, unequal lengths padded; clips
+never mix, and nothing is read back from the device.
 
 Parameters: ``ratio`` (share kept per block, in [0.5, 1]; 1 is the identity), ``margin`` (the schedule's
 first value, in [0, 1)), ``alpha`` (the ELU's α, > 0), ``prop_attn`` (proportional attention; off by default
@@ -38,46 +44,81 @@ as in the MAE patch).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .base import PackedTokens, Reducer, ReducerParamError
-from .merge_plan import ClipPlan, apply_wavg, bipartite, plan_packed
+from .bipartite import BipartitePlan, ClipLayout, CosineScores, Count, match, merge_wavg
 from .registry import register_reducer
 
 
-def energy_scores(m: Tensor, margin: float, alpha: float = 1.0) -> Tensor:
-    """Energy of every token of each clip: m [g, n, d] cosine-normalised → [g, n]."""
-    return F.elu(m @ m.transpose(1, 2) - margin, alpha=alpha).mean(dim=-1)
+def energy_scores(m: Tensor, margin: float, alpha: float = 1.0, valid: Tensor | None = None) -> Tensor:
+    """Energy of every token of each clip: m [g, n, d] cosine-normalised → [g, n]. With ``valid`` [g, n]
+    (padded clips), the mean runs over each clip's own tokens and padding scores −inf."""
+    e = F.elu(m @ m.transpose(1, 2) - margin, alpha=alpha)
+    if valid is None:
+        return e.mean(dim=-1)
+    e = e.masked_fill(~valid.unsqueeze(1), 0.0).sum(dim=-1) / valid.sum(dim=-1, keepdim=True)
+    return e.masked_fill(~valid, -math.inf)
 
 
-def energy_order(m: Tensor, margin: float, alpha: float) -> Tensor:
-    """[g, n]: token indices by energy, highest first (ties by index)."""
-    return energy_scores(m, margin, alpha).argsort(dim=-1, descending=True, stable=True)
+def energy_permutation(metric: Tensor, tokens: PackedTokens, margin: float, alpha: float) -> Tensor:
+    """[N] packed rows reordered clip by clip by energy, highest first (ties by position)."""
+    layout = ClipLayout.of(tokens.cu_seqlens, tokens.seqlens())
+    with torch.no_grad():
+        m = F.normalize(layout.gather(metric).float(), dim=-1)
+        order = energy_scores(m, margin, alpha, layout.valid).argsort(dim=-1, descending=True, stable=True)
+        if layout.equal:
+            return (layout.starts.unsqueeze(1) + order).flatten()
+        ids = tokens.seq_ids()
+        start = layout.starts.index_select(0, ids)
+        return start + order[ids, torch.arange(ids.shape[0], device=ids.device) - start]
 
 
-def energy_rule(margin: float, alpha: float):
-    """The energy rule (``pitome``): the 2r highest-energy tokens alternate into A and B, every A merges."""
+@dataclass
+class PerClipCount(Count):
+    """A count per clip fixed on the host (PiToMe's ⌊n − n·ratio⌋ of each clip's own n): no device read."""
 
-    def rule(m: Tensor, r: int) -> ClipPlan:
-        order = energy_order(m, margin, alpha)
-        mergeable = order[:, : 2 * r]
-        return bipartite(m, order[:, 2 * r:], mergeable[:, 0::2], mergeable[:, 1::2], r)
+    r: list[int]
 
-    return rule
+    def counts(self, best: Tensor, n_dev: Tensor, lens: list[int]) -> tuple[Tensor, list[int]]:
+        return torch.tensor(self.r, device=best.device), list(self.r)
 
 
-def energy_bipartite_rule(margin: float, alpha: float):
-    """The energy-ordered bipartite rule (``pitome_bsm``): all tokens alternate by energy rank into A and B."""
+def relabel(plan: BipartitePlan, perm: Tensor) -> BipartitePlan:
+    """A plan matched on the rows ``perm`` of a packed batch, addressed to the batch's own rows."""
+    return dataclasses.replace(plan, keep=perm.index_select(0, plan.keep),
+                               src=perm.index_select(0, plan.src.flatten()).view_as(plan.src))
 
-    def rule(m: Tensor, r: int) -> ClipPlan:
-        order = energy_order(m, margin, alpha)
-        return bipartite(m, order[:, :0], order[:, 0::2], order[:, 1::2], r)
 
-    return rule
+def protected_first(plan: BipartitePlan, tokens: PackedTokens, r_dev: Tensor) -> BipartitePlan:
+    """The energy rule's output order, as the reference concatenates it: the protected tokens by energy rank,
+    then the destinations by rank. The core leaves the even-ranked protected tokens first and the odd ranks
+    (destinations, then the odd-ranked protected) after them; this reorders the plan's rows only."""
+    n_out = plan.n_out
+    dev = plan.keep.device
+    out_counts = torch.diff(plan.cu_seqlens.long())
+    out_start = plan.cu_seqlens[:-1].long()
+    clip = torch.repeat_interleave(torch.arange(len(plan.lens), device=dev), out_counts, output_size=n_out)
+    q = torch.arange(n_out, device=dev) - out_start[clip]
+    n = (out_counts + r_dev)[clip]
+    r = r_dev[clip]
+    b_first = (n + 1).div(2, rounding_mode="floor") - r  # the core's first B row: after the unmatched A tokens
+    n_prot = n - 2 * r
+    k = 2 * r + q  # energy rank of reference row q (while q < n_prot)
+    core = torch.where(q < n_prot, torch.where(k % 2 == 0, q.div(2, rounding_mode="floor"), b_first + (k - 1) // 2),
+                       b_first + (q - n_prot))
+    core = out_start[clip] + core
+    inv = torch.empty(n_out + 1, dtype=torch.long, device=dev)
+    inv[n_out] = n_out
+    inv.index_copy_(0, core, torch.arange(n_out, device=dev))
+    keep = torch.cat([plan.keep.index_select(0, core), plan.keep[n_out:]])
+    return dataclasses.replace(plan, keep=keep, dst_row=inv.index_select(0, plan.dst_row.flatten()).view_as(plan.dst_row))
 
 
 def merged_per_block(n: int, ratio: float) -> int:
@@ -121,7 +162,19 @@ class PiToMe(Reducer):
         r_of = [merged_per_block(n, float(self.ratio)) for n in tokens.seqlens()]
         if max(r_of, default=0) <= 0:
             return tokens
-        margin = self.margin_at(layer, depth)
-        make = energy_rule if layer < self.energy_blocks(depth) else energy_bipartite_rule
-        plan = plan_packed(keys.mean(dim=1), tokens, r_of, make(margin, float(self.alpha)))
-        return apply_wavg(plan, tokens)
+        metric = keys.mean(dim=1)
+        # match on the tokens laid out in energy order: the core's even/odd split is then the reference's
+        # split by energy rank, and (energy rule) the ranks past 2r are protected
+        perm = energy_permutation(metric, tokens, self.margin_at(layer, depth), float(self.alpha))
+        energy_rule = layer < self.energy_blocks(depth)
+        protected = r_dev = None
+        if energy_rule:
+            r_dev = torch.tensor(r_of, device=metric.device)
+            ids = tokens.seq_ids()
+            rank = torch.arange(ids.shape[0], device=ids.device) - tokens.cu_seqlens[:-1].long()[ids]
+            protected = rank >= 2 * r_dev[ids]
+        plan = relabel(match(tokens, CosineScores(metric.index_select(0, perm)), PerClipCount(r_of), protected),
+                       perm)
+        if energy_rule:
+            plan = protected_first(plan, tokens, r_dev)
+        return merge_wavg(plan, tokens)

@@ -17,8 +17,8 @@ Rule, in every block between attention and MLP (``after_attention``), per clip:
 4. output order as ToMe's: the unmerged A tokens, most similar first, then the B tokens.
 
 Sizes on a pruning block: the interface keeps each clip's sizes summing to the tokens that entered, so the
-kept tokens' sizes are scaled by one factor per clip (as STA does); size-weighted pooling then equals the
-reimplementations' plain mean over the kept tokens.
+kept tokens' sizes are scaled by one factor per clip (as STA and ``tome_drop`` do); size-weighted pooling then
+equals the reimplementations' plain mean over the kept tokens.
 
 Where the reimplementations differ from the paper, we follow the paper:
 
@@ -33,8 +33,11 @@ Where the reimplementations differ from the paper, we follow the paper:
 
 The paper's text could not be opened from this machine; the MLERP formula above is the one both
 reimplementations compute (max norm over the merged tokens, direction of their mean), which we take to be the
-paper's, weighted by size as ToMe. Clips of a packed batch never mix; clips of equal length are matched in one
-batched pass.
+paper's, weighted by size as ToMe.
+
+Built on the bipartite core (:mod:`tokenbench.reducers.bipartite`): ``tome``'s matching (:func:`match` with
+its scores and count) decides the plan; a pruning block applies the core's :func:`drop` (sizes kept per clip by
+:func:`conserve_size`), a merging block :func:`merge_mlerp` below (the core's ``merge_wavg``, then rescaled).
 """
 from __future__ import annotations
 
@@ -44,15 +47,27 @@ import torch
 from torch import Tensor
 
 from .base import PackedTokens
-from .merge_plan import ClipPlan, apply_drop, apply_mlerp, bipartite, plan_packed
+from .bipartite import BipartitePlan, drop, match, merge_wavg
 from .registry import register_reducer
 from .tome import ToMe
 
 
-def tome_rule(m: Tensor, r: int) -> ClipPlan:
-    """ToMe's matching: A = even, B = odd positions of the clip's current order."""
-    idx = torch.arange(m.shape[1], device=m.device).expand(m.shape[0], -1)
-    return bipartite(m, idx[:, :0], idx[:, 0::2], idx[:, 1::2], r)
+def merge_mlerp(plan: BipartitePlan, tokens: PackedTokens) -> PackedTokens:
+    """MLERP over a bipartite plan: each destination becomes the size-weighted mean of itself and its sources
+    (:func:`~tokenbench.reducers.bipartite.merge_wavg`, which also sums sizes and takes the smallest pos),
+    rescaled to the largest norm among them. Untouched tokens are copied exactly."""
+    if plan.r_max == 0:
+        return tokens
+    out = merge_wavg(plan, tokens)
+    n_out = plan.n_out
+    row = torch.where(plan.active, plan.dst_row, n_out).flatten()  # inactive slots → the spare row
+    norm = tokens.x.index_select(0, plan.keep).norm(dim=1).scatter_reduce(
+        0, row, tokens.x.index_select(0, plan.src.flatten()).norm(dim=1), reduce="amax")[:n_out]
+    received = torch.zeros(n_out + 1, dtype=torch.bool, device=row.device).index_fill_(0, row, True)[:n_out]
+    mean = out.x
+    # a mean of exactly opposite tokens has no direction: it stays (zero) rather than divide by zero
+    scaled = mean * (norm / mean.norm(dim=1).clamp_min(torch.finfo(mean.dtype).tiny)).unsqueeze(1).to(mean.dtype)
+    return out.replace(x=torch.where(received.unsqueeze(1), scaled, mean))
 
 
 @register_reducer("tofu")
@@ -60,7 +75,7 @@ def tome_rule(m: Tensor, r: int) -> ClipPlan:
 class ToFu(ToMe):
     """Token Fusion: ToMe's matching; prune in the first half of the blocks, MLERP-merge in the second.
 
-    Parameters as ``tome`` (``r``, ``inflection``, ``prop_attn``)."""
+    Parameters as ``tome`` (``r``, ``inflection``, ``prop_attn``, ``keys``)."""
 
     @staticmethod
     def prunes(layer: int, depth: int) -> bool:
@@ -68,9 +83,7 @@ class ToFu(ToMe):
         return layer < depth // 2
 
     def after_attention(self, tokens: PackedTokens, keys: Tensor, layer: int, depth: int) -> PackedTokens:
-        r = self.schedule(depth)[layer]
-        if r == 0:
+        if self.schedule(depth)[layer] == 0:
             return tokens
-        r_of = [min(r, n // 2) for n in tokens.seqlens()]
-        plan = plan_packed(keys.mean(dim=1), tokens, r_of, tome_rule)
-        return (apply_drop if self.prunes(layer, depth) else apply_mlerp)(plan, tokens)
+        plan = match(tokens, self.edge_scores(tokens, keys, layer), self.count(layer, depth))
+        return (drop if self.prunes(layer, depth) else merge_mlerp)(plan, tokens)

@@ -1,5 +1,5 @@
-"""ToFu (reducers/tofu.py) and the plan/apply module under it (reducers/merge_plan.py): MLERP on hand-built
-tokens, pruning, the first-half/second-half split, packed batches, ToMe's matching reproduced exactly."""
+"""ToFu (reducers/tofu.py): MLERP on hand-built tokens and on a bipartite plan with several sources per
+destination, pruning, the first-half/second-half split, packed batches."""
 from __future__ import annotations
 
 import math
@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from conftest import noise_video, seeded_model
 
 from tokenbench.reducers import PackedTokens, get_reducer
-from tokenbench.reducers.merge_plan import MergePlan, apply_drop, apply_mlerp, apply_wavg, plan_packed
+from tokenbench.reducers.bipartite import CosineScores, FixedCount, match
 from tokenbench.reducers.testing import check_packed, check_reducer, per_clip_size
-from tokenbench.reducers.tofu import ToFu, tome_rule
-from tokenbench.reducers.tome import merge_packed
+from tokenbench.reducers.tofu import ToFu, merge_mlerp
+from tokenbench.reducers.tome import ToMe
 
 GRID = (8, 4, 4)
 
@@ -23,50 +23,49 @@ def _one_clip(x, size, pos):
                         pos=torch.tensor(pos), size=torch.tensor(size), grid=GRID)
 
 
-def _plan(keep, src, dst, n_out):
-    return MergePlan(keep=torch.tensor(keep), src=torch.tensor(src), dst=torch.tensor(dst),
-                     cu_seqlens=torch.tensor([0, n_out], dtype=torch.int32), lens=(n_out,))
+def _keys(*rows):
+    return torch.tensor(rows).unsqueeze(1)  # one head: the metric is the rows themselves
 
 
 def test_mlerp_keeps_the_largest_norm_along_the_weighted_mean():
-    # token 0 = (3, 0) (norm 3) merges into token 1 = (0, 4) (norm 4); token 2 untouched
+    # A = {0, 2}, B = {1}: token 0's key equals token 1's (cos 1), token 2's is orthogonal (cos 0), so with
+    # r = 1 token 0 = (3, 0) (norm 3) merges into token 1 = (0, 4) (norm 4); token 2 stays
+    keys = _keys([1.0, 0.0], [1.0, 0.0], [0.0, 1.0])
     tok = _one_clip([[3.0, 0.0], [0.0, 4.0], [1.0, 1.0]], [1.0, 1.0, 2.0], [6, 4, 1])
-    out = apply_mlerp(_plan([1, 2], [0], [0], 2), tok)
-    # mean (1.5, 2) has norm 2.5; MLERP scales it to 4: (2.4, 3.2)
-    assert torch.allclose(out.x[0], torch.tensor([2.4, 3.2]))
-    assert torch.equal(out.x[1], tok.x[2])
-    assert out.size.tolist() == [2.0, 2.0] and out.pos.tolist() == [4, 1]
+    out = ToFu(r=1).after_attention(tok, keys, layer=11, depth=12)
+    # out: unmerged A (2), then B (1); mean (1.5, 2) has norm 2.5, MLERP scales it to 4: (2.4, 3.2)
+    assert torch.equal(out.x[0], tok.x[2])
+    assert torch.allclose(out.x[1], torch.tensor([2.4, 3.2]))
+    assert out.size.tolist() == [2.0, 2.0] and out.pos.tolist() == [1, 4]
     # size-weighted: token 0 standing for 3 inputs pulls the direction towards (1, 0): mean (2.25, 1)
     tok = _one_clip([[3.0, 0.0], [0.0, 4.0]], [3.0, 1.0], [6, 4])
-    out = apply_mlerp(_plan([1], [0], [0], 1), tok)
+    out = ToFu(r=1).after_attention(tok, keys[:2], layer=11, depth=12)
     want = torch.tensor([2.25, 1.0]) / math.hypot(2.25, 1.0) * 4.0
     assert torch.allclose(out.x[0], want) and out.size.tolist() == [4.0]
-    # the plain weighted average shrinks the norm; MLERP does not
-    avg = apply_wavg(_plan([1], [0], [0], 1), tok)
+    # the plain weighted average (ToMe's merge) shrinks the norm; MLERP does not
+    avg = ToMe(r=1).after_attention(tok, keys[:2], layer=11, depth=12)
     assert avg.x[0].norm() < 4.0 and math.isclose(out.x[0].norm().item(), 4.0, rel_tol=1e-6)
 
 
 def test_mlerp_several_sources_take_the_maximum_norm():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(7, 16, generator=g)
-    tok = PackedTokens(x=x, cu_seqlens=torch.tensor([0, 7], dtype=torch.int32), pos=torch.arange(7),
-                       size=torch.rand(7, generator=g) + 0.5, grid=GRID)
-    # sources 0, 2, 4 into output row 0 (token 1); source 6 into row 2 (token 5); token 3 untouched
-    out = apply_mlerp(_plan([1, 3, 5], [0, 2, 4, 6], [0, 0, 0, 2], 3), tok)
-    assert math.isclose(out.x[0].norm().item(), x[[0, 1, 2, 4]].norm(dim=1).max().item(), rel_tol=1e-5)
-    assert math.isclose(out.x[2].norm().item(), x[[5, 6]].norm(dim=1).max().item(), rel_tol=1e-5)
-    w = tok.size[[0, 1, 2, 4]]
-    mean = (x[[0, 1, 2, 4]] * w.unsqueeze(1)).sum(0) / w.sum()
-    assert torch.allclose(F.normalize(out.x[0], dim=0), F.normalize(mean, dim=0), atol=1e-6)
-    assert torch.equal(out.x[1], x[3])
-
-
-def test_drop_discards_sources_and_rescales_sizes_per_clip():
-    tok = _one_clip([[1.0], [2.0], [3.0], [4.0]], [1.0, 1.0, 2.0, 4.0], [0, 1, 2, 3])
-    out = apply_drop(_plan([1, 3], [0, 2], [0, 1], 2), tok)
-    assert out.x.flatten().tolist() == [2.0, 4.0] and out.pos.tolist() == [1, 3]
-    # 8 tokens entered, the kept ones stood for 5: every kept size × 8/5, relative weights unchanged
-    assert torch.allclose(out.size, torch.tensor([1.6, 6.4]))
+    tok, keys = _packed([12, 9])
+    metric = keys.mean(1)
+    plan = match(tok, CosineScores(metric), FixedCount(5))
+    out = merge_mlerp(plan, tok)
+    members: dict[int, list[int]] = {}
+    for s, d, a in zip(plan.src.flatten().tolist(), plan.dst_row.flatten().tolist(), plan.active.flatten().tolist()):
+        if a:
+            members.setdefault(d, [plan.keep[d].item()]).append(s)
+    assert any(len(m) > 2 for m in members.values())  # some destination takes several sources
+    for row in range(plan.n_out):
+        if row not in members:
+            assert torch.equal(out.x[row], tok.x[plan.keep[row]])
+            continue
+        x, w = tok.x[members[row]], tok.size[members[row]]
+        mean = (x * w.unsqueeze(1)).sum(0) / w.sum()
+        assert math.isclose(out.x[row].norm().item(), x.norm(dim=1).max().item(), rel_tol=1e-5)
+        assert torch.allclose(F.normalize(out.x[row], dim=0), F.normalize(mean, dim=0), atol=1e-5)
+        assert math.isclose(out.size[row].item(), w.sum().item(), rel_tol=1e-6)
 
 
 def _packed(lens, seed=0, dim=8, heads=2, hd=4):
@@ -77,17 +76,6 @@ def _packed(lens, seed=0, dim=8, heads=2, hd=4):
     tok = PackedTokens(x=torch.randn(n, dim, generator=g), cu_seqlens=cu, pos=pos,
                        size=torch.rand(n, generator=g) + 0.5, grid=GRID)
     return tok, torch.randn(n, heads, hd, generator=g)
-
-
-@pytest.mark.parametrize("lens", [[10, 10, 10], [10, 7, 10, 4, 1]])
-def test_tome_matching_with_the_weighted_merge_is_tome(lens):
-    tok, keys = _packed(lens)
-    metric = keys.mean(1)
-    r = 3
-    x, size, pos, cu, out_lens = merge_packed(tok.x, metric, tok.size, tok.pos, tok.cu_seqlens, lens, r)
-    out = apply_wavg(plan_packed(metric, tok, [min(r, n // 2) for n in lens], tome_rule), tok)
-    assert torch.equal(out.pos, pos) and torch.equal(out.size, size) and torch.allclose(out.x, x, atol=1e-6)
-    assert out.cu_seqlens.tolist() == cu.tolist() and list(out.lens) == out_lens
 
 
 def test_first_half_prunes_second_half_merges_with_mlerp():
