@@ -1,4 +1,4 @@
-"""ToMe's and STA's bookkeeping as a share of their own forward, vit_b at 16×224² (issue 15: goal ≤ 5 %).
+"""ToMe's, STA's, PiToMe's and ToFu's bookkeeping as a share of their own forward, vit_b at 16×224² (issue 15: goal ≤ 5 %).
 
 Run (only collected with ``--benchmark-only``)::
 
@@ -27,8 +27,10 @@ import torch
 
 from tokenbench.harness.model import build_model
 from tokenbench.harness.timing import to_model_input
+from tokenbench.reducers.pitome import PiToMe
 from tokenbench.reducers.rlt import RLT
 from tokenbench.reducers.sta import STA
+from tokenbench.reducers.tofu import ToFu
 from tokenbench.reducers.tome import ToMe
 
 BATCH = int(os.environ.get("TOKENBENCH_BENCH_BATCH", "2"))
@@ -89,6 +91,11 @@ CASES = {
     "sta_r64": (STA(r=64), None),
     "tome_r50_after_rlt": (ToMe(r=50), RLT(threshold=0.1)),
     "sta_r16_after_rlt": (STA(r=16), RLT(threshold=0.1)),
+    # PiToMe at ratio 0.96 keeps about ToMe r=50's tokens per block (0.78 of 1568); ToFu at ToMe's r=50
+    "pitome_ratio0.96": (PiToMe(ratio=0.96), None),
+    "tofu_r50": (ToFu(r=50), None),
+    "pitome_ratio0.96_after_rlt": (PiToMe(ratio=0.96), RLT(threshold=0.1)),
+    "tofu_r50_after_rlt": (ToFu(r=50), RLT(threshold=0.1)),
 }
 
 
