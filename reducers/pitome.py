@@ -60,7 +60,7 @@ from .registry import register_reducer
 def energy_scores(m: Tensor, margin: float, alpha: float = 1.0, valid: Tensor | None = None) -> Tensor:
     """Energy of every token of each clip: m [g, n, d] cosine-normalised → [g, n]. With ``valid`` [g, n]
     (padded clips), the mean runs over each clip's own tokens and padding scores −inf."""
-    e = F.elu(m @ m.transpose(1, 2) - margin, alpha=alpha)
+    e = F.elu_((m @ m.transpose(1, 2)).sub_(margin), alpha=alpha)  # in place: [g, n, n] is the big one
     if valid is None:
         return e.mean(dim=-1)
     e = e.masked_fill(~valid.unsqueeze(1), 0.0).sum(dim=-1) / valid.sum(dim=-1, keepdim=True)
