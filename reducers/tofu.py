@@ -63,7 +63,8 @@ def merge_mlerp(plan: BipartitePlan, tokens: PackedTokens) -> PackedTokens:
     row = torch.where(plan.active, plan.dst_row, n_out).flatten()  # inactive slots → the spare row
     norm = tokens.x.index_select(0, plan.keep).norm(dim=1).scatter_reduce(
         0, row, tokens.x.index_select(0, plan.src.flatten()).norm(dim=1), reduce="amax")[:n_out]
-    received = torch.zeros(n_out + 1, dtype=torch.bool, device=row.device).index_fill_(0, row, True)[:n_out]
+    # a float mask: jit tracing (the FLOP count) has no index_fill_ with a bool value
+    received = torch.zeros(n_out + 1, device=row.device).index_fill_(0, row, 1.0)[:n_out] > 0
     mean = out.x
     # a mean of exactly opposite tokens has no direction: it stays (zero) rather than divide by zero
     scaled = mean * (norm / mean.norm(dim=1).clamp_min(torch.finfo(mean.dtype).tiny)).unsqueeze(1).to(mean.dtype)

@@ -146,3 +146,17 @@ def test_tokens_per_layer_follow_the_ratio():
 
 def test_conformance_on_unequal_lengths():
     check_reducer(PiToMe(ratio=0.75))
+
+
+@pytest.mark.slow
+def test_flops_are_counted_with_the_energy_matmul():
+    """fvcore traces the hooks (jit): the count runs, agrees with the analytic model, and holds the n×n energy
+    similarity among the reducer's own ops (more than ToMe's n/2 × n/2 at a similar budget)."""
+    from tokenbench.harness.flops import count_flops, verify_analytic
+
+    model = seeded_model("vit_t", 5, num_frames=16, img_size=64)
+    video = noise_video(2, 16, 64)
+    pitome = count_flops(model, video, PiToMe(ratio=0.9))
+    tome = count_flops(model, video, get_reducer("tome", r=8))
+    assert pitome.reducer_gflops > tome.reducer_gflops > 0
+    verify_analytic(model, video, PiToMe(ratio=0.9))

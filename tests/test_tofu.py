@@ -121,3 +121,14 @@ def test_tokens_per_layer_are_tomes():
 
 def test_conformance_on_unequal_lengths():
     check_reducer(ToFu(r=4))
+
+
+@pytest.mark.slow
+def test_flops_are_counted():
+    """fvcore traces the hooks (jit) through both the pruning and the MLERP blocks."""
+    from tokenbench.harness.flops import count_flops, verify_analytic
+
+    model = seeded_model("vit_t", 5, num_frames=16, img_size=64)
+    video = noise_video(2, 16, 64)
+    assert count_flops(model, video, ToFu(r=8)).reducer_gflops > 0
+    verify_analytic(model, video, ToFu(r=8))
