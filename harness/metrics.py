@@ -134,6 +134,9 @@ def token_summary(tokens_in: Sequence[int], tokens_per_layer: Sequence[Sequence[
         out["tokens_total"] = tokens_total
     if tokens_per_layer:
         out["tokens_per_layer"] = [statistics.fmean(layer) for layer in tokens_per_layer]
+        # the spread a content-adaptive in-block reducer (threshold merging) gives clips
+        out["tokens_out_min"] = min(tokens_per_layer[-1])
+        out["tokens_out_max"] = max(tokens_per_layer[-1])
     if tokens_mlp_per_layer:
         out["tokens_mlp_per_layer"] = [statistics.fmean(layer) for layer in tokens_mlp_per_layer]
     return out

@@ -260,6 +260,8 @@ METRIC_TABLE: tuple[Metric, ...] = (
     _m("tokens_total", "tokens per clip before reduction (T'·H'·W')", "tokens", "fixed:0", None,
        "tokens total", ((TOK, 10),)),
     _m("tokens_per_layer", "list: mean tokens per clip after each block", "tokens", "text"),
+    _m("tokens_out_min", "tokens per clip after the last block, min", "tokens", "fixed:0", None),
+    _m("tokens_out_max", "tokens per clip after the last block, max", "tokens", "fixed:0", None),
     _m("tokens_mlp_per_layer", "list: mean tokens per clip entering each block's MLP (the budget axis)",
        "tokens", "text"),
     _m("tokens_per_clip", "list: tokens entering the network, one entry per clip", "tokens", "text"),
@@ -320,6 +322,8 @@ METRIC_TABLE: tuple[Metric, ...] = (
     _m("skipped_errors", "list: the first errors of the videos left out (the README lists them)", "", "text"),
     _m("reducer_params_used", "dict: the reducer's parameters after calibration (random's measured keep; the "
        "README lists them)", "", "text"),
+    _m("calibration", "dict: a model-in-the-loop calibration run before the cell (threshold merging): the "
+       "train-split clips it used (dataset, split, count, how chosen) and what it found (thresholds)", "", "text"),
     # training
     _m("train_wall_s", "wall-clock to train (s), data loading included, evaluation excluded", "s", "fixed:1",
        False, "wall-clock to train (s)", ((TRAIN, 20),)),

@@ -87,6 +87,9 @@ class Reducer:
     * ``length_embedding``: the model needs a learned run-length embedding (RLT);
     * ``calibrates``: :meth:`calibrate` must see the cell's clips before any measured work (random masking
       matched to RLT's budget);
+    * ``calibrates_with_model``: :meth:`calibrate_model` must run the model on clips of the dataset's
+      *train* split before any measured work (threshold merging finds its per-layer thresholds); the runner
+      never feeds it the clips it scores, and records what it returns with the cell;
     * ``train_only``: a training-time augmentation; a model trained with it is evaluated without it
       (:meth:`for_eval`).
     """
@@ -95,6 +98,9 @@ class Reducer:
     prop_attn: bool = False
     length_embedding: bool = False
     calibrates: ClassVar[bool] = False
+    calibrates_with_model: ClassVar[bool] = False
+    calibration_clips: int = 64  # train clips and clips a batch :meth:`calibrate_model` asks the runner for
+    calibration_batch: int = 8
     train_only: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
@@ -141,6 +147,17 @@ class Reducer:
         """Fit data-dependent parameters on ``videos`` (ImageNet-normalised batches); called before any
         measured work when ``calibrates`` is set."""
         return None
+
+    def calibrate_model(self, model: torch.nn.Module, batches: Iterable[Tensor]) -> Any:
+        """Fit data-dependent parameters by running ``model`` (the cell's own) on ``batches`` (model inputs
+        of train-split clips); called before any measured work when ``calibrates_with_model`` is set. Returns
+        a dataclass describing what it used and found, recorded with the cell."""
+        return None
+
+    def budget_reducer(self) -> Reducer:
+        """The reducer whose token counts define this one's budget (DESIGN.md §6): itself, or the fixed
+        schedule a content-adaptive one is calibrated to (threshold merging: ToMe at its target r)."""
+        return self
 
     def for_eval(self) -> Reducer | None:
         """The reducer to evaluate a model trained with this one: itself, or ``None`` (no reducer) for a

@@ -14,7 +14,11 @@ ToMe's step (facebookresearch/ToMe ``merge.py``) is two parts, kept apart here a
   tokens in their order.
 * an *apply* turns the plan into new :class:`PackedTokens`: :func:`merge_wavg` (size-weighted average into
   the destination), :func:`merge_weighted` (the same with extra per-token weights, e.g. saliency) or
-  :func:`drop` (sources discarded). Other rules (a norm-preserving merge) can read the plan's fields.
+  :func:`drop` (sources discarded). A plan can be amended before it is applied
+  (:meth:`BipartitePlan.without_weak_destinations`: Pollard & Wray's hybrid), and a rule that discards
+  tokens keeps the interface's size rule with :func:`conserve_size`. Other rules (a norm-preserving merge)
+  read the plan's fields: which input rows are kept and in what order, each source's row, destination row
+  and score, and which sources share a destination.
 
 Everything is batched over the clips of a packed batch, of equal length (a [B, n, d] view like the
 reference) or unequal (padded to the longest with masked slots); a clip's choices never depend on its
@@ -39,10 +43,20 @@ from .base import PackedTokens
 
 class Scores:
     """How every A→B edge of a clip is scored. ``scores`` gets the clips' layout and returns [B, |A|, |B|]
-    floats (padding is masked by :func:`match`, not here)."""
+    floats (padding is masked by :meth:`best_edges`, not here)."""
 
     def scores(self, layout: ClipLayout) -> Tensor:
         raise NotImplementedError
+
+    def best_edges(self, layout: ClipLayout, protected: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Each A token's best score and B partner, [B, |A|] each; −inf on padding and ``protected``
+        ([B, n_max] bool) rows, and no edge into a padded or protected B token."""
+        s = self.scores(layout)
+        if protected is not None:
+            s = s.masked_fill(protected[:, 0::2].unsqueeze(2) | protected[:, 1::2].unsqueeze(1), -math.inf)
+        if not layout.equal:
+            s.masked_fill_(~layout.valid[:, 1::2].unsqueeze(1), -math.inf)
+        return s.max(dim=-1)
 
 
 @dataclass
@@ -67,6 +81,21 @@ class RandomScores(Scores):
         u = torch.rand(layout.batch, (n + 1) // 2, n // 2, generator=self.generator,
                        device=self.generator.device)
         return u.to(layout.device)
+
+    def best_edges(self, layout: ClipLayout, protected: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Without a protected set, drawn directly: the argmax of a row of i.i.d. uniform scores is a
+        uniform B partner, and the rows' maxima are i.i.d., so ranking them is a uniform random order —
+        the same distribution as the full [B, |A|, |B|] matrix at a fraction of its cost."""
+        if protected is not None:
+            return super().best_edges(layout, protected)
+        n = layout.n_max
+        shape = (layout.batch, (n + 1) // 2)
+        dev = self.generator.device
+        best = torch.rand(shape, generator=self.generator, device=dev).to(layout.device)
+        n_b = layout.n_dev.div(2, rounding_mode="floor").clamp(min=1).unsqueeze(1)  # valid B tokens per clip
+        u = torch.rand(shape, generator=self.generator, device=dev).to(layout.device)
+        partner = (u * n_b).long().minimum(n_b - 1)
+        return best, partner
 
 
 # --- count policies ------------------------------------------------------------------------------------
@@ -232,14 +261,11 @@ def match(tokens: PackedTokens, scores: Scores, count: Count, protected: Tensor 
     dev = tokens.x.device
     b = len(lens)
     layout = ClipLayout.of(tokens.cu_seqlens, lens)
+    if layout.n_max < 2:  # no clip has a B token
+        return _identity_plan(tokens, lens)
     with torch.no_grad():
-        s = scores.scores(layout)  # [B, |A|, |B|]
-        if protected is not None:
-            p = layout.gather(protected)
-            s = s.masked_fill(p[:, 0::2].unsqueeze(2) | p[:, 1::2].unsqueeze(1), -math.inf)
-        if not layout.equal:
-            s.masked_fill_(~layout.valid[:, 1::2].unsqueeze(1), -math.inf)
-        best, partner = s.max(dim=-1)
+        p = None if protected is None else layout.gather(protected)
+        best, partner = scores.best_edges(layout, p)
         if not layout.equal:
             best.masked_fill_(~layout.valid[:, 0::2], -math.inf)
         if protected is not None:

@@ -8,7 +8,9 @@ of the step on the bipartite core (:mod:`tokenbench.reducers.bipartite`) changed
 * ``tome_drop`` — ToMe's matching, the ``r`` sources *dropped* instead of merged (their
   ``bipartite_soft_matching_drop``, mode ``drop``): the destinations are left as they are;
 * ``random_merge`` — uniform random edge scores instead of cosine (their mode ``random_merge``): a random
-  partner in B for every A token and a random choice of which ``r`` A tokens go; then ToMe's merge;
+  partner in B for every A token and a random choice of which ``r`` A tokens go; then ToMe's merge. Drawn
+  directly as a uniform partner and a uniform rank per A token (:class:`bipartite.RandomScores`), the
+  distribution their [|A|, |B|] matrix of uniform scores gives, without building the matrix;
 * ``random_drop`` — the same random matching, sources dropped (their mode ``random_drop``);
 * ``tome_hybrid`` — ToMe's matching and merge, but a destination with an incoming edge scored below
   ``threshold`` is not merged *into*: it gives up its own token and becomes the size-weighted average of
@@ -104,8 +106,8 @@ class RandomDrop(_Seeded, ToMe):
 class ToMeHybrid(ToMe):
     """ToMe, but a destination with an incoming edge below ``threshold`` is replaced by its sources' mean."""
 
-    threshold: float = field(default=0.5, metadata={
-        "help": "cosine below which a matched destination gives up its own token (Pollard & Wray's hybrid)"})
+    threshold: float = field(default=0.8, metadata={
+        "help": "cosine below which a matched destination gives up its own token (their VideoMAE runs: 0.8)"})
 
     def validate(self) -> None:
         super().validate()

@@ -13,10 +13,13 @@ Rule (DESIGN.md §4), in every block between attention and MLP (``after_attentio
    in their order. The next layer's even/odd split runs over that order, as in the reference.
 
 For video every token of a clip is matched jointly, across space and time (the ToMe video setting,
-ToMe paper §4.3 / MAE-ST); clips of a packed batch never mix. All clips are matched in one batched pass
-(:func:`merge_packed`): equal-length clips as a [B, n, D] view like the reference, unequal ones (after RLT)
-padded to the longest with masked slots; a clip's tokens do not depend on its batch-mates, and no count is
-read back from the device (output sizes follow from the host copy of the clip lengths).
+ToMe paper §4.3 / MAE-ST); clips of a packed batch never mix. The step runs on the bipartite core
+(:mod:`tokenbench.reducers.bipartite`): :func:`~tokenbench.reducers.bipartite.match` decides the plan for all
+clips in one batched pass (equal-length clips as a [B, n, D] view like the reference, unequal ones after RLT
+padded to the longest with masked slots), :func:`~tokenbench.reducers.bipartite.merge_wavg` applies it; a
+clip's tokens do not depend on its batch-mates, and no count is read back from the device. The three parts
+of the step are methods (:meth:`ToMe.edge_scores`, :meth:`ToMe.count`, :meth:`ToMe.apply`) that the
+merge-vs-drop family (:mod:`tokenbench.reducers.merge_drop`) overrides one at a time.
 
 At most half the tokens can merge in a layer (r ≤ ⌊n/2⌋): :meth:`ToMe.check_geometry` rejects a schedule
 that asks for more on a full clip of the model's geometry, naming ``r`` and the layer; a shorter clip
@@ -30,6 +33,8 @@ Parameters:
   as the reference's ``parse_r`` takes;
 * ``inflection`` in [−1, 1] (default 0): linear schedule from r·(1 − inflection) to r·(1 + inflection)
   over the layers, the reference's ``parse_r``: −1 is the paper's "decreasing schedule" (2r … 0);
+* ``keys`` (default ``mean``): the matching metric from the block's attention keys, averaged over heads
+  (ToMe's) or ``concat`` (the heads side by side; Pollard & Wray offer both);
 * ``prop_attn`` (default False): proportional attention, ``+log(size)`` on the attention logits of every
   key (the model reads ``reducer.prop_attn``); off for MAE-style models, as the reference advises for
   off-the-shelf MAE checkpoints.

@@ -137,10 +137,19 @@ def test_merge_weighted_uses_the_extra_weights_but_sums_sizes():
     assert torch.equal(drop(plan, tok).x, ToMeDrop(r=[2]).after_attention(tok, keys, 0, 1).x)
 
 
+@pytest.fixture
+def one_thread():
+    # conformance counts, it does not time: one thread is far faster than two on a shared machine
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("name,params", [("tome_drop", {"r": 8}), ("random_merge", {"r": 8, "seed": 3}),
                                          ("random_drop", {"r": 8}), ("tome_hybrid", {"r": 8, "threshold": 0.3}),
                                          ("tome", {"r": 8, "keys": "concat"})])
-def test_conformance(name, params):
+def test_conformance(name, params, one_thread):
     report = check_reducer(get_reducer(name, **params))
     assert len(set(report.tokens_out)) > 1
 
@@ -150,3 +159,51 @@ def test_conformance(name, params):
 def test_bad_parameters_name_the_parameter(cls, kw, param):
     with pytest.raises(ReducerParamError, match=param):
         cls(**kw)
+
+
+def test_protected_tokens_are_neither_sources_nor_destinations():
+    tok, keys = _six()
+    protected = torch.tensor([True, True, False, False, False, False])  # A0 and B1, the best pair
+    plan = match(tok, CosineScores(keys.mean(1)), FixedCount(1), protected)
+    assert plan.src.tolist() == [[2]] and plan.dst_row.tolist() == [[3]]  # A2 → B3, the best edge left
+    assert plan.keep[:plan.n_out].tolist() == [4, 0, 1, 3, 5]  # unmatched A by best edge: protected last
+
+
+@pytest.mark.parametrize("cls,kw", [(ToMe, {}), (ToMeDrop, {}), (ToMeHybrid, {"threshold": 0.9}),
+                                    (ToMe, {"keys": "concat"})])
+def test_a_packed_batch_of_unequal_clips_gives_each_clip_its_own_answer(cls, kw):
+    g = torch.Generator().manual_seed(3)
+    lens = [9, 4, 7]
+    n = sum(lens)
+    tok = PackedTokens(x=torch.randn(n, 5, generator=g), pos=torch.randperm(n, generator=g) % 128,
+                       cu_seqlens=F.pad(torch.tensor(lens).cumsum(0), (1, 0)).int(),
+                       size=torch.rand(n, generator=g) + 0.5, grid=GRID, lens=tuple(lens))
+    keys = torch.randn(n, 2, 3, generator=g)
+    red = cls(r=[3], **kw)
+    out = red.after_attention(tok, keys, 0, 1)
+    assert out.lens == (6, 2, 4)
+    start, o = 0, 0
+    for k, m in zip(lens, out.lens):
+        one = PackedTokens(x=tok.x[start:start + k], pos=tok.pos[start:start + k], size=tok.size[start:start + k],
+                           cu_seqlens=torch.tensor([0, k], dtype=torch.int32), grid=GRID, lens=(k,))
+        alone = red.after_attention(one, keys[start:start + k], 0, 1)
+        assert torch.allclose(out.x[o:o + m], alone.x, atol=1e-6) and torch.equal(out.pos[o:o + m], alone.pos)
+        assert torch.allclose(out.size[o:o + m], alone.size, atol=1e-6)
+        start, o = start + k, o + m
+
+
+def test_random_scores_pick_sources_and_partners_uniformly_inside_each_clip(one_thread):
+    from tokenbench.reducers.bipartite import RandomScores
+
+    tok, _ = _six()
+    two = PackedTokens(x=torch.cat([tok.x, tok.x[:4]]), cu_seqlens=torch.tensor([0, 6, 10], dtype=torch.int32),
+                       pos=torch.cat([tok.pos, tok.pos[:4]]), size=torch.ones(10), grid=GRID, lens=(6, 4))
+    gen = torch.Generator().manual_seed(0)
+    src, dst = torch.zeros(3), torch.zeros(3)
+    for _ in range(300):
+        plan = match(two, RandomScores(gen), FixedCount(1))
+        src[int(plan.src[0, 0]) // 2] += 1
+        dst[int(plan.dst_row[0, 0]) - 2] += 1  # clip 0's output: 2 unmatched A tokens, then B1, B3, B5
+        assert 0 <= int(plan.dst_row[1, 0]) - 5 - 1 < 2  # clip 1 (4 tokens) goes to one of its own 2 B tokens
+    assert bool(((src / 300 - 1 / 3).abs() < 0.1).all()), src
+    assert bool(((dst / 300 - 1 / 3).abs() < 0.1).all()), dst

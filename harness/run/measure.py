@@ -43,7 +43,16 @@ from ..timing import make_batches, time_forward
 from ..train import TrainRecipe, inference_reducer, train
 from .clips import ClipSet, data_key, first_items, load_clipset, timing_sample
 from .common import DTYPES
-from .models import RunCache, base_model, build_reducer, calibrate, load_model, model_classes, model_key
+from .models import (
+    RunCache,
+    base_model,
+    build_reducer,
+    calibrate,
+    calibrate_with_model,
+    load_model,
+    model_classes,
+    model_key,
+)
 
 
 def autocast_for(cell: Cell) -> contextlib.AbstractContextManager:
@@ -175,11 +184,14 @@ def inference_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tupl
     if reducer is not None:
         reducer.check_geometry(net.grid, net.depth)
     reducer = calibrate(reducer, cell, clips, cache)
+    with autocast_for(cell):  # on train clips, never the clips scored below
+        reducer, calibration = calibrate_with_model(reducer, cell, net, model_key(cell, num_classes, length_emb),
+                                                    cache, progress)
     device, dtype = cell.device, DTYPES[cell.dtype]
 
     # FLOPs: an fvcore trace (attention handles included) of a sample checks the analytic count used for
     # every clip, and measures what the reducer's own hooks cost per clip (ToMe/STA similarity matmuls)
-    metrics: dict[str, Any] = {}
+    metrics: dict[str, Any] = {} if calibration is None else {"calibration": calibration}
     overhead = 0.0
     n_check = min(int(cell.flops_check_clips), int(clips.clips.shape[0]))
     if n_check:
@@ -234,6 +246,8 @@ def train_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tuple[di
     device, dtype = cell.device, DTYPES[cell.dtype]
     clips = load_clipset(cell, cache, progress)  # evaluation clips, and the calibration data
     reducer = calibrate(build_reducer(cell), cell, clips, cache)
+    if reducer is not None and reducer.calibrates_with_model:
+        raise CellError(f"{cell.reducer} calibrates with a trained model in the loop: run it in inference cells")
     train_split = settings.get("split", "train")
     train_ds = first_items(cell.dataset, train_split, settings.get("max_clips"), num_frames=cell.num_frames,
                            img_size=cell.img_size, options=cell.dataset_options)

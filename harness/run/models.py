@@ -3,6 +3,7 @@ checkpoints, and what the cells of one process share (:class:`RunCache`)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import math
 import os
@@ -200,3 +201,41 @@ def calibrate(reducer, cell: Cell, clips: ClipSet, cache: RunCache):
     reducer.calibrate(model_input(b, "cpu", torch.float32) for b, _, _, _ in clips.batches(bs))
     cache.calibrated[key] = reducer
     return reducer.fresh()
+
+
+def calibrate_with_model(reducer, cell: Cell, model: torch.nn.Module, model_id: str, cache: RunCache,
+                         progress: Callable[[str], None] | None = None) -> tuple[Any, dict[str, Any] | None]:
+    """Reducers that calibrate with the model in the loop (``calibrates_with_model``: threshold merging)
+    run ``model`` on the first ``reducer.calibration_clips`` clips of the dataset's *train* split, never
+    the clips the cell scores, before any measured work. Returns the calibrated reducer and the record of
+    what it used and found (``None`` for other reducers); both are cached per reducer, model and data."""
+    if reducer is None or not reducer.calibrates_with_model:
+        return reducer, None
+    if cell.split == "train":
+        raise CellError(f"{cell.reducer} calibrates on the train split, and this cell scores the train split: "
+                        "score a held-out split (val/test)")
+    n = int(reducer.calibration_clips)
+    source = {"dataset": cell.dataset, "split": "train", "clips": n, "chosen": f"the split's first {n} clips",
+              "dataset_options": dict(cell.dataset_options or {}), "num_frames": cell.num_frames,
+              "img_size": cell.img_size}
+    key = _hash({"reducer": cell.reducer, "params": cell.params, "model": model_id, "data": source})
+    if key in cache.calibrated:
+        params, record = cache.calibrated[key]
+        return type(reducer)(**params), record
+    if progress:
+        progress(f"calibrating {cell.reducer} with the model on {n} train clips")
+    ds = first_items(cell.dataset, "train", n, num_frames=cell.num_frames, img_size=cell.img_size,
+                     options=cell.dataset_options)
+    source["clips"] = len(ds)  # fewer where the split (or the suite's dataset options) has fewer
+    bs = int(reducer.calibration_batch)
+    dev, dtype = cell.device, DTYPES[cell.dtype]
+
+    def batches():
+        for i in range(0, len(ds), bs):
+            items = [ds[j] for j in range(i, min(i + bs, len(ds)))]
+            yield model_input(torch.stack([torch.as_tensor(c) for c, _, _ in items]), dev, dtype)
+
+    found = reducer.calibrate_model(model, batches())
+    record = {**dataclasses.asdict(found), "source": source}
+    cache.calibrated[key] = (reducer.params(), record)
+    return reducer.fresh(), record

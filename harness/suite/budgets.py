@@ -45,7 +45,7 @@ def budget_fraction(model: torch.nn.Module, reducer_name: str, params: dict[str,
                     video: torch.Tensor) -> float:
     """Mean tokens per block (entering each block's MLP) of ``reducer_name(**params)`` in ``model`` on
     ``video`` [B, 3, T, H, W], as a fraction of the model's un-reduced tokens per clip."""
-    reducer = get_reducer(reducer_name, **params)
+    reducer = get_reducer(reducer_name, **params).budget_reducer()  # threshold merging: its target schedule
     if reducer.calibrates:  # on the clips it runs on, as the runner does (a no-op unless it has a target)
         reducer.calibrate([video])
     with torch.no_grad():
