@@ -7,8 +7,9 @@ Rule, in every block between attention and MLP (``after_attention``), per clip:
 1. ToMe's matching, unchanged: keys averaged over heads, cosine; tokens alternate into A and B in their
    current order; the ``r`` A tokens whose best B partner is most similar are the sources (``r`` and its
    schedule exactly as ``tome``'s: an int, an (r, inflection) pair or a per-layer list);
-2. in the **first half of the blocks** (block l < ⌊L/2⌋) the sources are **pruned** (dropped): the model is
-   far from linear there, where an average of tokens is a point it never saw;
+2. in the **first half of the blocks** (block l < ⌊L/2⌋) the sources are **pruned** (dropped). The paper's
+   abstract gives the reason: pruning suits a model sensitive to interpolated inputs, merging one that
+   responds close to linearly; the reimplementations (and the issue) put pruning in the early blocks;
 3. in the **second half** they are **merged with MLERP**, the paper's norm-preserving merge: a destination and
    its sources become one token pointing along their size-weighted mean, with the largest norm among them,
    ``x = x̄ · maxᵢ‖xᵢ‖ / ‖x̄‖``, ``x̄ = Σ sizeᵢ·xᵢ / Σ sizeᵢ``. An average of unaligned tokens is shorter than
@@ -20,20 +21,20 @@ Sizes on a pruning block: the interface keeps each clip's sizes summing to the t
 kept tokens' sizes are scaled by one factor per clip (as STA and ``tome_drop`` do); size-weighted pooling then
 equals the reimplementations' plain mean over the kept tokens.
 
-Where the reimplementations differ from the paper, we follow the paper:
+The paper's text could not be opened from this machine (its abstract only: MLERP, "a variant of the SLERP
+technique, tailored to merge multiple tokens while maintaining the norm distribution"). We take its rule to be
+what both reimplementations compute where they use MLERP — the direction of the mean, the largest norm of the
+tokens merged — and differ from the reimplementations where they leave that rule or the issue's brief:
 
-* the mean: both compute MLERP as ``scatter_reduce(..., reduce="mean")`` — an *unweighted* mean of the
-  destination and its sources — and do not track size at all in ToFu; we weight by size, as ToMe's merge
-  does and as a merged token standing for many inputs must be;
 * the merge itself: hchautran/PiToMe's MAE patch (``algo/tofu/patch/mae.py``) merges with a plain mean
-  (``strategy = "mean"``), not MLERP; OpenToMe uses MLERP (``"tofu"`` mode). We use MLERP;
+  (``strategy = "mean"``), not MLERP, though its ``merge.py`` has an MLERP mode; OpenToMe uses MLERP
+  (``"tofu"`` mode). We use MLERP, the paper's contribution;
+* the mean inside MLERP: both take ``scatter_reduce(..., reduce="mean")`` — an *unweighted* mean of the
+  destination and its sources — and track no size in ToFu; we weight by size (our choice, not checked against
+  the paper), as ToMe's merge does, since a token standing for many inputs should pull the direction as many;
+  while a clip's sizes are all equal (no merge yet, only pruning) the two agree;
 * the split: both prune in blocks ``i ≤ L // 2`` and merge in ``i > L // 2`` (7 pruning blocks of 12); we
-  prune in the first half, blocks ``l < L // 2`` (6 of 12), as the paper describes (pruning early, merging
-  late).
-
-The paper's text could not be opened from this machine; the MLERP formula above is the one both
-reimplementations compute (max norm over the merged tokens, direction of their mean), which we take to be the
-paper's, weighted by size as ToMe.
+  prune in the first half, blocks ``l < L // 2`` (6 of 12), as the issue asks.
 
 Built on the bipartite core (:mod:`tokenbench.reducers.bipartite`): ``tome``'s matching (:func:`match` with
 its scores and count) decides the plan; a pruning block applies the core's :func:`drop` (sizes kept per clip by
