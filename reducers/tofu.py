@@ -56,20 +56,23 @@ from .tome import ToMe
 def merge_mlerp(plan: BipartitePlan, tokens: PackedTokens) -> PackedTokens:
     """MLERP over a bipartite plan: each destination becomes the size-weighted mean of itself and its sources
     (:func:`~tokenbench.reducers.bipartite.merge_wavg`, which also sums sizes and takes the smallest pos),
-    rescaled to the largest norm among them. Untouched tokens are copied exactly."""
+    rescaled to the largest norm among them. Untouched tokens are copied exactly (scaled by exactly 1)."""
     if plan.r_max == 0:
         return tokens
     out = merge_wavg(plan, tokens)
     n_out = plan.n_out
-    row = torch.where(plan.active, plan.dst_row, n_out).flatten()  # inactive slots → the spare row
-    norm = tokens.x.index_select(0, plan.keep).norm(dim=1).scatter_reduce(
-        0, row, tokens.x.index_select(0, plan.src.flatten()).norm(dim=1), reduce="amax")[:n_out]
-    # a float mask: jit tracing (the FLOP count) has no index_fill_ with a bool value
-    received = torch.zeros(n_out + 1, device=row.device).index_fill_(0, row, 1.0)[:n_out] > 0
-    mean = out.x
+    b, r_max = plan.src.shape
+    # per source slot: the largest norm among its destination's own token and all sources sharing it
+    src_norm = tokens.x.index_select(0, plan.src.flatten()).norm(dim=1).view(b, 1, r_max)
+    shared = src_norm.expand(b, r_max, r_max).masked_fill(~plan.same, 0.0).amax(dim=-1).flatten()
+    rows = plan.write_row()  # each destination once; every other slot writes the spare row n_out
+    dst_norm = tokens.x.index_select(0, plan.keep.index_select(0, rows)).norm(dim=1)
+    dst_norm = dst_norm * plan.dst_kept.flatten().to(dst_norm.dtype)  # a destination giving up its own token
+    mean_norm = out.x.index_select(0, rows.clamp(max=n_out - 1)).norm(dim=1)
     # a mean of exactly opposite tokens has no direction: it stays (zero) rather than divide by zero
-    scaled = mean * (norm / mean.norm(dim=1).clamp_min(torch.finfo(mean.dtype).tiny)).unsqueeze(1).to(mean.dtype)
-    return out.replace(x=torch.where(received.unsqueeze(1), scaled, mean))
+    scale = torch.maximum(dst_norm, shared) / mean_norm.clamp_min(torch.finfo(mean_norm.dtype).tiny)
+    factor = torch.ones(n_out + 1, dtype=out.x.dtype, device=out.x.device).index_copy_(0, rows, scale.to(out.x.dtype))
+    return out.replace(x=out.x * factor[:n_out].unsqueeze(1))
 
 
 @register_reducer("tofu")
