@@ -74,6 +74,18 @@ CORE_FULL_ONLY = {
     "dtome inflection=-1.0 target_r=16": 0.30,
 }
 TARGETS["vit_t"].update(CORE_FULL_ONLY)
+# issue 24 (pitome), in `full` only: PiToMe keeps a share `ratio` per block; ToFu prunes/merges ToMe's r
+PITOME_FULL_ONLY = {
+    "pitome ratio=0.98": 0.90,
+    "pitome ratio=0.95": 0.75,
+    "pitome ratio=0.88": 0.50,
+    "pitome ratio=0.79": 0.30,
+    "tofu r=3": 0.90,
+    "tofu r=8": 0.75,
+    "tofu r=15": 0.50,
+    "tofu inflection=-1.0 r=16": 0.30,
+}
+TARGETS["vit_t"].update(PITOME_FULL_ONLY)
 # Targets out of reach: STA drops at most half of a temporal group (r ≤ ⌊H'·W'/2⌋) and prunes only after
 # blocks 0, depth//3 and 2·depth//3, so at 12 blocks it cannot go below ~0.37 of the tokens per block
 FLOOR = {("vit_t", "sta r=24"), ("vit_b", "sta r=98")}
@@ -147,7 +159,8 @@ def test_default_and_full_budgets_land_on_their_targets(name):
     fixed = {label for mid, label in settings if label in TARGETS[mid]}
     # every target is run; default leaves random keep 0.9 / 0.75 to `full` (random matched to RLT covers them)
     full_only = {label for label in TARGETS["vit_t"] if label.split()[0] in ("vid_tldr", "attn_prune", "feature_diff")}
-    skipped = {"random keep=0.9", "random keep=0.75", *CORE_FULL_ONLY} | full_only if name == "default" else set()
+    skipped = ({"random keep=0.9", "random keep=0.75", *CORE_FULL_ONLY, *PITOME_FULL_ONLY} | full_only
+               if name == "default" else set())
     assert fixed == set(TARGETS["vit_t"]) - skipped
 
 

@@ -1,5 +1,5 @@
-"""ToMe's, STA's and the ToMe family's (tome_drop, random_merge/drop, tome_hybrid, head-concat keys, dtome)
-bookkeeping as a share of their own forward, vit_b at 16×224² (issue 15: goal ≤ 5 %).
+"""ToMe's, STA's, the ToMe family's (tome_drop, random_merge/drop, tome_hybrid, head-concat keys, dtome),
+PiToMe's and ToFu's bookkeeping as a share of their own forward, vit_b at 16×224² (issue 15: goal ≤ 5 %).
 
 Run (only collected with ``--benchmark-only``)::
 
@@ -30,8 +30,10 @@ from tokenbench.harness.model import build_model
 from tokenbench.harness.timing import to_model_input
 from tokenbench.reducers.dtome import ThresholdMerge
 from tokenbench.reducers.merge_drop import RandomDrop, RandomMerge, ToMeDrop, ToMeHybrid
+from tokenbench.reducers.pitome import PiToMe
 from tokenbench.reducers.rlt import RLT
 from tokenbench.reducers.sta import STA
+from tokenbench.reducers.tofu import ToFu
 from tokenbench.reducers.tome import ToMe
 
 BATCH = int(os.environ.get("TOKENBENCH_BENCH_BATCH", "2"))
@@ -107,6 +109,11 @@ CASES = {
     # thresholds calibrated on the benchmark's own clips (target 50 per block) before the timed forwards;
     # its hooks read the per-clip counts back once a block
     "dtome_r50": (ThresholdMerge(target_r=50), None),
+    # PiToMe at ratio 0.96 keeps about ToMe r=50's tokens per block (0.78 of 1568); ToFu at ToMe's r=50
+    "pitome_ratio0.96": (PiToMe(ratio=0.96), None),
+    "tofu_r50": (ToFu(r=50), None),
+    "pitome_ratio0.96_after_rlt": (PiToMe(ratio=0.96), RLT(threshold=0.1)),
+    "tofu_r50_after_rlt": (ToFu(r=50), RLT(threshold=0.1)),
 }
 
 
