@@ -62,6 +62,8 @@ FULL_CORE[("inference", "synthetic", "tome")] = 4  # keys = "concat", beside the
 # issue 25's block: the attention-reading reducers and feature-space pruning at four budgets, both datasets
 FULL_ATTN = {("inference", data, fam): 4
              for data in ("synthetic", "samples") for fam in ("vid_tldr", "attn_prune", "feature_diff")}
+# PiToMe and ToFu (issue 24, item 4): four budgets each, both datasets
+FULL_PITOME = {("inference", data, fam): 4 for data in ("synthetic", "samples") for fam in ("pitome", "tofu")}
 PAPER = {("inference", data, fam): k * 2  # ViT-B and ViT-L
          for data in ("k400", "ssv2")
          for fam, k in {"none": 1, "rlt": 5, "random-match": 5, "random-keep": 4, "tome": 4, "sta": 4}.items()}
@@ -112,7 +114,7 @@ def test_default_suite_cells():
 
 def test_full_suite_holds_the_default_suite_and_what_left_it():
     default, full = load_suite("default", env={}), load_suite("full", env={})
-    extra = Counter(FULL_CORE) + Counter(FULL_ATTN)
+    extra = Counter(FULL_CORE) + Counter(FULL_ATTN) + Counter(FULL_PITOME)
     assert dict(_counts(full)) == dict(Counter(FULL) + extra)
     assert len(full.cells()) == 73 + sum(extra.values())
     full_keys = {c.key for c in full.cells()}
@@ -141,7 +143,7 @@ def test_paper_suite_cells(name, tmp_path):
                       and c.model == model) == [0.02, 0.05, 0.1, 0.2, 0.4]
 
 
-@pytest.mark.parametrize("name, cells", [("default", 36), ("full", 73 + 24 + 24), ("paper-k400", 46), ("paper-ssv2", 46)])
+@pytest.mark.parametrize("name, cells", [("default", 36), ("full", 73 + 24 + 24 + 16), ("paper-k400", 46), ("paper-ssv2", 46)])
 def test_dry_run_lists_every_suite(name, cells, tmp_path, capsys):
     sets = [a for s in (_paper_args(tmp_path) if name.startswith("paper") else []) for a in ("--set", s)]
     assert main(["run", "--suite", name, "--dry-run", *sets]) == 0
