@@ -45,7 +45,7 @@ def test_keep_one_is_plain_rlt_and_for_eval_drops_the_random_stage():
     sel = red.select(v)
     assert torch.equal(sel.keep, plain.keep) and torch.equal(sel.lengths, plain.lengths)
     ev = RLTRandom(threshold=0.2, keep=0.3, length_embedding=True).for_eval()
-    assert isinstance(ev, RLT) and ev.params() == {"threshold": 0.2, "tubelet": 2, "patch": 16,
+    assert isinstance(ev, RLT) and ev.params() == {"threshold": 0.2,
                                                   "length_embedding": True}
 
 

@@ -88,7 +88,7 @@ def run_cli(args) -> int:
         raise UserError(str(exc)) from exc
     if not train_ds.num_classes:
         raise UserError(f"dataset {args.dataset!r} is unlabelled; training needs labels")
-    length_embedding = reducer is not None and reducer.length_embedding
+    length_embedding = bool(reducer.length_embedding)
     torch.manual_seed(args.seed)
     model = build_model(args.model, train_ds.num_classes, num_frames=args.num_frames, img_size=args.img_size,
                         length_embedding=length_embedding, drop_path_rate=args.drop_path)

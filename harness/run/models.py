@@ -16,7 +16,7 @@ import torch
 
 from tokenbench.datasets import get_dataset
 from tokenbench.reducers import get_reducer
-from tokenbench.reducers.testing import checked
+from tokenbench.reducers.contract import Checked, checked
 
 from ..checkpoint import checkpoint_classes, load_checkpoint, weights_sha256
 from ..errors import CellError
@@ -182,16 +182,16 @@ def base_model(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-def build_reducer(cell: Cell):
-    if cell.reducer == "none":
-        return None
-    return checked(get_reducer(cell.reducer, **(cell.params or {})))  # a broken reducer names the rule it broke
+def build_reducer(cell: Cell) -> Checked:
+    """The cell's reducer (``none`` included), wrapped in the contract check: a broken reducer names the rule
+    it broke."""
+    return checked(get_reducer(cell.reducer, **(cell.params or {})))
 
 
 def calibrate(reducer, cell: Cell, clips: ClipSet, cache: RunCache):
     """Reducers with ``calibrate(batches)`` (random masking matched to RLT's budget) calibrate on the cell's
     clips before any measured work; the calibrated reducer is shared by cells on the same data."""
-    if reducer is None or not reducer.calibrates:
+    if not reducer.calibrates:
         return reducer
     key = _hash({"reducer": cell.reducer, "params": cell.params, "data": data_key(cell)})
     if key in cache.calibrated:
