@@ -200,7 +200,8 @@ class Reducer:
         """The reducer to evaluate a model trained with this one: itself, or the baseline ``none`` for a
         ``train_only`` one. RLT + random masking returns plain RLT."""
         if self.train_only:
-            from .none import NoReducer  # the baseline is a reducer like the others (none imports this module)
+            # the baseline is a reducer like the others (none.py imports this module, hence here)
+            from .none import NoReducer
 
             return NoReducer()
         return self

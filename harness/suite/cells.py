@@ -10,7 +10,7 @@ from tokenbench.reducers import ReducerParamError
 
 from ..errors import SuiteError
 from ..schema import Cell, canonical_json, reducer_label
-from .spec import MODES, SUITE_KEYS, TOP_KEYS, DatasetSpec, ModelSpec, ReducerSpec, Suite
+from .spec import MODES, SUITE_KEYS, TOP_KEYS, DatasetSpec, ModelSpec, ReducerSpec, Suite, param_at
 from .validate import _Entries
 
 
@@ -153,7 +153,7 @@ class _Validator(_Entries):
         label = None
         if r.label:
             label = r.label if len(r.variants()) == 1 else f"{r.label} " + " ".join(
-                f"{k}={params[k]}" for k in r.sweep)
+                f"{k.rsplit('.', 1)[-1]}={param_at(params, k)}" for k in r.sweep)
         mode_fields: dict[str, Any] = (
             dict(repeats=dflt["repeats"], warmup=dflt["warmup"], flops_check_clips=dflt["flops_check_clips"],
                  time_clips=dflt["time_clips"]) if mode == "inference"
