@@ -77,7 +77,7 @@ def run_cli(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     reducer = reducer_from(args.reducer)
-    eval_red: Any = "auto" if args.eval_reducer is None else reducer_from(args.eval_reducer)
+    eval_red: Any = reducer_from(args.eval_reducer) if args.eval_reducer else "auto"  # not given: the rule
     data_opts = parse_params(args.data)
     try:
         train_ds = get_dataset(args.dataset, args.train_split, num_frames=args.num_frames, img_size=args.img_size,
