@@ -60,7 +60,7 @@ def _steps(total: int, stride: int | None, scale: float | None) -> Tensor:
 
 
 class _Downsample(Reducer):
-    """The parameters both rules share: ``stride`` or ``scale``, one of them."""
+    """The parameters both rules share: ``stride`` or ``scale``, one of them (neither: ``stride`` 2)."""
 
     stride: int | None
     scale: float | None
@@ -70,7 +70,7 @@ class _Downsample(Reducer):
             raise ReducerParamError(f"{self.name}: stride={self.stride} and scale={self.scale} exclude each "
                                     "other; give one")
         if self.stride is None and self.scale is None:
-            raise ReducerParamError(f"{self.name}: give stride (keep one in k) or scale (a fraction per axis)")
+            self.stride = 2  # neither given: one in two (TOML has no null, so scale alone must be enough)
         if self.stride is not None and (isinstance(self.stride, bool) or not isinstance(self.stride, int)
                                         or self.stride < 1):
             raise ReducerParamError(f"{self.name}: stride must be a positive integer, got {self.stride!r}")
@@ -84,8 +84,8 @@ class _Downsample(Reducer):
 class TemporalDownsample(_Downsample):
     """Keep the tubelets of one time step in k (fewer frames), the first step of each group."""
 
-    stride: int | None = field(default=2, metadata={
-        "help": "keep time steps t with t mod stride = 0 (the first of each group)"})
+    stride: int | None = field(default=None, metadata={
+        "help": "keep time steps t with t mod stride = 0, the first of each group (2 unless scale is given)"})
     scale: float | None = field(default=None, metadata={
         "help": "instead of stride: keep round(scale·T') time steps, evenly spaced"})
 
@@ -101,8 +101,9 @@ class TemporalDownsample(_Downsample):
 class SpatialDownsample(_Downsample):
     """A coarser token grid: one cell of each k×k block (its top-left), the same cells at every step."""
 
-    stride: int | None = field(default=2, metadata={
-        "help": "keep cells (h, w) with h and w ≡ 0 mod stride (one per stride×stride block)"})
+    stride: int | None = field(default=None, metadata={
+        "help": "keep cells (h, w) with h and w ≡ 0 mod stride, one per stride×stride block (2 unless scale "
+                "is given)"})
     scale: float | None = field(default=None, metadata={
         "help": "instead of stride: keep round(scale·H') rows and round(scale·W') columns, evenly spaced"})
 

@@ -64,6 +64,7 @@ def test_the_reducers_tubelet_constant_is_the_backbones():
     ("random", "{ patch = 32 }", "reducer 'random' has no parameter 'patch'"),
     ("rlt_random", "{ patch = 8 }", "reducer 'rlt_random' has no parameter 'patch'"),
     ("temporal", "{ stride = 2, scale = 0.5 }", "temporal: stride=2 and scale=0.5 exclude each other"),
+    ("temporal", "{ scale = 0.5, strid = 2 }", "reducer 'temporal' has no parameter 'strid'"),
     ("compose", "{ stages = [\"tome\", \"sta\"] }", "compose: stages [0, 1] both act inside the blocks"),
     ("compose", "{ stages = [\"tome\", \"rlt\"] }", "compose: stages[1] selects at the input but comes after"),
     ("compose", "{ stages = [\"rlt\", { name = \"tome\", params = { r = 40 } }] }",

@@ -27,9 +27,9 @@ def test_temporal_stride_keeps_the_first_step_of_each_group_with_run_lengths_to_
 
 def test_temporal_scale_keeps_n_evenly_spaced_steps():
     assert evenly_spaced(4, 3).tolist() == [0, 1, 2] and evenly_spaced(8, 3).tolist() == [0, 2, 5]
-    assert _steps(TemporalDownsample(stride=None, scale=0.75).select(torch.zeros(1, 3, 8, 32, 32))) == [0, 1, 2]
-    assert _steps(TemporalDownsample(stride=None, scale=0.5).select(VIDEO)) == [0, 2, 4, 6]  # = stride 2
-    assert _steps(TemporalDownsample(stride=None, scale=0.01).select(VIDEO)) == [0]  # never empties a clip
+    assert _steps(TemporalDownsample(scale=0.75).select(torch.zeros(1, 3, 8, 32, 32))) == [0, 1, 2]
+    assert _steps(TemporalDownsample(scale=0.5).select(VIDEO)) == [0, 2, 4, 6]  # = stride 2
+    assert _steps(TemporalDownsample(scale=0.01).select(VIDEO)) == [0]  # never empties a clip
 
 
 def test_spatial_stride_keeps_the_top_left_cell_of_each_block_at_every_step():
@@ -38,7 +38,7 @@ def test_spatial_stride_keeps_the_top_left_cell_of_each_block_at_every_step():
     cells = sel.keep[0, 0].nonzero().tolist()
     assert cells == [[h, w] for h in (0, 2, 4) for w in (0, 2, 4)]
     assert torch.equal(sel.keep[0, 0], sel.keep[0, 1]) and bool((sel.lengths == sel.keep.long()).all())
-    scaled = SpatialDownsample(stride=None, scale=0.6).select(video).keep[0, 0]  # 3 of 5 rows and columns
+    scaled = SpatialDownsample(scale=0.6).select(video).keep[0, 0]  # 3 of 5 rows and columns
     assert scaled.nonzero().tolist() == [[h, w] for h in (0, 1, 3) for w in (0, 1, 3)]
 
 
@@ -62,8 +62,8 @@ def test_the_model_tells_the_reducer_its_geometry():
 def test_budgets_are_exact_fractions():
     model = build_model("vit_t", 2, num_frames=8, img_size=112).eval()  # grid (4, 7, 7), the suites' model
     video = torch.randn(1, 3, 8, 112, 112)
-    for name, params, kept in (("temporal", {"stride": None, "scale": 0.75}, 147),
-                               ("spatial", {"stride": None, "scale": 0.86}, 4 * 36),
+    for name, params, kept in (("temporal", {"scale": 0.75}, 147),
+                               ("spatial", {"scale": 0.86}, 4 * 36),
                                ("spatial", {"stride": 2}, 4 * 16)):
         with torch.no_grad():
             model(video, get_reducer(name, **params))
@@ -75,13 +75,12 @@ def test_bad_parameters_name_the_parameter():
         with pytest.raises(ReducerParamError, match=f"{name}: stride"):
             get_reducer(name, stride=0)
         with pytest.raises(ReducerParamError, match=f"{name}: scale"):
-            get_reducer(name, stride=None, scale=1.5)
+            get_reducer(name, scale=1.5)
         with pytest.raises(ReducerParamError, match="exclude each other"):
-            get_reducer(name, scale=0.5)
-        with pytest.raises(ReducerParamError, match="give stride"):
-            get_reducer(name, stride=None)
+            get_reducer(name, stride=2, scale=0.5)
+        assert get_reducer(name).params() == {"stride": 2, "scale": None}  # neither given: one in two
 
 
-@pytest.mark.parametrize("reducer", [TemporalDownsample(stride=2), SpatialDownsample(stride=None, scale=0.5)])
+@pytest.mark.parametrize("reducer", [TemporalDownsample(stride=2), SpatialDownsample(scale=0.5)])
 def test_conformance(reducer):
     assert "select" in check_reducer(reducer).checks
