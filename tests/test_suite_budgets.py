@@ -26,7 +26,11 @@ TARGETS = {
     "vit_t": {"none": 1.0,
               "random keep=0.9": 0.90, "random keep=0.75": 0.75, "random keep=0.5": 0.50, "random keep=0.3": 0.30,
               "tome r=3": 0.90, "tome r=8": 0.75, "tome r=15": 0.50, "tome inflection=-1.0 r=16": 0.30,
-              "sta r=4": 0.90, "sta r=10": 0.75, "sta r=19": 0.50, "sta r=24": 0.30},
+              "sta r=4": 0.90, "sta r=10": 0.75, "sta r=19": 0.50, "sta r=24": 0.30,
+              # downsampling on the 4×7×7 grid: 0.90 is out of reach of both (4 time steps; 7×7 is the next
+              # grid up), and temporal's nearest to 0.30 is one step of four
+              "temporal scale=0.75": 0.75, "temporal scale=0.5": 0.50, "temporal scale=0.25": 0.25,
+              "spatial scale=0.86": 0.75, "spatial scale=0.71": 0.50, "spatial scale=0.57": 0.30},
     "vit_b": {"none": 1.0,
               "random keep=0.9": 0.90, "random keep=0.75": 0.75, "random keep=0.5": 0.50, "random keep=0.3": 0.30,
               "tome r=24": 0.90, "tome r=60": 0.75, "tome r=120": 0.50, "tome inflection=-1.0 r=127": 0.30,
