@@ -17,7 +17,10 @@ its defaults), e.g. RLT then ToMe::
 
 Capabilities combine as the stages need them: proportional attention, the length embedding and
 calibration when **any** stage declares them (``calibrate`` calibrates each stage that calibrates, in
-order, on the same clips); ``train_only`` when every stage is; :meth:`for_eval` composes each stage's own
+order, on the same clips; ``calibrate_model``, the model-in-the-loop calibration of threshold merging,
+runs each stage that has it with the input stages before it applied to every forward pass it makes, so
+ToMe-style thresholds after RLT are fitted on RLT's tokens; ``budget_reducer`` composes the stages'
+own); ``train_only`` when every stage is; :meth:`for_eval` composes each stage's own
 ``for_eval`` (a train-only stage drops out, so ``rlt`` then ``random`` evaluates as plain ``rlt``). The
 geometry checks of every stage run (an in-block stage is checked against the full grid: the tokens an
 input stage leaves depend on the clip). ``params()`` lists every stage with all its parameters, as
@@ -101,6 +104,9 @@ class Compose(Reducer):
         self.prop_attn = any(bool(s.prop_attn) for s in self._stages)
         self.length_embedding = any(bool(s.length_embedding) for s in self._stages)
         self.calibrates = any(s.calibrates for s in self._stages)
+        # model-in-the-loop calibration (threshold merging, branch `core`): read with a default, so the
+        # composition delegates it whether or not this checkout's Reducer declares it yet
+        self.calibrates_with_model = any(getattr(s, "calibrates_with_model", False) for s in self._stages)
         self.train_only = all(s.train_only for s in self._stages)
         self.identity = all(s.identity for s in self._stages)
 
@@ -142,6 +148,22 @@ class Compose(Reducer):
         batches = list(videos)  # several stages may read them
         return [s.calibrate(batches) if s.calibrates else None for s in self._stages]
 
+    def calibrate_model(self, model: Any, batches: Iterable[Tensor]) -> Any:
+        """Each stage that calibrates with the model in the loop, on ``batches``, with the input stages before
+        it applied to every forward pass it makes (an in-block stage after RLT calibrates on RLT's tokens);
+        what the stage returns (a list when several do)."""
+        batches = list(batches)
+        found = []
+        for i, s in enumerate(self._stages):
+            if getattr(s, "calibrates_with_model", False):
+                before = Compose.of(*self._stages[:i]) if i else None
+                found.append(s.calibrate_model(_AfterInputs(model, before), batches))
+        return found[0] if len(found) == 1 else found
+
+    def budget_reducer(self) -> Reducer:
+        """The composition of each stage's budget reducer (threshold merging: ToMe at its target r)."""
+        return Compose.of(*(getattr(s, "budget_reducer", lambda s=s: s)() for s in self._stages))
+
     def for_eval(self) -> Reducer:
         kept = [e for e in (s.for_eval() for s in self._stages) if not e.identity]
         if not kept:
@@ -155,6 +177,24 @@ class Compose(Reducer):
 
     def fresh(self) -> Compose:
         return Compose.of(*(s.fresh() for s in self._stages))
+
+
+class _AfterInputs:
+    """``model`` as a calibrating stage sees it inside a composition: every call applies the stages before it
+    (their selection), then runs the model with the reducer the stage passes."""
+
+    def __init__(self, model: Any, before: Compose | None):
+        self.model, self.before = model, before
+
+    def __getattr__(self, name: str) -> Any:  # grid, depth, geometry, last_stats, …: the model's own
+        if name in ("model", "before"):
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+    def __call__(self, video: Tensor, reducer: Reducer, selection: Selection | None = None) -> Tensor:
+        if selection is None and self.before is not None:
+            selection = self.before.select(video, self.model.geometry)
+        return self.model(video, reducer=reducer, selection=selection)
 
 
 def _renamed(exc: ReducerParamError, name: str) -> ReducerParamError:

@@ -180,3 +180,23 @@ def test_a_suite_sweeps_a_stages_parameter(tmp_path):
         p.write_text(SUITE.replace('"stages.tome.params.r"', bad))
         with pytest.raises(Exception, match=where):
             load_suite(str(p), env={})
+
+
+class _SeesTokens(ToMe):
+    """An in-block stage that calibrates with the model in the loop: notes the tokens its model pass saw."""
+
+    calibrates_with_model = True
+
+    def calibrate_model(self, model, batches):
+        for video in batches:
+            model(video, reducer=self)
+        return list(model.last_stats.tokens_in)
+
+
+def test_model_in_the_loop_calibration_runs_after_the_input_stages():
+    model = build_model("vit_t", 5, num_frames=16, img_size=64).eval()
+    comp = Compose.of(get_reducer("temporal"), _SeesTokens(r=2))
+    assert comp.calibrates_with_model and not comp.calibrates
+    with torch.no_grad():
+        assert comp.calibrate_model(model, iter([torch.randn(2, 3, 16, 64, 64)])) == [64, 64]  # half of 128
+    assert comp.budget_reducer().params() == comp.params()
