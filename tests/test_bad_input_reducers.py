@@ -155,7 +155,8 @@ def test_a_contract_violation_in_a_forward_pass_names_the_hook_and_the_rule(cls,
 
 
 def test_checked_reducers_look_like_themselves():
-    for name in ("rlt", "random", "tome", "sta", "rlt_random", "none", "temporal", "spatial", "compose"):
+    assert checked(get_reducer("none")).identity and not isinstance(checked(get_reducer("none")), Checked)
+    for name in ("rlt", "random", "tome", "sta", "rlt_random", "temporal", "spatial", "compose"):
         r = get_reducer(name, **({"stages": ["rlt", "tome"]} if name == "compose" else {}))
         c = checked(r)
         assert isinstance(c, Checked) and c.inner is r and type(r) is r.__class__ and repr(c) == repr(r)

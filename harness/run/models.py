@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from tokenbench.datasets import get_dataset
-from tokenbench.reducers import get_reducer
+from tokenbench.reducers import Reducer, get_reducer
 from tokenbench.reducers.contract import Checked, checked
 
 from ..checkpoint import checkpoint_classes, load_checkpoint, weights_sha256
@@ -182,7 +182,7 @@ def base_model(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-def build_reducer(cell: Cell) -> Checked:
+def build_reducer(cell: Cell) -> Reducer | Checked:
     """The cell's reducer (``none`` included), wrapped in the contract check: a broken reducer names the rule
     it broke."""
     return checked(get_reducer(cell.reducer, **(cell.params or {})))
