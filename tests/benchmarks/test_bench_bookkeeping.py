@@ -27,6 +27,7 @@ import torch
 
 from tokenbench.harness.model import build_model
 from tokenbench.harness.timing import to_model_input
+from tokenbench.reducers.base import VIDEOMAE
 from tokenbench.reducers.rlt import RLT
 from tokenbench.reducers.sta import STA
 from tokenbench.reducers.tome import ToMe
@@ -52,8 +53,8 @@ class _Timed:
     def check_geometry(self, grid, depth):
         self.inner.check_geometry(grid, depth)
 
-    def select(self, video):
-        return None if self.selector is None else self.selector.select(video)
+    def select(self, video, geometry=VIDEOMAE):
+        return None if self.selector is None else self.selector.select(video, geometry)
 
     def _timed(self, hook, tokens, keys, layer, depth):
         _sync()
