@@ -106,7 +106,7 @@ def ensure_pretrained(pretrain: dict[str, Any], cache_dir: Path, device: str = "
         model = build_model(pretrain["model"], ds.num_classes, num_frames=pretrain["num_frames"],
                             img_size=pretrain["img_size"])
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        result = train(model, ds, None, None, TrainRecipe.from_settings(pretrain),
+        result = train(model, ds, None, get_reducer("none"), TrainRecipe.from_settings(pretrain),
                        device=device, out=tmp, log=log is not None)
         chance = math.log(ds.num_classes)
         if result.final_loss > CHANCE_LOSS_SHARE * chance:  # said, not refused: a tiny test recipe never learns
