@@ -200,3 +200,17 @@ def test_model_in_the_loop_calibration_runs_after_the_input_stages():
     with torch.no_grad():
         assert comp.calibrate_model(model, iter([torch.randn(2, 3, 16, 64, 64)])) == [64, 64]  # half of 128
     assert comp.budget_reducer().params() == comp.params()
+
+
+def test_a_suite_refuses_the_same_composition_written_two_ways(tmp_path):
+    p = tmp_path / "comp.toml"
+    p.write_text(SUITE.replace('sweep = { "stages.tome.params.r" = [2, 4] }', "").replace('"tome"', '{ name = "tome", '
+                                                                                       'params = { r = 2 } }')
+                 + """
+[[reducers]]
+name = "compose"
+id = "again"
+params = { stages = ["rlt", { name = "tome", params = { r = 2, inflection = 0.0 } }] }
+""")
+    with pytest.raises(Exception, match="repeats"):
+        load_suite(str(p), env={})

@@ -186,11 +186,12 @@ class _Validator(_Entries):
 
 
 def _effective_params(reducer: Any, params: dict) -> dict:
-    """Every parameter of a built reducer (its dataclass fields), so ``rlt`` and ``rlt threshold=0.1``
-    compare equal; a reducer that is not a dataclass is compared by the parameters given."""
+    """Every parameter of a built reducer (its ``params()``: its dataclass fields, a composition's stages
+    with all theirs), so ``rlt`` and ``rlt threshold=0.1`` compare equal; a reducer that is not a dataclass
+    is compared by the parameters given."""
     if not dataclasses.is_dataclass(reducer):
         return dict(params)
-    return {f.name: getattr(reducer, f.name) for f in dataclasses.fields(reducer) if f.init}
+    return reducer.params()
 
 
 def describe(suite: Suite) -> str:
