@@ -15,6 +15,7 @@ from tokenbench.reducers import Reducer
 
 from .distributed import _all_reduce, _Dist, resolve_amp
 from .metrics import MultiViewAccuracy
+from .model import BASELINE
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -35,7 +36,7 @@ def model_input(clips: torch.Tensor, device: torch.device | str, dtype: torch.dt
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset: Dataset, reducer: Reducer | None = None, *, batch_size: int = 32,
+def evaluate(model: nn.Module, dataset: Dataset, reducer: Reducer = BASELINE, *, batch_size: int = 32,
              device: str | torch.device = "cpu", num_workers: int = 0, max_clips: int | None = None,
              amp: bool | str = False) -> dict[str, Any]:
     """Top-1 / top-5 (%) of ``model`` (+ ``reducer``, applied as given) on ``dataset``.

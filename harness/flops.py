@@ -56,6 +56,7 @@ from .flop_handles import (
     attention_handles,
     flop_analysis,
 )
+from .model import BASELINE
 
 __all__ = ["AnalyticFlops", "FlopReport", "FlopCountError", "FlopAgreementError", "analytic_flops", "attention_handles",
            "count_flops", "flop_analysis", "gflops_from_stats", "verify_analytic", "GIGA", "ATTENTION_OP"]
@@ -157,7 +158,7 @@ def gflops_from_stats(model: torch.nn.Module, stats: Any = None) -> AnalyticFlop
 class _Traced(torch.nn.Module):
     """fvcore traces modules with tensor inputs only: bind the reducer and selection."""
 
-    def __init__(self, model: torch.nn.Module, reducer: Reducer | None, selection: Selection | None):
+    def __init__(self, model: torch.nn.Module, reducer: Reducer, selection: Selection | None):
         super().__init__()
         self.model = model
         self.reducer = reducer
@@ -211,7 +212,7 @@ class FlopReport:
                 "gflops_attention": self.attention_gflops}
 
 
-def count_flops(model: torch.nn.Module, video: Tensor, reducer: Reducer | None = None,
+def count_flops(model: torch.nn.Module, video: Tensor, reducer: Reducer = BASELINE,
                 selection: Selection | None = None) -> FlopReport:
     """Trace one forward pass of ``model`` on ``video`` [B,3,T,H,W] with fvcore and the attention handles.
 
@@ -225,11 +226,10 @@ def count_flops(model: torch.nn.Module, video: Tensor, reducer: Reducer | None =
     model.eval()
     model.attn_backend = "sdpa"
     try:
-        if reducer is not None:
-            reducer.check_geometry(model.grid, model.depth)
-            if selection is None:
-                with torch.no_grad():
-                    selection = reducer.select(video)
+        reducer.check_geometry(model.grid, model.depth)
+        if selection is None:
+            with torch.no_grad():
+                selection = reducer.select(video, model.geometry)
         fa = flop_analysis(_Traced(model, reducer, selection), (video,))
         with torch.no_grad():
             total = fa.total()
@@ -290,7 +290,7 @@ def _layer_row(mods: dict[str, Counter], by_module: dict[str, float], p: str, pe
     return row
 
 
-def verify_analytic(model: torch.nn.Module, video: Tensor, reducer: Reducer | None = None,
+def verify_analytic(model: torch.nn.Module, video: Tensor, reducer: Reducer = BASELINE,
                     selection: Selection | None = None, tol: float = 0.01) -> FlopReport:
     """Trace ``video`` (a sample of a cell's clips) with fvcore and check the analytic count the runner
     uses for every clip: it must match fvcore's count of the backbone within ``tol`` (relative), else
@@ -303,7 +303,7 @@ def verify_analytic(model: torch.nn.Module, video: Tensor, reducer: Reducer | No
     ``report.reducer_gflops``."""
     report = count_flops(model, video, reducer, selection)
     if report.backbone_difference > tol:
-        name = reducer.name if reducer is not None else "none"
+        name = reducer.name
         raise FlopAgreementError(
             f"analytic FLOPs {report.analytic.mean:.3f} GFLOPs per clip vs fvcore's backbone "
             f"{report.backbone_gflops:.3f} ({100 * report.backbone_difference:.2f}%; fvcore total "

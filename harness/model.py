@@ -24,7 +24,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from tokenbench.reducers.base import AttentionContext, PackedTokens, Reducer, Selection
+from tokenbench.reducers.base import AttentionContext, Geometry, PackedTokens, Reducer, Selection
+from tokenbench.reducers.none import NoReducer
 
 from .attention import attention_call, choose_backend
 
@@ -48,6 +49,7 @@ MODEL_SIZES: dict[str, ModelSize] = {
 NORM_EPS = 1e-6  # the original VideoMAE's LayerNorm eps (blocks and fc_norm); transformers' differ
 TUBELET = 2
 PATCH = 16
+BASELINE = NoReducer()  # the reducer of a forward pass given none: keeps every token
 
 
 def sincos_table(n_position: int, dim: int) -> Tensor:
@@ -131,7 +133,7 @@ class Block(nn.Module):
         scale = keep.to(h.dtype) / (1.0 - self.drop_path)
         return h * scale[tokens.seq_ids()].unsqueeze(1)
 
-    def forward(self, tokens: PackedTokens, reducer: Reducer | None, layer: int, depth: int,
+    def forward(self, tokens: PackedTokens, reducer: Reducer, layer: int, depth: int,
                 backend: str, prop_attn: bool, dense: bool,
                 scored: bool = False) -> tuple[PackedTokens, tuple[str, str], Tensor]:
         """(tokens after the block, the attention (backend, path) that ran, ``cu_seqlens`` of the tokens entering the
@@ -146,18 +148,16 @@ class Block(nn.Module):
         )} if scored else {}
         del queries
         tokens = tokens.replace(x=tokens.x + self._drop(h, tokens))
-        if reducer is not None:
-            reduced = reducer.after_attention(tokens, keys, layer, depth, **context)
-            context.clear()
-            if reduced is not tokens:
-                # The keys belong to the tokens before after_attention merged or moved them; after_block
-                # gets None rather than keys that no longer line up with its tokens.
-                keys = None
-            tokens = reduced
+        reduced = reducer.after_attention(tokens, keys, layer, depth, **context)
+        context.clear()
+        if reduced is not tokens:
+            # The keys belong to the tokens before after_attention merged or moved them; after_block
+            # gets None rather than keys that no longer line up with its tokens.
+            keys = None
+        tokens = reduced
         mlp_cu = tokens.cu_seqlens
         tokens = tokens.replace(x=tokens.x + self._drop(self.mlp(self.norm2(tokens.x)), tokens))
-        if reducer is not None:
-            tokens = reducer.after_block(tokens, keys, layer, depth)
+        tokens = reducer.after_block(tokens, keys, layer, depth)
         return tokens, ran, mlp_cu
 
 
@@ -189,7 +189,7 @@ class PatchEmbed(nn.Module):
 
 
 class VideoViT(nn.Module):
-    """Packed video ViT. ``forward(video, reducer=None)`` → logits [B, num_classes]."""
+    """Packed video ViT. ``forward(video, reducer=BASELINE)`` → logits [B, num_classes]."""
 
     def __init__(self, name: str, num_classes: int, num_frames: int = 16, img_size: int = 224,
                  length_embedding: bool = False, drop_path_rate: float = 0.0, head_dropout: float = 0.0,
@@ -205,6 +205,7 @@ class VideoViT(nn.Module):
         self.name, self.num_classes = name, num_classes
         self.num_frames, self.img_size = num_frames, img_size
         self.embed_dim, self.depth, self.heads = dim, depth, heads
+        self.geometry = Geometry(TUBELET, PATCH)  # told to every input-stage reducer
         self.grid = (num_frames // TUBELET, img_size // PATCH, img_size // PATCH)
         n_tok = math.prod(self.grid)
         self.patch_embed = PatchEmbed(dim)
@@ -252,13 +253,10 @@ class VideoViT(nn.Module):
 
     # --- stages ---------------------------------------------------------------------------------
     def embed(self, video: Tensor, selection: Selection | None = None,
-              reducer: Reducer | None = None) -> PackedTokens:
+              reducer: Reducer = BASELINE) -> PackedTokens:
         """Tubelet-embed the kept tubelets of ``video`` and pack them: PackedTokens. ``reducer.before_position``
         sees the embeddings before the position embedding is added."""
-        tokens = self.embed_tubelets(video, selection)
-        if reducer is not None:
-            tokens = reducer.before_position(tokens)
-        return self.add_position(tokens)
+        return self.add_position(reducer.before_position(self.embed_tubelets(video, selection)))
 
     def add_position(self, tokens: PackedTokens) -> PackedTokens:
         """Each token's row of the position table added at its ``pos``."""
@@ -311,13 +309,13 @@ class VideoViT(nn.Module):
         den = tokens.x.new_zeros(b, 1).index_add_(0, ids, w)
         return num / den
 
-    def forward_tokens(self, tokens: PackedTokens, reducer: Reducer | None = None) -> PackedTokens:
+    def forward_tokens(self, tokens: PackedTokens, reducer: Reducer = BASELINE) -> PackedTokens:
         backend = self.backend_for(tokens.x)
-        prop_attn = reducer is not None and reducer.prop_attn
+        prop_attn = bool(reducer.prop_attn)
         stats = ForwardStats(tokens_in=tokens.seqlens())
         ran, paths = set(), set()
         counts = stats.tokens_in
-        scored = reducer.attention_layers(self.depth) if reducer is not None else frozenset()
+        scored = reducer.attention_layers(self.depth)
         for i, blk in enumerate(self.blocks):
             cu_before = tokens.cu_seqlens
             tokens, used, mlp_cu = blk(tokens, reducer, i, self.depth, backend, prop_attn, self.dense_fast_path,
@@ -334,20 +332,18 @@ class VideoViT(nn.Module):
         self.last_stats = stats
         return tokens
 
-    def forward(self, video: Tensor, reducer: Reducer | None = None,
+    def forward(self, video: Tensor, reducer: Reducer = BASELINE,
                 selection: Selection | None = None) -> Tensor:
         """video [B,3,T,H,W], ImageNet-normalised → logits [B, num_classes].
 
         ``reducer.select`` runs here (its cost is part of inference); pass ``selection`` to use a
         precomputed one instead.
         """
-        if reducer is not None:
-            reducer.check_geometry(self.grid, self.depth)
-            if selection is None:
-                selection = reducer.select(video)
+        reducer.check_geometry(self.grid, self.depth)
+        if selection is None:
+            selection = reducer.select(video, self.geometry)
         embedded = self.embed_tubelets(video, selection)
-        tokens = reducer.before_position(embedded) if reducer is not None else embedded
-        tokens = self.forward_tokens(self.add_position(tokens), reducer)
+        tokens = self.forward_tokens(self.add_position(reducer.before_position(embedded)), reducer)
         self.last_stats.tokens_embedded = embedded.seqlens()
         return self.head(self.head_dropout(self.fc_norm(self.pool(tokens))))
 

@@ -49,8 +49,21 @@ def reducer_label(reducer: str, params: dict[str, Any] | None) -> str:
     """Short human name for tables and legends, e.g. ``rlt τ=0.1``, ``tome r=8``, ``none``."""
     params = dict(params or {})
     alias = {"threshold": "τ"}
-    shown = [f"{alias.get(k, k)}={v}" for k, v in sorted(params.items()) if k not in ("seed",)]
+    shown = [_stages_label(v) if _is_stages(v) else f"{alias.get(k, k)}={v}"
+             for k, v in sorted(params.items()) if k not in ("seed",)]
     return reducer + (" " + " ".join(shown) if shown else "")
+
+
+def _is_stages(value: Any) -> bool:
+    """A list of reducers (``compose``'s stages: names or ``{name, params}`` tables)."""
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(s, str) or (isinstance(s, dict) and isinstance(s.get("name"), str)) for s in value)
+
+
+def _stages_label(stages: list) -> str:
+    """``rlt τ=0.1 → tome r=4``: each stage as its own label, in order."""
+    return " → ".join(reducer_label(s, None) if isinstance(s, str) else reducer_label(s["name"], s.get("params"))
+                      for s in stages)
 
 
 # ----------------------------------------------------------------------------------------------

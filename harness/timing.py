@@ -13,7 +13,7 @@
   two runs are paired; the speedup is the median of the paired ratios, its interval a bootstrap over
   repeats. (The ratio of the two arms' medians is not used: with few repeats and a drifting machine it can
   fall outside the paired ratios' own spread.);
-* **A/A control**: with ``reducer=None`` and ``baseline=True`` both arms are the baseline, timed through
+* **A/A control**: with the baseline reducer (``none``, the default) and ``baseline=True`` both arms are the baseline, timed through
   exactly the same protocol; its speedup must read 1.00 within its interval, which is what validates the
   estimator on this machine;
 * the garbage collector is collected before and disabled during the timed runs (a collection pause
@@ -50,8 +50,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from tokenbench.reducers.base import Reducer
+
 from .input_guard import check_unchanged, digests
 from .intervals import median_interval
+from .model import BASELINE
 
 
 # --- clip preparation --------------------------------------------------------------------------------
@@ -429,13 +432,13 @@ def _no_gc():
             gc.enable()
 
 
-def time_forward(model: torch.nn.Module, videos_on_device: Tensor | Sequence[Tensor], reducer=None, *,
+def time_forward(model: torch.nn.Module, videos_on_device: Tensor | Sequence[Tensor], reducer: Reducer = BASELINE, *,
                  baseline: bool = True, warmup: int = 2, repeats: int = 10, batch_size: int = 8,
                  threads: int | None = None, probe: HostProbe | None = None) -> TimingResult:
     """Time ``model(video, reducer)`` over pre-decoded, normalised clips already on the device.
 
     With ``baseline=True`` the baseline (no reducer) is timed beside the reducer arm, ABBA over repeats,
-    after ``warmup`` rounds of both; with ``reducer=None`` that is the A/A control (both arms the
+    after ``warmup`` rounds of both; with the baseline reducer (``none``) that is the A/A control (both arms the
     baseline). With ``baseline=False`` only the reducer arm (or, without a reducer, the baseline) runs.
     ``probe`` samples the host around every timed arm run (default: ``/proc/stat``).
     """
@@ -446,10 +449,9 @@ def time_forward(model: torch.nn.Module, videos_on_device: Tensor | Sequence[Ten
     batches = make_batches(clips, batch_size)
     device = batches[0].device
     timer_name, timed = _timer(device)
-    arms: dict[str, Any] = {"baseline": None} if baseline else {}
+    arms: dict[str, Any] = {"baseline": BASELINE} if baseline else {}
     arms["reducer"] = reducer
-    if reducer is not None:
-        reducer.check_geometry(model.grid, model.depth)
+    reducer.check_geometry(model.grid, model.depth)
     memory = _PeakMemory(device)
     probe = probe if probe is not None else HostProbe()
 
@@ -466,7 +468,7 @@ def time_forward(model: torch.nn.Module, videos_on_device: Tensor | Sequence[Ten
     def run_select() -> float:
         total = 0.0
         for batch in batches:
-            total += timed(lambda b=batch: reducer.select(b))
+            total += timed(lambda b=batch: reducer.select(b, model.geometry))
         return total / len(batches)
 
     was_training = model.training
@@ -493,7 +495,7 @@ def time_forward(model: torch.nn.Module, videos_on_device: Tensor | Sequence[Ten
                     backends[name] = model.last_stats.backend
                     if name == "reducer":
                         tokens_in = list(model.last_stats.tokens_in)
-            if reducer is not None:
+            if not reducer.identity:
                 for _ in range(warmup):
                     run_select()
                 select_ms = [run_select() for _ in range(repeats)]

@@ -33,7 +33,7 @@ Measurement protocol
   based — the RLT paper evaluates RLT-trained models with RLT on), without the train-time-only parts:
   random masking is a training augmentation / speed-up and is off at evaluation; ``rlt_random`` is
   evaluated with plain RLT at the same τ (its ``for_eval()``). Pass ``eval_reducer=`` to override
-  (``None`` or a reducer; ``"auto"`` is the rule above). The reducer used is recorded.
+  (a reducer, ``none`` for the bare model; ``"auto"`` is the rule above). The reducer used is recorded.
 * **top-1 / top-5** are over the whole evaluation split (top-5 is top-min(5, C)). When a dataset has
   several views per video (``meta["video_index"]``), softmax scores are averaged per video first
   (VideoMAE's multi-view protocol) and the ``views`` figure records it.
@@ -77,6 +77,7 @@ from tokenbench.reducers import Reducer
 from .checkpoint import save_checkpoint
 from .distributed import _all_reduce, _Dist, _init_distributed, _resolve_device, native_bf16, resolve_amp
 from .evaluate import _collate, evaluate, model_input
+from .model import BASELINE
 
 __all__ = ["TrainRecipe", "TrainResult", "DEFAULTS", "RECIPE_FIELDS", "train", "evaluate", "inference_reducer",
            "param_groups", "lr_at", "native_bf16", "resolve_amp"]
@@ -140,8 +141,8 @@ class TrainResult:
     eval_tokens_mean: float | None = None
     eval_num_clips: int | None = None
     eval_views: str | None = None
-    reducer: str | None = None  # repr of the training reducer
-    eval_reducer: str | None = None  # repr of the evaluation reducer
+    reducer: str | None = None  # repr of the training reducer (None: the baseline, no reduction)
+    eval_reducer: str | None = None  # repr of the evaluation reducer (None: the baseline, no reduction)
     world_size: int = 1
     threads: int = 1
     device: str = "cpu"
@@ -166,9 +167,14 @@ class TrainResult:
 # --------------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------------
-def inference_reducer(reducer: Reducer | None) -> Reducer | None:
+def inference_reducer(reducer: Reducer) -> Reducer:
     """The reducer to evaluate a model trained with ``reducer``: its ``for_eval()`` (see the module docstring)."""
-    return None if reducer is None else reducer.for_eval()
+    return reducer.for_eval()
+
+
+def _described(reducer: Reducer) -> str | None:
+    """A reducer as the result records it: its repr, or None for the baseline (nothing reduced)."""
+    return None if reducer.identity else repr(reducer)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -205,9 +211,9 @@ class _Run:
     dev: torch.device
     net: nn.Module
     model_ddp: nn.Module
-    reducer: Reducer | None
-    train_reducer: Reducer | None
-    ev_reducer: Reducer | None
+    reducer: Reducer
+    train_reducer: Reducer
+    ev_reducer: Reducer
     loader: DataLoader
     sampler: Any
     opt: torch.optim.Optimizer
@@ -222,16 +228,16 @@ class _Run:
     step: int = 0
 
 
-def train(model: nn.Module, train_ds: Dataset, val_ds: Dataset | None = None, reducer: Reducer | None = None,
+def train(model: nn.Module, train_ds: Dataset, val_ds: Dataset | None = None, reducer: Reducer = BASELINE,
           recipe: TrainRecipe | None = None, *, device: str | torch.device = "cpu", out: str | Path | None = None,
-          eval_reducer: Reducer | None | str = "auto", log: bool = True, log_every: int = 0) -> TrainResult:
+          eval_reducer: Reducer | str = "auto", log: bool = True, log_every: int = 0) -> TrainResult:
     """Train ``model`` on ``train_ds`` with ``reducer`` in every forward pass, by ``recipe``; evaluate on
     ``val_ds``.
 
     ``model`` is a :class:`~tokenbench.harness.model.VideoViT` (build it with
     ``length_embedding=reducer.length_embedding`` for RLT's length embedding); it is trained in place.
     ``out``: checkpoint path (VideoMAE layout; rank 0 writes it). ``eval_reducer``: ``"auto"``
-    (:func:`inference_reducer`), ``None`` or a reducer. Returns a :class:`TrainResult`. See the module
+    (:func:`inference_reducer`) or a reducer (``NoReducer()``: none). Returns a :class:`TrainResult`. See the module
     docstring for the protocol.
     """
     run = _setup(model, train_ds, val_ds, reducer, recipe or TrainRecipe(), device, eval_reducer, log, log_every)
@@ -254,16 +260,15 @@ def _setup(model, train_ds, val_ds, reducer, recipe: TrainRecipe, device, eval_r
     amp = resolve_amp(recipe.amp, dev)
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if (log and d.rank == 0) else (lambda *a: None)
     torch.manual_seed(recipe.seed + d.rank)  # stochastic depth / dropout differ per rank, reproducibly
-    if reducer is not None and d.on and "seed" in reducer.params():
+    if d.on and "seed" in reducer.params():
         # each rank masks its own clips with its own draws
         reducer = type(reducer)(**{**reducer.params(), "seed": int(reducer.params()["seed"]) + d.rank})
-    train_reducer = reducer.fresh() if reducer is not None else None
+    train_reducer = reducer.fresh()
     ev_reducer = inference_reducer(reducer) if eval_reducer == "auto" else eval_reducer
     if isinstance(ev_reducer, str):
-        raise ValueError(f"eval_reducer must be 'auto', None or a Reducer, got {ev_reducer!r}")
+        raise ValueError(f"eval_reducer must be 'auto' or a Reducer, got {ev_reducer!r}")
     net = model.to(dev)
-    if train_reducer is not None:
-        train_reducer.check_geometry(net.grid, net.depth)
+    train_reducer.check_geometry(net.grid, net.depth)
     model_ddp: nn.Module = net
     if d.on:
         model_ddp = DDP(net, device_ids=[dev.index] if dev.type == "cuda" else None,
@@ -278,8 +283,8 @@ def _setup(model, train_ds, val_ds, reducer, recipe: TrainRecipe, device, eval_r
               "world_size": d.world_size, "steps_per_epoch": len(loader), "num_workers": r.num_workers,
               "model": getattr(net, "name", type(net).__name__),
               "length_embedding": getattr(net, "length_embed", None) is not None,
-              "reducer": None if reducer is None else reducer.name,
-              "params": None if reducer is None else reducer.params(),
+              "reducer": None if reducer.identity else reducer.name,
+              "params": None if reducer.identity else reducer.params(),
               "train_dataset": _ds_info(train_ds), "val_dataset": _ds_info(val_ds) if val_ds is not None else None}
     say(f"train: {config['model']} on {len(train_ds)} clips, reducer {reducer!r}, {recipe.epochs} epochs × "
         f"{len(loader)} steps of {recipe.batch_size}, {d.world_size} process(es), {torch.get_num_threads()} "
@@ -369,8 +374,7 @@ def _finish(run: _Run, val_ds: Dataset | None, epochs: list[dict[str, Any]], out
         clips_per_s=clips_done / max(wall_s, 1e-9), tokens_mean=tokens_seen / max(clips_done, 1),
         tokens_total=int(math.prod(net.grid)) if hasattr(net, "grid") else 0,
         final_loss=epochs[-1]["loss"], losses=[e["loss"] for e in epochs],
-        reducer=repr(reducer) if reducer is not None else None,
-        eval_reducer=repr(ev_reducer) if ev_reducer is not None else None, world_size=run.d.world_size,
+        reducer=_described(reducer), eval_reducer=_described(ev_reducer), world_size=run.d.world_size,
         threads=torch.get_num_threads(), device=str(run.dev), amp=run.amp, config=run.config, history=history)
     if val_ds is not None:
         ev = evaluate(net, val_ds, ev_reducer, batch_size=run.recipe.eval_batch_size or run.per_rank, device=run.dev,

@@ -3,7 +3,7 @@
 Built-in reducer modules are not imported here: they are found through the ``tokenbench.reducers``
 entry-point group like any third-party plugin (see :mod:`tokenbench.reducers.registry`).
 """
-from .base import PackedTokens, Reducer, ReducerParamError, Selection
+from .base import VIDEOMAE, Geometry, PackedTokens, Reducer, ReducerParamError, Selection
 from .registry import (
     ENTRY_POINT_GROUP,
     UnknownReducerError,
@@ -17,6 +17,8 @@ from .registry import (
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "VIDEOMAE",
+    "Geometry",
     "PackedTokens",
     "Reducer",
     "ReducerParamError",

@@ -2,8 +2,9 @@
 
 A reducer acts at up to three points of a forward pass:
 
-* ``select(video)`` before the tubelet embedding (input-stage reducers: RLT, random masking);
-  returns a :class:`Selection` or ``None`` to keep every tubelet;
+* ``select(video, geometry)`` before the tubelet embedding (input-stage reducers: RLT, random masking,
+  downsampling); ``geometry`` is the model's own :class:`Geometry` (frames and pixels per tubelet), so a
+  reducer never restates it; returns a :class:`Selection` or ``None`` to keep every tubelet;
 * ``after_attention(tokens, keys, layer, depth)`` inside each block, between attention and MLP
   (ToMe merges here);
 * ``after_block(tokens, keys, layer, depth)`` after each whole block (STA prunes here);
@@ -21,6 +22,7 @@ parameters in :meth:`Reducer.validate`, raising :class:`ReducerParamError` namin
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -87,9 +89,22 @@ class Selection:
     lengths: Tensor  # [B, T', H', W'] long run lengths, 0 where dropped
 
 
-# frames and pixels per side of the backbone's tubelet (the VideoMAE layout, DESIGN.md §2; harness.model's own
-# TUBELET and PATCH, which a test keeps equal to these)
-BACKBONE_TUBELET = (2, 16)
+@dataclass(frozen=True)
+class Geometry:
+    """How the model cuts a clip into tubelets: ``frames`` × ``pixels`` × ``pixels``. The model tells an
+    input-stage reducer this with every ``select`` call, so the reducer selects on the grid the model embeds."""
+
+    frames: int = 2
+    pixels: int = 16
+
+    def grid(self, video: Tensor) -> tuple[int, int, int]:
+        """(T', H', W') of ``video`` [B,3,T,H,W]; raises a clear error when it does not tile."""
+        return grid_of(video, self.frames, self.pixels)
+
+
+# the VideoMAE tubelet (DESIGN.md §2; harness.model's TUBELET and PATCH, which a test keeps equal to these)
+VIDEOMAE = Geometry(2, 16)
+BACKBONE_TUBELET = (VIDEOMAE.frames, VIDEOMAE.pixels)
 
 
 @dataclass(frozen=True)
@@ -141,9 +156,12 @@ class Reducer:
       (:meth:`for_eval`);
     * :meth:`attention_layers`: the blocks whose attention context ``after_attention`` reads (none by
       default: the model then builds no context and keeps no query alive).
+    * ``identity``: changes nothing (``none``, the baseline): a cell with it is its own baseline, the A/A
+      control.
     """
 
     name: ClassVar[str] = ""
+    identity: ClassVar[bool] = False
     prop_attn: bool = False
     length_embedding: bool = False
     calibrates: ClassVar[bool] = False
@@ -155,6 +173,18 @@ class Reducer:
     def __post_init__(self) -> None:
         self.validate()
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("select")
+        if own is not None and _takes_video_only(own):
+            # A plugin written before select() was told the geometry (``select(self, video)``, restating its
+            # own tubelet): still called the one way the model calls every reducer.
+            def select(self, video: Tensor, geometry: Geometry = VIDEOMAE, _own=own) -> Selection | None:
+                return _own(self, video)
+
+            select.__doc__ = own.__doc__
+            cls.select = select
+
     def validate(self) -> None:
         """Raise :class:`ReducerParamError` naming the parameter when a value is invalid."""
 
@@ -163,9 +193,10 @@ class Reducer:
         in a model of ``depth`` blocks (e.g. ToMe's r above half the tokens, STA on an ungroupable T').
         Called by the model before a forward pass, by suite validation and by the runner before any work.
 
-        This default checks the reducer's own ``tubelet`` / ``patch`` parameters, when it has them, against
-        the backbone's tubelet (:data:`BACKBONE_TUBELET`): a reducer that cuts the video into other tubelets
-        selects on another grid than the model embeds."""
+        This default checks ``tubelet`` / ``patch`` parameters, when a plugin restates them (built-ins are
+        told the model's :class:`Geometry` instead), against the backbone's tubelet
+        (:data:`BACKBONE_TUBELET`): a reducer that cuts the video into other tubelets selects on another
+        grid than the model embeds."""
         frames, pixels = BACKBONE_TUBELET
         for param, fits in (("tubelet", frames), ("patch", pixels)):
             value = getattr(self, param, fits)
@@ -180,8 +211,9 @@ class Reducer:
         define (a generalisation), for reports to label such rows; ``None`` when the paper defines it."""
         return None
 
-    def select(self, video: Tensor) -> Selection | None:
-        """video [B,3,T,H,W], ImageNet-normalised. ``None`` keeps every tubelet."""
+    def select(self, video: Tensor, geometry: Geometry = VIDEOMAE) -> Selection | None:
+        """video [B,3,T,H,W], ImageNet-normalised, cut by the model into tubelets of ``geometry``
+        (``geometry.grid(video)`` is the token grid). ``None`` keeps every tubelet."""
         return None
 
     def attention_layers(self, depth: int) -> frozenset[int]:
@@ -194,6 +226,30 @@ class Reducer:
         """The tubelet embeddings of the kept tubelets, before the position embedding is added (``x`` holds
         no position information yet; ``pos`` says where each token sits). Returns the tokens to embed."""
         return tokens
+
+    def refine(self, earlier: Selection, video: Tensor, geometry: Geometry = VIDEOMAE) -> Selection:
+        """What this input-stage reducer keeps when it runs after another one (a composition: RLT, then this)
+        that kept ``earlier``. By default the tubelets both keep; survivors keep the run length the earlier
+        stage gave them (the stretch of video a token stands for does not change when another is dropped).
+        Random masking overrides it to mask *among* the earlier stage's tubelets."""
+        own = self.select(video, geometry)
+        if own is None:
+            return earlier
+        keep = earlier.keep & own.keep.to(earlier.keep.device)
+        return Selection(keep=keep, lengths=earlier.lengths * keep)
+
+    @property
+    def acts_at_input(self) -> bool:
+        """Whether the reducer selects tubelets before the embedding (overrides :meth:`select`)."""
+        return type(self).select is not Reducer.select
+
+    @property
+    def acts_in_blocks(self) -> bool:
+        """Whether the reducer changes tokens inside the network (overrides a block hook, or
+        :meth:`before_position`)."""
+        cls = type(self)
+        return any(getattr(cls, hook) is not getattr(Reducer, hook)
+                   for hook in ("after_attention", "after_block", "before_position"))
 
     def after_attention(self, tokens: PackedTokens, keys: Tensor, layer: int, depth: int,
                         attn: AttentionContext = NO_ATTENTION) -> PackedTokens:
@@ -221,10 +277,15 @@ class Reducer:
         schedule a content-adaptive one is calibrated to (threshold merging: ToMe at its target r)."""
         return self
 
-    def for_eval(self) -> Reducer | None:
-        """The reducer to evaluate a model trained with this one: itself, or ``None`` (no reducer) for a
+    def for_eval(self) -> Reducer:
+        """The reducer to evaluate a model trained with this one: itself, or the baseline ``none`` for a
         ``train_only`` one. RLT + random masking returns plain RLT."""
-        return None if self.train_only else self
+        if self.train_only:
+            # the baseline is a reducer like the others (none.py imports this module, hence here)
+            from .none import NoReducer
+
+            return NoReducer()
+        return self
 
     # --- helpers shared by all reducers -------------------------------------------------------
     def params(self) -> dict[str, Any]:
@@ -240,6 +301,15 @@ class Reducer:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{type(self).__name__}({args})"
+
+
+def _takes_video_only(fn: Any) -> bool:
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) == 2 and not any(p.kind is p.VAR_POSITIONAL for p in params)
 
 
 def grid_of(video: Tensor, tubelet: int, patch: int) -> tuple[int, int, int]:

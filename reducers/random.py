@@ -12,7 +12,7 @@ combined with (RLT paper §4, "RLT + random masking").
 Kept tubelets get run length 1 (random masking has no notion of runs).
 
 **Matching RLT's token budget.** With ``match_rlt=τ`` the keep fraction is not set by hand but measured:
-``calibrate(videos)`` runs RLT at threshold τ (same ``tubelet`` and ``patch``) over ``videos`` — an
+``calibrate(videos)`` runs RLT at threshold τ (on the model's tubelets) over ``videos`` — an
 iterable of ImageNet-normalised batches [B, 3, T, H, W], the same data the comparison runs on — and sets
 ``keep`` to RLT's mean keep ratio there (:func:`tokenbench.reducers.rlt.rlt_keep_ratio`). The runner calls
 it, before any timed or evaluated work, as::
@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .base import Reducer, ReducerParamError, Selection, grid_of
+from .base import VIDEOMAE, Geometry, Reducer, ReducerParamError, Selection
 from .registry import register_reducer
 
 DEFAULT_KEEP = 0.5
@@ -53,8 +53,6 @@ class RandomMasking(Reducer):
         "help": f"fraction of tubelets kept per clip, in (0, 1] ({DEFAULT_KEEP} unless count or match_rlt is given)"})
     count: int | None = field(default=None, metadata={"help": "exact tubelets kept per clip (instead of keep)"})
     seed: int = field(default=0, metadata={"help": "seed of the masking generator"})
-    tubelet: int = field(default=2, metadata={"help": "frames per tubelet"})
-    patch: int = field(default=16, metadata={"help": "tubelet height and width in pixels"})
     match_rlt: float | None = field(default=None, metadata={
         "help": "RLT threshold τ whose mean keep ratio calibrate(videos) measures and uses as keep"})
 
@@ -71,10 +69,6 @@ class RandomMasking(Reducer):
         if self.count is not None and (isinstance(self.count, bool) or not isinstance(self.count, int)
                                        or self.count < 1):
             raise ReducerParamError(f"random: count must be a positive integer or None, got {self.count!r}")
-        for name in ("tubelet", "patch"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ReducerParamError(f"random: {name} must be a positive integer, got {v!r}")
         if self.match_rlt is not None:
             from .rlt import _check_threshold
 
@@ -86,7 +80,7 @@ class RandomMasking(Reducer):
         self._gen = torch.Generator().manual_seed(int(self.seed))
         self._calibrated = getattr(self, "_calibrated", False)
 
-    def calibrate(self, videos: Iterable[Tensor]) -> float | None:
+    def calibrate(self, videos: Iterable[Tensor], geometry: Geometry = VIDEOMAE) -> float | None:
         """Set ``keep`` to RLT's mean keep ratio at τ = ``match_rlt`` on ``videos`` (an iterable of
         ImageNet-normalised batches [B, 3, T, H, W]); returns it. A no-op returning ``None`` (``videos``
         untouched) when ``match_rlt`` is unset."""
@@ -94,7 +88,7 @@ class RandomMasking(Reducer):
             return None
         from .rlt import rlt_keep_ratio
 
-        self.keep = rlt_keep_ratio(videos, self.match_rlt, self.tubelet, self.patch)
+        self.keep = rlt_keep_ratio(videos, self.match_rlt, geometry.frames, geometry.pixels)
         self._calibrated = True
         return self.keep
 
@@ -130,9 +124,9 @@ class RandomMasking(Reducer):
             return self.count
         return max(1, min(n, round(self.fraction * n)))
 
-    def select(self, video: Tensor) -> Selection:
+    def select(self, video: Tensor, geometry: Geometry = VIDEOMAE) -> Selection:
         self._check_calibrated()
-        t, h, w = grid_of(video, self.tubelet, self.patch)
+        t, h, w = geometry.grid(video)
         b, n = video.shape[0], t * h * w
         k = self.kept_per_clip(n)
         scores = torch.rand(b, n, generator=self._gen)
@@ -141,6 +135,12 @@ class RandomMasking(Reducer):
         keep.scatter_(1, idx, True)
         keep = keep.view(b, t, h, w).to(video.device)
         return Selection(keep=keep, lengths=keep.long())
+
+    def refine(self, earlier: Selection, video: Tensor, geometry: Geometry = VIDEOMAE) -> Selection:
+        """After another input stage: masking *among* the tubelets it kept (:meth:`select_among`);
+        survivors keep their run lengths."""
+        keep = self.select_among(earlier.keep)
+        return Selection(keep=keep, lengths=earlier.lengths * keep)
 
     def select_among(self, keep: Tensor) -> Tensor:
         """Mask within a selection: ``keep`` [B, T', H', W'] bool → the subset of it this reducer keeps.

@@ -1,7 +1,8 @@
 """``rlt`` — Run-Length Tokenization (Choudhury et al., NeurIPS 2024; reference code rccchoudhury/rlt).
 
-Rule (DESIGN.md §4). On the ImageNet-normalised clip ``video`` [B, 3, T, H, W], cut into tubelets of
-``tubelet`` frames × ``patch`` × ``patch`` pixels on the grid (T', H', W'):
+Rule (DESIGN.md §4). On the ImageNet-normalised clip ``video`` [B, 3, T, H, W], cut into the model's
+tubelets (``geometry``: ``tubelet`` frames × ``patch`` × ``patch`` pixels, told by the model with every
+``select`` call) on the grid (T', H', W'):
 
 * for t ≥ 1 the score of tubelet (t, h, w) is the mean absolute difference between the *last* frame of
   tubelet t and the *first* frame of tubelet t−1 at the same cell, averaged over the ``patch``×``patch``
@@ -26,7 +27,6 @@ for every selection).
 Parameters (dataclass fields):
 
 * ``threshold`` τ ≥ 0 (default 0.1, the paper's default);
-* ``tubelet`` frames per tubelet (2, VideoMAE's), ``patch`` pixels per side (16);
 * ``length_embedding`` (False): when True the runner builds the model with
   ``build_model(..., length_embedding=reducer.length_embedding)``, which adds a learned table of T' rows
   indexed by run length − 1 after the position embedding (RLT paper §3.2, "length encoding"; a
@@ -47,13 +47,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .base import Reducer, ReducerParamError, Selection, grid_of
+from .base import VIDEOMAE, Geometry, Reducer, ReducerParamError, Selection, grid_of
 from .registry import register_reducer
-
-
-def _positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ReducerParamError(f"rlt: {name} must be a positive integer, got {value!r}")
 
 
 def _check_threshold(value: object, who: str = "rlt", name: str = "threshold") -> None:
@@ -126,17 +121,13 @@ class RLT(Reducer):
     threshold: float = field(default=0.1, metadata={
         "help": "τ: keep a tubelet iff the mean |Δ| of its last frame vs the previous tubelet's first "
                 "frame (ImageNet-normalised pixels) is > τ"})
-    tubelet: int = field(default=2, metadata={"help": "frames per tubelet"})
-    patch: int = field(default=16, metadata={"help": "tubelet height and width in pixels"})
     length_embedding: bool = field(default=False, metadata={
         "help": "build the model with a learned run-length embedding (T' rows; train-time option)"})
 
     def validate(self) -> None:
         _check_threshold(self.threshold)
-        _positive_int("tubelet", self.tubelet)
-        _positive_int("patch", self.patch)
         if not isinstance(self.length_embedding, bool):
             raise ReducerParamError(f"rlt: length_embedding must be true or false, got {self.length_embedding!r}")
 
-    def select(self, video: Tensor) -> Selection:
-        return rlt_select(video, self.threshold, self.tubelet, self.patch)
+    def select(self, video: Tensor, geometry: Geometry = VIDEOMAE) -> Selection:
+        return rlt_select(video, self.threshold, geometry.frames, geometry.pixels)

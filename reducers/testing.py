@@ -29,7 +29,14 @@ from torch import Tensor
 # The one import of harness from reducers: a conformance check runs the reducer through the real backbone.
 from tokenbench.harness.model import build_model
 
-from .base import BACKBONE_TUBELET, PackedTokens, Reducer, Selection
+from .base import PackedTokens, Reducer, Selection
+from .contract import (  # noqa: F401 - the contract check lives in contract.py; re-exported for plugins' tests
+    Checked,
+    ReducerContractError,
+    checked,
+    contract_violation,
+    selection_violation,
+)
 
 
 @dataclass
@@ -67,110 +74,6 @@ def check_packed(tokens: PackedTokens, where: str, grid: tuple[int, int, int] | 
             f"{where}: sizes per clip sum to {got.tolist()}, but {size_per_clip.tolist()} tokens entered")
 
 
-class ReducerContractError(RuntimeError):
-    """A reducer returned something the interface does not allow (the message names the hook and the rule)."""
-
-
-def contract_violation(out: object, before: PackedTokens, where: str) -> str:
-    """The first rule a hook's output breaks, checked on shapes only (no device sync: cheap enough to run
-    after every hook of every forward pass), or ``""``. The same rules as :func:`check_packed`, in its
-    words."""
-    if not isinstance(out, PackedTokens):
-        return f"{where} must return PackedTokens, got {type(out).__name__}"
-    n = out.x.shape[0]
-    if out.x.dim() != 2 or out.x.shape[1:] != before.x.shape[1:]:
-        return f"{where}: x has shape {tuple(out.x.shape)}, expected [N, {before.x.shape[1]}]"
-    for name in ("pos", "size", "weight"):
-        shape = tuple(getattr(out, name).shape)
-        if shape != (n,):
-            return f"{where}: x has {n} tokens but {name} has shape {shape} (x, pos, size and weight must agree)"
-    if out.cu_seqlens.shape != before.cu_seqlens.shape:
-        return f"{where}: cu_seqlens has shape {tuple(out.cu_seqlens.shape)}, expected {tuple(before.cu_seqlens.shape)}"
-    if tuple(out.grid) != tuple(before.grid):
-        return f"{where}: grid changed from {before.grid} to {out.grid}"
-    if out.cu_seqlens.device.type == "cpu" and int(out.cu_seqlens[-1]) != n:  # a sync elsewhere: CPU only
-        return f"{where}: cu_seqlens ends at {int(out.cu_seqlens[-1])} but x has {n} tokens"
-    return ""
-
-
-def selection_violation(sel: object, video: Tensor, where: str) -> str:
-    """The first rule a ``select`` result breaks, on shapes and dtypes only, or ``""``."""
-    if sel is None:
-        return ""
-    if not isinstance(sel, Selection):
-        return f"{where} must return a Selection or None, got {type(sel).__name__}"
-    frames, pixels = BACKBONE_TUBELET
-    shape = (video.shape[0], video.shape[2] // frames, video.shape[3] // pixels, video.shape[4] // pixels)
-    if tuple(sel.keep.shape) != shape:
-        return f"{where}: keep has shape {tuple(sel.keep.shape)}, expected {shape}"
-    if tuple(sel.lengths.shape) != shape:
-        return f"{where}: lengths has shape {tuple(sel.lengths.shape)}, expected {shape}"
-    if sel.keep.dtype != torch.bool:
-        return f"{where}: keep must be bool, got {sel.keep.dtype}"
-    if sel.lengths.dtype != torch.long:
-        return f"{where}: lengths must be long, got {sel.lengths.dtype}"
-    return ""
-
-
-_CHECKED: dict[type, type] = {}
-
-
-def checked(reducer: Reducer | None) -> Reducer | None:
-    """``reducer`` with a cheap contract check (:func:`contract_violation`, :func:`selection_violation`)
-    after each of its calls, so a broken reducer fails with :class:`ReducerContractError` naming the hook
-    and the rule instead of a bare torch error deep in the model.
-
-    The result is an instance of a subclass of the reducer's own class, with the same parameters, that
-    overrides only the hooks the class itself overrides: ``isinstance``, ``fresh()``, ``params()`` and any
-    inspection of which hooks a reducer implements see the reducer unchanged."""
-    if reducer is None or getattr(type(reducer), "_contract_checked", False):
-        return reducer
-    cls = type(reducer)
-    if cls not in _CHECKED:
-        _CHECKED[cls] = _checked_class(cls)
-    twin = reducer.fresh()
-    twin.__class__ = _CHECKED[cls]  # keeps state fresh() carries (random's calibration)
-    return twin
-
-
-def _checked_class(cls: type) -> type:
-    ns: dict = {"_contract_checked": True, "__module__": cls.__module__, "__qualname__": cls.__qualname__}
-
-    def select(self, video):
-        sel = cls.select(self, video)
-        why = selection_violation(sel, video, f"{cls.__name__}.select()")
-        if why:
-            raise ReducerContractError(why)
-        return sel
-
-    def hook(kind: str):
-        def call(self, tokens, keys, layer, depth, **attn):
-            out = getattr(cls, kind)(self, tokens, keys, layer, depth, **attn)
-            if out is not tokens:
-                why = contract_violation(out, tokens, f"{cls.__name__}.{kind}(layer={layer})")
-                if why:
-                    raise ReducerContractError(why)
-            return out
-        return call
-
-    def before_position(self, tokens):
-        out = cls.before_position(self, tokens)
-        if out is not tokens:
-            why = contract_violation(out, tokens, f"{cls.__name__}.before_position()")
-            if why:
-                raise ReducerContractError(why)
-        return out
-
-    if cls.select is not Reducer.select:
-        ns["select"] = select
-    if cls.before_position is not Reducer.before_position:
-        ns["before_position"] = before_position
-    for kind in ("after_attention", "after_block"):
-        if getattr(cls, kind) is not getattr(Reducer, kind):
-            ns[kind] = hook(kind)
-    return type(cls.__name__, (cls,), ns)
-
-
 def per_clip_size(tokens: PackedTokens) -> Tensor:
     ids = tokens.seq_ids()
     return torch.zeros(tokens.batch_size, dtype=torch.float64).index_add_(0, ids.cpu(), tokens.size.double().cpu())
@@ -197,7 +100,7 @@ class _Recorder(Reducer):
         self.inner, self.selection, self.outputs = inner, selection, []
         self.prop_attn = bool(getattr(inner, "prop_attn", False))
 
-    def select(self, video):
+    def select(self, video, geometry=None):
         return self.selection
 
     def attention_layers(self, depth):

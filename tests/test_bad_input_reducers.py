@@ -15,7 +15,8 @@ from tokenbench.harness.run import run_cell
 from tokenbench.harness.suite import SuiteError, load_suite
 from tokenbench.reducers import Reducer, ReducerParamError, Selection, get_reducer, register_reducer
 from tokenbench.reducers.base import BACKBONE_TUBELET, grid_of
-from tokenbench.reducers.testing import ReducerContractError, check_reducer, checked
+from tokenbench.reducers.contract import Checked, ReducerContractError, checked
+from tokenbench.reducers.testing import check_reducer
 
 SUITE = """\
 [suite]
@@ -57,10 +58,17 @@ def test_the_reducers_tubelet_constant_is_the_backbones():
 
 
 @pytest.mark.parametrize("reducer,params,message", [
-    ("rlt", "{ patch = 8 }", "rlt: patch=8 does not fit the model, whose tubelets are 2 frames × 16×16 pixels"),
-    ("rlt", "{ tubelet = 4 }", "rlt: tubelet=4 does not fit the model"),
-    ("random", "{ patch = 32 }", "random: patch=32 does not fit the model"),
-    ("rlt_random", "{ patch = 8 }", "rlt_random: patch=8 does not fit the model"),
+    # input-stage reducers are told the model's tubelet: restating it is an unknown parameter
+    ("rlt", "{ patch = 8 }", "reducer 'rlt' has no parameter 'patch'"),
+    ("rlt", "{ tubelet = 4 }", "reducer 'rlt' has no parameter 'tubelet'"),
+    ("random", "{ patch = 32 }", "reducer 'random' has no parameter 'patch'"),
+    ("rlt_random", "{ patch = 8 }", "reducer 'rlt_random' has no parameter 'patch'"),
+    ("temporal", "{ stride = 2, scale = 0.5 }", "temporal: stride=2 and scale=0.5 exclude each other"),
+    ("temporal", "{ scale = 0.5, strid = 2 }", "reducer 'temporal' has no parameter 'strid'"),
+    ("compose", "{ stages = [\"tome\", \"sta\"] }", "compose: stages [0, 1] both act inside the blocks"),
+    ("compose", "{ stages = [\"tome\", \"rlt\"] }", "compose: stages[1] selects at the input but comes after"),
+    ("compose", "{ stages = [\"rlt\", { name = \"tome\", params = { r = 40 } }] }",
+     "compose: stages[1] (tome): tome: r=40"),
     ("random", "{ count = 100 }", "random: count=100 exceeds the 64 tubelets of a clip of token grid (4, 4, 4)"),
     ("random", "{ keep = 0.3, match_rlt = 0.1 }", "random: keep=0.3 and match_rlt=0.1 exclude each other"),
     ("random", "{ keep = 0.3, count = 5 }", "random: keep=0.3 and count=5 exclude each other"),
@@ -79,7 +87,27 @@ def test_parameters_that_cannot_fit_are_refused_at_validation_in_a_sentence(tmp_
 def test_flops_refuses_rlt_patch_8_in_one_line(capsys):
     assert main(["flops", "--model", "vit_t", "--frames", "8", "--size", "64", "--reducer", "rlt", "patch=8"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "patch=8 does not fit the model" in err[0] and "tensor(" not in err[0]
+    assert len(err) == 1 and "has no parameter 'patch'" in err[0] and "tensor(" not in err[0]
+
+
+@dataclass(repr=False)
+class OwnTubelet(Reducer):
+    """A plugin written before select() was told the geometry: restates its tubelet, select(video)."""
+
+    patch: int = 8
+
+    def select(self, video):
+        t, h, w = grid_of(video, 2, self.patch)
+        keep = torch.ones(video.shape[0], t, h, w, dtype=torch.bool)
+        return Selection(keep=keep, lengths=keep.long())
+
+
+def test_a_plugin_restating_another_tubelet_is_refused_and_one_restating_the_models_still_runs():
+    model = build_model("vit_t", 5, num_frames=8, img_size=64).eval()
+    with pytest.raises(ReducerParamError, match="patch=8 does not fit the model, whose tubelets are 2 frames"):
+        model(torch.randn(1, 3, 8, 64, 64), OwnTubelet())
+    with torch.no_grad():  # select(video) without the geometry is still called the model's one way
+        assert model(torch.randn(1, 3, 8, 64, 64), OwnTubelet(patch=16)).shape == (1, 5)
 
 
 def test_random_keep_with_match_rlt_is_refused_but_its_calibration_survives_fresh():
@@ -127,12 +155,15 @@ def test_a_contract_violation_in_a_forward_pass_names_the_hook_and_the_rule(cls,
 
 
 def test_checked_reducers_look_like_themselves():
-    for name in ("rlt", "random", "tome", "sta", "rlt_random", "none"):
-        r = get_reducer(name)
+    assert checked(get_reducer("none")).identity and not isinstance(checked(get_reducer("none")), Checked)
+    for name in ("rlt", "random", "tome", "sta", "rlt_random", "temporal", "spatial", "compose"):
+        r = get_reducer(name, **({"stages": ["rlt", "tome"]} if name == "compose" else {}))
         c = checked(r)
-        assert isinstance(c, type(r)) and type(c).__name__ == type(r).__name__ and repr(c) == repr(r)
-        assert c.params() == r.params() and type(c.fresh()) is type(c) and checked(c) is c
-        caps = ("prop_attn", "length_embedding", "calibrates", "train_only")
+        assert isinstance(c, Checked) and c.inner is r and type(r) is r.__class__ and repr(c) == repr(r)
+        assert c.name == r.name and c.params() == r.params() and checked(c) is c
+        assert isinstance(c.fresh(), Checked) and c.fresh().inner is not r and c.fresh().params() == r.params()
+        caps = ("prop_attn", "length_embedding", "calibrates", "train_only", "identity", "acts_at_input",
+                "acts_in_blocks")
         assert [getattr(c, k) for k in caps] == [getattr(r, k) for k in caps]  # declared capabilities unchanged
     video = torch.randn(2, 3, 16, 64, 64)
     model = build_model("vit_t", 5, num_frames=16, img_size=64).eval()

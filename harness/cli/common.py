@@ -25,10 +25,9 @@ def parse_params(items: list[str]) -> dict:
     return out
 
 
-def reducer_from(spec: list[str] | None) -> Reducer | None:
-    """``["rlt", "threshold=0.1"]`` -> that reducer; ``None``, ``[]`` or ``["none"]`` -> None."""
-    if not spec or spec[0] == "none" and len(spec) == 1:
-        return None
+def reducer_from(spec: list[str] | None) -> Reducer:
+    """``["rlt", "threshold=0.1"]`` -> that reducer; ``None`` or ``[]`` -> the baseline ``none``."""
+    spec = spec or ["none"]
     try:
         return get_reducer(spec[0], **parse_params(spec[1:]))
     except (ReducerParamError, UnknownReducerError, TypeError) as exc:

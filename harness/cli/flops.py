@@ -65,7 +65,7 @@ def run_cli(args) -> int:
                         f"got {args.frames} frames × {args.size}²")
     if args.video:
         require_file("--video", args.video)
-    reducer = None
+    reducer = get_reducer("none")
     if args.reducer:
         try:
             reducer = get_reducer(args.reducer[0], **parse_params(args.reducer[1:]))
@@ -75,18 +75,17 @@ def run_cli(args) -> int:
         model = build_model(args.model, args.num_classes, num_frames=args.frames, img_size=args.size)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
-    if reducer is not None:
-        try:
-            reducer.check_geometry(model.grid, model.depth)
-        except ReducerParamError as exc:
-            raise UserError(str(exc)) from exc
+    try:
+        reducer.check_geometry(model.grid, model.depth)
+    except ReducerParamError as exc:
+        raise UserError(str(exc)) from exc
     if args.video:
         video, source = to_model_input(video_clip(args).unsqueeze(0)), args.video
     else:
         video = torch.randn(1, 3, args.frames, args.size, args.size, generator=torch.Generator().manual_seed(0))
         source = "random noise"
     r = count_flops(model, video, reducer)
-    name = reducer if reducer is not None else "none"
+    name = reducer
     print(f"model {args.model}  input {args.frames}×{args.size}² ({source})  reducer {name}")
     print(f"tokens in: {r.tokens_in[0]} of {model.num_tokens}; after the last block: {r.tokens_per_layer[-1][0]}")
     print(f"GFLOPs per clip (fvcore + attention handles): {r.gflops:.2f}")

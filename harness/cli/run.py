@@ -54,6 +54,8 @@ examples:
       --set models.vit_b.checkpoint=/ckpt/vit_b_k400.pth --set models.vit_l.checkpoint=/ckpt/vit_l_k400.pth
   tokenbench run --set defaults.repeats=3 --set train.epochs=1      quicker, noisier
   tokenbench run --only reducer=rlt --only dataset=samples            a subset of the cells
+  tokenbench run --add-reducer 'my_reducer:sweep.keep=0.9,0.75,0.5,0.3'   a plugin beside the built-ins
+  tokenbench run --suite full --add-reducer 'compose:stages=["temporal","tome"] sweep.stages.tome.params.r=2,4'
   tokenbench run --dry-run                                          list the cells, run nothing
   tokenbench run --launcher local                  one process per cell (submitit), one at a time
   tokenbench run --suite paper-k400 --launcher slurm --partition gpu --array-parallelism 16 --timeout-min 120
@@ -83,6 +85,13 @@ def add_cli(sub) -> None:
                    help="override a suite setting, e.g. defaults.repeats=3, train.epochs=1, "
                         "models.vit_b.checkpoint=PATH, datasets.k400.manifest=PATH (repeatable; VALUE is "
                         "read as TOML, else as a string)")
+    p.add_argument("--add-reducer", dest="add_reducers", action="append", default=[], metavar="SPEC",
+                   help="add a [[reducers]] entry to the suite, validated like the file's: 'NAME' or "
+                        "'NAME:KEY=VALUE …' (space-separated; quote it). KEY=VALUE sets a parameter, "
+                        "sweep.KEY=V1,V2,… sweeps one (a dotted KEY reaches into a nested parameter: "
+                        "sweep.stages.tome.params.r=2,4), label=/id=/modes=/datasets=/models=/attn_path= set "
+                        "the entry's keys. E.g. --add-reducer 'my_reducer:sweep.keep=0.9,0.75,0.5,0.3' "
+                        "(repeatable; a plugin joins the built-ins' tables and figures)")
     p.add_argument("--only", action="append", default=[], metavar="FIELD=VALUE",
                    help="run only cells whose FIELD (model, dataset, reducer, mode, batch_size, label, or a "
                         "model/dataset id) equals VALUE (repeatable; all must match)")
@@ -174,7 +183,8 @@ def run(args) -> int:
     if args.timeout_min is not None and args.timeout_min < 1:
         raise UserError(f"--timeout-min must be ≥ 1, got {args.timeout_min}")
     suite = load_suite(args.suite, overrides=suite_overrides_for(args), only=args.only,
-                       check_device=args.launcher != "slurm")  # Slurm's cells run on its compute nodes
+                       check_device=args.launcher != "slurm",  # Slurm's cells run on its compute nodes
+                       add_reducers=args.add_reducers)
     cells = suite.cells()
     print(describe(suite), file=sys.stderr)
     if args.dry_run:

@@ -77,7 +77,7 @@ def run_cli(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     reducer = reducer_from(args.reducer)
-    eval_red: Any = "auto" if args.eval_reducer is None else reducer_from(args.eval_reducer)
+    eval_red: Any = reducer_from(args.eval_reducer) if args.eval_reducer else "auto"  # not given: the rule
     data_opts = parse_params(args.data)
     try:
         train_ds = get_dataset(args.dataset, args.train_split, num_frames=args.num_frames, img_size=args.img_size,
@@ -88,7 +88,7 @@ def run_cli(args) -> int:
         raise UserError(str(exc)) from exc
     if not train_ds.num_classes:
         raise UserError(f"dataset {args.dataset!r} is unlabelled; training needs labels")
-    length_embedding = reducer is not None and reducer.length_embedding
+    length_embedding = bool(reducer.length_embedding)
     torch.manual_seed(args.seed)
     model = build_model(args.model, train_ds.num_classes, num_frames=args.num_frames, img_size=args.img_size,
                         length_embedding=length_embedding, drop_path_rate=args.drop_path)

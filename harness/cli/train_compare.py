@@ -36,7 +36,7 @@ PROG = "python -m tokenbench.harness.train_compare"
 
 def _arm(spec: str):
     reducer = reducer_from(shlex.split(spec))
-    return ("none", None) if reducer is None else (spec, reducer)
+    return ("none" if reducer.identity else spec), reducer
 
 
 def add_cli(sub) -> None:
@@ -88,7 +88,7 @@ def compare(args, args_typed: list[str], prog: str = "tokenbench") -> int:
     for label, reducer in arms:
         torch.manual_seed(args.seed)
         model = build_model(args.model, tr.num_classes, num_frames=args.num_frames, img_size=args.img_size,
-                            length_embedding=reducer is not None and reducer.length_embedding)
+                            length_embedding=bool(reducer.length_embedding))
         load_before = load_average()
         recipe = TrainRecipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                              weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,

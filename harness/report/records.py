@@ -15,7 +15,7 @@ from typing import Any
 from ..schema import canonical_json, reducer_label
 
 # Reducers in the order tables and legends list them; others follow alphabetically.
-REDUCER_ORDER = ("none", "rlt", "random", "tome", "sta")
+REDUCER_ORDER = ("none", "rlt", "random", "tome", "sta", "temporal", "spatial", "compose")
 
 
 def _is_missing(v: Any) -> bool:

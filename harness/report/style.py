@@ -21,11 +21,15 @@ REDUCER_COLOURS: dict[str, str] = {
     "random": "#2ca02c",  # green
     "tome": "#ff7f0e",    # orange
     "sta": "#d62728",     # red
+    "temporal": "#6a3d9a",  # dark purple: downsampling, time
+    "spatial": "#b15928",   # brown: downsampling, space
+    "compose": "#1b9e77",   # teal: compositions
 }
 _EXTRA_COLOURS = ("#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 # one marker per reducer family in the curve figures (a family's budgets are joined by its line)
-FAMILY_MARKERS: dict[str, str] = {"none": "*", "rlt": "o", "random": "s", "tome": "^", "sta": "D"}
+FAMILY_MARKERS: dict[str, str] = {"none": "*", "rlt": "o", "random": "s", "tome": "^", "sta": "D",
+                                  "temporal": "v", "spatial": "P", "compose": "X"}
 _EXTRA_MARKERS = ("v", "P", "X", "<", ">", "h")
 _DASHES = ("-", "--", "-.", ":")
 

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from tokenbench.datasets.classes import check_head_classes
+from tokenbench.reducers import get_reducer
 
 from ..attention import missing_kernels
 from ..checkpoint import load_checkpoint, weights_sha256
@@ -137,7 +138,7 @@ def _baseline(model, clips: ClipSet, cell: Cell, cache: RunCache, mkey: str, pro
         cache.baseline.setdefault(key, own)
     if key not in cache.baseline:
         with autocast_for(cell):
-            cache.baseline[key] = forward_all(model, None, clips, cell, progress, what="baseline")
+            cache.baseline[key] = forward_all(model, get_reducer("none"), clips, cell, progress, what="baseline")
     return cache.baseline[key]
 
 
@@ -177,13 +178,12 @@ def timed_clip_metrics(model, resident: torch.Tensor, reducer, batch_size: int,
 def inference_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tuple[dict, dict]:
     clips = load_clipset(cell, cache, progress)
     reducer = build_reducer(cell)
-    length_emb = reducer is not None and reducer.length_embedding
+    length_emb = bool(reducer.length_embedding)
     num_classes = model_classes(cell, clips.num_classes)
     check_head_classes(num_classes, clips.num_classes, clips.labels.tolist(), clips.paths, clips.info)
     model = load_model(cell, cache, num_classes, length_emb, log)
     net = base_model(model)
-    if reducer is not None:
-        reducer.check_geometry(net.grid, net.depth)
+    reducer.check_geometry(net.grid, net.depth)
     reducer = calibrate(reducer, cell, clips, cache)
     with autocast_for(cell):  # on train clips, never the clips scored below
         reducer, calibration = calibrate_with_model(reducer, cell, net, model_key(cell, num_classes, length_emb),
@@ -199,7 +199,7 @@ def inference_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tupl
         if progress:
             progress(f"fvcore check on {n_check} clip(s)")
         sample = model_input(clips.clips[:n_check], device, dtype)
-        rep = verify_analytic(net, sample, reducer.fresh() if reducer is not None else None)
+        rep = verify_analytic(net, sample, reducer.fresh())
         overhead = rep.reducer_gflops
         metrics["gflops_fvcore"] = rep.gflops
         # what the analytic count (+ the hook cost) gives the same traced clips: agrees with gflops_fvcore
@@ -212,8 +212,8 @@ def inference_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tupl
         metrics.update(fw["metrics"])
         if "top1" in metrics:
             base = _baseline(model, clips, cell, cache, model_key(cell, num_classes, length_emb), progress,
-                             own=fw if reducer is None else None)
-            metrics.update(paired_accuracy(fw, fw if reducer is None else base))
+                             own=fw if reducer.identity else None)
+            metrics.update(paired_accuracy(fw, fw if reducer.identity else base))
         # wall-clock: a seeded sample of clips spread over the videos, decoded beforehand and resident on the
         # device; the baseline interleaved (the none cell: against itself, the A/A control)
         in_memory = int(clips.clips.shape[0])
@@ -223,16 +223,16 @@ def inference_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tupl
             progress(f"timing {n_time} clips × {cell.repeats} repeats")
         resident = model_input(clips.clips[picked], device, dtype)
         with autocast_for(cell):  # the context is entered once; every timed forward runs inside it
-            timing = time_forward(model, resident, reducer.fresh() if reducer is not None else None,
+            timing = time_forward(model, resident, reducer.fresh(),
                                   baseline=True, warmup=int(cell.warmup), repeats=int(cell.repeats),
                                   batch_size=int(cell.batch_size))
-            metrics.update(timed_clip_metrics(model, resident, reducer.fresh() if reducer is not None else None,
+            metrics.update(timed_clip_metrics(model, resident, reducer.fresh(),
                                               int(cell.batch_size), overhead))
     metrics.update(timing.as_metrics())
     metrics["time_clips"] = timing.num_clips
     metrics["time_videos"] = len({clips.video_index[i] for i in picked})
     metrics["decode_ms_per_clip"] = statistics.fmean(clips.decode_ms)
-    if reducer is not None and reducer.params() != (cell.params or {}):
+    if reducer.params() != (cell.params or {}):
         metrics["reducer_params_used"] = reducer.params()  # e.g. random's keep calibrated to RLT's budget
     missing = missing_kernels(device)
     if missing:  # said in the record: what stood in is the backend and path that ran
@@ -261,7 +261,7 @@ def train_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tuple[di
     check_head_classes(num_classes, clips.num_classes, clips.labels.tolist(), clips.paths, clips.info)
     torch.manual_seed(int(cell.seed))
     model = build_model(cell.model, num_classes, num_frames=cell.num_frames, img_size=cell.img_size,
-                        length_embedding=reducer is not None and reducer.length_embedding,
+                        length_embedding=bool(reducer.length_embedding),
                         attn_backend=cell.attn_backend)
     if settings.get("init") == "checkpoint":
         ck = cell.checkpoint
@@ -274,13 +274,13 @@ def train_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tuple[di
     result = train(model, train_ds, None, reducer,
                    TrainRecipe.from_settings(settings, seed=cell.seed), device=device, log=False)
     model = model.to(device=device, dtype=dtype).eval()
-    eval_red = None if settings.get("eval_reducer") == "none" else inference_reducer(reducer)
+    eval_red = get_reducer("none") if settings.get("eval_reducer") == "none" else inference_reducer(reducer)
     fw = forward_all(model, eval_red, clips, cell, progress)
     metrics: dict[str, Any] = dict(fw["metrics"])
     metrics.update({k: v for k, v in result.metrics().items() if k.startswith("train_")})
     metrics["train_clips"] = result.clips
-    metrics["eval_reducer"] = "none" if eval_red is None else f"{eval_red.name} {eval_red.params()}"
-    if reducer is not None and reducer.params() != (cell.params or {}):
+    metrics["eval_reducer"] = "none" if eval_red.identity else f"{eval_red.name} {eval_red.params()}"
+    if reducer.params() != (cell.params or {}):
         metrics["reducer_params_used"] = reducer.params()
     env = {"attn_backend": fw["backend"], "decoder": clips.info.get("decoder"),
            "decoder_version": clips.info.get("decoder_version"),

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from tokenbench.datasets import get_dataset
-from tokenbench.reducers import get_reducer
-from tokenbench.reducers.testing import checked
+from tokenbench.reducers import Reducer, get_reducer
+from tokenbench.reducers.contract import Checked, checked
 
 from ..checkpoint import checkpoint_classes, load_checkpoint, weights_sha256
 from ..errors import CellError
@@ -107,7 +107,7 @@ def ensure_pretrained(pretrain: dict[str, Any], cache_dir: Path, device: str = "
         model = build_model(pretrain["model"], ds.num_classes, num_frames=pretrain["num_frames"],
                             img_size=pretrain["img_size"])
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        result = train(model, ds, None, None, TrainRecipe.from_settings(pretrain),
+        result = train(model, ds, None, get_reducer("none"), TrainRecipe.from_settings(pretrain),
                        device=device, out=tmp, log=log is not None)
         chance = math.log(ds.num_classes)
         if result.final_loss > CHANCE_LOSS_SHARE * chance:  # said, not refused: a tiny test recipe never learns
@@ -183,16 +183,16 @@ def base_model(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-def build_reducer(cell: Cell):
-    if cell.reducer == "none":
-        return None
-    return checked(get_reducer(cell.reducer, **(cell.params or {})))  # a broken reducer names the rule it broke
+def build_reducer(cell: Cell) -> Reducer | Checked:
+    """The cell's reducer (``none`` included), wrapped in the contract check: a broken reducer names the rule
+    it broke."""
+    return checked(get_reducer(cell.reducer, **(cell.params or {})))
 
 
 def calibrate(reducer, cell: Cell, clips: ClipSet, cache: RunCache):
     """Reducers with ``calibrate(batches)`` (random masking matched to RLT's budget) calibrate on the cell's
     clips before any measured work; the calibrated reducer is shared by cells on the same data."""
-    if reducer is None or not reducer.calibrates:
+    if not reducer.calibrates:
         return reducer
     key = _hash({"reducer": cell.reducer, "params": cell.params, "data": data_key(cell)})
     if key in cache.calibrated:

@@ -35,20 +35,23 @@ from .spec import (
 
 def load_suite(name_or_path: str | os.PathLike = "default", overrides: list[str] | tuple[str, ...] = (),
                env: dict[str, str] | None = None, check_paths: bool = True,
-               only: list[str] | tuple[str, ...] = (), check_device: bool = True) -> Suite:
+               only: list[str] | tuple[str, ...] = (), check_device: bool = True,
+               add_reducers: list[str] | tuple[str, ...] = ()) -> Suite:
     """Read, override (``--set``), validate and expand a suite; keep the cells ``only`` selects
     (``FIELD=VALUE`` items, see :func:`select_cells`). ``check_device``: refuse a ``defaults.device`` this
     machine lacks (off when the cells run elsewhere, as Slurm jobs do). Raises :class:`SuiteError` (a
     :class:`~tokenbench.harness.errors.UserError`) naming the file and line of the first problem, or every
-    path the selected cells need and lack, at once."""
+    path the selected cells need and lack, at once. ``add_reducers``: ``--add-reducer`` SPECs, entries added
+    after the file's (:mod:`~tokenbench.harness.suite.added`)."""
     text, display, stem = suite_source(name_or_path)
     return parse_suite(text, display, stem, overrides=overrides, env=env, check_paths=check_paths, only=only,
-                       check_device=check_device)
+                       check_device=check_device, add_reducers=add_reducers)
 
 
 def parse_suite(text: str, file: str = "<suite>", default_name: str = "suite",
                 overrides: list[str] | tuple[str, ...] = (), env: dict[str, str] | None = None,
-                check_paths: bool = True, only: list[str] | tuple[str, ...] = (), check_device: bool = True) -> Suite:
+                check_paths: bool = True, only: list[str] | tuple[str, ...] = (), check_device: bool = True,
+                add_reducers: list[str] | tuple[str, ...] = ()) -> Suite:
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -56,7 +59,7 @@ def parse_suite(text: str, file: str = "<suite>", default_name: str = "suite",
         where = f"{file}:{m.group(1)}" if m else file
         raise SuiteError(f"{where}: not valid TOML: {exc}") from None
     return _Validator(raw, SourceMap(text), file, default_name, list(overrides),
-                      os.environ if env is None else env, check_paths, only, check_device).run()
+                      os.environ if env is None else env, check_paths, only, check_device, add_reducers).run()
 
 __all__ = ["Suite", "SuiteError", "ModelSpec", "DatasetSpec", "ReducerSpec", "SourceMap", "load_suite",
            "parse_suite", "builtin_suites", "suite_source", "parse_views", "describe", "select_cells",

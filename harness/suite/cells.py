@@ -10,7 +10,7 @@ from tokenbench.reducers import ReducerParamError
 
 from ..errors import SuiteError
 from ..schema import Cell, canonical_json, reducer_label
-from .spec import MODES, SUITE_KEYS, TOP_KEYS, DatasetSpec, ModelSpec, ReducerSpec, Suite
+from .spec import MODES, SUITE_KEYS, TOP_KEYS, DatasetSpec, ModelSpec, ReducerSpec, Suite, param_at
 from .validate import _Entries
 
 
@@ -153,7 +153,7 @@ class _Validator(_Entries):
         label = None
         if r.label:
             label = r.label if len(r.variants()) == 1 else f"{r.label} " + " ".join(
-                f"{k}={params[k]}" for k in r.sweep)
+                f"{k.rsplit('.', 1)[-1]}={param_at(params, k)}" for k in r.sweep)
         mode_fields: dict[str, Any] = (
             dict(repeats=dflt["repeats"], warmup=dflt["warmup"], flops_check_clips=dflt["flops_check_clips"],
                  time_clips=dflt["time_clips"]) if mode == "inference"
@@ -186,11 +186,12 @@ class _Validator(_Entries):
 
 
 def _effective_params(reducer: Any, params: dict) -> dict:
-    """Every parameter of a built reducer (its dataclass fields), so ``rlt`` and ``rlt threshold=0.1``
-    compare equal; a reducer that is not a dataclass is compared by the parameters given."""
+    """Every parameter of a built reducer (its ``params()``: its dataclass fields, a composition's stages
+    with all theirs), so ``rlt`` and ``rlt threshold=0.1`` compare equal; a reducer that is not a dataclass
+    is compared by the parameters given."""
     if not dataclasses.is_dataclass(reducer):
         return dict(params)
-    return {f.name: getattr(reducer, f.name) for f in dataclasses.fields(reducer) if f.init}
+    return reducer.params()
 
 
 def describe(suite: Suite) -> str:

@@ -58,14 +58,15 @@ class _Checks:
     """The state of one suite being read, and the checks of single values."""
 
     def __init__(self, raw: dict, src: SourceMap, file: str, default_name: str, overrides: list[str],
-                 env, check_paths: bool, only=(), check_device: bool = True):
+                 env, check_paths: bool, only=(), check_device: bool = True, add_reducers=()):
         self.raw, self.src, self.file = raw, src, file
         self.default_name = default_name
         self.overrides = overrides
         self.env = env
         self.check_paths = check_paths
         self.check_device = check_device  # False where the cells run on other machines (Slurm)
-        self.from_set: dict[tuple, str] = {}  # path -> the --set that put it there
+        self.from_set: dict[tuple, str] = {}  # path -> the flag that put it there (--set …, --add-reducer …)
+        self.add_reducers = list(add_reducers)
         self.missing = _MissingPaths()
         self.only = list(only)
         self.cell_entries: list[tuple[tuple, tuple]] = []  # per cell: its [[models]] and [[datasets]] entries
@@ -75,7 +76,7 @@ class _Checks:
         path = tuple(path)
         for n in range(len(path), 0, -1):
             if path[:n] in self.from_set:
-                return f"--set {self.from_set[path[:n]]}"
+                return self.from_set[path[:n]]
         line = self.src.line(path)
         return f"{self.file}:{line}" if line else self.file
 
@@ -154,13 +155,24 @@ class _Checks:
                     raise SuiteError(f"--set {item}: write {sec}.KEY=VALUE (every entry) or {sec}.ID.KEY=VALUE")
                 for i in idx:
                     entries[i][keyname] = value
-                    self.from_set[(sec, i, keyname)] = item
+                    self.from_set[(sec, i, keyname)] = f"--set {item}"
             else:
                 if len(parts) != 2:
                     raise SuiteError(f"--set {item}: write {sec}.KEY=VALUE")
                 self.raw.setdefault(sec, {})[parts[1]] = value
-                self.from_set[(sec, parts[1])] = item
+                self.from_set[(sec, parts[1])] = f"--set {item}"
+        self.add_reducer_entries()
 
+    def add_reducer_entries(self) -> None:
+        """``--add-reducer`` entries after the file's (and after ``--set``, which they are not part of)."""
+        from .added import reducer_entry
+
+        for spec in self.add_reducers:
+            entries = self.raw.setdefault("reducers", [])
+            if not isinstance(entries, list):
+                raise SuiteError(f"--add-reducer {spec!r}: the suite's reducers are not [[reducers]] tables")
+            entries.append(reducer_entry(spec))
+            self.from_set[("reducers", len(entries) - 1)] = f"--add-reducer {spec!r}"
     def interpolate(self, obj: Any, path: tuple) -> Any:
         if isinstance(obj, dict):
             return {k: self.interpolate(v, path + (k,)) for k, v in obj.items()}

@@ -1,6 +1,7 @@
 """A parsed suite: its constants, the model / dataset / reducer entries and the :class:`Suite` itself."""
 from __future__ import annotations
 
+import copy
 import hashlib
 import itertools
 import re
@@ -130,12 +131,64 @@ class ReducerSpec:
     path: tuple = ()
 
     def variants(self) -> list[dict[str, Any]]:
-        """The parameter sets of this entry: ``params`` merged with each combination of ``sweep``."""
+        """The parameter sets of this entry: ``params`` merged with each combination of ``sweep``. A dotted
+        sweep key is a path into a nested parameter (:func:`set_param`), e.g. ``stages.tome.params.r``."""
         if not self.sweep:
             return [dict(self.params)]
-        names = list(self.sweep)
-        return [{**self.params, **dict(zip(names, combo))}
-                for combo in itertools.product(*(self.sweep[n] for n in names))]
+        names, out = list(self.sweep), []
+        for combo in itertools.product(*(self.sweep[n] for n in names)):
+            params = copy.deepcopy(self.params)
+            for name, value in zip(names, combo):
+                set_param(params, name, value)
+            out.append(params)
+        return out
+
+
+def _step(container: Any, seg: str, key: str) -> Any:
+    """One segment of a dotted parameter path: a table's key, a list's index, or, in a list of reducer
+    tables (``compose``'s stages), the one named ``seg``."""
+    if isinstance(container, dict):
+        if seg not in container:
+            raise ValueError(f"sweep key {key!r}: no {seg!r} in {container!r}")
+        return container[seg]
+    if isinstance(container, list):
+        if seg.isdigit():
+            if int(seg) >= len(container):
+                raise ValueError(f"sweep key {key!r}: index {seg} past the {len(container)} entries")
+            i = int(seg)
+        else:
+            named = [i for i, s in enumerate(container) if s == seg or (isinstance(s, dict) and s.get("name") == seg)]
+            if len(named) != 1:
+                raise ValueError(f"sweep key {key!r}: {'no' if not named else 'more than one'} entry named {seg!r}"
+                                 f"{' (use its index)' if named else ''}")
+            i = named[0]
+        if isinstance(container[i], str):  # a stage given by name alone: spelt out so a parameter can be set
+            container[i] = {"name": container[i]}
+        return container[i]
+    raise ValueError(f"sweep key {key!r}: {seg!r} is inside {container!r}, which is neither a table nor a list")
+
+
+def set_param(params: dict[str, Any], key: str, value: Any) -> None:
+    """``params[key] = value``, where a dotted ``key`` is a path into nested parameters: table keys, list
+    indices, or a stage's name in a list of reducer tables (``stages.tome.params.r``, ``stages.1.params.r``).
+    A table on the path that lacks the last key gets it (a stage's ``params`` may be absent)."""
+    *path, last = key.split(".")
+    container: Any = params
+    for i, seg in enumerate(path):
+        if isinstance(container, dict) and seg not in container and seg == "params" and i == len(path) - 1:
+            container[seg] = {}
+        container = _step(container, seg, key)
+    if not isinstance(container, dict):
+        raise ValueError(f"sweep key {key!r}: {last!r} must name a table's key, got {container!r}")
+    container[last] = value
+
+
+def param_at(params: dict[str, Any], key: str) -> Any:
+    """The value at ``key`` (dotted as for :func:`set_param`)."""
+    container: Any = params
+    for seg in key.split("."):
+        container = _step(container, seg, key)
+    return container
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Validation of a suite's tables and entries: defaults, training recipe, models, datasets, reducers."""
 from __future__ import annotations
 
+import copy
 import difflib
 import re
 from pathlib import Path
@@ -35,6 +36,7 @@ from .spec import (
     ReducerSpec,
     _resolve_device,
     parse_views,
+    set_param,
 )
 
 
@@ -300,6 +302,12 @@ class _Entries(_Checks):
             if k in params:
                 raise self.fail(p + ("sweep", k), f"{k} is both in params and in sweep")
         r.params, r.sweep = dict(params), {k: list(v) for k, v in sweep.items()}
+        for k in r.sweep:
+            if "." in k:  # a path into a nested parameter (a composition's stage): it must lead somewhere
+                try:
+                    set_param(copy.deepcopy(r.params), k, r.sweep[k][0])
+                except ValueError as exc:
+                    raise self.fail(p + ("sweep", k), str(exc)) from None
         if "label" in e:
             r.label = self._str(p + ("label",), e["label"])
         r.modes = self._modes(p + ("modes",), e.get("modes", list(MODES)))

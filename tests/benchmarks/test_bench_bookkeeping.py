@@ -28,6 +28,7 @@ import torch
 
 from tokenbench.harness.model import build_model
 from tokenbench.harness.timing import to_model_input
+from tokenbench.reducers.base import VIDEOMAE
 from tokenbench.reducers.dtome import ThresholdMerge
 from tokenbench.reducers.merge_drop import RandomDrop, RandomMerge, ToMeDrop, ToMeHybrid
 from tokenbench.reducers.pitome import PiToMe
@@ -57,8 +58,8 @@ class _Timed:
     def check_geometry(self, grid, depth):
         self.inner.check_geometry(grid, depth)
 
-    def select(self, video):
-        return None if self.selector is None else self.selector.select(video)
+    def select(self, video, geometry=VIDEOMAE):
+        return None if self.selector is None else self.selector.select(video, geometry)
 
     def attention_layers(self, depth):
         return self.inner.attention_layers(depth)

@@ -25,6 +25,7 @@ import torch
 
 from tokenbench.datasets.decode import read_video
 from tokenbench.harness.model import build_model
+from tokenbench.reducers.base import VIDEOMAE
 from tokenbench.reducers.compose import RLTRandom
 from tokenbench.reducers.random import RandomMasking
 from tokenbench.reducers.rlt import RLT
@@ -67,8 +68,8 @@ class _Tape:
     def check_geometry(self, grid, depth):
         self.inner.check_geometry(grid, depth)
 
-    def select(self, video):
-        return self.inner.select(video)
+    def select(self, video, geometry=VIDEOMAE):
+        return self.inner.select(video, geometry)
 
     def attention_layers(self, depth):
         return self.inner.attention_layers(depth)
