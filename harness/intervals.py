@@ -67,3 +67,20 @@ def median_interval(values: Sequence[float], *, samples: int = BOOTSTRAP_SAMPLES
     meds = np.median(xs[rng.integers(0, xs.size, size=(samples, xs.size))], axis=1)
     lo, hi = np.percentile(meds, [2.5, 97.5])
     return float(lo), float(hi)
+
+
+def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
+    """(q1, median, q3), linear interpolation (numpy's default)."""
+    xs = sorted(values)
+    if not xs:
+        raise ValueError("no values")
+    if len(xs) == 1:
+        return xs[0], xs[0], xs[0]
+
+    def q(p: float) -> float:
+        pos = p * (len(xs) - 1)
+        lo = int(pos)
+        hi = min(lo + 1, len(xs) - 1)
+        return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+    return q(0.25), q(0.5), q(0.75)

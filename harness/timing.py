@@ -20,10 +20,8 @@
   would land in whichever arm happened to allocate last);
 * CUDA events on a GPU, ``time.perf_counter`` on CPU with ``torch.set_num_threads`` fixed for the run and
   recorded; everything under ``torch.inference_mode`` with the model in eval mode;
-* **interference on the record**: the host's run queue (``procs_running``) and CPU steal time are read from
-  ``/proc/stat`` at the start and end of every timed arm run (not around the whole cell), and the spread
-  of the paired ratios is kept; :class:`Interference` applies the rules that mark a cell timed under
-  interference (its docstring says which);
+* **interference on the record**: the host is sampled at the start and end of every timed arm run and
+  judged with the paired ratios' spread (``harness.interference``);
 * per arm: the attention backend and path that ran (``model.last_stats.backend`` / ``.attn_path``: dense
   batched, per-sequence packed or a varlen kernel) and, on CUDA, the peak memory above
   what was allocated before the arm started (the resident clips are not counted). On CPU there is no
@@ -38,7 +36,6 @@ the datasets package's eval transform (short side to ``img_size``, centre crop) 
 from __future__ import annotations
 
 import gc
-import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -53,7 +50,8 @@ from torch import Tensor
 from tokenbench.reducers.base import Reducer
 
 from .input_guard import check_unchanged, digests
-from .intervals import median_interval
+from .interference import HostProbe, HostSample, Interference, read_proc_stat, usable_cpus  # noqa: F401
+from .intervals import median_interval, quartiles  # noqa: F401  (quartiles: timing's statistics, re-exported)
 from .model import BASELINE
 
 
@@ -84,21 +82,6 @@ def to_model_input(clips: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
 
 
 # --- statistics --------------------------------------------------------------------------------------
-def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
-    """(q1, median, q3), linear interpolation (numpy's default)."""
-    xs = sorted(values)
-    if not xs:
-        raise ValueError("no values")
-    if len(xs) == 1:
-        return xs[0], xs[0], xs[0]
-
-    def q(p: float) -> float:
-        pos = p * (len(xs) - 1)
-        lo = int(pos)
-        hi = min(lo + 1, len(xs) - 1)
-        return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
-
-    return q(0.25), q(0.5), q(0.75)
 
 
 @dataclass
@@ -212,127 +195,6 @@ class TimingResult:
         d.update(speedup=self.speedup, paired_ratios=self.paired_ratios, select_ms_median=self.select_ms_median,
                  speedup_interval=self.speedup_interval, interference=self.interference.reasons)
         return d
-
-
-# --- host interference -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class HostSample:
-    """One read of ``/proc/stat``: runnable tasks on the host now, and the aggregate CPU jiffies."""
-
-    procs_running: int
-    steal: int  # jiffies the hypervisor ran another guest while this one wanted a CPU
-    total: int  # all jiffies of the aggregate cpu line
-
-
-def read_proc_stat(text: str) -> HostSample | None:
-    """Parse ``/proc/stat``; None when it has neither line (not Linux)."""
-    running, cpu = None, None
-    for line in text.splitlines():
-        if line.startswith("procs_running "):
-            running = int(line.split()[1])
-        elif line.startswith("cpu "):
-            cpu = [int(x) for x in line.split()[1:]]
-    if running is None or cpu is None:
-        return None
-    # user nice system idle iowait irq softirq steal [guest guest_nice]: guest time is already in user/nice
-    fields = cpu[:8]
-    steal = fields[7] if len(fields) > 7 else 0
-    return HostSample(running, steal, sum(fields))
-
-
-class HostProbe:
-    """Samples ``/proc/stat`` around the timed runs. On a host without it every read is empty and the
-    result says nothing (:meth:`Interference.unknown`)."""
-
-    def __init__(self, path: str = "/proc/stat"):
-        self.path = path
-        self.samples: list[HostSample] = []
-
-    def sample(self) -> None:
-        try:
-            with open(self.path) as f:
-                got = read_proc_stat(f.read())
-        except OSError:
-            return
-        if got is not None:
-            self.samples.append(got)
-
-
-# The rules that mark a cell timed under interference (constants, so a report can say which fired):
-# * runqueue: other tasks were runnable beside the cell's own (procs_running, read at each timed arm's start and
-#   end, counts this process's timing thread as 1; its worker threads are idle at those instants) — more of them
-#   on average than the CPUs the cell's threads leave free, plus RUNQUEUE_SLACK: someone waited for a CPU;
-# * steal: the hypervisor took more than STEAL_PCT % of the CPU time during the timed runs;
-# * spread: the paired ratios' interquartile range is above SPREAD_REL of their median (the quiet 2-core
-#   machine's A/A stays within a few percent: a spread this wide means the arms did not see the same machine).
-RUNQUEUE_SLACK = 0.5
-STEAL_PCT = 5.0
-SPREAD_REL = 0.10
-MIN_REPEATS_FOR_SPREAD = 4
-
-
-@dataclass(frozen=True)
-class Interference:
-    """What the host did while a cell's arms were timed, and which rules say it was disturbed."""
-
-    runnable_others: float | None  # mean runnable tasks besides this process's timing thread
-    steal_pct: float | None  # CPU steal over the timed runs, % of all CPU time
-    ratio_spread: float | None  # (q3 − q1) / median of the paired ratios
-    threads: int
-    cpus: int  # CPUs this process may run on
-
-    @classmethod
-    def unknown(cls, threads: int, cpus: int) -> Interference:
-        return cls(None, None, None, threads, cpus)
-
-    @classmethod
-    def measure(cls, samples: Sequence[HostSample], ratios: Sequence[float], threads: int,
-                cpus: int) -> Interference:
-        runnable = statistics.fmean(max(0, s.procs_running - 1) for s in samples) if samples else None
-        steal = None
-        if len(samples) >= 2:
-            d_total = samples[-1].total - samples[0].total
-            d_steal = samples[-1].steal - samples[0].steal
-            steal = 100.0 * d_steal / d_total if d_total > 0 else 0.0
-        spread = None
-        if len(ratios) >= MIN_REPEATS_FOR_SPREAD:
-            q1, med, q3 = quartiles(ratios)
-            spread = (q3 - q1) / med if med > 0 else None
-        return cls(runnable, steal, spread, threads, cpus)
-
-    @property
-    def reasons(self) -> list[str]:
-        """The rules that fired, in a fixed order: ``runqueue``, ``steal``, ``spread`` (empty: a clean cell)."""
-        out = []
-        free = max(0, self.cpus - self.threads)
-        if self.runnable_others is not None and self.runnable_others > free + RUNQUEUE_SLACK:
-            out.append("runqueue")
-        if self.steal_pct is not None and self.steal_pct > STEAL_PCT:
-            out.append("steal")
-        if self.ratio_spread is not None and self.ratio_spread > SPREAD_REL:
-            out.append("spread")
-        return out
-
-    @property
-    def flagged(self) -> bool:
-        return bool(self.reasons)
-
-    def as_metrics(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"interference": "+".join(self.reasons)}
-        if self.runnable_others is not None:
-            out["host_runnable_others"] = self.runnable_others
-        if self.steal_pct is not None:
-            out["host_steal_pct"] = self.steal_pct
-        if self.ratio_spread is not None:
-            out["speedup_rel_iqr"] = self.ratio_spread
-        return out
-
-
-def usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 # --- timers ------------------------------------------------------------------------------------------
@@ -479,7 +341,7 @@ def time_forward(model: torch.nn.Module, videos_on_device: Tensor | Sequence[Ten
     select_ms: list[float] = []
     tokens_in: list[int] = []
     # hashed outside the timed region: a select that writes into its input fails the cell (input_guard)
-    before = digests(batches) if reducer is not None else []
+    before = digests(batches) if not reducer.identity else []
     try:
         with fixed_threads(threads) as n_threads, torch.inference_mode(), _no_gc():
             for i in range(warmup):

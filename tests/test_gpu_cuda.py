@@ -18,6 +18,7 @@ from tokenbench.harness.attention import (
     padded_reference,
     torch_varlen_available,
 )
+from tokenbench.harness.model import BASELINE
 from tokenbench.harness.timing import _timer, time_forward
 
 pytestmark = [pytest.mark.gpu,
@@ -94,7 +95,7 @@ def test_peak_memory_counts_the_arm_not_the_resident_clips():
     model = seeded_model("vit_t", 5, num_frames=8, img_size=64).cuda()
     clips = torch.randn(4, 3, 8, 64, 64, device="cuda")
     ballast = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")  # 256 MB resident beside the clips
-    res = time_forward(model, clips, None, warmup=1, repeats=2, batch_size=2)
+    res = time_forward(model, clips, BASELINE, warmup=1, repeats=2, batch_size=2)
     del ballast
     assert res.timer == "cuda_event" and res.peak_mem_mb is not None and res.baseline_peak_mem_mb is not None
     assert 0 < res.peak_mem_mb < 256 and 0 < res.baseline_peak_mem_mb < 256

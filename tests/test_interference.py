@@ -13,6 +13,7 @@ import torch
 from conftest import seeded_model
 from test_report import make_suite_records, write_records
 
+from tokenbench.harness.model import BASELINE
 from tokenbench.harness.timing import (
     HostProbe,
     HostSample,
@@ -79,10 +80,10 @@ def test_a_cell_timed_beside_a_cpu_burner_is_flagged_and_the_burner_shows_in_its
     clips = torch.randn(2, 3, 4, 32, 32)
     cpus = usable_cpus()
     kw = dict(warmup=0, repeats=4, batch_size=2, threads=1)  # one thread: no spin-waiting barrier vs the burner
-    quiet = time_forward(model, clips, None, **kw)
+    quiet = time_forward(model, clips, BASELINE, **kw)
     procs = _burner(cpus)
     try:
-        busy = time_forward(model, clips, None, **kw)
+        busy = time_forward(model, clips, BASELINE, **kw)
     finally:
         for p in procs:
             p.kill()

@@ -250,7 +250,7 @@ def train_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tuple[di
     device, dtype = cell.device, DTYPES[cell.dtype]
     clips = load_clipset(cell, cache, progress)  # evaluation clips, and the calibration data
     reducer = calibrate(build_reducer(cell), cell, clips, cache)
-    if reducer is not None and reducer.calibrates_with_model:
+    if reducer.calibrates_with_model:
         raise CellError(f"{cell.reducer} calibrates with a trained model in the loop: run it in inference cells")
     train_split = settings.get("split", "train")
     train_ds = first_items(cell.dataset, train_split, settings.get("max_clips"), num_frames=cell.num_frames,

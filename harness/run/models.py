@@ -209,7 +209,7 @@ def calibrate_with_model(reducer, cell: Cell, model: torch.nn.Module, model_id: 
     run ``model`` on the first ``reducer.calibration_clips`` clips of the dataset's *train* split, never
     the clips the cell scores, before any measured work. Returns the calibrated reducer and the record of
     what it used and found (``None`` for other reducers); both are cached per reducer, model and data."""
-    if reducer is None or not reducer.calibrates_with_model:
+    if not reducer.calibrates_with_model:
         return reducer, None
     if cell.split == "train":
         raise CellError(f"{cell.reducer} calibrates on the train split, and this cell scores the train split: "
