@@ -48,7 +48,16 @@ from typing import Any
 
 from torch import Tensor
 
-from .base import NO_ATTENTION, VIDEOMAE, AttentionContext, Geometry, PackedTokens, Reducer, ReducerParamError, Selection
+from .base import (
+    NO_ATTENTION,
+    VIDEOMAE,
+    AttentionContext,
+    Geometry,
+    PackedTokens,
+    Reducer,
+    ReducerParamError,
+    Selection,
+)
 from .none import NoReducer
 from .random import RandomMasking
 from .registry import get_reducer, register_reducer
