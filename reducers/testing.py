@@ -164,10 +164,10 @@ def check_reducer(reducer: Reducer, *, model_name: str = "vit_t", num_frames: in
     report = ConformanceReport(reducer=repr(reducer))
 
     # 1. select(): shape/type/contents, determinism.
-    sel = reducer.select(video)
+    sel = reducer.select(video, model.geometry)
     check_selection(sel, (batch, *grid))
     twin = reducer.fresh()
-    sel2 = twin.select(video)
+    sel2 = twin.select(video, model.geometry)
     if sel is not None:
         assert torch.equal(sel.keep, sel2.keep) and torch.equal(sel.lengths, sel2.lengths), \
             "select() is not deterministic: two reducers with the same parameters chose differently"
