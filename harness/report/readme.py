@@ -152,6 +152,20 @@ def as_run(ok: list[dict]) -> list[str]:
                 "| mode | dataset | reducer | parameters as run | evaluated with |", "|:---|:---|:---|:---|:---|"]
         out += ["| " + " | ".join(md_escape(v) for v in row) + " |" for row in rows]
         out.append("")
+    calibrated = [r for r in sorted(ok, key=sort_key) if isinstance(r.get("calibration"), dict)]
+    if calibrated:
+        out += ["### Calibrations with the model in the loop", "",
+                "Reducers that ran the cell's model on train-split clips before any measured work (never the clips "
+                "scored), and what they found.", "",
+                "| dataset | reducer | clips | found |", "|:---|:---|:---|:---|"]
+        for r in calibrated:
+            cal = r["calibration"]
+            src = cal.get("source") or {}
+            clips = f"{src.get('clips', '?')} {src.get('dataset', '?')}/{src.get('split', '?')} (seed {src.get('seed', '?')})"
+            found = {k: v for k, v in cal.items() if k != "source"}
+            out.append("| " + " | ".join(md_escape(str(v)) for v in (
+                r.get("dataset") or MISSING, r["label"], clips, _params(found))) + " |")
+        out.append("")
     skipped = [(r, e) for r in sorted(ok, key=sort_key) for e in (r.get("skipped_errors") or [])]
     if skipped:
         out += ["### Videos left out as unreadable", ""]
