@@ -111,6 +111,7 @@ def test_paper_k400_end_to_end_one_reducer(k400, tmp_path, monkeypatch):
     assert m["tokens_in_min"] < m["tokens_in_max"]  # a still video and moving ones: RLT's counts differ
 
 
+@pytest.mark.slow  # the same path as k400's end-to-end test, on the other manifest layout
 def test_paper_ssv2_end_to_end_one_reducer(ssv2, tmp_path, monkeypatch):
     records = _run(tmp_path, monkeypatch, "paper-ssv2", "ssv2", ssv2, "label=rlt τ=0.1")
     _check(records, ssv2, tmp_path, "paper-ssv2", videos=2)

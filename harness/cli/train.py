@@ -12,7 +12,7 @@ import torch
 
 from tokenbench.datasets import get_dataset
 
-from ..checkpoint import CheckpointError, load_checkpoint
+from ..checkpoint import CheckpointError, load_checkpoint, read_checkpoint
 from ..errors import UserError
 from ..model import build_model
 from ..suite.validate import device_problem
@@ -79,6 +79,11 @@ def run_cli(args) -> int:
     reducer = reducer_from(args.reducer)
     eval_red: Any = reducer_from(args.eval_reducer) if args.eval_reducer else "auto"  # not given: the rule
     data_opts = parse_params(args.data)
+    if args.init:  # a checkpoint that cannot be read fails before the training split is built (it may render)
+        try:
+            read_checkpoint(args.init, meta=True)
+        except CheckpointError as exc:
+            raise UserError(f"--init: {exc}") from None
     try:
         train_ds = get_dataset(args.dataset, args.train_split, num_frames=args.num_frames, img_size=args.img_size,
                                **data_opts)
