@@ -245,12 +245,15 @@ def train_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tuple[di
     model = build_model(cell.model, num_classes, num_frames=cell.num_frames, img_size=cell.img_size,
                         length_embedding=reducer is not None and reducer.length_embedding,
                         attn_backend=cell.attn_backend)
+    # the weights training starts from, named beside the ones it ends with (arms compare by it)
+    init = {"init_checkpoint_sha256": weights_sha256(model.state_dict())}
     if settings.get("init") == "checkpoint":
         ck = cell.checkpoint
         if ck.startswith("trained:"):
             ck = str(cache.pretrained(cell.pretrain, device, log))
         if ck != "none":
-            load_checkpoint(model, ck, strict=False)
+            info = load_checkpoint(model, ck, strict=False)
+            init = {"init_checkpoint_sha256": info.sha256, "init_checkpoint_path": ck}
     if progress:
         progress(f"training {settings.get('epochs')} epochs")
     result = train(model, train_ds, None, reducer,
@@ -266,5 +269,5 @@ def train_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tuple[di
         metrics["reducer_params_used"] = reducer.params()
     env = {"attn_backend": fw["backend"], "decoder": clips.info.get("decoder"),
            "decoder_version": clips.info.get("decoder_version"),
-           "checkpoint": {"checkpoint_sha256": weights_sha256(base_model(model).state_dict())}}
+           "checkpoint": {"checkpoint_sha256": weights_sha256(base_model(model).state_dict()), **init}}
     return metrics, env
