@@ -126,7 +126,7 @@ def _baseline(model, clips: ClipSet, cell: Cell, cache: RunCache, mkey: str, pro
     if own is not None:
         cache.baseline.setdefault(key, own)
     if key not in cache.baseline:
-        with autocast_for(cell):
+        with autocast_for(cell), cache.phases("accuracy (baseline)"):
             cache.baseline[key] = forward_all(model, None, clips, cell, progress, what="baseline")
     return cache.baseline[key]
 
@@ -165,7 +165,8 @@ def timed_clip_metrics(model, resident: torch.Tensor, reducer, batch_size: int,
 
 
 def inference_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tuple[dict, dict]:
-    clips = load_clipset(cell, cache, progress)
+    with cache.phases("clips"):
+        clips = load_clipset(cell, cache, progress)
     reducer = build_reducer(cell)
     length_emb = reducer is not None and reducer.length_embedding
     num_classes = model_classes(cell, clips.num_classes)
@@ -186,7 +187,8 @@ def inference_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tupl
         if progress:
             progress(f"fvcore check on {n_check} clip(s)")
         sample = model_input(clips.clips[:n_check], device, dtype)
-        rep = verify_analytic(net, sample, reducer.fresh() if reducer is not None else None)
+        with cache.phases("flop trace"):
+            rep = verify_analytic(net, sample, reducer.fresh() if reducer is not None else None)
         overhead = rep.reducer_gflops
         metrics["gflops_fvcore"] = rep.gflops
         # what the analytic count (+ the hook cost) gives the same traced clips: agrees with gflops_fvcore
@@ -194,7 +196,7 @@ def inference_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tupl
         metrics["gflops_reducer_overhead"] = rep.reducer_gflops
     with attention_path(net, cell):
         # accuracy, tokens and GFLOPs of every clip
-        with autocast_for(cell):
+        with autocast_for(cell), cache.phases("accuracy"):
             fw = forward_all(model, reducer, clips, cell, progress, overhead_per_clip=overhead)
         metrics.update(fw["metrics"])
         if "top1" in metrics:
@@ -209,7 +211,8 @@ def inference_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tupl
         if progress:
             progress(f"timing {n_time} clips × {cell.repeats} repeats")
         resident = model_input(clips.clips[picked], device, dtype)
-        with autocast_for(cell):  # the context is entered once; every timed forward runs inside it
+        # the context is entered once; every timed forward runs inside it
+        with autocast_for(cell), cache.phases("paired timing"):
             timing = time_forward(model, resident, reducer.fresh() if reducer is not None else None,
                                   baseline=True, warmup=int(cell.warmup), repeats=int(cell.repeats),
                                   batch_size=int(cell.batch_size))
@@ -232,11 +235,13 @@ def train_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tuple[di
     clips like an inference cell (the reducer at evaluation: ``harness.train.inference_reducer``)."""
     settings = dict(cell.train or {})
     device, dtype = cell.device, DTYPES[cell.dtype]
-    clips = load_clipset(cell, cache, progress)  # evaluation clips, and the calibration data
+    with cache.phases("clips"):
+        clips = load_clipset(cell, cache, progress)  # evaluation clips, and the calibration data
     reducer = calibrate(build_reducer(cell), cell, clips, cache)
     train_split = settings.get("split", "train")
-    train_ds = first_items(cell.dataset, train_split, settings.get("max_clips"), num_frames=cell.num_frames,
-                           img_size=cell.img_size, options=cell.dataset_options)
+    with cache.phases("clips"):
+        train_ds = first_items(cell.dataset, train_split, settings.get("max_clips"), num_frames=cell.num_frames,
+                               img_size=cell.img_size, options=cell.dataset_options)
     num_classes = int(cell.num_classes or train_ds.num_classes)
     if not num_classes:
         raise CellError(f"dataset {cell.dataset!r} is unlabelled: a train cell needs labels")
@@ -256,11 +261,13 @@ def train_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tuple[di
             init = {"init_checkpoint_sha256": info.sha256, "init_checkpoint_path": ck}
     if progress:
         progress(f"training {settings.get('epochs')} epochs")
-    result = train(model, train_ds, None, reducer,
-                   TrainRecipe.from_settings(settings, seed=cell.seed), device=device, log=False)
+    with cache.phases("training"):
+        result = train(model, train_ds, None, reducer,
+                       TrainRecipe.from_settings(settings, seed=cell.seed), device=device, log=False)
     model = model.to(device=device, dtype=dtype).eval()
     eval_red = None if settings.get("eval_reducer") == "none" else inference_reducer(reducer)
-    fw = forward_all(model, eval_red, clips, cell, progress)
+    with cache.phases("accuracy"):
+        fw = forward_all(model, eval_red, clips, cell, progress)
     metrics: dict[str, Any] = dict(fw["metrics"])
     metrics.update({k: v for k, v in result.metrics().items() if k.startswith("train_")})
     metrics["train_clips"] = result.clips

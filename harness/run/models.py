@@ -27,6 +27,7 @@ from ..shipped_weights import WEIGHTS_DIR, shipped_checkpoint, weights_identity
 from ..train import TrainRecipe, TrainResult, train
 from .clips import ClipSet, data_key, first_items
 from .common import DTYPES, _hash, cache_root, describe_error
+from .phases import PhaseClock
 
 
 @dataclass
@@ -41,6 +42,7 @@ class RunCache:
     pretrain_failures: dict[str, str] = field(default_factory=dict)  # a model whose training failed: why
     checkpoints: dict[str, dict[str, str]] = field(default_factory=dict)  # model key -> sha256 (+path)
     shipped_dir: Path = WEIGHTS_DIR  # where shipped weights are looked for (the package's own)
+    phases: PhaseClock = field(default_factory=PhaseClock)  # where the cells' seconds went
 
     def pretrained(self, pretrain: dict[str, Any], device: str = "cpu",
                    log: Callable[[str], None] | None = None) -> Path:
@@ -50,7 +52,8 @@ class RunCache:
             raise CellError(f"training the suite's {pretrain['model']} failed earlier in this run: "
                             f"{self.pretrain_failures[key]}")
         try:
-            return ensure_pretrained(pretrain, self.cache_dir, device, log, self.shipped_dir)
+            with self.phases("pretrain"):
+                return ensure_pretrained(pretrain, self.cache_dir, device, log, self.shipped_dir)
         except KeyboardInterrupt:
             raise
         except Exception as exc:
@@ -153,6 +156,14 @@ def load_model(cell: Cell, cache: RunCache, num_classes: int, length_embedding: 
     key = model_key(cell, num_classes, length_embedding)
     if key in cache.models:
         return cache.models[key]
+    with cache.phases("model"):
+        model = _built_model(cell, cache, key, num_classes, length_embedding, log)
+    cache.models[key] = model
+    return model
+
+
+def _built_model(cell: Cell, cache: RunCache, key: str, num_classes: int, length_embedding: bool,
+                 log: Callable[[str], None] | None) -> torch.nn.Module:
     torch.manual_seed(int(cell.seed))
     model = build_model(cell.model, num_classes, num_frames=cell.num_frames, img_size=cell.img_size,
                         length_embedding=length_embedding, attn_backend=cell.attn_backend)
@@ -178,7 +189,6 @@ def load_model(cell: Cell, cache: RunCache, num_classes: int, length_embedding: 
     model = model.to(device=cell.device, dtype=DTYPES[cell.dtype]).eval()
     if cell.compile:
         model = torch.compile(model)
-    cache.models[key] = model
     return model
 
 
@@ -217,6 +227,7 @@ def calibrate(reducer, cell: Cell, clips: ClipSet, cache: RunCache):
     if key in cache.calibrated:
         return cache.calibrated[key].fresh()
     bs = max(1, int(cell.batch_size))
-    reducer.calibrate(model_input(b, "cpu", torch.float32) for b, _, _, _ in clips.batches(bs))
+    with cache.phases("calibration"):
+        reducer.calibrate(model_input(b, "cpu", torch.float32) for b, _, _, _ in clips.batches(bs))
     cache.calibrated[key] = reducer
     return reducer.fresh()
