@@ -38,9 +38,9 @@ def _inference(dataset: str, **n: int) -> dict:
             for fam, k in n.items()}
 
 
+# issue 26: the real clips, random at fixed keep ratios and the [packed] pair moved to `full` (whole families)
 DEFAULT = {
-    **_inference("synthetic", none=1, rlt=4, random_match=4, random_keep=2, tome=4, sta=4),
-    **_inference("samples", none=1, rlt=4, random_match=4, rlt_packed=1, random_match_packed=1),
+    **_inference("synthetic", none=1, rlt=4, random_match=4, tome=4, sta=4),
     ("train", "synthetic-val500", "none"): 2, ("train", "synthetic-val500", "rlt"): 2,
     ("train", "synthetic-val500", "random-match"): 2,
 }
@@ -81,10 +81,10 @@ def test_packing_suite_times_every_reducer_on_the_papers_shapes():
 def test_default_suite_cells():
     suite = load_suite("default", env={})
     assert dict(_counts(suite)) == DEFAULT
-    assert len(suite.cells()) == 36
+    assert len(suite.cells()) == 23
     cells = suite.cells()
     taus = [0.02, 0.1, 0.2, 0.4]
-    for data in ("synthetic", "samples"):
+    for data in ("synthetic",):
         assert sorted(c.params["threshold"] for c in cells if c.reducer == "rlt" and c.mode == "inference"
                       and c.dataset_id is None and c.dataset == data and c.attn_path is None) == taus
         assert sorted(c.params["match_rlt"] for c in cells if _family(c) == "random-match"
@@ -132,7 +132,7 @@ def test_paper_suite_cells(name, tmp_path):
                       and c.model == model) == [0.02, 0.05, 0.1, 0.2, 0.4]
 
 
-@pytest.mark.parametrize("name, cells", [("default", 36), ("full", 73), ("paper-k400", 46), ("paper-ssv2", 46)])
+@pytest.mark.parametrize("name, cells", [("default", 23), ("full", 73), ("paper-k400", 46), ("paper-ssv2", 46)])
 def test_dry_run_lists_every_suite(name, cells, tmp_path, capsys):
     sets = [a for s in (_paper_args(tmp_path) if name.startswith("paper") else []) for a in ("--set", s)]
     assert main(["run", "--suite", name, "--dry-run", *sets]) == 0
