@@ -198,6 +198,9 @@ def model_classes(cell: Cell, clipset_classes: int) -> int:
     ckpt = cell.checkpoint
     if ckpt.startswith("trained:") and cell.pretrain:
         pre = cell.pretrain
+        shipped = shipped_checkpoint(pre)
+        if shipped is not None:  # its head tells; building the training split would render 3,000 clips
+            return int(checkpoint_classes(shipped) or 0) or clipset_classes
         ds = get_dataset(pre["dataset"], pre.get("split", "train"), num_frames=pre["num_frames"],
                          img_size=pre["img_size"], **(pre.get("options") or {}))
         return int(ds.num_classes)
