@@ -53,6 +53,13 @@ class ClipDataset(Dataset):
         makes its clips, so a run that uses ``n`` of them makes no more; none by default."""
         return {}
 
+    @classmethod
+    def identity(cls, split: str = "val", num_frames: int = 16, img_size: int = 224, **options: Any) -> dict[str, Any]:
+        """What decides a split's clips, worked out without making them (a cache key of weights trained on
+        them hashes it). By default the options as given; a format whose defaults or generator decide its clips
+        (the synthetic one) gives them all, its generator's version included."""
+        return {"dataset": cls.name, "split": split, "num_frames": num_frames, "img_size": img_size, **options}
+
     def info(self) -> dict[str, Any]:
         """What identifies this data in a result record."""
         return {"dataset": self.name, "split": self.split, "num_frames": self.num_frames,

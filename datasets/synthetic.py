@@ -80,6 +80,8 @@ GENERATOR_VERSION = 1
 DEFAULT_CLASSES = ("left", "right", "up", "down")
 SPLITS = {"train": 0, "val": 1}
 DEFAULT_SIZES = {"train": 3000, "val": 1000}
+OPTION_KEYS = ("seed", "classes", "static_share", "camera_share", "speed", "turn_deg", "radius", "camera_speed",
+               "num_objects", "outline", "noise", "faint_share", "contrast")
 MAX_BYTES = 6 * 2**30  # refuse splits that would not fit comfortably in memory / the cache
 
 
@@ -232,6 +234,48 @@ class SyntheticMotion(ClipDataset):
                  num_objects: int | tuple[int, int] = (3, 5), outline: float = 2.0, noise: float = 0.0,
                  faint_share: float = 0.3, contrast: float | tuple[float, float] = (0.2, 0.5),
                  cache: bool = True):
+        cfg = self._configure(split, num_frames, img_size, num_clips=num_clips, seed=seed, classes=classes,
+                              static_share=static_share, camera_share=camera_share, speed=speed, turn_deg=turn_deg,
+                              radius=radius, camera_speed=camera_speed, num_objects=num_objects, outline=outline,
+                              noise=noise, faint_share=faint_share, contrast=contrast)
+        self.split = split
+        self.num_frames, self.img_size, self.num_clips = cfg["num_frames"], cfg["img_size"], cfg["num_clips"]
+        self.classes = tuple(cfg["classes"])
+        self.num_classes = len(self.classes)
+        self.options = {k: cfg[k] for k in OPTION_KEYS}
+        self.bg_short = cfg["bg_short"]
+        self.cache_key = _params_hash(cfg)
+        self.cache_path = cache_dir() / f"synthetic-{split}-{self.num_clips}x{self.num_frames}x{self.img_size}-" \
+                                        f"{self.cache_key}"
+        self._params = cfg
+        arrays = self._load() if cache else None
+        if arrays is None:
+            arrays = self._generate()
+            if cache:
+                try:
+                    _atomic_save_dir(self.cache_path, arrays, cfg)
+                    arrays = self._load() or arrays  # memory-mapped: ranks and workers share one copy
+                except OSError as exc:  # a read-only cache costs time, never correctness
+                    warnings.warn(f"cannot cache the synthetic clips in {self.cache_path.parent}: {exc}",
+                                  stacklevel=2)
+        self.clips: np.ndarray = arrays["clips"]
+        self.labels: np.ndarray = arrays["labels"].astype(np.int64)
+        self.backgrounds: np.ndarray = arrays["backgrounds"].astype(np.int64)
+
+    @classmethod
+    def identity(cls, split: str = "train", num_frames: int = 8, img_size: int = 112, **options) -> dict:
+        # every generation parameter, defaults and generator version included, without rendering a clip
+        return cls._configure(split, num_frames, img_size, **options)  # ``cache`` is accepted and ignored
+
+    @staticmethod
+    def _configure(split: str, num_frames: int, img_size: int, *, num_clips: int | None = None, seed: int = 0,
+                   classes: tuple[str, ...] | list[str] | None = None, static_share: float = 0.5,
+                   camera_share: float = 0.25, speed: tuple[float, float] = (5.0, 8.0),
+                   turn_deg: tuple[float, float] = (12.0, 20.0), radius: tuple[float, float] = (14.0, 22.0),
+                   camera_speed: tuple[float, float] = (2.0, 4.0), num_objects: int | tuple[int, int] = (3, 5),
+                   outline: float = 2.0, noise: float = 0.0, faint_share: float = 0.3,
+                   contrast: float | tuple[float, float] = (0.2, 0.5), cache: bool = True) -> dict:
+        """Every parameter the clips depend on, checked and resolved (the cache key hashes them)."""
         if split not in SPLITS:
             raise ValueError(f"synthetic: unknown split {split!r}; choose from {', '.join(SPLITS)}")
         classes = tuple(classes) if classes is not None else DEFAULT_CLASSES
@@ -254,13 +298,11 @@ class SyntheticMotion(ClipDataset):
             raise ValueError(f"synthetic: contrast must be in (0, 1] or a range (lo, hi) inside it, got {contrast}")
         if num_frames < 2 or img_size < 16:
             raise ValueError(f"synthetic: need ≥ 2 frames and img_size ≥ 16, got {num_frames}, {img_size}")
-        self.split = split
-        self.num_frames, self.img_size = int(num_frames), int(img_size)
-        self.num_clips = int(num_clips if num_clips is not None else DEFAULT_SIZES[split])
-        self.classes = classes
-        self.num_classes = len(classes)
-        k = self.img_size / 112.0
-        self.options = {
+        n = int(num_clips if num_clips is not None else DEFAULT_SIZES[split])
+        if n < 1:  # an empty split would train or score on nothing and say so only much later
+            raise ValueError(f"synthetic: num_clips must be ≥ 1, got {num_clips}")
+        k = img_size / 112.0
+        options = {
             "seed": int(seed), "classes": list(classes), "static_share": float(static_share),
             "camera_share": float(camera_share),
             "speed": [float(v) * k for v in speed], "turn_deg": [float(v) for v in turn_deg],
@@ -269,32 +311,14 @@ class SyntheticMotion(ClipDataset):
             "noise": float(noise), "faint_share": float(faint_share),
             "contrast": [float(contrast[0]), float(contrast[1])],
         }
-        nbytes = self.num_clips * self.num_frames * self.img_size ** 2 * 3
+        nbytes = n * num_frames * img_size ** 2 * 3
         if nbytes > MAX_BYTES:
-            raise ValueError(f"synthetic: {self.num_clips} clips of {self.num_frames} × {self.img_size}² would take "
+            raise ValueError(f"synthetic: {n} clips of {num_frames} × {img_size}² would take "
                              f"{nbytes / 2**30:.1f} GiB (limit {MAX_BYTES / 2**30:.0f} GiB); the benchmark is sized "
                              f"for 8 × 112² — ask for fewer clips (num_clips=) or smaller clips")
-        self.bg_short = max(BASE_SHORT_SIDE, int(round(self.img_size * 1.3)))
-        params = {"version": GENERATOR_VERSION, "split": split, "num_frames": self.num_frames,
-                  "img_size": self.img_size, "num_clips": self.num_clips, "bg_short": self.bg_short,
-                  **self.options}
-        self.cache_key = _params_hash(params)
-        self.cache_path = cache_dir() / f"synthetic-{split}-{self.num_clips}x{self.num_frames}x{self.img_size}-" \
-                                        f"{self.cache_key}"
-        self._params = params
-        arrays = self._load() if cache else None
-        if arrays is None:
-            arrays = self._generate()
-            if cache:
-                try:
-                    _atomic_save_dir(self.cache_path, arrays, params)
-                    arrays = self._load() or arrays  # memory-mapped: ranks and workers share one copy
-                except OSError as exc:  # a read-only cache costs time, never correctness
-                    warnings.warn(f"cannot cache the synthetic clips in {self.cache_path.parent}: {exc}",
-                                  stacklevel=2)
-        self.clips: np.ndarray = arrays["clips"]
-        self.labels: np.ndarray = arrays["labels"].astype(np.int64)
-        self.backgrounds: np.ndarray = arrays["backgrounds"].astype(np.int64)
+        return {"version": GENERATOR_VERSION, "split": split, "num_frames": int(num_frames),
+                "img_size": int(img_size), "num_clips": n, "bg_short": max(BASE_SHORT_SIDE, int(round(img_size * 1.3))),
+                **options}
 
     # -- generation -----------------------------------------------------------------------------------
     def _rng(self, index: int, stream: int) -> np.random.Generator:

@@ -77,8 +77,10 @@ TRAIN_ONLY = ("train",)
 OPTIONAL = ("model_id", "dataset_id", "num_classes", "dataset_options", "skip_unreadable", "pretrain", "autocast",
             "attn_path")
 # recorded in a record's cell beside its configuration, not part of it: the key, the label, and which weights
-# the cell's checkpoint held when it ran (content hash, and where a trained-here model was cached)
-NOT_IN_KEY = ("key", "label", "checkpoint_sha256", "checkpoint_path")
+# the cell's checkpoint held when it ran (content hash, and where a trained-here model was cached); a train
+# cell's checkpoint_sha256 is of the weights it trained, init_checkpoint_* of those it started from
+NOT_IN_KEY = ("key", "label", "checkpoint_sha256", "checkpoint_path", "init_checkpoint_sha256",
+              "init_checkpoint_path")
 
 
 @dataclass(frozen=True)
@@ -196,7 +198,8 @@ def make_record(cell: Cell, *, suite: str, fingerprint: dict[str, Any], started:
                 status: str | None = None) -> dict[str, Any]:
     """The one record constructor: ``ok`` when ``error`` is None, else ``failed`` with its error, or the
     ``status`` given (``lost``: the job died mid-cell; ``timeout``: it ran out of time).
-    ``weights`` (``checkpoint_sha256``, ``checkpoint_path``) identify the weights the cell ran with."""
+    ``weights`` (``checkpoint_sha256``, ``checkpoint_path``) identify the weights the cell ran with (a train
+    cell's: those it trained, and ``init_checkpoint_sha256`` / ``init_checkpoint_path`` those it started from)."""
     record: dict[str, Any] = {
         "schema": SCHEMA_VERSION, "key": key or cell.key, "suite": suite,
         "status": status or ("ok" if error is None else "failed"), "error": error,

@@ -161,10 +161,12 @@ def test_default_and_full_budgets_land_on_their_targets(name):
     settings = _settings(load_suite(name, env={}))
     assert _check(settings, _model_for) == []
     fixed = {label for mid, label in settings if label in TARGETS[mid]}
-    # every target is run; default leaves random keep 0.9 / 0.75 to `full` (random matched to RLT covers them)
-    full_only = {label for label in TARGETS["vit_t"] if label.split()[0] in ("vid_tldr", "attn_prune", "feature_diff")}
-    skipped = ({"random keep=0.9", "random keep=0.75", *CORE_FULL_ONLY, *PITOME_FULL_ONLY} | full_only
-               if name == "default" else set())
+    # every target is run; default leaves whole families to `full`: random at fixed keep ratios (random matched
+    # to RLT is its curve), spatial downsampling, the ToMe family and the attention-reading reducers
+    full_only = {label for label in TARGETS["vit_t"]
+                 if label.split()[0] in ("vid_tldr", "attn_prune", "feature_diff", "spatial")}
+    skipped = ({"random keep=0.9", "random keep=0.75", "random keep=0.5", "random keep=0.3", *CORE_FULL_ONLY,
+                *PITOME_FULL_ONLY} | full_only if name == "default" else set())
     assert fixed == set(TARGETS["vit_t"]) - skipped
 
 

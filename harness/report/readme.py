@@ -66,9 +66,11 @@ def _checkpoints(records: list[dict]) -> list[str]:
     """Each checkpoint by its weights' short sha256 (the name tables use), with the paths that held it."""
     held: dict[str, set[str]] = {}
     for r in records:
-        sha = r.get("checkpoint_sha256")
+        # a train record's trained weights are never written: it names the weights it started from
+        pre = "init_" if r.get("mode") == "train" else ""
+        sha = r.get(pre + "checkpoint_sha256")
         if isinstance(sha, str) and sha:
-            path = r.get("checkpoint_path")
+            path = r.get(pre + "checkpoint_path")
             path = path if isinstance(path, str) else r.get("checkpoint")
             held.setdefault(sha, set()).add(f"{r.get('model')}: {path}")
     if not held:

@@ -125,10 +125,10 @@ def params_key(params: dict[str, Any]) -> tuple:
 
 def checkpoint_of(r: dict) -> str:
     """A record's checkpoint: its weights' sha256 when recorded (two files holding the same weights are
-    one checkpoint), else what the cell named (a path, ``none``, ``trained:<hash>``). A train record's sha256
-    is of the weights it trained, different for every arm, so train records compare by the checkpoint the
-    cell started from."""
-    sha = r.get("checkpoint_sha256") if r.get("mode") != "train" else None
+    one checkpoint), else what the cell named (a path, ``none``, ``trained:<hash>``). A train record's
+    ``checkpoint_sha256`` is of the weights it trained, different for every arm, so train records compare by
+    the weights the cell started from (``init_checkpoint_sha256``; records older than it: the name)."""
+    sha = r.get("checkpoint_sha256") if r.get("mode") != "train" else r.get("init_checkpoint_sha256")
     return f"sha256:{sha}" if isinstance(sha, str) and sha else str(r.get("checkpoint") or "")
 
 

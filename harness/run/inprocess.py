@@ -94,8 +94,10 @@ def _run_suite(suite: Suite, out: str | Path, *, command: str, retry_failed: boo
         for i, cell in enumerate(pending, summary.skipped + 1):
             label = cell.label
             where = cell.where
-            bar.set_description_str(f"cell {i}/{len(cells)} {cell.mode} {where} b{cell.batch_size} {label}")
-            bar.set_postfix_str("", refresh=True)
+            # the last cell's postfix goes before the new description is drawn (drawing it refreshes the bar)
+            bar.set_postfix_str("", refresh=False)
+            bar.set_description_str(f"cell {i}/{len(cells)} {cell.mode} {where} b{cell.batch_size} {label}",
+                                    refresh=True)
             dk = data_key(cell)
             if data_in_use is not None and dk != data_in_use:
                 cache.drop_clips_except(dk)  # keep memory to one dataset's clips at a time

@@ -137,7 +137,7 @@ def _baseline(model, clips: ClipSet, cell: Cell, cache: RunCache, mkey: str, pro
     if own is not None:
         cache.baseline.setdefault(key, own)
     if key not in cache.baseline:
-        with autocast_for(cell):
+        with autocast_for(cell), cache.phases("accuracy (baseline)"):
             cache.baseline[key] = forward_all(model, get_reducer("none"), clips, cell, progress, what="baseline")
     return cache.baseline[key]
 
@@ -176,7 +176,8 @@ def timed_clip_metrics(model, resident: torch.Tensor, reducer, batch_size: int,
 
 
 def inference_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tuple[dict, dict]:
-    clips = load_clipset(cell, cache, progress)
+    with cache.phases("clips"):
+        clips = load_clipset(cell, cache, progress)
     reducer = build_reducer(cell)
     length_emb = bool(reducer.length_embedding)
     num_classes = model_classes(cell, clips.num_classes)
@@ -199,7 +200,8 @@ def inference_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tupl
         if progress:
             progress(f"fvcore check on {n_check} clip(s)")
         sample = model_input(clips.clips[:n_check], device, dtype)
-        rep = verify_analytic(net, sample, reducer.fresh())
+        with cache.phases("flop trace"):
+            rep = verify_analytic(net, sample, reducer.fresh())
         overhead = rep.reducer_gflops
         metrics["gflops_fvcore"] = rep.gflops
         # what the analytic count (+ the hook cost) gives the same traced clips: agrees with gflops_fvcore
@@ -207,7 +209,7 @@ def inference_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tupl
         metrics["gflops_reducer_overhead"] = rep.reducer_gflops
     with attention_path(net, cell):
         # accuracy, tokens and GFLOPs of every clip
-        with autocast_for(cell):
+        with autocast_for(cell), cache.phases("accuracy"):
             fw = forward_all(model, reducer, clips, cell, progress, overhead_per_clip=overhead)
         metrics.update(fw["metrics"])
         if "top1" in metrics:
@@ -222,7 +224,8 @@ def inference_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tupl
         if progress:
             progress(f"timing {n_time} clips × {cell.repeats} repeats")
         resident = model_input(clips.clips[picked], device, dtype)
-        with autocast_for(cell):  # the context is entered once; every timed forward runs inside it
+        # the context is entered once; every timed forward runs inside it
+        with autocast_for(cell), cache.phases("paired timing"):
             timing = time_forward(model, resident, reducer.fresh(),
                                   baseline=True, warmup=int(cell.warmup), repeats=int(cell.repeats),
                                   batch_size=int(cell.batch_size))
@@ -248,13 +251,15 @@ def train_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tuple[di
     clips like an inference cell (the reducer at evaluation: ``harness.train.inference_reducer``)."""
     settings = dict(cell.train or {})
     device, dtype = cell.device, DTYPES[cell.dtype]
-    clips = load_clipset(cell, cache, progress)  # evaluation clips, and the calibration data
+    with cache.phases("clips"):
+        clips = load_clipset(cell, cache, progress)  # evaluation clips, and the calibration data
     reducer = calibrate(build_reducer(cell), cell, clips, cache)
     if reducer.calibrates_with_model:
         raise CellError(f"{cell.reducer} calibrates with a trained model in the loop: run it in inference cells")
     train_split = settings.get("split", "train")
-    train_ds = first_items(cell.dataset, train_split, settings.get("max_clips"), num_frames=cell.num_frames,
-                           img_size=cell.img_size, options=cell.dataset_options)
+    with cache.phases("clips"):
+        train_ds = first_items(cell.dataset, train_split, settings.get("max_clips"), num_frames=cell.num_frames,
+                               img_size=cell.img_size, options=cell.dataset_options)
     num_classes = int(cell.num_classes or train_ds.num_classes)
     if not num_classes:
         raise CellError(f"dataset {cell.dataset!r} is unlabelled: a train cell needs labels")
@@ -263,19 +268,24 @@ def train_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tuple[di
     model = build_model(cell.model, num_classes, num_frames=cell.num_frames, img_size=cell.img_size,
                         length_embedding=bool(reducer.length_embedding),
                         attn_backend=cell.attn_backend)
+    # the weights training starts from, named beside the ones it ends with (arms compare by it)
+    init = {"init_checkpoint_sha256": weights_sha256(model.state_dict())}
     if settings.get("init") == "checkpoint":
         ck = cell.checkpoint
         if ck.startswith("trained:"):
             ck = str(cache.pretrained(cell.pretrain, device, log))
         if ck != "none":
-            load_checkpoint(model, ck, strict=False)
+            info = load_checkpoint(model, ck, strict=False)
+            init = {"init_checkpoint_sha256": info.sha256, "init_checkpoint_path": ck}
     if progress:
         progress(f"training {settings.get('epochs')} epochs")
-    result = train(model, train_ds, None, reducer,
-                   TrainRecipe.from_settings(settings, seed=cell.seed), device=device, log=False)
+    with cache.phases("training"):
+        result = train(model, train_ds, None, reducer,
+                       TrainRecipe.from_settings(settings, seed=cell.seed), device=device, log=False)
     model = model.to(device=device, dtype=dtype).eval()
     eval_red = get_reducer("none") if settings.get("eval_reducer") == "none" else inference_reducer(reducer)
-    fw = forward_all(model, eval_red, clips, cell, progress)
+    with cache.phases("accuracy"):
+        fw = forward_all(model, eval_red, clips, cell, progress)
     metrics: dict[str, Any] = dict(fw["metrics"])
     metrics.update({k: v for k, v in result.metrics().items() if k.startswith("train_")})
     metrics["train_clips"] = result.clips
@@ -284,5 +294,5 @@ def train_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tuple[di
         metrics["reducer_params_used"] = reducer.params()
     env = {"attn_backend": fw["backend"], "decoder": clips.info.get("decoder"),
            "decoder_version": clips.info.get("decoder_version"),
-           "checkpoint": {"checkpoint_sha256": weights_sha256(base_model(model).state_dict())}}
+           "checkpoint": {"checkpoint_sha256": weights_sha256(base_model(model).state_dict()), **init}}
     return metrics, env

@@ -24,9 +24,11 @@ from ..errors import CellError
 from ..evaluate import model_input
 from ..model import build_model
 from ..schema import Cell
-from ..train import TrainRecipe, train
+from ..shipped_weights import WEIGHTS_DIR, shipped_checkpoint, weights_identity
+from ..train import TrainRecipe, TrainResult, train
 from .clips import ClipSet, data_key, first_items
 from .common import DTYPES, _hash, cache_root, describe_error
+from .phases import PhaseClock
 
 
 @dataclass
@@ -40,6 +42,8 @@ class RunCache:
     cache_dir: Path = field(default_factory=cache_root)
     pretrain_failures: dict[str, str] = field(default_factory=dict)  # a model whose training failed: why
     checkpoints: dict[str, dict[str, str]] = field(default_factory=dict)  # model key -> sha256 (+path)
+    shipped_dir: Path = WEIGHTS_DIR  # where shipped weights are looked for (the package's own)
+    phases: PhaseClock = field(default_factory=PhaseClock)  # where the cells' seconds went
 
     def pretrained(self, pretrain: dict[str, Any], device: str = "cpu",
                    log: Callable[[str], None] | None = None) -> Path:
@@ -49,7 +53,8 @@ class RunCache:
             raise CellError(f"training the suite's {pretrain['model']} failed earlier in this run: "
                             f"{self.pretrain_failures[key]}")
         try:
-            return ensure_pretrained(pretrain, self.cache_dir, device, log)
+            with self.phases("pretrain"):
+                return ensure_pretrained(pretrain, self.cache_dir, device, log, self.shipped_dir)
         except KeyboardInterrupt:
             raise
         except Exception as exc:
@@ -69,9 +74,11 @@ CHANCE_LOSS_SHARE = 0.9
 
 
 def pretrained_path(pretrain: dict[str, Any], cache_dir: Path) -> Path:
-    """Where a self-trained model's checkpoint is cached: named by its whole training configuration."""
+    """Where a self-trained model's checkpoint is cached: named by everything its weights depend on
+    (:func:`~tokenbench.harness.shipped_weights.weights_identity`: the recipe with its defaults, the training
+    data's options with theirs, the synthetic generator's version)."""
     return cache_dir / "models" / f"{pretrain['model']}-{pretrain['num_frames']}x{pretrain['img_size']}-" \
-                                  f"{_hash(pretrain)}.pt"
+                                  f"{_hash(weights_identity(pretrain))}.pt"
 
 
 @contextlib.contextmanager
@@ -86,9 +93,16 @@ def file_lock(path: Path) -> Iterator[None]:
 
 
 def ensure_pretrained(pretrain: dict[str, Any], cache_dir: Path, device: str = "cpu",
+                      log: Callable[[str], None] | None = None, shipped_dir: Path = WEIGHTS_DIR) -> Path:
+    """The checkpoint of a self-trained model: the package's shipped weights when they were made by this
+    very recipe, else trained once per recipe and cached on disk."""
+    return shipped_checkpoint(pretrain, shipped_dir) or cached_pretrained(pretrain, cache_dir, device, log)
+
+
+def cached_pretrained(pretrain: dict[str, Any], cache_dir: Path, device: str = "cpu",
                       log: Callable[[str], None] | None = None) -> Path:
-    """The checkpoint of a self-trained model: trained once per training configuration and cached on disk
-    (a file lock keeps parallel jobs from training it twice)."""
+    """Trained once per training configuration and cached on disk (a file lock keeps parallel jobs from
+    training it twice)."""
     path = pretrained_path(pretrain, cache_dir)
     if path.is_file():
         return path
@@ -98,28 +112,37 @@ def ensure_pretrained(pretrain: dict[str, Any], cache_dir: Path, device: str = "
         if log:
             log(f"training {pretrain['model']} ({pretrain['num_frames']}×{pretrain['img_size']}²) on "
                 f"{pretrain['dataset']} for {pretrain.get('epochs')} epochs (once; cached as {path})")
-        ds = first_items(pretrain["dataset"], pretrain.get("split", "train"), pretrain.get("max_clips"),
-                         num_frames=pretrain["num_frames"], img_size=pretrain["img_size"],
-                         options=pretrain.get("options"))
-        if not ds.num_classes:
-            raise CellError(f"cannot pretrain on the unlabelled dataset {pretrain['dataset']!r}")
-        torch.manual_seed(int(pretrain.get("seed", 0)))
-        model = build_model(pretrain["model"], ds.num_classes, num_frames=pretrain["num_frames"],
-                            img_size=pretrain["img_size"])
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        result = train(model, ds, None, get_reducer("none"), TrainRecipe.from_settings(pretrain),
-                       device=device, out=tmp, log=log is not None)
-        chance = math.log(ds.num_classes)
-        if result.final_loss > CHANCE_LOSS_SHARE * chance:  # said, not refused: a tiny test recipe never learns
-            msg = (f"pretraining {pretrain['model']} on {pretrain['dataset']} ended near chance (last epoch's loss "
-                   f"{result.final_loss:.3f}, chance ln {ds.num_classes} = {chance:.3f}): the model has not learned "
-                   f"and its top-1 will say so. Give a checkpoint (TOKENBENCH_DEFAULT_CHECKPOINT=PATH for the default "
-                   f"suite) or another seed in the model's pretrain table (seed = 1), and delete {path}")
-            warnings.warn(msg, stacklevel=2)
-            if log:
-                log("WARNING: " + msg)
+        train_pretrained(pretrain, tmp, device, log)
         os.replace(tmp, path)
     return path
+
+
+def train_pretrained(pretrain: dict[str, Any], out: Path, device: str = "cpu",
+                     log: Callable[[str], None] | None = None) -> TrainResult:
+    """Train a model from scratch by ``pretrain`` (a suite's ``pretrain_config``) and write it to ``out``;
+    warns when it ended near chance."""
+    ds = first_items(pretrain["dataset"], pretrain.get("split", "train"), pretrain.get("max_clips"),
+                     num_frames=pretrain["num_frames"], img_size=pretrain["img_size"],
+                     options=pretrain.get("options"))
+    if not ds.num_classes:
+        raise CellError(f"cannot pretrain on the unlabelled dataset {pretrain['dataset']!r}")
+    torch.manual_seed(int(pretrain.get("seed", 0)))
+    model = build_model(pretrain["model"], ds.num_classes, num_frames=pretrain["num_frames"],
+                        img_size=pretrain["img_size"])
+    result = train(model, ds, None, get_reducer("none"), TrainRecipe.from_settings(pretrain),
+                   device=device, out=out, log=log is not None)
+    chance = math.log(ds.num_classes)
+    if result.final_loss > CHANCE_LOSS_SHARE * chance:  # said, not refused: a tiny test recipe never learns
+        msg = (f"pretraining {pretrain['model']} on {pretrain['dataset']} ended near chance (last epoch's loss "
+               f"{result.final_loss:.3f}, chance ln {ds.num_classes} = {chance:.3f}): the model has not learned "
+               f"and its top-1 will say so. Give a checkpoint (TOKENBENCH_DEFAULT_CHECKPOINT=PATH for the default "
+               f"suite) or another seed in the model's pretrain table (seed = 1), and delete "
+               f"{pretrained_path(pretrain, Path('$TOKENBENCH_CACHE'))}")
+        warnings.warn(msg, stacklevel=2)
+        if log:
+            log("WARNING: " + msg)
+    return result
 
 
 def model_key(cell: Cell, num_classes: int, length_embedding: bool) -> str:
@@ -134,6 +157,14 @@ def load_model(cell: Cell, cache: RunCache, num_classes: int, length_embedding: 
     key = model_key(cell, num_classes, length_embedding)
     if key in cache.models:
         return cache.models[key]
+    with cache.phases("model"):
+        model = _built_model(cell, cache, key, num_classes, length_embedding, log)
+    cache.models[key] = model
+    return model
+
+
+def _built_model(cell: Cell, cache: RunCache, key: str, num_classes: int, length_embedding: bool,
+                 log: Callable[[str], None] | None) -> torch.nn.Module:
     torch.manual_seed(int(cell.seed))
     model = build_model(cell.model, num_classes, num_frames=cell.num_frames, img_size=cell.img_size,
                         length_embedding=length_embedding, attn_backend=cell.attn_backend)
@@ -159,7 +190,6 @@ def load_model(cell: Cell, cache: RunCache, num_classes: int, length_embedding: 
     model = model.to(device=cell.device, dtype=DTYPES[cell.dtype]).eval()
     if cell.compile:
         model = torch.compile(model)
-    cache.models[key] = model
     return model
 
 
@@ -169,6 +199,9 @@ def model_classes(cell: Cell, clipset_classes: int) -> int:
     ckpt = cell.checkpoint
     if ckpt.startswith("trained:") and cell.pretrain:
         pre = cell.pretrain
+        shipped = shipped_checkpoint(pre)
+        if shipped is not None:  # its head tells; building the training split would render 3,000 clips
+            return int(checkpoint_classes(shipped) or 0) or clipset_classes
         ds = get_dataset(pre["dataset"], pre.get("split", "train"), num_frames=pre["num_frames"],
                          img_size=pre["img_size"], **(pre.get("options") or {}))
         return int(ds.num_classes)
@@ -198,7 +231,8 @@ def calibrate(reducer, cell: Cell, clips: ClipSet, cache: RunCache):
     if key in cache.calibrated:
         return cache.calibrated[key].fresh()
     bs = max(1, int(cell.batch_size))
-    reducer.calibrate(model_input(b, "cpu", torch.float32) for b, _, _, _ in clips.batches(bs))
+    with cache.phases("calibration"):
+        reducer.calibrate(model_input(b, "cpu", torch.float32) for b, _, _, _ in clips.batches(bs))
     cache.calibrated[key] = reducer
     return reducer.fresh()
 

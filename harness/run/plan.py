@@ -9,6 +9,7 @@ from typing import Any
 from ..fingerprint import git_commit, git_dirty
 from ..results import ResultStore, store_path
 from ..schema import Cell
+from ..shipped_weights import shipped_checkpoint
 from .common import hardware_fingerprint, torch_threads
 from .models import pretrained_path
 
@@ -17,7 +18,7 @@ from .models import pretrained_path
 class Plan:
     cells: list[Cell]                # every cell asked for
     pending: list[Cell]              # not recorded yet: to run
-    prepare: list[dict[str, Any]]    # pretrain settings of the self-trained models not cached yet
+    prepare: list[dict[str, Any]]    # pretrain settings of the self-trained models not shipped or cached yet
 
     @property
     def skipped(self) -> int:
@@ -70,7 +71,7 @@ def pending_pretrains(cells: list[Cell], cache_dir: Path) -> list[dict[str, Any]
     for c in cells:
         if c.pretrain and c.checkpoint.startswith("trained:") and c.checkpoint not in seen:
             seen.add(c.checkpoint)
-            if not pretrained_path(c.pretrain, cache_dir).is_file():
+            if not (shipped_checkpoint(c.pretrain) or pretrained_path(c.pretrain, cache_dir).is_file()):
                 out.append(c.pretrain)
     return out
 

@@ -1,0 +1,54 @@
+"""A train cell's record names the weights it started from beside the ones it trained, and the report
+compares its arms by the former."""
+from __future__ import annotations
+
+from conftest import seeded_model, write_file
+
+from tokenbench.harness.checkpoint import save_checkpoint, weights_sha256
+from tokenbench.harness.report.records import checkpoint_of
+from tokenbench.harness.run import RunCache, run_cell
+from tokenbench.harness.suite import load_suite
+
+SUITE = """\
+[suite]
+name = "init"
+[defaults]
+modes = ["train"]
+batch_sizes = [4]
+threads = 1
+device = "cpu"
+[train]
+init = "checkpoint"
+epochs = 1
+batch_size = 4
+max_clips = 4
+warmup_epochs = 0
+amp = false
+[[models]]
+name = "vit_t"
+num_frames = 4
+img_size = 32
+checkpoint = "{ckpt}"
+[[datasets]]
+name = "synthetic"
+max_clips = 4
+options = {{ num_clips = 4 }}
+[[reducers]]
+name = "none"
+"""
+
+
+def test_train_record_names_the_weights_it_started_from(tmp_path):
+    model = seeded_model(num_classes=4, num_frames=4, img_size=32)
+    start = weights_sha256(model.state_dict())
+    ckpt = save_checkpoint(model, tmp_path / "start.pth")
+    cell = load_suite(write_file(tmp_path, "s.toml", SUITE.format(ckpt=ckpt))).cells()[0]
+    rec = run_cell(cell, suite="init", cache=RunCache(cache_dir=tmp_path))
+    assert rec["status"] == "ok", rec["error"]
+    c = rec["cell"]
+    assert c["init_checkpoint_sha256"] == start and c["init_checkpoint_path"] == str(ckpt)
+    assert len(c["checkpoint_sha256"]) == 64 and c["checkpoint_sha256"] != start  # the trained weights
+    # the report compares a train record by the weights it started from, as an inference record on them
+    flat = {**c, "mode": "train"}
+    assert checkpoint_of(flat) == f"sha256:{start}"
+    assert checkpoint_of({"mode": "inference", "checkpoint_sha256": start}) == checkpoint_of(flat)
