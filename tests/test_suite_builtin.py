@@ -99,7 +99,7 @@ def test_default_suite_cells():
                       and c.dataset == data and c.mode == "inference" and c.dataset_id is None) == taus
     assert not [c for c in cells if c.dataset_id in STATIC]  # the static-share sweep is in `full`
     main_data = [c for c in cells if c.dataset == "synthetic" and c.dataset_id is None and c.mode == "inference"]
-    assert {c.max_clips for c in main_data} == {1000} and all(c.dataset_options is None for c in main_data)
+    assert {c.max_clips for c in main_data} == {700} and all(c.dataset_options is None for c in main_data)
     inf = [c for c in cells if c.mode == "inference"]
     # repeats are not cut to buy time: the speedup's interval is over the 20 paired repeats; a repeat times
     # one batch of 8 clips (8 videos), as on the real clips

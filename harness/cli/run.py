@@ -94,7 +94,8 @@ def add_cli(sub) -> None:
                         "(repeatable; a plugin joins the built-ins' tables and figures)")
     p.add_argument("--only", action="append", default=[], metavar="FIELD=VALUE",
                    help="run only cells whose FIELD (model, dataset, reducer, mode, batch_size, label, or a "
-                        "model/dataset id) equals VALUE (repeatable; all must match)")
+                        "model/dataset id) equals VALUE, or one of VALUE's comma-separated alternatives "
+                        "(reducer=none,tome; repeatable: all must match)")
     p.add_argument("--no-report", action="store_true", help="do not rebuild the report at the end")
     p.add_argument("--report-dir", default="reports", metavar="DIR",
                    help="report root; the suite's report goes to DIR/<suite>/ (default: %(default)s)")

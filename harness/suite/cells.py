@@ -10,6 +10,7 @@ from tokenbench.reducers import ReducerParamError
 
 from ..errors import SuiteError
 from ..schema import Cell, canonical_json, reducer_label
+from ..shipped_weights import shipped_checkpoint
 from .spec import MODES, SUITE_KEYS, TOP_KEYS, DatasetSpec, ModelSpec, ReducerSpec, Suite, param_at
 from .validate import _Entries
 
@@ -17,7 +18,8 @@ from .validate import _Entries
 def select_cells(cells: list[Cell], only: list[str] | tuple[str, ...]) -> list[int]:
     """Indices of the cells matching every ``FIELD=VALUE`` of ``only``. FIELD is a cell field (``reducer``,
     ``mode``, ``batch_size``, ``dataset``, ``model`` …; ``model``/``dataset`` also match entry ids) or
-    ``label``."""
+    ``label``; VALUE may list alternatives separated by commas (``reducer=none,tome,sta``), except for a
+    label, which may hold commas itself."""
     keep = list(range(len(cells)))
     for item in only:
         if "=" not in item:
@@ -26,8 +28,9 @@ def select_cells(cells: list[Cell], only: list[str] | tuple[str, ...]) -> list[i
         fields = {"model": ("model", "model_id"), "dataset": ("dataset", "dataset_id")}.get(k, (k,))
         if k != "label" and not any(f in c for c in cells for f in fields):
             raise SuiteError(f"--only {item}: cells have no field {k!r} (fields: {', '.join(sorted(cells[0]))})")
+        alternatives = {v} if k == "label" else {x.strip() for x in v.split(",")}
         keep = [i for i in keep if (k == "label" and cells[i].label == v)
-                or any(str(cells[i].get(f)) == v for f in fields)]
+                or any(str(cells[i].get(f)) in alternatives for f in fields)]
     return keep
 
 class _Validator(_Entries):
@@ -194,6 +197,13 @@ def _effective_params(reducer: Any, params: dict) -> dict:
     return reducer.params()
 
 
+def _weights_source(model_id: str, cells: list[Cell]) -> str:
+    """Where a model without a checkpoint of the user's gets its weights: shipped with the package when its
+    recipe is the shipped one's, else trained here (once, cached)."""
+    pre = next((c.pretrain for c in cells if (c.model_id or c.model) == model_id and c.pretrain), None)
+    return "shipped weights" if pre is not None and shipped_checkpoint(pre) else "trained here"
+
+
 def describe(suite: Suite) -> str:
     """A few lines on what a suite will run (for ``tokenbench run --dry-run`` and logs)."""
     cells = suite.cells()
@@ -206,7 +216,7 @@ def describe(suite: Suite) -> str:
     if suite.description:
         lines.append("  " + suite.description)
     lines.append("  models:   " + ", ".join(f"{m.id} ({m.name} {m.num_frames}×{m.img_size}², "
-                                             f"{'trained here' if not m.checkpoint else m.checkpoint})"
+                                             f"{m.checkpoint or _weights_source(m.id, cells)})"
                                              for m in suite.models))
     lines.append("  datasets: " + ", ".join(f"{d.id} ({d.name}/{d.split}, views {d.views})" for d in suite.datasets))
     labels = []
