@@ -277,10 +277,8 @@ METRIC_TABLE: tuple[Metric, ...] = (
     _m("tokens_total", "tokens per clip before reduction (T'·H'·W')", "tokens", "fixed:0", None,
        "tokens total", ((TOK, 10),)),
     _m("tokens_per_layer", "list: mean tokens per clip after each block", "tokens", "text"),
-    _m("tokens_out_min", "tokens per clip after the last block, min", "tokens", "fixed:0", None,
-       "out min", ((TOK, 50),), when_recorded=True),
-    _m("tokens_out_max", "tokens per clip after the last block, max", "tokens", "fixed:0", None,
-       "out max", ((TOK, 60),), when_recorded=True),
+    _m("tokens_out_min", "tokens per clip after the last block, min", "tokens", "fixed:0", None, "out min", ((TOK, 50),), when_recorded=True),  # noqa: E501
+    _m("tokens_out_max", "tokens per clip after the last block, max", "tokens", "fixed:0", None, "out max", ((TOK, 60),), when_recorded=True),  # noqa: E501
     _m("tokens_mlp_per_layer", "list: mean tokens per clip entering each block's MLP (the budget axis)",
        "tokens", "text"),
     _m("tokens_per_clip", "list: tokens entering the network, one entry per clip", "tokens", "text"),
@@ -323,8 +321,7 @@ METRIC_TABLE: tuple[Metric, ...] = (
     _m("baseline_attn_path", "the same for the baseline arm", "", "text", None, "baseline path", ((DET, 24),)),
     _m("attn_kernels_missing", "varlen attention kernels of the cell's device not installed on the machine "
        "('+' joins several; e.g. flash_attn on a GPU without flash-attn: torch's varlen_attn and SDPA stood in, "
-       "attn_backend and attn_path say which ran)", "", "text", None, "kernels missing", ((DET, 29),),
-       when_recorded=True),
+       "attn_backend and attn_path say which ran)", "", "text", None, "kernels missing", ((DET, 29),), when_recorded=True),  # noqa: E501
     # interference while the arms were timed (harness.timing.Interference has the rules)
     _m("interference", "rules that marked the cell timed under interference: runqueue (other tasks runnable beyond "
        "the CPUs the cell's threads leave free), steal (CPU steal above 5 %), spread (paired ratios' IQR above 10 % "

@@ -221,8 +221,8 @@ def test_builtin_suites_parse():
     full_train = {c["reducer"] for c in load_suite("full", env={}).cells() if c["mode"] == "train"}
     assert {"none", "rlt", "random", "rlt_random"} <= full_train
     assert all(c["checkpoint"].startswith("trained:") for c in cells)  # the recipe's model (its shipped weights)
-    assert {c["dataset"] for c in cells if c["mode"] == "inference"} == {"synthetic", "samples"}  # + static sweep
     assert {c["dataset"] for c in cells} == {"synthetic"}  # the real clips and the static sweep are in `full`
+
 
 @pytest.mark.parametrize("name, prefix", [("paper-k400", "K400"), ("paper-ssv2", "SSV2")])
 def test_paper_suites_refuse_without_paths_naming_what_is_missing(name, prefix, tmp_path):
