@@ -6,6 +6,7 @@ ratios into the rules that mark a cell timed under interference. ``harness.timin
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import statistics
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ class HostSample:
     procs_running: int
     steal: int  # jiffies the hypervisor ran another guest while this one wanted a CPU
     total: int  # all jiffies of the aggregate cpu line
+    own_running: int = 1  # of procs_running, this process's own threads (the reader, and spinning workers)
 
 
 def read_proc_stat(text: str) -> HostSample | None:
@@ -44,8 +46,8 @@ class HostProbe:
     """Samples ``/proc/stat`` around the timed runs. On a host without it every read is empty and the
     result says nothing (:meth:`Interference.unknown`)."""
 
-    def __init__(self, path: str = "/proc/stat"):
-        self.path = path
+    def __init__(self, path: str = "/proc/stat", tasks: str = "/proc/self/task"):
+        self.path, self.tasks = path, tasks
         self.samples: list[HostSample] = []
 
     def sample(self) -> None:
@@ -55,12 +57,30 @@ class HostProbe:
         except OSError:
             return
         if got is not None:
-            self.samples.append(got)
+            self.samples.append(dataclasses.replace(got, own_running=own_running_threads(self.tasks)))
+
+
+def own_running_threads(tasks: str = "/proc/self/task") -> int:
+    """This process's threads in state R now (at least 1: the one reading). torch's OpenMP workers spin a
+    while after each parallel region, so at the instants the probe reads they are often running: they are
+    the cell's own load, not interference."""
+    n = 0
+    try:
+        for tid in os.listdir(tasks):
+            try:
+                with open(f"{tasks}/{tid}/stat") as f:
+                    stat = f.read()
+            except OSError:  # the thread ended
+                continue
+            n += stat[stat.rfind(")") + 2:stat.rfind(")") + 3] == "R"  # the state follows the (name)
+    except OSError:
+        return 1
+    return max(1, n)
 
 
 # The rules that mark a cell timed under interference (constants, so a report can say which fired):
 # * runqueue: other tasks were runnable beside the cell's own (procs_running, read at each timed arm's start and
-#   end, counts this process's timing thread as 1; its worker threads are idle at those instants) — more of them
+#   end, less this process's own running threads: the reader and torch's spinning workers) — more of them
 #   on average than the CPUs the cell's threads leave free, plus RUNQUEUE_SLACK: someone waited for a CPU;
 # * steal: the hypervisor took more than STEAL_PCT % of the CPU time during the timed runs;
 # * spread: the paired ratios' interquartile range is above SPREAD_REL of their median (the quiet 2-core
@@ -88,7 +108,7 @@ class Interference:
     @classmethod
     def measure(cls, samples: Sequence[HostSample], ratios: Sequence[float], threads: int,
                 cpus: int) -> Interference:
-        runnable = statistics.fmean(max(0, s.procs_running - 1) for s in samples) if samples else None
+        runnable = statistics.fmean(max(0, s.procs_running - s.own_running) for s in samples) if samples else None
         steal = None
         if len(samples) >= 2:
             d_total = samples[-1].total - samples[0].total

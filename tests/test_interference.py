@@ -169,3 +169,18 @@ def test_run_warns_in_one_line_and_the_report_marks_noisy_cells(tmp_path, capsys
     det = (tables / "inference_details.md").read_text(encoding="utf-8")
     assert inf.count(" †") == 1 + 1 and "timed under interference" in inf  # the row and the note
     assert "runqueue+steal" in det and "other runnable" in det
+
+
+def test_the_cells_own_running_threads_are_not_interference(tmp_path):
+    # torch's OpenMP workers spin after a parallel region: at the probe's instants a quiet 2-thread cell shows
+    # procs_running = 2, both its own; only tasks beyond them count (a quiet run flagged every cell before)
+    from tokenbench.harness.interference import own_running_threads
+
+    for tid, state in (("100", "R"), ("101", "R"), ("102", "S")):
+        (tmp_path / tid).mkdir()
+        (tmp_path / tid / "stat").write_text(f"{tid} (py thr (x)) {state} 1 2 3\n")
+    assert own_running_threads(str(tmp_path)) == 2
+    quiet = [HostSample(2, 0, t, own_running=2) for t in (100, 200)]
+    busy = [HostSample(4, 0, t, own_running=2) for t in (100, 200)]
+    assert Interference.measure(quiet, [1.0] * 8, threads=2, cpus=2).reasons == []
+    assert Interference.measure(busy, [1.0] * 8, threads=2, cpus=2).reasons == ["runqueue"]
