@@ -25,7 +25,7 @@ size are label-independent. Only how frames change tells the classes apart.
   street, an animation) — RLT keeps what moves.
 
 A higher ``static_share`` rewards RLT, a higher ``camera_share`` defeats it: the static-share sweep of the
-default suite measures how much (the README has the figures).
+`full` suite measures how much (docs/results.md has the figures).
 
 **Faint clips give the benchmark headroom.** A share ``faint_share`` (0.3) of clips, drawn independently of
 the label, shows its objects blended over the background at an opacity drawn per clip from ``contrast``

@@ -1,4 +1,4 @@
-"""Checkpoints as people hold them, read into tokenbench's VideoMAE-layout backbone (DESIGN.md §2).
+"""Checkpoints as people hold them, read into tokenbench's VideoMAE-layout backbone (docs/architecture.md §2).
 
 What :func:`read_checkpoint` accepts (a local path; nothing is ever downloaded):
 

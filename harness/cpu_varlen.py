@@ -5,7 +5,7 @@ parallel region, so the sequences of a batch share the threads instead of taking
 per-call cost of a Python loop over short sequences is paid in parallel, and a long sequence whose heads
 do not divide over the threads (vit_t's 3 heads on 2) has its backward cut by head and key chunk. The
 arithmetic of each piece is the kernel's, so the result is the ``sdpa`` loop's (key-chunked backward:
-within rounding); the README's Performance section has the measurements.
+within rounding); docs/performance.md has the measurements.
 
 Contract::
 

@@ -1,4 +1,4 @@
-"""Hardware and software fingerprint recorded with every result (DESIGN.md §5).
+"""Hardware and software fingerprint recorded with every result (docs/architecture.md §5).
 
 :func:`fingerprint` returns a flat dict; its ``id`` (e.g.
 ``cpu-intel-xeon-processor-2.10ghz-avx512-amx-2t-torch2.13.0-float32``) names the results folder

@@ -1,4 +1,4 @@
-"""FLOP counting that includes attention (DESIGN.md §5).
+"""FLOP counting that includes attention (docs/architecture.md §5).
 
 Two counts, which must agree:
 

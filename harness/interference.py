@@ -1,4 +1,4 @@
-"""What the host did while a cell's arms were timed (DESIGN.md §5: interference is part of the record).
+"""What the host did while a cell's arms were timed (docs/architecture.md §5: interference is part of the record).
 
 :class:`HostProbe` reads ``/proc/stat`` (runnable tasks, CPU steal) at the start and end of every timed arm
 run, not around the whole cell; :class:`Interference` turns those samples and the spread of the paired

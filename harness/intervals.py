@@ -1,4 +1,4 @@
-"""95 % intervals for the numbers a report prints (DESIGN.md §5).
+"""95 % intervals for the numbers a report prints (docs/architecture.md §5).
 
 * **top-1**: a video is one trial (its views are averaged before top-1 is read), so the interval is
   Wilson's score interval over videos — it stays inside [0, 100] and is sane at the ceiling, where the

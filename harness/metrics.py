@@ -1,4 +1,4 @@
-"""Accuracy under a multi-view protocol, and token-count summaries (DESIGN.md §5).
+"""Accuracy under a multi-view protocol, and token-count summaries (docs/architecture.md §5).
 
 **Accuracy.** A video is evaluated through ``clips × crops`` views (VideoMAE's Kinetics protocol is
 5 clips × 3 crops, SSv2's 2 × 3; the default here 1 × 1). Each view's logits go through a softmax; the

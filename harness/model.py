@@ -1,4 +1,4 @@
-"""The packed video ViT backbone (DESIGN.md §2), VideoMAE layout.
+"""The packed video ViT backbone (docs/architecture.md §2), VideoMAE layout.
 
 * Tubelet embedding 2×16×16 (a Conv3d in the ``state_dict``; applied as a linear map to the kept
   tubelets only, so dropped tubelets cost nothing);

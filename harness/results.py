@@ -1,4 +1,4 @@
-"""The results store: append-only JSON Lines, one file per suite and hardware fingerprint (DESIGN.md §6).
+"""The results store: append-only JSON Lines, one file per suite and hardware fingerprint (docs/architecture.md §6).
 
 Layout::
 

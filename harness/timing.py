@@ -1,4 +1,4 @@
-"""Honest wall-clock (DESIGN.md §5).
+"""Honest wall-clock (docs/architecture.md §5).
 
 :func:`time_forward` times the forward pass of decoded clips already resident on the device:
 

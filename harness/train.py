@@ -11,7 +11,7 @@ decay to ``min_lr``, cross-entropy with label smoothing, gradient-norm clipping.
 Precision: ``amp="auto"`` (the default) trains under bfloat16 autocast where the hardware runs bf16
 matmuls natively (CUDA; a CPU with AMX or AVX512-BF16), float32 elsewhere; ``True`` / ``False`` force it.
 On a CPU, bf16 speeds up the *dense* baseline's batched kernels more than the *packed* per-sequence
-kernels of a content-adaptive reducer (the README's Performance section has the measurement), so a
+kernels of a content-adaptive reducer (docs/performance.md has the measurement), so a
 *training comparison* of reducers in bf16 on a CPU measures kernel shapes rather than tokens: run
 comparisons with ``amp=False`` (``train_compare`` does by default). The precision used is recorded
 (``TrainResult.amp``).

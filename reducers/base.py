@@ -1,4 +1,4 @@
-"""The reducer interface: the types every reducer and the backbone exchange (DESIGN.md §3).
+"""The reducer interface: the types every reducer and the backbone exchange (docs/architecture.md §3).
 
 A reducer acts at up to three points of a forward pass:
 
@@ -102,7 +102,7 @@ class Geometry:
         return grid_of(video, self.frames, self.pixels)
 
 
-# the VideoMAE tubelet (DESIGN.md §2; harness.model's TUBELET and PATCH, which a test keeps equal to these)
+# the VideoMAE tubelet (docs/architecture.md §2; harness.model's TUBELET and PATCH, which a test keeps equal to these)
 VIDEOMAE = Geometry(2, 16)
 BACKBONE_TUBELET = (VIDEOMAE.frames, VIDEOMAE.pixels)
 
@@ -273,7 +273,7 @@ class Reducer:
         return None
 
     def budget_reducer(self) -> Reducer:
-        """The reducer whose token counts define this one's budget (DESIGN.md §6): itself, or the fixed
+        """The reducer whose token counts define this one's budget (docs/architecture.md §6): itself, or the fixed
         schedule a content-adaptive one is calibrated to (threshold merging: ToMe at its target r)."""
         return self
 

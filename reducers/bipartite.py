@@ -368,7 +368,7 @@ def drop(plan: BipartitePlan, tokens: PackedTokens) -> PackedTokens:
 
 def conserve_size(before: PackedTokens, after: PackedTokens) -> PackedTokens:
     """``after`` with each clip's sizes scaled by one factor so they sum to the clip's sizes in ``before``:
-    the interface's rule (sizes per clip count the tokens that entered, DESIGN.md §3), as STA keeps it after
+    the interface's rule (sizes per clip count the tokens that entered, docs/architecture.md §3), as STA keeps it after
     pruning. A per-clip constant leaves size-weighted pooling and proportional attention (a constant added
     to all of a clip's logits) unchanged, so a rule that discards tokens (the reference resets their sizes
     to 1 or zeroes them) pools and attends as its authors' code does while nothing was merged before."""

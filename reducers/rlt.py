@@ -1,6 +1,6 @@
 """``rlt`` — Run-Length Tokenization (Choudhury et al., NeurIPS 2024; reference code rccchoudhury/rlt).
 
-Rule (DESIGN.md §4). On the ImageNet-normalised clip ``video`` [B, 3, T, H, W], cut into the model's
+Rule (docs/architecture.md §4). On the ImageNet-normalised clip ``video`` [B, 3, T, H, W], cut into the model's
 tubelets (``geometry``: ``tubelet`` frames × ``patch`` × ``patch`` pixels, told by the model with every
 ``select`` call) on the grid (T', H', W'):
 

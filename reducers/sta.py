@@ -1,7 +1,7 @@
 """``sta`` — Semantic-aware Temporal Accumulation pruning (Ding et al., ICCV 2023; reference code
 Mark12Ding/STA, ``model_vit.py``).
 
-Rule (DESIGN.md §4). After three whole blocks — 0, depth//3 and 2·depth//3 (``after_block``) — each
+Rule (docs/architecture.md §4). After three whole blocks — 0, depth//3 and 2·depth//3 (``after_block``) — each
 clip's tokens are put in original order (by ``pos``: time, then raster) and grouped in time; every
 group loses ``r`` tokens (dropped, not merged):
 
@@ -13,7 +13,7 @@ group loses ``r`` tokens (dropped, not merged):
   what the paper defines; any other T' (4/2/1 groups for 8-frame clips, 16/8/4 for 32-frame ones) is
   this generalisation, and :meth:`STA.geometry_note` says so for the report to label such rows.
 * **Walk.** Stages 0 and 2 walk the groups forward in time, stage 1 (after block depth//3; "stage 2"
-  in DESIGN.md's count from 1) backwards, as the reference's ``perm``; the first group of the walk is
+  in docs/architecture.md's count from 1) backwards, as the reference's ``perm``; the first group of the walk is
   the first non-empty one.
 * **First group**: ToMe-style bipartite split of the group's tokens (in order) into even and odd; each
   even token's best cosine match among the odd ones; the ``r`` even tokens with the highest match are
@@ -24,7 +24,7 @@ group loses ``r`` tokens (dropped, not merged):
   accumulated temporal redundancy. With a = ‖x‖₁ (token activation, the block's output), min-max
   normalised within the group, the score is s · (1 − a); the n − r lowest scores are kept. Their masses,
   renormalised to sum to 1, and keys become s⁻ and K⁻ for the next group.
-* **Which previous keys** (the authors' code is the reference, DESIGN.md §4): the second group of the
+* **Which previous keys** (the authors' code is the reference, docs/architecture.md §4): the second group of the
   walk is linked to **all** of the first group's keys, dropped ones included, with uniform mass — the
   reference computes ``m_t`` for t = 1 from ``m_0``, the first group before its r tokens are cut; every
   later group is linked to the previous group's *kept* keys and their carried masses.
@@ -49,7 +49,7 @@ Departures from the reference, all deliberate:
   their tokens' time, empty groups are skipped, and a group of n tokens loses min(r, ⌊n/2⌋) so no group
   empties; full clips lose exactly r per group (``check_geometry`` guarantees r ≤ ⌊n/2⌋ there);
 * ``size``: STA drops tokens, but the interface keeps per-clip sizes summing to the tokens that entered
-  (DESIGN.md §3), so the kept tokens' sizes are scaled by n_in / n_out per clip. A per-clip constant
+  (docs/architecture.md §3), so the kept tokens' sizes are scaled by n_in / n_out per clip. A per-clip constant
   factor leaves size-weighted pooling equal to the reference's plain mean over the kept tokens (and,
   after ToMe-merged input, scales by Σ size_in / Σ size_kept, keeping relative weights).
 

@@ -1,6 +1,6 @@
 """``tome`` — Token Merging (Bolya et al., ICLR 2023; reference code facebookresearch/ToMe).
 
-Rule (DESIGN.md §4), in every block between attention and MLP (``after_attention``), per clip:
+Rule (docs/architecture.md §4), in every block between attention and MLP (``after_attention``), per clip:
 
 1. the metric is the block's attention keys averaged over heads, cosine-normalised;
 2. the clip's tokens, in their current order, alternate into set A (even index) and set B (odd);

@@ -1,4 +1,4 @@
-"""The layout DESIGN.md §1 asks for, checked on the source: no import cycle, the library never imports the
+"""The layout docs/architecture.md §1 asks for, checked on the source: no import cycle, the library never imports the
 CLI, ``datasets`` and ``reducers`` never import ``harness``, no module far over 400 lines."""
 from __future__ import annotations
 

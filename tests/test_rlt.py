@@ -1,4 +1,4 @@
-"""RLT (reducers/rlt.py): the exact rule of DESIGN.md §4 on constructed clips, and on real video."""
+"""RLT (reducers/rlt.py): the exact rule of docs/architecture.md §4 on constructed clips, and on real video."""
 from __future__ import annotations
 
 import importlib.util

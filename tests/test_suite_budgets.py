@@ -1,4 +1,4 @@
-"""The built-in suites' fixed-schedule budgets land on their targets (issue 13, DESIGN.md §6).
+"""The built-in suites' fixed-schedule budgets land on their targets (issue 13, docs/architecture.md §6).
 
 A budget is the mean tokens per block (entering each block's MLP) as a fraction of the un-reduced clip,
 measured by running the real reducer in the real model (harness.suite.budgets). Every content-independent

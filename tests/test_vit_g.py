@@ -37,7 +37,7 @@ def test_vit_g_analytic_gflops_at_16x224():
         m = build_model("vit_g", 400)
     a = analytic_flops(m, [TOKENS], [[TOKENS]] * DEPTH)
     assert a.mean == pytest.approx(_closed_form_gflops(TOKENS), rel=1e-3)
-    assert a.mean == pytest.approx(1864, abs=1)  # README "Model sizes" quotes it
+    assert a.mean == pytest.approx(1864, abs=1)  # docs/datasets.md "Model sizes" quotes it
 
 
 @pytest.mark.slow  # a 1B-parameter model traced at 1,568 tokens: several minutes and ~5 GB on a 2-core CPU

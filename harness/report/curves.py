@@ -1,4 +1,4 @@
-"""Accuracy-vs-cost curves (DESIGN.md §6: a comparison is a set of curves, not points).
+"""Accuracy-vs-cost curves (docs/architecture.md §6: a comparison is a set of curves, not points).
 
 Each reducer family (the reducer: every budget of RLT, of ToMe, …; random masking by keep and random matched
 to RLT's budget are one family, random masking at a keep ratio) is a curve over its budgets, placed by its

@@ -1,4 +1,4 @@
-"""Figures of the report (DESIGN.md §6), drawn from result records alone.
+"""Figures of the report (docs/architecture.md §6), drawn from result records alone.
 
 Each figure is planned first (:func:`plan_figures`: which figures the records can support, and why the
 others are skipped) and drawn on demand, so ``tokenbench report --check`` can tell which figure files

@@ -1,5 +1,5 @@
 """What stands behind a table: the code commits its records were measured at, and whether the estimator
-passed its own A/A control on that hardware (DESIGN.md §5: the baseline timed against itself reads 1.00)."""
+passed its own A/A control on that hardware (docs/architecture.md §5: the baseline timed against itself reads 1.00)."""
 from __future__ import annotations
 
 from .records import num

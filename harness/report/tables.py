@@ -1,4 +1,4 @@
-"""Tables of the report (DESIGN.md §6): built from result records alone, rendered as Markdown, CSV and LaTeX.
+"""Tables of the report (docs/architecture.md §6): built from result records alone, rendered as Markdown, CSV and LaTeX.
 
 Everything here is deterministic: rows are sorted by a fixed key (model, input, dataset, batch size,
 reducer in the order ``none, rlt, random, tome, sta, others A–Z``, then parameters by value), numbers

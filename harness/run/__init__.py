@@ -1,4 +1,4 @@
-"""Running a suite's cells (DESIGN.md §5–7), one step a module:
+"""Running a suite's cells (docs/architecture.md §5–7), one step a module:
 
 * ``plan``      — the one dispatch plan every launcher follows: the cells not recorded yet, and the
                   self-trained models to train first;

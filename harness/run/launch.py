@@ -1,4 +1,4 @@
-"""Fan a suite out as jobs through submitit (DESIGN.md §7): ``tokenbench run --launcher local|slurm``.
+"""Fan a suite out as jobs through submitit (docs/architecture.md §7): ``tokenbench run --launcher local|slurm``.
 
 One job per pending cell. Every job calls :func:`tokenbench.harness.run.cell.run_cell` and appends its record
 to ``<out>/<suite>/<fingerprint of the machine it ran on>/records.jsonl`` through the same

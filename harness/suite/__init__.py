@@ -1,4 +1,4 @@
-"""Suite files: what ``tokenbench run`` measures, as TOML (DESIGN.md §6).
+"""Suite files: what ``tokenbench run`` measures, as TOML (docs/architecture.md §6).
 
 A suite is the cross product **models × datasets × reducers (with parameter sweeps) × batch sizes ×
 modes**, plus the settings every cell shares. Everything is validated before any work is done: an

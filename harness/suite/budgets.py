@@ -1,4 +1,4 @@
-"""Token budgets of a suite's reducers, matched by **mean tokens per block** (DESIGN.md §6).
+"""Token budgets of a suite's reducers, matched by **mean tokens per block** (docs/architecture.md §6).
 
 The budget of a reducer setting is the mean, over the model's blocks, of the tokens entering each block's
 MLP (``model.last_stats.tokens_mlp_per_layer``), divided by the un-reduced T'·H'·W'. Attention and the MLP of

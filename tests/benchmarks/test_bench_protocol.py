@@ -9,7 +9,7 @@ Two checks of the estimator, on a machine quiet enough to time:
 
 * the none cell's A/A speedup (the baseline against itself) is within 2 % of 1;
 * each reducer's paired speedup is within 5 % of the ratio of separately measured medians: the none
-  cell's median time ÷ the reducer cell's median time (DESIGN.md §5: "a row's paired speedup must
+  cell's median time ÷ the reducer cell's median time (docs/architecture.md §5: "a row's paired speedup must
   agree with the ratio of separately measured medians").
 
 ``extra_info`` holds every number; on a loaded machine both can fail for reasons that are not the
