@@ -93,7 +93,7 @@ def test_tokens_refuses_a_non_positive_count_in_a_sentence(capsys, flag, value, 
 
 def test_tokens_refuses_a_dataset_without_clips_instead_of_blaming_the_videos(capsys):
     line = _one_line(capsys, ["tokens", "--dataset", "synthetic", "-o", "num_clips=0"])
-    assert line == "tokenbench tokens: error: the dataset has no clips (synthetic with num_clips=0)", line
+    assert line == "tokenbench tokens: error: synthetic: num_clips must be ≥ 1, got 0", line  # the dataset says it
 
 
 def test_tokens_refuses_a_directory_given_as_a_video(tmp_path, capsys):

@@ -312,3 +312,20 @@ def test_a_curve_ending_within_rounding_of_a_budget_is_read_at_its_end():
     curve = [(0.301, 88.7, 86.6, 90.5), (0.5, 92.1, 90.3, 93.6)]
     assert interpolate(curve, 0.30) == pytest.approx((88.7, 86.6, 90.5))  # random keep 0.3 → 0.301 of 196
     assert interpolate(curve, 0.301 - 2 * SNAP) is None                 # farther: no extrapolation
+
+
+def test_many_families_split_into_group_panels_each_with_the_simple_baselines():
+    from tokenbench.harness.report.style import FAMILY_GROUPS, REDUCER_COLOURS, family_groups, family_marker
+
+    few = {"none", "rlt", "random", "tome", "sta", "temporal"}
+    assert family_groups(few) == [("", few)]  # a default-sized figure stays one panel
+    many = few | {"spatial", "tome_drop", "random_merge", "pitome", "tofu", "vid_tldr", "attn_prune", "my_plugin"}
+    panels = family_groups(many)
+    assert [t for t, _ in panels] == list(FAMILY_GROUPS)
+    for _, shown in panels:
+        assert {"none", "random", "temporal"} <= shown  # the simple baselines on every panel
+    assert "my_plugin" in panels[0][1] and "pitome" in panels[1][1] and "vid_tldr" in panels[2][1]
+    assert set().union(*(s for _, s in panels)) == many  # every family drawn somewhere
+    # every built-in family has its own colour-and-marker pair
+    styles = [(c, family_marker(f)) for f, c in REDUCER_COLOURS.items()]
+    assert len(set(styles)) == len(styles)

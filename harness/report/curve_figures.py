@@ -17,7 +17,7 @@ from matplotlib.lines import Line2D
 from .curves import CurvePoint, CurveSet, curve_sets
 from .records import reducer_rank
 from .static_share import ShareSeries, kept, static_share_series, triple
-from .style import _DASHES, FigureSpec, _fp_suffix, family_marker, pareto_front, reducer_colour
+from .style import _DASHES, FigureSpec, _fp_suffix, family_groups, family_marker, pareto_front, reducer_colour
 
 TEXT, SMALL = 8, 7          # pt: labels and titles; ticks and legends
 PANEL = (3.4, 2.6)          # inches per panel
@@ -48,15 +48,19 @@ def _curves(sets: list[CurveSet], x_of: Callable[[CurvePoint], float | None],
             x_err: Callable[[CurvePoint], tuple | None], lower_is_better: bool, xlabel: str,
             title: str) -> Callable[[], Figure]:
     def draw() -> Figure:
-        ncols = min(len(sets), 2)
-        fig, axes = _fig(math.ceil(len(sets) / ncols), ncols)
-        for ax in axes[len(sets):]:
+        panels = [(cs, group, shown) for cs in sets for group, shown in family_groups(set(cs.families()))]
+        ncols = min(len(panels), 2)
+        fig, axes = _fig(math.ceil(len(panels) / ncols), ncols)
+        for ax in axes[len(panels):]:
             ax.set_visible(False)
         families: set[str] = set()
         packed = False
-        for ax, cs in zip(axes, sets):
-            every = [p for p in [cs.baseline] + cs.points if x_of(p) is not None and p.top1 is not None]
+        for ax, (cs, group, shown) in zip(axes, panels):
+            every = [p for p in [cs.baseline] + cs.points if x_of(p) is not None and p.top1 is not None
+                     and (p is cs.baseline or p.family in shown)]
             for fam, pts in sorted(cs.families().items(), key=lambda kv: reducer_rank(kv[0])):
+                if fam not in shown:
+                    continue
                 pts = [p for p in pts if x_of(p) is not None and p.top1 is not None]
                 if pts:
                     families.add(fam)
@@ -81,7 +85,7 @@ def _curves(sets: list[CurveSet], x_of: Callable[[CurvePoint], float | None],
                 ax.plot(*zip(*front), color=FRONT, linestyle="--", linewidth=0.8, zorder=1)
                 ax.plot(*zip(*front), linestyle="", marker="o", markersize=10, markerfacecolor="none",
                         markeredgecolor=FRONT, markeredgewidth=0.8, zorder=1)
-            ax.set_title(cs.title, fontsize=TEXT)
+            ax.set_title(cs.title + (f"\n{group}" if group else ""), fontsize=TEXT)
             ax.set_xlabel(xlabel, fontsize=SMALL)
             ax.set_ylabel("top-1 (%), bars: 95 % Wilson", fontsize=SMALL)
             ax.margins(0.1)
@@ -167,7 +171,9 @@ def plan_curve_figures(by_fp: dict[str, list[dict]], ok: list[dict]):
             "tokens per block; random masking by keep ratio and matched to RLT's budget are one family), vertical bars the 95 % Wilson interval of top-1. GFLOPs carry no bar: each is "
             "the exact mean over every clip evaluated (the token-distribution figure shows its spread over "
             "clips). Star: the baseline; hollow: [packed] rows, not joined; grey rings and dashed line: the "
-            "Pareto front over every point (no other point is both cheaper and more accurate). Hardware-"
+            "Pareto front over the panel's points (no other is both cheaper and more accurate). With many "
+            "families, one panel per group, each with the baseline, random masking and temporal downsampling. "
+            "Hardware-"
             "independent.", _curves(sets, lambda p: p.gflops, lambda p: None, True,
                                     "GFLOPs per clip (lower: cheaper)", "Top-1 against compute")))
     else:
@@ -187,7 +193,8 @@ def plan_curve_figures(by_fp: dict[str, list[dict]], ok: list[dict]):
                 "cancels ([packed] rows: × their own per-sequence baseline arm's clips/s); horizontal bars: the speedup's 95 % bootstrap interval × the same clips/s (the "
                 "baseline's own timing noise is not in them; the baseline's bar is its A/A control). Vertical "
                 "bars: top-1's 95 % Wilson interval. Star: the baseline; hollow: [packed] rows, not joined; "
-                "grey rings and dashed line: the Pareto front (no other point both faster and more accurate).",
+                "grey rings and dashed line: the Pareto front over the panel's points (no other both faster and more "
+                "accurate); with many families, one panel per group, each with the simple baselines.",
                 _curves(sets, lambda p: p.throughput, _throughput_err, False,
                         "throughput (clips/s): speedup × baseline clips/s", "Top-1 against throughput" + title_fp),
                 fp))

@@ -24,12 +24,30 @@ REDUCER_COLOURS: dict[str, str] = {
     "temporal": "#6a3d9a",  # dark purple: downsampling, time
     "spatial": "#b15928",   # brown: downsampling, space
     "compose": "#1b9e77",   # teal: compositions
+    # the ToMe family on the bipartite core
+    "tome_drop": "#fdbf6f", "random_merge": "#b2df8a", "random_drop": "#a6761d", "tome_hybrid": "#e6ab02",
+    "dtome": "#e7298a", "pitome": "#66a61e", "tofu": "#fb9a99",
+    # reducers that read attention, and feature-difference pruning
+    "vid_tldr": "#17becf", "attn_prune": "#9467bd", "feature_diff": "#7f7f7f",
 }
+# Curve figures with more families than PANEL_FAMILIES draw one panel per group, each with the simple
+# baselines (random masking, temporal downsampling) beside the group; a plugin joins the first group.
+FAMILY_GROUPS: dict[str, tuple[str, ...]] = {
+    "the four of the RLT paper, downsampling, composition": ("rlt", "tome", "sta", "spatial", "compose"),
+    "the ToMe family (bipartite core)": ("tome", "tome_drop", "random_merge", "random_drop", "tome_hybrid",
+                                         "dtome", "pitome", "tofu"),
+    "reducers that read attention or features": ("rlt", "tome", "vid_tldr", "attn_prune", "feature_diff"),
+}
+GROUP_BASELINES = ("none", "random", "temporal")
+PANEL_FAMILIES = 8
 _EXTRA_COLOURS = ("#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 # one marker per reducer family in the curve figures (a family's budgets are joined by its line)
 FAMILY_MARKERS: dict[str, str] = {"none": "*", "rlt": "o", "random": "s", "tome": "^", "sta": "D",
-                                  "temporal": "v", "spatial": "P", "compose": "X"}
+                                  "temporal": "v", "spatial": "P", "compose": "X", "tome_drop": "<",
+                                  "random_merge": ">", "random_drop": "h", "tome_hybrid": "p", "dtome": "H",
+                                  "pitome": "d", "tofu": "8", "vid_tldr": "s", "attn_prune": "^",
+                                  "feature_diff": "D"}
 _EXTRA_MARKERS = ("v", "P", "X", "<", ">", "h")
 _DASHES = ("-", "--", "-.", ":")
 
@@ -54,6 +72,21 @@ def _pick(reducer: str, table: dict[str, str], extra: tuple[str, ...]) -> str:
     if reducer in table:
         return table[reducer]
     return extra[int(hashlib.sha256(reducer.encode()).hexdigest()[:8], 16) % len(extra)]
+
+
+def family_groups(families: set[str]) -> list[tuple[str, set[str]]]:
+    """(title, families drawn) per panel: all in one when they are few, else one panel per group of
+    :data:`FAMILY_GROUPS` present, each with the simple baselines; families of no group join the first."""
+    if len(families) <= PANEL_FAMILIES:
+        return [("", set(families))]
+    grouped = {f for g in FAMILY_GROUPS.values() for f in g}
+    out = []
+    for i, (title, members) in enumerate(FAMILY_GROUPS.items()):
+        own = families & set(members) | ({f for f in families if f not in grouped and f not in GROUP_BASELINES}
+                                         if i == 0 else set())
+        if own - {"rlt", "tome"} or i == 0:
+            out.append((title, own | (families & set(GROUP_BASELINES))))
+    return out
 
 
 def reducer_colour(reducer: str) -> str:

@@ -113,15 +113,15 @@ def cached_pretrained(pretrain: dict[str, Any], cache_dir: Path, device: str = "
             log(f"training {pretrain['model']} ({pretrain['num_frames']}×{pretrain['img_size']}²) on "
                 f"{pretrain['dataset']} for {pretrain.get('epochs')} epochs (once; cached as {path})")
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        train_pretrained(pretrain, tmp, device, log)
+        train_pretrained(pretrain, tmp, device, log, cached_as=path)
         os.replace(tmp, path)
     return path
 
 
 def train_pretrained(pretrain: dict[str, Any], out: Path, device: str = "cpu",
-                     log: Callable[[str], None] | None = None) -> TrainResult:
+                     log: Callable[[str], None] | None = None, cached_as: Path | None = None) -> TrainResult:
     """Train a model from scratch by ``pretrain`` (a suite's ``pretrain_config``) and write it to ``out``;
-    warns when it ended near chance."""
+    warns when it ended near chance, naming the file to delete (``cached_as``: where ``out`` will end up)."""
     ds = first_items(pretrain["dataset"], pretrain.get("split", "train"), pretrain.get("max_clips"),
                      num_frames=pretrain["num_frames"], img_size=pretrain["img_size"],
                      options=pretrain.get("options"))
@@ -138,7 +138,7 @@ def train_pretrained(pretrain: dict[str, Any], out: Path, device: str = "cpu",
                f"{result.final_loss:.3f}, chance ln {ds.num_classes} = {chance:.3f}): the model has not learned "
                f"and its top-1 will say so. Give a checkpoint (TOKENBENCH_DEFAULT_CHECKPOINT=PATH for the default "
                f"suite) or another seed in the model's pretrain table (seed = 1), and delete "
-               f"{pretrained_path(pretrain, Path('$TOKENBENCH_CACHE'))}")
+               f"{cached_as or out}")
         warnings.warn(msg, stacklevel=2)
         if log:
             log("WARNING: " + msg)
