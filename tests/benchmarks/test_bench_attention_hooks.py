@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from tokenbench.harness.flops import count_flops
-from tokenbench.harness.model import build_model
+from tokenbench.harness.model import BASELINE, build_model
 from tokenbench.reducers.attention_stats import attention_entropy, attention_received, statistic_flops
 from tokenbench.reducers.base import NO_ATTENTION, Reducer
 
@@ -72,7 +72,7 @@ def baseline(vit_b, video):
     """(median seconds, backend) of the forward without a reducer, shared by both statistics."""
     with torch.no_grad():
         vit_b(video)  # warm-up
-    return _median_forward(vit_b, video, None, 3)
+    return _median_forward(vit_b, video, BASELINE, 3)
 
 
 def _median_forward(model, video, reducer, rounds):
