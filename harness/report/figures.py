@@ -20,7 +20,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, NullLocator
 
 from .curve_figures import plan_curve_figures
-from .records import num, num_list, sort_key
+from .records import Record, sort_key
 from .style import (
     _DASHES,
     _MARKERS,
@@ -135,18 +135,18 @@ def _gflops_vs_time(rows: list[dict], style: Style, fp: str, title_fp: str) -> C
     return draw
 
 
-def _token_distribution(recs: list[dict], style: Style) -> Callable[[], Figure]:
+def _token_distribution(recs: list[Record], style: Style) -> Callable[[], Figure]:
     def draw() -> Figure:
-        groups = _group(recs, lambda r: (str(r.get("model")), str(r.get("dataset"))))
-        width = max(len({r["label"] for r in g}) for _, g in groups)
+        groups = _group(recs, lambda r: (str(r.model), str(r.dataset)))
+        width = max(len({r.label for r in g}) for _, g in groups)
         fig, axes = _grid(len(groups), panel=(max(4.6, 0.62 * width + 1.6), 3.8), legend_w=0)
         for ax, ((model, dataset), grp) in zip(axes, groups):
             grp = sorted(grp, key=sort_key)
-            totals = sorted({num(r.get("tokens_total")) for r in grp} - {None})
+            totals = sorted({r.num("tokens_total") for r in grp} - {None})
             for i, r in enumerate(grp):
-                c = style.colour(r["label"])
-                vals = num_list(r.get("tokens_per_clip"))
-                lo, hi, mean = (num(r.get(k)) for k in ("tokens_in_min", "tokens_in_max", "tokens_in_mean"))
+                c = style.colour(r.label)
+                vals = r.nums("tokens_per_clip")
+                lo, hi, mean = (r.num(k) for k in ("tokens_in_min", "tokens_in_max", "tokens_in_mean"))
                 if vals:
                     lo, hi, mean = min(vals), max(vals), float(np.mean(vals))
                     if hi > lo and len(vals) > 2:
@@ -160,14 +160,14 @@ def _token_distribution(recs: list[dict], style: Style) -> Callable[[], Figure]:
                 if lo is not None and hi is not None:
                     ax.plot([i, i], [lo, hi], color=c, linewidth=1.5, zorder=2)
                 if mean is not None:
-                    ax.scatter([i], [mean], facecolors=style.face(r["label"]), marker=style.marker.get(r["label"], "o"),
-                               s=52, zorder=4, edgecolors="black" if r["label"] not in style.hollow else c,
-                               linewidths=0.6 if r["label"] not in style.hollow else 1.2)
+                    ax.scatter([i], [mean], facecolors=style.face(r.label), marker=style.marker.get(r.label, "o"),
+                               s=52, zorder=4, edgecolors="black" if r.label not in style.hollow else c,
+                               linewidths=0.6 if r.label not in style.hollow else 1.2)
             for t in totals:
                 ax.axhline(t, color="#777777", linestyle="--", linewidth=1)
                 ax.annotate("all tokens (T′·H′·W′)", (len(grp) - 0.5, t), xytext=(0, 7),
                             textcoords="offset points", ha="right", fontsize=7, color="#555555")
-            ax.set_xticks(range(len(grp)), [r["label"] for r in grp], rotation=30, ha="right")
+            ax.set_xticks(range(len(grp)), [r.label for r in grp], rotation=30, ha="right")
             ax.set_xlim(-0.6, len(grp) - 0.4)
             ax.set_ylim(0, max(totals + [ax.get_ylim()[1]]) * 1.1)
             ax.set_xlabel("reducer")
@@ -179,24 +179,24 @@ def _token_distribution(recs: list[dict], style: Style) -> Callable[[], Figure]:
     return draw
 
 
-def _tokens_per_layer(recs: list[dict], style: Style) -> Callable[[], Figure]:
+def _tokens_per_layer(recs: list[Record], style: Style) -> Callable[[], Figure]:
     def draw() -> Figure:
-        groups = _group(recs, lambda r: (str(r.get("model")), str(r.get("dataset"))))
+        groups = _group(recs, lambda r: (str(r.model), str(r.dataset)))
         fig, axes = _grid(len(groups))
         dashed: dict[str, bool] = {}
         for ax, ((model, dataset), grp) in zip(axes, groups):
             depth = 0
             for r in sorted(grp, key=sort_key):
-                layers = num_list(r.get("tokens_per_layer"))
-                start = num(r.get("tokens_in_mean"))
+                layers = r.nums("tokens_per_layer")
+                start = r.num("tokens_in_mean")
                 ys = ([start] if start is not None else []) + layers
                 xs = list(range(len(ys))) if start is not None else list(range(1, len(ys) + 1))
                 depth = max(depth, len(layers))
                 progressive = len(set(ys)) > 1
-                dashed[r["label"]] = dashed.get(r["label"], True) and not progressive
-                ax.plot(xs, ys, color=style.colour(r["label"]), marker=style.marker.get(r["label"], "o"),
+                dashed[r.label] = dashed.get(r.label, True) and not progressive
+                ax.plot(xs, ys, color=style.colour(r.label), marker=style.marker.get(r.label, "o"),
                         markersize=4 if progressive else 0, linewidth=1.8 if progressive else 1.0,
-                        linestyle="-" if progressive else "--", label=r["label"])
+                        linestyle="-" if progressive else "--", label=r.label)
             ax.set_xlim(-0.3, depth + 0.3)
             ax.set_ylim(bottom=0)
             ax.xaxis.set_major_locator(FixedLocator(list(range(0, depth + 1, max(1, depth // 12)))))
@@ -206,7 +206,7 @@ def _tokens_per_layer(recs: list[dict], style: Style) -> Callable[[], Figure]:
         _legend(fig, [Line2D([], [], color=style.colour(lb), label=lb,
                              **({"linestyle": "--", "linewidth": 1.0} if dashed[lb] else
                                 {"marker": style.marker.get(lb, "o"), "markersize": 4, "linewidth": 1.8}))
-                      for lb in style.order(r["label"] for r in recs)])
+                      for lb in style.order(r.label for r in recs)])
         fig.suptitle("Tokens per layer\n(solid: progressive reducers; dashed: constant after the input, "
                      "so reducers at one budget draw one line)")
         return fig
@@ -307,14 +307,14 @@ def _rlt_sweep(rows: list[dict], style: Style, title_fp: str) -> Callable[[], Fi
 # planning
 
 
-def plan_figures(by_fp: dict[str, list[dict]], ok: list[dict], style: Style) -> FigurePlan:
+def plan_figures(by_fp: dict[str, list[Record]], ok: list[Record], style: Style) -> FigurePlan:
     """Which figures these records support. ``by_fp``: the ok records of each fingerprint id;
     ``ok``: all ok records of the suite (for the hardware-independent token figures)."""
     plan = FigurePlan()
     several = len(by_fp) > 1
     throughput, flops_time, sweep = [], [], []
     for fp in sorted(by_fp):
-        rows = inference_values([r for r in by_fp[fp] if r.get("mode") == "inference"])
+        rows = inference_values([r for r in by_fp[fp] if r.mode == "inference"])
         suffix, title_fp = _fp_suffix(fp, several)
         acc = [r for r in rows if r["top1"] is not None and r["clips_per_s"] is not None]
         if acc:
@@ -343,12 +343,12 @@ def plan_figures(by_fp: dict[str, list[dict]], ok: list[dict], style: Style) -> 
                 "tokens per clip, speedup and top-1 (where measured) against RLT's threshold τ; grey "
                 "lines: the baseline.",
                 _rlt_sweep(rlt + base, style, title_fp), fp))
-    inf = [r for r in ok if r.get("mode") == "inference"]
-    tok = [r for r in token_records([r for r in inf if num(r.get("tokens_in_mean")) is not None
-                                     or num_list(r.get("tokens_per_clip"))])]
-    layer = [r for r in token_records([r for r in inf if num_list(r.get("tokens_per_layer"))])]
-    progressive = [r for r in layer if len(set(num_list(r.get("tokens_per_layer")))
-                                            | ({num(r.get("tokens_in_mean"))} - {None})) > 1]
+    inf = [r for r in ok if r.mode == "inference"]
+    tok = [r for r in token_records([r for r in inf if r.num("tokens_in_mean") is not None
+                                     or r.nums("tokens_per_clip")])]
+    layer = [r for r in token_records([r for r in inf if r.nums("tokens_per_layer")])]
+    progressive = [r for r in layer if len(set(r.nums("tokens_per_layer"))
+                                            | ({r.num("tokens_in_mean")} - {None})) > 1]
 
     def add(specs, title, reason):
         if specs:

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ..paths import safe_name
-from .records import forced_packed, params_key, reducer_rank
+from .records import Record, forced_packed, params_key, reducer_rank
 
 REDUCER_COLOURS: dict[str, str] = {
     "none": "#4d4d4d",    # grey-black: the baseline
@@ -105,14 +105,14 @@ class Style:
     ``[packed]`` variant (every arm per sequence) takes the marker of the same parameters run as deployed,
     drawn hollow (:meth:`face`), so it reads as "the same budget, another kernel shape"."""
 
-    def __init__(self, records: list[dict]):
+    def __init__(self, records: list[Record]):
         variants: dict[str, dict[str, tuple]] = {}
         packed: dict[str, tuple[str, str]] = {}  # label -> (reducer, params) of a [packed] variant
         for r in records:
             if forced_packed(r):
-                packed[r["label"]] = (r["reducer"], r["params_json"])
+                packed[r.label] = (r.reducer, r.params_json)
             else:
-                variants.setdefault(r["reducer"], {})[r["label"]] = params_key(r["params"])
+                variants.setdefault(r.reducer, {})[r.label] = params_key(r.params)
         self.reducer_of: dict[str, str] = {}
         self.marker: dict[str, str] = {}
         self.hollow: set[str] = set(packed)
@@ -120,7 +120,7 @@ class Style:
             for i, label in enumerate(sorted(labels, key=lambda lb: (labels[lb], lb))):
                 self.marker[label] = _MARKERS[i % len(_MARKERS)]
                 self.reducer_of[label] = reducer
-        twin = {(r["reducer"], r["params_json"]): r["label"] for r in records if not forced_packed(r)}
+        twin = {(r.reducer, r.params_json): r.label for r in records if not forced_packed(r)}
         extra = 0
         for label, (reducer, pj) in sorted(packed.items()):
             self.reducer_of[label] = reducer
