@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 
-from ..schema import canonical_json
+from ..schema import METRIC_BY_NAME, canonical_json
 from .format import MISSING, Col, Table, fixed, signed
 from .records import Record, forced_packed, model_names, num, setting, sort_key
 
@@ -92,11 +92,9 @@ def static_share_series(records: list[Record]) -> list[ShareSeries]:
 
 
 def kept(r: Record | None) -> float | None:
-    """Share of the tubelets kept at the input."""
-    if r is None:
-        return None
-    tin, total = r.num("tokens_in_mean"), r.num("tokens_total")
-    return tin / total if tin is not None and total else None
+    """Share of the tubelets kept at the input (``kept_pct``'s formula, as a fraction)."""
+    pct = METRIC_BY_NAME["kept_pct"].read(r) if r is not None else None
+    return pct / 100.0 if pct is not None else None
 
 
 def triple(r: Record | None, name: str) -> tuple[float | None, float | None, float | None]:
@@ -122,8 +120,7 @@ def static_share_table(records: list[Record], fingerprint: str) -> Table | None:
                    "delta_top1_rlt_random": t_r[0] - t_m[0] if None not in (t_r[0], t_m[0]) else None,
                    "top1_intervals_overlap": _overlap(t_r, t_m)}
             for who, r in (("rlt", p.rlt), ("random", p.random)):
-                k = kept(r)
-                row[f"{who}_kept_pct"] = 100 * k if k is not None else None
+                row[f"{who}_kept_pct"] = METRIC_BY_NAME["kept_pct"].read(r) if r is not None else None
                 for name in ("speedup", "top1"):
                     v = triple(r, name)
                     row[f"{who}_{name}"], row[f"{who}_{name}_ci_lo"], row[f"{who}_{name}_ci_hi"] = v
