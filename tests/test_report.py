@@ -587,6 +587,30 @@ def test_a_failing_aa_control_marks_its_fingerprint_and_tables_name_their_commit
     assert "⚠ the A/A control" in md
 
 
+
+def test_one_derived_metric_entry_gives_its_column_in_every_table_that_shows_it(tmp_path, monkeypatch):
+    from tokenbench.harness import metric_table, schema
+
+    def dropped(r) -> float | None:  # tokens per clip dropped at the input: a formula over the record
+        kept, total = r.num("tokens_in_mean"), r.num("tokens_total")
+        return total - kept if kept is not None and total is not None else None
+
+    records = make_suite_records(train=False, failed=False, batches=(2,), datasets=("synthetic",))
+    new = schema.Metric("tokens_dropped", "tokens per clip dropped at the input", unit="tokens", fmt="fixed:1",
+                        header="dropped", shown=(("inference", 45), ("tokens", 55)), derive=dropped)
+    assert new.derived and new.shown == (schema.Shown("inference", 45), schema.Shown("tokens", 55))
+    monkeypatch.setattr(metric_table, "METRIC_TABLE", schema.METRIC_TABLE + (new,))
+    write_records(tmp_path / "results", records)
+    report.write_report(tmp_path / "results", tmp_path / "reports", figures=False)
+    tables = tmp_path / "reports" / "default" / "tables"
+    for name in ("inference", "tokens"):
+        rows = {r["label"]: r for r in _csv(tables / f"{name}.csv")}
+        assert len(rows) == len(records)
+        for rec in records:
+            m = rec["metrics"]
+            assert float(rows[_label(rec)]["tokens_dropped"]) == pytest.approx(
+                m["tokens_total"] - m["tokens_in_mean"], abs=1e-4)
+
 def test_tokenbench_run_warns_in_one_line_when_an_aa_control_is_off(tmp_path, capsys):
     from tokenbench.harness.cli.run import warn_aa
 
@@ -595,7 +619,8 @@ def test_tokenbench_run_warns_in_one_line_when_an_aa_control_is_off(tmp_path, ca
     base["metrics"].update(speedup=0.97, speedup_ci_lo=0.95, speedup_ci_hi=0.99)
     write_records(tmp_path / "results", records)
     suite_dir = tmp_path / "results" / "default"
-    warn_aa(report.read(suite_dir), {r["key"] for r in records if r is not base})  # not a cell of this run: silent
+    # not a cell of this run: silent
+    warn_aa(report.read(suite_dir), {r["key"] for r in records if r is not base})
     assert capsys.readouterr().err == ""
     warn_aa(report.read(suite_dir), {r["key"] for r in records})
     err = capsys.readouterr().err

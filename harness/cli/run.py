@@ -246,7 +246,8 @@ def warn_aa(records: Records, keys: set[str], fingerprint: str | None = None) ->
     the tolerance: the speedups measured beside it are not to be trusted. Only this run's cells (``keys``)
     on this run's hardware (``fingerprint``, when known) count."""
     ok, _ = dedupe(records.records)
-    bad = aa_failures([r for r in ok if r.key in keys and (fingerprint is None or r.fingerprint == fingerprint)])
+    bad = aa_failures([r for r in ok if r.key in keys
+                       and (fingerprint is None or r.fingerprint == fingerprint)])
     if bad:
         print(f"warning: the A/A control is off 1 by more than {AA_TOLERANCE:.0%} in {len(bad)} cell(s) "
               f"(timing noise: a busy machine?), e.g. {aa_text(bad[0])}", file=sys.stderr)

@@ -194,7 +194,8 @@ def build_reports(given: Records | str | Path | Iterable[str | Path], out_dir) -
     out = []
     for suite in sorted({r.suite for r in records.records}):
         recs = [r for r in records.records if r.suite == suite]
-        out.append(build_suite(suite, recs, _regenerate_command(records.sources.get(suite, []), Path(out_dir))))
+        regenerate = _regenerate_command(records.sources.get(suite, []), Path(out_dir))
+        out.append(build_suite(suite, recs, regenerate))
     return out
 
 
@@ -204,8 +205,8 @@ def build_reports(given: Records | str | Path | Iterable[str | Path], out_dir) -
 
 def write_report(results_dir_or_paths: Records | str | Path | Iterable[str | Path], out_dir: str | Path,
                  figures: bool = True) -> ReportPaths:
-    """Write ``out_dir/<suite>/`` (README, tables, figures) for every suite in the records given (read already,
-    as :func:`read` returns them, or the paths to read them from).
+    """Write ``out_dir/<suite>/`` (README, tables, figures) for every suite in the records given (read
+    already, as :func:`read` returns them, or the paths to read them from).
 
     Files an earlier report wrote there (listed in its ``.tokenbench-written.json``) that these records no
     longer produce are removed, so the folder matches the records; a file the report did not write is
@@ -280,7 +281,7 @@ def headline_table(records: Records | Iterable[Record]) -> str:
     """The inference results of each suite and fingerprint as compact aligned text for the terminal
     (the report's inference table without params and IQRs). ``records``: as :func:`read` returns them."""
     ok, failed = dedupe(records.records if isinstance(records, Records) else records)
-    cols = tabs._ident_cols("model", "dataset", "reducer", "batch") + tabs.metric_cols(HEAD, iqr=False)
+    cols = tabs.ident_cols("model", "dataset", "reducer", "batch") + tabs.metric_cols(HEAD, iqr=False)
     blocks = []
     for suite in sorted({r.suite for r in ok}):
         for fp in sorted({r.fingerprint for r in ok if r.suite == suite}):

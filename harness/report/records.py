@@ -1,9 +1,9 @@
-"""Records as the report reads them: :class:`Record`, typed, read straight from the records files, deduplicated
-and sorted.
+"""Records as the report reads them: :class:`Record`, typed, read straight from the records files,
+deduplicated and sorted.
 
-A :class:`Record` holds the cell's identity as fields (``model``, ``dataset``, ``reducer``, ``params`` as a
-dict, ``label``, ``batch_size``, ``fingerprint`` …) and its metrics as recorded, read by name; missing values
-read as ``None``. Rows are sorted by a fixed key (model, input, dataset, batch size,
+A :class:`Record` holds the cell's identity as fields (``model``, ``dataset``, ``reducer``, ``params`` as
+a dict, ``label``, ``batch_size``, ``fingerprint`` …) and its metrics as recorded, read by name; missing
+values read as ``None``. Rows are sorted by a fixed key (model, input, dataset, batch size,
 reducer in the order ``none, rlt, random, tome, sta, others A–Z``, then parameters by value).
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from ..schema import canonical_json, reducer_label
 REDUCER_ORDER = ("none", "rlt", "random", "tome", "sta", "temporal", "spatial", "compose")
 
 
-def _is_missing(v: Any) -> bool:
+def is_missing(v: Any) -> bool:
     if v is None:
         return True
     if isinstance(v, float) and math.isnan(v):
@@ -32,7 +32,7 @@ def _is_missing(v: Any) -> bool:
 
 def num(v: Any) -> float | None:
     """A metric as a float, or None when absent / NaN / not a number."""
-    if _is_missing(v) or isinstance(v, (list, tuple, dict)):
+    if is_missing(v) or isinstance(v, (list, tuple, dict)):
         return None
     try:
         f = float(v)
@@ -100,12 +100,14 @@ class Record:
         reducer = str(cell.get("reducer") or "?")
         bs = num(cell.get("batch_size"))
         return cls(
-            key=str(rec.get("key") or ""), suite=str(rec.get("suite") or "unnamed"), status=str(rec.get("status")),
+            key=str(rec.get("key") or ""), suite=str(rec.get("suite") or "unnamed"),
+            status=str(rec.get("status")),
             fingerprint=str(fingerprint or "unknown"), machine=machine, cell=cell,
             metrics=dict(rec.get("metrics") or {}), model=cell.get("model"),
             dataset=str(cell["dataset_id"]) if cell.get("dataset_id") else cell.get("dataset"),
             dataset_name=cell.get("dataset"), reducer=reducer, params=params,
-            label=cell.get("label") or reducer_label(reducer, params), batch_size=int(bs) if bs is not None else None,
+            label=cell.get("label") or reducer_label(reducer, params),
+            batch_size=int(bs) if bs is not None else None,
             mode=cell.get("mode"), error=rec.get("error"), started=rec.get("started"),
             finished=rec.get("finished"), command=rec.get("command"))
 
@@ -121,7 +123,7 @@ class Record:
     def value(self, name: str) -> Any:
         """Metric ``name`` as recorded (else the cell's field of that name); None when missing."""
         v = self.metrics[name] if name in self.metrics else self.cell.get(name)
-        return None if not isinstance(v, (list, tuple, dict)) and _is_missing(v) else v
+        return None if not isinstance(v, (list, tuple, dict)) and is_missing(v) else v
 
     def text(self, name: str) -> Any:
         return self.value(name)
@@ -159,12 +161,12 @@ def tokens_per_block(r: Record) -> float | None:
     return sum(layers) / len(layers) if layers else r.num("tokens_in_mean")
 
 
-def _sk(v: Any) -> tuple:
+def order_value(v: Any) -> tuple:
     """Total order over mixed values: numbers, then strings, then missing."""
     f = num(v) if not isinstance(v, str) else None
     if f is not None:
         return (0, f, "")
-    if _is_missing(v):
+    if is_missing(v):
         return (2, 0.0, "")
     return (1, 0.0, str(v))
 
@@ -174,7 +176,7 @@ def reducer_rank(name: str) -> tuple:
 
 
 def params_key(params: dict[str, Any]) -> tuple:
-    return tuple((k, _sk(v) if not isinstance(v, (list, dict)) else (1, 0.0, canonical_json(v)))
+    return tuple((k, order_value(v) if not isinstance(v, (list, dict)) else (1, 0.0, canonical_json(v)))
                  for k, v in sorted(params.items()))
 
 
@@ -198,9 +200,9 @@ def _text(v: Any) -> str:
 
 
 def sort_key(r: Record) -> tuple:
-    return (str(r.model or ""), _sk(r.cell.get("num_frames")), _sk(r.cell.get("img_size")),
+    return (str(r.model or ""), order_value(r.cell.get("num_frames")), order_value(r.cell.get("img_size")),
             str(r.cell.get("checkpoint") or ""), str(r.dataset or ""), str(r.cell.get("split") or ""),
-            _sk(r.batch_size), reducer_rank(r.reducer), params_key(r.params), r.label, r.key)
+            order_value(r.batch_size), reducer_rank(r.reducer), params_key(r.params), r.label, r.key)
 
 
 def dedupe(records: Iterable[Record]) -> tuple[list[Record], list[Record]]:

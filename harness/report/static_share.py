@@ -87,7 +87,8 @@ def static_share_series(records: list[Record]) -> list[ShareSeries]:
         pts.sort(key=lambda p: (p.tau, p.share, p.dataset))
         first = rlt[0]
         model = names.get(setting(first)[:4], str(first.model))
-        out.append(ShareSeries(model, str(first.dataset_name), first.batch_size, sorted({p.tau for p in pts}), pts))
+        out.append(ShareSeries(model, str(first.dataset_name), first.batch_size, sorted({p.tau for p in pts}),
+                               pts))
     return out
 
 

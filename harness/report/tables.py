@@ -21,7 +21,7 @@ from typing import Any
 from .. import metric_table
 from ..schema import DET, INF, SWEEP, TOK, TRAIN, Metric, shown_in
 from .format import MISSING, Col, Table, formatter, params_text, with_iqr
-from .records import Record, _sk, model_names, num, setting, sort_key
+from .records import Record, model_names, num, order_value, setting, sort_key
 
 # ----------------------------------------------------------------------------------------------------
 # derived values
@@ -65,9 +65,9 @@ def derived(r: Record) -> dict[str, Any]:
 
 
 # the recorded numbers an inference row carries (its tables add the rest of theirs through with_metrics)
-INFERENCE_NUMBERS = ("top1", "top1_baseline", "delta_top1_ci_lo", "delta_top1_ci_hi", "top1_ci_lo", "top1_ci_hi",
-                     "top5", "time_gflops", "tokens_in_mean", "tokens_in_min", "tokens_in_max", "tokens_total",
-                     "time_ms_median", "time_ms_q1", "time_ms_q3", "num_clips")
+INFERENCE_NUMBERS = ("top1", "top1_baseline", "delta_top1_ci_lo", "delta_top1_ci_hi", "top1_ci_lo",
+                     "top1_ci_hi", "top5", "time_gflops", "tokens_in_mean", "tokens_in_min", "tokens_in_max",
+                     "tokens_total", "time_ms_median", "time_ms_q1", "time_ms_q3", "num_clips")
 
 
 def inference_values(records: list[Record]) -> list[dict]:
@@ -179,7 +179,7 @@ def token_records(records: list[Record]) -> list[Record]:
     for r in records:
         k = (setting(r), r.reducer, r.params_json)
         rank = (-(r.num("num_clips") or len(r.nums("tokens_per_clip") or [])),
-                _sk(r.batch_size), r.fingerprint, r.key)
+                order_value(r.batch_size), r.fingerprint, r.key)
         if k not in best or rank < best[k][0]:
             best[k] = (rank, r)
     return sorted((r for _, r in best.values()), key=sort_key)
@@ -231,7 +231,7 @@ IDENT = {"model": col("model", "model", text, "l"), "dataset": col("dataset", "d
          "batch": col("batch", "batch_size", text)}
 
 
-def _ident_cols(*names: str) -> list[Col]:
+def ident_cols(*names: str) -> list[Col]:
     return [IDENT[n] for n in names]
 
 
@@ -264,7 +264,7 @@ def inference_table(records: list[Record], fingerprint: str) -> Table | None:
     if not rows:
         return None
     noisy_note = _mark_noisy(rows)
-    cols = _ident_cols("model", "dataset", "reducer", "params", "batch") + metric_cols(INF)
+    cols = ident_cols("model", "dataset", "reducer", "params", "batch") + metric_cols(INF)
     notes = ["top-1: in brackets its 95 % interval (Wilson over videos). Δtop-1: percentage points against the "
              "cell's own paired baseline (the same model without reducer on the same clips, views, options "
              "and autocast); in brackets its 95 % interval, a paired bootstrap over the same videos.",
@@ -282,7 +282,7 @@ def details_table(records: list[Record], fingerprint: str) -> Table | None:
     if not rows:
         return None
     noisy_note = _mark_noisy(rows)
-    cols = _ident_cols("model", "dataset", "reducer", "batch") + metric_cols(DET, rows=rows)
+    cols = ident_cols("model", "dataset", "reducer", "batch") + metric_cols(DET, rows=rows)
     notes = ["time/batch: the median forward time per batch with the reducer's selection inside it (IQR in "
              "brackets); baseline: the reducer none timed interleaved in the same cell (ABBA); speedup 95 %: "
              "bootstrap over repeats of the median paired ratio; attention path / baseline path: what each arm "
@@ -305,7 +305,7 @@ def training_table(records: list[Record], fingerprint: str) -> Table | None:
             for row in training_values([r for r in records if r.mode == "train"])]
     if not rows:
         return None
-    cols = _ident_cols("model", "dataset", "reducer", "params", "batch") + metric_cols(TRAIN)
+    cols = ident_cols("model", "dataset", "reducer", "params", "batch") + metric_cols(TRAIN)
     notes = ["wall-clock to train: data loading included, evaluation excluded.",
              "speedup: the baseline's (reducer none, same model, dataset, batch size and epochs; the same "
              "seed) wall-clock divided by this one, both on this hardware.",
@@ -326,7 +326,7 @@ def tokens_table(records: list[Record]) -> Table | None:
                           "reducer": r.reducer, "params": params_text(r.params)}, r, TOK)
             for r in token_records(recs)]
     rows.sort(key=lambda row: str(row["dataset"]))  # stable: keeps the model/reducer order per dataset
-    cols = _ident_cols("dataset", "model", "reducer") + metric_cols(TOK)
+    cols = ident_cols("dataset", "model", "reducer") + metric_cols(TOK)
     notes = ["Tokens per clip entering the network (kept), over the clips of each dataset; "
              "tokens total = T′·H′·W′ before reduction; reduction = total / mean kept.",
              "Token counts do not depend on hardware; each row is from the record that counted the most clips."]
@@ -343,7 +343,7 @@ def sweep_table(records: list[Record], fingerprint: str) -> Table | None:
     rows = [with_metrics(row, row["_record"], SWEEP) for row in inference_values(rlt + base)]
     for row in rows:
         row["tau"] = row["threshold"] if row["reducer"] == "rlt" else None
-    cols = _ident_cols("model", "dataset", "batch", "reducer") + metric_cols(SWEEP)
+    cols = ident_cols("model", "dataset", "batch", "reducer") + metric_cols(SWEEP)
     notes = ["RLT keeps a tubelet iff its mean absolute difference from the previous one exceeds τ "
              "(ImageNet-normalised pixels); the baseline row (none) keeps every tubelet.", SPEEDUP_NOTE]
     return Table("rlt_threshold_sweep", "RLT threshold sweep: τ against tokens, GFLOPs, speedup and top-1",
