@@ -10,7 +10,8 @@ from .manifest import ManifestDataset, kinetics_csv_to_manifest, ssv2_json_to_ma
 from .registry import DatasetFormat
 
 
-def _manifest_dataset(name: str, *, split: str, num_frames: int, img_size: int, **options: Any) -> ManifestDataset:
+def _manifest_dataset(name: str, *, split: str, num_frames: int, img_size: int,
+                      **options: Any) -> ManifestDataset:
     common = {"split": split, "num_frames": num_frames, "img_size": img_size}
     manifest = options.pop("manifest", None)
     root = options.pop("root", None)

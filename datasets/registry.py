@@ -77,7 +77,8 @@ def register_dataset(name: str, factory: Callable[..., ClipDataset] | None = Non
     def deco(cls: type[ClipDataset]) -> type[ClipDataset]:
         if not (isinstance(cls, type) and issubclass(cls, ClipDataset)):
             raise TypeError(f"register_dataset({name!r}): {cls!r} is not a ClipDataset subclass")
-        FORMATS.register(name, DatasetFormat(name, cls, factory or cls), f"{cls.__module__}:{cls.__qualname__}")
+        origin = f"{cls.__module__}:{cls.__qualname__}"
+        FORMATS.register(name, DatasetFormat(name, cls, factory or cls), origin)
         return cls
     return deco
 

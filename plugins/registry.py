@@ -50,13 +50,13 @@ class EntryPointRegistry(Generic[T]):
 
     # --- registration ------------------------------------------------------------------------------
     def register(self, name: str, entry: T, origin: str) -> None:
-        """Register ``entry`` under ``name`` at run time (``origin``: "module:object", as an entry point names it)."""
+        """Register ``entry`` under ``name`` at run time (``origin``: "module:object")."""
         self._entries[name] = entry
         self._origin.setdefault(name, origin)
         self._broken.pop(name, None)
 
     def entry_points(self) -> list[importlib.metadata.EntryPoint]:
-        """The group's entry points, tokenbench's own first: a built-in name always resolves to the built-in."""
+        """The group's entry points, tokenbench's own first: a built-in name resolves to the built-in."""
         eps = list(importlib.metadata.entry_points(group=self.group))
         return sorted(eps, key=lambda ep: not _builtin(ep))  # stable: otherwise in discovery order
 
@@ -73,7 +73,7 @@ class EntryPointRegistry(Generic[T]):
             entry = self.adopt(ep.name, ep.load())
         except KeyboardInterrupt:
             raise
-        except BaseException as exc:  # noqa: BLE001 - a plugin that fails to import (even by sys.exit) is reported
+        except BaseException as exc:  # noqa: BLE001 - a failing import (even sys.exit) is reported
             self._broken[ep.name] = f"{ep.value}: {_describe_failure(exc)}"
             return
         self._entries[ep.name] = entry

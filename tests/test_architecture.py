@@ -6,8 +6,8 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = {"tokenbench.harness": "harness", "tokenbench.reducers": "reducers", "tokenbench.datasets": "datasets",
-            "tokenbench.plugins": "plugins"}
+PACKAGES = {"tokenbench.harness": "harness", "tokenbench.reducers": "reducers",
+            "tokenbench.datasets": "datasets", "tokenbench.plugins": "plugins"}
 # the command kept for committed READMEs: a shim onto harness/cli/train_compare.py
 CLI_SHIMS = {"tokenbench.harness.train_compare"}
 # reducers.testing.check_reducer runs a plugin's reducer through a full forward pass of the real backbone
