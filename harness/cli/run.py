@@ -209,11 +209,11 @@ def run(args) -> int:
                   f"tokenbench report {shlex.quote(str(suite_dir))}", file=sys.stderr)
         return 0
     where = f" → {summary.store}" if summary.store else ""
-    timed = getattr(summary, "timed_out", 0)
+    timed = summary.timed_out
     failed = f"{summary.failed} failed" + (f", {timed} of them timed out" if timed else "")
     print(f"{suite.name}: {summary.ran} cells run ({failed}), {summary.skipped} already recorded, "
           f"{summary.wall_s:.1f} s{where}", file=sys.stderr)
-    stale = getattr(summary, "stale", 0)
+    stale = summary.stale
     if stale:
         print(f"{suite.name}: {stale} recorded cell(s) were measured at another commit or in a dirty tree"
               + (" and were measured again" if summary.rerun_stale else

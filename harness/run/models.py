@@ -23,11 +23,12 @@ from ..checkpoint import checkpoint_classes, load_checkpoint, weights_sha256
 from ..errors import CellError
 from ..evaluate import model_input
 from ..model import build_model
+from ..paths import cache_root
 from ..schema import Cell
 from ..shipped_weights import WEIGHTS_DIR, shipped_checkpoint, weights_identity
 from ..train import TrainRecipe, TrainResult, train
 from .clips import ClipSet, data_key, first_items
-from .common import DTYPES, _hash, cache_root, describe_error
+from .common import DTYPES, _hash, describe_error
 from .phases import PhaseClock
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from tokenbench.datasets import available_datasets, dataset_format
+from tokenbench.datasets import available_datasets, broken_datasets, dataset_format
 from tokenbench.reducers import ReducerParamError, UnknownReducerError, get_reducer, reducer_class
 
 from ..attention import kernel_named
@@ -214,6 +214,9 @@ class _Entries(_Checks):
         if "name" not in e:
             raise self.fail(p, f"{self.entry_name('datasets', i)} needs a name ({', '.join(self.dataset_names())})")
         name = self._str(p + ("name",), e["name"])
+        if name in broken_datasets():  # installed but failing to import: say why, not "unknown"
+            why = broken_datasets()[name]
+            raise self.fail(p + ("name",), f"dataset {name!r} is installed but failed to load: {why}")
         names = self.dataset_names()
         if name not in names:
             close = difflib.get_close_matches(name, names, n=1)
