@@ -96,8 +96,10 @@ def heap_kept() -> Iterator[AllocatorPolicy]:
     mmap_at = _set(libc, M_MMAP_THRESHOLD, KEPT_MMAP, DYNAMIC_MAX_MMAP)
     trim_at = _set(libc, M_TRIM_THRESHOLD, KEPT_TRIM)
     try:
-        yield AllocatorPolicy(f"glibc {version}: mmap threshold {mmap_at >> 20} MiB, trim threshold "
-                              f"{trim_at >> 20} MiB while timed (heap kept between arms)", keeps_heap=True)
+        said = [f"{what} threshold {f'{at >> 20} MiB' if at else 'refused'}"
+                for what, at in (("mmap", mmap_at), ("trim", trim_at))]
+        yield AllocatorPolicy(f"glibc {version}: {', '.join(said)} while timed (heap kept between arms)",
+                              keeps_heap=mmap_at == KEPT_MMAP and bool(trim_at))
     finally:
         _set(libc, M_MMAP_THRESHOLD, DYNAMIC_MAX_MMAP)
         _set(libc, M_TRIM_THRESHOLD, DYNAMIC_MAX_TRIM)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import noise_video
 
@@ -56,6 +57,12 @@ def test_kept_heap_times_equal_arms_without_page_faults():
     assert "mmap threshold 1024 MiB" in r.allocator.description
 
 
+def _huge_pages_always() -> bool:
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    return thp.exists() and "[always]" in thp.read_text()
+
+
+@pytest.mark.skipif(_huge_pages_always(), reason="transparent huge pages fault 2 MiB at a time: no page count")
 def test_as_found_every_forward_maps_and_faults_its_large_tensors_afresh():
     # the mechanism the kept heap removes, in a fresh process (this one's heap has been shaped by the tests
     # before: a freed region can then serve a large tensor without a mapping)
