@@ -130,9 +130,10 @@ class Block(nn.Module):
 
     def forward(self, tokens: PackedTokens, reducer: Reducer, layer: int, depth: int,
                 backend: str, prop_attn: bool, dense: bool,
-                scored: bool = False) -> tuple[PackedTokens, tuple[str, str], Tensor]:
+                scored: bool = False) -> tuple[PackedTokens, tuple[str, str], Tensor, tuple[int, ...] | None]:
         """(tokens after the block, the attention (backend, path) that ran, ``cu_seqlens`` of the tokens entering the
-        MLP — FLOP counting reads them). ``scored``: the reducer reads this block's attention context."""
+        MLP — FLOP counting reads them — and their host counts when known). ``scored``: the reducer reads this
+        block's attention context."""
         bias = tokens.weight.log() if prop_attn else None
         h, queries, keys, ran = self.attn(self.norm1(tokens.x), tokens.cu_seqlens, backend, bias, dense,
                                           tokens.lens)
@@ -150,10 +151,10 @@ class Block(nn.Module):
             # gets None rather than keys that no longer line up with its tokens.
             keys = None
         tokens = reduced
-        mlp_cu = tokens.cu_seqlens
+        mlp_cu, mlp_lens = tokens.cu_seqlens, tokens.lens
         tokens = tokens.replace(x=tokens.x + self._drop(self.mlp(self.norm2(tokens.x)), tokens))
         tokens = reducer.after_block(tokens, keys, layer, depth)
-        return tokens, ran, mlp_cu
+        return tokens, ran, mlp_cu, mlp_lens
 
 
 class PatchEmbed(nn.Module):
@@ -313,12 +314,13 @@ class VideoViT(nn.Module):
         scored = reducer.attention_layers(self.depth)
         for i, blk in enumerate(self.blocks):
             cu_before = tokens.cu_seqlens
-            tokens, used, mlp_cu = blk(tokens, reducer, i, self.depth, backend, prop_attn, self.dense_fast_path,
-                                       scored=i in scored)
+            tokens, used, mlp_cu, mlp_lens = blk(tokens, reducer, i, self.depth, backend, prop_attn,
+                                                 self.dense_fast_path, scored=i in scored)
             ran.add(used[0])
             paths.add(used[1])
-            # counts are read back (a host sync) only where a reducer changed them
-            mlp = list(counts) if mlp_cu is cu_before else lengths(mlp_cu.tolist())
+            # counts are read back (a host sync) only where a reducer changed them without saying the new ones
+            mlp = (list(counts) if mlp_cu is cu_before else list(mlp_lens) if mlp_lens is not None
+                   else lengths(mlp_cu.tolist()))
             counts = list(mlp) if tokens.cu_seqlens is mlp_cu else tokens.seqlens()
             stats.tokens_mlp_per_layer.append(mlp)
             stats.tokens_per_layer.append(counts)

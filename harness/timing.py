@@ -17,7 +17,9 @@
   exactly the same protocol; its speedup must read 1.00 within its interval, which is what validates the
   estimator on this machine;
 * the garbage collector is collected before and disabled during the timed runs (a collection pause
-  would land in whichever arm happened to allocate last);
+  would land in whichever arm happened to allocate last), and the host heap is kept between forwards
+  (``harness.allocator``: no mmap, page faults and munmap of large tensors in every timed forward); the
+  minor page faults of every timed arm run are recorded;
 * CUDA events on a GPU, ``time.perf_counter`` on CPU with ``torch.set_num_threads`` fixed for the run and
   recorded; everything under ``torch.inference_mode`` with the model in eval mode;
 * **interference on the record**: the host is sampled at the start and end of every timed arm run and
@@ -35,7 +37,6 @@ the datasets package's eval transform (short side to ``img_size``, centre crop) 
 """
 from __future__ import annotations
 
-import gc
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -49,6 +50,7 @@ from torch import Tensor
 
 from tokenbench.reducers.base import Reducer
 
+from .allocator import AllocatorPolicy, collector_paused, heap_kept, minor_faults
 from .input_guard import check_unchanged, digests
 from .interference import HostProbe, HostSample, Interference, read_proc_stat, usable_cpus  # noqa: F401
 from .intervals import median_interval, quartiles  # noqa: F401  (quartiles: timing's statistics, re-exported)
@@ -135,6 +137,8 @@ class TimingResult:
     tokens_in: list[int] = field(default_factory=list)  # per clip of the last reducer batch
     host_samples: list[HostSample] = field(default_factory=list)  # /proc/stat at each timed arm's start and end
     cpus: int = 1  # CPUs this process could run on
+    allocator: AllocatorPolicy = field(default_factory=AllocatorPolicy)  # what timing did to the host heap
+    page_faults: dict[str, list[int]] = field(default_factory=dict)  # minor faults per arm, one per timed run
 
     @property
     def interference(self) -> Interference:
@@ -187,8 +191,7 @@ class TimingResult:
             out["peak_mem_mb"] = self.peak_mem_mb
         if self.baseline_peak_mem_mb is not None:
             out["baseline_peak_mem_mb"] = self.baseline_peak_mem_mb
-        out.update(self.interference.as_metrics())
-        return out
+        return out | self.interference.as_metrics()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -281,28 +284,17 @@ class _PeakMemory:
         self.peak[name] = max(self.peak.get(name, 0.0), mb)
 
 
-@contextmanager
-def _no_gc():
-    """Collect now, then keep the collector out of the timed runs."""
-    was = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
 def time_forward(model: torch.nn.Module, videos_on_device: Tensor | Sequence[Tensor], reducer: Reducer = BASELINE, *,
                  baseline: bool = True, warmup: int = 2, repeats: int = 10, batch_size: int = 8,
-                 threads: int | None = None, probe: HostProbe | None = None) -> TimingResult:
+                 threads: int | None = None, probe: HostProbe | None = None,
+                 heap: Callable[[], Any] = heap_kept) -> TimingResult:
     """Time ``model(video, reducer)`` over pre-decoded, normalised clips already on the device.
 
     With ``baseline=True`` the baseline (no reducer) is timed beside the reducer arm, ABBA over repeats,
     after ``warmup`` rounds of both; with the baseline reducer (``none``) that is the A/A control (both arms the
     baseline). With ``baseline=False`` only the reducer arm (or, without a reducer, the baseline) runs.
-    ``probe`` samples the host around every timed arm run (default: ``/proc/stat``).
+    ``probe`` samples the host around every timed arm run (default: ``/proc/stat``); ``heap`` is the host
+    heap's policy while timed (``harness.allocator``).
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats ≥ 1 and warmup ≥ 0, got {repeats} and {warmup}")
@@ -340,10 +332,11 @@ def time_forward(model: torch.nn.Module, videos_on_device: Tensor | Sequence[Ten
     order: list[str] = []
     select_ms: list[float] = []
     tokens_in: list[int] = []
+    faults: dict[str, list[int]] = {name: [] for name in arms}
     # hashed outside the timed region: a select that writes into its input fails the cell (input_guard)
     before = digests(batches) if not reducer.identity else []
     try:
-        with fixed_threads(threads) as n_threads, torch.inference_mode(), _no_gc():
+        with fixed_threads(threads) as n_threads, torch.inference_mode(), collector_paused(), heap() as policy:
             for i in range(warmup):
                 for name in arm_order(i, arms):
                     run_arm(arms[name])
@@ -351,7 +344,9 @@ def time_forward(model: torch.nn.Module, videos_on_device: Tensor | Sequence[Ten
                 for name in arm_order(i, arms):
                     with memory.arm(name):
                         probe.sample()  # the host as this arm starts and ends: interference while timed
+                        flt = minor_faults()
                         times[name].append(run_arm(arms[name], name))
+                        faults[name].append(minor_faults() - flt)
                         probe.sample()
                     order.append(name)
                     backends[name] = model.last_stats.backend
@@ -373,8 +368,8 @@ def time_forward(model: torch.nn.Module, videos_on_device: Tensor | Sequence[Ten
         attn_path="+".join(sorted(paths.get("reducer", set()) - {""})),
         baseline_attn_path="+".join(sorted(paths.get("baseline", set()) - {""})),
         peak_mem_mb=memory.peak.get("reducer"), baseline_peak_mem_mb=memory.peak.get("baseline"),
-        tokens_in=tokens_in, host_samples=list(probe.samples), cpus=usable_cpus(),
-    )
+        tokens_in=tokens_in, host_samples=list(probe.samples), cpus=usable_cpus(), allocator=policy,
+        page_faults=faults)
 
 
 # --- decode timing -----------------------------------------------------------------------------------

@@ -275,11 +275,13 @@ def match(tokens: PackedTokens, scores: Scores, count: Count, protected: Tensor 
     if r_max <= 0:
         return _identity_plan(tokens, lens)
     with torch.no_grad():
+        order = best.argsort(dim=-1, descending=True, stable=True)  # [B, |A|]: best edges first
+        if layout.equal and min(r_of) == r_max:  # every clip n tokens, r sources: the layout is known on the host
+            return _uniform_plan(layout, best, partner, order, r_max)
         n_dev = layout.n_dev
         starts = layout.starts
         out_lens = [n - k for n, k in zip(lens, r_of)]
         n_out = sum(out_lens)
-        order = best.argsort(dim=-1, descending=True, stable=True)  # [B, |A|]: best edges first
         n_a = n_dev.add(1).div(2, rounding_mode="floor")  # A tokens per clip
         # output rows of clip i: its unmatched A tokens (ranks rᵢ … |Aᵢ|−1), then its B tokens
         out_counts = n_dev - r_dev
@@ -303,6 +305,27 @@ def match(tokens: PackedTokens, scores: Scores, count: Count, protected: Tensor 
         return BipartitePlan(keep=keep, src=src, dst_row=dst_row, score=best.gather(1, src_idx), active=active,
                              same=same, first=first, dst_kept=torch.ones_like(active), cu_seqlens=cu,
                              lens=tuple(out_lens), r=tuple(r_of))
+
+
+def _uniform_plan(layout: ClipLayout, best: Tensor, partner: Tensor, order: Tensor, r: int) -> BipartitePlan:
+    """:func:`match`'s plan when every clip has n tokens and r sources (full clips under a fixed count: ToMe
+    at any batch size), built from host integers: the same rows as the general construction in about half its
+    small operations, which is what a batch of one clip pays for."""
+    b, n, dev = layout.batch, layout.n_max, layout.device
+    n_unm = (n + 1) // 2 - r  # unmatched A tokens per clip: they come first in the output, then the B tokens
+    starts = layout.starts.unsqueeze(1)
+    b_tok = torch.arange(1, n, 2, device=dev).expand(b, n // 2)
+    keep = F.pad((torch.cat([2 * order[:, r:], b_tok], 1) + starts).flatten(), (0, 1))  # + the spare row
+    src_idx = order[:, :r]
+    dst_idx = partner.gather(1, src_idx)
+    same = dst_idx.unsqueeze(2) == dst_idx.unsqueeze(1)  # [B, r, r]
+    earlier = torch.ones(r, r, dtype=torch.bool, device=dev).tril(-1)
+    out_starts = torch.arange(0, b * (n - r), n - r, device=dev).unsqueeze(1)
+    cu = torch.arange(0, (b + 1) * (n - r), n - r, dtype=torch.int32, device=dev)
+    return BipartitePlan(keep=keep, src=starts + 2 * src_idx, dst_row=out_starts + n_unm + dst_idx,
+                         score=best.gather(1, src_idx), active=torch.ones(b, r, dtype=torch.bool, device=dev),
+                         same=same, first=~(same & earlier).any(-1), dst_kept=torch.ones(b, r, dtype=torch.bool,
+                         device=dev), cu_seqlens=cu, lens=(n - r,) * b, r=(r,) * b)
 
 
 # --- applies --------------------------------------------------------------------------------------------

@@ -110,12 +110,25 @@ def accumulate(attn: Tensor, prev_mass: Tensor, act: Tensor, valid: Tensor, r: T
     """A later group's rule, batched: attn [B, C, C⁻] from :func:`link`, the previous group's masses
     prev_mass [B, C⁻] (0 where not linked), L1 activations act [B, C], ``valid`` [B, C], r [B] →
     (keep [B, C], masses [B, C] of the kept tokens renormalised to sum to 1, 0 elsewhere)."""
-    mass = (attn @ prev_mass.unsqueeze(-1)).squeeze(-1)
+    return accumulate_step(attn, prev_mass, inactivity(act, valid), ~valid, valid.sum(-1) - r)
+
+
+def inactivity(act: Tensor, valid: Tensor) -> Tensor:
+    """1 − the L1 activations min-max normalised within each group (over the last dim; +inf on padding, so it
+    sorts last): the part of :func:`accumulate`'s score that does not depend on the walk, so a stage computes
+    it for every group at once."""
     lo = act.masked_fill(~valid, math.inf).amin(dim=-1, keepdim=True)
     hi = act.masked_fill(~valid, -math.inf).amax(dim=-1, keepdim=True)
     act = torch.where(hi > lo, (act - lo) / (hi - lo), torch.zeros_like(act))
-    score = (mass * (1.0 - act)).masked_fill(~valid, math.inf)  # padding sorts last
-    keep = _rank(score, descending=False) < (valid.sum(-1) - r).unsqueeze(1)
+    return 1.0 - act
+
+
+def accumulate_step(attn: Tensor, prev_mass: Tensor, inactive: Tensor, invalid: Tensor,
+                    n_keep: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`accumulate` given :func:`inactivity`, ``~valid`` and the count to keep per clip [B]."""
+    mass = (attn @ prev_mass.unsqueeze(-1)).squeeze(-1)
+    score = (mass * inactive).masked_fill(invalid, math.inf)  # padding sorts last
+    keep = _rank(score, descending=False) < n_keep.unsqueeze(1)
     m = mass * keep
     total = m.sum(dim=-1, keepdim=True)
     uniform = keep / keep.sum(dim=-1, keepdim=True).clamp(min=1)
@@ -245,8 +258,10 @@ def sta_stage(metric: Tensor, act: Tensor, groups: _Groups, r: int) -> Tensor:
     mass = valid[:, 0] / n_in[:, :1].clamp(min=1)
     if n_groups > 1:
         attn = link(m[:, 1:], m[:, :-1], valid[:, 1:])  # [B, G−1, C, C]: every link at once
+        # what does not depend on the walk, for every group at once; the loop carries only the masses
+        inactive, invalid, n_keep = inactivity(a, valid), ~valid, n_in - r_g
         for g in range(1, n_groups):
-            keep[:, g], mass = accumulate(attn[:, g - 1], mass, a[:, g], valid[:, g], r_g[:, g])
+            keep[:, g], mass = accumulate_step(attn[:, g - 1], mass, inactive[:, g], invalid[:, g], n_keep[:, g])
     out = torch.zeros(metric.shape[0] + 1, dtype=torch.bool, device=metric.device)
     return out.index_put_((torch.where(valid, index, metric.shape[0]).flatten(),), keep.flatten())[:-1]
 

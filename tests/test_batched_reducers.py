@@ -22,6 +22,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from tokenbench.harness.model import build_model
 from tokenbench.reducers import PackedTokens, Selection
@@ -271,6 +272,33 @@ def test_sta_reads_nothing_back_on_full_clips_and_once_a_stage_after_a_selection
         model(_video(16), red, selection=_selection(3, GRID8, seed=16))
     # content-adaptive clips: each stage reads its [B, G] group sizes (the output size depends on them)
     assert sorted(sum(red.reads, [])) == ["tolist"] * 3
+
+
+class _ScalarReads(TorchDispatchMode):
+    """aten-level reads of a value to the host: ``_local_scalar_dense`` (``.item()``, ``bool``/``int`` of a
+    tensor) and the value-sized ops, as a GPU would sync on them."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in (torch.ops.aten._local_scalar_dense, torch.ops.aten.nonzero):
+            self.calls.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("reducer", [ToMe(r=5), STA(r=4)], ids=["tome", "sta"])
+def test_a_single_clip_steps_through_every_block_without_a_host_read(reducer):
+    # batch 1, where each host read would cost a whole clip's share: neither at the torch function level
+    # (tolist, bool, nonzero) nor at the aten level
+    model = _MODELS.setdefault(16, _model(16))
+    red = _spied(type(reducer))(r=reducer.r)
+    red.reads = []
+    with torch.no_grad(), _ScalarReads() as aten:
+        model(_video(16, b=1), red)
+    assert len(red.reads) == 2 * 12 and all(calls == [] for calls in red.reads), red.reads
+    assert aten.calls == []
 
 
 if __name__ == "__main__":

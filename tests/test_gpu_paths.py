@@ -218,9 +218,9 @@ def test_every_block_hands_the_kernel_the_packed_batch_in_the_autocast_dtype(vit
         tokens = vit_t.embed(video, sel)
         ref = tokens
         for i, blk in enumerate(vit_t.blocks):
-            tokens, ran, _ = blk(tokens, BASELINE, i, vit_t.depth, "flash_attn", False, True)
+            tokens, ran, _, _ = blk(tokens, BASELINE, i, vit_t.depth, "flash_attn", False, True)
             assert ran == ("flash_attn", "varlen")  # (backend, path): one packed kernel call
-            ref, _, _ = blk(ref, BASELINE, i, vit_t.depth, "sdpa", False, True)
+            ref, _, _, _ = blk(ref, BASELINE, i, vit_t.depth, "sdpa", False, True)
     assert len(flash_standin) == vit_t.depth == 12
     for c in flash_standin:
         assert c["q"].dtype == BF16 and tuple(c["q"].shape) == (sum(counts), vit_t.heads, 64)

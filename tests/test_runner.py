@@ -461,6 +461,8 @@ def test_tokenbench_run_measures_the_aa_control_records_paths_and_re_measures_st
     none, rlt, rnd = (recs[k]["metrics"] for k in ("none", "rlt", "random"))
     assert none["speedup_ci_lo"] <= none["speedup"] <= none["speedup_ci_hi"]  # measured, not typed in
     assert none["baseline_time_ms_median"] > 0 and none["attn_path"] == none["baseline_attn_path"] == "dense"
+    assert "while timed" in recs["none"]["fingerprint"]["timing_allocator"] or \
+        "not glibc" in recs["none"]["fingerprint"]["timing_allocator"]  # what the timing did to the heap
     assert rlt["attn_path"] == PACKED and rlt["baseline_attn_path"] == "dense"
     # attn_path = "packed": both arms on the packed path, though random's lengths are equal
     assert rnd["attn_path"] == rnd["baseline_attn_path"] == PACKED

@@ -65,7 +65,8 @@ def run_cell(cell: Cell | Mapping[str, Any], *, suite: str = "adhoc", command: s
         metrics["load_avg_start"], metrics["load_avg_end"] = load_start, load_average()
     fp = hardware_fingerprint(cell.device, cell.dtype, threads_in_force,
                               attn_backend=env.pop("attn_backend", None))
-    fp.update({k: v for k, v in env.items() if k in ("decoder", "decoder_version", "timer")})
+    said = ("decoder", "decoder_version", "timer", "timing_allocator")  # how the clips were read and timed
+    fp.update({k: v for k, v in env.items() if k in said})
     return make_record(cell, key=key, suite=suite, fingerprint=fp, metrics=metrics, error=error, traceback=tb,
                        started=started, finished=utc_now(), duration_s=round(time.perf_counter() - t0, 3),
                        command=command, weights=env.get("checkpoint"), status=status)

@@ -241,6 +241,7 @@ def inference_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tupl
     if missing:  # said in the record: what stood in is the backend and path that ran
         metrics["attn_kernels_missing"] = "+".join(missing)
     env = {"attn_backend": timing.backend or fw["backend"], "timer": timing.timer,
+           "timing_allocator": timing.allocator.description,
            "decoder": clips.info.get("decoder"), "decoder_version": clips.info.get("decoder_version"),
            "checkpoint": cache.checkpoints.get(model_key(cell, num_classes, length_emb), {})}
     return metrics, env
