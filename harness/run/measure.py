@@ -32,6 +32,7 @@ import torch
 from tokenbench.datasets.classes import check_head_classes
 from tokenbench.reducers import get_reducer
 
+from ..allocator import heap_kept
 from ..attention import missing_kernels
 from ..checkpoint import load_checkpoint, weights_sha256
 from ..errors import CellError
@@ -91,7 +92,9 @@ def forward_all(model, reducer, clips: ClipSet, cell: Cell,
     tokens = TokenCounts(tokens_total=net.num_tokens)
     gflops, gflops_attn, backends = [], [], set()
     n, done = len(clips), 0
-    with torch.inference_mode():
+    # the heap kept as in the timing (harness.allocator): at 64 clips a batch an MLP activation is over glibc's
+    # largest mmap threshold, and mapping it afresh every block costs the pass page faults, not arithmetic
+    with torch.inference_mode(), heap_kept():
         for batch, labels, vids, paths in clips.batches(bs):
             x = model_input(batch, device, dtype)
             out = model(x, reducer=reducer)
