@@ -4,11 +4,13 @@ Micro-benchmarks under tests/benchmarks/ only run with ``--benchmark-only`` (``t
 the default test run stays fast and never asserts on wall-clock.
 
 Builders the test modules share (``from conftest import …``): a seeded model, a seeded noise video batch,
-a file written under a test's folder.
+a file written under a test's folder, and a small suite's TOML text (``suite_toml``) with its parts.
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -39,6 +41,64 @@ def write_file(folder: Path, name: str, text: str) -> Path:
     p = Path(folder) / name
     p.write_text(text)
     return p
+
+
+# The parts of the small suites the tests run: one untrained vit_t at 8×64², one window of one sample video,
+# one batch of 2 timed once on one thread. A test names only what its subject needs to differ.
+TINY_DEFAULTS = {"modes": ["inference"], "batch_sizes": [2], "repeats": 1, "warmup": 0, "threads": 1,
+                 "time_clips": 2, "device": "cpu"}
+TINY_MODEL = {"name": "vit_t", "num_frames": 8, "img_size": 64, "checkpoint": "none"}
+BIKES = {"name": "samples", "options": {"windows": 1, "videos": ["bikes"]}}
+# A model pretrained by the run itself on 8 synthetic clips for one epoch (the prepare step's smallest job).
+PRETRAINED = {"checkpoint": None, "pretrain": {
+    "dataset": "synthetic", "options": {"num_clips": 8}, "epochs": 1, "batch_size": 8, "warmup_epochs": 0}}
+
+
+class Raw(str):
+    """TOML text written as it is (a value a test wants malformed, or spelled its own way)."""
+
+
+def _toml(value) -> str:
+    if isinstance(value, Raw):
+        return str(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_key(k)} = {_toml(v)}" for k, v in value.items()) + " }" if value else "{}"
+    return "[" + ", ".join(_toml(v) for v in value) + "]"
+
+
+def _key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
+def _table(header: str, entries: dict) -> str:
+    lines = [f"{_key(k)} = {_toml(v)}" for k, v in entries.items() if v is not None]
+    return "\n".join([header, *lines]) + "\n"
+
+
+def suite_toml(name: str = "tiny", *reducers: str | dict, defaults: dict | None = None,
+               model: dict | None = None, datasets: tuple[dict, ...] = (BIKES,), train: dict | None = None,
+               tables: str = "") -> str:
+    """A small suite's TOML text: ``TINY_DEFAULTS`` updated by ``defaults``, one ``TINY_MODEL`` updated by
+    ``model`` (a key set to None is left out), ``datasets``, then ``reducers`` (a name, or an entry's table
+    as a dict; ``"none"`` when none is given). ``tables`` is TOML text added at the end as it is."""
+    parts = [_table("[suite]", {"name": name}), _table("[defaults]", {**TINY_DEFAULTS, **(defaults or {})})]
+    if train is not None:
+        parts.append(_table("[train]", train))
+    parts.append(_table("[[models]]", {**TINY_MODEL, **(model or {})}))
+    parts += [_table("[[datasets]]", d) for d in datasets]
+    parts += [_table("[[reducers]]", {"name": r} if isinstance(r, str) else r) for r in reducers or ("none",)]
+    return "\n".join(parts) + tables
+
+
+def write_suite(folder: Path, name: str = "tiny", *reducers: str | dict, **parts) -> Path:
+    """``suite_toml(name, *reducers, **parts)`` written to ``folder/<name>.toml``."""
+    return write_file(folder, f"{name}.toml", suite_toml(name, *reducers, **parts))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import suite_toml
 
 PLUGINS = {
     # exits the interpreter on import
@@ -20,26 +21,7 @@ PLUGINS = {
                         "@dataclass(repr=False)\nclass FakeRLT(Reducer):\n    \"\"\"Not RLT.\"\"\"\n", "FakeRLT"),
 }
 
-SUITE = """\
-[suite]
-name = "plugged"
-
-[defaults]
-batch_sizes = [2]
-device = "cpu"
-
-[[models]]
-name = "vit_t"
-num_frames = 8
-img_size = 64
-checkpoint = "none"
-
-[[datasets]]
-name = "samples"
-
-[[reducers]]
-name = "REDUCER"
-"""
+SUITE = suite_toml("plugged", "REDUCER")
 
 
 @pytest.fixture(scope="module")

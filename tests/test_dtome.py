@@ -6,6 +6,7 @@ import statistics
 
 import pytest
 import torch
+from conftest import suite_toml
 from test_merge_drop import _six
 
 from tokenbench.datasets import get_dataset
@@ -92,36 +93,12 @@ def test_conformance(one_thread):
     assert len(set(report.tokens_out)) > 1
 
 
-SUITE = """\
-[suite]
-name = "dtome-tiny"
-
-[defaults]
-modes = ["inference"]
-batch_sizes = [4]
-repeats = 1
-warmup = 0
-threads = 1
-time_clips = 4
-device = "cpu"
-
-[[models]]
-name = "vit_t"
-num_frames = 8
-img_size = 64
-checkpoint = "none"
-
-[[datasets]]
-name = "synthetic"
-split = "val"
-max_clips = 8
-options = { num_clips = 16 }  # both splits: 16 train clips to calibrate on, the first 8 val clips scored
-
-[[reducers]]
-name = "dtome"
-params = { calibration_clips = 16, calibration_batch = 8 }
-sweep = { target_r = [2, 3] }
-"""
+SUITE = suite_toml(  # both splits: 16 train clips to calibrate on, the first 8 val clips scored
+    "dtome-tiny",
+    {"name": "dtome", "params": {"calibration_clips": 16, "calibration_batch": 8},
+     "sweep": {"target_r": [2, 3]}},
+    defaults={"batch_sizes": [4], "time_clips": 4},
+    datasets=({"name": "synthetic", "split": "val", "max_clips": 8, "options": {"num_clips": 16}},))
 
 
 @pytest.mark.slow
