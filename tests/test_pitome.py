@@ -162,20 +162,10 @@ def test_flops_are_counted_with_the_energy_matmul():
     verify_analytic(model, video, PiToMe(ratio=0.9))
 
 
-@pytest.fixture(scope="module")
-def spy_model():
-    from test_batched_reducers import _model
-
-    return _model(16)
-
-
 @pytest.mark.parametrize("selected", [False, True], ids=["full", "selected"])
-def test_reads_nothing_back_from_the_device(spy_model, selected):
+def test_reads_nothing_back_from_the_device(selected):
     """The device-read spy of test_batched_reducers: no count read back, on full clips or after a selection."""
-    from test_batched_reducers import GRID8, _selection, _spied, _video
+    from test_batched_reducers import device_reads
 
-    red = _spied(PiToMe)(ratio=0.8)
-    red.reads = []
-    with torch.no_grad():
-        spy_model(_video(16), red, selection=_selection(3, GRID8, seed=16) if selected else None)
-    assert len(red.reads) == 2 * 12 and all(calls == [] for calls in red.reads), red.reads
+    reads = device_reads(PiToMe, selected, ratio=0.8)
+    assert len(reads) == 2 * 12 and all(calls == [] for calls in reads), reads
