@@ -9,6 +9,7 @@ a file written under a test's folder, and a small suite's TOML text (``suite_tom
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
@@ -16,12 +17,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 # Every test process (and the runs and jobs they start, which inherit it) shares one build of the
 # cpu_varlen op, whatever TOKENBENCH_CACHE a test points at: it is built once, ~10 s, not once a test.
 os.environ.setdefault("TOKENBENCH_EXT_CACHE", str(Path(tempfile.gettempdir()) / f"tokenbench-test-ext-{os.getuid()}"))
 
 from tokenbench.harness.model import build_model
+from tokenbench.reducers import PackedTokens
 
 BENCH_DIR = Path(__file__).parent / "benchmarks"
 
@@ -35,6 +38,29 @@ def seeded_model(name: str = "vit_t", num_classes: int = 5, num_frames: int = 16
 def noise_video(b: int = 1, t: int = 16, s: int = 224, seed: int = 0):
     """A seeded noise batch [b, 3, t, s, s] (noise is never static: RLT keeps every token of it)."""
     return torch.randn(b, 3, t, s, s, generator=torch.Generator().manual_seed(seed))
+
+
+def packed_tokens(lens: list[int], grid: tuple[int, int, int], seed: int = 0, dim: int = 8, heads: int = 2,
+                  hd: int = 4, unit_size: bool = False) -> tuple[PackedTokens, torch.Tensor]:
+    """Seeded packed tokens of clips ``lens`` long at random grid cells, and their keys [n, heads, hd]; sizes
+    in [0.5, 1.5) (tokens merged before), or all 1 with ``unit_size``."""
+    g = torch.Generator().manual_seed(seed)
+    n = sum(lens)
+    cu = F.pad(torch.tensor(lens, dtype=torch.int32).cumsum(0, dtype=torch.int32), (1, 0))
+    pos = torch.cat([torch.randperm(math.prod(grid), generator=g)[:k] for k in lens])
+    x = torch.randn(n, dim, generator=g)
+    size = torch.ones(n) if unit_size else torch.rand(n, generator=g) + 0.5
+    keys = torch.randn(n, heads, hd, generator=g)
+    return PackedTokens(x=x, cu_seqlens=cu, pos=pos, size=size, grid=grid), keys
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: counting, not timing, is far faster so on a machine shared with other work."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def write_file(folder: Path, name: str, text: str) -> Path:

@@ -54,15 +54,6 @@ def _train_clips(n: int) -> torch.Tensor:
     return torch.stack([torch.as_tensor(ds[i][0]) for i in range(n)])
 
 
-@pytest.fixture
-def one_thread():
-    # counting, not timing: one thread is far faster than two on a machine shared with other work
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_calibrated_thresholds_meet_the_target_on_held_out_train_clips(one_thread):
     """Calibrate on 32 train clips (batch ranking, 4 batches), score on 32 other train clips: the mean
     tokens merged per block is the target within ±10 %, and clips differ in how many they merged."""

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import noise_video, seeded_model
+from conftest import noise_video, packed_tokens, seeded_model
 
 from tokenbench.reducers import PackedTokens, ReducerParamError, get_reducer
 from tokenbench.reducers.pitome import PiToMe, energy_scores, merged_per_block
@@ -103,14 +103,8 @@ def test_parameters_are_checked():
             PiToMe(**bad)
 
 
-def _packed(lens, seed=0, dim=8, heads=2, hd=4):
-    g = torch.Generator().manual_seed(seed)
-    n = sum(lens)
-    cu = F.pad(torch.tensor(lens, dtype=torch.int32).cumsum(0, dtype=torch.int32), (1, 0))
-    pos = torch.cat([torch.randperm(math.prod(GRID), generator=g)[:k] for k in lens])
-    tok = PackedTokens(x=torch.randn(n, dim, generator=g), cu_seqlens=cu, pos=pos,
-                       size=torch.rand(n, generator=g) + 0.5, grid=GRID)
-    return tok, torch.randn(n, heads, hd, generator=g)
+def _packed(lens, seed=0, **kw):
+    return packed_tokens(lens, GRID, seed, **kw)
 
 
 def _clip(tok, keys, i):
