@@ -67,7 +67,7 @@ def test_a_cell_recorded_while_waiting_for_the_claim_is_not_run_again(tmp_path):
 
 TWO = suite_toml(
     "two", "none", {"name": "rlt", "sweep": {"threshold": [0.02, 0.05, 0.1, 0.2, 0.3, 0.5]}},
-    defaults={"modes": None, "repeats": 4, "warmup": 1},
+    defaults={"modes": None, "repeats": 2},
     datasets=({"name": "samples", "options": {"windows": 1, "videos": ["bikes", "carphone_distorted"]}},))
 
 
