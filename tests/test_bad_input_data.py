@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import suite_toml
 
 from tokenbench.datasets import ManifestDataset, VideoDecodeError, VideoReader, get_dataset, write_video
 from tokenbench.datasets.classes import ClassCountError, check_head_classes
@@ -53,32 +54,8 @@ def test_a_head_of_another_class_count_than_declared_data_is_refused_naming_both
         check_head_classes(5, 3, [0], ["a.mp4"], declared.info())
 
 
-CLASSES = """\
-[suite]
-name = "classes"
-
-[defaults]
-modes = ["inference"]
-batch_sizes = [2]
-repeats = 1
-warmup = 0
-threads = 1
-device = "cpu"
-
-[[models]]
-name = "vit_t"
-num_frames = 8
-img_size = 64
-checkpoint = "none"
-num_classes = 4
-
-[[datasets]]
-name = "manifest"
-manifest = "MANIFEST"
-
-[[reducers]]
-name = "none"
-"""
+CLASSES = suite_toml("classes", model={"num_classes": 4}, defaults={"time_clips": None},
+                     datasets=({"name": "manifest", "manifest": "MANIFEST"},))
 
 
 def test_the_runner_fails_a_cell_whose_labels_the_model_cannot_score_before_measuring(tmp_path):

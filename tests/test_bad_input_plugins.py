@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import suite_toml
 
 PLUGINS = {
     # exits the interpreter on import
@@ -20,26 +21,7 @@ PLUGINS = {
                         "@dataclass(repr=False)\nclass FakeRLT(Reducer):\n    \"\"\"Not RLT.\"\"\"\n", "FakeRLT"),
 }
 
-SUITE = """\
-[suite]
-name = "plugged"
-
-[defaults]
-batch_sizes = [2]
-device = "cpu"
-
-[[models]]
-name = "vit_t"
-num_frames = 8
-img_size = 64
-checkpoint = "none"
-
-[[datasets]]
-name = "samples"
-
-[[reducers]]
-name = "REDUCER"
-"""
+SUITE = suite_toml("plugged", "REDUCER")
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +52,14 @@ def _tokenbench(site: Path, cwd: Path, *args: str) -> subprocess.CompletedProces
                           timeout=300)
 
 
-def test_list_reports_a_plugin_that_exits_or_escapes_on_import_and_lists_the_rest(site, tmp_path):
-    out = _tokenbench(site, tmp_path, "list")
+@pytest.fixture(scope="module")
+def listing(site, tmp_path_factory) -> subprocess.CompletedProcess:
+    """One ``tokenbench list`` with the plugins installed, read by the tests below."""
+    return _tokenbench(site, tmp_path_factory.mktemp("list"), "list")
+
+
+def test_list_reports_a_plugin_that_exits_or_escapes_on_import_and_lists_the_rest(listing):
+    out = listing
     assert out.returncode == 0, out.stdout + out.stderr
     assert re.search(r"^quitter\s+BROKEN: quit_plugin:Quit: called sys\.exit\(3\) while being imported", out.stdout,
                      re.M), out.stdout
@@ -80,8 +68,8 @@ def test_list_reports_a_plugin_that_exits_or_escapes_on_import_and_lists_the_res
         assert re.search(rf"^{builtin}\s+tokenbench\.reducers\.", out.stdout, re.M), out.stdout
 
 
-def test_a_plugin_claiming_a_builtin_name_is_reported_and_the_builtin_stays(site, tmp_path):
-    out = _tokenbench(site, tmp_path, "list")
+def test_a_plugin_claiming_a_builtin_name_is_reported_and_the_builtin_stays(site, listing):
+    out = listing
     assert re.search(r"^rlt\s+tokenbench\.reducers\.rlt:RLT", out.stdout, re.M), out.stdout
     assert re.search(r"^rlt \(fake_rlt:FakeRLT\)\s+BROKEN: claims the name 'rlt', already taken by the built-in "
                      r"tokenbench\.reducers\.rlt:RLT; ignored", out.stdout, re.M), out.stdout

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import noise_video, seeded_model
+from conftest import noise_video, seeded_model, suite_toml
 
 from tokenbench.harness import cpu_varlen
 from tokenbench.harness.attention import choose_backend
@@ -25,33 +25,7 @@ from tokenbench.reducers import Reducer, register_reducer
 
 COMPILER = pytest.mark.skipif(cpu_varlen._compiler() is None, reason="no C++ compiler to build the op")
 
-SMALL_SUITE = """\
-[suite]
-name = "probes"
-
-[defaults]
-modes = ["inference"]
-batch_sizes = [2]
-repeats = 1
-warmup = 0
-threads = 1
-time_clips = 2
-flops_check_clips = 0
-device = "cpu"
-
-[[models]]
-name = "vit_t"
-num_frames = 8
-img_size = 64
-checkpoint = "none"
-
-[[datasets]]
-name = "samples"
-options = { windows = 1, videos = ["bikes"] }
-
-[[reducers]]
-name = "REDUCER"
-"""
+SMALL_SUITE = suite_toml("probes", "REDUCER", defaults={"flops_check_clips": 0})
 
 
 @pytest.fixture

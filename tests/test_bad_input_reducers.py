@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from conftest import Raw, write_suite
 
 from tokenbench.harness import model as backbone
 from tokenbench.harness.cli import main
@@ -18,39 +19,9 @@ from tokenbench.reducers.base import BACKBONE_TUBELET, grid_of
 from tokenbench.reducers.contract import Checked, ReducerContractError, checked
 from tokenbench.reducers.testing import check_reducer
 
-SUITE = """\
-[suite]
-name = "geometry"
-
-[defaults]
-modes = ["inference"]
-batch_sizes = [2]
-repeats = 1
-warmup = 0
-threads = 1
-time_clips = 2
-device = "cpu"
-
-[[models]]
-name = "vit_t"
-num_frames = 8
-img_size = 64
-checkpoint = "none"
-
-[[datasets]]
-name = "samples"
-options = { windows = 1, videos = ["bikes"] }
-
-[[reducers]]
-name = "REDUCER"
-params = PARAMS
-"""
-
 
 def _suite(tmp_path, reducer: str, params: str):
-    p = tmp_path / "geometry.toml"
-    p.write_text(SUITE.replace("REDUCER", reducer).replace("PARAMS", params))
-    return p
+    return write_suite(tmp_path, "geometry", {"name": reducer, "params": Raw(params)})
 
 
 def test_the_reducers_tubelet_constant_is_the_backbones():

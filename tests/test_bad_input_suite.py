@@ -6,37 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import suite_toml
 
 from tokenbench.harness.cli import main
 from tokenbench.harness.suite import SuiteError, load_suite, parse_suite
 from tokenbench.harness.suite.overrides import parse_value
 
-SUITE = """\
-[suite]
-name = "bad"
-
-[defaults]
-modes = ["inference"]
-batch_sizes = [2]
-repeats = 1
-warmup = 0
-threads = 1
-time_clips = 2
-device = "cpu"
-
-[[models]]
-name = "vit_t"
-num_frames = 8
-img_size = 64
-checkpoint = "none"
-
-[[datasets]]
-name = "samples"
-options = { windows = 1, videos = ["bikes"] }
-
-[[reducers]]
-name = "none"
-"""
+SUITE = suite_toml("bad")
 
 
 def _write(tmp_path, text: str = SUITE):

@@ -123,9 +123,16 @@ def _run_hook(case):
 _MODELS: dict[int, torch.nn.Module] = {}
 
 
+def _shared_model(frames: int) -> torch.nn.Module:
+    """One model per clip length for every test that asks (``setdefault`` would build one per call)."""
+    if frames not in _MODELS:
+        _MODELS[frames] = _model(frames)
+    return _MODELS[frames]
+
+
 def _run_model(case):
     red, frames, sel = case
-    model = _MODELS.setdefault(frames, _model(frames))
+    model = _shared_model(frames)
     with torch.no_grad():
         tokens = model.embed(_video(frames), sel)
         out = model.forward_tokens(tokens, red)
@@ -250,28 +257,28 @@ def test_the_spy_sees_device_reads():
     assert spy.calls == ["tolist", "__bool__", "nonzero", "bool-mask indexing", "repeat_interleave"]
 
 
-@pytest.mark.parametrize("selected", [False, True], ids=["full", "selected"])
-def test_tome_reads_nothing_back_from_the_device(selected):
-    model = _MODELS.setdefault(16, _model(16))
-    red = _spied(ToMe)(r=(6, -1.0), prop_attn=True)
+def device_reads(cls, selected: bool = False, **params) -> list[list[str]]:
+    """The device reads of ``cls(**params)`` in each hook of one forward pass of the 16-frame model (built once
+    for every module that asks), on full clips or after a selection."""
+    red = _spied(cls)(**params)
     red.reads = []
     with torch.no_grad():
-        model(_video(16), red, selection=_selection(3, GRID8, seed=16) if selected else None)
-    assert len(red.reads) == 2 * 12 and all(calls == [] for calls in red.reads), red.reads
+        _shared_model(16)(_video(16), red, selection=_selection(3, GRID8, seed=16) if selected else None)
+    return red.reads
+
+
+@pytest.mark.parametrize("selected", [False, True], ids=["full", "selected"])
+def test_tome_reads_nothing_back_from_the_device(selected):
+    reads = device_reads(ToMe, selected, r=(6, -1.0), prop_attn=True)
+    assert len(reads) == 2 * 12 and all(calls == [] for calls in reads), reads
 
 
 def test_sta_reads_nothing_back_on_full_clips_and_once_a_stage_after_a_selection():
-    model = _MODELS.setdefault(16, _model(16))
-    red = _spied(STA)(r=4)
-    red.reads = []
-    with torch.no_grad():
-        model(_video(16), red)
-    assert len(red.reads) == 2 * 12 and all(calls == [] for calls in red.reads), red.reads
-    red.reads = []
-    with torch.no_grad():
-        model(_video(16), red, selection=_selection(3, GRID8, seed=16))
+    reads = device_reads(STA, r=4)
+    assert len(reads) == 2 * 12 and all(calls == [] for calls in reads), reads
+    reads = device_reads(STA, selected=True, r=4)
     # content-adaptive clips: each stage reads its [B, G] group sizes (the output size depends on them)
-    assert sorted(sum(red.reads, [])) == ["tolist"] * 3
+    assert sorted(sum(reads, [])) == ["tolist"] * 3
 
 
 class _ScalarReads(TorchDispatchMode):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import suite_toml
 
 from tokenbench.reducers import ReducerParamError, get_reducer
 from tokenbench.reducers.compose import RLTRandom
@@ -150,23 +151,9 @@ def test_composition_conformance_on_unequal_lengths_after_rlt():
     assert "select" in report.checks and len(set(report.tokens_in)) > 1
 
 
-SUITE = """\
-[suite]
-name = "comp"
-[defaults]
-device = "cpu"
-[[models]]
-name = "vit_t"
-num_frames = 8
-img_size = 64
-checkpoint = "none"
-[[datasets]]
-name = "samples"
-[[reducers]]
-name = "compose"
-params = { stages = [{ name = "rlt", params = { threshold = 0.1 } }, "tome"] }
-sweep = { "stages.tome.params.r" = [2, 4] }
-"""
+SUITE = suite_toml("comp", {
+    "name": "compose", "params": {"stages": [{"name": "rlt", "params": {"threshold": 0.1}}, "tome"]},
+    "sweep": {"stages.tome.params.r": [2, 4]}})
 
 
 def test_a_suite_sweeps_a_stages_parameter(tmp_path):

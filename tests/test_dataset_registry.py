@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import suite_toml
 
 from tokenbench.datasets import available_datasets, dataset_format, get_dataset, register_dataset
 from tokenbench.datasets.base import ClipDataset
@@ -40,34 +41,10 @@ class MovingSquares(ClipDataset):
         return clip, label, {"path": f"squares://{i}", "index": i, "video_index": video}
 
 
-SUITE = """\
-[defaults]
-batch_sizes = [4]
-repeats = 1
-warmup = 0
-threads = 1
-time_clips = 4
-device = "cpu"
-
-[[models]]
-name = "vit_t"
-num_frames = 8
-img_size = 32
-checkpoint = "none"
-num_classes = 2
-
-[[datasets]]
-name = "test_squares"
-views = "VIEWS"
-options = { videos = 4 }
-
-[[reducers]]
-name = "none"
-
-[[reducers]]
-name = "rlt"
-params = { threshold = 0.1 }
-"""
+SUITE = suite_toml(
+    "squares", "none", {"name": "rlt", "params": {"threshold": 0.1}},
+    defaults={"modes": None, "batch_sizes": [4], "time_clips": 4}, model={"img_size": 32, "num_classes": 2},
+    datasets=({"name": "test_squares", "views": "VIEWS", "options": {"videos": 4}},))
 
 
 def test_a_registered_format_runs_through_a_suite(tmp_path):

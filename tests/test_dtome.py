@@ -6,6 +6,7 @@ import statistics
 
 import pytest
 import torch
+from conftest import suite_toml
 from test_merge_drop import _six
 
 from tokenbench.datasets import get_dataset
@@ -53,15 +54,6 @@ def _train_clips(n: int) -> torch.Tensor:
     return torch.stack([torch.as_tensor(ds[i][0]) for i in range(n)])
 
 
-@pytest.fixture
-def one_thread():
-    # counting, not timing: one thread is far faster than two on a machine shared with other work
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_calibrated_thresholds_meet_the_target_on_held_out_train_clips(one_thread):
     """Calibrate on 32 train clips (batch ranking, 4 batches), score on 32 other train clips: the mean
     tokens merged per block is the target within ±10 %, and clips differ in how many they merged."""
@@ -92,36 +84,12 @@ def test_conformance(one_thread):
     assert len(set(report.tokens_out)) > 1
 
 
-SUITE = """\
-[suite]
-name = "dtome-tiny"
-
-[defaults]
-modes = ["inference"]
-batch_sizes = [4]
-repeats = 1
-warmup = 0
-threads = 1
-time_clips = 4
-device = "cpu"
-
-[[models]]
-name = "vit_t"
-num_frames = 8
-img_size = 64
-checkpoint = "none"
-
-[[datasets]]
-name = "synthetic"
-split = "val"
-max_clips = 8
-options = { num_clips = 16 }  # both splits: 16 train clips to calibrate on, the first 8 val clips scored
-
-[[reducers]]
-name = "dtome"
-params = { calibration_clips = 16, calibration_batch = 8 }
-sweep = { target_r = [2, 3] }
-"""
+SUITE = suite_toml(  # both splits: 16 train clips to calibrate on, the first 8 val clips scored
+    "dtome-tiny",
+    {"name": "dtome", "params": {"calibration_clips": 16, "calibration_batch": 8},
+     "sweep": {"target_r": [2, 3]}},
+    defaults={"batch_sizes": [4], "time_clips": 4},
+    datasets=({"name": "synthetic", "split": "val", "max_clips": 8, "options": {"num_clips": 16}},))
 
 
 @pytest.mark.slow

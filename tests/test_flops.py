@@ -51,7 +51,8 @@ def small():
 
 @pytest.fixture(scope="module")
 def bikes_clip():
-    return to_model_input(load_clip(BIKES, 16, 224, start=0, stride=4).unsqueeze(0))
+    """A real clip at the ``small`` model's 8×112² (the counts' agreement does not depend on the size)."""
+    return to_model_input(load_clip(BIKES, 8, 112, start=0, stride=8).unsqueeze(0))
 
 
 def _reducer_or_skip(name, **params):
@@ -143,10 +144,14 @@ def test_fvcore_baseline_vit_s(vit_s_full):
     assert r.analytic.mean == pytest.approx(r.gflops, rel=1e-9)
 
 
+# The traced 180 and 597 GFLOPs: slow. The default run checks every anchor analytically (meta tensors, above)
+# and fvcore = analytic on ViT-S at the same 16×224² (1,568 tokens).
+@pytest.mark.slow
 def test_fvcore_baseline_vit_b():
     _fvcore_baseline("vit_b")
 
 
+@pytest.mark.slow
 def test_fvcore_baseline_vit_l():  # ~35 s on the shared 2-core machine, model build included
     _fvcore_baseline("vit_l")
 
@@ -188,12 +193,12 @@ def test_random_reducer_on_unequal_lengths_fvcore_equals_analytic(small):
     assert r.analytic.per_clip[0] < r.analytic.per_clip[1] < r.analytic.per_clip[2]
 
 
-@pytest.mark.parametrize("name,params", [("rlt", {"threshold": 0.1}), ("tome", {"r": 8}), ("tome", {"r": 64}),
-                                         ("sta", {"r": 64})])
-def test_reducers_on_a_real_clip_fvcore_and_analytic_agree(vit_s, bikes_clip, name, params):
+@pytest.mark.parametrize("name,params", [("rlt", {"threshold": 0.1}), ("tome", {"r": 2}), ("tome", {"r": 8}),
+                                         ("sta", {"r": 8})])
+def test_reducers_on_a_real_clip_fvcore_and_analytic_agree(small, bikes_clip, name, params):
     reducer = _reducer_or_skip(name, **params)
-    r = count_flops(vit_s, bikes_clip, reducer)
-    assert min(r.tokens_per_layer[-1]) < 1568  # the reducer did reduce
+    r = count_flops(small, bikes_clip, reducer)
+    assert min(r.tokens_per_layer[-1]) < 196  # the reducer did reduce
     assert r.relative_difference < 0.01, (r.gflops, r.analytic.mean, r.reducer_gflops)
     assert r.backbone_difference < 1e-9
     # each layer's attention is 2·n²·D for the tokens entering that layer
@@ -202,8 +207,8 @@ def test_reducers_on_a_real_clip_fvcore_and_analytic_agree(vit_s, bikes_clip, na
         assert row["attention_matmul"] == pytest.approx(2 * n[0] ** 2 * 384 / 1e9, rel=1e-9)
 
 
-def test_tome_attention_shrinks_layer_by_layer(vit_s, bikes_clip):
-    r = count_flops(vit_s, bikes_clip, _reducer_or_skip("tome", r=64))
+def test_tome_attention_shrinks_layer_by_layer(small, bikes_clip):
+    r = count_flops(small, bikes_clip, _reducer_or_skip("tome", r=8))
     att = [row["attention_matmul"] for row in r.by_layer]
     assert all(a > b for a, b in zip(att, att[1:]))
     mlp = [row["mlp"] for row in r.by_layer]

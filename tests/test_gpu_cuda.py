@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import seeded_model
+from conftest import seeded_model, suite_toml
 
 from tokenbench.harness.attention import (
     attention_call,
@@ -107,28 +107,10 @@ def test_an_autocast_cell_runs_end_to_end_on_cuda(tmp_path):
     from tokenbench.harness.suite import load_suite
 
     f = tmp_path / "g.toml"
-    f.write_text("""
-[suite]
-name = "g"
-[defaults]
-batch_sizes = [4]
-repeats = 3
-warmup = 1
-device = "cuda"
-autocast = "bfloat16"
-time_clips = 4
-[[models]]
-name = "vit_t"
-num_frames = 8
-img_size = 64
-checkpoint = "none"
-[[datasets]]
-name = "synthetic"
-max_clips = 4
-[[reducers]]
-name = "rlt"
-params = { threshold = 0.1 }
-""")
+    f.write_text(suite_toml(
+        "g", {"name": "rlt", "params": {"threshold": 0.1}}, datasets=({"name": "synthetic", "max_clips": 4},),
+        defaults={"modes": None, "threads": None, "batch_sizes": [4], "repeats": 3, "warmup": 1,
+                  "device": "cuda", "autocast": "bfloat16", "time_clips": 4}))
     cell = load_suite(f).cells()[0]
     rec = run_cell(cell, suite="g", cache=RunCache(cache_dir=tmp_path / "cache"))
     assert rec["status"] == "ok", rec.get("traceback")

@@ -12,7 +12,7 @@ import types
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import seeded_model
+from conftest import seeded_model, suite_toml
 
 from tokenbench.harness import attention, cpu_varlen
 from tokenbench.harness.attention import (
@@ -230,34 +230,10 @@ def test_every_block_hands_the_kernel_the_packed_batch_in_the_autocast_dtype(vit
 
 
 # --- cells ----------------------------------------------------------------------------------------------
-AMP = """\
-[suite]
-name = "amp"
-
-[defaults]
-batch_sizes = [2]
-repeats = 2
-warmup = 0
-threads = 1
-time_clips = 2
-device = "cpu"
-autocast = ["none", "bfloat16"]
-
-[[models]]
-name = "vit_t"
-num_frames = 8
-img_size = 64
-checkpoint = "none"
-
-[[datasets]]
-name = "samples"
-max_clips = 2
-options = { windows = 1 }
-
-[[reducers]]
-name = "rlt"
-params = { threshold = 0.1 }
-"""
+AMP = suite_toml(
+    "amp", {"name": "rlt", "params": {"threshold": 0.1}},
+    defaults={"modes": None, "repeats": 2, "autocast": ["none", "bfloat16"]},
+    datasets=({"name": "samples", "max_clips": 2, "options": {"windows": 1}},))
 
 
 def test_autocast_is_a_suite_dimension_and_cells_run_under_it(tmp_path, vit_t):

@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import seeded_model
+from conftest import seeded_model, suite_toml
 from test_report import make_suite_records, write_records
 
 from tokenbench.harness.model import BASELINE
@@ -96,31 +96,10 @@ def test_a_cell_timed_beside_a_cpu_burner_is_flagged_and_the_burner_shows_in_its
         assert "runqueue" not in i_quiet.reasons and i_quiet.runnable_others < i_busy.runnable_others
 
 
-TINY = """
-[suite]
-name = "noisy"
-[defaults]
-batch_sizes = [2]
-repeats = 2
-warmup = 0
-threads = 1
-device = "cpu"
-flops_check_clips = 0
-time_clips = 2
-[[models]]
-name = "vit_t"
-num_frames = 4
-img_size = 32
-checkpoint = "none"
-[[datasets]]
-name = "synthetic"
-max_clips = 2
-[[reducers]]
-name = "none"
-[[reducers]]
-name = "random"
-params = { keep = 0.5 }
-"""
+TINY = suite_toml(
+    "noisy", "none", {"name": "random", "params": {"keep": 0.5}},
+    defaults={"modes": None, "repeats": 2, "flops_check_clips": 0}, model={"num_frames": 4, "img_size": 32},
+    datasets=({"name": "synthetic", "max_clips": 2},))
 
 
 def test_rerun_noisy_re_times_exactly_the_cells_timed_under_interference(tmp_path):

@@ -16,7 +16,7 @@ from pathlib import Path
 import cloudpickle
 import pytest
 import submitit
-from conftest import write_file
+from conftest import PRETRAINED, suite_toml, write_file
 
 from tokenbench.harness.cli import main
 from tokenbench.harness.results import ResultStore, load, store_path
@@ -34,37 +34,10 @@ from tokenbench.harness.run.launch import (
 from tokenbench.harness.run.slurm_job import run_slurm_cell
 from tokenbench.harness.suite import load_suite
 
-TWO = """\
-[suite]
-name = "two"
-
-[defaults]
-batch_sizes = [2]
-repeats = 2
-warmup = 0
-threads = 1
-time_clips = 2
-flops_check_clips = 1
-device = "cpu"
-
-[[models]]
-name = "vit_t"
-num_frames = 8
-img_size = 64
-pretrain = { dataset = "synthetic", options = { num_clips = 8 }, epochs = 1, batch_size = 8, warmup_epochs = 0 }
-
-[[datasets]]
-name = "synthetic"
-max_clips = 4
-options = { num_clips = 8 }
-
-[[reducers]]
-name = "none"
-
-[[reducers]]
-name = "rlt"
-params = { threshold = 0.1 }
-"""
+TWO = suite_toml(
+    "two", "none", {"name": "rlt", "params": {"threshold": 0.1}}, model=PRETRAINED,
+    defaults={"modes": None, "repeats": 2, "flops_check_clips": 1},
+    datasets=({"name": "synthetic", "max_clips": 4, "options": {"num_clips": 8}},))
 
 
 @pytest.fixture()

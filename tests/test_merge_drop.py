@@ -137,15 +137,6 @@ def test_merge_weighted_uses_the_extra_weights_but_sums_sizes():
     assert torch.equal(drop(plan, tok).x, ToMeDrop(r=[2]).after_attention(tok, keys, 0, 1).x)
 
 
-@pytest.fixture
-def one_thread():
-    # conformance counts, it does not time: one thread is far faster than two on a shared machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("name,params", [("tome_drop", {"r": 8}), ("random_merge", {"r": 8, "seed": 3}),
                                          ("random_drop", {"r": 8}), ("tome_hybrid", {"r": 8, "threshold": 0.3}),
                                          ("tome", {"r": 8, "keys": "concat"})])

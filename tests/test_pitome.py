@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import noise_video, seeded_model
+from conftest import noise_video, packed_tokens, seeded_model
 
 from tokenbench.reducers import PackedTokens, ReducerParamError, get_reducer
 from tokenbench.reducers.pitome import PiToMe, energy_scores, merged_per_block
@@ -103,14 +103,8 @@ def test_parameters_are_checked():
             PiToMe(**bad)
 
 
-def _packed(lens, seed=0, dim=8, heads=2, hd=4):
-    g = torch.Generator().manual_seed(seed)
-    n = sum(lens)
-    cu = F.pad(torch.tensor(lens, dtype=torch.int32).cumsum(0, dtype=torch.int32), (1, 0))
-    pos = torch.cat([torch.randperm(math.prod(GRID), generator=g)[:k] for k in lens])
-    tok = PackedTokens(x=torch.randn(n, dim, generator=g), cu_seqlens=cu, pos=pos,
-                       size=torch.rand(n, generator=g) + 0.5, grid=GRID)
-    return tok, torch.randn(n, heads, hd, generator=g)
+def _packed(lens, seed=0, **kw):
+    return packed_tokens(lens, GRID, seed, **kw)
 
 
 def _clip(tok, keys, i):
@@ -162,20 +156,10 @@ def test_flops_are_counted_with_the_energy_matmul():
     verify_analytic(model, video, PiToMe(ratio=0.9))
 
 
-@pytest.fixture(scope="module")
-def spy_model():
-    from test_batched_reducers import _model
-
-    return _model(16)
-
-
 @pytest.mark.parametrize("selected", [False, True], ids=["full", "selected"])
-def test_reads_nothing_back_from_the_device(spy_model, selected):
+def test_reads_nothing_back_from_the_device(selected):
     """The device-read spy of test_batched_reducers: no count read back, on full clips or after a selection."""
-    from test_batched_reducers import GRID8, _selection, _spied, _video
+    from test_batched_reducers import device_reads
 
-    red = _spied(PiToMe)(ratio=0.8)
-    red.reads = []
-    with torch.no_grad():
-        spy_model(_video(16), red, selection=_selection(3, GRID8, seed=16) if selected else None)
-    assert len(red.reads) == 2 * 12 and all(calls == [] for calls in red.reads), red.reads
+    reads = device_reads(PiToMe, selected, ratio=0.8)
+    assert len(reads) == 2 * 12 and all(calls == [] for calls in reads), reads

@@ -1,38 +1,15 @@
 """The run's progress bar: what it shows for each cell."""
 import io
 
-from conftest import write_file
+from conftest import suite_toml, write_file
 
 from tokenbench.harness.run import RunCache, run_suite
 from tokenbench.harness.suite import load_suite
 
-SUITE = """\
-[suite]
-name = "bar"
-[defaults]
-modes = ["inference"]
-batch_sizes = [2]
-repeats = 1
-warmup = 0
-threads = 1
-time_clips = 2
-device = "cpu"
-[[models]]
-name = "vit_t"
-num_frames = 4
-img_size = 32
-checkpoint = "none"
-num_classes = 4
-[[datasets]]
-name = "synthetic"
-max_clips = 2
-options = { num_clips = 4 }
-[[reducers]]
-name = "none"
-[[reducers]]
-name = "random"
-params = { keep = 0.5 }
-"""
+SUITE = suite_toml(
+    "bar", "none", {"name": "random", "params": {"keep": 0.5}},
+    model={"num_frames": 4, "img_size": 32, "num_classes": 4},
+    datasets=({"name": "synthetic", "max_clips": 2, "options": {"num_clips": 4}},))
 
 
 def test_progress_bar_starts_each_cell_without_the_last_cells_postfix(tmp_path):

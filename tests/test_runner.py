@@ -10,7 +10,7 @@ import time
 import warnings
 
 import pytest
-from conftest import write_file
+from conftest import PRETRAINED, suite_toml, write_file
 
 from tokenbench.harness import cpu_varlen
 from tokenbench.harness.results import ResultStore, TornLineWarning, load
@@ -21,65 +21,15 @@ from tokenbench.harness.suite import load_suite
 # the path a packed batch takes on this CPU: the cpu_varlen op (one call a layer), else the sdpa loop
 PACKED = "varlen" if cpu_varlen.available() else "packed"
 
-TINY = """\
-[suite]
-name = "tiny"
-
-[defaults]
-modes = ["inference", "train"]
-batch_sizes = [4]
-repeats = 2
-warmup = 0
-threads = 1
-time_clips = 4
-device = "cpu"
-
-[train]
-epochs = 1
-batch_size = 8
-max_clips = 16
-warmup_epochs = 0
-
-[[models]]
-name = "vit_t"
-num_frames = 8
-img_size = 64
-pretrain = { dataset = "synthetic", options = { num_clips = 16 }, epochs = 1, batch_size = 8, warmup_epochs = 0 }
-
-[[datasets]]
-name = "synthetic"
-max_clips = 8
-options = { num_clips = 16 }
-
-[[datasets]]
-name = "samples"
-options = { windows = 1 }
-
-[[reducers]]
-name = "none"
-
-[[reducers]]
-name = "rlt"
-params = { threshold = 0.1 }
-
-[[reducers]]
-name = "random"
-params = { match_rlt = 0.1 }
-modes = ["inference"]
-datasets = ["synthetic"]
-
-[[reducers]]
-name = "tome"
-params = { r = 2 }
-modes = ["inference"]
-datasets = ["synthetic"]
-
-[[reducers]]
-name = "sta"
-params = { r = 2 }
-modes = ["inference"]
-datasets = ["synthetic"]
-"""
+TINY = suite_toml(
+    "tiny", "none", {"name": "rlt", "params": {"threshold": 0.1}},
+    *({"name": name, "params": params, "modes": ["inference"], "datasets": ["synthetic"]}
+      for name, params in (("random", {"match_rlt": 0.1}), ("tome", {"r": 2}), ("sta", {"r": 2}))),
+    defaults={"modes": ["inference", "train"], "batch_sizes": [4], "repeats": 2, "time_clips": 4},
+    train={"epochs": 1, "batch_size": 8, "max_clips": 16, "warmup_epochs": 0},
+    model={**PRETRAINED, "pretrain": {**PRETRAINED["pretrain"], "options": {"num_clips": 16}}},
+    datasets=({"name": "synthetic", "max_clips": 8, "options": {"num_clips": 16}},
+              {"name": "samples", "options": {"windows": 1}}))
 
 
 @pytest.fixture(scope="module")
@@ -180,39 +130,11 @@ def test_tiny_suite_end_to_end_and_second_run_skips_everything(tmp_path, cache_d
     assert len(store.read_text().splitlines()) == len(cells)
 
 
-KILL = """\
-[suite]
-name = "killme"
-
-[defaults]
-batch_sizes = [2, 4]
-repeats = 2
-warmup = 0
-threads = 1
-time_clips = 4
-device = "cpu"
-
-[[models]]
-name = "vit_t"
-num_frames = 8
-img_size = 64
-checkpoint = "none"
-
-[[datasets]]
-name = "samples"
-options = { windows = 1 }
-
-[[reducers]]
-name = "none"
-
-[[reducers]]
-name = "rlt"
-sweep = { threshold = [0.02, 0.05, 0.1, 0.2] }
-
-[[reducers]]
-name = "tome"
-params = { r = 2 }
-"""
+KILL = suite_toml(
+    "killme", "none", {"name": "rlt", "sweep": {"threshold": [0.02, 0.05, 0.1, 0.2]}},
+    {"name": "tome", "params": {"r": 2}},
+    defaults={"modes": None, "repeats": 2, "time_clips": 4},
+    datasets=({"name": "samples", "options": {"windows": 1}},))
 
 
 def _run_cli(args, cache_dir, **kw):
@@ -224,7 +146,7 @@ def _run_cli(args, cache_dir, **kw):
 def test_sigkill_mid_suite_then_resume_loses_and_repeats_nothing(tmp_path, cache_dir):
     suite_file = write(tmp_path, "killme.toml", KILL)
     total = len(load_suite(suite_file).cells())
-    assert total == 12
+    assert total == 6
     out = tmp_path / "results"
     args = ["--suite", str(suite_file), "--out", str(out), "--no-report", "--no-progress"]
     proc = _run_cli(args, cache_dir)
@@ -270,40 +192,10 @@ def test_sigkill_mid_suite_then_resume_loses_and_repeats_nothing(tmp_path, cache
     assert records.read_bytes() == after
 
 
-CORRUPT = """\
-[suite]
-name = "corrupt"
-
-[defaults]
-batch_sizes = [2]
-repeats = 1
-warmup = 0
-threads = 1
-time_clips = 2
-device = "cpu"
-
-[[models]]
-name = "vit_t"
-num_frames = 8
-img_size = 64
-checkpoint = "none"
-
-[[datasets]]
-id = "mine"
-name = "manifest"
-manifest = "MANIFEST"
-
-[[datasets]]
-name = "samples"
-options = { windows = 1, videos = ["bikes", "carphone_distorted"] }
-
-[[reducers]]
-name = "none"
-
-[[reducers]]
-name = "rlt"
-params = { threshold = 0.1 }
-"""
+CORRUPT = suite_toml(
+    "corrupt", "none", {"name": "rlt", "params": {"threshold": 0.1}}, defaults={"modes": None},
+    datasets=({"id": "mine", "name": "manifest", "manifest": "MANIFEST"},
+              {"name": "samples", "options": {"windows": 1, "videos": ["bikes", "carphone_distorted"]}}))
 
 
 def test_a_corrupt_video_fails_its_cells_naming_the_file_and_the_rest_go_on(tmp_path):
@@ -366,14 +258,15 @@ def test_a_model_that_fails_to_train_fails_its_cells_once_each_without_retrainin
     assert len(cache.pretrain_failures) == 1 and all("failed earlier in this run" in e for e in errors)
 
 
-def test_a_pretraining_that_ends_at_chance_says_so(tmp_path):
+def test_a_pretraining_that_ends_at_chance_says_so(tmp_path, cache_dir):
     """Two steps on 16 clips learn nothing: the run says the model is at chance and how to get another."""
     from tokenbench.harness.run.models import ensure_pretrained
 
     pre = load_suite(write(tmp_path, "tiny.toml", TINY)).cells()[0]["pretrain"]
+    pre = {**pre, "seed": 1}  # not the model the tiny suite trained: trained here, on the clips it made
     lines: list[str] = []
     with pytest.warns(UserWarning, match=r"ended near chance .*chance ln 4 = 1\.386"):
-        path = ensure_pretrained(pre, tmp_path / "cache", log=lines.append)
+        path = ensure_pretrained(pre, cache_dir, log=lines.append)
     assert path.is_file() and any(line.startswith("WARNING: pretraining vit_t") and str(path) in line
                                   for line in lines)
 
@@ -410,40 +303,11 @@ def test_a_train_split_limited_to_n_clips_makes_only_those(tmp_path, monkeypatch
     assert len(samples) == 3 and samples.name == "samples"
 
 
-AA = """\
-[suite]
-name = "aa"
-
-[defaults]
-batch_sizes = [4]
-repeats = 6
-warmup = 1
-threads = 1
-time_clips = 4
-device = "cpu"
-
-[[models]]
-name = "vit_t"
-num_frames = 8
-img_size = 64
-checkpoint = "none"
-
-[[datasets]]
-name = "samples"
-options = { windows = 1 }
-
-[[reducers]]
-name = "none"
-
-[[reducers]]
-name = "rlt"
-params = { threshold = 0.1 }
-
-[[reducers]]
-name = "random"
-params = { match_rlt = 0.1 }
-attn_path = "packed"
-"""
+AA = suite_toml(
+    "aa", "none", {"name": "rlt", "params": {"threshold": 0.1}},
+    {"name": "random", "params": {"match_rlt": 0.1}, "attn_path": "packed"},
+    defaults={"modes": None, "repeats": 3, "warmup": 1},
+    datasets=({"name": "samples", "options": {"windows": 1, "videos": ["bikes", "carphone_distorted"]}},))
 
 
 def test_tokenbench_run_measures_the_aa_control_records_paths_and_re_measures_stale_cells(tmp_path, cache_dir):

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from conftest import PRETRAINED, suite_toml, write_file
 from slurm_cluster import running_cluster, wait_for
 
 from tokenbench.harness.results import ResultStore, store_path
@@ -27,49 +28,17 @@ from tokenbench.harness.run.launch import recorded_keys
 from tokenbench.harness.run.slurm_job import CellStart
 from tokenbench.harness.suite import load_suite
 
-SUITE = """\
-[suite]
-name = "{name}"
-
-[defaults]
-batch_sizes = [4]
-repeats = {repeats}
-warmup = 0
-threads = 1
-time_clips = 4
-flops_check_clips = 1
-device = "cpu"
-
-[[models]]
-name = "vit_t"
-num_frames = 8
-img_size = 64
-checkpoint = "none"
-
-[[datasets]]
-name = "samples"
-options = {{ windows = 1 }}
-
-[[reducers]]
-name = "none"
-"""
-RLT = """
-[[reducers]]
-name = "rlt"
-sweep = {{ threshold = [{thresholds}] }}
-"""
 TOKENBENCH = str(Path(sys.executable).with_name("tokenbench"))  # the console script, as a user runs it
 SLURM = ["--launcher", "slurm", "--partition", "debug", "--gpus-per-job", "0", "--cpus-per-job", "1",
          "--mem-gb", "2"]
 
 
 def write_suite(folder: Path, name: str, thresholds: tuple[float, ...] = (), repeats: int = 2) -> Path:
-    text = SUITE.format(name=name, repeats=repeats)
-    if thresholds:
-        text += RLT.format(thresholds=", ".join(map(str, thresholds)))
-    path = folder / f"{name}.toml"
-    path.write_text(text)
-    return path
+    rlt = [{"name": "rlt", "sweep": {"threshold": list(thresholds)}}] if thresholds else []
+    return write_file(folder, f"{name}.toml", suite_toml(
+        name, "none", *rlt, defaults={"modes": None, "batch_sizes": [4], "repeats": repeats, "time_clips": 4,
+                                      "flops_check_clips": 1},
+        datasets=({"name": "samples", "options": {"windows": 1}},)))
 
 
 @pytest.fixture(scope="module")
@@ -286,37 +255,10 @@ def test_ctrl_c_stops_the_wait_not_the_jobs(cluster, tmp_path):
     assert {r["status"] for r in records(out, "interrupt")} == {"ok"}
 
 
-PREPARE = """\
-[suite]
-name = "prepare"
-
-[defaults]
-batch_sizes = [2]
-repeats = 2
-warmup = 0
-threads = 1
-time_clips = 2
-device = "cpu"
-
-[[models]]
-name = "vit_t"
-num_frames = 8
-img_size = 64
-# fewer training clips than one batch: the prepare job fails
-pretrain = { dataset = "synthetic", options = { num_clips = 4 }, epochs = 1, batch_size = 8, warmup_epochs = 0 }
-
-[[datasets]]
-name = "synthetic"
-max_clips = 4
-options = { num_clips = 8 }
-
-[[reducers]]
-name = "none"
-
-[[reducers]]
-name = "rlt"
-params = { threshold = 0.1 }
-"""
+PREPARE = suite_toml(  # fewer training clips than one batch: the prepare job fails
+    "prepare", "none", {"name": "rlt", "params": {"threshold": 0.1}}, defaults={"modes": None, "repeats": 2},
+    model={**PRETRAINED, "pretrain": {**PRETRAINED["pretrain"], "options": {"num_clips": 4}}},
+    datasets=({"name": "synthetic", "max_clips": 4, "options": {"num_clips": 8}},))
 
 
 def test_cells_waiting_on_a_failed_prepare_job_are_cancelled_and_reported(cluster, tmp_path):

@@ -1,12 +1,9 @@
 """ToMe (reducers/tome.py): merging rule, schedules, packed batches, proportional attention."""
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
-import torch.nn.functional as F
-from conftest import noise_video, seeded_model
+from conftest import noise_video, packed_tokens, seeded_model
 
 from tokenbench.harness.attention import packed_attention
 from tokenbench.reducers import PackedTokens, ReducerParamError, get_reducer
@@ -23,13 +20,7 @@ def model():
 
 
 def _packed(lens, dim=8, heads=2, hd=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    n = sum(lens)
-    cu = F.pad(torch.tensor(lens, dtype=torch.int32).cumsum(0, dtype=torch.int32), (1, 0))
-    pos = torch.cat([torch.randperm(math.prod(GRID), generator=g)[:k] for k in lens])
-    tok = PackedTokens(x=torch.randn(n, dim, generator=g), cu_seqlens=cu, pos=pos,
-                       size=torch.ones(n), grid=GRID)
-    return tok, torch.randn(n, heads, hd, generator=g)
+    return packed_tokens(lens, GRID, seed, dim, heads, hd, unit_size=True)
 
 
 # --- schedules ----------------------------------------------------------------------------------------

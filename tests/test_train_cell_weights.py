@@ -2,47 +2,27 @@
 compares its arms by the former."""
 from __future__ import annotations
 
-from conftest import seeded_model, write_file
+from conftest import seeded_model, suite_toml, write_file
 
 from tokenbench.harness.checkpoint import save_checkpoint, weights_sha256
 from tokenbench.harness.report.records import checkpoint_of
 from tokenbench.harness.run import RunCache, run_cell
 from tokenbench.harness.suite import load_suite
 
-SUITE = """\
-[suite]
-name = "init"
-[defaults]
-modes = ["train"]
-batch_sizes = [4]
-threads = 1
-device = "cpu"
-[train]
-init = "checkpoint"
-epochs = 1
-batch_size = 4
-max_clips = 4
-warmup_epochs = 0
-amp = false
-[[models]]
-name = "vit_t"
-num_frames = 4
-img_size = 32
-checkpoint = "{ckpt}"
-[[datasets]]
-name = "synthetic"
-max_clips = 4
-options = {{ num_clips = 4 }}
-[[reducers]]
-name = "none"
-"""
+SUITE = suite_toml(
+    "init",
+    defaults={"modes": ["train"], "batch_sizes": [4], "repeats": None, "warmup": None, "time_clips": None},
+    train={"init": "checkpoint", "epochs": 1, "batch_size": 4, "max_clips": 4, "warmup_epochs": 0,
+           "amp": False},
+    model={"num_frames": 4, "img_size": 32, "checkpoint": "CKPT"},
+    datasets=({"name": "synthetic", "max_clips": 4, "options": {"num_clips": 4}},))
 
 
 def test_train_record_names_the_weights_it_started_from(tmp_path):
     model = seeded_model(num_classes=4, num_frames=4, img_size=32)
     start = weights_sha256(model.state_dict())
     ckpt = save_checkpoint(model, tmp_path / "start.pth")
-    cell = load_suite(write_file(tmp_path, "s.toml", SUITE.format(ckpt=ckpt))).cells()[0]
+    cell = load_suite(write_file(tmp_path, "s.toml", SUITE.replace("CKPT", str(ckpt)))).cells()[0]
     rec = run_cell(cell, suite="init", cache=RunCache(cache_dir=tmp_path))
     assert rec["status"] == "ok", rec["error"]
     c = rec["cell"]
