@@ -86,7 +86,8 @@ __all__ = ["TrainRecipe", "TrainResult", "DEFAULTS", "RECIPE_FIELDS", "train", "
 @dataclass(frozen=True)
 class TrainRecipe:
     """How :func:`train` trains: the defaults are the recipe for vit_t on the synthetic benchmark (see the
-    module docstring). A suite's ``[train]`` and ``pretrain`` tables are checked against these fields."""
+    module docstring). A suite's ``[train]`` and ``pretrain`` tables are checked against these fields, by
+    type (``metadata``: an integer's ``minimum``, 1 unless given; the words a switch takes besides true/false)."""
 
     epochs: int = 2
     batch_size: int = 16            # global: split over torchrun ranks
@@ -96,10 +97,10 @@ class TrainRecipe:
     label_smoothing: float = 0.1
     min_lr: float = 1e-5
     clip_grad: float | None = 1.0   # gradient-norm clipping; 0 / None: off
-    amp: bool | str = "auto"        # bfloat16 autocast: True, False or "auto" (resolve_amp)
-    seed: int = 0
+    amp: bool | str = field(default="auto", metadata={"choices": ("auto",)})  # bf16 autocast (resolve_amp)
+    seed: int = field(default=0, metadata={"minimum": 0})
     max_steps: int | None = None    # stop early (the schedule still spans ``epochs``)
-    num_workers: int = 0
+    num_workers: int = field(default=0, metadata={"minimum": 0})
     eval_batch_size: int | None = None  # default: the per-rank training batch
     find_unused_parameters: bool = False  # DDP: for a reducer that bypasses parameters
 

@@ -25,7 +25,8 @@ from ..evaluate import model_input
 from ..model import build_model
 from ..schema import Cell
 from ..shipped_weights import WEIGHTS_DIR, shipped_checkpoint, weights_identity
-from ..train import TrainRecipe, TrainResult, train
+from ..suite.settings import PretrainSettings
+from ..train import TrainResult, train
 from .clips import ClipSet, data_key, first_items
 from .common import DTYPES, _hash, cache_root, describe_error
 from .phases import PhaseClock
@@ -111,7 +112,8 @@ def cached_pretrained(pretrain: dict[str, Any], cache_dir: Path, device: str = "
             return path
         if log:
             log(f"training {pretrain['model']} ({pretrain['num_frames']}×{pretrain['img_size']}²) on "
-                f"{pretrain['dataset']} for {pretrain.get('epochs')} epochs (once; cached as {path})")
+                f"{pretrain['dataset']} for {PretrainSettings.from_table(pretrain).recipe.epochs} epochs (once; "
+                f"cached as {path})")
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         train_pretrained(pretrain, tmp, device, log, cached_as=path)
         os.replace(tmp, path)
@@ -122,15 +124,15 @@ def train_pretrained(pretrain: dict[str, Any], out: Path, device: str = "cpu",
                      log: Callable[[str], None] | None = None, cached_as: Path | None = None) -> TrainResult:
     """Train a model from scratch by ``pretrain`` (a suite's ``pretrain_config``) and write it to ``out``;
     warns when it ended near chance, naming the file to delete (``cached_as``: where ``out`` will end up)."""
-    ds = first_items(pretrain["dataset"], pretrain.get("split", "train"), pretrain.get("max_clips"),
-                     num_frames=pretrain["num_frames"], img_size=pretrain["img_size"],
-                     options=pretrain.get("options"))
+    settings = PretrainSettings.from_table(pretrain)
+    ds = first_items(settings.dataset, settings.split, settings.max_clips, num_frames=pretrain["num_frames"],
+                     img_size=pretrain["img_size"], options=settings.options)
     if not ds.num_classes:
         raise CellError(f"cannot pretrain on the unlabelled dataset {pretrain['dataset']!r}")
-    torch.manual_seed(int(pretrain.get("seed", 0)))
+    torch.manual_seed(settings.recipe.seed)
     model = build_model(pretrain["model"], ds.num_classes, num_frames=pretrain["num_frames"],
                         img_size=pretrain["img_size"])
-    result = train(model, ds, None, get_reducer("none"), TrainRecipe.from_settings(pretrain),
+    result = train(model, ds, None, get_reducer("none"), settings.recipe,
                    device=device, out=out, log=log is not None)
     chance = math.log(ds.num_classes)
     if result.final_loss > CHANCE_LOSS_SHARE * chance:  # said, not refused: a tiny test recipe never learns
@@ -202,8 +204,9 @@ def model_classes(cell: Cell, clipset_classes: int) -> int:
         shipped = shipped_checkpoint(pre)
         if shipped is not None:  # its head tells; building the training split would render 3,000 clips
             return int(checkpoint_classes(shipped) or 0) or clipset_classes
-        ds = get_dataset(pre["dataset"], pre.get("split", "train"), num_frames=pre["num_frames"],
-                         img_size=pre["img_size"], **(pre.get("options") or {}))
+        settings = PretrainSettings.from_table(pre)
+        ds = get_dataset(settings.dataset, settings.split, num_frames=pre["num_frames"], img_size=pre["img_size"],
+                         **settings.options)
         return int(ds.num_classes)
     if ckpt not in ("none", "") and not ckpt.startswith("trained:"):
         n = checkpoint_classes(ckpt)
