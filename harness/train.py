@@ -75,8 +75,8 @@ from torch.utils.data.distributed import DistributedSampler
 from tokenbench.reducers import Reducer
 
 from .checkpoint import save_checkpoint
-from .distributed import _all_reduce, _Dist, _init_distributed, _resolve_device, native_bf16, resolve_amp
-from .evaluate import _collate, evaluate, model_input
+from .distributed import Dist, all_reduce, init_distributed, native_bf16, rank_device, resolve_amp
+from .evaluate import collate, evaluate, model_input
 from .model import BASELINE
 
 __all__ = ["TrainRecipe", "TrainResult", "DEFAULTS", "RECIPE_FIELDS", "train", "evaluate", "inference_reducer",
@@ -208,7 +208,7 @@ class _Run:
     """Everything one training run set up: what :func:`_one_epoch` and :func:`_finish` work on."""
 
     recipe: TrainRecipe
-    d: _Dist
+    d: Dist
     dev: torch.device
     net: nn.Module
     model_ddp: nn.Module
@@ -252,8 +252,8 @@ def train(model: nn.Module, train_ds: Dataset, val_ds: Dataset | None = None, re
 
 
 def _setup(model, train_ds, val_ds, reducer, recipe: TrainRecipe, device, eval_reducer, log, log_every) -> _Run:
-    d = _init_distributed(str(device))
-    dev = _resolve_device(device, d)
+    d = init_distributed(str(device))
+    dev = rank_device(device, d)
     if recipe.batch_size % d.world_size:
         raise ValueError(f"batch_size {recipe.batch_size} is the global batch; it must divide by the "
                          f"{d.world_size} ranks")
@@ -296,17 +296,17 @@ def _setup(model, train_ds, val_ds, reducer, recipe: TrainRecipe, device, eval_r
                 recipe.epochs * len(loader), int(round(recipe.warmup_epochs * len(loader))), config, say, log_every)
 
 
-def _loader(train_ds: Dataset, recipe: TrainRecipe, d: _Dist, per_rank: int) -> tuple[DataLoader, Any]:
+def _loader(train_ds: Dataset, recipe: TrainRecipe, d: Dist, per_rank: int) -> tuple[DataLoader, Any]:
     """The training loader: a seeded shuffle, or a ``DistributedSampler`` shard per rank."""
     workers = recipe.num_workers
     if d.on:
         sampler = DistributedSampler(train_ds, num_replicas=d.world_size, rank=d.rank, shuffle=True,
                                      seed=recipe.seed, drop_last=True)
-        return DataLoader(train_ds, batch_size=per_rank, sampler=sampler, num_workers=workers, collate_fn=_collate,
+        return DataLoader(train_ds, batch_size=per_rank, sampler=sampler, num_workers=workers, collate_fn=collate,
                           drop_last=True, persistent_workers=workers > 0), sampler
     gen = torch.Generator().manual_seed(recipe.seed)
     return DataLoader(train_ds, batch_size=per_rank, shuffle=True, generator=gen, num_workers=workers,
-                      collate_fn=_collate, drop_last=True, persistent_workers=workers > 0), None
+                      collate_fn=collate, drop_last=True, persistent_workers=workers > 0), None
 
 
 def _one_epoch(run: _Run, train_ds: Dataset, epoch: int) -> dict[str, Any]:
@@ -348,7 +348,7 @@ def _one_epoch(run: _Run, train_ds: Dataset, epoch: int) -> dict[str, Any]:
     if run.d.on:
         dist.barrier()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    loss_sum, n_batches, n_clips, n_tokens = _all_reduce(
+    loss_sum, n_batches, n_clips, n_tokens = all_reduce(
         [loss_sum, float(n_batches), float(n_clips), float(n_tokens)], run.d, torch.device("cpu"))
     mean_loss = loss_sum / max(n_batches, 1)
     run.say(f"  epoch {epoch + 1}/{rec.epochs}: loss {mean_loss:.4f}  {wall:.1f} s  "

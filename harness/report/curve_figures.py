@@ -17,7 +17,7 @@ from matplotlib.lines import Line2D
 from .curves import CurvePoint, CurveSet, curve_sets
 from .records import reducer_rank
 from .static_share import ShareSeries, kept, static_share_series, triple
-from .style import _DASHES, FigureSpec, _fp_suffix, family_groups, family_marker, pareto_front, reducer_colour
+from .style import DASHES, FigureSpec, family_groups, family_marker, fp_suffix, pareto_front, reducer_colour
 
 TEXT, SMALL = 8, 7          # pt: labels and titles; ticks and legends
 PANEL = (3.4, 2.6)          # inches per panel
@@ -132,7 +132,7 @@ def _static_share(series: list[ShareSeries], title: str) -> Callable[[], Figure]
                             continue
                         c, m = reducer_colour(who), family_marker(who)
                         ax.plot([v[0] for v in vals], [v[1] for v in vals], color=c, marker=m, markersize=4,
-                                linestyle=_DASHES[i % len(_DASHES)], linewidth=1.2, markeredgecolor="white",
+                                linestyle=DASHES[i % len(DASHES)], linewidth=1.2, markeredgecolor="white",
                                 markeredgewidth=0.5, zorder=3)
                         for x, v, lo, hi in vals:
                             e = _err(v, lo, hi)
@@ -141,7 +141,7 @@ def _static_share(series: list[ShareSeries], title: str) -> Callable[[], Figure]
                                             alpha=0.7, zorder=2)
                         label = f"RLT τ={tau:g}" if who == "rlt" else f"random at RLT τ={tau:g}'s budget"
                         handles.setdefault(label, Line2D([], [], color=c, marker=m, markersize=4, linewidth=1.2,
-                                                         linestyle=_DASHES[i % len(_DASHES)], markevery=[1],
+                                                         linestyle=DASHES[i % len(DASHES)], markevery=[1],
                                                          label=label))
                 if name == "speedup":
                     ax.axhline(1.0, color=reducer_colour("none"), linestyle=":", linewidth=0.8)
@@ -181,7 +181,7 @@ def plan_curve_figures(by_fp: dict[str, list[dict]], ok: list[dict]):
     several = len(by_fp) > 1
     tp_specs, share_specs = [], []
     for fp in sorted(by_fp):
-        suffix, title_fp = _fp_suffix(fp, several)
+        suffix, title_fp = fp_suffix(fp, several)
         recs = [r for r in by_fp[fp] if r.get("mode") == "inference"]
         sets = [cs for cs in curve_sets(recs, by_batch=True) if any(p.throughput is not None for p in cs.points)]
         if sets:

@@ -22,17 +22,17 @@ from matplotlib.ticker import FixedLocator, NullLocator
 from .curve_figures import plan_curve_figures
 from .records import num, num_list, sort_key
 from .style import (
-    _DASHES,
-    _MARKERS,
+    DASHES,
+    MARKERS,
     RC,
     REDUCER_COLOURS,
     FigurePlan,
     FigureSpec,
     Style,
-    _fp_suffix,
-    _grid,
-    _group,
-    _legend,
+    figure_legend,
+    fp_suffix,
+    group_rows,
+    panel_grid,
     pareto_front,
     reducer_colour,
 )
@@ -47,8 +47,8 @@ __all__ = ["RC", "REDUCER_COLOURS", "FigurePlan", "FigureSpec", "Style", "pareto
 
 def _accuracy_vs_throughput(rows: list[dict], style: Style, fp: str, title_fp: str) -> Callable[[], Figure]:
     def draw() -> Figure:
-        groups = _group(rows, lambda r: (r["model"], r["dataset"], r["batch_size"]))
-        fig, axes = _grid(len(groups))
+        groups = group_rows(rows, lambda r: (r["model"], r["dataset"], r["batch_size"]))
+        fig, axes = panel_grid(len(groups))
         for ax, ((model, dataset, bs), grp) in zip(axes, groups):
             for r in sorted(grp, key=lambda r: sort_key(r["_record"])):
                 ax.scatter(r["clips_per_s"], r["top1"], facecolors=style.face(r["label"]), s=46, zorder=3,
@@ -67,7 +67,7 @@ def _accuracy_vs_throughput(rows: list[dict], style: Style, fp: str, title_fp: s
             ax.margins(0.12)
         handles = style.handles(r["label"] for r in rows)
         handles.append(Line2D([], [], color="#999999", linestyle="--", label="Pareto front"))
-        _legend(fig, handles)
+        figure_legend(fig, handles)
         fig.suptitle("Accuracy vs throughput" + title_fp)
         return fig
     return draw
@@ -85,7 +85,7 @@ def _gflops_vs_time(rows: list[dict], style: Style, fp: str, title_fp: str) -> C
     between cells, with the ideal line through (baseline GFLOPs, 1). x is the GFLOPs of the clips that were
     timed (``time_gflops``; records from before it was recorded: the all-clip mean)."""
     def draw() -> Figure:
-        groups = _group(rows, lambda r: (r["model"], r["dataset"], r["batch_size"]))
+        groups = group_rows(rows, lambda r: (r["model"], r["dataset"], r["batch_size"]))
         fig = Figure(figsize=(10.2, 3.5 * len(groups) + 0.6), layout="constrained")
         axes = fig.subplots(len(groups), 2, squeeze=False)
         for (ax_abs, ax_rel), ((model, dataset, bs), grp) in zip(axes, groups):
@@ -128,7 +128,7 @@ def _gflops_vs_time(rows: list[dict], style: Style, fp: str, title_fp: str) -> C
         handles = style.handles(r["label"] for r in rows)
         handles.append(Line2D([], [], color=reducer_colour("none"), linestyle=":",
                               label="time ∝ GFLOPs\n(through baseline)"))
-        _legend(fig, handles)
+        figure_legend(fig, handles)
         fig.suptitle("GFLOPs vs measured time" + title_fp
                      + "\npoints above the dotted line are slower than their FLOPs predict")
         return fig
@@ -137,9 +137,9 @@ def _gflops_vs_time(rows: list[dict], style: Style, fp: str, title_fp: str) -> C
 
 def _token_distribution(recs: list[dict], style: Style) -> Callable[[], Figure]:
     def draw() -> Figure:
-        groups = _group(recs, lambda r: (str(r.get("model")), str(r.get("dataset"))))
+        groups = group_rows(recs, lambda r: (str(r.get("model")), str(r.get("dataset"))))
         width = max(len({r["label"] for r in g}) for _, g in groups)
-        fig, axes = _grid(len(groups), panel=(max(4.6, 0.62 * width + 1.6), 3.8), legend_w=0)
+        fig, axes = panel_grid(len(groups), panel=(max(4.6, 0.62 * width + 1.6), 3.8), legend_w=0)
         for ax, ((model, dataset), grp) in zip(axes, groups):
             grp = sorted(grp, key=sort_key)
             totals = sorted({num(r.get("tokens_total")) for r in grp} - {None})
@@ -181,8 +181,8 @@ def _token_distribution(recs: list[dict], style: Style) -> Callable[[], Figure]:
 
 def _tokens_per_layer(recs: list[dict], style: Style) -> Callable[[], Figure]:
     def draw() -> Figure:
-        groups = _group(recs, lambda r: (str(r.get("model")), str(r.get("dataset"))))
-        fig, axes = _grid(len(groups))
+        groups = group_rows(recs, lambda r: (str(r.get("model")), str(r.get("dataset"))))
+        fig, axes = panel_grid(len(groups))
         dashed: dict[str, bool] = {}
         for ax, ((model, dataset), grp) in zip(axes, groups):
             depth = 0
@@ -203,7 +203,7 @@ def _tokens_per_layer(recs: list[dict], style: Style) -> Callable[[], Figure]:
             ax.set_title(f"{model} · {dataset}")
             ax.set_xlabel("block (0 = entering the first block)")
             ax.set_ylabel("tokens per clip (mean)")
-        _legend(fig, [Line2D([], [], color=style.colour(lb), label=lb,
+        figure_legend(fig, [Line2D([], [], color=style.colour(lb), label=lb,
                              **({"linestyle": "--", "linewidth": 1.0} if dashed[lb] else
                                 {"marker": style.marker.get(lb, "o"), "markersize": 4, "linewidth": 1.8}))
                       for lb in style.order(r["label"] for r in recs)])
@@ -234,12 +234,12 @@ def _rlt_sweep(rows: list[dict], style: Style, title_fp: str) -> Callable[[], Fi
         ax = dict(zip(panels, fig.subplots(1, len(panels), squeeze=False)[0]))
         none_c, colour = reducer_colour("none"), reducer_colour("rlt")
         taus = sorted({r["threshold"] for r in rlt})
-        data_groups = [k for k, _ in _group(rlt, lambda r: (r["model"], r["dataset"]))]
-        dash = {k: _DASHES[i % len(_DASHES)] for i, k in enumerate(data_groups)}
+        data_groups = [k for k, _ in group_rows(rlt, lambda r: (r["model"], r["dataset"]))]
+        dash = {k: DASHES[i % len(DASHES)] for i, k in enumerate(data_groups)}
         handles = [Line2D([], [], color=colour, linestyle=dash[k], label=f"rlt · {k[0]} · {k[1]}")
                    for k in data_groups]
         batches = sorted({r["batch_size"] for r in rlt})
-        bmark = {b: _MARKERS[i % len(_MARKERS)] for i, b in enumerate(batches)}
+        bmark = {b: MARKERS[i % len(MARKERS)] for i, b in enumerate(batches)}
 
         def one_per_tau(grp):
             best = {}
@@ -247,7 +247,7 @@ def _rlt_sweep(rows: list[dict], style: Style, title_fp: str) -> Callable[[], Fi
                 best.setdefault(r["threshold"], r)
             return [best[t] for t in sorted(best)]
 
-        for k, grp in _group(rlt, lambda r: (r["model"], r["dataset"])):
+        for k, grp in group_rows(rlt, lambda r: (r["model"], r["dataset"])):
             pts = one_per_tau(grp)
             if "tokens" in ax:
                 tok = [r for r in pts if r["tokens_in_mean"] is not None]
@@ -263,7 +263,7 @@ def _rlt_sweep(rows: list[dict], style: Style, title_fp: str) -> Callable[[], Fi
                 if top:
                     ax["top1"].plot(*zip(*top), color=colour, linestyle=dash[k], marker="o", markersize=5)
             if "speedup" in ax:
-                for bs, bgrp in _group(grp, lambda r: (r["batch_size"],)):
+                for bs, bgrp in group_rows(grp, lambda r: (r["batch_size"],)):
                     sp = [r for r in one_per_tau(bgrp) if r["speedup"] is not None]
                     if not sp:
                         continue
@@ -297,7 +297,7 @@ def _rlt_sweep(rows: list[dict], style: Style, title_fp: str) -> Callable[[], Fi
             a.margins(x=0.08, y=0.1)
         if "tokens" in ax:
             ax["tokens"].set_ylim(bottom=0)
-        _legend(fig, handles)
+        figure_legend(fig, handles)
         fig.suptitle("RLT threshold sweep" + title_fp)
         return fig
     return draw
@@ -315,7 +315,7 @@ def plan_figures(by_fp: dict[str, list[dict]], ok: list[dict], style: Style) -> 
     throughput, flops_time, sweep = [], [], []
     for fp in sorted(by_fp):
         rows = inference_values([r for r in by_fp[fp] if r.get("mode") == "inference"])
-        suffix, title_fp = _fp_suffix(fp, several)
+        suffix, title_fp = fp_suffix(fp, several)
         acc = [r for r in rows if r["top1"] is not None and r["clips_per_s"] is not None]
         if acc:
             throughput.append(FigureSpec(
@@ -334,7 +334,7 @@ def plan_figures(by_fp: dict[str, list[dict]], ok: list[dict], style: Style) -> 
                 "The dotted line is time proportional to GFLOPs through the baseline; points above it gain "
                 "less wall-clock than their FLOPs promise.", _gflops_vs_time(ft, style, fp, title_fp), fp))
         rlt = [r for r in rows if r["reducer"] == "rlt" and r["threshold"] is not None]
-        groups = _group(rlt, lambda r: (r["model"], r["dataset"]))
+        groups = group_rows(rlt, lambda r: (r["model"], r["dataset"]))
         if any(len({r["threshold"] for r in g}) >= 2 for _, g in groups) and sweep_panels(rlt):
             settings = {(r["model"], r["dataset"]) for r in rlt}
             base = [r for r in rows if r["reducer"] == "none" and (r["model"], r["dataset"]) in settings]

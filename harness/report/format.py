@@ -13,7 +13,7 @@ from typing import Any
 
 from .. import schema
 from ..schema import canonical_json
-from .records import _is_missing, num
+from .records import is_missing, num
 
 MISSING = "–"
 
@@ -96,7 +96,7 @@ def csv_value(v: Any) -> str:
     f = num(v)
     if f is not None and not isinstance(v, str):
         return repr(round(f, 4) + 0.0)
-    return "" if _is_missing(v) else str(v)
+    return "" if is_missing(v) else str(v)
 
 
 def count_fields() -> set[str]:

@@ -18,7 +18,7 @@ from ..schema import canonical_json, reducer_label
 REDUCER_ORDER = ("none", "rlt", "random", "tome", "sta", "temporal", "spatial", "compose")
 
 
-def _is_missing(v: Any) -> bool:
+def is_missing(v: Any) -> bool:
     if v is None:
         return True
     if isinstance(v, float) and math.isnan(v):
@@ -28,7 +28,7 @@ def _is_missing(v: Any) -> bool:
 
 def num(v: Any) -> float | None:
     """A metric as a float, or None when absent / NaN / not a number."""
-    if _is_missing(v) or isinstance(v, (list, tuple, dict)):
+    if is_missing(v) or isinstance(v, (list, tuple, dict)):
         return None
     try:
         f = float(v)
@@ -55,7 +55,7 @@ def records_from_frame(df) -> list[dict[str, Any]]:
     """The DataFrame of ``results.load`` as a list of record dicts (see module docstring)."""
     out = []
     for row in df.to_dict("records"):
-        r = {k: (None if not isinstance(v, (list, tuple, dict)) and _is_missing(v) else v)
+        r = {k: (None if not isinstance(v, (list, tuple, dict)) and is_missing(v) else v)
              for k, v in row.items()}
         params = r.get("params")
         if isinstance(params, str):
@@ -104,12 +104,12 @@ def tokens_per_block(r: dict) -> float | None:
     return sum(layers) / len(layers) if layers else num(r.get("tokens_in_mean"))
 
 
-def _sk(v: Any) -> tuple:
+def sort_part(v: Any) -> tuple:
     """Total order over mixed values: numbers, then strings, then missing."""
     f = num(v) if not isinstance(v, str) else None
     if f is not None:
         return (0, f, "")
-    if _is_missing(v):
+    if is_missing(v):
         return (2, 0.0, "")
     return (1, 0.0, str(v))
 
@@ -119,7 +119,7 @@ def reducer_rank(name: str) -> tuple:
 
 
 def params_key(params: dict[str, Any]) -> tuple:
-    return tuple((k, _sk(v) if not isinstance(v, (list, dict)) else (1, 0.0, canonical_json(v)))
+    return tuple((k, sort_part(v) if not isinstance(v, (list, dict)) else (1, 0.0, canonical_json(v)))
                  for k, v in sorted(params.items()))
 
 
@@ -139,9 +139,9 @@ def setting(r: dict) -> tuple:
 
 
 def sort_key(r: dict) -> tuple:
-    return (str(r.get("model") or ""), _sk(r.get("num_frames")), _sk(r.get("img_size")),
+    return (str(r.get("model") or ""), sort_part(r.get("num_frames")), sort_part(r.get("img_size")),
             str(r.get("checkpoint") or ""), str(r.get("dataset") or ""), str(r.get("split") or ""),
-            _sk(r.get("batch_size")), reducer_rank(r["reducer"]), params_key(r["params"]), r["label"],
+            sort_part(r.get("batch_size")), reducer_rank(r["reducer"]), params_key(r["params"]), r["label"],
             str(r.get("key") or ""))
 
 

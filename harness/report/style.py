@@ -41,7 +41,7 @@ FAMILY_GROUPS: dict[str, tuple[str, ...]] = {
 GROUP_BASELINES = ("none", "random", "temporal")
 PANEL_FAMILIES = 8
 _EXTRA_COLOURS = ("#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
-_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 # one marker per reducer family in the curve figures (a family's budgets are joined by its line)
 FAMILY_MARKERS: dict[str, str] = {"none": "*", "rlt": "o", "random": "s", "tome": "^", "sta": "D",
                                   "temporal": "v", "spatial": "P", "compose": "X", "tome_drop": "<",
@@ -49,7 +49,7 @@ FAMILY_MARKERS: dict[str, str] = {"none": "*", "rlt": "o", "random": "s", "tome"
                                   "pitome": "d", "tofu": "8", "vid_tldr": "s", "attn_prune": "^",
                                   "feature_diff": "D"}
 _EXTRA_MARKERS = ("v", "P", "X", "<", ">", "h")
-_DASHES = ("-", "--", "-.", ":")
+DASHES = ("-", "--", "-.", ":")
 
 RC = {
     "svg.hashsalt": "tokenbench",
@@ -118,7 +118,7 @@ class Style:
         self.hollow: set[str] = set(packed)
         for reducer, labels in variants.items():
             for i, label in enumerate(sorted(labels, key=lambda lb: (labels[lb], lb))):
-                self.marker[label] = _MARKERS[i % len(_MARKERS)]
+                self.marker[label] = MARKERS[i % len(MARKERS)]
                 self.reducer_of[label] = reducer
         twin = {(r["reducer"], r["params_json"]): r["label"] for r in records if not forced_packed(r)}
         extra = 0
@@ -127,7 +127,7 @@ class Style:
             if (reducer, pj) in twin:
                 self.marker[label] = self.marker[twin[(reducer, pj)]]
             else:  # no deployed twin: the next marker after the reducer's own variants
-                self.marker[label] = _MARKERS[(len(variants.get(reducer, {})) + extra) % len(_MARKERS)]
+                self.marker[label] = MARKERS[(len(variants.get(reducer, {})) + extra) % len(MARKERS)]
                 extra += 1
 
     def face(self, label: str) -> str:
@@ -173,7 +173,7 @@ class FigurePlan:
     skipped: list[tuple[str, str]] = field(default_factory=list)   # (figure title, reason)
 
 
-def _grid(n: int, panel=(4.6, 3.6), legend_w=2.2, title_h=0.6, min_w=7.2):
+def panel_grid(n: int, panel=(4.6, 3.6), legend_w=2.2, title_h=0.6, min_w=7.2):
     """A figure with ``n`` panels (at most 3 across), room for a legend on the right and a title."""
     ncols = min(n, 3) if n != 4 else 2
     nrows = math.ceil(n / ncols)
@@ -185,7 +185,7 @@ def _grid(n: int, panel=(4.6, 3.6), legend_w=2.2, title_h=0.6, min_w=7.2):
     return fig, list(axes[:n])
 
 
-def _legend(fig: Figure, handles: list, ncol: int | None = None) -> None:
+def figure_legend(fig: Figure, handles: list, ncol: int | None = None) -> None:
     # a long legend goes under the panels: two columns on the right squeezed the panels of a narrow figure
     # and ran into its title
     if ncol is None and len(handles) > 14:
@@ -194,7 +194,7 @@ def _legend(fig: Figure, handles: list, ncol: int | None = None) -> None:
     fig.legend(handles=handles, loc="outside right upper", frameon=False, ncol=ncol or 1)
 
 
-def _group(rows: list[dict], key: Callable[[dict], tuple]) -> list[tuple[tuple, list[dict]]]:
+def group_rows(rows: list[dict], key: Callable[[dict], tuple]) -> list[tuple[tuple, list[dict]]]:
     out: dict[tuple, list[dict]] = {}
     for r in rows:
         out.setdefault(key(r), []).append(r)
@@ -212,7 +212,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return sorted(front)
 
 
-def _fp_suffix(fp: str, several: bool) -> tuple[str, str]:
+def fp_suffix(fp: str, several: bool) -> tuple[str, str]:
     return (f"__{safe_name(fp)}", f" — {fp}") if several else ("", "")
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..schema import DET, INF, SWEEP, TOK, TRAIN, Metric, shown_in
 from .format import MISSING, Col, Table, formatter, params_text, with_iqr
-from .records import _sk, model_names, num, num_list, setting, sort_key
+from .records import model_names, num, num_list, setting, sort_key, sort_part
 
 # ----------------------------------------------------------------------------------------------------
 # derived values
@@ -189,7 +189,7 @@ def token_records(records: list[dict]) -> list[dict]:
     for r in records:
         k = (setting(r), r["reducer"], r["params_json"])
         rank = (-(num(r.get("num_clips")) or len(num_list(r.get("tokens_per_clip")) or [])),
-                _sk(r.get("batch_size")), r["fingerprint"], str(r.get("key") or ""))
+                sort_part(r.get("batch_size")), r["fingerprint"], str(r.get("key") or ""))
         if k not in best or rank < best[k][0]:
             best[k] = (rank, r)
     return sorted((r for _, r in best.values()), key=sort_key)

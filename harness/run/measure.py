@@ -42,7 +42,7 @@ from ..intervals import paired_delta, wilson
 from ..metrics import MultiViewAccuracy, TokenCounts
 from ..model import build_model
 from ..schema import Cell
-from ..suite.settings import TrainSettings
+from ..settings import TrainSettings
 from ..timing import make_batches, time_forward
 from ..train import inference_reducer, train
 from .clips import ClipSet, data_key, first_items, load_clipset, timing_sample

@@ -24,11 +24,11 @@ from ..errors import CellError
 from ..evaluate import model_input
 from ..model import build_model
 from ..schema import Cell
+from ..settings import PretrainSettings
 from ..shipped_weights import WEIGHTS_DIR, shipped_checkpoint, weights_identity
-from ..suite.settings import PretrainSettings
 from ..train import TrainResult, train
 from .clips import ClipSet, data_key, first_items
-from .common import DTYPES, _hash, cache_root, describe_error
+from .common import DTYPES, cache_root, describe_error, stable_hash
 from .phases import PhaseClock
 
 
@@ -49,7 +49,7 @@ class RunCache:
     def pretrained(self, pretrain: dict[str, Any], device: str = "cpu",
                    log: Callable[[str], None] | None = None) -> Path:
         """:func:`ensure_pretrained`, remembering a failure so the model's other cells do not retrain it."""
-        key = _hash(pretrain)
+        key = stable_hash(pretrain)
         if key in self.pretrain_failures:
             raise CellError(f"training the suite's {pretrain['model']} failed earlier in this run: "
                             f"{self.pretrain_failures[key]}")
@@ -79,7 +79,7 @@ def pretrained_path(pretrain: dict[str, Any], cache_dir: Path) -> Path:
     (:func:`~tokenbench.harness.shipped_weights.weights_identity`: the recipe with its defaults, the training
     data's options with theirs, the synthetic generator's version)."""
     return cache_dir / "models" / f"{pretrain['model']}-{pretrain['num_frames']}x{pretrain['img_size']}-" \
-                                  f"{_hash(weights_identity(pretrain))}.pt"
+                                  f"{stable_hash(weights_identity(pretrain))}.pt"
 
 
 @contextlib.contextmanager
@@ -148,7 +148,7 @@ def train_pretrained(pretrain: dict[str, Any], out: Path, device: str = "cpu",
 
 
 def model_key(cell: Cell, num_classes: int, length_embedding: bool) -> str:
-    return _hash({k: getattr(cell, k) for k in ("model", "num_frames", "img_size", "checkpoint", "pretrain", "device",
+    return stable_hash({k: getattr(cell, k) for k in ("model", "num_frames", "img_size", "checkpoint", "pretrain", "device",
                                            "dtype", "attn_backend", "compile")}
                  | {"num_classes": num_classes, "length_embedding": length_embedding})
 
@@ -230,7 +230,7 @@ def calibrate(reducer, cell: Cell, clips: ClipSet, cache: RunCache):
     clips before any measured work; the calibrated reducer is shared by cells on the same data."""
     if not reducer.calibrates:
         return reducer
-    key = _hash({"reducer": cell.reducer, "params": cell.params, "data": data_key(cell)})
+    key = stable_hash({"reducer": cell.reducer, "params": cell.params, "data": data_key(cell)})
     if key in cache.calibrated:
         return cache.calibrated[key].fresh()
     bs = max(1, int(cell.batch_size))
@@ -256,7 +256,7 @@ def calibrate_with_model(reducer, cell: Cell, model: torch.nn.Module, model_id: 
               "seed": (cell.dataset_options or {}).get("seed", 0),  # the synthetic generator's; 0 its default
               "dataset_options": dict(cell.dataset_options or {}), "num_frames": cell.num_frames,
               "img_size": cell.img_size}
-    key = _hash({"reducer": cell.reducer, "params": cell.params, "model": model_id, "data": source})
+    key = stable_hash({"reducer": cell.reducer, "params": cell.params, "model": model_id, "data": source})
     if key in cache.calibrated:
         params, record = cache.calibrated[key]
         return type(reducer)(**params), record

@@ -19,11 +19,11 @@ import re
 import tomllib
 
 from ..errors import SuiteError
+from ..settings import PretrainSettings, SuiteDefaults, TrainSettings
 from . import validate
 from .cells import describe, expand, select_cells
 from .checker import Checker
 from .overrides import apply_overrides, interpolate
-from .settings import PretrainSettings, SuiteDefaults, TrainSettings
 from .source import SourceMap, builtin_suites, suite_source
 from .spec import (
     ATTN_BACKENDS,

@@ -13,7 +13,7 @@ from tokenbench.datasets import dataset_format
 from ..attention import BACKENDS
 from ..model import MODEL_SIZES
 from ..schema import Cell, canonical_json
-from .settings import PretrainSettings, SuiteDefaults, TrainSettings, resolve_device
+from ..settings import PretrainSettings, SuiteDefaults, TrainSettings, resolve_device
 
 MODES = ("inference", "train")
 DTYPES = ("auto", "float32", "float16", "bfloat16")

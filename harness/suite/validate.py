@@ -20,9 +20,7 @@ from tokenbench.reducers import ReducerParamError, UnknownReducerError, get_redu
 from ..attention import kernel_named
 from ..checkpoint import checkpoint_problem
 from ..model import MODEL_SIZES
-from ..train import TrainRecipe
-from .checker import Checker, Missing
-from .settings import (
+from ..settings import (
     DEFAULT_KEYS,
     PretrainSettings,
     SuiteDefaults,
@@ -30,6 +28,8 @@ from .settings import (
     resolve_device,
     table_fields,
 )
+from ..train import TrainRecipe
+from .checker import Checker, Missing
 from .spec import (
     ATTN_BACKENDS,
     ATTN_PATHS,

@@ -1,7 +1,7 @@
 """A suite's settings as types: ``[defaults]`` (:class:`SuiteDefaults`), ``[train]`` (:class:`TrainSettings`)
 and a model's ``pretrain`` table (:class:`PretrainSettings`). Each field's default is the one default of its
-key; the validator (:mod:`.validate`) checks a table against these fields (``metadata``: ``minimum`` of an
-integer, ``choices`` of a string)."""
+key; the suite's validator (:mod:`~tokenbench.harness.suite.validate`) checks a table against these fields
+(``metadata``: ``minimum`` of an integer, ``choices`` of a string)."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from ..train import DEFAULTS as RECIPE_DEFAULTS
-from ..train import TrainRecipe
+from .train import DEFAULTS as RECIPE_DEFAULTS
+from .train import TrainRecipe
 
 AT_LEAST_0 = {"minimum": 0}
 
