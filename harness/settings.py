@@ -52,7 +52,7 @@ class SuiteDefaults:
         return any(a != "none" for a in self.autocast)
 
     def resolved_dtype(self, device: str) -> str:
-        """``auto``: bfloat16 weights on CUDA (unless autocast lowers float32 weights itself), else float32."""
+        """``auto``: bfloat16 weights on CUDA (unless autocast lowers float32 weights), else float32."""
         if self.dtype != "auto":
             return self.dtype
         return "bfloat16" if device.startswith("cuda") and not self.amp else "float32"
@@ -65,13 +65,10 @@ TRAIN_RECORDED = ("max_steps", *RECIPE_DEFAULTS)
 PRETRAIN_RECORDED = ("seed", *RECIPE_DEFAULTS)
 
 
-def table_fields(cls: type, skip: tuple[str, ...] = ()) -> list[tuple[str, dataclasses.Field, Any]]:
-    """(key, field, default) of every key a settings table may hold: the class's own, then its recipe's."""
-    own = [(f.name, f, f.default if f.default_factory is dataclasses.MISSING else f.default_factory())
-           for f in dataclasses.fields(cls) if f.name not in ("recipe", "recorded")]
-    recipe = TrainRecipe()
-    return own + [(f.name, f, getattr(recipe, f.name)) for f in dataclasses.fields(TrainRecipe)
-                  if f.name not in skip]
+def table_fields(cls: type, skip: tuple[str, ...] = ()) -> list[dataclasses.Field]:
+    """The field of every key a settings table may hold: the class's own, then its recipe's (less ``skip``)."""
+    return [f for f in dataclasses.fields(cls) if f.name not in ("recipe", "recorded")] + [
+        f for f in dataclasses.fields(TrainRecipe) if f.name not in skip]
 
 
 def _from_table(cls: type, table: dict[str, Any], always: tuple[str, ...]) -> Any:
@@ -79,7 +76,8 @@ def _from_table(cls: type, table: dict[str, Any], always: tuple[str, ...]) -> An
     field defaults; recipe keys given beyond ``always`` are recorded too."""
     own = {f.name for f in dataclasses.fields(cls)} - {"recipe", "recorded"}
     recipe = TrainRecipe.from_settings(table)
-    extra = tuple(k for k in table if k in {f.name for f in dataclasses.fields(TrainRecipe)} and k not in always)
+    names = {f.name for f in dataclasses.fields(TrainRecipe)}
+    extra = tuple(k for k in table if k in names and k not in always)
     return cls(recipe=recipe, recorded=extra, **{k: v for k, v in table.items() if k in own})
 
 
@@ -89,7 +87,7 @@ class TrainSettings:
 
     max_clips: int = field(default=0, metadata=AT_LEAST_0)  # training clips used (0 = the whole split)
     init: str = field(default="scratch", metadata=one_of("scratch", "checkpoint"))  # checkpoint: fine-tune
-    eval_reducer: str = field(default="auto", metadata=one_of("auto", "none"))  # auto: train.inference_reducer
+    eval_reducer: str = field(default="auto", metadata=one_of("auto", "none"))  # auto: inference_reducer
     seeds: int = 1  # each train arm repeated with seeds defaults.seed, +1, …: the spread is reported
     recipe: TrainRecipe = field(default_factory=TrainRecipe)
     recorded: tuple[str, ...] = ()  # recipe keys the table sets beyond TRAIN_RECORDED (the cells record them)
@@ -125,6 +123,8 @@ class PretrainSettings:
         return _from_table(cls, table, PRETRAIN_RECORDED)
 
     def record(self) -> dict[str, Any]:
-        """The settings as a cell carries them (``Cell.pretrain`` adds the model; its hash names the weights)."""
-        return {"dataset": self.dataset, "split": self.split, "options": self.options, "max_clips": self.max_clips,
+        """The settings as a cell carries them (``Cell.pretrain`` adds the model; its hash names the
+        weights)."""
+        return {"dataset": self.dataset, "split": self.split, "options": self.options,
+                "max_clips": self.max_clips,
                 **{k: getattr(self.recipe, k) for k in (*PRETRAIN_RECORDED, *self.recorded)}}

@@ -124,8 +124,8 @@ def build_dataset(cell: Cell, split: str | None = None, **extra):
 
 
 def data_key(cell: Cell) -> str:
-    return stable_hash({k: getattr(cell, k) for k in ("dataset", "split", "num_frames", "img_size", "dataset_options",
-                                           "views", "max_clips")})
+    return stable_hash({k: getattr(cell, k) for k in ("dataset", "split", "num_frames", "img_size",
+                                                      "dataset_options", "views", "max_clips")})
 
 
 def load_clipset(cell: Cell, cache: RunCache, progress: Callable[[str], None] | None = None) -> ClipSet:

@@ -259,8 +259,8 @@ def train_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tuple[di
     if reducer.calibrates_with_model:
         raise CellError(f"{cell.reducer} calibrates with a trained model in the loop: run it in inference cells")
     with cache.phases("clips"):
-        train_ds = first_items(cell.dataset, cell.train["split"], settings.max_clips, num_frames=cell.num_frames,
-                               img_size=cell.img_size, options=cell.dataset_options)
+        train_ds = first_items(cell.dataset, cell.train["split"], settings.max_clips,
+                               num_frames=cell.num_frames, img_size=cell.img_size, options=cell.dataset_options)
     num_classes = int(cell.num_classes or train_ds.num_classes)
     if not num_classes:
         raise CellError(f"dataset {cell.dataset!r} is unlabelled: a train cell needs labels")

@@ -112,8 +112,8 @@ def cached_pretrained(pretrain: dict[str, Any], cache_dir: Path, device: str = "
             return path
         if log:
             log(f"training {pretrain['model']} ({pretrain['num_frames']}×{pretrain['img_size']}²) on "
-                f"{pretrain['dataset']} for {PretrainSettings.from_table(pretrain).recipe.epochs} epochs (once; "
-                f"cached as {path})")
+                f"{pretrain['dataset']} for {PretrainSettings.from_table(pretrain).recipe.epochs} epochs "
+                f"(once; cached as {path})")
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         train_pretrained(pretrain, tmp, device, log, cached_as=path)
         os.replace(tmp, path)
@@ -148,8 +148,8 @@ def train_pretrained(pretrain: dict[str, Any], out: Path, device: str = "cpu",
 
 
 def model_key(cell: Cell, num_classes: int, length_embedding: bool) -> str:
-    return stable_hash({k: getattr(cell, k) for k in ("model", "num_frames", "img_size", "checkpoint", "pretrain", "device",
-                                           "dtype", "attn_backend", "compile")}
+    return stable_hash({k: getattr(cell, k) for k in ("model", "num_frames", "img_size", "checkpoint", "pretrain",
+                                                      "device", "dtype", "attn_backend", "compile")}
                  | {"num_classes": num_classes, "length_embedding": length_embedding})
 
 
@@ -205,8 +205,8 @@ def model_classes(cell: Cell, clipset_classes: int) -> int:
         if shipped is not None:  # its head tells; building the training split would render 3,000 clips
             return int(checkpoint_classes(shipped) or 0) or clipset_classes
         settings = PretrainSettings.from_table(pre)
-        ds = get_dataset(settings.dataset, settings.split, num_frames=pre["num_frames"], img_size=pre["img_size"],
-                         **settings.options)
+        ds = get_dataset(settings.dataset, settings.split, num_frames=pre["num_frames"],
+                         img_size=pre["img_size"], **settings.options)
         return int(ds.num_classes)
     if ckpt not in ("none", "") and not ckpt.startswith("trained:"):
         n = checkpoint_classes(ckpt)

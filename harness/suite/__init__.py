@@ -45,8 +45,8 @@ def load_suite(name_or_path: str | os.PathLike = "default", overrides: list[str]
                add_reducers: list[str] | tuple[str, ...] = (), auto_device: str | None = None) -> Suite:
     """Read, override (``--set``), validate and expand a suite; keep the cells ``only`` selects
     (``FIELD=VALUE`` items, see :func:`select_cells`). ``check_device``: refuse a ``defaults.device`` this
-    machine lacks (off when the cells run elsewhere, as Slurm jobs do); ``auto_device``: what ``device = "auto"``
-    stands for where the cells run (Slurm's GPU nodes: cuda; None: this machine). Raises :class:`SuiteError` (a
+    machine lacks (off when the cells run elsewhere, as Slurm jobs do); ``auto_device``: what
+    ``device = "auto"`` stands for where the cells run (Slurm's GPU nodes: cuda; None: this machine). Raises :class:`SuiteError` (a
     :class:`~tokenbench.harness.errors.UserError`) naming the file and line of the first problem, or every
     path the selected cells need and lack, at once. ``add_reducers``: ``--add-reducer`` SPECs, entries added
     after the file's (:mod:`~tokenbench.harness.suite.added`)."""
@@ -120,12 +120,14 @@ def read_suite(ck: Checker, default_name: str, overrides: list[str], check_devic
     validate.check_references(ck, models, datasets, reducers)
     name = meta.get("name", default_name)
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+\-]*", name):
-        raise ck.fail(("suite", "name"), f"suite name must be a plain word (letters, digits, . _ + -), got {name!r}")
+        raise ck.fail(("suite", "name"), f"suite name must be a plain word (letters, digits, . _ + -), "
+                                         f"got {name!r}")
     return Suite(name=name, description=str(meta.get("description", "")), file=ck.file, defaults=defaults,
                  train=train, models=models, datasets=datasets, reducers=reducers, overrides=overrides,
                  auto_device=auto_device)
 
 
 __all__ = ["Suite", "SuiteError", "ModelSpec", "DatasetSpec", "ReducerSpec", "SuiteDefaults", "TrainSettings",
-           "PretrainSettings", "SourceMap", "load_suite", "parse_suite", "read_suite", "expand", "builtin_suites",
-           "suite_source", "parse_views", "describe", "select_cells", "ATTN_BACKENDS", "CHECKPOINT_NONE", "MODES"]
+           "PretrainSettings", "SourceMap", "load_suite", "parse_suite", "read_suite", "expand",
+           "builtin_suites", "suite_source", "parse_views", "describe", "select_cells", "ATTN_BACKENDS",
+           "CHECKPOINT_NONE", "MODES"]

@@ -34,8 +34,8 @@ def select_cells(cells: list[Cell], only: list[str] | tuple[str, ...]) -> list[i
     return keep
 
 def expand(suite: Suite, ck: Checker) -> list[Cell]:
-    """Every cell of a validated suite (models × datasets × reducer variants × batch sizes × modes), inference
-    cells first; ``ck`` names the entry at fault when a reducer refuses a model's token grid, or two entries
+    """Every cell of a validated suite (models × datasets × reducer variants × batch sizes × modes),
+    inference cells first; ``ck`` names the entry at fault when a reducer refuses a model's token grid, or two entries
     measure the same thing."""
     dflt, cells = suite.defaults, []
     checked: set[tuple] = set()
@@ -79,7 +79,8 @@ def expand(suite: Suite, ck: Checker) -> list[Cell]:
     return cells
 
 
-def refuse_repeat(ck: Checker, runs: dict[str, ReducerSpec], cell: Cell, r: ReducerSpec, params: dict) -> None:
+def refuse_repeat(ck: Checker, runs: dict[str, ReducerSpec], cell: Cell, r: ReducerSpec,
+                  params: dict) -> None:
     """Two reducer entries (or one entry's sweep) measuring the same thing twice: refused, as two models
     or datasets with one id are. The same reducer with the same parameters, given or left at their
     defaults, on the same model, data and settings is the same measurement."""
@@ -93,8 +94,8 @@ def refuse_repeat(ck: Checker, runs: dict[str, ReducerSpec], cell: Cell, r: Redu
                                            f"parameters twice: {reducer_label(r.name, cell.params)!r}")
     raise ck.fail(r.path, f"{ck.entry_name('reducers', r.path[1])} repeats "
                           f"{ck.entry_name('reducers', other.path[1])} (at {ck.where(other.path)}): "
-                          f"both run {reducer_label(r.name, cell.params)!r} on {cell.where} ({cell.mode}, batch "
-                          f"{cell.batch_size}); remove one or give them different parameters")
+                          f"both run {reducer_label(r.name, cell.params)!r} on {cell.where} ({cell.mode}, "
+                          f"batch {cell.batch_size}); remove one or give them different parameters")
 
 
 def make_cell(suite: Suite, mode: str, m: ModelSpec, d: DatasetSpec, r: ReducerSpec, params: dict,
@@ -125,7 +126,8 @@ def with_autocast(cell: Cell, autocast: str) -> Cell:
     """The cell under ``torch.autocast(dtype=autocast)``; "none" leaves it (and its key) as it was."""
     if autocast == "none":
         return cell
-    return cell.with_(autocast=autocast, given_label=f"{cell.label} [{autocast} autocast]")  # tables keep the two apart
+    # the label keeps the two apart in tables
+    return cell.with_(autocast=autocast, given_label=f"{cell.label} [{autocast} autocast]")
 
 
 def with_attn_path(cell: Cell, attn_path: str) -> Cell:

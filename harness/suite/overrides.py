@@ -48,7 +48,8 @@ def apply_overrides(raw: dict, overrides: list[str], add_reducers: list[str]) ->
                 idx = [i for i, e in enumerate(entries) if parts[1] in (e.get("id"), e.get("name"))]
                 if not idx:
                     ids = sorted({str(e.get("id") or e.get("name")) for e in entries})
-                    raise SuiteError(f"--set {item}: no [[{sec}]] entry {parts[1]!r}; entries: {', '.join(ids)}")
+                    raise SuiteError(f"--set {item}: no [[{sec}]] entry {parts[1]!r}; entries: "
+                                     f"{', '.join(ids)}")
                 keyname = parts[2]
             elif len(parts) == 2:
                 idx, keyname = list(range(len(entries))), parts[1]

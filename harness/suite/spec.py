@@ -62,8 +62,8 @@ class ModelSpec:
 
     def pretrain_config(self) -> dict[str, Any]:
         """Everything that decides the weights a self-trained model gets (its cache key)."""
-        return {**(self.pretrain or PretrainSettings()).record(), "model": self.name, "num_frames": self.num_frames,
-                "img_size": self.img_size}
+        settings = self.pretrain.record() if self.pretrain is not None else {}
+        return {**settings, "model": self.name, "num_frames": self.num_frames, "img_size": self.img_size}
 
     @property
     def checkpoint_id(self) -> str:

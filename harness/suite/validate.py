@@ -77,8 +77,8 @@ def device_problem(device: str) -> str | None:
 
 
 def defaults(ck: Checker, check_device: bool) -> SuiteDefaults:
-    """``[defaults]``, as asked (``device`` and ``dtype`` may stay ``auto``). ``check_device``: refuse a device
-    or kernel this machine lacks (off where the cells run on other machines)."""
+    """``[defaults]``, as asked (``device`` and ``dtype`` may stay ``auto``). ``check_device``: refuse a
+    device or kernel this machine lacks (off where the cells run on other machines)."""
     raw = ck.raw.get("defaults", {})
     p = ("defaults",)
     ck.check_keys(raw, DEFAULT_KEYS, p, "[defaults]")
@@ -90,8 +90,8 @@ def defaults(ck: Checker, check_device: bool) -> SuiteDefaults:
     if not isinstance(bs, (list, tuple)) or not bs:
         raise ck.fail(p + ("batch_sizes",), f"batch_sizes must be a list of positive integers, got {bs!r}")
     ints = {k: ck.int_(p + (k,), getattr(d, k), lo) for k, lo in (
-        ("repeats", 1), ("warmup", 0), ("threads", 0), ("max_clips", 0), ("seed", 0), ("flops_check_clips", 0),
-        ("time_clips", 0))}
+        ("repeats", 1), ("warmup", 0), ("threads", 0), ("max_clips", 0), ("seed", 0),
+        ("flops_check_clips", 0), ("time_clips", 0))}
     d = dataclasses.replace(d, modes=modes,
                             batch_sizes=tuple(ck.int_(p + ("batch_sizes",), b, 1) for b in bs), **ints)
     ck.str_(p + ("dtype",), d.dtype, DTYPES)
@@ -101,7 +101,8 @@ def defaults(ck: Checker, check_device: bool) -> SuiteDefaults:
         raise ck.fail(p + ("device",), f"device must be auto, cpu, cuda or cuda:N; got {d.device!r}")
     problem = device_problem(d.device) if check_device else None
     if problem:  # refused here, so --dry-run refuses it too, not the first cell's model.to()
-        raise ck.fail(p + ("device",), f"device = {d.device!r}, but {problem}; use device = \"auto\" or \"cpu\"")
+        raise ck.fail(p + ("device",), f"device = {d.device!r}, but {problem}; use device = \"auto\" or "
+                                       "\"cpu\"")
     if not isinstance(d.compile, bool):
         raise ck.fail(p + ("compile",), f"compile must be true or false, got {d.compile!r}")
     if d.compile and "inference" in d.modes and d.warmup < 1:
@@ -117,12 +118,13 @@ def defaults(ck: Checker, check_device: bool) -> SuiteDefaults:
     d = dataclasses.replace(d, autocast=tuple(ck.str_(p + ("autocast",), a, AUTOCAST) for a in ac))
     if d.amp and d.dtype not in ("auto", "float32"):
         raise ck.fail(p + ("dtype",), f"autocast runs float32 weights in lower precision: with autocast = "
-                                      f"{list(d.autocast)} set dtype = \"float32\" (or \"auto\"), not {d.dtype!r}")
+                                      f"{list(d.autocast)} set dtype = \"float32\" (or \"auto\"), not "
+                                      f"{d.dtype!r}")
     return d
 
 
 def _kinds(hint: Any) -> set:
-    """The plain types a field's annotation allows (``int | None`` → {int, NoneType}; ``dict[str, Any]`` → {dict})."""
+    """The plain types a field's annotation allows (``int | None``: int, NoneType; ``dict[str, Any]``: dict)."""
     args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
     return {typing.get_origin(a) or a for a in args}
 
@@ -152,12 +154,12 @@ def check_value(ck: Checker, path: tuple, v: Any, hint: Any, meta: Mapping[str, 
 def settings(ck: Checker, cls: type, table: dict, path: tuple, what: str) -> Any:
     """A settings table (:class:`TrainSettings`, :class:`PretrainSettings`) checked against its fields and
     its recipe's (harness.train.TrainRecipe), each by its type."""
-    keys = table_fields(cls, cls.SKIP)
-    ck.check_keys(table, [k for k, _, _ in keys], path, what)
+    fields = table_fields(cls, cls.SKIP)
+    ck.check_keys(table, [f.name for f in fields], path, what)
     hints = {**typing.get_type_hints(TrainRecipe), **typing.get_type_hints(cls)}
-    for k, f, _ in keys:
-        if k in table:
-            check_value(ck, path + (k,), table[k], hints[k], f.metadata, what)
+    for f in fields:
+        if f.name in table:
+            check_value(ck, path + (f.name,), table[f.name], hints[f.name], f.metadata, what)
     return cls.from_table(table)
 
 
@@ -196,7 +198,7 @@ def model(ck: Checker, i: int, e: dict) -> ModelSpec:
     if isinstance(ckpt, Missing) and pre is None:
         reported = True
         ck.missing.append(p, f"{ck.where(p + ('checkpoint',))}: {ck.entry_name('models', i)} checkpoint — set "
-                            f"{ckpt.var}=/path/to/checkpoint.pth or pass --set models.{m.id}.checkpoint=PATH")
+                             f"{ckpt.var}=/path/to/checkpoint.pth or pass --set models.{m.id}.checkpoint=PATH")
         ckpt = ""
     elif isinstance(ckpt, Missing):
         ckpt = ""
@@ -204,8 +206,9 @@ def model(ck: Checker, i: int, e: dict) -> ModelSpec:
     if ckpt in ("", None):
         if pre is None and not reported:
             raise ck.fail(p, f"{ck.entry_name('models', i)} has no weights: give checkpoint = \"PATH\" (a "
-                               f"checkpoint file or transformers model directory), checkpoint = \"{CHECKPOINT_NONE}\" (random weights), "
-                               "or pretrain = { dataset = \"synthetic\", epochs = 8 }")
+                             f"checkpoint file or transformers model directory), checkpoint = "
+                             f"\"{CHECKPOINT_NONE}\" (random weights), "
+                             "or pretrain = { dataset = \"synthetic\", epochs = 8 }")
         m.pretrain = pre
         m.checkpoint = ""
     elif ckpt == CHECKPOINT_NONE:
@@ -214,7 +217,7 @@ def model(ck: Checker, i: int, e: dict) -> ModelSpec:
         path = Path(ckpt).expanduser()
         if ck.check_paths and not path.exists():
             ck.missing.append(p, f"{ck.where(p + ('checkpoint',))}: {ck.entry_name('models', i)} checkpoint "
-                                f"{str(path)!r} does not exist")
+                                 f"{str(path)!r} does not exist")
         elif ck.check_paths:  # a config.json that does not fit is refused before any work
             problem = checkpoint_problem(path, name, m.num_frames, m.img_size, m.num_classes)
             if problem:
@@ -286,12 +289,12 @@ def dataset_options(ck: Checker, i: int, e: dict, d: DatasetSpec) -> dict:
         ok = path.is_file() if k == "manifest" else path.is_dir()
         if ck.check_paths and not ok:
             ck.missing.append(p, f"{ck.where(p + (k,))}: {ck.entry_name('datasets', i)} {k} {str(path)!r} "
-                                f"{'is not a file' if k == 'manifest' else 'is not a folder'}")
+                                 f"{'is not a file' if k == 'manifest' else 'is not a folder'}")
         opts[k] = str(path.resolve()) if path.exists() else str(path)
     for need in dataset_format(d.name).needs:
         if need not in opts and not ck.missing.has(p):
             ck.missing.append(p, f"{ck.where(p)}: {ck.entry_name('datasets', i)} needs {need} = \"PATH\" "
-                                f"(or --set datasets.{d.id}.{need}=PATH)")
+                                 f"(or --set datasets.{d.id}.{need}=PATH)")
     return opts
 
 
