@@ -65,11 +65,43 @@ class ClipDataset(Dataset):
         return {"dataset": self.name, "split": self.split, "num_frames": self.num_frames,
                 "img_size": self.img_size, "num_classes": self.num_classes, "num_clips": len(self)}
 
+    def set_epoch(self, epoch: int) -> None:
+        """Training calls this before each epoch; a format whose draws vary per epoch overrides it."""
+
+    def head(self, n: int | None) -> ClipDataset:
+        """The first ``n`` items (all when 0/None), still of this contract (a torch Subset is not)."""
+        if not n or n >= len(self):
+            return self
+        return Head(self, int(n))
+
     def __len__(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def __getitem__(self, i: int):  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+class Head(ClipDataset):
+    """The first ``n`` items of a dataset (:meth:`ClipDataset.head`): its attributes, info and epochs."""
+
+    def __init__(self, whole: ClipDataset, n: int):
+        self.whole, self.n = whole, n
+        self.name, self.split, self.num_classes = whole.name, whole.split, whole.num_classes
+        self.num_frames, self.img_size = whole.num_frames, whole.img_size
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        if not -self.n <= i < self.n:
+            raise IndexError(f"index {i} out of range for the first {self.n} clips")
+        return self.whole[i % self.n]
+
+    def info(self) -> dict[str, Any]:
+        return {**self.whole.info(), "num_clips": self.n}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.whole.set_epoch(epoch)
 
 
 @dataclass
@@ -221,7 +253,7 @@ def load_clips(dataset: ClipDataset, n: int | None = None, *, indices: Sequence[
         if n < 1:
             raise ValueError(f"need at least one clip, got n={n}")
         if n > total and not repeat:
-            raise ValueError(f"dataset {getattr(dataset, 'name', '?')!r} holds {total} clips, {n} asked; "
+            raise ValueError(f"dataset {dataset.name!r} holds {total} clips, {n} asked; "
                              "pass repeat=True to cycle, or ask the dataset for more windows per video")
         indices = [k % total for k in range(n)]
     clips, labels, metas, ms = [], [], [], []

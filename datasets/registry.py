@@ -1,8 +1,8 @@
-"""The dataset registry: names → dataset classes, the way reducers are registered.
+"""The dataset registry: names → dataset formats, through the same mechanism as reducers
+(:class:`~tokenbench.plugins.EntryPointRegistry`).
 
-A dataset format is a :class:`~tokenbench.datasets.base.ClipDataset` subclass registered under a name::
+A dataset format is a :class:`~tokenbench.datasets.base.ClipDataset` subclass::
 
-    @register_dataset("my_format")
     class MyClips(ClipDataset):
         labelled = True                 # has labels: train cells and top-1 can use it
         needs = ("manifest",)           # options a suite must give (checked before any work)
@@ -13,16 +13,28 @@ A dataset format is a :class:`~tokenbench.datasets.base.ClipDataset` subclass re
 
         def __init__(self, split="val", *, num_frames=16, img_size=224, **options): ...
 
-The harness asks these declarations and never a dataset's name. ``factory`` builds the dataset when the
-class alone does not (several names sharing one class with different defaults, as the manifest formats).
+registered by a package's ``pyproject.toml``::
+
+    [project.entry-points."tokenbench.datasets"]
+    my_format = "my_pkg.mod:MyClips"
+
+or at run time with ``@register_dataset("my_format")``. The built-ins are declared the first way in
+tokenbench's own ``pyproject.toml``. The harness asks these declarations and never a dataset's name. An entry
+point may also name a :class:`DatasetFormat`, whose ``factory`` builds the dataset when the class alone does
+not (several names sharing one class with different defaults, as the manifest formats: datasets/formats.py).
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tokenbench.plugins import EntryPointRegistry
+
 from .base import ClipDataset
+
+ENTRY_POINT_GROUP = "tokenbench.datasets"
 
 
 class UnknownDatasetError(ValueError):
@@ -47,7 +59,17 @@ class DatasetFormat:
         return self.cls.view_options(clips, crops)
 
 
-_FORMATS: dict[str, DatasetFormat] = {}
+def _adopt(name: str, obj: object) -> DatasetFormat:
+    """What an entry point names: a ClipDataset subclass, or a DatasetFormat (a class with a factory)."""
+    if isinstance(obj, DatasetFormat):
+        return dataclasses.replace(obj, name=name)
+    if isinstance(obj, type) and issubclass(obj, ClipDataset):
+        return DatasetFormat(name, obj, obj)
+    raise TypeError(f"{name!r} is neither a ClipDataset subclass nor a DatasetFormat (got {obj!r})")
+
+
+FORMATS: EntryPointRegistry[DatasetFormat] = EntryPointRegistry(
+    ENTRY_POINT_GROUP, "dataset", _adopt, UnknownDatasetError)
 
 
 def register_dataset(name: str, factory: Callable[..., ClipDataset] | None = None):
@@ -55,21 +77,24 @@ def register_dataset(name: str, factory: Callable[..., ClipDataset] | None = Non
     def deco(cls: type[ClipDataset]) -> type[ClipDataset]:
         if not (isinstance(cls, type) and issubclass(cls, ClipDataset)):
             raise TypeError(f"register_dataset({name!r}): {cls!r} is not a ClipDataset subclass")
-        _FORMATS[name] = DatasetFormat(name, cls, factory or cls)
+        origin = f"{cls.__module__}:{cls.__qualname__}"
+        FORMATS.register(name, DatasetFormat(name, cls, factory or cls), origin)
         return cls
     return deco
 
 
 def available_datasets() -> list[str]:
-    """Registered names, in registration order."""
-    return list(_FORMATS)
+    """Names of every format that loads (built-in, plugin, registered at run time), sorted."""
+    return FORMATS.names()
+
+
+def broken_datasets() -> dict[str, str]:
+    """Plugins whose entry point failed to load: name -> error."""
+    return FORMATS.broken()
 
 
 def dataset_format(name: str) -> DatasetFormat:
-    try:
-        return _FORMATS[name]
-    except KeyError:
-        raise UnknownDatasetError(f"unknown dataset {name!r}; available: {', '.join(_FORMATS)}") from None
+    return FORMATS.get(name)
 
 
 def get_dataset(name: str, split: str = "val", *, num_frames: int = 16, img_size: int = 224,

@@ -43,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tokenbench.reducers.base import lengths
+
 from . import cpu_varlen  # torch only at import; the op is built when first asked for
 
 
@@ -220,7 +222,7 @@ def sdpa_packed(q: Tensor, k: Tensor, v: Tensor, cu: list[int], bias: Tensor | N
     """Per-sequence SDPA over packed q, k, v [N, h, d]; ``bias`` [N] is added to every query's logits
     for the key at that position (key-side bias, as ToMe's ``log(size)``)."""
     scale = scale if scale is not None else q.shape[-1] ** -0.5
-    lens = [b - a for a, b in zip(cu[:-1], cu[1:])]
+    lens = lengths(cu)
     if takes_dense(lens, dense):
         bsz, n = len(lens), lens[0]
         qb, kb, vb = (t.reshape(bsz, n, *t.shape[1:]).transpose(1, 2) for t in (q, k, v))
@@ -258,7 +260,7 @@ def attention_call(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, *, backe
 
     ``lens``: the sequence lengths as host integers when the caller has them (``PackedTokens.lens``); without
     them they are read back from ``cu_seqlens``, a host sync on a GPU in every layer."""
-    lens = [int(n) for n in lens] if lens is not None else torch.diff(cu_seqlens).tolist()
+    lens = [int(n) for n in lens] if lens is not None else lengths(cu_seqlens).tolist()
     cu = _offsets(lens)
     if bias is not None or backend == "sdpa":
         path = "dense" if takes_dense(lens, dense) else "packed"
@@ -283,7 +285,7 @@ def padded_reference(q: Tensor, k: Tensor, v: Tensor, cu: list[int], bias: Tenso
     """Explicit softmax(QKᵀ·scale + bias)V on a zero-padded batch with a key mask — the reference the
     packed backends are tested against, and the padded arm of the packing benchmark."""
     scale = scale if scale is not None else q.shape[-1] ** -0.5
-    lens = [b - a for a, b in zip(cu[:-1], cu[1:])]
+    lens = lengths(cu)
     bsz, n, h, d = len(lens), max(lens), q.shape[1], q.shape[2]
 
     def pad(t: Tensor) -> Tensor:

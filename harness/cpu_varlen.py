@@ -54,7 +54,7 @@ def ext_dir() -> Path:
     """Where built ops are kept: ``$TOKENBENCH_EXT_CACHE``, else ``$TOKENBENCH_CACHE/ext``."""
     if os.environ.get("TOKENBENCH_EXT_CACHE"):
         return Path(os.environ["TOKENBENCH_EXT_CACHE"]).expanduser()
-    from .run.common import cache_root  # late: the run package is not needed to use the op
+    from .paths import cache_root  # late: nothing beyond torch is imported until the op is asked for
 
     return cache_root() / "ext"
 

@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from tokenbench.reducers.base import AttentionContext, Geometry, PackedTokens, Reducer, Selection
+from tokenbench.reducers.base import AttentionContext, Geometry, PackedTokens, Reducer, Selection, lengths
 from tokenbench.reducers.none import NoReducer
 
 from .attention import attention_call, choose_backend
@@ -61,11 +61,6 @@ def sincos_table(n_position: int, dim: int) -> Tensor:
     table[:, 0::2] = torch.sin(angle[:, 0::2])
     table[:, 1::2] = torch.cos(angle[:, 1::2])
     return table.float()
-
-
-def _seqlens(cu_seqlens: Tensor) -> list[int]:
-    cu = cu_seqlens.tolist()
-    return [b - a for a, b in zip(cu[:-1], cu[1:])]
 
 
 @dataclass
@@ -323,7 +318,7 @@ class VideoViT(nn.Module):
             ran.add(used[0])
             paths.add(used[1])
             # counts are read back (a host sync) only where a reducer changed them
-            mlp = list(counts) if mlp_cu is cu_before else _seqlens(mlp_cu)
+            mlp = list(counts) if mlp_cu is cu_before else lengths(mlp_cu.tolist())
             counts = list(mlp) if tokens.cu_seqlens is mlp_cu else tokens.seqlens()
             stats.tokens_mlp_per_layer.append(mlp)
             stats.tokens_per_layer.append(counts)

@@ -8,6 +8,7 @@ part, a symlink leading out). The results store and the report build every such 
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -19,6 +20,13 @@ MAX_NAME = 120
 class UnsafePathError(UserError, ValueError):
     """A path built from record or suite contents would leave its root folder (a user's mistake, or a
     symlink planted in the folder: one line on the command line, not a traceback)."""
+
+
+def cache_root() -> Path:
+    """Where tokenbench caches what it builds or trains once: ``$TOKENBENCH_CACHE``, else
+    ``~/.cache/tokenbench``."""
+    root = os.environ.get("TOKENBENCH_CACHE")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "tokenbench"
 
 
 def safe_name(name: object) -> str:

@@ -143,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     from .evaluate import evaluate
     from .fingerprint import cpu_isa, cpu_model
     from .model import build_model
+    from .paths import cache_root
     from .run.clips import first_items
-    from .run.common import cache_root
     from .run.models import cached_pretrained
     from .suite import load_suite
 

@@ -69,9 +69,10 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
+from tokenbench.datasets import ClipDataset
 from tokenbench.reducers import Reducer
 
 from .checkpoint import save_checkpoint
@@ -229,7 +230,8 @@ class _Run:
     step: int = 0
 
 
-def train(model: nn.Module, train_ds: Dataset, val_ds: Dataset | None = None, reducer: Reducer = BASELINE,
+def train(model: nn.Module, train_ds: ClipDataset, val_ds: ClipDataset | None = None,
+          reducer: Reducer = BASELINE,
           recipe: TrainRecipe | None = None, *, device: str | torch.device = "cpu", out: str | Path | None = None,
           eval_reducer: Reducer | str = "auto", log: bool = True, log_every: int = 0) -> TrainResult:
     """Train ``model`` on ``train_ds`` with ``reducer`` in every forward pass, by ``recipe``; evaluate on
@@ -286,7 +288,7 @@ def _setup(model, train_ds, val_ds, reducer, recipe: TrainRecipe, device, eval_r
               "length_embedding": getattr(net, "length_embed", None) is not None,
               "reducer": None if reducer.identity else reducer.name,
               "params": None if reducer.identity else reducer.params(),
-              "train_dataset": _ds_info(train_ds), "val_dataset": _ds_info(val_ds) if val_ds is not None else None}
+              "train_dataset": train_ds.info(), "val_dataset": val_ds.info() if val_ds is not None else None}
     say(f"train: {config['model']} on {len(train_ds)} clips, reducer {reducer!r}, {recipe.epochs} epochs × "
         f"{len(loader)} steps of {recipe.batch_size}, {d.world_size} process(es), {torch.get_num_threads()} "
         f"threads, {dev}")
@@ -296,7 +298,7 @@ def _setup(model, train_ds, val_ds, reducer, recipe: TrainRecipe, device, eval_r
                 recipe.epochs * len(loader), int(round(recipe.warmup_epochs * len(loader))), config, say, log_every)
 
 
-def _loader(train_ds: Dataset, recipe: TrainRecipe, d: Dist, per_rank: int) -> tuple[DataLoader, Any]:
+def _loader(train_ds: ClipDataset, recipe: TrainRecipe, d: Dist, per_rank: int) -> tuple[DataLoader, Any]:
     """The training loader: a seeded shuffle, or a ``DistributedSampler`` shard per rank."""
     workers = recipe.num_workers
     if d.on:
@@ -309,13 +311,12 @@ def _loader(train_ds: Dataset, recipe: TrainRecipe, d: Dist, per_rank: int) -> t
                       collate_fn=collate, drop_last=True, persistent_workers=workers > 0), None
 
 
-def _one_epoch(run: _Run, train_ds: Dataset, epoch: int) -> dict[str, Any]:
+def _one_epoch(run: _Run, train_ds: ClipDataset, epoch: int) -> dict[str, Any]:
     """One pass over the loader; its wall-clock spans the first batch request to the last optimiser step."""
     rec, dev, net = run.recipe, run.dev, run.net
     if run.sampler is not None:
         run.sampler.set_epoch(epoch)
-    if hasattr(train_ds, "set_epoch"):
-        train_ds.set_epoch(epoch)
+    train_ds.set_epoch(epoch)
     amp_ctx = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if run.amp else contextlib.nullcontext
     _sync(dev)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -363,7 +364,8 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def _finish(run: _Run, val_ds: Dataset | None, epochs: list[dict[str, Any]], out: str | Path | None) -> TrainResult:
+def _finish(run: _Run, val_ds: ClipDataset | None, epochs: list[dict[str, Any]],
+            out: str | Path | None) -> TrainResult:
     """The result of the epochs, evaluated on ``val_ds``; the checkpoint written; the process group closed."""
     net, reducer, ev_reducer = run.net, run.reducer, run.ev_reducer
     wall_s = float(sum(e["wall_s"] for e in epochs))
@@ -397,13 +399,3 @@ def _finish(run: _Run, val_ds: Dataset | None, epochs: list[dict[str, Any]], out
     if run.d.started_here:
         dist.destroy_process_group()
     return result
-
-
-def _ds_info(ds: Dataset) -> dict[str, Any]:
-    info = getattr(ds, "info", None)
-    if callable(info):
-        try:
-            return info()
-        except Exception:  # informational only
-            pass
-    return {"dataset": getattr(ds, "name", type(ds).__name__), "num_clips": len(ds)}  # type: ignore[arg-type]

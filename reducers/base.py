@@ -23,12 +23,24 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, overload
 
 import torch
 from torch import Tensor
+
+
+@overload
+def lengths(cu_seqlens: Tensor) -> Tensor: ...
+@overload
+def lengths(cu_seqlens: Sequence[int]) -> list[int]: ...
+def lengths(cu_seqlens):
+    """Per-sequence lengths from packed offsets [B+1]: a long tensor on the offsets' device from a tensor (no
+    device read), Python ints from a list."""
+    if isinstance(cu_seqlens, Tensor):
+        return torch.diff(cu_seqlens.long())
+    return [b - a for a, b in zip(cu_seqlens[:-1], cu_seqlens[1:])]
 
 
 @dataclass
@@ -63,12 +75,11 @@ class PackedTokens:
         """Per-clip token counts as Python ints (from ``lens`` when set: no device read)."""
         if self.lens is not None:
             return list(self.lens)
-        cu = self.cu_seqlens.tolist()
-        return [b - a for a, b in zip(cu[:-1], cu[1:])]
+        return lengths(self.cu_seqlens.tolist())
 
     def seq_ids(self) -> Tensor:
         """[N_total] long: which clip each token belongs to."""
-        lens = torch.diff(self.cu_seqlens.long())
+        lens = lengths(self.cu_seqlens)
         # output_size: the total is known on the host, so nothing is read back from the device
         return torch.repeat_interleave(torch.arange(len(lens), device=self.x.device), lens.to(self.x.device),
                                        output_size=self.x.shape[0])

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import PackedTokens
+from .base import PackedTokens, lengths
 
 # --- score policies ------------------------------------------------------------------------------------
 
@@ -185,7 +185,7 @@ class ClipLayout:
     @classmethod
     def of(cls, cu_seqlens: Tensor, lens: list[int]) -> ClipLayout:
         starts = cu_seqlens[:-1].long()
-        n_dev = torch.diff(cu_seqlens).long()
+        n_dev = lengths(cu_seqlens)
         n_max = max(lens)
         if min(lens) == n_max:
             return cls(starts, n_dev, list(lens), n_max, True, None, None)

@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import PackedTokens, Reducer, ReducerParamError
+from .base import PackedTokens, Reducer, ReducerParamError, lengths
 from .bipartite import BipartitePlan, ClipLayout, CosineScores, Count, match, merge_wavg
 from .registry import register_reducer
 
@@ -102,7 +102,7 @@ def protected_first(plan: BipartitePlan, tokens: PackedTokens, r_dev: Tensor) ->
     (destinations, then the odd-ranked protected) after them; this reorders the plan's rows only."""
     n_out = plan.n_out
     dev = plan.keep.device
-    out_counts = torch.diff(plan.cu_seqlens.long())
+    out_counts = lengths(plan.cu_seqlens)
     out_start = plan.cu_seqlens[:-1].long()
     clip = torch.repeat_interleave(torch.arange(len(plan.lens), device=dev), out_counts, output_size=n_out)
     q = torch.arange(n_out, device=dev) - out_start[clip]

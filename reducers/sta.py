@@ -65,7 +65,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import PackedTokens, Reducer, ReducerParamError
+from .base import PackedTokens, Reducer, ReducerParamError, lengths
 from .registry import register_reducer
 
 STAGES = 3
@@ -169,7 +169,7 @@ def _by_time(pos: Tensor, cu: Tensor, lens: list[int]) -> tuple[Tensor, Tensor, 
         rows = starts + j
         p = pos.view(b, n_max)
     else:
-        counts = torch.diff(cu).long().unsqueeze(1)
+        counts = lengths(cu).unsqueeze(1)
         valid = j < counts
         rows = starts + torch.minimum(j, counts - 1)  # padding repeats the clip's last token
         p = pos.index_select(0, rows.flatten()).view(b, n_max).masked_fill(~valid, torch.iinfo(pos.dtype).max)

@@ -29,7 +29,7 @@ from torch import Tensor
 # The one import of harness from reducers: a conformance check runs the reducer through the real backbone.
 from tokenbench.harness.model import build_model
 
-from .base import PackedTokens, Reducer, Selection
+from .base import PackedTokens, Reducer, Selection, lengths
 from .contract import (  # noqa: F401 - the contract check lives in contract.py; re-exported for plugins' tests
     Checked,
     ReducerContractError,
@@ -54,7 +54,7 @@ def check_packed(tokens: PackedTokens, where: str, grid: tuple[int, int, int] | 
     assert cu.dtype == torch.int32, f"{where}: cu_seqlens must be int32, got {cu.dtype}"
     assert cu.dim() == 1 and cu.numel() >= 2, f"{where}: cu_seqlens must be [B+1], got {tuple(cu.shape)}"
     assert int(cu[0]) == 0, f"{where}: cu_seqlens must start at 0, got {int(cu[0])}"
-    d = torch.diff(cu)
+    d = lengths(cu)
     assert bool((d > 0).all()), f"{where}: cu_seqlens must increase strictly (no empty clip), got {cu.tolist()}"
     n = tokens.x.shape[0]
     assert int(cu[-1]) == n, f"{where}: cu_seqlens ends at {int(cu[-1])} but x has {n} tokens"

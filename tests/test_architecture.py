@@ -7,7 +7,8 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = {"tokenbench.harness": "harness", "tokenbench.reducers": "reducers", "tokenbench.datasets": "datasets"}
+PACKAGES = {"tokenbench.harness": "harness", "tokenbench.reducers": "reducers",
+            "tokenbench.datasets": "datasets", "tokenbench.plugins": "plugins"}
 # the command kept for committed READMEs: a shim onto harness/cli/train_compare.py
 CLI_SHIMS = {"tokenbench.harness.train_compare"}
 # reducers.testing.check_reducer runs a plugin's reducer through a full forward pass of the real backbone
@@ -79,6 +80,8 @@ def test_the_library_never_imports_the_cli_and_datasets_reducers_never_import_ha
             assert not {t for t in every if t.startswith("tokenbench.harness.cli")}, m
         if m.startswith(("tokenbench.datasets", "tokenbench.reducers")) and m not in REDUCER_HARNESS_IMPORTS:
             assert not {t for t in every if t.startswith("tokenbench.harness")}, m
+        if m.startswith("tokenbench.plugins"):  # the registry both open axes share depends on neither
+            assert not {t for t in every if not t.startswith("tokenbench.plugins")}, m
 
 
 def test_no_module_far_over_400_lines():

@@ -157,9 +157,10 @@ def test_run_warns_in_one_line_and_the_report_marks_noisy_cells(tmp_path, capsys
     noisy["metrics"].update(interference="runqueue+steal", host_runnable_others=2.5, host_steal_pct=7.0)
     write_records(tmp_path / "results", records)
     suite_dir = tmp_path / "results" / "default"
-    warn_noisy(suite_dir, {r["key"] for r in records if r is not noisy})  # not a cell of this run: silent
+    # not a cell of this run: silent
+    warn_noisy(report.read(suite_dir), {r["key"] for r in records if r is not noisy})
     assert capsys.readouterr().err == ""
-    warn_noisy(suite_dir, {r["key"] for r in records})
+    warn_noisy(report.read(suite_dir), {r["key"] for r in records})
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "1 cell(s) were timed under interference (runqueue, steal" in err
     assert "--rerun-noisy" in err

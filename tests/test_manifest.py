@@ -239,7 +239,7 @@ def test_views_and_training_mode(kinetics, tmp_path):
 
 
 def test_get_dataset_errors():
-    with pytest.raises(UnknownDatasetError, match="samples, synthetic, manifest, kinetics, ssv2"):
+    with pytest.raises(UnknownDatasetError, match="kinetics, manifest, samples, ssv2, synthetic"):
         get_dataset("imagenet")
     with pytest.raises(ValueError, match="manifest=PATH"):
         get_dataset("kinetics")

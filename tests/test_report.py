@@ -21,7 +21,7 @@ from tokenbench.harness.paths import WRITTEN_MANIFEST, safe_name
 from tokenbench.harness.report import figures as report_figures
 from tokenbench.harness.report import records as report_records
 from tokenbench.harness.report import tables as report_tables
-from tokenbench.harness.results import load, store_path
+from tokenbench.harness.results import store_path
 from tokenbench.harness.schema import SCHEMA_VERSION, cell_key, reducer_label
 
 FP_A = "cpu-xeon-2t-torch2.13.0"
@@ -214,7 +214,7 @@ def test_delta_top1_is_read_against_the_records_own_baseline_and_speedup_falls_b
     tome["metrics"]["time_ms_median"] *= 1.5  # make the fallback differ from any stored number
     base = next(r for r in records if r["cell"]["reducer"] == "none")
     write_records(tmp_path / "results", records)
-    recs = report_records.records_from_frame(load(tmp_path / "results"))
+    recs = report.read(tmp_path / "results").records
     rows = {row["label"]: row for row in report_tables.inference_values(recs)}
     for rec in records:
         row = rows[_label(rec)]
@@ -299,19 +299,19 @@ def test_mixed_fingerprints_give_separate_tables_never_one_speedup_column(tmp_pa
     assert len(_csv(tables / "tokens.csv")) == len({(r["cell"]["dataset"], _label(r)) for r in a
                                                    if r["cell"]["mode"] == "inference"})
     # and the builders refuse mixed input outright
-    mixed = report_records.records_from_frame(load(tmp_path / "results"))
+    mixed = report.read(tmp_path / "results").records
     # timing figures are planned once per fingerprint, token figures once
     ok, _ = report_records.dedupe(mixed)
-    by_fp = {fp: [r for r in ok if r["fingerprint"] == fp] for fp in (FP_A, FP_B)}
+    by_fp = {fp: [r for r in ok if r.fingerprint == fp] for fp in (FP_A, FP_B)}
     names = {s.name for s in report_figures.plan_figures(by_fp, ok, report_figures.Style(ok)).figures}
     timed = ("accuracy_vs_throughput", "gflops_vs_time", "rlt_threshold_sweep", "curves_top1_vs_throughput")
     assert names == {f"{n}__{s}" for n in timed for s in (slug_a, slug_b)} | {
         "token_distribution", "tokens_per_layer", "curves_top1_vs_gflops"}
     assert "(figures/accuracy_vs_throughput__" + slug_b + ".png)" in readme
     with pytest.raises(AssertionError, match="several fingerprints"):
-        report_tables.inference_values([r for r in mixed if r.get("mode") == "inference"])
+        report_tables.inference_values([r for r in mixed if r.mode == "inference"])
     # the headline table prints one block per fingerprint
-    head = report.headline_table(load(tmp_path / "results"))
+    head = report.headline_table(report.read(tmp_path / "results"))
     assert head.count("hardware ") == 2 and FP_A in head and FP_B in head
 
 
@@ -472,7 +472,7 @@ def test_every_figure_is_a_real_image_with_data_in_each_plot_area(written, tmp_p
     for p in (p for p in paths.figures if p.suffix == ".svg"):
         assert ET.parse(p).getroot().tag.endswith("svg")
     # redraw each planned figure and look inside each axes' pixel box
-    recs = report_records.records_from_frame(load(tmp / "results"))
+    recs = report.read(tmp / "results").records
     ok, _ = report_records.dedupe(recs)
     plan = report_figures.plan_figures({FP_A: ok}, ok, report_figures.Style(ok))
     assert sorted(s.name for s in plan.figures) == sorted(p.stem for p in pngs)
@@ -508,7 +508,7 @@ def test_sweep_figure_draws_only_the_panels_it_has_data_for(tmp_path):
         for k in ("top1", "top5", "top1_baseline"):
             r["metrics"].pop(k)
     write_records(tmp_path / "results", records)
-    ok, _ = report_records.dedupe(report_records.records_from_frame(load(tmp_path / "results")))
+    ok, _ = report_records.dedupe(report.read(tmp_path / "results").records)
     plan = report_figures.plan_figures({FP_A: ok}, ok, report_figures.Style(ok))
     assert "accuracy_vs_throughput" not in {s.name for s in plan.figures}
     sweep = next(s for s in plan.figures if s.name == "rlt_threshold_sweep")
@@ -518,14 +518,14 @@ def test_sweep_figure_draws_only_the_panels_it_has_data_for(tmp_path):
 
 
 def test_one_metric_table_entry_gives_a_column(tmp_path, monkeypatch):
-    from tokenbench.harness import schema
+    from tokenbench.harness import metric_table, schema
 
     records = make_suite_records(train=False, failed=False, batches=(2,), datasets=("synthetic",))
     for i, rec in enumerate(records):
         rec["metrics"]["energy_j"] = 0.5 + i
-    new = schema.Metric("energy_j", "energy per batch", "J", "fixed:2", False, "energy (J)",
-                        shown=(schema.Shown("inference", 65),))
-    monkeypatch.setattr(schema, "METRIC_TABLE", schema.METRIC_TABLE + (new,))
+    new = schema.Metric("energy_j", "energy per batch", unit="J", fmt="fixed:2", higher_is_better=False,
+                        header="energy (J)", shown=(schema.Shown("inference", 65),))
+    monkeypatch.setattr(metric_table, "METRIC_TABLE", schema.METRIC_TABLE + (new,))
     write_records(tmp_path / "results", records)
     report.write_report(tmp_path / "results", tmp_path / "reports", figures=False)
     tables = tmp_path / "reports" / "default" / "tables"
@@ -587,6 +587,30 @@ def test_a_failing_aa_control_marks_its_fingerprint_and_tables_name_their_commit
     assert "⚠ the A/A control" in md
 
 
+
+def test_one_derived_metric_entry_gives_its_column_in_every_table_that_shows_it(tmp_path, monkeypatch):
+    from tokenbench.harness import metric_table, schema
+
+    def dropped(r) -> float | None:  # tokens per clip dropped at the input: a formula over the record
+        kept, total = r.num("tokens_in_mean"), r.num("tokens_total")
+        return total - kept if kept is not None and total is not None else None
+
+    records = make_suite_records(train=False, failed=False, batches=(2,), datasets=("synthetic",))
+    new = schema.Metric("tokens_dropped", "tokens per clip dropped at the input", unit="tokens", fmt="fixed:1",
+                        header="dropped", shown=(("inference", 45), ("tokens", 55)), derive=dropped)
+    assert new.derived and new.shown == (schema.Shown("inference", 45), schema.Shown("tokens", 55))
+    monkeypatch.setattr(metric_table, "METRIC_TABLE", schema.METRIC_TABLE + (new,))
+    write_records(tmp_path / "results", records)
+    report.write_report(tmp_path / "results", tmp_path / "reports", figures=False)
+    tables = tmp_path / "reports" / "default" / "tables"
+    for name in ("inference", "tokens"):
+        rows = {r["label"]: r for r in _csv(tables / f"{name}.csv")}
+        assert len(rows) == len(records)
+        for rec in records:
+            m = rec["metrics"]
+            assert float(rows[_label(rec)]["tokens_dropped"]) == pytest.approx(
+                m["tokens_total"] - m["tokens_in_mean"], abs=1e-4)
+
 def test_tokenbench_run_warns_in_one_line_when_an_aa_control_is_off(tmp_path, capsys):
     from tokenbench.harness.cli.run import warn_aa
 
@@ -595,9 +619,10 @@ def test_tokenbench_run_warns_in_one_line_when_an_aa_control_is_off(tmp_path, ca
     base["metrics"].update(speedup=0.97, speedup_ci_lo=0.95, speedup_ci_hi=0.99)
     write_records(tmp_path / "results", records)
     suite_dir = tmp_path / "results" / "default"
-    warn_aa(suite_dir, {r["key"] for r in records if r is not base})  # not a cell of this run: silent
+    # not a cell of this run: silent
+    warn_aa(report.read(suite_dir), {r["key"] for r in records if r is not base})
     assert capsys.readouterr().err == ""
-    warn_aa(suite_dir, {r["key"] for r in records})
+    warn_aa(report.read(suite_dir), {r["key"] for r in records})
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "A/A control is off 1 by more than 2%" in err and "0.970×" in err
 
@@ -613,7 +638,7 @@ def test_training_seeds_are_pooled_with_their_spread_and_paired_by_seed(tmp_path
                                minute=len(records)))
     write_records(tmp_path / "results", records)
     rows = {r["label"]: r for r in report_tables.training_values(
-        report_records.records_from_frame(load(tmp_path / "results")))}
+        report.read(tmp_path / "results").records)}
     assert set(rows) == {"none", "rlt τ=0.1"}
     rlt = rows["rlt τ=0.1"]
     assert rlt["train_seeds"] == 2

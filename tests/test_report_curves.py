@@ -19,7 +19,7 @@ from tokenbench.harness import report
 from tokenbench.harness.report import curve_figures, curves, records, static_share
 from tokenbench.harness.report.format import MISSING
 from tokenbench.harness.report.style import Style, pareto_front, reducer_colour
-from tokenbench.harness.results import load, store_path
+from tokenbench.harness.results import store_path
 from tokenbench.harness.schema import Cell, make_record
 
 FP_ID = "cpu-test-2t-torch2.13.0-float32"
@@ -87,7 +87,7 @@ def _write(root: Path, recs: list[dict]) -> Path:
 
 
 def _ok(root: Path) -> list[dict]:
-    ok, failed = records.dedupe(records.records_from_frame(load(root)))
+    ok, failed = records.dedupe(report.read(root).records)
     assert not failed
     return ok
 
@@ -181,15 +181,15 @@ def test_curve_figures_mark_the_front_join_each_family_and_draw_packed_rows_holl
     assert [t for t, _ in skipped] == ["RLT against the share of static content"]
     fig = by_name["curves_top1_vs_gflops"].draw()
     # front over every point, lower GFLOPs and higher top-1 better
-    pts = {(r["gflops"], r["top1"]) for r in ok}
+    pts = {(r.num("gflops"), r.num("top1")) for r in ok}
     assert _front_line(fig) == _non_dominated(pts, lower_x_better=True)
     ax = fig.axes[0]
     # each family's line: its deployed budgets sorted by tokens, the [packed] repeat not in it
     rlt_line = [ln for ln in ax.get_lines() if ln.get_color() == reducer_colour("rlt") and ln.get_linestyle() == "-"]
     assert len(rlt_line) == 1
-    deployed = sorted((r for r in ok if r["reducer"] == "rlt" and not records.forced_packed(r)),
-                      key=lambda r: r["tokens_in_mean"])
-    assert list(rlt_line[0].get_xdata()) == pytest.approx([r["gflops"] for r in deployed])
+    deployed = sorted((r for r in ok if r.reducer == "rlt" and not records.forced_packed(r)),
+                      key=lambda r: r.num("tokens_in_mean"))
+    assert list(rlt_line[0].get_xdata()) == pytest.approx([r.num("gflops") for r in deployed])
     hollow = [ln for ln in ax.get_lines() if ln.get_markerfacecolor() == "none"
               and ln.get_markeredgecolor() == reducer_colour("rlt")]
     assert len(hollow) == 1
@@ -202,10 +202,10 @@ def test_curve_figures_mark_the_front_join_each_family_and_draw_packed_rows_holl
     assert len(sets) == 1
     for p in sets[0].points:
         r = p.record
-        base = BATCH / (r["baseline_time_ms_median"] / 1000) if p.packed else BASE_TP
-        assert p.throughput == pytest.approx(r["speedup"] * base)
+        base = BATCH / (r.num("baseline_time_ms_median") / 1000) if p.packed else BASE_TP
+        assert p.throughput == pytest.approx(r.num("speedup") * base)
         assert (p.throughput_lo, p.throughput_hi) == pytest.approx(
-            (r["speedup_ci_lo"] * base, r["speedup_ci_hi"] * base))
+            (r.num("speedup_ci_lo") * base, r.num("speedup_ci_hi") * base))
     fig = by_name["curves_top1_vs_throughput"].draw()
     tp = {(p.throughput, p.top1) for p in [sets[0].baseline] + sets[0].points}
     assert _front_line(fig) == _non_dominated(tp)
@@ -277,7 +277,7 @@ def test_static_share_table_rows_match_the_records_and_the_figure_is_written(tmp
     ok = _ok(tmp_path / "results")
     (series,) = static_share.static_share_series(ok)
     assert series.taus == [0.1] and [p.share for p in series.points] == expected_shares
-    assert all(p.random is not None and p.random["params"]["match_rlt"] == p.tau for p in series.points)
+    assert all(p.random is not None and p.random.params["match_rlt"] == p.tau for p in series.points)
 
 
 def test_datasets_of_one_format_stay_apart_in_every_table(tmp_path):

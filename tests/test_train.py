@@ -158,7 +158,7 @@ def test_bad_arguments_fail_before_training(data):
     with pytest.raises(ValueError, match="epochs"):
         train(model(), tr, None, recipe=TrainRecipe(epochs=0), log=False)
     with pytest.raises(ValueError, match="no full batch"):
-        train(model(), torch.utils.data.Subset(tr, range(3)), None, recipe=TrainRecipe(epochs=1, batch_size=8),
+        train(model(), tr.head(3), None, recipe=TrainRecipe(epochs=1, batch_size=8),
               log=False)
 
 

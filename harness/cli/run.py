@@ -10,10 +10,9 @@ from typing import Any
 
 from ..errors import UserError
 from ..paths import safe_name
-from ..report import headline_table, write_report
+from ..report import Records, headline_table, read, write_report
 from ..report.provenance import AA_TOLERANCE, aa_failures, aa_text
-from ..report.records import dedupe, records_from_frame
-from ..results import load
+from ..report.records import dedupe
 from ..run import run_suite
 from ..run.executors import DEFAULT_TIMEOUT_MIN, LaunchOptions
 from ..run.launch import LAUNCHERS, launch
@@ -207,55 +206,56 @@ def run(args) -> int:
                   f"tokenbench report {shlex.quote(str(suite_dir))}", file=sys.stderr)
         return 0
     where = f" → {summary.store}" if summary.store else ""
-    timed = getattr(summary, "timed_out", 0)
+    timed = summary.timed_out
     failed = f"{summary.failed} failed" + (f", {timed} of them timed out" if timed else "")
     print(f"{suite.name}: {summary.ran} cells run ({failed}), {summary.skipped} already recorded, "
           f"{summary.wall_s:.1f} s{where}", file=sys.stderr)
-    stale = getattr(summary, "stale", 0)
+    stale = summary.stale
     if stale:
         print(f"{suite.name}: {stale} recorded cell(s) were measured at another commit or in a dirty tree"
               + (" and were measured again" if summary.rerun_stale else
                  "; their records are kept (tokenbench run --rerun-stale measures them again)"), file=sys.stderr)
-    if not args.no_report and suite_dir.is_dir():
-        report_and_headline(suite_dir, Path(args.report_dir))
     if suite_dir.is_dir():
+        records = read(suite_dir)  # once: the report, the headline table and the warnings share them
+        if not args.no_report:
+            report_and_headline(records, Path(args.report_dir))
         fingerprint = Path(summary.store).parent.name if summary.store else None
-        warn_aa(suite_dir, {c.key for c in cells}, fingerprint)
-        warn_noisy(suite_dir, {c.key for c in cells}, fingerprint)
+        warn_aa(records, {c.key for c in cells}, fingerprint)
+        warn_noisy(records, {c.key for c in cells}, fingerprint)
     return 1 if summary.failed else 0
 
 
-def warn_noisy(suite_dir: Path, keys: set[str], fingerprint: str | None = None) -> None:
+def warn_noisy(records: Records, keys: set[str], fingerprint: str | None = None) -> None:
     """One line when cells of this run (``keys``, on ``fingerprint`` when known) were timed under interference
     (``harness.timing.Interference``): which rules fired, and how to time them again."""
-    ok, _ = dedupe(records_from_frame(load(suite_dir)))
-    bad = [r for r in ok if r.get("key") in keys and r.get("interference")
-           and (fingerprint is None or r["fingerprint"] == fingerprint)]
+    ok, _ = dedupe(records.records)
+    bad = [r for r in ok if r.key in keys and r.text("interference")
+           and (fingerprint is None or r.fingerprint == fingerprint)]
     if bad:
-        rules = sorted({rule for r in bad for rule in str(r["interference"]).split("+")})
+        rules = sorted({rule for r in bad for rule in str(r.text("interference")).split("+")})
         print(f"warning: {len(bad)} cell(s) were timed under interference ({', '.join(rules)}; e.g. "
-              f"{bad[0].get('label')} b{bad[0].get('batch_size')}): their speedups are marked † in the report; "
+              f"{bad[0].label} b{bad[0].batch_size}): their speedups are marked † in the report; "
               f"tokenbench run --rerun-noisy times them again", file=sys.stderr)
 
 
-def warn_aa(suite_dir: Path, keys: set[str], fingerprint: str | None = None) -> None:
+def warn_aa(records: Records, keys: set[str], fingerprint: str | None = None) -> None:
     """One line when a cell's A/A control (the baseline timed against itself) reads off 1 by more than
     the tolerance: the speedups measured beside it are not to be trusted. Only this run's cells (``keys``)
     on this run's hardware (``fingerprint``, when known) count."""
-    ok, _ = dedupe(records_from_frame(load(suite_dir)))
-    bad = aa_failures([r for r in ok if r.get("key") in keys
-                       and (fingerprint is None or r["fingerprint"] == fingerprint)])
+    ok, _ = dedupe(records.records)
+    bad = aa_failures([r for r in ok if r.key in keys
+                       and (fingerprint is None or r.fingerprint == fingerprint)])
     if bad:
         print(f"warning: the A/A control is off 1 by more than {AA_TOLERANCE:.0%} in {len(bad)} cell(s) "
               f"(timing noise: a busy machine?), e.g. {aa_text(bad[0])}", file=sys.stderr)
 
 
-def report_and_headline(suite_dir: Path, report_dir: Path) -> None:
-    """Rebuild the suite's report and print its headline table."""
-    paths = write_report(suite_dir, report_dir)
+def report_and_headline(records: Records, report_dir: Path) -> None:
+    """Rebuild the suite's report and print its headline table, both from the records given."""
+    paths = write_report(records, report_dir)
     for readme in paths.readmes:
         print(f"report: {readme}", file=sys.stderr)
-    print(headline_table(load(suite_dir)))
+    print(headline_table(records))
 
 
 def command_line(argv: list[str] | None = None) -> str:

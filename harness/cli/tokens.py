@@ -200,7 +200,7 @@ def run(args) -> int:
 
     rows = count_tokens(dataset, thresholds, limit=args.limit, batch_size=args.batch_size, on_error=on_error)
     summary = summarise(rows, thresholds)
-    info = dataset.info() if hasattr(dataset, "info") else {"dataset": getattr(dataset, "name", "?")}
+    info = dataset.info()
     if args.format == "json":
         json.dump({"dataset": info, "thresholds": thresholds, "clips": [
             {**r, "kept": {str(t): k for t, k in r["kept"].items()}} for r in rows],

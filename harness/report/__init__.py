@@ -39,9 +39,10 @@ location relative to the current directory, not from how the command was typed).
 
 Python API (the runner calls these at the end of ``tokenbench run``)::
 
-    write_report(results_dir_or_paths, out_dir, figures=True) -> ReportPaths
+    records = read(results_dir_or_paths)   # Records: the report's typed records, read once
+    write_report(records, out_dir, figures=True) -> ReportPaths   # or the paths themselves
     check_report(results_dir_or_paths, out_dir) -> list[str]      # stale files; [] when current
-    headline_table(df) -> str          # compact inference table(s) for the terminal, df from results.load
+    headline_table(records) -> str     # compact inference table(s) for the terminal
 """
 from __future__ import annotations
 
@@ -51,10 +52,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
-
 from ..paths import WrittenFiles, distinct_names, inside, safe_name
-from ..results import find_record_files, load
+from ..results import find_record_files
 from ..schema import HEAD
 from . import figures as figs
 from . import tables as tabs
@@ -62,10 +61,10 @@ from .curves import matched_budget_table
 from .format import Table
 from .provenance import AA_TOLERANCE, aa_failures, aa_text, commits_note
 from .readme import suite_readme
-from .records import dedupe, records_from_frame
+from .records import Record, dedupe, read_records
 from .static_share import static_share_table
 
-__all__ = ["ReportPaths", "write_report", "check_report", "headline_table"]
+__all__ = ["ReportPaths", "Records", "read", "write_report", "check_report", "headline_table"]
 
 TABLE_EXTS = (".md", ".csv", ".tex")
 FIGURE_EXTS = (".png", ".svg")
@@ -90,24 +89,31 @@ class ReportPaths:
 # loading
 
 
-def _load(paths) -> tuple[list[dict], dict[str, list[Path]]]:
-    """Records (dicts, see report.records) of every records file named, and the folders each suite came
-    from (``results/<suite>`` for files in the standard layout)."""
-    files = find_record_files(paths)
-    frames, sources = [], {}
-    for f in files:
-        df = load(f)
-        if len(df):
-            frames.append(df)
-            for suite in sorted({str(s) if s is not None else "unnamed" for s in df["suite"]}):
-                # results/<suite>/<fp>/records.jsonl -> results/<suite>; any other file: itself
-                d = f.parent.parent if f.parent.parent.name == safe_name(suite) else f
-                sources.setdefault(suite, [])
-                if d not in sources[suite]:
-                    sources[suite].append(d)
-    if not frames:
-        return [], {}
-    return records_from_frame(pd.concat(frames, ignore_index=True)), sources
+@dataclass(frozen=True)
+class Records:
+    """The records a report is built from, and the folders each suite's came from (``results/<suite>`` for
+    files in the standard layout: the README's regenerate command names them)."""
+
+    records: list[Record]
+    sources: dict[str, list[Path]]
+
+
+def read(paths: str | Path | Iterable[str | Path]) -> Records:
+    """The records of every records file named (files, or folders searched recursively), read once."""
+    records, sources = [], {}
+    for f in find_record_files(paths):
+        recs = read_records([f])
+        records += recs
+        for suite in sorted({r.suite for r in recs}):
+            # results/<suite>/<fp>/records.jsonl -> results/<suite>; any other file: itself
+            d = f.parent.parent if f.parent.parent.name == safe_name(suite) else f
+            if d not in sources.setdefault(suite, []):
+                sources[suite].append(d)
+    return Records(records, sources)
+
+
+def _records(given: Records | str | Path | Iterable[str | Path]) -> Records:
+    return given if isinstance(given, Records) else read(given)
 
 
 def _rel(p: Path | str) -> str:
@@ -128,18 +134,18 @@ class SuiteReport:
     texts: dict[str, str]                       # relative path -> content (tables and README)
     tables: list[tuple[str, Table]]             # (file stem, table)
     plan: figs.FigurePlan
-    failed: list[dict]
+    failed: list[Record]
 
 
 def _table_stem(table: Table, several: bool) -> str:
     return table.name + (f"__{safe_name(table.fingerprint)}" if several and table.fingerprint else "")
 
 
-def build_suite(suite: str, records: list[dict], regenerate: str) -> SuiteReport:
+def build_suite(suite: str, records: list[Record], regenerate: str) -> SuiteReport:
     ok, failed = dedupe(records)
-    fps = sorted({r["fingerprint"] for r in ok})
+    fps = sorted({r.fingerprint for r in ok})
     several = len(fps) > 1
-    by_fp = {fp: [r for r in ok if r["fingerprint"] == fp] for fp in fps}
+    by_fp = {fp: [r for r in ok if r.fingerprint == fp] for fp in fps}
     tables: list[tuple[str, Table]] = []
     for fp in fps:
         for build in (tabs.inference_table, tabs.training_table):
@@ -155,7 +161,7 @@ def build_suite(suite: str, records: list[dict], regenerate: str) -> SuiteReport
             if t is not None:
                 tables.append((_table_stem(t, several), t))
     for _, t in tables:  # the code behind each table's numbers, and whether its timings passed the A/A check
-        recs = [r for r in ok if t.fingerprint is None or r["fingerprint"] == t.fingerprint]
+        recs = [r for r in ok if t.fingerprint is None or r.fingerprint == t.fingerprint]
         t.notes.append(commits_note([r for r in recs if _in_table(t, r)]))
         bad = aa_failures(recs) if t.fingerprint is not None else []
         if bad:
@@ -173,9 +179,9 @@ def build_suite(suite: str, records: list[dict], regenerate: str) -> SuiteReport
     return SuiteReport(suite, texts, tables, plan, failed)
 
 
-def _in_table(t: Table, r: dict) -> bool:
+def _in_table(t: Table, r: Record) -> bool:
     """Whether record ``r`` is of the mode table ``t`` shows."""
-    return r.get("mode") == ("train" if t.name == "training" else "inference")
+    return r.mode == ("train" if t.name == "training" else "inference")
 
 
 def _regenerate_command(sources: list[Path], out_dir: Path) -> str:
@@ -183,12 +189,13 @@ def _regenerate_command(sources: list[Path], out_dir: Path) -> str:
         f" --out {_rel(out_dir)}"
 
 
-def build_reports(results_dir_or_paths, out_dir) -> list[SuiteReport]:
-    records, sources = _load(results_dir_or_paths)
+def build_reports(given: Records | str | Path | Iterable[str | Path], out_dir) -> list[SuiteReport]:
+    records = _records(given)
     out = []
-    for suite in sorted({r["suite"] for r in records}):
-        recs = [r for r in records if r["suite"] == suite]
-        out.append(build_suite(suite, recs, _regenerate_command(sources.get(suite, []), Path(out_dir))))
+    for suite in sorted({r.suite for r in records.records}):
+        recs = [r for r in records.records if r.suite == suite]
+        regenerate = _regenerate_command(records.sources.get(suite, []), Path(out_dir))
+        out.append(build_suite(suite, recs, regenerate))
     return out
 
 
@@ -196,9 +203,10 @@ def build_reports(results_dir_or_paths, out_dir) -> list[SuiteReport]:
 # public API
 
 
-def write_report(results_dir_or_paths: str | Path | Iterable[str | Path], out_dir: str | Path,
+def write_report(results_dir_or_paths: Records | str | Path | Iterable[str | Path], out_dir: str | Path,
                  figures: bool = True) -> ReportPaths:
-    """Write ``out_dir/<suite>/`` (README, tables, figures) for every suite in the records named.
+    """Write ``out_dir/<suite>/`` (README, tables, figures) for every suite in the records given (read
+    already, as :func:`read` returns them, or the paths to read them from).
 
     Files an earlier report wrote there (listed in its ``.tokenbench-written.json``) that these records no
     longer produce are removed, so the folder matches the records; a file the report did not write is
@@ -269,17 +277,15 @@ def check_report(results_dir_or_paths: str | Path | Iterable[str | Path], out_di
     return stale
 
 
-def headline_table(df) -> str:
+def headline_table(records: Records | Iterable[Record]) -> str:
     """The inference results of each suite and fingerprint as compact aligned text for the terminal
-    (the report's inference table without params and IQRs). ``df``: a DataFrame from
-    :func:`tokenbench.harness.results.load`."""
-    ok, failed = dedupe(records_from_frame(df))
-    cols = tabs._ident_cols("model", "dataset", "reducer", "batch") + tabs.metric_cols(HEAD, iqr=False)
+    (the report's inference table without params and IQRs). ``records``: as :func:`read` returns them."""
+    ok, failed = dedupe(records.records if isinstance(records, Records) else records)
+    cols = tabs.ident_cols("model", "dataset", "reducer", "batch") + tabs.metric_cols(HEAD, iqr=False)
     blocks = []
-    for suite in sorted({r["suite"] for r in ok}):
-        for fp in sorted({r["fingerprint"] for r in ok if r["suite"] == suite}):
-            recs = [r for r in ok if r["suite"] == suite and r["fingerprint"] == fp
-                    and r.get("mode") == "inference"]
+    for suite in sorted({r.suite for r in ok}):
+        for fp in sorted({r.fingerprint for r in ok if r.suite == suite}):
+            recs = [r for r in ok if r.suite == suite and r.fingerprint == fp and r.mode == "inference"]
             if recs:
                 rows = [tabs.with_metrics(row, row["_record"], HEAD) for row in tabs.inference_values(recs)]
                 t = Table("headline", "", cols, rows, fp)

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from .curves import CurvePoint, CurveSet, curve_sets
-from .records import reducer_rank
+from .records import Record, reducer_rank
 from .static_share import ShareSeries, kept, static_share_series, triple
 from .style import DASHES, FigureSpec, family_groups, family_marker, fp_suffix, pareto_front, reducer_colour
 
@@ -158,11 +158,11 @@ def _static_share(series: list[ShareSeries], title: str) -> Callable[[], Figure]
     return draw
 
 
-def plan_curve_figures(by_fp: dict[str, list[dict]], ok: list[dict]):
+def plan_curve_figures(by_fp: dict[str, list[Record]], ok: list[Record]):
     """``(figures, skipped)``: the curve figures these ok records support, and the titles they cannot."""
     specs: list[FigureSpec] = []
     skipped: list[tuple[str, str]] = []
-    inf = [r for r in ok if r.get("mode") == "inference"]
+    inf = [r for r in ok if r.mode == "inference"]
     sets = [cs for cs in curve_sets(inf, by_batch=False) if any(p.gflops is not None for p in cs.points)]
     if sets:
         specs.append(FigureSpec(
@@ -182,7 +182,7 @@ def plan_curve_figures(by_fp: dict[str, list[dict]], ok: list[dict]):
     tp_specs, share_specs = [], []
     for fp in sorted(by_fp):
         suffix, title_fp = fp_suffix(fp, several)
-        recs = [r for r in by_fp[fp] if r.get("mode") == "inference"]
+        recs = [r for r in by_fp[fp] if r.mode == "inference"]
         sets = [cs for cs in curve_sets(recs, by_batch=True) if any(p.throughput is not None for p in cs.points)]
         if sets:
             tp_specs.append(FigureSpec(

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .format import MISSING, Col, Table, fixed, signed
-from .records import forced_packed, model_names, num, setting, sort_key, tokens_per_block
+from .records import Record, forced_packed, model_names, setting, sort_key, tokens_per_block
 
 BUDGETS = (0.75, 0.50, 0.30)  # token fractions the matched-budget table reads each family at
 
@@ -46,7 +46,7 @@ class CurvePoint:
     throughput: float | None           # clips/s, paired (see the module docstring)
     throughput_lo: float | None
     throughput_hi: float | None
-    record: dict = field(repr=False, compare=False, default_factory=dict)
+    record: Record | None = field(repr=False, compare=False, default=None)
 
 
 @dataclass
@@ -72,67 +72,67 @@ class CurveSet:
         return f"{self.model} · {self.dataset}" + (f" · batch {self.batch_size}" if self.batch_size else "")
 
 
-def _baseline_throughput(r: dict, base: dict, base_tp: float | None) -> float | None:
+def _baseline_throughput(r: Record, base: Record, base_tp: float | None) -> float | None:
     """The clips/s a row's speedup multiplies: the baseline cell's, unless the row's own baseline arm ran
     another attention path (a [packed] cell times its baseline per sequence too); then that arm's, from
     the cell's ``baseline_time_ms_median``."""
-    path, b_path = r.get("baseline_attn_path"), base.get("attn_path")
+    path, b_path = r.value("baseline_attn_path"), base.value("attn_path")
     if base_tp is None or not path or not b_path or path == b_path:
         return base_tp
-    t, bs = num(r.get("baseline_time_ms_median")), num(r.get("batch_size"))
+    t, bs = r.num("baseline_time_ms_median"), r.num("batch_size")
     return bs / (t / 1000.0) if t and bs else None
 
 
-def _point(r: dict, base_tokens: float, base_tp: float | None, is_base: bool) -> CurvePoint:
-    top1, b_top1 = num(r.get("top1")), num(r.get("top1_baseline"))
-    sp, sp_lo, sp_hi = (num(r.get(k)) for k in ("speedup", "speedup_ci_lo", "speedup_ci_hi"))
-    clips = num(r.get("clips_per_s"))
+def _point(r: Record, base_tokens: float, base_tp: float | None, is_base: bool) -> CurvePoint:
+    top1, b_top1 = r.num("top1"), r.num("top1_baseline")
+    sp, sp_lo, sp_hi = (r.num(k) for k in ("speedup", "speedup_ci_lo", "speedup_ci_hi"))
+    clips = r.num("clips_per_s")
     if base_tp is not None and sp is not None:
         tp = base_tp if is_base else sp * base_tp
         tp_lo = sp_lo * base_tp if sp_lo is not None else None
         tp_hi = sp_hi * base_tp if sp_hi is not None else None
     else:
         tp, tp_lo, tp_hi = clips, None, None
-    gflops = num(r.get("gflops"))
+    gflops = r.num("gflops")
     return CurvePoint(
-        label=r["label"], family=r["reducer"], packed=forced_packed(r),
+        label=r.label, family=r.reducer, packed=forced_packed(r),
         fraction=(tokens_per_block(r) or 0.0) / base_tokens,
-        gflops=gflops if gflops is not None else num(r.get("gflops_fvcore")),
-        top1=top1, top1_lo=num(r.get("top1_ci_lo")), top1_hi=num(r.get("top1_ci_hi")),
+        gflops=gflops if gflops is not None else r.num("gflops_fvcore"),
+        top1=top1, top1_lo=r.num("top1_ci_lo"), top1_hi=r.num("top1_ci_hi"),
         delta=0.0 if is_base and top1 is not None else (top1 - b_top1 if top1 is not None and b_top1 is not None
                                                         else None),
-        delta_lo=num(r.get("delta_top1_ci_lo")), delta_hi=num(r.get("delta_top1_ci_hi")),
+        delta_lo=r.num("delta_top1_ci_lo"), delta_hi=r.num("delta_top1_ci_hi"),
         throughput=tp, throughput_lo=tp_lo, throughput_hi=tp_hi, record=r)
 
 
-def curve_sets(records: list[dict], by_batch: bool) -> list[CurveSet]:
+def curve_sets(records: list[Record], by_batch: bool) -> list[CurveSet]:
     """Curve sets of the ok inference records given, one per (model, data[, batch size]) that has a
     baseline with token counts and at least one reducer point with top-1. Without ``by_batch`` (accuracy
     and GFLOPs do not depend on batch size or hardware) each variant is taken once: its record of the
     smallest batch size, then the first fingerprint id; with it, ``records`` must be one fingerprint's."""
-    recs = [r for r in records if r.get("mode") == "inference" and tokens_per_block(r)]
+    recs = [r for r in records if r.mode == "inference" and tokens_per_block(r)]
     if not by_batch:
-        first: dict[tuple, dict] = {}
-        for r in sorted(recs, key=lambda r: (r.get("batch_size") or 0, r["fingerprint"], sort_key(r))):
-            first.setdefault((setting(r), r["label"], r["params_json"]), r)
+        first: dict[tuple, Record] = {}
+        for r in sorted(recs, key=lambda r: (r.batch_size or 0, r.fingerprint, sort_key(r))):
+            first.setdefault((setting(r), r.label, r.params_json), r)
         recs = list(first.values())
     names = model_names(recs)
-    groups: dict[tuple, list[dict]] = {}
+    groups: dict[tuple, list[Record]] = {}
     for r in sorted(recs, key=sort_key):
-        groups.setdefault((setting(r), r.get("batch_size") if by_batch else None), []).append(r)
+        groups.setdefault((setting(r), r.batch_size if by_batch else None), []).append(r)
     out = []
     for (st, bs), grp in groups.items():
-        bases = [r for r in grp if r["reducer"] == "none" and not forced_packed(r)]
+        bases = [r for r in grp if r.reducer == "none" and not forced_packed(r)]
         if not bases:
             continue
         b = bases[0]
-        base_tp = num(b.get("clips_per_s")) if by_batch else None
+        base_tp = b.num("clips_per_s") if by_batch else None
         base = _point(b, tokens_per_block(b), base_tp, True)
         pts = [_point(r, tokens_per_block(b), _baseline_throughput(r, b, base_tp), False)
-               for r in grp if r is not b and r["reducer"] != "none"]
+               for r in grp if r is not b and r.reducer != "none"]
         if not any(p.top1 is not None for p in pts):
             continue
-        out.append(CurveSet(names.get(st[:4], str(b.get("model"))), str(b.get("dataset")), bs, base, pts))
+        out.append(CurveSet(names.get(st[:4], str(b.model)), str(b.dataset), bs, base, pts))
     return out
 
 
@@ -192,7 +192,7 @@ def _with_ci(fmt):
     return show
 
 
-def matched_budget_table(records: list[dict]) -> Table | None:
+def matched_budget_table(records: list[Record]) -> Table | None:
     """Per model, dataset and reducer family: top-1 and Δtop-1 at 75 / 50 / 30 % of the baseline's mean
     tokens per block, read along the family's own curve. Hardware-independent (no timings)."""
     rows = []

@@ -20,7 +20,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, NullLocator
 
 from .curve_figures import plan_curve_figures
-from .records import num, num_list, sort_key
+from .records import Record, sort_key
 from .style import (
     DASHES,
     MARKERS,
@@ -29,9 +29,9 @@ from .style import (
     FigurePlan,
     FigureSpec,
     Style,
-    figure_legend,
     fp_suffix,
-    group_rows,
+    grouped,
+    legend_below,
     panel_grid,
     pareto_front,
     reducer_colour,
@@ -47,7 +47,7 @@ __all__ = ["RC", "REDUCER_COLOURS", "FigurePlan", "FigureSpec", "Style", "pareto
 
 def _accuracy_vs_throughput(rows: list[dict], style: Style, fp: str, title_fp: str) -> Callable[[], Figure]:
     def draw() -> Figure:
-        groups = group_rows(rows, lambda r: (r["model"], r["dataset"], r["batch_size"]))
+        groups = grouped(rows, lambda r: (r["model"], r["dataset"], r["batch_size"]))
         fig, axes = panel_grid(len(groups))
         for ax, ((model, dataset, bs), grp) in zip(axes, groups):
             for r in sorted(grp, key=lambda r: sort_key(r["_record"])):
@@ -67,7 +67,7 @@ def _accuracy_vs_throughput(rows: list[dict], style: Style, fp: str, title_fp: s
             ax.margins(0.12)
         handles = style.handles(r["label"] for r in rows)
         handles.append(Line2D([], [], color="#999999", linestyle="--", label="Pareto front"))
-        figure_legend(fig, handles)
+        legend_below(fig, handles)
         fig.suptitle("Accuracy vs throughput" + title_fp)
         return fig
     return draw
@@ -85,7 +85,7 @@ def _gflops_vs_time(rows: list[dict], style: Style, fp: str, title_fp: str) -> C
     between cells, with the ideal line through (baseline GFLOPs, 1). x is the GFLOPs of the clips that were
     timed (``time_gflops``; records from before it was recorded: the all-clip mean)."""
     def draw() -> Figure:
-        groups = group_rows(rows, lambda r: (r["model"], r["dataset"], r["batch_size"]))
+        groups = grouped(rows, lambda r: (r["model"], r["dataset"], r["batch_size"]))
         fig = Figure(figsize=(10.2, 3.5 * len(groups) + 0.6), layout="constrained")
         axes = fig.subplots(len(groups), 2, squeeze=False)
         for (ax_abs, ax_rel), ((model, dataset, bs), grp) in zip(axes, groups):
@@ -128,25 +128,25 @@ def _gflops_vs_time(rows: list[dict], style: Style, fp: str, title_fp: str) -> C
         handles = style.handles(r["label"] for r in rows)
         handles.append(Line2D([], [], color=reducer_colour("none"), linestyle=":",
                               label="time ∝ GFLOPs\n(through baseline)"))
-        figure_legend(fig, handles)
+        legend_below(fig, handles)
         fig.suptitle("GFLOPs vs measured time" + title_fp
                      + "\npoints above the dotted line are slower than their FLOPs predict")
         return fig
     return draw
 
 
-def _token_distribution(recs: list[dict], style: Style) -> Callable[[], Figure]:
+def _token_distribution(recs: list[Record], style: Style) -> Callable[[], Figure]:
     def draw() -> Figure:
-        groups = group_rows(recs, lambda r: (str(r.get("model")), str(r.get("dataset"))))
-        width = max(len({r["label"] for r in g}) for _, g in groups)
+        groups = grouped(recs, lambda r: (str(r.model), str(r.dataset)))
+        width = max(len({r.label for r in g}) for _, g in groups)
         fig, axes = panel_grid(len(groups), panel=(max(4.6, 0.62 * width + 1.6), 3.8), legend_w=0)
         for ax, ((model, dataset), grp) in zip(axes, groups):
             grp = sorted(grp, key=sort_key)
-            totals = sorted({num(r.get("tokens_total")) for r in grp} - {None})
+            totals = sorted({r.num("tokens_total") for r in grp} - {None})
             for i, r in enumerate(grp):
-                c = style.colour(r["label"])
-                vals = num_list(r.get("tokens_per_clip"))
-                lo, hi, mean = (num(r.get(k)) for k in ("tokens_in_min", "tokens_in_max", "tokens_in_mean"))
+                c = style.colour(r.label)
+                vals = r.nums("tokens_per_clip")
+                lo, hi, mean = (r.num(k) for k in ("tokens_in_min", "tokens_in_max", "tokens_in_mean"))
                 if vals:
                     lo, hi, mean = min(vals), max(vals), float(np.mean(vals))
                     if hi > lo and len(vals) > 2:
@@ -160,14 +160,15 @@ def _token_distribution(recs: list[dict], style: Style) -> Callable[[], Figure]:
                 if lo is not None and hi is not None:
                     ax.plot([i, i], [lo, hi], color=c, linewidth=1.5, zorder=2)
                 if mean is not None:
-                    ax.scatter([i], [mean], facecolors=style.face(r["label"]), marker=style.marker.get(r["label"], "o"),
-                               s=52, zorder=4, edgecolors="black" if r["label"] not in style.hollow else c,
-                               linewidths=0.6 if r["label"] not in style.hollow else 1.2)
+                    ax.scatter([i], [mean], facecolors=style.face(r.label),
+                               marker=style.marker.get(r.label, "o"),
+                               s=52, zorder=4, edgecolors="black" if r.label not in style.hollow else c,
+                               linewidths=0.6 if r.label not in style.hollow else 1.2)
             for t in totals:
                 ax.axhline(t, color="#777777", linestyle="--", linewidth=1)
                 ax.annotate("all tokens (T′·H′·W′)", (len(grp) - 0.5, t), xytext=(0, 7),
                             textcoords="offset points", ha="right", fontsize=7, color="#555555")
-            ax.set_xticks(range(len(grp)), [r["label"] for r in grp], rotation=30, ha="right")
+            ax.set_xticks(range(len(grp)), [r.label for r in grp], rotation=30, ha="right")
             ax.set_xlim(-0.6, len(grp) - 0.4)
             ax.set_ylim(0, max(totals + [ax.get_ylim()[1]]) * 1.1)
             ax.set_xlabel("reducer")
@@ -179,34 +180,34 @@ def _token_distribution(recs: list[dict], style: Style) -> Callable[[], Figure]:
     return draw
 
 
-def _tokens_per_layer(recs: list[dict], style: Style) -> Callable[[], Figure]:
+def _tokens_per_layer(recs: list[Record], style: Style) -> Callable[[], Figure]:
     def draw() -> Figure:
-        groups = group_rows(recs, lambda r: (str(r.get("model")), str(r.get("dataset"))))
+        groups = grouped(recs, lambda r: (str(r.model), str(r.dataset)))
         fig, axes = panel_grid(len(groups))
         dashed: dict[str, bool] = {}
         for ax, ((model, dataset), grp) in zip(axes, groups):
             depth = 0
             for r in sorted(grp, key=sort_key):
-                layers = num_list(r.get("tokens_per_layer"))
-                start = num(r.get("tokens_in_mean"))
+                layers = r.nums("tokens_per_layer")
+                start = r.num("tokens_in_mean")
                 ys = ([start] if start is not None else []) + layers
                 xs = list(range(len(ys))) if start is not None else list(range(1, len(ys) + 1))
                 depth = max(depth, len(layers))
                 progressive = len(set(ys)) > 1
-                dashed[r["label"]] = dashed.get(r["label"], True) and not progressive
-                ax.plot(xs, ys, color=style.colour(r["label"]), marker=style.marker.get(r["label"], "o"),
+                dashed[r.label] = dashed.get(r.label, True) and not progressive
+                ax.plot(xs, ys, color=style.colour(r.label), marker=style.marker.get(r.label, "o"),
                         markersize=4 if progressive else 0, linewidth=1.8 if progressive else 1.0,
-                        linestyle="-" if progressive else "--", label=r["label"])
+                        linestyle="-" if progressive else "--", label=r.label)
             ax.set_xlim(-0.3, depth + 0.3)
             ax.set_ylim(bottom=0)
             ax.xaxis.set_major_locator(FixedLocator(list(range(0, depth + 1, max(1, depth // 12)))))
             ax.set_title(f"{model} · {dataset}")
             ax.set_xlabel("block (0 = entering the first block)")
             ax.set_ylabel("tokens per clip (mean)")
-        figure_legend(fig, [Line2D([], [], color=style.colour(lb), label=lb,
+        legend_below(fig, [Line2D([], [], color=style.colour(lb), label=lb,
                              **({"linestyle": "--", "linewidth": 1.0} if dashed[lb] else
                                 {"marker": style.marker.get(lb, "o"), "markersize": 4, "linewidth": 1.8}))
-                      for lb in style.order(r["label"] for r in recs)])
+                      for lb in style.order(r.label for r in recs)])
         fig.suptitle("Tokens per layer\n(solid: progressive reducers; dashed: constant after the input, "
                      "so reducers at one budget draw one line)")
         return fig
@@ -234,7 +235,7 @@ def _rlt_sweep(rows: list[dict], style: Style, title_fp: str) -> Callable[[], Fi
         ax = dict(zip(panels, fig.subplots(1, len(panels), squeeze=False)[0]))
         none_c, colour = reducer_colour("none"), reducer_colour("rlt")
         taus = sorted({r["threshold"] for r in rlt})
-        data_groups = [k for k, _ in group_rows(rlt, lambda r: (r["model"], r["dataset"]))]
+        data_groups = [k for k, _ in grouped(rlt, lambda r: (r["model"], r["dataset"]))]
         dash = {k: DASHES[i % len(DASHES)] for i, k in enumerate(data_groups)}
         handles = [Line2D([], [], color=colour, linestyle=dash[k], label=f"rlt · {k[0]} · {k[1]}")
                    for k in data_groups]
@@ -247,7 +248,7 @@ def _rlt_sweep(rows: list[dict], style: Style, title_fp: str) -> Callable[[], Fi
                 best.setdefault(r["threshold"], r)
             return [best[t] for t in sorted(best)]
 
-        for k, grp in group_rows(rlt, lambda r: (r["model"], r["dataset"])):
+        for k, grp in grouped(rlt, lambda r: (r["model"], r["dataset"])):
             pts = one_per_tau(grp)
             if "tokens" in ax:
                 tok = [r for r in pts if r["tokens_in_mean"] is not None]
@@ -263,7 +264,7 @@ def _rlt_sweep(rows: list[dict], style: Style, title_fp: str) -> Callable[[], Fi
                 if top:
                     ax["top1"].plot(*zip(*top), color=colour, linestyle=dash[k], marker="o", markersize=5)
             if "speedup" in ax:
-                for bs, bgrp in group_rows(grp, lambda r: (r["batch_size"],)):
+                for bs, bgrp in grouped(grp, lambda r: (r["batch_size"],)):
                     sp = [r for r in one_per_tau(bgrp) if r["speedup"] is not None]
                     if not sp:
                         continue
@@ -297,7 +298,7 @@ def _rlt_sweep(rows: list[dict], style: Style, title_fp: str) -> Callable[[], Fi
             a.margins(x=0.08, y=0.1)
         if "tokens" in ax:
             ax["tokens"].set_ylim(bottom=0)
-        figure_legend(fig, handles)
+        legend_below(fig, handles)
         fig.suptitle("RLT threshold sweep" + title_fp)
         return fig
     return draw
@@ -307,14 +308,14 @@ def _rlt_sweep(rows: list[dict], style: Style, title_fp: str) -> Callable[[], Fi
 # planning
 
 
-def plan_figures(by_fp: dict[str, list[dict]], ok: list[dict], style: Style) -> FigurePlan:
+def plan_figures(by_fp: dict[str, list[Record]], ok: list[Record], style: Style) -> FigurePlan:
     """Which figures these records support. ``by_fp``: the ok records of each fingerprint id;
     ``ok``: all ok records of the suite (for the hardware-independent token figures)."""
     plan = FigurePlan()
     several = len(by_fp) > 1
     throughput, flops_time, sweep = [], [], []
     for fp in sorted(by_fp):
-        rows = inference_values([r for r in by_fp[fp] if r.get("mode") == "inference"])
+        rows = inference_values([r for r in by_fp[fp] if r.mode == "inference"])
         suffix, title_fp = fp_suffix(fp, several)
         acc = [r for r in rows if r["top1"] is not None and r["clips_per_s"] is not None]
         if acc:
@@ -334,7 +335,7 @@ def plan_figures(by_fp: dict[str, list[dict]], ok: list[dict], style: Style) -> 
                 "The dotted line is time proportional to GFLOPs through the baseline; points above it gain "
                 "less wall-clock than their FLOPs promise.", _gflops_vs_time(ft, style, fp, title_fp), fp))
         rlt = [r for r in rows if r["reducer"] == "rlt" and r["threshold"] is not None]
-        groups = group_rows(rlt, lambda r: (r["model"], r["dataset"]))
+        groups = grouped(rlt, lambda r: (r["model"], r["dataset"]))
         if any(len({r["threshold"] for r in g}) >= 2 for _, g in groups) and sweep_panels(rlt):
             settings = {(r["model"], r["dataset"]) for r in rlt}
             base = [r for r in rows if r["reducer"] == "none" and (r["model"], r["dataset"]) in settings]
@@ -343,12 +344,12 @@ def plan_figures(by_fp: dict[str, list[dict]], ok: list[dict], style: Style) -> 
                 "tokens per clip, speedup and top-1 (where measured) against RLT's threshold τ; grey "
                 "lines: the baseline.",
                 _rlt_sweep(rlt + base, style, title_fp), fp))
-    inf = [r for r in ok if r.get("mode") == "inference"]
-    tok = [r for r in token_records([r for r in inf if num(r.get("tokens_in_mean")) is not None
-                                     or num_list(r.get("tokens_per_clip"))])]
-    layer = [r for r in token_records([r for r in inf if num_list(r.get("tokens_per_layer"))])]
-    progressive = [r for r in layer if len(set(num_list(r.get("tokens_per_layer")))
-                                            | ({num(r.get("tokens_in_mean"))} - {None})) > 1]
+    inf = [r for r in ok if r.mode == "inference"]
+    tok = [r for r in token_records([r for r in inf if r.num("tokens_in_mean") is not None
+                                     or r.nums("tokens_per_clip")])]
+    layer = [r for r in token_records([r for r in inf if r.nums("tokens_per_layer")])]
+    progressive = [r for r in layer if len(set(r.nums("tokens_per_layer"))
+                                            | ({r.num("tokens_in_mean")} - {None})) > 1]
 
     def add(specs, title, reason):
         if specs:

@@ -3,17 +3,17 @@ from __future__ import annotations
 
 from .format import MISSING, md_escape, params_text
 from .provenance import AA_TOLERANCE, aa_failures, aa_text
-from .records import sort_key
+from .records import Record, sort_key
 
 
-def fingerprint_block(fp: str, recs: list[dict]) -> str:
+def fingerprint_block(fp: str, recs: list[Record]) -> str:
     fields: dict[str, set] = {}
     for r in recs:
-        for k, v in r.items():
-            if k.startswith("fp_") and v is not None and not isinstance(v, (list, dict)):
-                fields.setdefault(k[3:], set()).add(str(v))
+        for k, v in r.machine.items():
+            if v is not None and not isinstance(v, (list, dict)):
+                fields.setdefault(k, set()).add(str(v))
     for k in ("dtype", "attn_backend"):
-        vals = {str(r.get(k)) for r in recs if r.get(k) is not None}
+        vals = {str(r.value(k)) for r in recs if r.value(k) is not None}
         if vals:
             fields.setdefault(f"{k} (asked)", set()).update(vals)
     first = ("device", "device_name", "cpu", "threads", "cuda", "driver", "torch", "python", "git_commit",
@@ -33,7 +33,7 @@ def fingerprint_block(fp: str, recs: list[dict]) -> str:
 
 def suite_readme(suite, records, ok, failed, fps, tables, plan, regenerate) -> str:
     """The README of one suite's report: provenance, every table inline, figure links, failed cells."""
-    n_train = sum(r.get("mode") == "train" for r in ok)
+    n_train = sum(r.mode == "train" for r in ok)
     out = [f"# tokenbench report: suite `{suite}`", "",
            f"Built by `tokenbench report` from {len(ok) + len(failed)} result records "
            f"({len(ok)} ok: {len(ok) - n_train} inference, {n_train} training; {len(failed)} failed). "
@@ -46,33 +46,33 @@ def suite_readme(suite, records, ok, failed, fps, tables, plan, regenerate) -> s
     return "\n".join(out).rstrip("\n") + "\n"
 
 
-def _provenance(records: list[dict]) -> list[str]:
+def _provenance(records: list[Record]) -> list[str]:
     out = ["## Provenance", "", "### Commands that produced the results", "", "```"]
-    cmds = sorted({str(r.get("command")) for r in records if r.get("command")})
+    cmds = sorted({str(r.command) for r in records if r.command})
     out += cmds or ["(no command recorded)"]
     out += ["```", ""]
-    started = sorted(str(r["started"]) for r in records if r.get("started"))
-    finished = sorted(str(r["finished"]) for r in records if r.get("finished"))
+    started = sorted(str(r.started) for r in records if r.started)
+    finished = sorted(str(r.finished) for r in records if r.finished)
     if started and finished:
         out += [f"Cells ran from {started[0]} to {finished[-1]}.", ""]
     out += _checkpoints(records)
     out += ["### Hardware fingerprints and software", ""]
-    for fp in sorted({r["fingerprint"] for r in records}):
-        out.append(fingerprint_block(fp, [r for r in records if r["fingerprint"] == fp]))
+    for fp in sorted({r.fingerprint for r in records}):
+        out.append(fingerprint_block(fp, [r for r in records if r.fingerprint == fp]))
     return out
 
 
-def _checkpoints(records: list[dict]) -> list[str]:
+def _checkpoints(records: list[Record]) -> list[str]:
     """Each checkpoint by its weights' short sha256 (the name tables use), with the paths that held it."""
     held: dict[str, set[str]] = {}
     for r in records:
         # a train record's trained weights are never written: it names the weights it started from
-        pre = "init_" if r.get("mode") == "train" else ""
-        sha = r.get(pre + "checkpoint_sha256")
+        pre = "init_" if r.mode == "train" else ""
+        sha = r.value(pre + "checkpoint_sha256")
         if isinstance(sha, str) and sha:
-            path = r.get(pre + "checkpoint_path")
-            path = path if isinstance(path, str) else r.get("checkpoint")
-            held.setdefault(sha, set()).add(f"{r.get('model')}: {path}")
+            path = r.value(pre + "checkpoint_path")
+            path = path if isinstance(path, str) else r.value("checkpoint")
+            held.setdefault(sha, set()).add(f"{r.model}: {path}")
     if not held:
         return []
     out = ["### Checkpoints", "", "Weights are identified by the sha256 of their tensors (names, dtypes, "
@@ -111,7 +111,7 @@ def _figures(plan) -> list[str]:
     return out
 
 
-def _failures(failed: list[dict]) -> list[str]:
+def _failures(failed: list[Record]) -> list[str]:
     out = ["## Failed cells", ""]
     if not failed:
         return out + ["None.", ""]
@@ -119,11 +119,11 @@ def _failures(failed: list[dict]) -> list[str]:
             "| fingerprint | model | dataset | reducer | batch | mode | error |",
             "|:---|:---|:---|:---|---:|:---|:---|"]
     for r in failed:
-        err = " ".join(str(r.get("error") or "(no error recorded)").split())
+        err = " ".join(str(r.error or "(no error recorded)").split())
         out.append("| " + " | ".join(md_escape(str(v)) for v in (
-            r["fingerprint"], r.get("model") or MISSING, r.get("dataset") or MISSING, r["label"],
-            r.get("batch_size") if r.get("batch_size") is not None else MISSING,
-            r.get("mode") or MISSING, err)) + " |")
+            r.fingerprint, r.model or MISSING, r.dataset or MISSING, r.label,
+            r.batch_size if r.batch_size is not None else MISSING,
+            r.mode or MISSING, err)) + " |")
     return out + [""]
 
 
@@ -132,16 +132,16 @@ def _params(params: dict) -> str:
     return params_text({k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in params.items()})
 
 
-def as_run(ok: list[dict]) -> list[str]:
+def as_run(ok: list[Record]) -> list[str]:
     """README lines on what the tables' reducers ran with: parameters after calibration (random masking
     matched to RLT's budget measures its keep), the reducer a trained model was evaluated with, and the
     videos a cell left out as unreadable."""
     rows, seen = [], set()
     for r in sorted(ok, key=sort_key):
-        used, ev = r.get("reducer_params_used"), r.get("eval_reducer")
+        used, ev = r.value("reducer_params_used"), r.value("eval_reducer")
         if not used and not ev:
             continue
-        row = (r.get("mode") or MISSING, r.get("dataset") or MISSING, r["label"],
+        row = (r.mode or MISSING, r.dataset or MISSING, r.label,
                _params(used) if isinstance(used, dict) else MISSING, str(ev) if ev else MISSING)
         if row not in seen:
             seen.add(row)
@@ -154,23 +154,23 @@ def as_run(ok: list[dict]) -> list[str]:
                 "| mode | dataset | reducer | parameters as run | evaluated with |", "|:---|:---|:---|:---|:---|"]
         out += ["| " + " | ".join(md_escape(v) for v in row) + " |" for row in rows]
         out.append("")
-    calibrated = [r for r in sorted(ok, key=sort_key) if isinstance(r.get("calibration"), dict)]
+    calibrated = [r for r in sorted(ok, key=sort_key) if isinstance(r.value("calibration"), dict)]
     if calibrated:
         out += ["### Calibrations with the model in the loop", "",
                 "Reducers that ran the cell's model on train-split clips before any measured work (never the clips "
                 "scored), and what they found.", "",
                 "| dataset | reducer | clips | found |", "|:---|:---|:---|:---|"]
         for r in calibrated:
-            cal = r["calibration"]
+            cal = r.value("calibration")
             src = cal.get("source") or {}
             clips = f"{src.get('clips', '?')} {src.get('dataset', '?')}/{src.get('split', '?')} (seed {src.get('seed', '?')})"
             found = {k: v for k, v in cal.items() if k != "source"}
             out.append("| " + " | ".join(md_escape(str(v)) for v in (
-                r.get("dataset") or MISSING, r["label"], clips, _params(found))) + " |")
+                r.dataset or MISSING, r.label, clips, _params(found))) + " |")
         out.append("")
-    skipped = [(r, e) for r in sorted(ok, key=sort_key) for e in (r.get("skipped_errors") or [])]
+    skipped = [(r, e) for r in sorted(ok, key=sort_key) for e in (r.value("skipped_errors") or [])]
     if skipped:
         out += ["### Videos left out as unreadable", ""]
-        out += [f"* {md_escape(r['label'])} ({r.get('dataset')}): {md_escape(str(e))}" for r, e in skipped]
+        out += [f"* {md_escape(r.label)} ({r.dataset}): {md_escape(str(e))}" for r, e in skipped]
         out.append("")
     return out

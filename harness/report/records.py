@@ -1,8 +1,9 @@
-"""Records as the report reads them: plain dicts from ``results.load``'s DataFrame, deduplicated and sorted.
+"""Records as the report reads them: :class:`Record`, typed, read straight from the records files,
+deduplicated and sorted.
 
-Records come in as plain dicts (:func:`records_from_frame`): cell fields, ``label``, ``fingerprint``,
-``fp_*`` fields and the metrics of :data:`tokenbench.harness.schema.METRIC_TABLE`, ``params`` parsed into
-a dict, missing values as ``None``. Rows are sorted by a fixed key (model, input, dataset, batch size,
+A :class:`Record` holds the cell's identity as fields (``model``, ``dataset``, ``reducer``, ``params`` as
+a dict, ``label``, ``batch_size``, ``fingerprint`` …) and its metrics as recorded, read by name; missing
+values read as ``None``. Rows are sorted by a fixed key (model, input, dataset, batch size,
 reducer in the order ``none, rlt, random, tome, sta, others A–Z``, then parameters by value).
 """
 from __future__ import annotations
@@ -10,8 +11,11 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from ..record_files import iter_records
 from ..schema import canonical_json, reducer_label
 
 # Reducers in the order tables and legends list them; others follow alphabetically.
@@ -51,60 +55,113 @@ def num_list(v: Any) -> list[float] | None:
     return out or None
 
 
-def records_from_frame(df) -> list[dict[str, Any]]:
-    """The DataFrame of ``results.load`` as a list of record dicts (see module docstring)."""
-    out = []
-    for row in df.to_dict("records"):
-        r = {k: (None if not isinstance(v, (list, tuple, dict)) and is_missing(v) else v)
-             for k, v in row.items()}
-        params = r.get("params")
+@dataclass(frozen=True, eq=False)
+class Record:
+    """One result record as the report reads it: the cell's identity typed, its metrics as recorded.
+
+    Read straight from the record's JSON (:meth:`of`), with no flat row or DataFrame between. ``dataset`` is
+    the suite's dataset entry (its ``dataset_id``; two entries of one format differ in options, e.g.
+    static_share): tables and figures show and group by it; the format (registry name) is ``dataset_name``.
+    A metric is read by name (:meth:`num`, :meth:`nums`, :meth:`text`); a name the record's metrics lack reads
+    the cell's field of that name (``views``, ``checkpoint_sha256``)."""
+
+    key: str
+    suite: str
+    status: str
+    fingerprint: str                 # the hardware fingerprint's id: timings compare only within one
+    machine: dict[str, Any]          # the fingerprint's other fields (device, torch, git_commit, …)
+    cell: dict[str, Any]             # the record's cell as written
+    metrics: dict[str, Any]
+    model: str | None
+    dataset: str | None
+    dataset_name: str | None
+    reducer: str
+    params: dict[str, Any]
+    label: str
+    batch_size: int | None
+    mode: str | None
+    error: str | None = None
+    started: str | None = None
+    finished: str | None = None
+    command: str | None = None
+
+    @classmethod
+    def of(cls, rec: dict[str, Any]) -> Record:
+        cell = dict(rec.get("cell") or {})
+        machine = dict(rec.get("fingerprint") or {})
+        fingerprint = machine.pop("id", None)
+        params = cell.get("params")
         if isinstance(params, str):
             try:
                 params = json.loads(params)
             except ValueError:
                 params = {"params": params}
         params = dict(params or {})
-        r["params"] = params
-        r["params_json"] = canonical_json(params)
-        opts = r.get("dataset_options")
-        if isinstance(opts, str):
-            try:
-                opts = json.loads(opts)
-            except ValueError:
-                opts = None
-        r["dataset_options"] = dict(opts) if isinstance(opts, dict) else {}
-        # a suite's dataset entry by its id (two entries of one format differ in options, e.g. static_share):
-        # tables and figures show and group by it; the format (registry name) stays in dataset_name
-        r["dataset_name"] = r.get("dataset")
-        if r.get("dataset_id"):
-            r["dataset"] = str(r["dataset_id"])
-        r["reducer"] = str(r.get("reducer") or "?")
-        r["label"] = r.get("label") or reducer_label(r["reducer"], params)
-        r["fingerprint"] = str(r.get("fingerprint") or "unknown")
-        r["suite"] = str(r.get("suite") or "unnamed")
-        bs = num(r.get("batch_size"))
-        r["batch_size"] = int(bs) if bs is not None else None
-        out.append(r)
+        reducer = str(cell.get("reducer") or "?")
+        bs = num(cell.get("batch_size"))
+        return cls(
+            key=str(rec.get("key") or ""), suite=str(rec.get("suite") or "unnamed"),
+            status=str(rec.get("status")),
+            fingerprint=str(fingerprint or "unknown"), machine=machine, cell=cell,
+            metrics=dict(rec.get("metrics") or {}), model=cell.get("model"),
+            dataset=str(cell["dataset_id"]) if cell.get("dataset_id") else cell.get("dataset"),
+            dataset_name=cell.get("dataset"), reducer=reducer, params=params,
+            label=cell.get("label") or reducer_label(reducer, params),
+            batch_size=int(bs) if bs is not None else None,
+            mode=cell.get("mode"), error=rec.get("error"), started=rec.get("started"),
+            finished=rec.get("finished"), command=rec.get("command"))
+
+    @property
+    def params_json(self) -> str:
+        return canonical_json(self.params)
+
+    @property
+    def dataset_options(self) -> dict[str, Any]:
+        opts = self.cell.get("dataset_options")
+        return dict(opts) if isinstance(opts, dict) else {}
+
+    def value(self, name: str) -> Any:
+        """Metric ``name`` as recorded (else the cell's field of that name); None when missing."""
+        v = self.metrics[name] if name in self.metrics else self.cell.get(name)
+        return None if not isinstance(v, (list, tuple, dict)) and is_missing(v) else v
+
+    def text(self, name: str) -> Any:
+        return self.value(name)
+
+    def num(self, name: str) -> float | None:
+        return num(self.value(name))
+
+    def nums(self, name: str) -> list[float] | None:
+        return num_list(self.value(name))
+
+
+def read_records(files: Iterable[Path]) -> list[Record]:
+    """The records of the files named, each file's newest record per (key, fingerprint, suite)."""
+    out: list[Record] = []
+    for f in files:
+        recs = [Record.of(r) for r in iter_records(f)]
+        last = {(r.key, r.fingerprint, r.suite): i for i, r in enumerate(recs)}
+        out += [recs[i] for i in sorted(last.values())]
     return out
 
 
-def forced_packed(r: dict) -> bool:
+def forced_packed(r: Record) -> bool:
     """Whether every arm of the record's cell ran per sequence (the suite's ``attn_path = "packed"``,
     labelled ``[packed]``): its baseline arm ran the per-sequence path too, which an equal-length baseline
-    does only when told to. (The loaded row's ``attn_path`` is the metric, the path the reducer arm ran.)"""
-    return r.get("baseline_attn_path") == "packed" or str(r.get("label") or "").endswith("[packed]")
+    does only when told to. (The record's ``attn_path`` value is the metric, the path the reducer arm ran.)"""
+    return r.value("baseline_attn_path") == "packed" or r.label.endswith("[packed]")
 
 
-def tokens_per_block(r: dict) -> float | None:
+def tokens_per_block(r: Record) -> float | None:
     """Mean tokens per block: the mean over blocks of ``tokens_mlp_per_layer`` (tokens entering each block's
     MLP, averaged over clips), the quantity FLOPs follow; older records, which lack it, give
     ``tokens_per_layer`` (after each block: the same except for a reducer that prunes between attention and
     MLP, as STA does), and without either, tokens entering the network."""
-    layers = num_list(r.get("tokens_mlp_per_layer")) or num_list(r.get("tokens_per_layer"))
-    return sum(layers) / len(layers) if layers else num(r.get("tokens_in_mean"))
+    layers = r.nums("tokens_mlp_per_layer") or r.nums("tokens_per_layer")
+    return sum(layers) / len(layers) if layers else r.num("tokens_in_mean")
 
 
-def sort_part(v: Any) -> tuple:
+def order_value(v: Any) -> tuple:
     """Total order over mixed values: numbers, then strings, then missing."""
     f = num(v) if not isinstance(v, str) else None
     if f is not None:
@@ -119,56 +176,57 @@ def reducer_rank(name: str) -> tuple:
 
 
 def params_key(params: dict[str, Any]) -> tuple:
-    return tuple((k, sort_part(v) if not isinstance(v, (list, dict)) else (1, 0.0, canonical_json(v)))
+    return tuple((k, order_value(v) if not isinstance(v, (list, dict)) else (1, 0.0, canonical_json(v)))
                  for k, v in sorted(params.items()))
 
 
-def checkpoint_of(r: dict) -> str:
+def checkpoint_of(r: Record) -> str:
     """A record's checkpoint: its weights' sha256 when recorded (two files holding the same weights are
     one checkpoint), else what the cell named (a path, ``none``, ``trained:<hash>``). A train record's
     ``checkpoint_sha256`` is of the weights it trained, different for every arm, so train records compare by
     the weights the cell started from (``init_checkpoint_sha256``; records older than it: the name)."""
-    sha = r.get("checkpoint_sha256") if r.get("mode") != "train" else r.get("init_checkpoint_sha256")
-    return f"sha256:{sha}" if isinstance(sha, str) and sha else str(r.get("checkpoint") or "")
+    sha = r.cell.get("checkpoint_sha256") if r.mode != "train" else r.cell.get("init_checkpoint_sha256")
+    return f"sha256:{sha}" if isinstance(sha, str) and sha else str(r.cell.get("checkpoint") or "")
 
 
-def setting(r: dict) -> tuple:
+def setting(r: Record) -> tuple:
     """What makes two records comparable: same model, input, checkpoint and data."""
-    return tuple(checkpoint_of(r) if k == "checkpoint" else str(r.get(k)) if r.get(k) is not None else ""
-                 for k in ("model", "num_frames", "img_size", "checkpoint", "dataset", "split"))
+    return (_text(r.model), _text(r.cell.get("num_frames")), _text(r.cell.get("img_size")), checkpoint_of(r),
+            _text(r.dataset), _text(r.cell.get("split")))
 
 
-def sort_key(r: dict) -> tuple:
-    return (str(r.get("model") or ""), sort_part(r.get("num_frames")), sort_part(r.get("img_size")),
-            str(r.get("checkpoint") or ""), str(r.get("dataset") or ""), str(r.get("split") or ""),
-            sort_part(r.get("batch_size")), reducer_rank(r["reducer"]), params_key(r["params"]), r["label"],
-            str(r.get("key") or ""))
+def _text(v: Any) -> str:
+    return "" if v is None else str(v)
 
 
-def dedupe(records: Iterable[dict]) -> tuple[list[dict], list[dict]]:
+def sort_key(r: Record) -> tuple:
+    return (str(r.model or ""), order_value(r.cell.get("num_frames")), order_value(r.cell.get("img_size")),
+            str(r.cell.get("checkpoint") or ""), str(r.dataset or ""), str(r.cell.get("split") or ""),
+            order_value(r.batch_size), reducer_rank(r.reducer), params_key(r.params), r.label, r.key)
+
+
+def dedupe(records: Iterable[Record]) -> tuple[list[Record], list[Record]]:
     """(ok, failed): the latest record per (suite, fingerprint, cell key); a failed cell that later
     succeeded on the same fingerprint is not listed as failed."""
-    latest: dict[tuple, dict] = {}
+    latest: dict[tuple, Record] = {}
     for r in records:
-        k = (r["suite"], r["fingerprint"], str(r.get("key") or r["params_json"] + repr(sort_key(r))),
-             r.get("status") == "ok")
-        when = (str(r.get("finished") or ""), str(r.get("started") or ""))
-        if k not in latest or when >= (str(latest[k].get("finished") or ""),
-                                       str(latest[k].get("started") or "")):
+        k = (r.suite, r.fingerprint, r.key or r.params_json + repr(sort_key(r)), r.status == "ok")
+        when = (str(r.finished or ""), str(r.started or ""))
+        if k not in latest or when >= (str(latest[k].finished or ""), str(latest[k].started or "")):
             latest[k] = r
     ok = [r for k, r in latest.items() if k[3]]
     done = {k[:3] for k in latest if k[3]}
     failed = [r for k, r in latest.items() if not k[3] and k[:3] not in done]
-    return sorted(ok, key=sort_key), sorted(failed, key=lambda r: (r["fingerprint"], sort_key(r)))
+    return sorted(ok, key=sort_key), sorted(failed, key=lambda r: (r.fingerprint, sort_key(r)))
 
 
-def model_names(records: list[dict]) -> dict[tuple, str]:
+def model_names(records: list[Record]) -> dict[tuple, str]:
     """Display name of each (model, frames, size, checkpoint): the bare model name unless the same
     model appears with several inputs or checkpoints, then with ``16×224²`` (and the checkpoint's short hash,
     or its file name for records without one)."""
     variants: dict[str, set] = {}
     for r in records:
-        variants.setdefault(str(r.get("model")), set()).add(setting(r)[:4])
+        variants.setdefault(str(r.model), set()).add(setting(r)[:4])
     names = {}
     for model, vs in variants.items():
         geoms = {v[1:3] for v in vs}

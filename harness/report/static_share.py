@@ -12,9 +12,9 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 
-from ..schema import canonical_json
+from ..schema import METRIC_BY_NAME, canonical_json
 from .format import MISSING, Col, Table, fixed, signed
-from .records import forced_packed, model_names, num, setting, sort_key
+from .records import Record, forced_packed, model_names, num, setting, sort_key
 
 OPTION = "static_share"
 
@@ -30,9 +30,9 @@ def option_default(dataset_format: str | None, option: str) -> float | None:
     return num(p.default) if p is not None and p.default is not inspect.Parameter.empty else None
 
 
-def share_of(r: dict) -> float | None:
-    v = num(r["dataset_options"].get(OPTION)) if OPTION in r["dataset_options"] else None
-    return v if v is not None else option_default(r.get("dataset_name"), OPTION)
+def share_of(r: Record) -> float | None:
+    v = num(r.dataset_options.get(OPTION)) if OPTION in r.dataset_options else None
+    return v if v is not None else option_default(r.dataset_name, OPTION)
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,8 @@ class SharePoint:
     share: float
     dataset: str
     tau: float
-    rlt: dict                      # the RLT record
-    random: dict | None            # random masking at this τ's budget, when measured
+    rlt: Record                    # the RLT record
+    random: Record | None          # random masking at this τ's budget, when measured
 
 
 @dataclass
@@ -58,52 +58,51 @@ class ShareSeries:
 WITH_SHARE = {OPTION, "camera_share", "num_clips"}
 
 
-def _group_key(r: dict) -> tuple:
-    opts = {k: v for k, v in r["dataset_options"].items() if k not in WITH_SHARE}
-    return (str(r.get("model")), str(r.get("num_frames")), str(r.get("img_size")), str(r.get("checkpoint")),
-            str(r.get("dataset_name")), str(r.get("split")), canonical_json(opts), r.get("batch_size"))
+def _group_key(r: Record) -> tuple:
+    opts = {k: v for k, v in r.dataset_options.items() if k not in WITH_SHARE}
+    return (str(r.model), str(r.value("num_frames")), str(r.value("img_size")), str(r.value("checkpoint")),
+            str(r.dataset_name), str(r.value("split")), canonical_json(opts), r.batch_size)
 
 
-def static_share_series(records: list[dict]) -> list[ShareSeries]:
+def static_share_series(records: list[Record]) -> list[ShareSeries]:
     """One series per model, dataset format (with every other option equal) and batch size that has RLT
     measured on at least two static shares. ``records``: ok inference records of one fingerprint."""
-    recs = [r for r in records if r.get("mode") == "inference" and not forced_packed(r)]
-    groups: dict[tuple, list[dict]] = {}
+    recs = [r for r in records if r.mode == "inference" and not forced_packed(r)]
+    groups: dict[tuple, list[Record]] = {}
     for r in sorted(recs, key=sort_key):
         groups.setdefault(_group_key(r), []).append(r)
     names = model_names(recs)
     out = []
     for grp in groups.values():
-        shares = {r["dataset"]: share_of(r) for r in grp}
-        rlt = [r for r in grp if r["reducer"] == "rlt" and num(r["params"].get("threshold")) is not None
-               and shares[r["dataset"]] is not None]
-        if len({shares[r["dataset"]] for r in rlt}) < 2:
+        shares = {r.dataset: share_of(r) for r in grp}
+        rlt = [r for r in grp if r.reducer == "rlt" and num(r.params.get("threshold")) is not None
+               and shares[r.dataset] is not None]
+        if len({shares[r.dataset] for r in rlt}) < 2:
             continue
         pts = []
         for r in rlt:
-            tau = num(r["params"]["threshold"])
-            match = [x for x in grp if x["dataset"] == r["dataset"] and num(x["params"].get("match_rlt")) == tau]
-            pts.append(SharePoint(shares[r["dataset"]], r["dataset"], tau, r, match[0] if match else None))
+            tau = num(r.params["threshold"])
+            match = [x for x in grp if x.dataset == r.dataset and num(x.params.get("match_rlt")) == tau]
+            pts.append(SharePoint(shares[r.dataset], r.dataset, tau, r, match[0] if match else None))
         pts.sort(key=lambda p: (p.tau, p.share, p.dataset))
         first = rlt[0]
-        model = names.get(setting(first)[:4], str(first.get("model")))
-        out.append(ShareSeries(model, str(first.get("dataset_name")), first.get("batch_size"), sorted({p.tau for p in pts}), pts))
+        model = names.get(setting(first)[:4], str(first.model))
+        out.append(ShareSeries(model, str(first.dataset_name), first.batch_size, sorted({p.tau for p in pts}),
+                               pts))
     return out
 
 
-def kept(r: dict | None) -> float | None:
-    """Share of the tubelets kept at the input."""
-    if r is None:
-        return None
-    tin, total = num(r.get("tokens_in_mean")), num(r.get("tokens_total"))
-    return tin / total if tin is not None and total else None
+def kept(r: Record | None) -> float | None:
+    """Share of the tubelets kept at the input (``kept_pct``'s formula, as a fraction)."""
+    pct = METRIC_BY_NAME["kept_pct"].read(r) if r is not None else None
+    return pct / 100.0 if pct is not None else None
 
 
-def triple(r: dict | None, name: str) -> tuple[float | None, float | None, float | None]:
+def triple(r: Record | None, name: str) -> tuple[float | None, float | None, float | None]:
     """``(value, lo, hi)`` of ``top1`` (Wilson) or ``speedup`` (bootstrap) of a record."""
     if r is None:
         return None, None, None
-    return num(r.get(name)), num(r.get(f"{name}_ci_lo")), num(r.get(f"{name}_ci_hi"))
+    return r.num(name), r.num(f"{name}_ci_lo"), r.num(f"{name}_ci_hi")
 
 
 def _overlap(a: tuple, b: tuple) -> str | None:
@@ -112,7 +111,7 @@ def _overlap(a: tuple, b: tuple) -> str | None:
     return "yes" if a[1] <= b[2] and b[1] <= a[2] else "no"
 
 
-def static_share_table(records: list[dict], fingerprint: str) -> Table | None:
+def static_share_table(records: list[Record], fingerprint: str) -> Table | None:
     rows = []
     for s in static_share_series(records):
         for p in s.points:
@@ -122,8 +121,7 @@ def static_share_table(records: list[dict], fingerprint: str) -> Table | None:
                    "delta_top1_rlt_random": t_r[0] - t_m[0] if None not in (t_r[0], t_m[0]) else None,
                    "top1_intervals_overlap": _overlap(t_r, t_m)}
             for who, r in (("rlt", p.rlt), ("random", p.random)):
-                k = kept(r)
-                row[f"{who}_kept_pct"] = 100 * k if k is not None else None
+                row[f"{who}_kept_pct"] = METRIC_BY_NAME["kept_pct"].read(r) if r is not None else None
                 for name in ("speedup", "top1"):
                     v = triple(r, name)
                     row[f"{who}_{name}"], row[f"{who}_{name}_ci_lo"], row[f"{who}_{name}_ci_hi"] = v

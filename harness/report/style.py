@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ..paths import safe_name
-from .records import forced_packed, params_key, reducer_rank
+from .records import Record, forced_packed, params_key, reducer_rank
 
 REDUCER_COLOURS: dict[str, str] = {
     "none": "#4d4d4d",    # grey-black: the baseline
@@ -105,14 +105,14 @@ class Style:
     ``[packed]`` variant (every arm per sequence) takes the marker of the same parameters run as deployed,
     drawn hollow (:meth:`face`), so it reads as "the same budget, another kernel shape"."""
 
-    def __init__(self, records: list[dict]):
+    def __init__(self, records: list[Record]):
         variants: dict[str, dict[str, tuple]] = {}
         packed: dict[str, tuple[str, str]] = {}  # label -> (reducer, params) of a [packed] variant
         for r in records:
             if forced_packed(r):
-                packed[r["label"]] = (r["reducer"], r["params_json"])
+                packed[r.label] = (r.reducer, r.params_json)
             else:
-                variants.setdefault(r["reducer"], {})[r["label"]] = params_key(r["params"])
+                variants.setdefault(r.reducer, {})[r.label] = params_key(r.params)
         self.reducer_of: dict[str, str] = {}
         self.marker: dict[str, str] = {}
         self.hollow: set[str] = set(packed)
@@ -120,7 +120,7 @@ class Style:
             for i, label in enumerate(sorted(labels, key=lambda lb: (labels[lb], lb))):
                 self.marker[label] = MARKERS[i % len(MARKERS)]
                 self.reducer_of[label] = reducer
-        twin = {(r["reducer"], r["params_json"]): r["label"] for r in records if not forced_packed(r)}
+        twin = {(r.reducer, r.params_json): r.label for r in records if not forced_packed(r)}
         extra = 0
         for label, (reducer, pj) in sorted(packed.items()):
             self.reducer_of[label] = reducer
@@ -185,7 +185,7 @@ def panel_grid(n: int, panel=(4.6, 3.6), legend_w=2.2, title_h=0.6, min_w=7.2):
     return fig, list(axes[:n])
 
 
-def figure_legend(fig: Figure, handles: list, ncol: int | None = None) -> None:
+def legend_below(fig: Figure, handles: list, ncol: int | None = None) -> None:
     # a long legend goes under the panels: two columns on the right squeezed the panels of a narrow figure
     # and ran into its title
     if ncol is None and len(handles) > 14:
@@ -194,7 +194,7 @@ def figure_legend(fig: Figure, handles: list, ncol: int | None = None) -> None:
     fig.legend(handles=handles, loc="outside right upper", frameon=False, ncol=ncol or 1)
 
 
-def group_rows(rows: list[dict], key: Callable[[dict], tuple]) -> list[tuple[tuple, list[dict]]]:
+def grouped(rows: list[dict], key: Callable[[dict], tuple]) -> list[tuple[tuple, list[dict]]]:
     out: dict[tuple, list[dict]] = {}
     for r in rows:
         out.setdefault(key(r), []).append(r)

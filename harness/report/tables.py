@@ -5,9 +5,9 @@ reducer in the order ``none, rlt, random, tome, sta, others A–Z``, then parame
 are formatted with fixed precision, and nothing depends on the time or machine of generation, so the
 same records always give byte-identical files.
 
-Records come in as plain dicts (:func:`records_from_frame` turns the DataFrame of ``results.load`` into
-them): cell fields, ``label``, ``fingerprint``, ``fp_*`` fields and the metrics of
-:data:`tokenbench.harness.schema.METRICS`, ``params`` parsed into a dict, missing values as ``None``.
+Records come in typed (:class:`~tokenbench.harness.report.records.Record`, read straight from the records
+files); a row of a table is a dict of its cells' values. A metric with a formula (``derive`` in
+:data:`tokenbench.harness.schema.METRIC_TABLE`) is computed there, never here.
 
 Timing columns (clips/s, speedup, wall-clock to train) are only ever computed within one hardware
 fingerprint: the builders take the records of one fingerprint, and the report makes one table per
@@ -18,47 +18,59 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .. import metric_table
 from ..schema import DET, INF, SWEEP, TOK, TRAIN, Metric, shown_in
 from .format import MISSING, Col, Table, formatter, params_text, with_iqr
-from .records import model_names, num, num_list, setting, sort_key, sort_part
+from .records import Record, model_names, num, order_value, setting, sort_key
 
 # ----------------------------------------------------------------------------------------------------
 # derived values
 
 
-def _baseline(bases: list[dict] | None, batch_size: Any, extra: Callable[[dict], bool] = lambda b: True):
+def _baseline(bases: list[Record] | None, batch_size: Any, extra: Callable[[Record], bool] = lambda b: True):
     """The baseline record of a setting: same batch size if there is one, else the first in order."""
     if not bases:
         return None
     cands = [b for b in bases if extra(b)] or bases
-    same = [b for b in cands if b.get("batch_size") == batch_size]
+    same = [b for b in cands if b.batch_size == batch_size]
     return (same or cands)[0]
 
 
-def _bases(records: list[dict]) -> dict[tuple, list[dict]]:
-    out: dict[tuple, list[dict]] = {}
+def _bases(records: list[Record]) -> dict[tuple, list[Record]]:
+    out: dict[tuple, list[Record]] = {}
     for r in sorted(records, key=sort_key):
-        if r["reducer"] == "none":
+        if r.reducer == "none":
             out.setdefault(setting(r), []).append(r)
     return out
 
 
-def _speedup(r: dict, bases: dict[tuple, list[dict]], t_med: float | None) -> tuple:
+def _speedup(r: Record, bases: dict[tuple, list[Record]], t_med: float | None) -> tuple:
     """(speedup, q1, q3): the record's paired speedup; else, for records without one (the runner always
     writes it), baseline median / median from the record or its baseline record at the same batch size."""
-    sp, sp_q1, sp_q3 = (num(r.get(k)) for k in ("speedup", "speedup_q1", "speedup_q3"))
+    sp, sp_q1, sp_q3 = (r.num(k) for k in ("speedup", "speedup_q1", "speedup_q3"))
     if sp is not None:
         return sp, sp_q1, sp_q3
-    b_same = _baseline(bases.get(setting(r)), r.get("batch_size"))
-    b_time = num(r.get("baseline_time_ms_median"))
-    if b_time is None and b_same is not None and b_same.get("batch_size") == r.get("batch_size"):
-        b_time = num(b_same.get("time_ms_median"))
+    b_same = _baseline(bases.get(setting(r)), r.batch_size)
+    b_time = r.num("baseline_time_ms_median")
+    if b_time is None and b_same is not None and b_same.batch_size == r.batch_size:
+        b_time = b_same.num("time_ms_median")
     if b_time is not None and t_med:
         return b_time / t_med, None, None
-    return (1.0 if r["reducer"] == "none" and t_med is not None else None), None, None
+    return (1.0 if r.reducer == "none" and t_med is not None else None), None, None
 
 
-def inference_values(records: list[dict]) -> list[dict]:
+def derived(r: Record) -> dict[str, Any]:
+    """Every metric the table computes from one record by its formula (``Metric.derive``)."""
+    return {m.name: m.read(r) for m in metric_table.METRIC_TABLE if m.derive is not None}
+
+
+# the recorded numbers an inference row carries (its tables add the rest of theirs through with_metrics)
+INFERENCE_NUMBERS = ("top1", "top1_baseline", "delta_top1_ci_lo", "delta_top1_ci_hi", "top1_ci_lo",
+                     "top1_ci_hi", "top5", "time_gflops", "tokens_in_mean", "tokens_in_min", "tokens_in_max",
+                     "tokens_total", "time_ms_median", "time_ms_q1", "time_ms_q3", "num_clips")
+
+
+def inference_values(records: list[Record]) -> list[dict]:
     """One row per inference record of ONE fingerprint, with Δtop-1, speedup and clips/s derived.
 
     * Δtop-1: top-1 minus the record's own paired baseline (``top1_baseline``: the runner's baseline on the
@@ -69,84 +81,63 @@ def inference_values(records: list[dict]) -> list[dict]:
       1 for the baseline itself.
     * clips/s: the record's ``clips_per_s``, else batch / median; its IQR from the time quartiles.
     """
-    fps = {r["fingerprint"] for r in records}
+    fps = {r.fingerprint for r in records}
     assert len(fps) <= 1, f"timings of several fingerprints in one table: {sorted(fps)}"
     names = model_names(records)
     bases = _bases(records)
     rows = []
     for r in sorted(records, key=sort_key):
-        top1 = num(r.get("top1"))
-        b_top1 = num(r.get("top1_baseline"))
-        t_med, t_q1, t_q3 = (num(r.get(k)) for k in ("time_ms_median", "time_ms_q1", "time_ms_q3"))
+        row = {name: r.num(name) for name in INFERENCE_NUMBERS} | derived(r)
+        t_med = row["time_ms_median"]
         sp, sp_q1, sp_q3 = _speedup(r, bases, t_med)
-        bs = r.get("batch_size")
-        clips = num(r.get("clips_per_s"))
+        bs = r.batch_size
+        clips = r.num("clips_per_s")
         if clips is None and t_med and bs:
             clips = bs / (t_med / 1000.0)
-        clips_q1 = bs / (t_q3 / 1000.0) if bs and t_q3 else None
-        clips_q3 = bs / (t_q1 / 1000.0) if bs and t_q1 else None
-        layers = num_list(r.get("tokens_per_layer"))
-        tok_in, total = num(r.get("tokens_in_mean")), num(r.get("tokens_total"))
-        gflops = num(r.get("gflops"))
-        rows.append({
-            "model": names.get(setting(r)[:4], r.get("model")), "dataset": r.get("dataset"),
-            "reducer": r["reducer"], "label": r["label"], "params": params_text(r["params"]),
-            "batch_size": bs, "top1": top1, "top1_baseline": b_top1,
-            "delta_top1": top1 - b_top1 if top1 is not None and b_top1 is not None else None,
-            "delta_top1_ci_lo": num(r.get("delta_top1_ci_lo")), "delta_top1_ci_hi": num(r.get("delta_top1_ci_hi")),
-            "top1_ci_lo": num(r.get("top1_ci_lo")), "top1_ci_hi": num(r.get("top1_ci_hi")),
-            "top5": num(r.get("top5")),
-            "gflops": gflops if gflops is not None else num(r.get("gflops_fvcore")),
-            "time_gflops": num(r.get("time_gflops")),
-            "tokens_in_mean": tok_in, "tokens_in_min": num(r.get("tokens_in_min")),
-            "tokens_in_max": num(r.get("tokens_in_max")), "tokens_total": total,
-            "tokens_out_mean": layers[-1] if layers else None,
-            "kept_pct": 100.0 * tok_in / total if tok_in is not None and total else None,
-            "reduction_x": total / tok_in if tok_in and total is not None else None,
-            "time_ms_median": t_med, "time_ms_q1": t_q1, "time_ms_q3": t_q3,
-            "clips_per_s": clips, "clips_per_s_q1": clips_q1, "clips_per_s_q3": clips_q3,
-            "speedup": sp, "speedup_q1": sp_q1, "speedup_q3": sp_q3,
-            "threshold": num(r["params"].get("threshold")),
-            "num_clips": num(r.get("num_clips")), "views": r.get("views"), "load_avg": load_text(r),
-            "_record": r,
+        gflops = r.num("gflops")
+        rows.append(row | {
+            "model": names.get(setting(r)[:4], r.model), "dataset": r.dataset,
+            "reducer": r.reducer, "label": r.label, "params": params_text(r.params), "batch_size": bs,
+            "gflops": gflops if gflops is not None else r.num("gflops_fvcore"), "clips_per_s": clips,
+            "speedup": sp, "speedup_q1": sp_q1, "speedup_q3": sp_q3, "threshold": num_param(r, "threshold"),
+            "views": r.text("views"), "_record": r,
         })
     return rows
 
 
-def training_values(records: list[dict]) -> list[dict]:
+def training_values(records: list[Record]) -> list[dict]:
     """One row per training arm of ONE fingerprint, its seeds (``[train] seeds``) pooled: speedup = the
     baseline's wall-clock / this one, the baseline trained on the same setting (same batch size and
     epochs) with the same seed where there is one; wall-clock, speedup and top-1 are means over the seeds,
     with their range (min–max) beside them when there are several."""
-    fps = {r["fingerprint"] for r in records}
+    fps = {r.fingerprint for r in records}
     assert len(fps) <= 1, f"timings of several fingerprints in one table: {sorted(fps)}"
     names = model_names(records)
     bases = _bases(records)
     arms: dict[tuple, list[dict]] = {}
     for r in sorted(records, key=sort_key):
-        epochs = num(r.get("train_epochs"))
-        b = _baseline(bases.get(setting(r)), r.get("batch_size"),
-                      lambda b, ep=epochs: num(b.get("train_epochs")) == ep)
-        same_seed = [x for x in bases.get(setting(r), []) if x.get("seed") == r.get("seed")
-                     and x.get("batch_size") == r.get("batch_size") and num(x.get("train_epochs")) == epochs]
+        epochs = r.num("train_epochs")
+        b = _baseline(bases.get(setting(r)), r.batch_size, lambda b, ep=epochs: b.num("train_epochs") == ep)
+        same_seed = [x for x in bases.get(setting(r), []) if x.cell.get("seed") == r.cell.get("seed")
+                     and x.batch_size == r.batch_size and x.num("train_epochs") == epochs]
         b = same_seed[0] if same_seed else b
-        wall = num(r.get("train_wall_s"))
-        b_wall = num(b.get("train_wall_s")) if b is not None else None
-        top1 = num(r.get("top1"))
-        b_top1 = num(b.get("top1")) if b is not None else num(r.get("top1_baseline"))
-        tokens = num(r.get("train_tokens_mean"))
-        key = (setting(r), r["label"], r["params_json"], r.get("batch_size"), epochs)
+        wall = r.num("train_wall_s")
+        b_wall = b.num("train_wall_s") if b is not None else None
+        top1 = r.num("top1")
+        b_top1 = b.num("top1") if b is not None else r.num("top1_baseline")
+        tokens = r.num("train_tokens_mean")
+        key = (setting(r), r.label, r.params_json, r.batch_size, epochs)
         arms.setdefault(key, []).append({
-            "model": names.get(setting(r)[:4], r.get("model")), "dataset": r.get("dataset"),
-            "reducer": r["reducer"], "label": r["label"], "params": params_text(r["params"]),
-            "batch_size": r.get("batch_size"), "train_epochs": epochs,
+            "model": names.get(setting(r)[:4], r.model), "dataset": r.dataset,
+            "reducer": r.reducer, "label": r.label, "params": params_text(r.params),
+            "batch_size": r.batch_size, "train_epochs": epochs,
             "train_wall_s": wall, "baseline_train_wall_s": b_wall,
             "train_speedup": b_wall / wall if b_wall is not None and wall else None,
-            "train_clips_per_s": num(r.get("train_clips_per_s")),
+            "train_clips_per_s": r.num("train_clips_per_s"),
             "top1": top1, "delta_top1": top1 - b_top1 if top1 is not None and b_top1 is not None else None,
-            "top1_ci_lo": num(r.get("top1_ci_lo")), "top1_ci_hi": num(r.get("top1_ci_hi")),
-            "train_tokens_mean": tokens if tokens is not None else num(r.get("tokens_in_mean")),
-            "train_final_loss": num(r.get("train_final_loss")), "load_avg": load_text(r),
+            "top1_ci_lo": r.num("top1_ci_lo"), "top1_ci_hi": r.num("top1_ci_hi"),
+            "train_tokens_mean": tokens if tokens is not None else r.num("tokens_in_mean"),
+            "train_final_loss": r.num("train_final_loss"), "load_avg": metric_table.load_avg(r),
             "_record": r,
         })
     return [_pool_seeds(rows) for rows in arms.values()]
@@ -175,21 +166,20 @@ def _pool_seeds(rows: list[dict]) -> dict:
     return out
 
 
-def load_text(r: dict) -> str | None:
-    """The machine's load average around the cell, ``1.97→2.01`` (other tenants slow timings down)."""
-    a, b = num(r.get("load_avg_start")), num(r.get("load_avg_end"))
-    return None if a is None or b is None else f"{a:.2f}→{b:.2f}"
+def num_param(r: Record, name: str) -> float | None:
+    """A reducer parameter of the record as a number (RLT's ``threshold``), or None."""
+    return num(r.params.get(name))
 
 
-def token_records(records: list[dict]) -> list[dict]:
+def token_records(records: list[Record]) -> list[Record]:
     """One inference record per (setting, reducer variant), across fingerprints (token counts do not
     depend on hardware): the one that counted the most clips, then the smallest batch, then the first
     fingerprint id."""
-    best: dict[tuple, dict] = {}
+    best: dict[tuple, tuple] = {}
     for r in records:
-        k = (setting(r), r["reducer"], r["params_json"])
-        rank = (-(num(r.get("num_clips")) or len(num_list(r.get("tokens_per_clip")) or [])),
-                sort_part(r.get("batch_size")), r["fingerprint"], str(r.get("key") or ""))
+        k = (setting(r), r.reducer, r.params_json)
+        rank = (-(r.num("num_clips") or len(r.nums("tokens_per_clip") or [])),
+                order_value(r.batch_size), r.fingerprint, r.key)
         if k not in best or rank < best[k][0]:
             best[k] = (rank, r)
     return sorted((r for _, r in best.values()), key=sort_key)
@@ -227,11 +217,12 @@ def metric_cols(table: str, iqr: bool = True, rows: list[dict] | None = None) ->
             if not (m.when_recorded and rows is not None) or any(row.get(m.name) is not None for row in rows)]
 
 
-def with_metrics(row: dict, r: dict, table: str) -> dict:
-    """``row`` plus every recorded metric ``table`` shows that the row builder did not derive."""
+def with_metrics(row: dict, r: Record, table: str) -> dict:
+    """``row`` plus every metric ``table`` shows that the row builder did not fill: recorded, or computed from
+    the record by its formula (a metric derived across records is the builder's)."""
     for m in shown_in(table):
-        if not m.derived and m.name not in row:
-            row[m.name] = r.get(m.name) if m.fmt == "text" else num(r.get(m.name))
+        if m.name not in row and (m.derive is not None or not m.derived):
+            row[m.name] = m.read(r)
     return row
 
 
@@ -240,7 +231,7 @@ IDENT = {"model": col("model", "model", text, "l"), "dataset": col("dataset", "d
          "batch": col("batch", "batch_size", text)}
 
 
-def _ident_cols(*names: str) -> list[Col]:
+def ident_cols(*names: str) -> list[Col]:
     return [IDENT[n] for n in names]
 
 
@@ -261,19 +252,19 @@ NOISY_NOTE = ("† timed under interference (the details table's interference co
 
 def _mark_noisy(rows: list[dict]) -> list[str]:
     """Mark the label of every row whose cell was timed under interference; the note to add (none: none)."""
-    noisy = [row for row in rows if row["_record"].get("interference")]
+    noisy = [row for row in rows if row["_record"].value("interference")]
     for row in noisy:
         row["label"] = f"{row['label']}{NOISY_MARK}"
     return [NOISY_NOTE] if noisy else []
 
 
-def inference_table(records: list[dict], fingerprint: str) -> Table | None:
+def inference_table(records: list[Record], fingerprint: str) -> Table | None:
     rows = [with_metrics(row, row["_record"], INF)
-            for row in inference_values([r for r in records if r.get("mode") == "inference"])]
+            for row in inference_values([r for r in records if r.mode == "inference"])]
     if not rows:
         return None
     noisy_note = _mark_noisy(rows)
-    cols = _ident_cols("model", "dataset", "reducer", "params", "batch") + metric_cols(INF)
+    cols = ident_cols("model", "dataset", "reducer", "params", "batch") + metric_cols(INF)
     notes = ["top-1: in brackets its 95 % interval (Wilson over videos). Δtop-1: percentage points against the "
              "cell's own paired baseline (the same model without reducer on the same clips, views, options "
              "and autocast); in brackets its 95 % interval, a paired bootstrap over the same videos.",
@@ -285,13 +276,13 @@ def inference_table(records: list[dict], fingerprint: str) -> Table | None:
     return Table("inference", "Inference: accuracy, cost and speed per reducer", cols, rows, fingerprint, notes)
 
 
-def details_table(records: list[dict], fingerprint: str) -> Table | None:
+def details_table(records: list[Record], fingerprint: str) -> Table | None:
     rows = [with_metrics(row, row["_record"], DET)
-            for row in inference_values([r for r in records if r.get("mode") == "inference"])]
+            for row in inference_values([r for r in records if r.mode == "inference"])]
     if not rows:
         return None
     noisy_note = _mark_noisy(rows)
-    cols = _ident_cols("model", "dataset", "reducer", "batch") + metric_cols(DET, rows=rows)
+    cols = ident_cols("model", "dataset", "reducer", "batch") + metric_cols(DET, rows=rows)
     notes = ["time/batch: the median forward time per batch with the reducer's selection inside it (IQR in "
              "brackets); baseline: the reducer none timed interleaved in the same cell (ABBA); speedup 95 %: "
              "bootstrap over repeats of the median paired ratio; attention path / baseline path: what each arm "
@@ -309,12 +300,12 @@ def details_table(records: list[dict], fingerprint: str) -> Table | None:
                  fingerprint, notes)
 
 
-def training_table(records: list[dict], fingerprint: str) -> Table | None:
+def training_table(records: list[Record], fingerprint: str) -> Table | None:
     rows = [with_metrics(row, row["_record"], TRAIN)
-            for row in training_values([r for r in records if r.get("mode") == "train"])]
+            for row in training_values([r for r in records if r.mode == "train"])]
     if not rows:
         return None
-    cols = _ident_cols("model", "dataset", "reducer", "params", "batch") + metric_cols(TRAIN)
+    cols = ident_cols("model", "dataset", "reducer", "params", "batch") + metric_cols(TRAIN)
     notes = ["wall-clock to train: data loading included, evaluation excluded.",
              "speedup: the baseline's (reducer none, same model, dataset, batch size and epochs; the same "
              "seed) wall-clock divided by this one, both on this hardware.",
@@ -326,45 +317,33 @@ def training_table(records: list[dict], fingerprint: str) -> Table | None:
                  fingerprint, notes)
 
 
-def tokens_table(records: list[dict]) -> Table | None:
-    recs = [r for r in records if r.get("mode") == "inference"
-            and num(r.get("tokens_in_mean")) is not None]
+def tokens_table(records: list[Record]) -> Table | None:
+    recs = [r for r in records if r.mode == "inference" and r.num("tokens_in_mean") is not None]
     if not recs:
         return None
     names = model_names(recs)
-    rows = []
-    for r in token_records(recs):
-        tok, total = num(r.get("tokens_in_mean")), num(r.get("tokens_total"))
-        layers = num_list(r.get("tokens_per_layer"))
-        rows.append(with_metrics({
-            "dataset": r.get("dataset"), "model": names.get(setting(r)[:4], r.get("model")),
-            "label": r["label"], "reducer": r["reducer"], "params": params_text(r["params"]),
-            "tokens_total": total, "tokens_in_mean": tok, "tokens_in_min": num(r.get("tokens_in_min")),
-            "tokens_in_max": num(r.get("tokens_in_max")),
-            "kept_pct": 100.0 * tok / total if total else None,
-            "reduction_x": total / tok if total is not None and tok else None,
-            "tokens_out_mean": layers[-1] if layers else None,
-            "num_clips": num(r.get("num_clips")),
-        }, r, TOK))
+    rows = [with_metrics({"dataset": r.dataset, "model": names.get(setting(r)[:4], r.model), "label": r.label,
+                          "reducer": r.reducer, "params": params_text(r.params)}, r, TOK)
+            for r in token_records(recs)]
     rows.sort(key=lambda row: str(row["dataset"]))  # stable: keeps the model/reducer order per dataset
-    cols = _ident_cols("dataset", "model", "reducer") + metric_cols(TOK)
+    cols = ident_cols("dataset", "model", "reducer") + metric_cols(TOK)
     notes = ["Tokens per clip entering the network (kept), over the clips of each dataset; "
              "tokens total = T′·H′·W′ before reduction; reduction = total / mean kept.",
              "Token counts do not depend on hardware; each row is from the record that counted the most clips."]
     return Table("tokens", "Tokens per clip by dataset and reducer", cols, rows, None, notes)
 
 
-def sweep_table(records: list[dict], fingerprint: str) -> Table | None:
-    recs = [r for r in records if r.get("mode") == "inference"]
-    rlt = [r for r in recs if r["reducer"] == "rlt" and num(r["params"].get("threshold")) is not None]
+def sweep_table(records: list[Record], fingerprint: str) -> Table | None:
+    recs = [r for r in records if r.mode == "inference"]
+    rlt = [r for r in recs if r.reducer == "rlt" and num_param(r, "threshold") is not None]
     if not rlt:
         return None
-    settings = {(setting(r), r.get("batch_size")) for r in rlt}
-    base = [r for r in recs if r["reducer"] == "none" and (setting(r), r.get("batch_size")) in settings]
+    settings = {(setting(r), r.batch_size) for r in rlt}
+    base = [r for r in recs if r.reducer == "none" and (setting(r), r.batch_size) in settings]
     rows = [with_metrics(row, row["_record"], SWEEP) for row in inference_values(rlt + base)]
     for row in rows:
         row["tau"] = row["threshold"] if row["reducer"] == "rlt" else None
-    cols = _ident_cols("model", "dataset", "batch", "reducer") + metric_cols(SWEEP)
+    cols = ident_cols("model", "dataset", "batch", "reducer") + metric_cols(SWEEP)
     notes = ["RLT keeps a tubelet iff its mean absolute difference from the previous one exceeds τ "
              "(ImageNet-normalised pixels); the baseline row (none) keeps every tubelet.", SPEEDUP_NOTE]
     return Table("rlt_threshold_sweep", "RLT threshold sweep: τ against tokens, GFLOPs, speedup and top-1",

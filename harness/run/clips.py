@@ -170,11 +170,7 @@ def load_clipset(cell: Cell, cache: RunCache, progress: Callable[[str], None] | 
         paths.append(str(meta.get("path", "")))
         if progress and (j % 16 == 15 or j == head - 1):
             progress(f"decoding {j + 1}/{head}")
-    info = {}
-    try:
-        info = dict(ds.info()) if hasattr(ds, "info") else {}
-    except Exception:
-        info = {}
+    info = dict(ds.info())
     if "decoder" not in info:
         if dataset_format(cell.dataset).cls.generated:
             info.update(decoder=f"none ({cell.dataset}, generated in memory)", decoder_version=None)
@@ -184,7 +180,7 @@ def load_clipset(cell: Cell, cache: RunCache, progress: Callable[[str], None] | 
         raise CellError(f"no clip of dataset {cell.dataset!r} could be read; first error: "
                         f"{skipped[0] if skipped else '?'}")
     cs = ClipSet(torch.stack(clips), torch.tensor(labels, dtype=torch.long), vids, paths, ms,
-                 int(getattr(ds, "num_classes", 0) or 0), info, total=n if streaming else 0,
+                 int(ds.num_classes), info, total=n if streaming else 0,
                  dataset=ds if streaming else None, workers=min(8, os.cpu_count() or 1) if streaming else 0,
                  skip_unreadable=skip, skipped=skipped)
     cache.clips[key] = cs
@@ -212,18 +208,7 @@ def first_items(name: str, split: str, max_items: int | None, *, num_frames: int
     if max_items:
         opts = {**dataset_format(name).cls.first_options(int(max_items)), **opts}  # the suite's options win
     ds = get_dataset(name, split, num_frames=num_frames, img_size=img_size, **opts)
-    return limited(ds, max_items)
-
-
-def limited(ds, max_items: int | None):
-    """The first ``max_items`` items of ``ds`` (all when 0/None), keeping its attributes visible."""
-    if not max_items or max_items >= len(ds):
-        return ds
-    sub = torch.utils.data.Subset(ds, range(int(max_items)))
-    for attr in ("name", "num_classes", "num_frames", "img_size", "split"):
-        if hasattr(ds, attr):
-            setattr(sub, attr, getattr(ds, attr))
-    return sub
+    return ds.head(max_items)
 
 
 def timing_sample(video_index: list[int], n: int, seed: int = 0) -> list[int]:

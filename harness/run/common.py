@@ -1,12 +1,10 @@
-"""What every step of a run shares: config hashes, the cache folder, thread pinning, the hardware
+"""What every step of a run shares: config hashes, thread pinning, the hardware
 fingerprint, and one-line error descriptions."""
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
 import hashlib
-import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,12 +20,6 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 def stable_hash(obj: Any) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:16]
-
-
-def cache_root() -> Path:
-    """``$TOKENBENCH_CACHE`` or ``~/.cache/tokenbench``."""
-    root = os.environ.get("TOKENBENCH_CACHE")
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "tokenbench"
 
 
 def utc_now() -> str:

@@ -1,15 +1,14 @@
 """``--launcher inprocess``: every pending cell in this process, one after another, under a progress bar."""
 from __future__ import annotations
 
+import functools
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from ..results import ResultStore, store_path
 from ..schema import Cell
 from ..suite import Suite
 from .cell import run_cell
@@ -18,23 +17,7 @@ from .common import describe_error, torch_threads
 from .models import RunCache
 from .plan import CodeVersion, local_store, make_plan, noisy_keys, stale_keys, timed_noisy
 from .run_lock import timing_lock
-
-
-@dataclass
-class RunSummary:
-    suite: str
-    store: Path
-    total: int
-    skipped: int = 0
-    ran: int = 0
-    failed: int = 0
-    failures: list[str] = field(default_factory=list)
-    wall_s: float = 0.0
-    timed_out: int = 0  # of the failed: stopped at --timeout-min (run again next time)
-    stale: int = 0        # recorded cells measured at another commit or in a dirty tree (kept unless rerun)
-    rerun_stale: bool = False  # … and re-measured (--rerun-stale)
-    noisy: int = 0        # recorded cells timed under interference (kept unless rerun)
-    rerun_noisy: bool = False  # … and re-timed (--rerun-noisy)
+from .summary import RunSummary, finish_cell
 
 
 def run_suite(suite: Suite, out: str | Path = "results", *, command: str = "", retry_failed: bool = False,
@@ -59,7 +42,7 @@ def _run_suite(suite: Suite, out: str | Path, *, command: str, retry_failed: boo
                show_progress: bool, cache: RunCache | None, stream, rerun_stale: bool, code: CodeVersion | None,
                rerun_noisy: bool, timeout_min: float | None, t_start: float) -> RunSummary:
     cells = suite.cells() if cells is None else cells
-    fp_id, store = local_store(out, suite)
+    _, store = local_store(out, suite)
     cache = cache or RunCache()
     code = code or CodeVersion.here()
     done = store.done_keys(include_failed=not retry_failed)
@@ -71,7 +54,7 @@ def _run_suite(suite: Suite, out: str | Path, *, command: str, retry_failed: boo
         done -= noisy
     plan = make_plan(cells, done, cache.cache_dir)
     pending = plan.pending
-    summary = RunSummary(suite.name, store.path, len(cells), skipped=plan.skipped, stale=len(stale),
+    summary = RunSummary(suite.name, len(cells), store.path, skipped=plan.skipped, stale=len(stale),
                          rerun_stale=rerun_stale, noisy=len(noisy), rerun_noisy=rerun_noisy)
     rules = [f for f, on in ((code.measured_elsewhere, rerun_stale), (timed_noisy, rerun_noisy)) if on]
     redo = (lambda rec: any(f(rec) for f in rules)) if rules else None
@@ -106,22 +89,19 @@ def _run_suite(suite: Suite, out: str | Path, *, command: str, retry_failed: boo
             def progress(msg: str) -> None:
                 bar.set_postfix_str(msg, refresh=interactive)
 
-            with store.claim(cell.key, include_failed=not retry_failed, stale=redo) as claim:
-                if not claim.held:  # another run on this results folder has it: measure each cell once
-                    log(f"cell {i}/{len(cells)} {label} skipped: {claim.why}")
-                    summary.skipped += 1
-                    bar.update(1)
-                    continue
-                rec = run_cell(cell, suite=suite.name, command=command, cache=cache, progress=progress, log=log,
-                               time_limit_s=timeout_min * 60 if timeout_min else None)
-                target = store if rec["fingerprint"]["id"] == fp_id else ResultStore(
-                    store_path(out, suite.name, rec["fingerprint"]["id"]))
-                target.append(rec)
-            summary.ran += 1
+            measure = functools.partial(run_cell, cell, suite=suite.name, command=command, cache=cache,
+                                        progress=progress, log=log,
+                                        time_limit_s=timeout_min * 60 if timeout_min else None)
+            done = finish_cell(cell, store, out, suite.name, measure, include_failed=not retry_failed,
+                               stale=redo)
+            if done.skipped:  # another run on this results folder has it: measure each cell once
+                log(f"cell {i}/{len(cells)} {label} skipped: {done.why_skipped}")
+                summary.skipped += 1
+                bar.update(1)
+                continue
+            rec = done.record
+            summary.ran_cell(rec["status"], f"{label} ({where}, {cell.mode}): {rec['error']}")
             if rec["status"] != "ok":
-                summary.failed += 1
-                summary.failures.append(f"{label} ({where}, {cell.mode}): {rec['error']}")
-                summary.timed_out += rec["status"] == "timeout"
                 what = "TIMED OUT" if rec["status"] == "timeout" else "FAILED"
                 log(f"cell {i}/{len(cells)} {label} {what}: {rec['error']}")
             bar.update(1)

@@ -12,6 +12,7 @@ from .common import hardware_fingerprint, torch_threads
 from .executors import job_info
 from .models import RunCache, ensure_pretrained
 from .plan import CodeVersion
+from .summary import finish_cell
 
 
 def fingerprint_for(device: str, dtype: str, threads: int) -> dict[str, Any]:
@@ -36,22 +37,20 @@ def run_job(cell: Cell, suite: str, out: str, command: str = "", launcher: str =
     if cell.key in store.done_keys(include_failed=not retry_failed, stale=stale):
         log(f"{label}: already recorded in {store.path}; nothing to do")
         return {"key": cell.key, "status": "skipped", "error": None, "store": str(store.path)}
-    with store.claim(cell.key, include_failed=not retry_failed, stale=stale) as claim:
-        if not claim.held:  # another run on this results folder has it: measure each cell once
-            log(f"{label}: {claim.why}; nothing to do")
-            return {"key": cell.key, "status": "skipped", "error": None, "store": str(store.path)}
+
+    def measure() -> dict[str, Any]:
         log(f"{label}: {cell.mode} {cell.model}/{cell.dataset} b{cell.batch_size} → {store.path}")
         rec = run_cell(cell, suite=suite, command=command, log=log, progress=None, time_limit_s=time_limit_s)
         rec["launcher"] = job_info(launcher)
-        if rec["fingerprint"]["id"] != fp["id"]:
-            store = ResultStore(store_path(out, suite, rec["fingerprint"]["id"]))
-        try:
-            store.append(rec)
-        except OSError as exc:
-            raise OSError(f"cannot append to {store.path} ({exc}); the results folder must be on a filesystem "
-                          "that supports flock") from exc
+        return rec
+
+    done = finish_cell(cell, store, out, suite, measure, include_failed=not retry_failed, stale=stale)
+    if done.skipped:  # another run on this results folder has it: measure each cell once
+        log(f"{label}: {done.why_skipped}; nothing to do")
+        return {"key": cell.key, "status": "skipped", "error": None, "store": str(store.path)}
+    rec = done.record
     log(f"{label}: {rec['status']}{' — ' + rec['error'] if rec['error'] else ''} in {rec['duration_s']:.1f} s")
-    return {"key": cell.key, "status": rec["status"], "error": rec["error"], "store": str(store.path),
+    return {"key": cell.key, "status": rec["status"], "error": rec["error"], "store": str(done.store),
             "duration_s": rec["duration_s"]}
 
 

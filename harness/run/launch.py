@@ -50,17 +50,17 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import UserError
-from ..paths import safe_name
+from ..paths import cache_root, safe_name
 from ..results import RECORDS_FILE, ResultStore, done_keys, store_path
 from ..schema import Cell, make_record
-from .common import cache_root, utc_now
+from .common import utc_now
 from .executors import (
     LaunchOptions,
     default_folder,
@@ -74,31 +74,11 @@ from .plan import CodeVersion, make_plan, pending_pretrains
 from .run_lock import timing_lock
 from .slurm_job import run_slurm_cell
 from .slurm_poll import sbatch_refusals, wait_for_cells
+from .summary import RunSummary
 
 LAUNCHERS = ("inprocess", "local", "slurm")
 MAX_ARRAY_SIZE = 1000  # Slurm's default MaxArraySize is 1001 (indices 0…1000)
 LOCAL_SIGNAL_DELAY_S = 30  # submitit's LocalExecutor default: its USR2 this long before the job's limit
-
-
-@dataclass
-class LaunchSummary:
-    """What a launch did; ``store`` is set when the records' folder is known (local launcher)."""
-
-    suite: str
-    total: int
-    skipped: int = 0
-    submitted: int = 0
-    ran: int = 0
-    failed: int = 0
-    failures: list[str] = field(default_factory=list)
-    job_ids: list[str] = field(default_factory=list)
-    prepare_job: str | None = None
-    store: Path | None = None
-    folder: Path | None = None
-    wall_s: float = 0.0
-    timed_out: int = 0  # of the failed: stopped at --timeout-min (run again next time)
-    stale: int = 0  # recorded cells measured at another commit or in a dirty tree
-    rerun_stale: bool = False  # … and submitted again (--rerun-stale)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -149,7 +129,7 @@ def local_parallelism(device: str, requested: int | None, gpus: list[str]) -> tu
 # launching
 # ----------------------------------------------------------------------------------------------
 def launch(suite, out: str | Path, opts: LaunchOptions, *, cells: list[Cell] | None = None,
-           command: str = "", log: Callable[[str], None] | None = None) -> LaunchSummary:
+           command: str = "", log: Callable[[str], None] | None = None) -> RunSummary:
     """Run (local) or submit (slurm) every pending cell of ``suite`` as its own job."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     if opts.launcher not in ("local", "slurm"):
@@ -161,12 +141,12 @@ def launch(suite, out: str | Path, opts: LaunchOptions, *, cells: list[Cell] | N
 
 
 def _launch(suite, out: str | Path, opts: LaunchOptions, cells: list[Cell] | None, command: str,
-            log: Callable[[str], None]) -> LaunchSummary:
+            log: Callable[[str], None]) -> RunSummary:
     t0 = time.perf_counter()
     cells = suite.cells() if cells is None else cells
     out = Path(out).resolve()  # jobs may start in another directory
     folder = Path(opts.folder) if opts.folder else default_folder(out, suite.name)
-    summary = LaunchSummary(suite.name, len(cells), folder=folder)
+    summary = RunSummary(suite.name, len(cells), folder=folder)
     device = suite.device
     cuda = device.startswith("cuda")
     if opts.gpus_per_job is None:
@@ -206,7 +186,7 @@ def _launch(suite, out: str | Path, opts: LaunchOptions, cells: list[Cell] | Non
 
 
 def _launch_slurm(pending, pretrains, suite, out: Path, folder: Path, opts: LaunchOptions, command: str,
-                  summary: LaunchSummary, log) -> None:
+                  summary: RunSummary, log) -> None:
     name, job = f"tokenbench-{suite.name}", None
     if pretrains:
         prep = slurm_executor(folder, opts, f"{name}-prepare")
@@ -235,7 +215,7 @@ def _launch_slurm(pending, pretrains, suite, out: Path, folder: Path, opts: Laun
 
 
 def _launch_local(pending, pretrains, suite, out: Path, folder: Path, opts: LaunchOptions, command: str,
-                  summary: LaunchSummary, log) -> None:
+                  summary: RunSummary, log) -> None:
     device = suite.device
     ex = local_executor(folder, opts)
     gpus = visible_gpus() if device.startswith("cuda") else []
@@ -259,8 +239,7 @@ def _launch_local(pending, pretrains, suite, out: Path, folder: Path, opts: Laun
             log(why)
             for cell in [c for c in pending if pending_pretrains([c], cache_root())]:
                 _record_lost(cell, suite.name, out, why, job.paths.stderr)
-                summary.failed += 1
-                summary.failures.append(f"{cell.label}: {why}")
+                summary.lost(f"{cell.label}: {why}")
             pending = [c for c in pending if not pending_pretrains([c], cache_root())]
     free = list(gpus[:width]) if want_gpus else [None] * width
     running: list[tuple[Any, dict[str, Any], Any]] = []  # (job, cell, gpu slot)
@@ -304,7 +283,7 @@ def local_cell_limit_s(timeout_min: float) -> float:
     return max(limit / 4, limit - LOCAL_SIGNAL_DELAY_S - 60)
 
 
-def _collect(cell, job, summary: LaunchSummary, log, counter: str | None, out: Path | None = None,
+def _collect(cell, job, summary: RunSummary, log, counter: str | None, out: Path | None = None,
              suite: str | None = None) -> None:
     label = cell.label
     prefix = f"cell {counter} " if counter else "cell "
@@ -312,14 +291,12 @@ def _collect(cell, job, summary: LaunchSummary, log, counter: str | None, out: P
         res = job.result()
     except Exception as exc:  # the job died without returning: timeout, killed, cannot import …
         why = job_error(exc)
-        summary.failed += 1
         if out is None or suite is None:  # Slurm: slurm_poll records the cell from the node's own store
-            summary.failures.append(f"{label}: job {job.job_id} died: {why}")
+            summary.lost(f"{label}: job {job.job_id} died: {why}")
             log(f"{prefix}{label}: job {job.job_id} died without a record: {why}")
             return
         status = "timeout" if _timed_out(exc) else "lost"
-        summary.timed_out += status == "timeout"
-        summary.failures.append(f"{label}: {status}: job {job.job_id} died: {why}")
+        summary.lost(f"{label}: {status}: job {job.job_id} died: {why}", timed_out=status == "timeout")
         log(f"{prefix}{label}: {status.upper()} — job {job.job_id} died without a record: {why}; the next run runs "
             "it again")
         _record_lost(cell, suite, out, f"job {job.job_id} died without writing its record: {why}; the next "
@@ -329,11 +306,7 @@ def _collect(cell, job, summary: LaunchSummary, log, counter: str | None, out: P
         summary.skipped += 1
         log(f"{prefix}{label}: already recorded (another run got there first)")
         return
-    summary.ran += 1
-    summary.timed_out += res["status"] == "timeout"
-    if res["status"] != "ok":
-        summary.failed += 1
-        summary.failures.append(f"{label} ({cell.mode}): {res['error']}")
+    summary.ran_cell(res["status"], f"{label} ({cell.mode}): {res['error']}")
     log(f"{prefix}{label}: {res['status']}{' — ' + res['error'] if res['error'] else ''}"
         f" ({res.get('duration_s', 0):.1f} s, job {job.job_id})")
 

@@ -23,12 +23,13 @@ from ..checkpoint import checkpoint_classes, load_checkpoint, weights_sha256
 from ..errors import CellError
 from ..evaluate import model_input
 from ..model import build_model
+from ..paths import cache_root
 from ..schema import Cell
 from ..settings import PretrainSettings
 from ..shipped_weights import WEIGHTS_DIR, shipped_checkpoint, weights_identity
 from ..train import TrainResult, train
 from .clips import ClipSet, data_key, first_items
-from .common import DTYPES, cache_root, describe_error, stable_hash
+from .common import DTYPES, describe_error, stable_hash
 from .phases import PhaseClock
 
 

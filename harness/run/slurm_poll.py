@@ -183,7 +183,7 @@ def _has_result(job) -> bool:
 
 def wait_for_cells(cells: list, jobs: list, summary, log: Callable[[str], None], *, collect, suite: str,
                    command: str = "", python: str = "python", prepare=None, poll_s: float = 1.0) -> None:
-    """Follow every cell's job to its end, one line per cell; fills ``summary`` (a ``launch.LaunchSummary``).
+    """Follow every cell's job to its end, one line per cell; fills ``summary`` (a ``summary.RunSummary``).
     ``collect(cell, job, summary, log, counter)`` takes in a job that returned."""
     sched = Scheduler(log)
     sched.sacct_available()  # probed once, said once
@@ -273,8 +273,7 @@ def _prepare_error(job) -> str:
 
 def _not_run(cell, jid: str, why: str, summary, log, counter: str) -> None:
     label = cell.label
-    summary.failed += 1
-    summary.failures.append(f"{label}: job {jid} {why}")
+    summary.lost(f"{label}: job {jid} {why}")
     log(f"cell {counter} {label}: NOT RUN — job {jid} {why}")
 
 
@@ -295,14 +294,10 @@ def _ended_without_result(cell, job, st: JobState, summary, log, counter: str, *
            + (" (give a longer --timeout-min)" if status == "timeout" else ""))
     rec = record_unfinished(cell, suite, status, why, start, job.paths.stdout, command)
     if rec["status"] not in UNFINISHED:  # it died after writing its record: that record stands
-        summary.ran += 1
-        if rec["status"] != "ok":
-            summary.failed += 1
-            summary.failures.append(f"{label}: {rec['error']}")
+        summary.ran_cell(rec["status"], f"{label}: {rec['error']}")
         log(f"cell {counter} {label}: {rec['status']} (recorded before job {jid} ended {how})")
         return
-    summary.failed += 1
-    summary.failures.append(f"{label}: {status}: {why}")
+    summary.lost(f"{label}: {status}: {why}")
     log(f"cell {counter} {label}: {status.upper()} — {why}")
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from tokenbench.datasets import available_datasets, dataset_format
+from tokenbench.datasets import available_datasets, broken_datasets, dataset_format
 from tokenbench.reducers import ReducerParamError, UnknownReducerError, get_reducer, reducer_class
 
 from ..attention import kernel_named
@@ -232,6 +232,9 @@ def dataset(ck: Checker, i: int, e: dict) -> DatasetSpec:
     if "name" not in e:
         raise ck.fail(p, f"{ck.entry_name('datasets', i)} needs a name ({', '.join(dataset_names())})")
     name = ck.str_(p + ("name",), e["name"])
+    if name in broken_datasets():  # installed but failing to import: say why, not "unknown"
+        why = broken_datasets()[name]
+        raise ck.fail(p + ("name",), f"dataset {name!r} is installed but failed to load: {why}")
     names = dataset_names()
     if name not in names:
         close = difflib.get_close_matches(name, names, n=1)
