@@ -10,7 +10,7 @@ import torch.distributed as dist
 
 
 @dataclass
-class _Dist:
+class Dist:
     world_size: int = 1
     rank: int = 0
     local_rank: int = 0
@@ -21,20 +21,20 @@ class _Dist:
         return self.world_size > 1
 
 
-def _init_distributed(device: str) -> _Dist:
+def init_distributed(device: str) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return _Dist()
+        return Dist()
     started = False
     if not dist.is_initialized():
         backend = "nccl" if str(device).startswith("cuda") else "gloo"
         dist.init_process_group(backend=backend)
         started = True
-    return _Dist(world_size=dist.get_world_size(), rank=dist.get_rank(),
+    return Dist(world_size=dist.get_world_size(), rank=dist.get_rank(),
                  local_rank=int(os.environ.get("LOCAL_RANK", "0")), started_here=started)
 
 
-def _all_reduce(values: list[float], d: _Dist, device: torch.device) -> list[float]:
+def all_reduce(values: list[float], d: Dist, device: torch.device) -> list[float]:
     if not d.on:
         return values
     t = torch.tensor(values, dtype=torch.float64, device=device)
@@ -66,7 +66,7 @@ def resolve_amp(amp: bool | str, device: torch.device) -> bool:
     raise ValueError(f"amp must be True, False or 'auto', got {amp!r}")
 
 
-def _resolve_device(device: str | torch.device | None, d: _Dist) -> torch.device:
+def rank_device(device: str | torch.device | None, d: Dist) -> torch.device:
     if device is None or str(device) == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)

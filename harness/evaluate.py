@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from tokenbench.datasets import to_model_input
 from tokenbench.reducers import Reducer
 
-from .distributed import _all_reduce, _Dist, resolve_amp
+from .distributed import Dist, all_reduce, resolve_amp
 from .metrics import MultiViewAccuracy
 from .model import BASELINE
 
@@ -22,7 +22,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
 
 
-def _collate(batch):
+def collate(batch):
     clips = torch.stack([b[0] for b in batch])
     labels = torch.tensor([int(b[1]) for b in batch], dtype=torch.long)
     metas = [b[2] for b in batch]
@@ -55,7 +55,7 @@ def evaluate(model: nn.Module, dataset: Dataset, reducer: Reducer = BASELINE, *,
     n = len(dataset) if max_clips is None else min(len(dataset), int(max_clips))
     indices = list(range(rank, n, world))
     loader = DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, collate_fn=_collate)
+                        num_workers=num_workers, collate_fn=collate)
     acc = MultiViewAccuracy(ks=(1, 5))
     tokens = loss_sum = 0.0
     count = 0
@@ -73,7 +73,7 @@ def evaluate(model: nn.Module, dataset: Dataset, reducer: Reducer = BASELINE, *,
         net.train(was_training)
     if dist_on:
         acc, (tokens, loss_sum, count) = _merge_ranks(acc, [tokens, loss_sum, float(count)],
-                                                      _Dist(world_size=world, rank=rank))
+                                                      Dist(world_size=world, rank=rank))
         count = int(count)
     videos = len(acc)
     top = acc.result() if videos else {"top1": 0.0, "top5": 0.0}
@@ -82,7 +82,7 @@ def evaluate(model: nn.Module, dataset: Dataset, reducer: Reducer = BASELINE, *,
             "loss": loss_sum / max(count, 1)}
 
 
-def _merge_ranks(acc: MultiViewAccuracy, sums: list[float], d: _Dist) -> tuple[MultiViewAccuracy, list[float]]:
+def _merge_ranks(acc: MultiViewAccuracy, sums: list[float], d: Dist) -> tuple[MultiViewAccuracy, list[float]]:
     """Every rank's shard merged: a video's views may lie on several ranks, so its scores are summed across
     them before ranking; the counters are summed."""
     shards: list[MultiViewAccuracy | None] = [None] * d.world_size
@@ -90,4 +90,4 @@ def _merge_ranks(acc: MultiViewAccuracy, sums: list[float], d: _Dist) -> tuple[M
     merged = MultiViewAccuracy(acc.ks)
     for shard in shards:
         merged.merge(shard)
-    return merged, _all_reduce(sums, d, torch.device("cpu"))
+    return merged, all_reduce(sums, d, torch.device("cpu"))

@@ -40,7 +40,7 @@ import torch
 
 from tokenbench.datasets import dataset_format
 
-from .train import TrainRecipe
+from .settings import PretrainSettings
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
 RECIPE_FORMAT = 1
@@ -49,12 +49,13 @@ RECIPE_FORMAT = 1
 def data_identity(pretrain: dict[str, Any]) -> dict[str, Any]:
     """The training clips' identity: the dataset format's own (every option it resolves, its generator's
     version where it has one), worked out without making a clip."""
-    name, n = pretrain["dataset"], int(pretrain.get("max_clips") or 0)
+    settings = PretrainSettings.from_table(pretrain)
+    name, n = settings.dataset, settings.max_clips
     cls = dataset_format(name).cls
-    opts = dict(pretrain.get("options") or {})
+    opts = dict(settings.options)
     if n:
         opts = {**cls.first_options(n), **opts}  # as harness.run.clips.first_items builds the split
-    ident = cls.identity(pretrain.get("split", "train"), num_frames=pretrain["num_frames"],
+    ident = cls.identity(settings.split, num_frames=pretrain["num_frames"],
                          img_size=pretrain["img_size"], **opts)
     return {"dataset": name, "max_clips": n, **ident}
 
@@ -63,7 +64,7 @@ def weights_identity(pretrain: dict[str, Any]) -> dict[str, Any]:
     """Everything a self-trained model's weights depend on (a suite's ``pretrain_config``): the model,
     the whole recipe (defaults filled in) and :func:`data_identity`. Equal identities, equal weights (on a
     machine whose float32 kernels round alike)."""
-    recipe = dataclasses.asdict(TrainRecipe.from_settings(pretrain, seed=int(pretrain.get("seed", 0))))
+    recipe = dataclasses.asdict(PretrainSettings.from_table(pretrain).recipe)
     return json.loads(json.dumps({
         "model": pretrain["model"], "num_frames": int(pretrain["num_frames"]), "img_size": int(pretrain["img_size"]),
         "recipe": recipe, "data": data_identity(pretrain)}, sort_keys=True))

@@ -76,8 +76,8 @@ from tokenbench.datasets import ClipDataset
 from tokenbench.reducers import Reducer
 
 from .checkpoint import save_checkpoint
-from .distributed import _all_reduce, _Dist, _init_distributed, _resolve_device, native_bf16, resolve_amp
-from .evaluate import _collate, evaluate, model_input
+from .distributed import Dist, all_reduce, init_distributed, native_bf16, rank_device, resolve_amp
+from .evaluate import collate, evaluate, model_input
 from .model import BASELINE
 
 __all__ = ["TrainRecipe", "TrainResult", "DEFAULTS", "RECIPE_FIELDS", "train", "evaluate", "inference_reducer",
@@ -87,7 +87,8 @@ __all__ = ["TrainRecipe", "TrainResult", "DEFAULTS", "RECIPE_FIELDS", "train", "
 @dataclass(frozen=True)
 class TrainRecipe:
     """How :func:`train` trains: the defaults are the recipe for vit_t on the synthetic benchmark (see the
-    module docstring). A suite's ``[train]`` and ``pretrain`` tables are checked against these fields."""
+    module docstring). A suite's ``[train]`` and ``pretrain`` tables are checked against these fields, by
+    type (``metadata``: an integer's ``minimum``, 1 unless given; the words a switch takes besides true/false)."""
 
     epochs: int = 2
     batch_size: int = 16            # global: split over torchrun ranks
@@ -97,10 +98,10 @@ class TrainRecipe:
     label_smoothing: float = 0.1
     min_lr: float = 1e-5
     clip_grad: float | None = 1.0   # gradient-norm clipping; 0 / None: off
-    amp: bool | str = "auto"        # bfloat16 autocast: True, False or "auto" (resolve_amp)
-    seed: int = 0
+    amp: bool | str = field(default="auto", metadata={"choices": ("auto",)})  # bf16 autocast (resolve_amp)
+    seed: int = field(default=0, metadata={"minimum": 0})
     max_steps: int | None = None    # stop early (the schedule still spans ``epochs``)
-    num_workers: int = 0
+    num_workers: int = field(default=0, metadata={"minimum": 0})
     eval_batch_size: int | None = None  # default: the per-rank training batch
     find_unused_parameters: bool = False  # DDP: for a reducer that bypasses parameters
 
@@ -208,7 +209,7 @@ class _Run:
     """Everything one training run set up: what :func:`_one_epoch` and :func:`_finish` work on."""
 
     recipe: TrainRecipe
-    d: _Dist
+    d: Dist
     dev: torch.device
     net: nn.Module
     model_ddp: nn.Module
@@ -253,8 +254,8 @@ def train(model: nn.Module, train_ds: ClipDataset, val_ds: ClipDataset | None = 
 
 
 def _setup(model, train_ds, val_ds, reducer, recipe: TrainRecipe, device, eval_reducer, log, log_every) -> _Run:
-    d = _init_distributed(str(device))
-    dev = _resolve_device(device, d)
+    d = init_distributed(str(device))
+    dev = rank_device(device, d)
     if recipe.batch_size % d.world_size:
         raise ValueError(f"batch_size {recipe.batch_size} is the global batch; it must divide by the "
                          f"{d.world_size} ranks")
@@ -297,17 +298,17 @@ def _setup(model, train_ds, val_ds, reducer, recipe: TrainRecipe, device, eval_r
                 recipe.epochs * len(loader), int(round(recipe.warmup_epochs * len(loader))), config, say, log_every)
 
 
-def _loader(train_ds: ClipDataset, recipe: TrainRecipe, d: _Dist, per_rank: int) -> tuple[DataLoader, Any]:
+def _loader(train_ds: ClipDataset, recipe: TrainRecipe, d: Dist, per_rank: int) -> tuple[DataLoader, Any]:
     """The training loader: a seeded shuffle, or a ``DistributedSampler`` shard per rank."""
     workers = recipe.num_workers
     if d.on:
         sampler = DistributedSampler(train_ds, num_replicas=d.world_size, rank=d.rank, shuffle=True,
                                      seed=recipe.seed, drop_last=True)
-        return DataLoader(train_ds, batch_size=per_rank, sampler=sampler, num_workers=workers, collate_fn=_collate,
+        return DataLoader(train_ds, batch_size=per_rank, sampler=sampler, num_workers=workers, collate_fn=collate,
                           drop_last=True, persistent_workers=workers > 0), sampler
     gen = torch.Generator().manual_seed(recipe.seed)
     return DataLoader(train_ds, batch_size=per_rank, shuffle=True, generator=gen, num_workers=workers,
-                      collate_fn=_collate, drop_last=True, persistent_workers=workers > 0), None
+                      collate_fn=collate, drop_last=True, persistent_workers=workers > 0), None
 
 
 def _one_epoch(run: _Run, train_ds: ClipDataset, epoch: int) -> dict[str, Any]:
@@ -348,7 +349,7 @@ def _one_epoch(run: _Run, train_ds: ClipDataset, epoch: int) -> dict[str, Any]:
     if run.d.on:
         dist.barrier()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    loss_sum, n_batches, n_clips, n_tokens = _all_reduce(
+    loss_sum, n_batches, n_clips, n_tokens = all_reduce(
         [loss_sum, float(n_batches), float(n_clips), float(n_tokens)], run.d, torch.device("cpu"))
     mean_loss = loss_sum / max(n_batches, 1)
     run.say(f"  epoch {epoch + 1}/{rec.epochs}: loss {mean_loss:.4f}  {wall:.1f} s  "

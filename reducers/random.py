@@ -70,9 +70,9 @@ class RandomMasking(Reducer):
                                        or self.count < 1):
             raise ReducerParamError(f"random: count must be a positive integer or None, got {self.count!r}")
         if self.match_rlt is not None:
-            from .rlt import _check_threshold
+            from .rlt import check_threshold
 
-            _check_threshold(self.match_rlt, "random", "match_rlt")
+            check_threshold(self.match_rlt, "random", "match_rlt")
             if self.count is not None:
                 raise ReducerParamError("random: match_rlt and count exclude each other (match_rlt sets keep)")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):

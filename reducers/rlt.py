@@ -51,7 +51,7 @@ from .base import VIDEOMAE, Geometry, Reducer, ReducerParamError, Selection, gri
 from .registry import register_reducer
 
 
-def _check_threshold(value: object, who: str = "rlt", name: str = "threshold") -> None:
+def check_threshold(value: object, who: str = "rlt", name: str = "threshold") -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value == value:
         raise ReducerParamError(f"{who}: {name} (τ) must be a number ≥ 0, got {value!r}")
     if value < 0:
@@ -99,7 +99,7 @@ def rlt_keep_ratio(videos: Iterable[Tensor], threshold: float = 0.1, tubelet: in
     ImageNet-normalised video batches [B, 3, T, H, W] (single clips [3, T, H, W] are accepted too).
 
     Clips may differ in size between batches; each clip counts once, whatever its size."""
-    _check_threshold(threshold)
+    check_threshold(threshold)
     total, clips = 0.0, 0
     for batch in videos:
         if batch.dim() == 4:
@@ -125,7 +125,7 @@ class RLT(Reducer):
         "help": "build the model with a learned run-length embedding (T' rows; train-time option)"})
 
     def validate(self) -> None:
-        _check_threshold(self.threshold)
+        check_threshold(self.threshold)
         if not isinstance(self.length_embedding, bool):
             raise ReducerParamError(f"rlt: length_embedding must be true or false, got {self.length_embedding!r}")
 

@@ -87,7 +87,7 @@ def test_two_concurrent_runs_on_one_out_record_each_cell_once(tmp_path):
         return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     # this test process holds the last cell, as a third run measuring it would: both runs must skip it
-    fp = hardware_fingerprint("cpu", suite.defaults["dtype"], 1)["id"]
+    fp = hardware_fingerprint("cpu", suite.dtype, 1)["id"]
     store = ResultStore(store_path(out, "two", fp))
     with store.claim(cells[-1]["key"]) as held:
         assert held.held

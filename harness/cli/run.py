@@ -15,7 +15,7 @@ from ..report.provenance import AA_TOLERANCE, aa_failures, aa_text
 from ..report.records import dedupe
 from ..run import run_suite
 from ..run.executors import DEFAULT_TIMEOUT_MIN, LaunchOptions
-from ..run.launch import LAUNCHERS, launch, requested_device
+from ..run.launch import LAUNCHERS, launch
 from ..run.plan import CodeVersion
 from ..suite import describe, load_suite
 from ..suite.overrides import parse_value
@@ -162,14 +162,11 @@ def options_from_args(args) -> LaunchOptions:
                          retry_failed=args.retry_failed, rerun_stale=CodeVersion.here() if args.rerun_stale else None)
 
 
-def suite_overrides_for(args) -> list[str]:
-    """``--set`` items, plus ``defaults.device=cuda`` when Slurm jobs get GPUs and the suite asked for
-    ``auto`` (this login node may have none; its compute nodes do)."""
-    overrides = list(args.overrides)
+def auto_device_for(args) -> str | None:
+    """What ``device = "auto"`` stands for where the cells run: cuda when Slurm jobs get GPUs (this login node
+    may have none; its compute nodes do); None: this machine decides."""
     gpus = 1 if args.gpus_per_job is None else args.gpus_per_job
-    if args.launcher == "slurm" and gpus > 0 and requested_device(args.suite, overrides) == "auto":
-        overrides.append("defaults.device=cuda")
-    return overrides
+    return "cuda" if args.launcher == "slurm" and gpus > 0 else None
 
 
 def run(args) -> int:
@@ -182,9 +179,9 @@ def run(args) -> int:
         raise UserError("--rerun-noisy re-times cells in this process: use it with --launcher inprocess")
     if args.timeout_min is not None and args.timeout_min < 1:
         raise UserError(f"--timeout-min must be ≥ 1, got {args.timeout_min}")
-    suite = load_suite(args.suite, overrides=suite_overrides_for(args), only=args.only,
+    suite = load_suite(args.suite, overrides=args.overrides, only=args.only,
                        check_device=args.launcher != "slurm",  # Slurm's cells run on its compute nodes
-                       add_reducers=args.add_reducers)
+                       add_reducers=args.add_reducers, auto_device=auto_device_for(args))
     cells = suite.cells()
     print(describe(suite), file=sys.stderr)
     if args.dry_run:

@@ -15,7 +15,7 @@ from tokenbench.datasets import VideoDecodeError, dataset_format, decoder_info, 
 from ..errors import CellError
 from ..schema import Cell
 from ..suite import parse_views
-from .common import _hash
+from .common import stable_hash
 
 if TYPE_CHECKING:
     from .models import RunCache
@@ -124,8 +124,8 @@ def build_dataset(cell: Cell, split: str | None = None, **extra):
 
 
 def data_key(cell: Cell) -> str:
-    return _hash({k: getattr(cell, k) for k in ("dataset", "split", "num_frames", "img_size", "dataset_options",
-                                           "views", "max_clips")})
+    return stable_hash({k: getattr(cell, k) for k in ("dataset", "split", "num_frames", "img_size",
+                                                      "dataset_options", "views", "max_clips")})
 
 
 def load_clipset(cell: Cell, cache: RunCache, progress: Callable[[str], None] | None = None) -> ClipSet:

@@ -66,7 +66,7 @@ def _run_suite(suite: Suite, out: str | Path, *, command: str, retry_failed: boo
         log(f"{suite.name}: all {len(cells)} cells are recorded in {store.path}; nothing to run")
         return summary
     log(f"{suite.name}: {len(pending)} of {len(cells)} cells to run ({summary.skipped} recorded) → {store.path}")
-    prepare(plan.prepare, cache, suite.defaults.get("device", "cpu"), int(suite.defaults.get("threads") or 0), log)
+    prepare(plan.prepare, cache, suite.device, suite.defaults.threads, log)
     interactive = bool(getattr(stream, "isatty", lambda: False)())
     bar = tqdm(total=len(cells), initial=summary.skipped, unit="cell", file=stream, dynamic_ncols=True,
                mininterval=0.5 if interactive else 30.0,

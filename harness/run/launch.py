@@ -49,7 +49,6 @@ import contextlib
 import os
 import sys
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -61,8 +60,6 @@ from ..errors import UserError
 from ..paths import cache_root, safe_name
 from ..results import RECORDS_FILE, ResultStore, done_keys, store_path
 from ..schema import Cell, make_record
-from ..suite import suite_source
-from ..suite.overrides import parse_value
 from .common import utc_now
 from .executors import (
     LaunchOptions,
@@ -87,18 +84,6 @@ LOCAL_SIGNAL_DELAY_S = 30  # submitit's LocalExecutor default: its USR2 this lon
 # ----------------------------------------------------------------------------------------------
 # before submission
 # ----------------------------------------------------------------------------------------------
-def requested_device(suite: str, overrides: list[str] | tuple[str, ...] = ()) -> str:
-    """``defaults.device`` as the suite file (or a ``--set``) gives it, before ``auto`` is resolved on this
-    machine — a login node without a GPU resolves ``auto`` to cpu, its compute nodes would not."""
-    text, _, _ = suite_source(suite)
-    value = str(tomllib.loads(text).get("defaults", {}).get("device", "auto"))
-    for item in overrides:
-        k, _, v = item.partition("=")
-        if k.strip() == "defaults.device":
-            value = str(parse_value(v.strip()))
-    return value
-
-
 def recorded_keys(out: str | Path, suite: str, fingerprint_id: str | None = None, device_type: str | None = None,
                   include_failed: bool = True, stale: Callable[[dict[str, Any]], bool] | None = None) -> set[str]:
     """Keys recorded for ``suite`` under ``out``: in the store of ``fingerprint_id`` when given, else in
@@ -162,14 +147,14 @@ def _launch(suite, out: str | Path, opts: LaunchOptions, cells: list[Cell] | Non
     out = Path(out).resolve()  # jobs may start in another directory
     folder = Path(opts.folder) if opts.folder else default_folder(out, suite.name)
     summary = RunSummary(suite.name, len(cells), folder=folder)
-    device = suite.defaults.get("device", "cpu")
+    device = suite.device
     cuda = device.startswith("cuda")
     if opts.gpus_per_job is None:
         opts = replace(opts, gpus_per_job=1 if cuda else 0)
     if cuda and opts.gpus_per_job < 1:
         raise UserError(f"the cells run on {device}: each job needs a GPU (--gpus-per-job ≥ 1)")
     if opts.launcher == "local":
-        fp = fingerprint_for(device, suite.defaults.get("dtype", "float32"), suite.defaults.get("threads", 0))
+        fp = fingerprint_for(device, suite.dtype, suite.defaults.threads)
         where: dict[str, Any] = {"fingerprint_id": fp["id"]}
         summary.store = store_path(out, suite.name, fp["id"])
     else:
@@ -205,8 +190,7 @@ def _launch_slurm(pending, pretrains, suite, out: Path, folder: Path, opts: Laun
     name, job = f"tokenbench-{suite.name}", None
     if pretrains:
         prep = slurm_executor(folder, opts, f"{name}-prepare")
-        job = prep.submit(prepare_job, pretrains, suite.defaults.get("device", "cpu"),
-                          int(suite.defaults.get("threads") or 0))
+        job = prep.submit(prepare_job, pretrains, suite.device, suite.defaults.threads)
         summary.prepare_job = str(job.job_id)
         log(f"prepare job {job.job_id}: trains {len(pretrains)} model(s) once; the cells start after it succeeds")
     ex = slurm_executor(folder, opts, name)
@@ -232,7 +216,7 @@ def _launch_slurm(pending, pretrains, suite, out: Path, folder: Path, opts: Laun
 
 def _launch_local(pending, pretrains, suite, out: Path, folder: Path, opts: LaunchOptions, command: str,
                   summary: RunSummary, log) -> None:
-    device = suite.defaults.get("device", "cpu")
+    device = suite.device
     ex = local_executor(folder, opts)
     gpus = visible_gpus() if device.startswith("cuda") else []
     width, note = local_parallelism(device, opts.array_parallelism, gpus)
@@ -245,7 +229,7 @@ def _launch_local(pending, pretrains, suite, out: Path, folder: Path, opts: Laun
         raise UserError(f"the cells run on {device} but no GPU is visible here (CUDA_VISIBLE_DEVICES, torch.cuda)")
     if pretrains:
         pin_gpu(ex, gpus[0] if want_gpus else None)
-        job = ex.submit(prepare_job, pretrains, device, int(suite.defaults.get("threads") or 0))
+        job = ex.submit(prepare_job, pretrains, device, suite.defaults.threads)
         summary.prepare_job = str(job.job_id)
         log(f"prepare job {job.job_id}: training {len(pretrains)} model(s) before the cells (once, cached)")
         try:

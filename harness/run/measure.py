@@ -23,6 +23,7 @@ the result the same way, with the reducer's ``for_eval()`` (or none with ``train
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import statistics
 from collections.abc import Callable
 from typing import Any
@@ -42,8 +43,9 @@ from ..intervals import paired_delta, wilson
 from ..metrics import MultiViewAccuracy, TokenCounts
 from ..model import build_model
 from ..schema import Cell
+from ..settings import TrainSettings
 from ..timing import make_batches, time_forward
-from ..train import TrainRecipe, inference_reducer, train
+from ..train import inference_reducer, train
 from .clips import ClipSet, data_key, first_items, load_clipset, timing_sample
 from .common import DTYPES
 from .models import (
@@ -253,17 +255,16 @@ def inference_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tupl
 def train_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tuple[dict, dict]:
     """Train the cell's model with its reducer (``harness.train.train``), then evaluate it on the cell's
     clips like an inference cell (the reducer at evaluation: ``harness.train.inference_reducer``)."""
-    settings = dict(cell.train or {})
+    settings = TrainSettings.from_table(cell.train)
     device, dtype = cell.device, DTYPES[cell.dtype]
     with cache.phases("clips"):
         clips = load_clipset(cell, cache, progress)  # evaluation clips, and the calibration data
     reducer = calibrate(build_reducer(cell), cell, clips, cache)
     if reducer.calibrates_with_model:
         raise CellError(f"{cell.reducer} calibrates with a trained model in the loop: run it in inference cells")
-    train_split = settings.get("split", "train")
     with cache.phases("clips"):
-        train_ds = first_items(cell.dataset, train_split, settings.get("max_clips"), num_frames=cell.num_frames,
-                               img_size=cell.img_size, options=cell.dataset_options)
+        train_ds = first_items(cell.dataset, cell.train["split"], settings.max_clips,
+                               num_frames=cell.num_frames, img_size=cell.img_size, options=cell.dataset_options)
     num_classes = int(cell.num_classes or train_ds.num_classes)
     if not num_classes:
         raise CellError(f"dataset {cell.dataset!r} is unlabelled: a train cell needs labels")
@@ -274,7 +275,7 @@ def train_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tuple[di
                         attn_backend=cell.attn_backend)
     # the weights training starts from, named beside the ones it ends with (arms compare by it)
     init = {"init_checkpoint_sha256": weights_sha256(model.state_dict())}
-    if settings.get("init") == "checkpoint":
+    if settings.init == "checkpoint":
         ck = cell.checkpoint
         if ck.startswith("trained:"):
             ck = str(cache.pretrained(cell.pretrain, device, log))
@@ -282,12 +283,12 @@ def train_cell(cell: Cell, cache: RunCache, progress=None, log=None) -> tuple[di
             info = load_checkpoint(model, ck, strict=False)
             init = {"init_checkpoint_sha256": info.sha256, "init_checkpoint_path": ck}
     if progress:
-        progress(f"training {settings.get('epochs')} epochs")
+        progress(f"training {settings.recipe.epochs} epochs")
     with cache.phases("training"):
         result = train(model, train_ds, None, reducer,
-                       TrainRecipe.from_settings(settings, seed=cell.seed), device=device, log=False)
+                       dataclasses.replace(settings.recipe, seed=cell.seed), device=device, log=False)
     model = model.to(device=device, dtype=dtype).eval()
-    eval_red = get_reducer("none") if settings.get("eval_reducer") == "none" else inference_reducer(reducer)
+    eval_red = get_reducer("none") if settings.eval_reducer == "none" else inference_reducer(reducer)
     with cache.phases("accuracy"):
         fw = forward_all(model, eval_red, clips, cell, progress)
     metrics: dict[str, Any] = dict(fw["metrics"])

@@ -25,10 +25,11 @@ from ..evaluate import model_input
 from ..model import build_model
 from ..paths import cache_root
 from ..schema import Cell
+from ..settings import PretrainSettings
 from ..shipped_weights import WEIGHTS_DIR, shipped_checkpoint, weights_identity
-from ..train import TrainRecipe, TrainResult, train
+from ..train import TrainResult, train
 from .clips import ClipSet, data_key, first_items
-from .common import DTYPES, _hash, describe_error
+from .common import DTYPES, describe_error, stable_hash
 from .phases import PhaseClock
 
 
@@ -49,7 +50,7 @@ class RunCache:
     def pretrained(self, pretrain: dict[str, Any], device: str = "cpu",
                    log: Callable[[str], None] | None = None) -> Path:
         """:func:`ensure_pretrained`, remembering a failure so the model's other cells do not retrain it."""
-        key = _hash(pretrain)
+        key = stable_hash(pretrain)
         if key in self.pretrain_failures:
             raise CellError(f"training the suite's {pretrain['model']} failed earlier in this run: "
                             f"{self.pretrain_failures[key]}")
@@ -79,7 +80,7 @@ def pretrained_path(pretrain: dict[str, Any], cache_dir: Path) -> Path:
     (:func:`~tokenbench.harness.shipped_weights.weights_identity`: the recipe with its defaults, the training
     data's options with theirs, the synthetic generator's version)."""
     return cache_dir / "models" / f"{pretrain['model']}-{pretrain['num_frames']}x{pretrain['img_size']}-" \
-                                  f"{_hash(weights_identity(pretrain))}.pt"
+                                  f"{stable_hash(weights_identity(pretrain))}.pt"
 
 
 @contextlib.contextmanager
@@ -112,7 +113,8 @@ def cached_pretrained(pretrain: dict[str, Any], cache_dir: Path, device: str = "
             return path
         if log:
             log(f"training {pretrain['model']} ({pretrain['num_frames']}×{pretrain['img_size']}²) on "
-                f"{pretrain['dataset']} for {pretrain.get('epochs')} epochs (once; cached as {path})")
+                f"{pretrain['dataset']} for {PretrainSettings.from_table(pretrain).recipe.epochs} epochs "
+                f"(once; cached as {path})")
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         train_pretrained(pretrain, tmp, device, log, cached_as=path)
         os.replace(tmp, path)
@@ -123,15 +125,15 @@ def train_pretrained(pretrain: dict[str, Any], out: Path, device: str = "cpu",
                      log: Callable[[str], None] | None = None, cached_as: Path | None = None) -> TrainResult:
     """Train a model from scratch by ``pretrain`` (a suite's ``pretrain_config``) and write it to ``out``;
     warns when it ended near chance, naming the file to delete (``cached_as``: where ``out`` will end up)."""
-    ds = first_items(pretrain["dataset"], pretrain.get("split", "train"), pretrain.get("max_clips"),
-                     num_frames=pretrain["num_frames"], img_size=pretrain["img_size"],
-                     options=pretrain.get("options"))
+    settings = PretrainSettings.from_table(pretrain)
+    ds = first_items(settings.dataset, settings.split, settings.max_clips, num_frames=pretrain["num_frames"],
+                     img_size=pretrain["img_size"], options=settings.options)
     if not ds.num_classes:
         raise CellError(f"cannot pretrain on the unlabelled dataset {pretrain['dataset']!r}")
-    torch.manual_seed(int(pretrain.get("seed", 0)))
+    torch.manual_seed(settings.recipe.seed)
     model = build_model(pretrain["model"], ds.num_classes, num_frames=pretrain["num_frames"],
                         img_size=pretrain["img_size"])
-    result = train(model, ds, None, get_reducer("none"), TrainRecipe.from_settings(pretrain),
+    result = train(model, ds, None, get_reducer("none"), settings.recipe,
                    device=device, out=out, log=log is not None)
     chance = math.log(ds.num_classes)
     if result.final_loss > CHANCE_LOSS_SHARE * chance:  # said, not refused: a tiny test recipe never learns
@@ -147,8 +149,8 @@ def train_pretrained(pretrain: dict[str, Any], out: Path, device: str = "cpu",
 
 
 def model_key(cell: Cell, num_classes: int, length_embedding: bool) -> str:
-    return _hash({k: getattr(cell, k) for k in ("model", "num_frames", "img_size", "checkpoint", "pretrain", "device",
-                                           "dtype", "attn_backend", "compile")}
+    return stable_hash({k: getattr(cell, k) for k in ("model", "num_frames", "img_size", "checkpoint", "pretrain",
+                                                      "device", "dtype", "attn_backend", "compile")}
                  | {"num_classes": num_classes, "length_embedding": length_embedding})
 
 
@@ -203,8 +205,9 @@ def model_classes(cell: Cell, clipset_classes: int) -> int:
         shipped = shipped_checkpoint(pre)
         if shipped is not None:  # its head tells; building the training split would render 3,000 clips
             return int(checkpoint_classes(shipped) or 0) or clipset_classes
-        ds = get_dataset(pre["dataset"], pre.get("split", "train"), num_frames=pre["num_frames"],
-                         img_size=pre["img_size"], **(pre.get("options") or {}))
+        settings = PretrainSettings.from_table(pre)
+        ds = get_dataset(settings.dataset, settings.split, num_frames=pre["num_frames"],
+                         img_size=pre["img_size"], **settings.options)
         return int(ds.num_classes)
     if ckpt not in ("none", "") and not ckpt.startswith("trained:"):
         n = checkpoint_classes(ckpt)
@@ -228,7 +231,7 @@ def calibrate(reducer, cell: Cell, clips: ClipSet, cache: RunCache):
     clips before any measured work; the calibrated reducer is shared by cells on the same data."""
     if not reducer.calibrates:
         return reducer
-    key = _hash({"reducer": cell.reducer, "params": cell.params, "data": data_key(cell)})
+    key = stable_hash({"reducer": cell.reducer, "params": cell.params, "data": data_key(cell)})
     if key in cache.calibrated:
         return cache.calibrated[key].fresh()
     bs = max(1, int(cell.batch_size))
@@ -254,7 +257,7 @@ def calibrate_with_model(reducer, cell: Cell, model: torch.nn.Module, model_id: 
               "seed": (cell.dataset_options or {}).get("seed", 0),  # the synthetic generator's; 0 its default
               "dataset_options": dict(cell.dataset_options or {}), "num_frames": cell.num_frames,
               "img_size": cell.img_size}
-    key = _hash({"reducer": cell.reducer, "params": cell.params, "model": model_id, "data": source})
+    key = stable_hash({"reducer": cell.reducer, "params": cell.params, "model": model_id, "data": source})
     if key in cache.calibrated:
         params, record = cache.calibrated[key]
         return type(reducer)(**params), record

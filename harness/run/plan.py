@@ -78,7 +78,6 @@ def pending_pretrains(cells: list[Cell], cache_dir: Path) -> list[dict[str, Any]
 
 def local_store(out: str | Path, suite) -> tuple[str, ResultStore]:
     """(fingerprint id, store) this machine's records of ``suite`` go to, under the suite's defaults."""
-    d = suite.defaults
-    with torch_threads(int(d.get("threads") or 0)) as threads:
-        fp = hardware_fingerprint(d.get("device", "cpu"), d.get("dtype", "float32"), threads)
+    with torch_threads(suite.defaults.threads) as threads:
+        fp = hardware_fingerprint(suite.device, suite.dtype, threads)
     return fp["id"], ResultStore(store_path(out, suite.name, fp["id"]))

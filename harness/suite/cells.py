@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any
 
 from tokenbench.reducers import ReducerParamError
@@ -11,8 +10,9 @@ from tokenbench.reducers import ReducerParamError
 from ..errors import SuiteError
 from ..schema import Cell, canonical_json, reducer_label
 from ..shipped_weights import shipped_checkpoint
-from .spec import MODES, SUITE_KEYS, TOP_KEYS, DatasetSpec, ModelSpec, ReducerSpec, Suite, param_at
-from .validate import _Entries
+from .checker import Checker
+from .spec import MODES, DatasetSpec, ModelSpec, ReducerSpec, Suite, param_at
+from .validate import build_reducer, param_path
 
 
 def select_cells(cells: list[Cell], only: list[str] | tuple[str, ...]) -> list[int]:
@@ -33,159 +33,108 @@ def select_cells(cells: list[Cell], only: list[str] | tuple[str, ...]) -> list[i
                 or any(str(cells[i].get(f)) in alternatives for f in fields)]
     return keep
 
-class _Validator(_Entries):
-    # --- steps --------------------------------------------------------------------------------
-    def run(self) -> Suite:
-        self.apply_overrides()
-        self.raw = self.interpolate(self.raw, ())
-        self.check_keys(self.raw, TOP_KEYS, (), "the suite")
-        for sec in ("suite", "defaults", "train"):
-            if sec in self.raw and not isinstance(self.raw[sec], dict):
-                raise self.fail((sec,), f"[{sec}] must be a table")
-        for sec in ("models", "datasets", "reducers"):
-            v = self.raw.get(sec)
-            if v is not None and not (isinstance(v, list) and all(isinstance(e, dict) for e in v)):
-                raise self.fail((sec,), f"{sec} must be [[{sec}]] tables")
-            if not v:
-                raise SuiteError(f"{self.file}: the suite has no [[{sec}]] entry")
-        meta = self.raw.get("suite", {})
-        self.check_keys(meta, SUITE_KEYS, ("suite",), "[suite]")
-        defaults = self.defaults()
-        train = self.train_settings()
-        models = [self.model(i, e) for i, e in enumerate(self.raw["models"])]
-        datasets = [self.dataset(i, e, defaults) for i, e in enumerate(self.raw["datasets"])]
-        reducers = [self.reducer(i, e) for i, e in enumerate(self.raw["reducers"])]
-        for kind, items in (("models", models), ("datasets", datasets), ("reducers", reducers)):
-            seen: dict[str, int] = {}
-            for i, it in enumerate(items):
-                # reducer entries may share their name as id (two `tome` entries for two models): only an
-                # id given twice is refused; repeated measurements are refused in expand()
-                given = kind != "reducers" or any("id" in self.raw[kind][j] for j in (i, seen.get(it.id, i)))
-                if it.id in seen and given:
-                    raise self.fail((kind, i), f"two [[{kind}]] entries have id {it.id!r} (the other at "
-                                               f"{self.where((kind, seen[it.id]))}); give each its own id")
-                seen[it.id] = i
-        self.check_references(models, datasets, reducers)
-        name = meta.get("name", self.default_name)
-        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+\-]*", name):
-            raise self.fail(("suite", "name"), f"suite name must be a plain word (letters, digits, . _ + -), "
-                                               f"got {name!r}")
-        suite = Suite(name=name, description=str(meta.get("description", "")), file=self.file,
-                      defaults=defaults, train=train, models=models, datasets=datasets, reducers=reducers,
-                      overrides=self.overrides)
-        cells = self.expand(suite)
-        if not cells:
-            raise SuiteError(f"{self.file}: the suite expands to no cell (check modes/datasets/models "
-                             "restrictions)")
-        keep = select_cells(cells, self.only)
-        if not keep:
-            raise SuiteError(f"--only {' '.join(self.only)} selects none of the {len(cells)} cells of {self.file}")
-        suite._cells = [cells[i] for i in keep]
-        suite.total_cells = len(cells)
-        used = {e for i in keep for e in self.cell_entries[i]}
-        missing = self.missing.for_entries(used)
-        if missing:  # every path the selected cells need and lack, at once
-            raise SuiteError(f"{self.file} cannot run: required paths are not given\n  " + "\n  ".join(missing))
-        return suite
-
-    # --- expansion ----------------------------------------------------------------------------
-    def expand(self, suite: Suite) -> list[Cell]:
-
-        dflt, cells = suite.defaults, []
-        checked: set[tuple] = set()
-        effective: dict[tuple, dict] = {}  # (entry, params) -> every parameter of the reducer it builds
-        runs: dict[str, ReducerSpec] = {}  # what a cell measures (its key with effective parameters) -> entry
-        for mode in [m for m in MODES if m in dflt["modes"]]:
-            for m in suite.models:
-                if mode not in m.modes:
+def expand(suite: Suite, ck: Checker) -> list[Cell]:
+    """Every cell of a validated suite (models × datasets × reducer variants × batch sizes × modes),
+    inference cells first; ``ck`` names the entry at fault when a reducer refuses a model's token grid, or two entries
+    measure the same thing."""
+    dflt, cells = suite.defaults, []
+    checked: set[tuple] = set()
+    effective: dict[tuple, dict] = {}  # (entry, params) -> every parameter of the reducer it builds
+    runs: dict[str, ReducerSpec] = {}  # what a cell measures (its key with effective parameters) -> entry
+    for mode in [m for m in MODES if m in dflt.modes]:
+        for m in suite.models:
+            if mode not in m.modes:
+                continue
+            for d in suite.datasets:
+                if mode not in d.modes:
                     continue
-                for d in suite.datasets:
-                    if mode not in d.modes:
+                for r in suite.reducers:
+                    if mode not in r.modes or (r.datasets and d.id not in r.datasets) or (
+                            r.models and m.id not in r.models):
                         continue
-                    for r in suite.reducers:
-                        if mode not in r.modes or (r.datasets and d.id not in r.datasets) or (
-                                r.models and m.id not in r.models):
-                            continue
-                        for params in r.variants():
-                            ck = (r.path, canonical_json(params), m.grid, m.depth)
-                            if ck not in checked:
-                                checked.add(ck)
-                                red = self.build_reducer(r, params)
-                                effective[ck[:2]] = _effective_params(red, params)
-                                try:
-                                    red.check_geometry(m.grid, m.depth)
-                                except ReducerParamError as exc:
-                                    raise self.fail(self.param_path(r, str(exc)),
-                                                    f"reducer {reducer_label(r.name, params)!r} cannot run on "
-                                                    f"{m.id} ({m.num_frames}×{m.img_size}², token grid "
-                                                    f"{m.grid}, {m.depth} blocks; [[models]] at "
-                                                    f"{self.where(m.path)}): {exc}") from None
-                            sizes = dflt["batch_sizes"] if mode == "inference" else [suite.train["batch_size"]]
-                            amps = dflt["autocast"] if mode == "inference" else ["none"]
-                            seeds = 1 if mode == "inference" else int(suite.train.get("seeds", 1))
-                            for bs in sizes:
-                                for ac in amps:
-                                    cell = self.with_autocast(self.cell(suite, mode, m, d, r, params, bs), ac)
-                                    cell = self.with_attn_path(cell, r.attn_path)
-                                    self.refuse_repeat(runs, cell, r, effective[ck[:2]])
-                                    for i in range(seeds):  # seed 0 of a repeated arm keeps its key
-                                        cells.append(cell.with_(seed=cell.seed + i) if i else cell)
-                                        self.cell_entries.append((m.path, d.path))
-        return cells
+                    for params in r.variants():
+                        ident = (r.path, canonical_json(params), m.grid, m.depth)
+                        if ident not in checked:
+                            checked.add(ident)
+                            red = build_reducer(ck, r, params)
+                            effective[ident[:2]] = _effective_params(red, params)
+                            try:
+                                red.check_geometry(m.grid, m.depth)
+                            except ReducerParamError as exc:
+                                raise ck.fail(param_path(r, str(exc)),
+                                              f"reducer {reducer_label(r.name, params)!r} cannot run on "
+                                              f"{m.id} ({m.num_frames}×{m.img_size}², token grid "
+                                              f"{m.grid}, {m.depth} blocks; [[models]] at "
+                                              f"{ck.where(m.path)}): {exc}") from None
+                        sizes = dflt.batch_sizes if mode == "inference" else [suite.train.recipe.batch_size]
+                        amps = dflt.autocast if mode == "inference" else ["none"]
+                        seeds = 1 if mode == "inference" else suite.train.seeds
+                        for bs in sizes:
+                            for ac in amps:
+                                cell = with_autocast(make_cell(suite, mode, m, d, r, params, bs), ac)
+                                cell = with_attn_path(cell, r.attn_path)
+                                refuse_repeat(ck, runs, cell, r, effective[ident[:2]])
+                                for i in range(seeds):  # seed 0 of a repeated arm keeps its key
+                                    cells.append(cell.with_(seed=cell.seed + i) if i else cell)
+    return cells
 
-    def refuse_repeat(self, runs: dict[str, ReducerSpec], cell: Cell, r: ReducerSpec, params: dict) -> None:
-        """Two reducer entries (or one entry's sweep) measuring the same thing twice: refused, as two models
-        or datasets with one id are. The same reducer with the same parameters, given or left at their
-        defaults, on the same model, data and settings is the same measurement."""
-        what = cell.with_(params=params, given_label=None).key
-        if what not in runs:
-            runs[what] = r
-            return
-        other = runs[what]
-        if other.path == r.path:
-            raise self.fail(r.path + ("sweep",), f"{self.entry_name('reducers', r.path[1])} lists the same "
-                                                 f"parameters twice: {reducer_label(r.name, cell.params)!r}")
-        raise self.fail(r.path, f"{self.entry_name('reducers', r.path[1])} repeats "
-                                f"{self.entry_name('reducers', other.path[1])} (at {self.where(other.path)}): "
-                                f"both run {reducer_label(r.name, cell.params)!r} on {cell.where} ({cell.mode}, batch "
-                                f"{cell.batch_size}); remove one or give them different parameters")
 
-    def cell(self, suite: Suite, mode: str, m: ModelSpec, d: DatasetSpec, r: ReducerSpec,
-             params: dict, bs: int) -> Cell:
-        dflt = suite.defaults
-        label = None
-        if r.label:
-            label = r.label if len(r.variants()) == 1 else f"{r.label} " + " ".join(
-                f"{k.rsplit('.', 1)[-1]}={param_at(params, k)}" for k in r.sweep)
-        mode_fields: dict[str, Any] = (
-            dict(repeats=dflt["repeats"], warmup=dflt["warmup"], flops_check_clips=dflt["flops_check_clips"],
-                 time_clips=dflt["time_clips"]) if mode == "inference"
-            else dict(train={**{k: v for k, v in suite.train.items() if k != "seeds"}, "split": d.train_split}))
-        return Cell(
-            model=m.name, num_frames=m.num_frames, img_size=m.img_size, checkpoint=m.checkpoint_id,
-            dataset=d.name, split=d.split, reducer=r.name, params=params, batch_size=bs, mode=mode,
-            dtype=dflt["dtype"], compile=dflt["compile"], attn_backend=dflt["attn_backend"], device=dflt["device"],
-            views=d.views, max_clips=d.max_clips if d.max_clips is not None else dflt["max_clips"],
-            seed=dflt["seed"], threads=dflt["threads"], **mode_fields,
-            model_id=m.id if m.id != m.name else None, dataset_id=d.id if d.id != d.name else None,
-            num_classes=m.num_classes or None, dataset_options=d.options or None,
-            skip_unreadable=True if d.skip_unreadable else None,
-            pretrain=m.pretrain_config() if not m.checkpoint and m.pretrain is not None else None,
-            given_label=label)
+def refuse_repeat(ck: Checker, runs: dict[str, ReducerSpec], cell: Cell, r: ReducerSpec,
+                  params: dict) -> None:
+    """Two reducer entries (or one entry's sweep) measuring the same thing twice: refused, as two models
+    or datasets with one id are. The same reducer with the same parameters, given or left at their
+    defaults, on the same model, data and settings is the same measurement."""
+    what = cell.with_(params=params, given_label=None).key
+    if what not in runs:
+        runs[what] = r
+        return
+    other = runs[what]
+    if other.path == r.path:
+        raise ck.fail(r.path + ("sweep",), f"{ck.entry_name('reducers', r.path[1])} lists the same "
+                                           f"parameters twice: {reducer_label(r.name, cell.params)!r}")
+    raise ck.fail(r.path, f"{ck.entry_name('reducers', r.path[1])} repeats "
+                          f"{ck.entry_name('reducers', other.path[1])} (at {ck.where(other.path)}): "
+                          f"both run {reducer_label(r.name, cell.params)!r} on {cell.where} ({cell.mode}, "
+                          f"batch {cell.batch_size}); remove one or give them different parameters")
 
-    @staticmethod
-    def with_autocast(cell: Cell, autocast: str) -> Cell:
-        """The cell under ``torch.autocast(dtype=autocast)``; "none" leaves it (and its key) as it was."""
-        if autocast == "none":
-            return cell
-        return cell.with_(autocast=autocast, given_label=f"{cell.label} [{autocast} autocast]")  # tables keep the two apart
 
-    @staticmethod
-    def with_attn_path(cell: Cell, attn_path: str) -> Cell:
-        """The cell with every arm on the per-sequence path; "auto" leaves it (and its key) as it was."""
-        if attn_path == "auto" or cell.mode != "inference":
-            return cell
-        return cell.with_(attn_path=attn_path, given_label=f"{cell.label} [{attn_path}]")
+def make_cell(suite: Suite, mode: str, m: ModelSpec, d: DatasetSpec, r: ReducerSpec, params: dict,
+              bs: int) -> Cell:
+    dflt = suite.defaults
+    label = None
+    if r.label:
+        label = r.label if len(r.variants()) == 1 else f"{r.label} " + " ".join(
+            f"{k.rsplit('.', 1)[-1]}={param_at(params, k)}" for k in r.sweep)
+    mode_fields: dict[str, Any] = (
+        dict(repeats=dflt.repeats, warmup=dflt.warmup, flops_check_clips=dflt.flops_check_clips,
+             time_clips=dflt.time_clips) if mode == "inference"
+        else dict(train=suite.train.record(d.train_split)))
+    return Cell(
+        model=m.name, num_frames=m.num_frames, img_size=m.img_size, checkpoint=m.checkpoint_id,
+        dataset=d.name, split=d.split, reducer=r.name, params=params, batch_size=bs, mode=mode,
+        dtype=suite.dtype, compile=dflt.compile, attn_backend=dflt.attn_backend, device=suite.device,
+        views=d.views, max_clips=d.max_clips if d.max_clips is not None else dflt.max_clips,
+        seed=dflt.seed, threads=dflt.threads, **mode_fields,
+        model_id=m.id if m.id != m.name else None, dataset_id=d.id if d.id != d.name else None,
+        num_classes=m.num_classes or None, dataset_options=d.options or None,
+        skip_unreadable=True if d.skip_unreadable else None,
+        pretrain=m.pretrain_config() if not m.checkpoint and m.pretrain is not None else None,
+        given_label=label)
+
+
+def with_autocast(cell: Cell, autocast: str) -> Cell:
+    """The cell under ``torch.autocast(dtype=autocast)``; "none" leaves it (and its key) as it was."""
+    if autocast == "none":
+        return cell
+    # the label keeps the two apart in tables
+    return cell.with_(autocast=autocast, given_label=f"{cell.label} [{autocast} autocast]")
+
+
+def with_attn_path(cell: Cell, attn_path: str) -> Cell:
+    """The cell with every arm on the per-sequence path; "auto" leaves it (and its key) as it was."""
+    if attn_path == "auto" or cell.mode != "inference":
+        return cell
+    return cell.with_(attn_path=attn_path, given_label=f"{cell.label} [{attn_path}]")
 
 
 def _effective_params(reducer: Any, params: dict) -> dict:

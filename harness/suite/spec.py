@@ -8,13 +8,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from tokenbench.datasets import dataset_format
 
 from ..attention import BACKENDS
 from ..model import MODEL_SIZES
 from ..schema import Cell, canonical_json
+from ..settings import PretrainSettings, SuiteDefaults, TrainSettings, resolve_device
 
 MODES = ("inference", "train")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -31,32 +30,7 @@ TOP_KEYS = {
     "reducers": "[[reducers]] entries",
 }
 SUITE_KEYS = ("name", "description")
-DEFAULTS: dict[str, Any] = {
-    "modes": ["inference"],
-    "batch_sizes": [8],
-    "repeats": 10,
-    "warmup": 2,
-    "threads": 0,
-    "max_clips": 0,
-    "seed": 0,
-    "dtype": "auto",
-    "compile": False,
-    "autocast": "none",
-    "attn_backend": "auto",
-    "device": "auto",
-    "flops_check_clips": 1,
-    "time_clips": 16,
-}
-TRAIN_EXTRAS: dict[str, Any] = {  # beyond harness.train.TrainRecipe (epochs, batch_size, lr, …)
-    "max_clips": 0,         # training clips used (0 = the whole split)
-    "init": "scratch",      # scratch | checkpoint (fine-tune the model entry's weights)
-    "eval_reducer": "auto",  # auto (harness.train.inference_reducer) | none
-    "max_steps": None,
-    "seeds": 1,             # each train arm repeated with seeds defaults.seed, +1, …: the spread is reported
-}
-PRETRAIN_EXTRAS: dict[str, Any] = {"dataset": "synthetic", "split": "train", "options": {}, "max_clips": 0,
-                                   "seed": 0}
-# amp (bfloat16 autocast: true | false | "auto") comes with harness.train.DEFAULTS, like epochs or lr
+# [defaults], [train] and pretrain tables: the dataclasses of .settings
 
 
 MODEL_KEYS = ("name", "id", "num_frames", "img_size", "checkpoint", "num_classes", "pretrain", "modes")
@@ -74,7 +48,7 @@ class ModelSpec:
     img_size: int = 224
     checkpoint: str = ""  # a path, CHECKPOINT_NONE, or "" (train per pretrain)
     num_classes: int = 0
-    pretrain: dict[str, Any] | None = None
+    pretrain: PretrainSettings | None = None
     modes: tuple[str, ...] = MODES
     path: tuple = ()
 
@@ -88,8 +62,8 @@ class ModelSpec:
 
     def pretrain_config(self) -> dict[str, Any]:
         """Everything that decides the weights a self-trained model gets (its cache key)."""
-        return {**(self.pretrain or {}), "model": self.name, "num_frames": self.num_frames,
-                "img_size": self.img_size}
+        settings = self.pretrain.record() if self.pretrain is not None else {}
+        return {**settings, "model": self.name, "num_frames": self.num_frames, "img_size": self.img_size}
 
     @property
     def checkpoint_id(self) -> str:
@@ -196,27 +170,31 @@ class Suite:
     name: str
     description: str
     file: str  # where it came from (shown in errors)
-    defaults: dict[str, Any]
-    train: dict[str, Any]
+    defaults: SuiteDefaults  # as asked: device and dtype may be "auto"
+    train: TrainSettings
     models: list[ModelSpec]
     datasets: list[DatasetSpec]
     reducers: list[ReducerSpec]
     overrides: list[str] = field(default_factory=list)
+    auto_device: str | None = None  # what device "auto" stands for where the cells run; None: this machine
     total_cells: int = 0  # before --only
-    _cells: list[Cell] = field(default_factory=list, repr=False)
+    selected: list[Cell] = field(default_factory=list, repr=False)
 
     def cells(self) -> list[Cell]:
-        """Every cell, inference cells first."""
-        return list(self._cells)
+        """Every cell (of --only's selection), inference cells first."""
+        return list(self.selected)
 
-    def resolved_device(self) -> str:
-        return _resolve_device(self.defaults["device"])
+    @property
+    def device(self) -> str:
+        """The device the cells run on: ``defaults.device``, ``auto`` resolved where they run."""
+        asked = self.defaults.device
+        return self.auto_device if asked == "auto" and self.auto_device else resolve_device(asked)
 
+    @property
+    def dtype(self) -> str:
+        """The cells' weight dtype: ``defaults.dtype``, ``auto`` resolved for :attr:`device`."""
+        return self.defaults.resolved_dtype(self.device)
 
-def _resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 def parse_views(views: str) -> tuple[int, int]:
     m = re.fullmatch(r"\s*(\d+)\s*[x×]\s*(\d+)\s*", str(views))

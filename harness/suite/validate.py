@@ -1,9 +1,14 @@
-"""Validation of a suite's tables and entries: defaults, training recipe, models, datasets, reducers."""
+"""Validation of a suite's tables and entries: defaults, training recipe, models, datasets, reducers. Each
+step is a function handed the :class:`~.checker.Checker` of the suite being read."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import re
+import types
+import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,26 +20,29 @@ from tokenbench.reducers import ReducerParamError, UnknownReducerError, get_redu
 from ..attention import kernel_named
 from ..checkpoint import checkpoint_problem
 from ..model import MODEL_SIZES
-from ..train import DEFAULTS as TRAIN_DEFAULTS
-from ..train import RECIPE_FIELDS, TrainRecipe
-from .overrides import _Checks, _Missing
+from ..settings import (
+    DEFAULT_KEYS,
+    PretrainSettings,
+    SuiteDefaults,
+    TrainSettings,
+    resolve_device,
+    table_fields,
+)
+from ..train import TrainRecipe
+from .checker import Checker, Missing
 from .spec import (
     ATTN_BACKENDS,
     ATTN_PATHS,
     AUTOCAST,
     CHECKPOINT_NONE,
     DATASET_KEYS,
-    DEFAULTS,
     DTYPES,
     MODEL_KEYS,
     MODES,
-    PRETRAIN_EXTRAS,
     REDUCER_KEYS,
-    TRAIN_EXTRAS,
     DatasetSpec,
     ModelSpec,
     ReducerSpec,
-    _resolve_device,
     parse_views,
     set_param,
 )
@@ -68,283 +76,299 @@ def device_problem(device: str) -> str | None:
     return None
 
 
-class _Entries(_Checks):
-    def defaults(self) -> dict[str, Any]:
-        raw = self.raw.get("defaults", {})
-        self.check_keys(raw, DEFAULTS, ("defaults",), "[defaults]")
-        d = {**DEFAULTS, **raw}
-        p = ("defaults",)
-        d["modes"] = self._modes(p + ("modes",), d["modes"])
-        bs = d["batch_sizes"]
-        if isinstance(bs, int) and not isinstance(bs, bool):
-            bs = [bs]
-        if not isinstance(bs, list) or not bs:
-            raise self.fail(p + ("batch_sizes",), f"batch_sizes must be a list of positive integers, got {bs!r}")
-        d["batch_sizes"] = [self._int(p + ("batch_sizes",), b, 1) for b in bs]
-        for k, lo in (("repeats", 1), ("warmup", 0), ("threads", 0), ("max_clips", 0), ("seed", 0),
-                      ("flops_check_clips", 0), ("time_clips", 0)):
-            d[k] = self._int(p + (k,), d[k], lo)
-        self._str(p + ("dtype",), d["dtype"], DTYPES)
-        self._str(p + ("attn_backend",), d["attn_backend"], ATTN_BACKENDS)
-        self._str(p + ("device",), d["device"])
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", d["device"]):
-            raise self.fail(p + ("device",), f"device must be auto, cpu, cuda or cuda:N; got {d['device']!r}")
-        problem = device_problem(d["device"]) if self.check_device else None
-        if problem:  # refused here, so --dry-run refuses it too, not the first cell's model.to()
-            raise self.fail(p + ("device",), f"device = {d['device']!r}, but {problem}; use device = \"auto\" or "
-                                             "\"cpu\"")
-        if not isinstance(d["compile"], bool):
-            raise self.fail(p + ("compile",), f"compile must be true or false, got {d['compile']!r}")
-        if d["compile"] and "inference" in d["modes"] and d["warmup"] < 1:
-            raise self.fail(p + ("warmup",), "compile = true needs warmup ≥ 1: otherwise torch.compile's "
-                                             "compilation lands in the timed runs")
-        d["device"] = _resolve_device(d["device"])
-        problem = backend_problem(d["attn_backend"], d["device"]) if self.check_device else None
-        if problem:  # refused here, so --dry-run refuses it too, not every cell one by one
-            raise self.fail(p + ("attn_backend",), f"attn_backend = {d['attn_backend']!r}, but {problem}; use "
-                                                   "attn_backend = \"auto\" or \"sdpa\"")
-        ac = d["autocast"] if isinstance(d["autocast"], list) else [d["autocast"]]
-        if not ac:
-            raise self.fail(p + ("autocast",), f"autocast must be one of {', '.join(AUTOCAST)} or a list of them")
-        d["autocast"] = [self._str(p + ("autocast",), a, AUTOCAST) for a in ac]
-        amp = any(a != "none" for a in d["autocast"])
-        if amp and d["dtype"] not in ("auto", "float32"):
-            raise self.fail(p + ("dtype",), f"autocast runs float32 weights in lower precision: with autocast = "
-                                            f"{d['autocast']} set dtype = \"float32\" (or \"auto\"), not {d['dtype']!r}")
-        if d["dtype"] == "auto":
-            d["dtype"] = "bfloat16" if d["device"].startswith("cuda") and not amp else "float32"
-        return d
+def defaults(ck: Checker, check_device: bool) -> SuiteDefaults:
+    """``[defaults]``, as asked (``device`` and ``dtype`` may stay ``auto``). ``check_device``: refuse a
+    device or kernel this machine lacks (off where the cells run on other machines)."""
+    raw = ck.raw.get("defaults", {})
+    p = ("defaults",)
+    ck.check_keys(raw, DEFAULT_KEYS, p, "[defaults]")
+    d = dataclasses.replace(SuiteDefaults(), **raw)
+    modes = ck.modes(p + ("modes",), list(d.modes) if isinstance(d.modes, tuple) else d.modes)
+    bs = d.batch_sizes
+    if isinstance(bs, int) and not isinstance(bs, bool):
+        bs = [bs]
+    if not isinstance(bs, (list, tuple)) or not bs:
+        raise ck.fail(p + ("batch_sizes",), f"batch_sizes must be a list of positive integers, got {bs!r}")
+    ints = {k: ck.int_(p + (k,), getattr(d, k), lo) for k, lo in (
+        ("repeats", 1), ("warmup", 0), ("threads", 0), ("max_clips", 0), ("seed", 0),
+        ("flops_check_clips", 0), ("time_clips", 0))}
+    d = dataclasses.replace(d, modes=modes,
+                            batch_sizes=tuple(ck.int_(p + ("batch_sizes",), b, 1) for b in bs), **ints)
+    ck.str_(p + ("dtype",), d.dtype, DTYPES)
+    ck.str_(p + ("attn_backend",), d.attn_backend, ATTN_BACKENDS)
+    ck.str_(p + ("device",), d.device)
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", d.device):
+        raise ck.fail(p + ("device",), f"device must be auto, cpu, cuda or cuda:N; got {d.device!r}")
+    problem = device_problem(d.device) if check_device else None
+    if problem:  # refused here, so --dry-run refuses it too, not the first cell's model.to()
+        raise ck.fail(p + ("device",), f"device = {d.device!r}, but {problem}; use device = \"auto\" or "
+                                       "\"cpu\"")
+    if not isinstance(d.compile, bool):
+        raise ck.fail(p + ("compile",), f"compile must be true or false, got {d.compile!r}")
+    if d.compile and "inference" in d.modes and d.warmup < 1:
+        raise ck.fail(p + ("warmup",), "compile = true needs warmup ≥ 1: otherwise torch.compile's "
+                                       "compilation lands in the timed runs")
+    problem = backend_problem(d.attn_backend, resolve_device(d.device)) if check_device else None
+    if problem:  # refused here, so --dry-run refuses it too, not every cell one by one
+        raise ck.fail(p + ("attn_backend",), f"attn_backend = {d.attn_backend!r}, but {problem}; use "
+                                             "attn_backend = \"auto\" or \"sdpa\"")
+    ac = list(d.autocast) if isinstance(d.autocast, (list, tuple)) else [d.autocast]
+    if not ac:
+        raise ck.fail(p + ("autocast",), f"autocast must be one of {', '.join(AUTOCAST)} or a list of them")
+    d = dataclasses.replace(d, autocast=tuple(ck.str_(p + ("autocast",), a, AUTOCAST) for a in ac))
+    if d.amp and d.dtype not in ("auto", "float32"):
+        raise ck.fail(p + ("dtype",), f"autocast runs float32 weights in lower precision: with autocast = "
+                                      f"{list(d.autocast)} set dtype = \"float32\" (or \"auto\"), not "
+                                      f"{d.dtype!r}")
+    return d
 
-    def recipe(self, raw: dict, extras: dict, path: tuple, what: str) -> dict[str, Any]:
-        """A training recipe table, checked against harness.train.TrainRecipe's fields (the cell's seed is
-        defaults.seed, not the recipe's): its DEFAULTS overridden, plus ``extras``."""
-        fields = {k: getattr(TrainRecipe(), k) for k in RECIPE_FIELDS if k != "seed"}
-        allowed = {**extras, **fields}
-        self.check_keys(raw, allowed, path, what)
-        t = {**extras, **TRAIN_DEFAULTS, **raw}
-        for k, v in t.items():
-            d = allowed[k]
-            if k in ("options", "dataset", "split", "init", "eval_reducer"):
-                continue
-            if v is None and d is None:
-                continue
-            if k == "amp":
-                if v != "auto" and not isinstance(v, bool):
-                    raise self.fail(path + (k,), f"amp must be true, false or \"auto\", got {v!r}")
-            elif isinstance(d, bool) or isinstance(v, bool):
-                if not isinstance(v, bool):
-                    raise self.fail(path + (k,), f"{k} must be true or false, got {v!r}")
-            elif isinstance(d, int) and not isinstance(d, bool) and k != "warmup_epochs":
-                t[k] = self._int(path + (k,), v, 0 if k in ("max_clips", "seed", "num_workers") else 1)
-            elif isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                raise self.fail(path + (k,), f"{k} must be a number ≥ 0, got {v!r}")
-        return t
 
-    def train_settings(self) -> dict[str, Any]:
-        p = ("train",)
-        t = self.recipe(self.raw.get("train", {}), TRAIN_EXTRAS, p, "[train]")
-        self._str(p + ("init",), t["init"], ("scratch", "checkpoint"))
-        self._str(p + ("eval_reducer",), t["eval_reducer"], ("auto", "none"))
-        return t
+def _kinds(hint: Any) -> set:
+    """The plain types a field's annotation allows (``int | None``: int, NoneType; ``dict[str, Any]``: dict)."""
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    return {typing.get_origin(a) or a for a in args}
 
-    def model(self, i: int, e: dict) -> ModelSpec:
-        p = ("models", i)
-        self.check_keys(e, MODEL_KEYS, p, self.entry_name("models", i))
-        if "name" not in e:
-            raise self.fail(p, f"{self.entry_name('models', i)} needs a name ({', '.join(MODEL_SIZES)})")
-        name = self._str(p + ("name",), e["name"])
-        if name not in MODEL_SIZES:
-            close = difflib.get_close_matches(name, list(MODEL_SIZES), n=1)
-            hint = f" — did you mean {close[0]!r}?" if close else ""
-            raise self.fail(p + ("name",), f"unknown model {name!r}{hint}; choose from {', '.join(MODEL_SIZES)}")
-        m = ModelSpec(id=self._str(p + ("id",), e.get("id", name)), name=name, path=p)
-        m.num_frames = self._int(p + ("num_frames",), e.get("num_frames", 16), 2)
-        m.img_size = self._int(p + ("img_size",), e.get("img_size", 224), 16)
-        if m.num_frames % 2:
-            raise self.fail(p + ("num_frames",), f"num_frames must be a multiple of the tubelet (2), got {m.num_frames}")
-        if m.img_size % 16:
-            raise self.fail(p + ("img_size",), f"img_size must be a multiple of the patch (16), got {m.img_size}")
-        m.num_classes = self._int(p + ("num_classes",), e.get("num_classes", 0), 0)
-        m.modes = self._modes(p + ("modes",), e.get("modes", list(MODES)))
-        ckpt = e.get("checkpoint", "")
-        pre = e.get("pretrain")
-        if pre is not None:
-            if not isinstance(pre, dict):
-                raise self.fail(p + ("pretrain",), "pretrain must be a table, e.g. { dataset = \"synthetic\", epochs = 8 }")
-            pre = self.recipe(pre, PRETRAIN_EXTRAS, p + ("pretrain",), "pretrain")
-            self._str(p + ("pretrain", "dataset"), pre["dataset"])
-            self._str(p + ("pretrain", "split"), pre["split"])
-            if not isinstance(pre["options"], dict):
-                raise self.fail(p + ("pretrain", "options"), "pretrain.options must be a table")
-            if pre["dataset"] in available_datasets() and not dataset_format(pre["dataset"]).labelled:
-                raise self.fail(p + ("pretrain", "dataset"), f"cannot train on the unlabelled dataset {pre['dataset']!r}")
-        reported = False
-        if isinstance(ckpt, _Missing) and pre is None:
-            reported = True
-            self.missing.append(p, f"{self.where(p + ('checkpoint',))}: {self.entry_name('models', i)} checkpoint — set "
-                                f"{ckpt.var}=/path/to/checkpoint.pth or pass --set models.{m.id}.checkpoint=PATH")
-            ckpt = ""
-        elif isinstance(ckpt, _Missing):
-            ckpt = ""
-        ckpt = self._str(p + ("checkpoint",), ckpt)
-        if ckpt in ("", None):
-            if pre is None and not reported:
-                raise self.fail(p, f"{self.entry_name('models', i)} has no weights: give checkpoint = \"PATH\" (a "
-                                   f"checkpoint file or transformers model directory), checkpoint = \"{CHECKPOINT_NONE}\" (random weights), "
-                                   "or pretrain = { dataset = \"synthetic\", epochs = 8 }")
-            m.pretrain = pre
-            m.checkpoint = ""
-        elif ckpt == CHECKPOINT_NONE:
-            m.checkpoint = CHECKPOINT_NONE
-        else:
-            path = Path(ckpt).expanduser()
-            if self.check_paths and not path.exists():
-                self.missing.append(p, f"{self.where(p + ('checkpoint',))}: {self.entry_name('models', i)} checkpoint "
-                                    f"{str(path)!r} does not exist")
-            elif self.check_paths:  # a config.json that does not fit is refused before any work
-                problem = checkpoint_problem(path, name, m.num_frames, m.img_size, m.num_classes)
-                if problem:
-                    raise self.fail(p + ("checkpoint",), f"{self.entry_name('models', i)}: {problem}")
-            m.checkpoint = str(path.resolve()) if path.exists() else str(path)
-        return m
 
-    def dataset(self, i: int, e: dict, defaults: dict) -> DatasetSpec:
-        p = ("datasets", i)
-        self.check_keys(e, DATASET_KEYS, p, self.entry_name("datasets", i))
-        if "name" not in e:
-            raise self.fail(p, f"{self.entry_name('datasets', i)} needs a name ({', '.join(self.dataset_names())})")
-        name = self._str(p + ("name",), e["name"])
-        if name in broken_datasets():  # installed but failing to import: say why, not "unknown"
-            why = broken_datasets()[name]
-            raise self.fail(p + ("name",), f"dataset {name!r} is installed but failed to load: {why}")
-        names = self.dataset_names()
-        if name not in names:
-            close = difflib.get_close_matches(name, names, n=1)
-            hint = f" — did you mean {close[0]!r}?" if close else ""
-            raise self.fail(p + ("name",), f"unknown dataset {name!r}{hint}; choose from {', '.join(names)}")
-        d = DatasetSpec(id=self._str(p + ("id",), e.get("id", name)), name=name, path=p)
-        d.split = self._str(p + ("split",), e.get("split", "val"))
-        d.train_split = self._str(p + ("train_split",), e.get("train_split", "train"))
-        views = e.get("views", "1x1")
-        try:  # a number (views = 3) gets the expected form too, not "must be a string"
-            c, k = parse_views(self._str(p + ("views",), views) if isinstance(views, _Missing) else views)
-        except ValueError as exc:
-            raise self.fail(p + ("views",), str(exc)) from None
-        d.views = f"{c}x{k}"
-        if "max_clips" in e:
-            d.max_clips = self._int(p + ("max_clips",), e["max_clips"], 0)
-        d.modes = self._modes(p + ("modes",), e.get("modes", list(MODES)))
-        d.skip_unreadable = e.get("skip_unreadable", False)
-        if not isinstance(d.skip_unreadable, bool):
-            raise self.fail(p + ("skip_unreadable",), f"skip_unreadable must be true or false, got {d.skip_unreadable!r}")
-        if not d.labelled and "train" in d.modes and "modes" in e:
-            raise self.fail(p + ("modes",), f"dataset {name!r} is unlabelled: it cannot be trained on; "
-                                            "use modes = [\"inference\"]")
-        if not d.labelled:
-            d.modes = tuple(m for m in d.modes if m != "train")
-        d.options = self.dataset_options(i, e, d)
-        return d
+def check_value(ck: Checker, path: tuple, v: Any, hint: Any, meta: Mapping[str, Any], what: str) -> None:
+    """One key of a settings table, by its field's type: ``metadata`` gives an integer's ``minimum`` (1 when
+    not said) and a string's ``choices``."""
+    k, kinds = path[-1], _kinds(hint)
+    if {bool, str} <= kinds:  # a switch with a word for "decide for me" (amp: true, false or "auto")
+        if not isinstance(v, bool) and v not in meta["choices"]:
+            words = " or ".join(f'"{c}"' for c in meta["choices"])
+            raise ck.fail(path, f"{k} must be true, false or {words}, got {v!r}")
+    elif bool in kinds:
+        if not isinstance(v, bool):
+            raise ck.fail(path, f"{k} must be true or false, got {v!r}")
+    elif int in kinds:
+        ck.int_(path, v, meta.get("minimum", 1))
+    elif float in kinds:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise ck.fail(path, f"{k} must be a number ≥ 0, got {v!r}")
+    elif str in kinds:
+        ck.str_(path, v, meta.get("choices"))
+    elif dict in kinds and not isinstance(v, dict):
+        raise ck.fail(path, f"{what}.{k} must be a table")
 
-    def dataset_options(self, i: int, e: dict, d: DatasetSpec) -> dict:
-        """The entry's ``options`` with its ``manifest`` / ``root`` paths checked; paths the format needs and
-        the suite does not give are collected, to be refused at once for the cells that use them."""
-        p = ("datasets", i)
-        opts = e.get("options", {})
-        if not isinstance(opts, dict):
-            raise self.fail(p + ("options",), f"options must be a table, got {opts!r}")
-        opts = dict(opts)
-        for k, v in opts.items():
-            if isinstance(v, _Missing):
-                raise self.fail(p + ("options", k), f"options.{k} reads ${{{v.var}}}, which is not set")
-        for k in ("manifest", "root"):
-            if k not in e:
-                continue
-            v = e[k]
-            if isinstance(v, _Missing):
-                if k == "manifest":
-                    self.missing.append(
-                        p, f"{self.where(p + (k,))}: {self.entry_name('datasets', i)} manifest — set {v.var}=/path/to/"
-                        f"list.csv or pass --set datasets.{d.id}.manifest=PATH")
-                continue
-            v = self._str(p + (k,), v)
-            if not v:
-                continue
-            path = Path(v).expanduser()
-            ok = path.is_file() if k == "manifest" else path.is_dir()
-            if self.check_paths and not ok:
-                self.missing.append(p, f"{self.where(p + (k,))}: {self.entry_name('datasets', i)} {k} {str(path)!r} "
-                                    f"{'is not a file' if k == 'manifest' else 'is not a folder'}")
-            opts[k] = str(path.resolve()) if path.exists() else str(path)
-        for need in dataset_format(d.name).needs:
-            if need not in opts and not self.missing.has(p):
-                self.missing.append(p, f"{self.where(p)}: {self.entry_name('datasets', i)} needs {need} = \"PATH\" "
-                                    f"(or --set datasets.{d.id}.{need}=PATH)")
-        return opts
 
-    def dataset_names(self) -> list[str]:
-        return sorted(available_datasets())
+def settings(ck: Checker, cls: type, table: dict, path: tuple, what: str) -> Any:
+    """A settings table (:class:`TrainSettings`, :class:`PretrainSettings`) checked against its fields and
+    its recipe's (harness.train.TrainRecipe), each by its type."""
+    fields = table_fields(cls, cls.SKIP)
+    ck.check_keys(table, [f.name for f in fields], path, what)
+    hints = {**typing.get_type_hints(TrainRecipe), **typing.get_type_hints(cls)}
+    for f in fields:
+        if f.name in table:
+            check_value(ck, path + (f.name,), table[f.name], hints[f.name], f.metadata, what)
+    return cls.from_table(table)
 
-    def reducer(self, i: int, e: dict) -> ReducerSpec:
-        p = ("reducers", i)
-        self.check_keys(e, REDUCER_KEYS, p, self.entry_name("reducers", i))
-        if "name" not in e:
-            raise self.fail(p, f"{self.entry_name('reducers', i)} needs a name (see tokenbench list)")
-        name = self._str(p + ("name",), e["name"])
-        try:
-            reducer_class(name)
-        except UnknownReducerError as exc:
-            raise self.fail(p + ("name",), str(exc)) from None
-        r = ReducerSpec(id=self._str(p + ("id",), e.get("id", name)), name=name, path=p)
-        params, sweep = e.get("params", {}), e.get("sweep", {})
-        for k, v in (("params", params), ("sweep", sweep)):
-            if not isinstance(v, dict):
-                raise self.fail(p + (k,), f"{k} must be a table, e.g. {k} = {{ threshold = 0.1 }}")
-        for k, vals in sweep.items():
-            if not isinstance(vals, list) or not vals:
-                raise self.fail(p + ("sweep", k), f"sweep.{k} must be a non-empty list of values, got {vals!r}")
-            if k in params:
-                raise self.fail(p + ("sweep", k), f"{k} is both in params and in sweep")
-        r.params, r.sweep = dict(params), {k: list(v) for k, v in sweep.items()}
-        for k in r.sweep:
-            if "." in k:  # a path into a nested parameter (a composition's stage): it must lead somewhere
-                try:
-                    set_param(copy.deepcopy(r.params), k, r.sweep[k][0])
-                except ValueError as exc:
-                    raise self.fail(p + ("sweep", k), str(exc)) from None
-        if "label" in e:
-            r.label = self._str(p + ("label",), e["label"])
-        r.modes = self._modes(p + ("modes",), e.get("modes", list(MODES)))
-        if "datasets" in e:
-            r.datasets = self._ids(p + ("datasets",), e["datasets"])
-        if "models" in e:
-            r.models = self._ids(p + ("models",), e["models"])
-        if "attn_path" in e:
-            r.attn_path = self._str(p + ("attn_path",), e["attn_path"], ATTN_PATHS)
-        for variant in r.variants():
-            self.build_reducer(r, variant)
-        return r
 
-    def param_path(self, r: ReducerSpec, msg: str) -> tuple:
-        """The params/sweep key a reducer's error message names, for its line."""
-        for k in list(r.sweep) + list(r.params):
-            if re.search(rf"\b{re.escape(k)}\b", msg):
-                return r.path + (("sweep" if k in r.sweep else "params"), k)
-        return r.path + ("params",) if r.params else r.path
+def train_settings(ck: Checker) -> TrainSettings:
+    return settings(ck, TrainSettings, ck.raw.get("train", {}), ("train",), "[train]")
 
-    def build_reducer(self, r: ReducerSpec, params: dict[str, Any]):
-        try:
-            return get_reducer(r.name, **params)
-        except ReducerParamError as exc:
-            raise self.fail(self.param_path(r, str(exc)), f"reducer {r.name!r}: {exc}") from None
-        except Exception as exc:  # a plugin's constructor failing in its own way
-            raise self.fail(self.param_path(r, str(exc)),
-                            f"reducer {r.name!r} {params}: {type(exc).__name__}: {exc}") from None
 
-    def check_references(self, models, datasets, reducers) -> None:
-        mids, dids = {m.id for m in models}, {d.id for d in datasets}
-        for r in reducers:
-            for attr, ids, kind in (("datasets", dids, "datasets"), ("models", mids, "models")):
-                for x in getattr(r, attr) or ():
-                    if x not in ids:
-                        raise self.fail(r.path + (attr,), f"{kind} {x!r} is not an id of any [[{kind}]] entry "
-                                                          f"({', '.join(sorted(ids))})")
+def model(ck: Checker, i: int, e: dict) -> ModelSpec:
+    p = ("models", i)
+    ck.check_keys(e, MODEL_KEYS, p, ck.entry_name("models", i))
+    if "name" not in e:
+        raise ck.fail(p, f"{ck.entry_name('models', i)} needs a name ({', '.join(MODEL_SIZES)})")
+    name = ck.str_(p + ("name",), e["name"])
+    if name not in MODEL_SIZES:
+        close = difflib.get_close_matches(name, list(MODEL_SIZES), n=1)
+        hint = f" — did you mean {close[0]!r}?" if close else ""
+        raise ck.fail(p + ("name",), f"unknown model {name!r}{hint}; choose from {', '.join(MODEL_SIZES)}")
+    m = ModelSpec(id=ck.str_(p + ("id",), e.get("id", name)), name=name, path=p)
+    m.num_frames = ck.int_(p + ("num_frames",), e.get("num_frames", ModelSpec.num_frames), 2)
+    m.img_size = ck.int_(p + ("img_size",), e.get("img_size", ModelSpec.img_size), 16)
+    if m.num_frames % 2:
+        raise ck.fail(p + ("num_frames",), f"num_frames must be a multiple of the tubelet (2), got {m.num_frames}")
+    if m.img_size % 16:
+        raise ck.fail(p + ("img_size",), f"img_size must be a multiple of the patch (16), got {m.img_size}")
+    m.num_classes = ck.int_(p + ("num_classes",), e.get("num_classes", ModelSpec.num_classes), 0)
+    m.modes = ck.modes(p + ("modes",), e.get("modes", list(MODES)))
+    ckpt = e.get("checkpoint", "")
+    pre = e.get("pretrain")
+    if pre is not None:
+        if not isinstance(pre, dict):
+            raise ck.fail(p + ("pretrain",), "pretrain must be a table, e.g. { dataset = \"synthetic\", epochs = 8 }")
+        pre = settings(ck, PretrainSettings, pre, p + ("pretrain",), "pretrain")
+        if pre.dataset in available_datasets() and not dataset_format(pre.dataset).labelled:
+            raise ck.fail(p + ("pretrain", "dataset"), f"cannot train on the unlabelled dataset {pre.dataset!r}")
+    reported = False
+    if isinstance(ckpt, Missing) and pre is None:
+        reported = True
+        ck.missing.append(p, f"{ck.where(p + ('checkpoint',))}: {ck.entry_name('models', i)} checkpoint — set "
+                             f"{ckpt.var}=/path/to/checkpoint.pth or pass --set models.{m.id}.checkpoint=PATH")
+        ckpt = ""
+    elif isinstance(ckpt, Missing):
+        ckpt = ""
+    ckpt = ck.str_(p + ("checkpoint",), ckpt)
+    if ckpt in ("", None):
+        if pre is None and not reported:
+            raise ck.fail(p, f"{ck.entry_name('models', i)} has no weights: give checkpoint = \"PATH\" (a "
+                             f"checkpoint file or transformers model directory), checkpoint = "
+                             f"\"{CHECKPOINT_NONE}\" (random weights), "
+                             "or pretrain = { dataset = \"synthetic\", epochs = 8 }")
+        m.pretrain = pre
+        m.checkpoint = ""
+    elif ckpt == CHECKPOINT_NONE:
+        m.checkpoint = CHECKPOINT_NONE
+    else:
+        path = Path(ckpt).expanduser()
+        if ck.check_paths and not path.exists():
+            ck.missing.append(p, f"{ck.where(p + ('checkpoint',))}: {ck.entry_name('models', i)} checkpoint "
+                                 f"{str(path)!r} does not exist")
+        elif ck.check_paths:  # a config.json that does not fit is refused before any work
+            problem = checkpoint_problem(path, name, m.num_frames, m.img_size, m.num_classes)
+            if problem:
+                raise ck.fail(p + ("checkpoint",), f"{ck.entry_name('models', i)}: {problem}")
+        m.checkpoint = str(path.resolve()) if path.exists() else str(path)
+    return m
+
+
+def dataset(ck: Checker, i: int, e: dict) -> DatasetSpec:
+    p = ("datasets", i)
+    ck.check_keys(e, DATASET_KEYS, p, ck.entry_name("datasets", i))
+    if "name" not in e:
+        raise ck.fail(p, f"{ck.entry_name('datasets', i)} needs a name ({', '.join(dataset_names())})")
+    name = ck.str_(p + ("name",), e["name"])
+    if name in broken_datasets():  # installed but failing to import: say why, not "unknown"
+        why = broken_datasets()[name]
+        raise ck.fail(p + ("name",), f"dataset {name!r} is installed but failed to load: {why}")
+    names = dataset_names()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f" — did you mean {close[0]!r}?" if close else ""
+        raise ck.fail(p + ("name",), f"unknown dataset {name!r}{hint}; choose from {', '.join(names)}")
+    d = DatasetSpec(id=ck.str_(p + ("id",), e.get("id", name)), name=name, path=p)
+    d.split = ck.str_(p + ("split",), e.get("split", DatasetSpec.split))
+    d.train_split = ck.str_(p + ("train_split",), e.get("train_split", DatasetSpec.train_split))
+    views = e.get("views", DatasetSpec.views)
+    try:  # a number (views = 3) gets the expected form too, not "must be a string"
+        c, k = parse_views(ck.str_(p + ("views",), views) if isinstance(views, Missing) else views)
+    except ValueError as exc:
+        raise ck.fail(p + ("views",), str(exc)) from None
+    d.views = f"{c}x{k}"
+    if "max_clips" in e:
+        d.max_clips = ck.int_(p + ("max_clips",), e["max_clips"], 0)
+    d.modes = ck.modes(p + ("modes",), e.get("modes", list(MODES)))
+    d.skip_unreadable = e.get("skip_unreadable", DatasetSpec.skip_unreadable)
+    if not isinstance(d.skip_unreadable, bool):
+        raise ck.fail(p + ("skip_unreadable",), f"skip_unreadable must be true or false, got {d.skip_unreadable!r}")
+    if not d.labelled and "train" in d.modes and "modes" in e:
+        raise ck.fail(p + ("modes",), f"dataset {name!r} is unlabelled: it cannot be trained on; "
+                                        "use modes = [\"inference\"]")
+    if not d.labelled:
+        d.modes = tuple(m for m in d.modes if m != "train")
+    d.options = dataset_options(ck, i, e, d)
+    return d
+
+
+def dataset_options(ck: Checker, i: int, e: dict, d: DatasetSpec) -> dict:
+    """The entry's ``options`` with its ``manifest`` / ``root`` paths checked; paths the format needs and
+    the suite does not give are collected, to be refused at once for the cells that use them."""
+    p = ("datasets", i)
+    opts = e.get("options", {})
+    if not isinstance(opts, dict):
+        raise ck.fail(p + ("options",), f"options must be a table, got {opts!r}")
+    opts = dict(opts)
+    for k, v in opts.items():
+        if isinstance(v, Missing):
+            raise ck.fail(p + ("options", k), f"options.{k} reads ${{{v.var}}}, which is not set")
+    for k in ("manifest", "root"):
+        if k not in e:
+            continue
+        v = e[k]
+        if isinstance(v, Missing):
+            if k == "manifest":
+                ck.missing.append(
+                    p, f"{ck.where(p + (k,))}: {ck.entry_name('datasets', i)} manifest — set {v.var}=/path/to/"
+                    f"list.csv or pass --set datasets.{d.id}.manifest=PATH")
+            continue
+        v = ck.str_(p + (k,), v)
+        if not v:
+            continue
+        path = Path(v).expanduser()
+        ok = path.is_file() if k == "manifest" else path.is_dir()
+        if ck.check_paths and not ok:
+            ck.missing.append(p, f"{ck.where(p + (k,))}: {ck.entry_name('datasets', i)} {k} {str(path)!r} "
+                                 f"{'is not a file' if k == 'manifest' else 'is not a folder'}")
+        opts[k] = str(path.resolve()) if path.exists() else str(path)
+    for need in dataset_format(d.name).needs:
+        if need not in opts and not ck.missing.has(p):
+            ck.missing.append(p, f"{ck.where(p)}: {ck.entry_name('datasets', i)} needs {need} = \"PATH\" "
+                                 f"(or --set datasets.{d.id}.{need}=PATH)")
+    return opts
+
+
+def dataset_names() -> list[str]:
+    return sorted(available_datasets())
+
+
+def reducer(ck: Checker, i: int, e: dict) -> ReducerSpec:
+    p = ("reducers", i)
+    ck.check_keys(e, REDUCER_KEYS, p, ck.entry_name("reducers", i))
+    if "name" not in e:
+        raise ck.fail(p, f"{ck.entry_name('reducers', i)} needs a name (see tokenbench list)")
+    name = ck.str_(p + ("name",), e["name"])
+    try:
+        reducer_class(name)
+    except UnknownReducerError as exc:
+        raise ck.fail(p + ("name",), str(exc)) from None
+    r = ReducerSpec(id=ck.str_(p + ("id",), e.get("id", name)), name=name, path=p)
+    params, sweep = e.get("params", {}), e.get("sweep", {})
+    for k, v in (("params", params), ("sweep", sweep)):
+        if not isinstance(v, dict):
+            raise ck.fail(p + (k,), f"{k} must be a table, e.g. {k} = {{ threshold = 0.1 }}")
+    for k, vals in sweep.items():
+        if not isinstance(vals, list) or not vals:
+            raise ck.fail(p + ("sweep", k), f"sweep.{k} must be a non-empty list of values, got {vals!r}")
+        if k in params:
+            raise ck.fail(p + ("sweep", k), f"{k} is both in params and in sweep")
+    r.params, r.sweep = dict(params), {k: list(v) for k, v in sweep.items()}
+    for k in r.sweep:
+        if "." in k:  # a path into a nested parameter (a composition's stage): it must lead somewhere
+            try:
+                set_param(copy.deepcopy(r.params), k, r.sweep[k][0])
+            except ValueError as exc:
+                raise ck.fail(p + ("sweep", k), str(exc)) from None
+    if "label" in e:
+        r.label = ck.str_(p + ("label",), e["label"])
+    r.modes = ck.modes(p + ("modes",), e.get("modes", list(MODES)))
+    if "datasets" in e:
+        r.datasets = ck.ids(p + ("datasets",), e["datasets"])
+    if "models" in e:
+        r.models = ck.ids(p + ("models",), e["models"])
+    if "attn_path" in e:
+        r.attn_path = ck.str_(p + ("attn_path",), e["attn_path"], ATTN_PATHS)
+    for variant in r.variants():
+        build_reducer(ck, r, variant)
+    return r
+
+
+def param_path(r: ReducerSpec, msg: str) -> tuple:
+    """The params/sweep key a reducer's error message names, for its line."""
+    for k in list(r.sweep) + list(r.params):
+        if re.search(rf"\b{re.escape(k)}\b", msg):
+            return r.path + (("sweep" if k in r.sweep else "params"), k)
+    return r.path + ("params",) if r.params else r.path
+
+
+def build_reducer(ck: Checker, r: ReducerSpec, params: dict[str, Any]):
+    try:
+        return get_reducer(r.name, **params)
+    except ReducerParamError as exc:
+        raise ck.fail(param_path(r, str(exc)), f"reducer {r.name!r}: {exc}") from None
+    except Exception as exc:  # a plugin's constructor failing in its own way
+        raise ck.fail(param_path(r, str(exc)),
+                        f"reducer {r.name!r} {params}: {type(exc).__name__}: {exc}") from None
+
+
+def check_references(ck: Checker, models, datasets, reducers) -> None:
+    mids, dids = {m.id for m in models}, {d.id for d in datasets}
+    for r in reducers:
+        for attr, ids, kind in (("datasets", dids, "datasets"), ("models", mids, "models")):
+            for x in getattr(r, attr) or ():
+                if x not in ids:
+                    raise ck.fail(r.path + (attr,), f"{kind} {x!r} is not an id of any [[{kind}]] entry "
+                                                      f"({', '.join(sorted(ids))})")
