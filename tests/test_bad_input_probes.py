@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import noise_video, seeded_model, suite_toml
 
-from tokenbench.harness import cpu_varlen
+from tokenbench.harness import attention, cpu_varlen
 from tokenbench.harness.attention import choose_backend
 from tokenbench.harness.results import ResultStore
 from tokenbench.harness.run import run_cell
@@ -30,8 +30,10 @@ SMALL_SUITE = suite_toml("probes", "REDUCER", defaults={"flops_check_clips": 0})
 
 @pytest.fixture
 def fresh_op(monkeypatch):
-    """cpu_varlen.available() asked again in this test; afterwards the real op again."""
+    """cpu_varlen.available() asked again in this test (and its fallback line said again, though an earlier
+    test in this process said it); afterwards the real op again."""
     cpu_varlen.available.cache_clear()
+    attention._say_once.cache_clear()
     yield monkeypatch
     cpu_varlen.available.cache_clear()
     monkeypatch.undo()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from conftest import seeded_model, suite_toml, write_file
 
 from tokenbench.harness.checkpoint import save_checkpoint, weights_sha256
-from tokenbench.harness.report.records import checkpoint_of
+from tokenbench.harness.report.records import Record, checkpoint_of
 from tokenbench.harness.run import RunCache, run_cell
 from tokenbench.harness.suite import load_suite
 
@@ -29,6 +29,7 @@ def test_train_record_names_the_weights_it_started_from(tmp_path):
     assert c["init_checkpoint_sha256"] == start and c["init_checkpoint_path"] == str(ckpt)
     assert len(c["checkpoint_sha256"]) == 64 and c["checkpoint_sha256"] != start  # the trained weights
     # the report compares a train record by the weights it started from, as an inference record on them
-    flat = {**c, "mode": "train"}
-    assert checkpoint_of(flat) == f"sha256:{start}"
-    assert checkpoint_of({"mode": "inference", "checkpoint_sha256": start}) == checkpoint_of(flat)
+    trained = Record.of(rec)
+    assert trained.mode == "train" and checkpoint_of(trained) == f"sha256:{start}"
+    on_start = Record.of({"cell": {"mode": "inference", "checkpoint_sha256": start}})
+    assert checkpoint_of(on_start) == checkpoint_of(trained)
