@@ -127,6 +127,29 @@ def write_suite(folder: Path, name: str = "tiny", *reducers: str | dict, **parts
     return write_file(folder, f"{name}.toml", suite_toml(name, *reducers, **parts))
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: a worker a core, at most 4 (each holds a torch, its models and clips)."""
+    return max(1, min(4, _cores()))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    # micro-benchmarks time in one process (pytest-benchmark turns itself off under xdist)
+    if config.getoption("benchmark_only", default=False) and getattr(config.option, "numprocesses", None):
+        config.option.numprocesses, config.option.dist = 0, "no"
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        # each worker's torch (and the runs a test starts, through OMP_NUM_THREADS) takes its share of the
+        # cores: workers × a thread each core keeps OpenMP from spin-waiting on a core another worker holds
+        share = str(max(1, _cores() // int(workers)))
+        os.environ["OMP_NUM_THREADS"] = share
+        torch.set_num_threads(int(share))
+
+
 def pytest_collection_modifyitems(config, items):
     if config.getoption("benchmark_only", default=False):
         return
