@@ -46,7 +46,8 @@ import torch
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("csrc") / "packed_sdpa.cpp"
-SOURCES = (SOURCE, SOURCE.with_name("short_attention.h"))  # what the build reads: the library's name hashes them
+# what the build reads: the library's name hashes them all
+SOURCES = (SOURCE, SOURCE.with_name("short_attention.h"))
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 _failure: list[str] = []  # why the op could not be built or loaded (empty: it loaded, or nobody asked yet)
@@ -70,7 +71,8 @@ def _command(cxx: str, out: Path) -> list[str]:
 
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     # -fopenmp-simd: the softmax loops' simd reductions (no OpenMP runtime)
-    cmd = [cxx, "-O3", "-std=c++20", "-fopenmp-simd", "-shared", "-fPIC", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-w"]
+    cmd = [cxx, "-O3", "-std=c++20", "-fopenmp-simd", "-shared", "-fPIC", f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+           "-w"]
     cmd += [f"-I{p}" for p in cpp_extension.include_paths()]
     cmd += [str(SOURCE), "-o", str(out)]
     for lib in cpp_extension.library_paths():

@@ -73,7 +73,8 @@ def test_short_pieces_have_the_known_answers(threads):
     qkv, cu = _qkv([1, 2, 1, 5, 3], heads=3)
     with torch.no_grad():
         qkv[cu[3]:cu[4], 1] = qkv[cu[3], 1]  # the 5-token sequence: five equal keys
-    grad = torch.randn(qkv.shape[0], 3, qkv.shape[-1], generator=torch.Generator().manual_seed(2), dtype=qkv.dtype)
+    grad = torch.randn(qkv.shape[0], 3, qkv.shape[-1], generator=torch.Generator().manual_seed(2),
+                       dtype=qkv.dtype)
     with fixed_threads(threads):
         out = cpu_varlen.packed_sdpa(*qkv.unbind(1), cu)
         (g,) = torch.autograd.grad(out, qkv, grad)
@@ -86,7 +87,8 @@ def test_short_pieces_have_the_known_answers(threads):
     assert g[cu[3]:cu[4], 0].abs().max() < 1e-14
 
 
-@pytest.mark.parametrize("lengths", [SHORT, [150], [1], [2, 1]], ids=["unequal", "one", "one token", "1 and 2"])
+@pytest.mark.parametrize("lengths", [SHORT, [150], [1], [2, 1]],
+                         ids=["unequal", "one", "one token", "1 and 2"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-6), (torch.bfloat16, 1e-2),
                                        (torch.float16, 2e-3)])
 def test_short_pieces_equal_the_float64_reference(lengths, dtype, tol):

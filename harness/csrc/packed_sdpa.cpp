@@ -106,7 +106,8 @@ at::Tensor lse_rows(const at::Tensor& lse, int64_t start, int64_t len, int64_t h
 // head h of rows [start, ...) of a packed [N, heads, d] tensor, for short_attention.h
 template <typename T>
 short_attention::Strided<T> head_rows(const at::Tensor& t, int64_t start, int64_t head) {
-  return {t.data_ptr<std::remove_const_t<T>>() + start * t.stride(0) + head * t.stride(1), t.stride(0), t.stride(2)};
+  auto* data = t.data_ptr<std::remove_const_t<T>>() + start * t.stride(0) + head * t.stride(1);
+  return {data, t.stride(0), t.stride(2)};
 }
 
 // body(piece, workspace): a thread's workspace outlives the call (torch's pool threads persist), so the
@@ -120,6 +121,7 @@ void run_pieces(const std::vector<Piece>& pieces, const F& body) {
     // worker threads do not carry the caller's dispatch state: keep autograd out of the kernel calls
     c10::impl::ExcludeDispatchKeyGuard no_autograd(c10::autograd_dispatch_keyset_with_ADInplaceOrView);
     thread_local short_attention::Workspace ws;
+    short_attention::SequentialBlas one_thread;
     for (size_t i = next++; i < pieces.size(); i = next++) body(pieces[i], ws);
   });
 }
@@ -187,16 +189,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor& grad_o
   std::vector<at::Tensor> partial_dq(p.pieces.size());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "packed_sdpa_backward", [&] {
     using A = at::opmath_type<scalar_t>;
-    auto in = [](const at::Tensor& t, const Piece& x) { return head_rows<const scalar_t>(t, x.start, x.head); };
+    auto in = [](const at::Tensor& t, const Piece& x) {
+      return head_rows<const scalar_t>(t, x.start, x.head);
+    };
     run_pieces(p.pieces, [&](const Piece& x, short_attention::Workspace& ws) {
       if (x.own)
         return short_attention::backward<scalar_t, A>(
             in(grad_out, x), in(q, x), in(k, x), in(v, x), in(out, x),
             lse.data_ptr<A>() + x.head * lse.stride(0) + x.start, head_rows<scalar_t>(dq, x.start, x.head),
-            head_rows<scalar_t>(dk, x.start, x.head), head_rows<scalar_t>(dv, x.start, x.head), x.len, q.size(2),
-            A(scale), ws);
+            head_rows<scalar_t>(dk, x.start, x.head), head_rows<scalar_t>(dv, x.start, x.head), x.len,
+            q.size(2), A(scale), ws);
       const size_t i = size_t(&x - p.pieces.data());
-      call(x.start, x.len, x.head, x.start + x.k0, x.k1 - x.k0, p.chunks[x.slot] > 1 ? &partial_dq[i] : nullptr);
+      at::Tensor* partial = p.chunks[x.slot] > 1 ? &partial_dq[i] : nullptr;
+      call(x.start, x.len, x.head, x.start + x.k0, x.k1 - x.k0, partial);
     });
   });
   std::vector<bool> started(p.chunks.size(), false);

@@ -21,10 +21,11 @@
 extern "C" {
 // the Fortran BLAS that torch's library exports (MKL on x86). Weak: where it is missing the op keeps
 // torch's kernel for short sequences too (short_attention::available()).
-void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*, const float*, const int*,
-            const float*, const int*, const float*, float*, const int*) __attribute__((weak));
+void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
+            const int*, const float*, const int*, const float*, float*, const int*) __attribute__((weak));
 void dgemm_(const char*, const char*, const int*, const int*, const int*, const double*, const double*,
             const int*, const double*, const int*, const double*, double*, const int*) __attribute__((weak));
+int MKL_Set_Num_Threads_Local(int) __attribute__((weak));  // MKL's C entry (by value)
 }
 
 // the softmax loops are compiled for each vector width and the widest the CPU has is taken at load time;
@@ -38,6 +39,19 @@ void dgemm_(const char*, const char*, const int*, const int*, const int*, const 
 namespace short_attention {
 
 inline bool available() { return sgemm_ != nullptr && dgemm_ != nullptr; }
+
+// The BLAS on one thread while it lives. torch turns MKL's dynamic threading off, so a gemm called from a
+// thread of the op's parallel region (or inline, with one worker) would start its own threads: measured
+// 15 % more CPU time per FLOP at 2 threads (docs/performance.md). Without MKL there is nothing to set.
+struct SequentialBlas {
+  int previous = 0;
+  SequentialBlas() {
+    if (MKL_Set_Num_Threads_Local) previous = MKL_Set_Num_Threads_Local(1);
+  }
+  ~SequentialBlas() {
+    if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(previous);
+  }
+};
 
 // element (i, j) of a token-major tensor slice is data[i * row + j * col]
 template <typename T>
@@ -62,8 +76,8 @@ inline void gemm(char ta, char tb, int m, int n, int k, float alpha, const float
   sgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
 }
 
-inline void gemm(char ta, char tb, int m, int n, int k, double alpha, const double* a, int lda, const double* b,
-                 int ldb, double beta, double* c, int ldc) {
+inline void gemm(char ta, char tb, int m, int n, int k, double alpha, const double* a, int lda,
+                 const double* b, int ldb, double beta, double* c, int ldc) {
   dgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
 }
 
@@ -71,7 +85,8 @@ inline void gemm(char ta, char tb, int m, int n, int k, double alpha, const doub
 template <typename A>
 void mm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, A alpha, const A* a, int64_t lda, const A* b,
         int64_t ldb, A* c, int64_t ldc) {
-  gemm(tb ? 'T' : 'N', ta ? 'T' : 'N', int(n), int(m), int(k), alpha, b, int(ldb), a, int(lda), A(0), c, int(ldc));
+  gemm(tb ? 'T' : 'N', ta ? 'T' : 'N', int(n), int(m), int(k), alpha, b, int(ldb), a, int(lda), A(0), c,
+       int(ldc));
 }
 
 // exp(x) to ~1 ulp for x <= 0 (Cephes' expf polynomial on x - n ln2, times 2^n), branch-free so that the
@@ -171,8 +186,8 @@ void forward(Strided<const T> q, Strided<const T> k, Strided<const T> v, Strided
 // its gradients: dq, dk, dv of the same sequence and head, given the forward's out and log-sum-exp
 template <typename T, typename A>
 void backward(Strided<const T> grad_out, Strided<const T> q, Strided<const T> k, Strided<const T> v,
-              Strided<const T> out, const A* lse, Strided<T> dq, Strided<T> dk, Strided<T> dv, int64_t n, int64_t d,
-              A scale, Workspace& ws) {
+              Strided<const T> out, const A* lse, Strided<T> dq, Strided<T> dk, Strided<T> dv, int64_t n,
+              int64_t d, A scale, Workspace& ws) {
   A* Q = ws.get<A>(6 * n * d + 2 * n * n + n);
   A *K = Q + n * d, *V = K + n * d, *O = V + n * d, *dO = O + n * d, *G = dO + n * d;
   A *P = G + n * d, *dP = P + n * n, *rowdot = dP + n * n;
