@@ -1,12 +1,11 @@
 """The ``cpu_varlen`` attention backend: packed attention on CPU as one op per layer (issue 15).
 
-The op (``csrc/packed_sdpa.cpp``) runs pieces of the packed batch in one parallel region, so the
-sequences of a batch share the threads instead of taking them in turn. A short sequence (< 512 tokens) is a
-piece per head on the op's own kernel (``csrc/short_attention.h``: softmax(QKᵀ·scale)V whole, the BLAS
-called directly, so a piece pays no per-call tensor or dispatch cost); a long one runs torch's CPU flash
-kernel, its backward cut by head and key chunk where the heads do not divide over the threads (vit_t's 3
-heads on 2). Results equal the float64 padded reference to rounding; docs/performance.md has the
-measurements.
+The op (``csrc/packed_sdpa.cpp``) runs torch's own CPU flash kernel on pieces of the packed batch in one
+parallel region, so the sequences of a batch share the threads instead of taking them in turn: the
+per-call cost of a Python loop over short sequences is paid in parallel, and a long sequence whose heads
+do not divide over the threads (vit_t's 3 heads on 2) has its backward cut by head and key chunk. The
+arithmetic of each piece is the kernel's, so the result is the ``sdpa`` loop's (key-chunked backward:
+within rounding); docs/performance.md has the measurements.
 
 Contract::
 
@@ -46,8 +45,6 @@ import torch
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("csrc") / "packed_sdpa.cpp"
-# what the build reads: the library's name hashes them all
-SOURCES = (SOURCE, SOURCE.with_name("short_attention.h"))
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 _failure: list[str] = []  # why the op could not be built or loaded (empty: it loaded, or nobody asked yet)
@@ -70,9 +67,7 @@ def _command(cxx: str, out: Path) -> list[str]:
     from torch.utils import cpp_extension
 
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    # -fopenmp-simd: the softmax loops' simd reductions (no OpenMP runtime)
-    cmd = [cxx, "-O3", "-std=c++20", "-fopenmp-simd", "-shared", "-fPIC", f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
-           "-w"]
+    cmd = [cxx, "-O3", "-std=c++20", "-shared", "-fPIC", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-w"]
     cmd += [f"-I{p}" for p in cpp_extension.include_paths()]
     cmd += [str(SOURCE), "-o", str(out)]
     for lib in cpp_extension.library_paths():
@@ -81,9 +76,7 @@ def _command(cxx: str, out: Path) -> list[str]:
 
 
 def _library_path(cxx: str) -> Path:
-    key = hashlib.sha256()
-    for source in SOURCES:
-        key.update(source.read_bytes())
+    key = hashlib.sha256(SOURCE.read_bytes())
     key.update(f"{torch.__version__}|{sys.platform}|{cxx}".encode())
     return ext_dir() / f"packed_sdpa-{key.hexdigest()[:16]}.so"
 

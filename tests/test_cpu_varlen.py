@@ -62,65 +62,6 @@ def test_gradcheck_on_short_sequences():
     assert torch.autograd.gradcheck(lambda x: cpu_varlen.packed_sdpa(*x.unbind(1), cu), (qkv,))
 
 
-# the short-sequence kernel (csrc/short_attention.h): one piece per (sequence, head) below 512 tokens
-SHORT = [1, 2, 1, 7, 196, 93, 2]
-
-
-@pytest.mark.parametrize("threads", [1, 2])
-def test_short_pieces_have_the_known_answers(threads):
-    """One token attends to itself: out = v, dq = dk = 0, dv = the incoming gradient. Keys all equal:
-    the weights are uniform, out = the mean of v, and dq = 0."""
-    qkv, cu = _qkv([1, 2, 1, 5, 3], heads=3)
-    with torch.no_grad():
-        qkv[cu[3]:cu[4], 1] = qkv[cu[3], 1]  # the 5-token sequence: five equal keys
-    grad = torch.randn(qkv.shape[0], 3, qkv.shape[-1], generator=torch.Generator().manual_seed(2),
-                       dtype=qkv.dtype)
-    with fixed_threads(threads):
-        out = cpu_varlen.packed_sdpa(*qkv.unbind(1), cu)
-        (g,) = torch.autograd.grad(out, qkv, grad)
-    v = qkv.detach()[:, 2]
-    for one in (0, 3):
-        assert torch.equal(out[one], v[one])
-        assert torch.equal(g[one, 2], grad[one])
-        assert g[one, :2].abs().max() < 1e-14  # dP - rowsum(dO o O): two sums of the same products
-    assert torch.allclose(out[cu[3]:cu[4]], v[cu[3]:cu[4]].mean(0).expand(5, -1, -1), atol=1e-14, rtol=0)
-    assert g[cu[3]:cu[4], 0].abs().max() < 1e-14
-
-
-@pytest.mark.parametrize("lengths", [SHORT, [150], [1], [2, 1]],
-                         ids=["unequal", "one", "one token", "1 and 2"])
-@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-6), (torch.bfloat16, 1e-2),
-                                       (torch.float16, 2e-3)])
-def test_short_pieces_equal_the_float64_reference(lengths, dtype, tol):
-    qkv, cu = _qkv(lengths, heads=3, dim=64)
-    grad = torch.randn(qkv.shape[0], 3, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    x = qkv.detach().to(dtype).requires_grad_(True)  # the reference takes the same rounded inputs
-    out = cpu_varlen.packed_sdpa(*x.unbind(1), cu)
-    (got,) = torch.autograd.grad(out, x, grad.to(dtype))
-    xr = x.detach().double().requires_grad_(True)
-    ref = padded_reference(*xr.unbind(1), cu)
-    (want,) = torch.autograd.grad(ref, xr, grad)
-    assert out.dtype == got.dtype == dtype
-    for have, exact in ((out, ref), (got, want)):
-        err = float((have.detach().double() - exact).norm() / exact.norm())
-        assert err < tol, err
-
-
-def test_short_pieces_take_any_strides():
-    """grad_out of out.sum() is an expanded tensor (all strides 0); q, k, v are views of a fused qkv."""
-    qkv, cu = _qkv(SHORT, heads=3)
-    out = cpu_varlen.packed_sdpa(*qkv.unbind(1), cu)
-    (got,) = torch.autograd.grad(out.sum(), qkv)
-    ref = padded_reference(*qkv.unbind(1), cu)
-    (want,) = torch.autograd.grad(ref.sum(), qkv)
-    assert torch.allclose(got, want, atol=1e-12, rtol=0)
-
-
-def test_gradcheck_on_one_and_two_tokens():
-    qkv, cu = _qkv([1, 2, 4, 1], heads=3, dim=3)
-    assert torch.autograd.gradcheck(lambda x: cpu_varlen.packed_sdpa(*x.unbind(1), cu, scale=0.7), (qkv,))
-
-
 def test_harness_runs_it_and_names_it():
     qkv, cu = _qkv(CASES["short"], 3, dtype=torch.float32)
     q, k, v = qkv.detach().unbind(1)

@@ -5,9 +5,7 @@
 // Why: a Python loop of per-sequence calls pays the call's fixed cost once per sequence per layer, serially
 // (most of a short sequence's time), and torch's CPU flash backward parallelises over batch x heads only,
 // so a 3-head sequence on 2 threads leaves a core idle for a third of its backward. Here:
-//   * short sequences (< 512 tokens) are one piece per (sequence, head), computed whole by this op's own
-//     kernel (short_attention.h: the BLAS called directly, no per-call tensor or dispatch cost; torch's
-//     kernel, one piece per sequence, where the BLAS is not exported); the pieces of the batch share the
+//   * short sequences (< 512 tokens) are one piece each, all heads; the pieces of the batch share the
 //     threads in one parallel region (a nested at::parallel_for, the kernel's own, runs serially);
 //     a batch of one sequence is torch's own call;
 //   * a long sequence runs as torch runs it (one call, threads across heads and query blocks), except in
@@ -17,8 +15,6 @@
 // Pieces are taken costliest first, each thread taking the next as it frees up. Cutting long sequences
 // in the forward, or by head where the heads divide evenly, measured slower than torch's own call.
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
@@ -27,8 +23,6 @@
 #include <atomic>
 #include <cmath>
 #include <vector>
-
-#include "short_attention.h"
 
 namespace {
 
@@ -41,7 +35,6 @@ struct Piece {
   int64_t k0, k1;      // key rows [k0, k1) within the sequence
   int64_t slot;        // the (sequence, head) it belongs to: a chunked slot sums its partial dQ
   double cost;
-  bool own = false;    // one head of a short sequence, on short_attention.h's kernel
 };
 
 struct Plan {
@@ -65,12 +58,7 @@ Plan plan(const std::vector<int64_t>& cu, int64_t heads, bool backward) {
   for (size_t i = 0; i + 1 < cu.size(); ++i) {
     const int64_t start = cu[i], n = cu[i + 1] - cu[i];
     if (n == 0) continue;
-    if (n < kLongSequence && sequences > 1 && short_attention::available()) {
-      for (int64_t h = 0; h < heads; ++h) {
-        p.pieces.push_back({start, n, h, 0, n, int64_t(p.chunks.size()), double(n) * double(n), true});
-        p.chunks.push_back(1);
-      }
-    } else if (n < kLongSequence && sequences > 1) {
+    if (n < kLongSequence && sequences > 1) {
       p.pieces.push_back({start, n, -1, 0, n, int64_t(p.chunks.size()), double(n) * double(n) * double(heads)});
       p.chunks.push_back(1);
     } else if (!cut_long) {
@@ -103,15 +91,6 @@ at::Tensor lse_rows(const at::Tensor& lse, int64_t start, int64_t len, int64_t h
   return head < 0 ? r.unsqueeze(0) : r.select(0, head).unsqueeze(0).unsqueeze(0);
 }
 
-// head h of rows [start, ...) of a packed [N, heads, d] tensor, for short_attention.h
-template <typename T>
-short_attention::Strided<T> head_rows(const at::Tensor& t, int64_t start, int64_t head) {
-  auto* data = t.data_ptr<std::remove_const_t<T>>() + start * t.stride(0) + head * t.stride(1);
-  return {data, t.stride(0), t.stride(2)};
-}
-
-// body(piece, workspace): a thread's workspace outlives the call (torch's pool threads persist), so the
-// short kernel allocates, and faults pages in, only when a longer sequence than before comes
 template <typename F>
 void run_pieces(const std::vector<Piece>& pieces, const F& body) {
   if (pieces.empty()) return;
@@ -120,9 +99,7 @@ void run_pieces(const std::vector<Piece>& pieces, const F& body) {
   at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
     // worker threads do not carry the caller's dispatch state: keep autograd out of the kernel calls
     c10::impl::ExcludeDispatchKeyGuard no_autograd(c10::autograd_dispatch_keyset_with_ADInplaceOrView);
-    thread_local short_attention::Workspace ws;
-    short_attention::SequentialBlas one_thread;
-    for (size_t i = next++; i < pieces.size(); i = next++) body(pieces[i], ws);
+    for (size_t i = next++; i < pieces.size(); i = next++) body(pieces[i]);
   });
 }
 
@@ -153,25 +130,15 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& q, const at::Tensor
   };
   const auto p = plan(cu, q.size(1), false);
   for (const auto& [start, len] : p.whole) call(start, len);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, st, "packed_sdpa", [&] {
-    using A = at::opmath_type<scalar_t>;
-    run_pieces(p.pieces, [&](const Piece& x, short_attention::Workspace& ws) {
-      if (!x.own) return call(x.start, x.len);
-      short_attention::forward<scalar_t, A>(
-          head_rows<const scalar_t>(q, x.start, x.head), head_rows<const scalar_t>(k, x.start, x.head),
-          head_rows<const scalar_t>(v, x.start, x.head), head_rows<scalar_t>(out, x.start, x.head),
-          lse.data_ptr<A>() + x.head * lse.stride(0) + x.start, x.len, q.size(2), A(scale), ws);
-    });
-  });
+  run_pieces(p.pieces, [&](const Piece& x) { call(x.start, x.len); });
   return std::make_tuple(out, lse);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor& grad_out, const at::Tensor& q,
                                                         const at::Tensor& k, const at::Tensor& v,
-                                                        const at::Tensor& out, const at::Tensor& lse_in,
+                                                        const at::Tensor& out, const at::Tensor& lse,
                                                         at::IntArrayRef cu_seqlens, double scale) {
   const auto cu = checked_cu(q, k, v, cu_seqlens);
-  const auto lse = lse_in.contiguous();  // the short kernel reads its rows as arrays
   auto dq = at::empty(q.sizes(), q.options()), dk = at::empty(k.sizes(), k.options());
   auto dv = at::empty(v.sizes(), v.options());
   const auto p = plan(cu, q.size(1), true);
@@ -187,22 +154,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor& grad_o
   };
   for (const auto& [start, len] : p.whole) call(start, len, -1, start, len, nullptr);
   std::vector<at::Tensor> partial_dq(p.pieces.size());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "packed_sdpa_backward", [&] {
-    using A = at::opmath_type<scalar_t>;
-    auto in = [](const at::Tensor& t, const Piece& x) {
-      return head_rows<const scalar_t>(t, x.start, x.head);
-    };
-    run_pieces(p.pieces, [&](const Piece& x, short_attention::Workspace& ws) {
-      if (x.own)
-        return short_attention::backward<scalar_t, A>(
-            in(grad_out, x), in(q, x), in(k, x), in(v, x), in(out, x),
-            lse.data_ptr<A>() + x.head * lse.stride(0) + x.start, head_rows<scalar_t>(dq, x.start, x.head),
-            head_rows<scalar_t>(dk, x.start, x.head), head_rows<scalar_t>(dv, x.start, x.head), x.len,
-            q.size(2), A(scale), ws);
-      const size_t i = size_t(&x - p.pieces.data());
-      at::Tensor* partial = p.chunks[x.slot] > 1 ? &partial_dq[i] : nullptr;
-      call(x.start, x.len, x.head, x.start + x.k0, x.k1 - x.k0, partial);
-    });
+  run_pieces(p.pieces, [&](const Piece& x) {
+    const size_t i = size_t(&x - p.pieces.data());
+    call(x.start, x.len, x.head, x.start + x.k0, x.k1 - x.k0, p.chunks[x.slot] > 1 ? &partial_dq[i] : nullptr);
   });
   std::vector<bool> started(p.chunks.size(), false);
   for (size_t i = 0; i < p.pieces.size(); ++i) {
