@@ -4,8 +4,8 @@ Backends, all taking q, k, v of shape [N_total, heads, head_dim] and ``cu_seqlen
 
 * ``sdpa`` — loop ``F.scaled_dot_product_attention`` over the ``cu_seqlens`` slices: the fallback everywhere and
   the one path that takes a bias (the CPU's ``auto`` is ``cpu_varlen`` where a compiler builds it); faster on a
-  CPU than one padded, masked batch or jagged nested tensors (docs/performance.md has the measurements). When every sequence has the same length it takes one dense batched
-  call instead (``dense=True``), which gives the same result.
+  CPU than one padded, masked batch or jagged nested tensors (docs/performance.md has the measurements). When every
+  sequence has the same length it takes one dense batched call instead (``dense=True``), which gives the same result.
 * ``cpu_varlen`` — one op a layer on CPU (tokenbench.harness.cpu_varlen): torch's flash kernel on pieces of
   the packed batch in one parallel region, built from source the first time (needs a C++ compiler; without
   one ``auto`` takes ``sdpa``). The CPU's ``auto`` when it builds.

@@ -21,8 +21,8 @@ sizes become tensors, which breaks Python arithmetic on shapes in selection code
 counts anyway (RLT: pixel differences and comparisons; random: a sort). The in-block hooks are traced:
 the similarity matmuls of ToMe and STA, and the logits of the attention statistics a reducer reads at the
 blocks it declares (:mod:`tokenbench.reducers.attention_stats`, ``n²·D`` a clip per scored block), appear as
-:attr:`FlopReport.reducer_gflops` (ops a block runs outside its submodules). They are small and are not in the analytic count, which models the backbone;
-the runner adds the per-clip overhead measured on the sample.
+:attr:`FlopReport.reducer_gflops` (ops a block runs outside its submodules). They are small and are not in the
+analytic count, which models the backbone; the runner adds the per-clip overhead measured on the sample.
 
 Which tokens enter which part of a block: attention and ``norm1`` see the tokens entering the block; the
 MLP and ``norm2`` see the tokens left after ``reducer.after_attention`` (ToMe merges there). The model

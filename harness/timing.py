@@ -13,9 +13,9 @@
   two runs are paired; the speedup is the median of the paired ratios, its interval a bootstrap over
   repeats. (The ratio of the two arms' medians is not used: with few repeats and a drifting machine it can
   fall outside the paired ratios' own spread.);
-* **A/A control**: with the baseline reducer (``none``, the default) and ``baseline=True`` both arms are the baseline, timed through
-  exactly the same protocol; its speedup must read 1.00 within its interval, which is what validates the
-  estimator on this machine;
+* **A/A control**: with the baseline reducer (``none``, the default) and ``baseline=True`` both arms are the
+  baseline, timed through exactly the same protocol; its speedup must read 1.00 within its interval, which is what
+  validates the estimator on this machine;
 * the garbage collector is collected before and disabled during the timed runs (a collection pause
   would land in whichever arm happened to allocate last), and the host heap is kept between forwards
   (``harness.allocator``: no mmap, page faults and munmap of large tensors in every timed forward); the

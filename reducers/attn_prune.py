@@ -94,7 +94,8 @@ def prune_packed(tokens: PackedTokens, score: Tensor, keep: list[int], fuse: boo
                               cu_seqlens=F.pad(torch.tensor(out_lens, device=dev).cumsum(0, dtype=torch.int32), (1, 0)))
     dclip, dropped = ranked(keep, dropped_n)
     s = score.index_select(0, dropped).to(tokens.x.dtype)
-    fx = tokens.x.new_zeros(b, tokens.x.shape[1]).index_add_(0, dclip, tokens.x.index_select(0, dropped) * s.unsqueeze(1))
+    fx = tokens.x.new_zeros(b, tokens.x.shape[1]).index_add_(
+        0, dclip, tokens.x.index_select(0, dropped) * s.unsqueeze(1))
     fsize = tokens.size.new_zeros(b).index_add_(0, dclip, tokens.size.index_select(0, dropped))
     fpos = torch.full((b,), tokens.grid[0] * tokens.grid[1] * tokens.grid[2], dtype=torch.long, device=dev)
     fpos = fpos.scatter_reduce(0, dclip, tokens.pos.index_select(0, dropped), reduce="amin")

@@ -85,7 +85,8 @@ class ThresholdMerge(Reducer):
         try:
             self._schedule = ToMe(r=self.target_r, inflection=self.inflection)
         except ReducerParamError as exc:
-            raise ReducerParamError(f"dtome: target_r/inflection as ToMe's r: {str(exc).removeprefix('tome: ')}") from None
+            raise ReducerParamError(
+                f"dtome: target_r/inflection as ToMe's r: {str(exc).removeprefix('tome: ')}") from None
         if not isinstance(self.thresholds, (list, tuple)) or not all(
                 isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) for t in self.thresholds):
             raise ReducerParamError(f"dtome: thresholds must be a list of numbers, got {self.thresholds!r}")

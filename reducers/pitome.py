@@ -118,7 +118,8 @@ def protected_first(plan: BipartitePlan, tokens: PackedTokens, r_dev: Tensor) ->
     inv[n_out] = n_out
     inv.index_copy_(0, core, torch.arange(n_out, device=dev))
     keep = torch.cat([plan.keep.index_select(0, core), plan.keep[n_out:]])
-    return dataclasses.replace(plan, keep=keep, dst_row=inv.index_select(0, plan.dst_row.flatten()).view_as(plan.dst_row))
+    return dataclasses.replace(plan, keep=keep,
+                               dst_row=inv.index_select(0, plan.dst_row.flatten()).view_as(plan.dst_row))
 
 
 def merged_per_block(n: int, ratio: float) -> int:

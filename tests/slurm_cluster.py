@@ -1,9 +1,9 @@
 """The single-node Slurm cluster the Slurm tests run on (``.ci/slurm-up``).
 
 :func:`running_cluster` brings it up for a block (tests/test_slurm.py: its module fixture) and stops it at
-the end (left running only when it was up before). With ``CI`` set the tests need it: a cluster that cannot start fails them, and Slurm is
-installed from the OS packages when missing (``.ci/run`` runs as root on a fresh machine). Elsewhere
-nothing is installed and the tests skip, saying why, when there is no Slurm or no root.
+the end (left running only when it was up before). With ``CI`` set the tests need it: a cluster that
+cannot start fails them, and Slurm is installed from the OS packages when missing (``.ci/run`` runs as root on a
+fresh machine). Elsewhere nothing is installed and the tests skip, saying why, when there is no Slurm or no root.
 """
 from __future__ import annotations
 

@@ -22,7 +22,8 @@ def _context(lens, heads=3, dim=8, dtype=torch.float64, seed=0, bias=False) -> A
     n = sum(lens)
     q = torch.randn(n, heads, dim, generator=g, dtype=torch.float64) * 2
     k = torch.randn(n, heads, dim, generator=g, dtype=torch.float64) * 2
-    b = torch.rand(n, generator=g, dtype=torch.float64).mul(3).add(0.5).log() if bias else torch.zeros(n, dtype=torch.float64)
+    b = (torch.rand(n, generator=g, dtype=torch.float64).mul(3).add(0.5).log() if bias
+         else torch.zeros(n, dtype=torch.float64))
     cu = torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), dtype=torch.int32)
     return AttentionContext(queries=q.to(dtype), keys=k.to(dtype), scale=dim ** -0.5, cu_seqlens=cu,
                             lens=tuple(lens), bias=b.to(dtype))

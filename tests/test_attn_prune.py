@@ -76,7 +76,8 @@ def test_temporal_distance_pairs_each_cell_with_its_previous_time_step():
     torch.testing.assert_close(d[2:], torch.tensor([0.0, 3.0]))
     # a packed input whose previous cell was dropped: the token counts as changed
     t = _repeating(3.0)
-    t = t.replace(x=t.x[[0, 3]], pos=t.pos[[0, 3]], size=t.size[[0, 3]], cu_seqlens=torch.tensor([0, 2], dtype=torch.int32), lens=(2,))
+    t = t.replace(x=t.x[[0, 3]], pos=t.pos[[0, 3]], size=t.size[[0, 3]],
+                  cu_seqlens=torch.tensor([0, 2], dtype=torch.int32), lens=(2,))
     assert temporal_distance(t).isinf().tolist() == [True, True]
 
 

@@ -159,7 +159,8 @@ def test_train_refuses_a_device_that_is_not_a_device_name(capsys):
 
 # --- python -m tokenbench.harness.cli ---------------------------------------------------------------
 @pytest.mark.parametrize("argv,message", [
-    (["run", "--suite", "/nowhere/s.toml", "--dry-run"], "tokenbench run: error: suite file not found: /nowhere/s.toml"),
+    (["run", "--suite", "/nowhere/s.toml", "--dry-run"],
+     "tokenbench run: error: suite file not found: /nowhere/s.toml"),
     (["run", "--suite", "default", "--set", "defaults.repeats=0", "--dry-run"],
      "tokenbench run: error: --set defaults.repeats=0: repeats must be an integer ≥ 1, got 0"),
     (["flops", "--frames", "0"], "tokenbench flops: error: --frames must be ≥ 2, got 0"),

@@ -69,7 +69,8 @@ def test_the_suite_reads_the_format_declarations(tmp_path):
     text = SUITE.replace("VIEWS", "1x1").replace('name = "test_squares"', 'name = "test_unlabelled_squares"')
     with pytest.raises(SuiteError, match="needs manifest"):
         parse_suite(text, "u.toml")
-    text = text.replace("views = ", 'manifest = "m.txt"\nviews = ').replace('[defaults]', '[defaults]\nmodes = ["inference", "train"]')
+    text = text.replace("views = ", 'manifest = "m.txt"\nviews = ').replace(
+        '[defaults]', '[defaults]\nmodes = ["inference", "train"]')
     suite = parse_suite(text, "u.toml", check_paths=False)
     assert {c.mode for c in suite.cells()} == {"inference"}  # an unlabelled format is never trained on
     assert isinstance(get_dataset("test_squares", videos=2), MovingSquares)

@@ -137,5 +137,6 @@ def test_a_checkpoint_that_does_not_fit_the_suite_is_refused_before_any_work(k40
                "--set", f"datasets.k400.manifest={k400['manifest']}", "--set", f"datasets.k400.root={k400['root']}"])
     err = capsys.readouterr().err
     assert rc == 2
-    assert "config.json does not fit vit_b (16×224², 400 classes): hidden_size (width): checkpoint 192, model 768" in err
+    assert ("config.json does not fit vit_b (16×224², 400 classes): hidden_size (width): checkpoint 192, "
+            "model 768") in err
     assert not (tmp_path / "results").exists()

@@ -80,6 +80,7 @@ def test_broken_plugin_is_reported_and_list_still_succeeds(tmp_path):
     assert re.search(r"broken\s+BROKEN: broken_plugin:Nope: ImportError: needs libfoo", out.stdout)
     assert re.search(r"^none\s", out.stdout, re.M) and re.search(r"^random\s", out.stdout, re.M)
     # asking for the broken one by name says why, instead of "unknown"
-    code = "from tokenbench.reducers import get_reducer\ntry:\n    get_reducer('broken')\nexcept Exception as e:\n    print(e)"
+    code = ("from tokenbench.reducers import get_reducer\ntry:\n    get_reducer('broken')\n"
+            "except Exception as e:\n    print(e)")
     out = _run(["-c", code], site, tmp_path)
     assert "installed but failed to load" in out.stdout and "needs libfoo" in out.stdout

@@ -172,7 +172,8 @@ def test_a_job_killed_mid_cell_is_recorded_lost_and_only_its_cell_runs_again(clu
     rec, jid = lost[0], victim.job_id
     assert rec["launcher"]["job_id"] == jid and "traceback" not in rec
     job_dir = out / "_submitit" / "kill" / jid
-    assert f"job {jid}" in rec["error"] and "SIGKILL" in rec["error"] and str(job_dir / f"{jid}_0_log.out") in rec["error"]
+    assert (f"job {jid}" in rec["error"] and "SIGKILL" in rec["error"]
+            and str(job_dir / f"{jid}_0_log.out") in rec["error"])
     assert rec["launcher"]["log"] == str(job_dir / f"{jid}_0_log.out")
     assert {r["fingerprint"]["id"] for r in recs} == {victim.fingerprint["id"]}  # the store of the node it ran on
     assert ": ok in" not in (job_dir / f"{jid}_0_log.out").read_text()  # it was killed mid-cell

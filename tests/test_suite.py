@@ -143,7 +143,8 @@ def test_only_selects_cells():
     ("sweep = { threshold = [0.05, 0.1, 0.2] }", "sweep = { threshold = [0.05, -0.1] }", "sweep = { threshold",
      r"reducer 'rlt'.*threshold"),
     # a parameter impossible on this model's grid (ToMe's r above half the tokens of the last blocks)
-    ('params = { r = 4 }', 'params = { r = 40 }', "params = { r = 40 }", r"cannot run on vit_t .*token grid \(4, 4, 4\)"),
+    ('params = { r = 4 }', 'params = { r = 40 }', "params = { r = 40 }",
+     r"cannot run on vit_t .*token grid \(4, 4, 4\)"),
     # an unknown parameter
     ('params = { r = 4 }', 'params = { rr = 4 }', "params = { rr = 4 }", r"no parameter 'rr'"),
     # an unknown model and dataset

@@ -60,7 +60,8 @@ class CallLog:
 
 
 def test_result_structure_and_metric_names(tiny):
-    r = time_forward(tiny, noise_video(5, 4, 32), get_reducer("random", count=3), warmup=1, repeats=3, batch_size=2, threads=1)
+    r = time_forward(tiny, noise_video(5, 4, 32), get_reducer("random", count=3), warmup=1, repeats=3, batch_size=2,
+                     threads=1)
     assert r.num_clips == 5 and r.num_batches == 3 and r.batch_size == 2
     assert len(r.reducer.times_ms) == len(r.baseline.times_ms) == 3
     assert r.timer == "perf_counter" and r.device == "cpu" and r.backend == "sdpa"
@@ -115,9 +116,10 @@ def test_selection_is_inside_the_timed_region_and_timed_alone(tiny):
 def test_baseline_only_and_reducer_only_runs(tiny):
     log = CallLog(tiny)
     try:
-        base = time_forward(tiny, noise_video(2, 4, 32), get_reducer("none"), baseline=False, warmup=1, repeats=2, batch_size=2)
-        only = time_forward(tiny, noise_video(2, 4, 32), get_reducer("random", count=3), baseline=False, warmup=0, repeats=2,
+        base = time_forward(tiny, noise_video(2, 4, 32), get_reducer("none"), baseline=False, warmup=1, repeats=2,
                             batch_size=2)
+        only = time_forward(tiny, noise_video(2, 4, 32), get_reducer("random", count=3), baseline=False, warmup=0,
+                            repeats=2, batch_size=2)
     finally:
         log.handle.remove()
     assert base.baseline is None and base.speedup is None and base.select_ms == []
@@ -166,7 +168,8 @@ def test_decode_timer_and_clip_loading():
 def test_cuda_event_timer():
     torch.manual_seed(0)
     model = build_model("vit_t", 5, num_frames=4, img_size=32).cuda().eval()
-    r = time_forward(model, noise_video(2, 4, 32).cuda(), get_reducer("random", count=3), warmup=1, repeats=2, batch_size=2)
+    r = time_forward(model, noise_video(2, 4, 32).cuda(), get_reducer("random", count=3), warmup=1, repeats=2,
+                     batch_size=2)
     assert r.timer == "cuda_event" and r.device.startswith("cuda") and r.peak_mem_mb > 0
 
 

@@ -25,7 +25,8 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     cmd = [*_torchrun(), "--standalone", "--nproc-per-node", "2", "-m", "tokenbench.harness.cli", "train",
            "--model", "vit_t", "--dataset", "synthetic", "--num-frames", "8", "--img-size", "32",
            "--data", "num_clips=16", "cache=False", "--reducer", "random", "keep=0.5",
-           "--epochs", "2", "--batch-size", "8", "--threads", "1", "--amp", "off", "--out", str(ckpt), "--json", str(js)]
+           "--epochs", "2", "--batch-size", "8", "--threads", "1", "--amp", "off", "--out", str(ckpt),
+           "--json", str(js)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=170, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads(js.read_text())

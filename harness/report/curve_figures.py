@@ -168,7 +168,8 @@ def plan_curve_figures(by_fp: dict[str, list[Record]], ok: list[Record]):
         specs.append(FigureSpec(
             "curves_top1_vs_gflops", "Top-1 against GFLOPs, per reducer family",
             "top-1 against GFLOPs per clip, one line per reducer family through its budgets (sorted by mean "
-            "tokens per block; random masking by keep ratio and matched to RLT's budget are one family), vertical bars the 95 % Wilson interval of top-1. GFLOPs carry no bar: each is "
+            "tokens per block; random masking by keep ratio and matched to RLT's budget are one family), vertical "
+            "bars the 95 % Wilson interval of top-1. GFLOPs carry no bar: each is "
             "the exact mean over every clip evaluated (the token-distribution figure shows its spread over "
             "clips). Star: the baseline; hollow: [packed] rows, not joined; grey rings and dashed line: the "
             "Pareto front over the panel's points (no other is both cheaper and more accurate). With many "
@@ -188,9 +189,11 @@ def plan_curve_figures(by_fp: dict[str, list[Record]], ok: list[Record]):
             tp_specs.append(FigureSpec(
                 "curves_top1_vs_throughput" + suffix, "Top-1 against throughput, per reducer family" + title_fp,
                 "top-1 against measured throughput, one line per reducer family through its budgets (sorted by "
-                "mean tokens per block, as in the GFLOPs figure), one panel per model, dataset and batch size. Throughput is the paired estimate: the row's speedup (against the baseline "
+                "mean tokens per block, as in the GFLOPs figure), one panel per model, dataset and batch size. "
+                "Throughput is the paired estimate: the row's speedup (against the baseline "
                 "timed interleaved in its own cell) × the baseline cell's clips/s, so drift between cells "
-                "cancels ([packed] rows: × their own per-sequence baseline arm's clips/s); horizontal bars: the speedup's 95 % bootstrap interval × the same clips/s (the "
+                "cancels ([packed] rows: × their own per-sequence baseline arm's clips/s); horizontal bars: the "
+                "speedup's 95 % bootstrap interval × the same clips/s (the "
                 "baseline's own timing noise is not in them; the baseline's bar is its A/A control). Vertical "
                 "bars: top-1's 95 % Wilson interval. Star: the baseline; hollow: [packed] rows, not joined; "
                 "grey rings and dashed line: the Pareto front over the panel's points (no other both faster and more "

@@ -163,7 +163,8 @@ def as_run(ok: list[Record]) -> list[str]:
         for r in calibrated:
             cal = r.value("calibration")
             src = cal.get("source") or {}
-            clips = f"{src.get('clips', '?')} {src.get('dataset', '?')}/{src.get('split', '?')} (seed {src.get('seed', '?')})"
+            clips = (f"{src.get('clips', '?')} {src.get('dataset', '?')}/{src.get('split', '?')} "
+                     f"(seed {src.get('seed', '?')})")
             found = {k: v for k, v in cal.items() if k != "source"}
             out.append("| " + " | ".join(md_escape(str(v)) for v in (
                 r.dataset or MISSING, r.label, clips, _params(found))) + " |")

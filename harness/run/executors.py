@@ -88,7 +88,8 @@ def pin_gpu(ex, gpu: str | None) -> None:
     elif gpu.isdigit():  # submitit's own mechanism: CUDA_VISIBLE_DEVICES=<gpu> for the job
         ex.update_parameters(gpus_per_node=1, visible_gpus=(int(gpu),), setup=[])
     else:  # a GPU UUID / MIG name: exported before the job starts
-        ex.update_parameters(gpus_per_node=0, visible_gpus=(), setup=[f"export CUDA_VISIBLE_DEVICES={shlex.quote(gpu)}"])
+        ex.update_parameters(gpus_per_node=0, visible_gpus=(),
+                             setup=[f"export CUDA_VISIBLE_DEVICES={shlex.quote(gpu)}"])
 
 
 def job_info(launcher: str) -> dict[str, Any]:

@@ -46,10 +46,10 @@ def load_suite(name_or_path: str | os.PathLike = "default", overrides: list[str]
     """Read, override (``--set``), validate and expand a suite; keep the cells ``only`` selects
     (``FIELD=VALUE`` items, see :func:`select_cells`). ``check_device``: refuse a ``defaults.device`` this
     machine lacks (off when the cells run elsewhere, as Slurm jobs do); ``auto_device``: what
-    ``device = "auto"`` stands for where the cells run (Slurm's GPU nodes: cuda; None: this machine). Raises :class:`SuiteError` (a
-    :class:`~tokenbench.harness.errors.UserError`) naming the file and line of the first problem, or every
-    path the selected cells need and lack, at once. ``add_reducers``: ``--add-reducer`` SPECs, entries added
-    after the file's (:mod:`~tokenbench.harness.suite.added`)."""
+    ``device = "auto"`` stands for where the cells run (Slurm's GPU nodes: cuda; None: this machine). Raises
+    :class:`SuiteError` (a :class:`~tokenbench.harness.errors.UserError`) naming the file and line of the first
+    problem, or every path the selected cells need and lack, at once. ``add_reducers``: ``--add-reducer`` SPECs,
+    entries added after the file's (:mod:`~tokenbench.harness.suite.added`)."""
     text, display, stem = suite_source(name_or_path)
     return parse_suite(text, display, stem, overrides=overrides, env=env, check_paths=check_paths, only=only,
                        check_device=check_device, add_reducers=add_reducers, auto_device=auto_device)

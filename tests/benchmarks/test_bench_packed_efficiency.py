@@ -127,7 +127,8 @@ def test_packed_per_flop_vs_dense(benchmark, lengths, heads, backward):
         dense_ms_median=statistics.median(dense_s) * 1e3, flop_ratio=packed_flops / dense_flops, goal=GOAL,
         **{f"{name}_{k}": v for name, d in info.items() for k, v in d.items()})
     print(f"\n{'fwd+bwd' if backward else 'forward'}, {heads} heads, {len(lengths)} sequences of "
-          f"{min(lengths)}–{max(lengths)} tokens: dense at equal total tokens {statistics.median(dense_s) * 1e3:.1f} ms "
+          f"{min(lengths)}–{max(lengths)} tokens: dense at equal total tokens "
+          f"{statistics.median(dense_s) * 1e3:.1f} ms "
           f"(FLOP ratio {packed_flops / dense_flops:.3f}); " + "; ".join(
               f"{name} {d['ms_median']:.1f} ms, {d['per_flop']:.3f}× as fast per FLOP" for name, d in info.items())
           + f" (goal ≥ {GOAL} for cpu_varlen)")

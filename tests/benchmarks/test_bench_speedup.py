@@ -13,8 +13,8 @@ the same batch, checked against an fvcore trace of one clip). ``extra_info`` hol
     efficiency = wall-clock speedup / FLOP ratio        (goal ≥ 0.85)
 
 1.0 means every saved FLOP became saved time. ``TOKENBENCH_BENCH_REPEATS`` (default 5) and
-``TOKENBENCH_BENCH_THREADS`` (default: torch's thread count) set the timed repeats and threads. Random inputs would be useless here: noise is never static,
-so RLT would keep every token.
+``TOKENBENCH_BENCH_THREADS`` (default: torch's thread count) set the timed repeats and threads. Random inputs
+would be useless here: noise is never static, so RLT would keep every token.
 """
 from __future__ import annotations
 
