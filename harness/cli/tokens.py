@@ -23,6 +23,7 @@ from tokenbench.datasets import (
 )
 from tokenbench.datasets.samples import VideoFilesDataset
 from tokenbench.reducers import ReducerParamError, UnknownReducerError, get_reducer
+from tokenbench.reducers.base import VIDEOMAE
 
 from ..errors import UserError
 from .common import parse_params, require_at_least
@@ -133,7 +134,7 @@ def count_tokens(dataset, thresholds: list[float], *, limit: int | None = None, 
             return
         x = to_model_input(torch.stack([c for c, _ in pending]))
         with torch.inference_mode():
-            keeps = {tau: r.select(x).keep for tau, r in reducers.items()}
+            keeps = {tau: r.select(x, VIDEOMAE).keep for tau, r in reducers.items()}  # every built-in model's tubelet
         for b, (_, row) in enumerate(pending):
             row["total"] = int(keeps[thresholds[0]][b].numel())
             row["kept"] = {tau: int(k[b].sum()) for tau, k in keeps.items()}

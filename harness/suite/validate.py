@@ -167,16 +167,27 @@ def train_settings(ck: Checker) -> TrainSettings:
     return settings(ck, TrainSettings, ck.raw.get("train", {}), ("train",), "[train]")
 
 
-def model(ck: Checker, i: int, e: dict) -> ModelSpec:
-    p = ("models", i)
-    ck.check_keys(e, MODEL_KEYS, p, ck.entry_name("models", i))
+def named_entry(ck: Checker, table: str, i: int, e: dict, keys, names: list[str]) -> tuple[tuple, str]:
+    """The path of entry ``i`` of ``[[table]]`` and its name, its keys checked."""
+    p = (table, i)
+    ck.check_keys(e, keys, p, ck.entry_name(table, i))
     if "name" not in e:
-        raise ck.fail(p, f"{ck.entry_name('models', i)} needs a name ({', '.join(MODEL_SIZES)})")
-    name = ck.str_(p + ("name",), e["name"])
-    if name not in MODEL_SIZES:
-        close = difflib.get_close_matches(name, list(MODEL_SIZES), n=1)
+        raise ck.fail(p, f"{ck.entry_name(table, i)} needs a name ({', '.join(names)})")
+    return p, ck.str_(p + ("name",), e["name"])
+
+
+def known_name(ck: Checker, path: tuple, name: str, names: list[str], what: str) -> str:
+    """``name`` when it is one of ``names``; else the error names the closest one and the choices."""
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1)
         hint = f" — did you mean {close[0]!r}?" if close else ""
-        raise ck.fail(p + ("name",), f"unknown model {name!r}{hint}; choose from {', '.join(MODEL_SIZES)}")
+        raise ck.fail(path, f"unknown {what} {name!r}{hint}; choose from {', '.join(names)}")
+    return name
+
+
+def model(ck: Checker, i: int, e: dict) -> ModelSpec:
+    p, name = named_entry(ck, "models", i, e, MODEL_KEYS, list(MODEL_SIZES))
+    known_name(ck, p + ("name",), name, list(MODEL_SIZES), "model")
     m = ModelSpec(id=ck.str_(p + ("id",), e.get("id", name)), name=name, path=p)
     m.num_frames = ck.int_(p + ("num_frames",), e.get("num_frames", ModelSpec.num_frames), 2)
     m.img_size = ck.int_(p + ("img_size",), e.get("img_size", ModelSpec.img_size), 16)
@@ -227,19 +238,11 @@ def model(ck: Checker, i: int, e: dict) -> ModelSpec:
 
 
 def dataset(ck: Checker, i: int, e: dict) -> DatasetSpec:
-    p = ("datasets", i)
-    ck.check_keys(e, DATASET_KEYS, p, ck.entry_name("datasets", i))
-    if "name" not in e:
-        raise ck.fail(p, f"{ck.entry_name('datasets', i)} needs a name ({', '.join(dataset_names())})")
-    name = ck.str_(p + ("name",), e["name"])
+    p, name = named_entry(ck, "datasets", i, e, DATASET_KEYS, dataset_names())
     if name in broken_datasets():  # installed but failing to import: say why, not "unknown"
         why = broken_datasets()[name]
         raise ck.fail(p + ("name",), f"dataset {name!r} is installed but failed to load: {why}")
-    names = dataset_names()
-    if name not in names:
-        close = difflib.get_close_matches(name, names, n=1)
-        hint = f" — did you mean {close[0]!r}?" if close else ""
-        raise ck.fail(p + ("name",), f"unknown dataset {name!r}{hint}; choose from {', '.join(names)}")
+    known_name(ck, p + ("name",), name, dataset_names(), "dataset")
     d = DatasetSpec(id=ck.str_(p + ("id",), e.get("id", name)), name=name, path=p)
     d.split = ck.str_(p + ("split",), e.get("split", DatasetSpec.split))
     d.train_split = ck.str_(p + ("train_split",), e.get("train_split", DatasetSpec.train_split))
