@@ -253,7 +253,8 @@ def test_ctrl_c_stops_the_wait_not_the_jobs(cluster, tmp_path):
     rc, log = finish(p)
     assert rc == 130 and "stopped waiting: " in log and "go on running on the cluster" in log, log
     wait_for("the jobs' records", lambda: len(records(out, "interrupt")) == 2, timeout=60)
-    assert {r["status"] for r in records(out, "interrupt")} == {"ok"}
+    recs = records(out, "interrupt")
+    assert {r["status"] for r in recs} == {"ok"}, [r.get("error") for r in recs]
 
 
 PREPARE = suite_toml(  # fewer training clips than one batch: the prepare job fails

@@ -185,8 +185,6 @@ def wait_for_cells(cells: list, jobs: list, summary, log: Callable[[str], None],
                    command: str = "", python: str = "python", prepare=None, poll_s: float = 1.0) -> None:
     """Follow every cell's job to its end, one line per cell; fills ``summary`` (a ``summary.RunSummary``).
     ``collect(cell, job, summary, log, counter)`` takes in a job that returned."""
-    sched = Scheduler(log)
-    sched.sacct_available()  # probed once, said once
     open_jobs = {str(job.job_id): (cell, job) for cell, job in zip(cells, jobs)}
     n, finished = len(cells), 0
 
@@ -196,7 +194,9 @@ def wait_for_cells(cells: list, jobs: list, summary, log: Callable[[str], None],
         finished += 1
         return f"{finished}/{n}"
 
-    try:
+    try:  # from here a Ctrl-C says the jobs go on (the sacct probe can take seconds on a busy controller)
+        sched = Scheduler(log)
+        sched.sacct_available()  # probed once, said once
         _follow(open_jobs, sched, summary, log, close, collect=collect, suite=suite, command=command, python=python,
                 prepare=prepare, poll_s=poll_s)
     except KeyboardInterrupt:
