@@ -246,8 +246,8 @@ def test_a_job_whose_interpreter_cannot_run_tokenbench_is_named_in_the_launchers
 
 
 def test_ctrl_c_stops_the_wait_not_the_jobs(cluster, tmp_path):
-    # cells long enough (several seconds) to be interrupted while they run: at 2 repeats they ended in ~1.4 s, and beside
-    # another test worker the Ctrl-C could arrive after the launcher had already finished (rc 0)
+    # cells long enough (several seconds) to be interrupted while they run: at 2 repeats they ended in ~1.4 s,
+    # and beside another test worker the Ctrl-C could arrive after the launcher had already finished (rc 0)
     suite, out = write_suite(tmp_path, "interrupt", thresholds=(0.1,), repeats=100), tmp_path / "results"
     p = launch(cluster, suite, out, "--no-report")
     wait_for("the jobs to start", lambda: markers(out, "interrupt"))
