@@ -67,7 +67,9 @@ def _command(cxx: str, out: Path) -> list[str]:
     from torch.utils import cpp_extension
 
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    cmd = [cxx, "-O3", "-std=c++20", "-shared", "-fPIC", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-w"]
+    # -fopenmp: ATen's parallel_for is a header template, serial where OpenMP is off (the op's pieces would
+    # run in turn); the library then binds the libgomp torch has loaded, one runtime
+    cmd = [cxx, "-O3", "-std=c++20", "-fopenmp", "-shared", "-fPIC", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-w"]
     cmd += [f"-I{p}" for p in cpp_extension.include_paths()]
     cmd += [str(SOURCE), "-o", str(out)]
     for lib in cpp_extension.library_paths():
@@ -228,6 +230,14 @@ def _register_fakes() -> None:
     @torch.library.register_fake("tokenbench::packed_sdpa_backward")
     def _(grad_out, q, k, v, out, lse, cu_seqlens, scale):
         return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def region_threads() -> int:
+    """How many threads one of the op's parallel regions runs on: torch's thread count when the op was built
+    with OpenMP, 1 when its pieces would run in turn (an op built without it; see ``_command``)."""
+    if not available():
+        raise RuntimeError(f"the cpu_varlen attention op is unavailable: {unavailable_reason()}")
+    return int(torch.ops.tokenbench.region_threads())
 
 
 def unavailable_reason() -> str | None:

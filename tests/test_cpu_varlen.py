@@ -32,6 +32,13 @@ def _qkv(lengths, heads, dim=16, dtype=torch.float64, seed=0):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
+def test_the_pieces_share_the_threads(threads):
+    # ATen's parallel_for is a header template: an op built without OpenMP ran every piece in turn
+    with fixed_threads(threads):
+        assert cpu_varlen.region_threads() == threads
+
+
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("heads", [3, 4])
 @pytest.mark.parametrize("case", list(CASES))
 def test_forward_and_gradients_equal_float64_reference(case, heads, threads):

@@ -7,6 +7,8 @@
 // so a 3-head sequence on 2 threads leaves a core idle for a third of its backward. Here:
 //   * short sequences (< 512 tokens) are one piece each, all heads; the pieces of the batch share the
 //     threads in one parallel region (a nested at::parallel_for, the kernel's own, runs serially);
+//     ATen's parallel_for is a header template, parallel only where OpenMP is on: this file must be
+//     built with -fopenmp (torch's libgomp is then the one runtime; region_threads() tells);
 //     a batch of one sequence is torch's own call;
 //   * a long sequence runs as torch runs it (one call, threads across heads and query blocks), except in
 //     the backward when the heads do not divide evenly over the threads: then it is cut into pieces of
@@ -170,9 +172,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor& grad_o
   return std::make_tuple(dq, dk, dv);
 }
 
+// how many threads one parallel region of this library runs on (1: it was built without OpenMP, and every
+// piece would run in turn)
+int64_t region_threads() {
+  std::atomic<int64_t> seen{0};
+  at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) { ++seen; });
+  return seen;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(tokenbench, m) {
+  m.def("region_threads() -> int", &region_threads);
   m.def("packed_sdpa(Tensor q, Tensor k, Tensor v, int[] cu_seqlens, float scale) -> (Tensor, Tensor)");
   m.def("packed_sdpa_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
         "int[] cu_seqlens, float scale) -> (Tensor, Tensor, Tensor)");
