@@ -124,7 +124,7 @@ def _gflops_vs_time(rows: list[dict], style: Style, fp: str, title_fp: str) -> C
             ax_abs.set_title(f"{model} · {dataset} · batch {bs}: measured")
             ax_abs.set_ylabel("time (ms per clip)")
             ax_rel.set_title(f"{model} · {dataset} · batch {bs}: paired with baseline")
-            ax_rel.set_ylabel("time ÷ baseline time, same cell (1/speedup)")
+            ax_rel.set_ylabel("time ÷ paired baseline\n(1 / speedup)")
         handles = style.handles(r["label"] for r in rows)
         handles.append(Line2D([], [], color=reducer_colour("none"), linestyle=":",
                               label="time ∝ GFLOPs\n(through baseline)"))
