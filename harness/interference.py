@@ -83,11 +83,13 @@ def own_running_threads(tasks: str = "/proc/self/task") -> int:
 #   end, less this process's own running threads: the reader and torch's spinning workers) — more of them
 #   on average than the CPUs the cell's threads leave free, plus RUNQUEUE_SLACK: someone waited for a CPU;
 # * steal: the hypervisor took more than STEAL_PCT % of the CPU time during the timed runs;
-# * spread: the paired ratios' interquartile range is above SPREAD_REL of their median (the quiet 2-core
-#   machine's A/A stays within a few percent: a spread this wide means the arms did not see the same machine).
+# * spread: the paired ratios' interquartile range is above SPREAD_REL of their median: the arms did not see the
+#   same machine. Quiet, a short arm's own jitter widens it (145 quiet cells of seven default-suite runs on the
+#   2-core EPYC: median 0.05, 99th percentile 0.15, largest 0.17, at 0.10 one cell in eleven was flagged, six
+#   of the seven runs had a flag); an on-off CPU burner beside the timing gave 0.42-0.56 (docs/measurement.md).
 RUNQUEUE_SLACK = 0.5
 STEAL_PCT = 5.0
-SPREAD_REL = 0.10
+SPREAD_REL = 0.20
 MIN_REPEATS_FOR_SPREAD = 4
 
 

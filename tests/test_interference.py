@@ -54,6 +54,7 @@ def _samples(running, steal=(0, 0), total=(0, 10_000)):
     ([3, 3, 4, 3], 2, 8, (0, 0), [1.0] * 4, []),  # … on a host with six CPUs the cell leaves free
     ([1, 1], 2, 2, (0, 900), [1.0] * 4, ["steal"]),  # 9 % of the CPU time stolen
     ([1, 1], 2, 2, (0, 0), [1.0, 1.3, 0.8, 1.2, 0.9], ["spread"]),  # IQR 0.3 of a median 1.0
+    ([1, 1], 2, 2, (0, 0), [1.0, 1.075, 0.925, 1.07, 0.93], []),  # IQR ~0.15: a quiet short arm's own jitter
     ([1, 1], 2, 2, (0, 0), [1.0, 1.5, 0.7], []),  # too few repeats to judge a spread
     ([4, 5], 1, 2, (0, 1000), [1.0, 1.3, 0.8, 1.2, 0.9], ["runqueue", "steal", "spread"]),
 ])
