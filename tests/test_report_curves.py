@@ -280,6 +280,18 @@ def test_static_share_table_rows_match_the_records_and_the_figure_is_written(tmp
     assert all(p.random is not None and p.random.params["match_rlt"] == p.tau for p in series.points)
 
 
+def test_a_threshold_measured_at_one_share_is_not_a_curve_against_the_share(tmp_path):
+    recs = share_records()  # τ = 0.1 on three shares; add τ = 0.4 (and its random match) on the main dataset only
+    for red, params, sp in (("rlt", {"threshold": 0.4}, 1.5), ("random", {"match_rlt": 0.4}, 1.6)):
+        recs.append(_record(red, params, fraction=0.6, top1=85.0, ci=(82.0, 88.0), base_top1=90.0, speedup=sp,
+                            minute=90 + len(recs)))
+    report.write_report(_write(tmp_path / "results", recs), tmp_path / "out", figures=False)
+    rows = _csv(tmp_path / "out" / SUITE / "tables" / "static_share.csv")
+    assert {float(r["tau"]) for r in rows} == {0.1} and len(rows) == 3
+    (series,) = static_share.static_share_series(_ok(tmp_path / "results"))
+    assert series.taus == [0.1]
+
+
 def test_datasets_of_one_format_stay_apart_in_every_table(tmp_path):
     """Three entries of the synthetic format (ids differ, options differ) are three datasets, each read
     against its own baseline."""

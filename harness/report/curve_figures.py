@@ -208,8 +208,10 @@ def plan_curve_figures(by_fp: dict[str, list[Record]], ok: list[Record]):
                 "datasets of one format differing only in static_share: RLT's kept tubelets, paired speedup "
                 "(95 % bootstrap interval) and top-1 (95 % Wilson interval) against the static share, one line "
                 "style per τ, with random masking matched to RLT's budget at the same τ beside it (drawn just "
-                "right of RLT so the bars stay apart).", _static_share(series, "RLT against static content"
-                                                                      + title_fp), fp))
+                "right of RLT so the bars stay apart). The kept tubelets are over all clips; the speedup is of the "
+                "timed clips, where RLT keeps what their content allows and random the all-clip budget, so read "
+                "a speedup gap with the details table's timed GFLOPs.",
+                _static_share(series, "RLT against static content" + title_fp), fp))
     if not tp_specs:
         skipped.append(("Top-1 against throughput", "no model and dataset with a baseline, clips/s and top-1"))
     if not share_specs:

@@ -66,7 +66,8 @@ def _group_key(r: Record) -> tuple:
 
 def static_share_series(records: list[Record]) -> list[ShareSeries]:
     """One series per model, dataset format (with every other option equal) and batch size that has RLT
-    measured on at least two static shares. ``records``: ok inference records of one fingerprint."""
+    measured on at least two static shares; only the τ values measured on two or more shares are in it.
+    ``records``: ok inference records of one fingerprint."""
     recs = [r for r in records if r.mode == "inference" and not forced_packed(r)]
     groups: dict[tuple, list[Record]] = {}
     for r in sorted(recs, key=sort_key):
@@ -84,7 +85,10 @@ def static_share_series(records: list[Record]) -> list[ShareSeries]:
             tau = num(r.params["threshold"])
             match = [x for x in grp if x.dataset == r.dataset and num(x.params.get("match_rlt")) == tau]
             pts.append(SharePoint(shares[r.dataset], r.dataset, tau, r, match[0] if match else None))
-        pts.sort(key=lambda p: (p.tau, p.share, p.dataset))
+        # a τ measured at one share only (a τ sweep on one of the datasets) is a point, not a curve against the
+        # share: the RLT sweep's table and figure show it
+        swept = {t for t in {p.tau for p in pts} if len({p.share for p in pts if p.tau == t}) >= 2}
+        pts = sorted((p for p in pts if p.tau in swept), key=lambda p: (p.tau, p.share, p.dataset))
         first = rlt[0]
         model = names.get(setting(first)[:4], str(first.model))
         out.append(ShareSeries(model, str(first.dataset_name), first.batch_size, sorted({p.tau for p in pts}),
