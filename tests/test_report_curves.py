@@ -292,6 +292,19 @@ def test_a_threshold_measured_at_one_share_is_not_a_curve_against_the_share(tmp_
     assert series.taus == [0.1]
 
 
+def test_no_threshold_on_two_shares_is_no_series_and_no_figure(tmp_path):
+    # RLT on two shares, but a different τ on each: nothing to draw against the share (the report must not
+    # plan a figure of no points)
+    recs = []
+    for did, share, tau in (("synthetic_s0", 0.0, 0.1), ("synthetic_s1", 1.0, 0.2)):
+        for red, params in (("none", {}), ("rlt", {"threshold": tau})):
+            recs.append(_record(red, params, fraction=0.7 if params else 1.0, top1=85.0, ci=(82.0, 88.0),
+                                base_top1=86.0, dataset_id=did, options={"static_share": share}, minute=len(recs)))
+    paths = report.write_report(_write(tmp_path / "results", recs), tmp_path / "out")
+    assert static_share.static_share_series(_ok(tmp_path / "results")) == []
+    assert not any(f.stem == "static_share" for f in paths.figures)
+
+
 def test_datasets_of_one_format_stay_apart_in_every_table(tmp_path):
     """Three entries of the synthetic format (ids differ, options differ) are three datasets, each read
     against its own baseline."""

@@ -88,6 +88,8 @@ def static_share_series(records: list[Record]) -> list[ShareSeries]:
         # a τ measured at one share only (a τ sweep on one of the datasets) is a point, not a curve against the
         # share: the RLT sweep's table and figure show it
         swept = {t for t in {p.tau for p in pts} if len({p.share for p in pts if p.tau == t}) >= 2}
+        if not swept:
+            continue
         pts = sorted((p for p in pts if p.tau in swept), key=lambda p: (p.tau, p.share, p.dataset))
         first = rlt[0]
         model = names.get(setting(first)[:4], str(first.model))
