@@ -59,6 +59,12 @@ def ext_dir() -> Path:
     return cache_root() / "ext"
 
 
+# -fopenmp: ATen's parallel_for is a header template, serial where OpenMP is off (the op's pieces would run in
+# turn); the library then binds the libgomp torch has loaded, one runtime. Part of the cache key: a library
+# built with other flags is another library.
+FLAGS = ("-O3", "-std=c++20", "-fopenmp", "-shared", "-fPIC", "-w")
+
+
 def _compiler() -> str | None:
     return shutil.which(os.environ.get("CXX", "c++"))
 
@@ -66,10 +72,7 @@ def _compiler() -> str | None:
 def _command(cxx: str, out: Path) -> list[str]:
     from torch.utils import cpp_extension
 
-    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    # -fopenmp: ATen's parallel_for is a header template, serial where OpenMP is off (the op's pieces would
-    # run in turn); the library then binds the libgomp torch has loaded, one runtime
-    cmd = [cxx, "-O3", "-std=c++20", "-fopenmp", "-shared", "-fPIC", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-w"]
+    cmd = [cxx, *FLAGS, f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"]
     cmd += [f"-I{p}" for p in cpp_extension.include_paths()]
     cmd += [str(SOURCE), "-o", str(out)]
     for lib in cpp_extension.library_paths():
@@ -79,7 +82,7 @@ def _command(cxx: str, out: Path) -> list[str]:
 
 def _library_path(cxx: str) -> Path:
     key = hashlib.sha256(SOURCE.read_bytes())
-    key.update(f"{torch.__version__}|{sys.platform}|{cxx}".encode())
+    key.update(f"{torch.__version__}|{sys.platform}|{cxx}|{' '.join(FLAGS)}".encode())
     return ext_dir() / f"packed_sdpa-{key.hexdigest()[:16]}.so"
 
 

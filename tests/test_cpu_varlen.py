@@ -31,6 +31,14 @@ def _qkv(lengths, heads, dim=16, dtype=torch.float64, seed=0):
     return qkv, cu
 
 
+def test_the_build_flags_are_part_of_the_cached_library_name(monkeypatch):
+    # a library built without -fopenmp (before the flag was added) must not be loaded for one built with it
+    cxx = cpu_varlen._compiler()
+    with_flags = cpu_varlen._library_path(cxx)
+    monkeypatch.setattr(cpu_varlen, "FLAGS", tuple(f for f in cpu_varlen.FLAGS if f != "-fopenmp"))
+    assert cpu_varlen._library_path(cxx) != with_flags
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_the_pieces_share_the_threads(threads):
     # ATen's parallel_for is a header template: an op built without OpenMP ran every piece in turn
