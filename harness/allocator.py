@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import gc
 import resource
 from collections.abc import Iterator
@@ -63,6 +64,7 @@ def collector_paused() -> Iterator[None]:
             gc.enable()
 
 
+@functools.cache  # once a process: find_library runs ldconfig, a subprocess, before every timing otherwise
 def _glibc() -> ctypes.CDLL | None:
     libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
     try:

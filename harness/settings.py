@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from .train import DEFAULTS as RECIPE_DEFAULTS
-from .train import TrainRecipe
+from .train import RECIPE_FIELDS, TrainRecipe
 
 AT_LEAST_0 = {"minimum": 0}
 
@@ -76,8 +76,7 @@ def _from_table(cls: type, table: dict[str, Any], always: tuple[str, ...]) -> An
     field defaults; recipe keys given beyond ``always`` are recorded too."""
     own = {f.name for f in dataclasses.fields(cls)} - {"recipe", "recorded"}
     recipe = TrainRecipe.from_settings(table)
-    names = {f.name for f in dataclasses.fields(TrainRecipe)}
-    extra = tuple(k for k in table if k in names and k not in always)
+    extra = tuple(k for k in table if k in RECIPE_FIELDS and k not in always)
     return cls(recipe=recipe, recorded=extra, **{k: v for k, v in table.items() if k in own})
 
 

@@ -110,10 +110,9 @@ class TrainRecipe:
             raise ValueError(f"epochs must be ≥ 1, got {self.epochs}")
 
     @classmethod
-    def from_settings(cls, settings: dict[str, Any], **overrides: Any) -> TrainRecipe:
+    def from_settings(cls, settings: dict[str, Any]) -> TrainRecipe:
         """The recipe among a suite's train / pretrain settings (other keys are the suite's own)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in {**settings, **overrides}.items() if k in names})
+        return cls(**{k: v for k, v in settings.items() if k in RECIPE_FIELDS})
 
 
 RECIPE_FIELDS = tuple(f.name for f in dataclasses.fields(TrainRecipe))

@@ -322,10 +322,10 @@ def _uniform_plan(layout: ClipLayout, best: Tensor, partner: Tensor, order: Tens
     earlier = torch.ones(r, r, dtype=torch.bool, device=dev).tril(-1)
     out_starts = torch.arange(0, b * (n - r), n - r, device=dev).unsqueeze(1)
     cu = torch.arange(0, (b + 1) * (n - r), n - r, dtype=torch.int32, device=dev)
+    every = torch.ones(b, r, dtype=torch.bool, device=dev)  # every pair active, every destination kept (read only)
     return BipartitePlan(keep=keep, src=starts + 2 * src_idx, dst_row=out_starts + n_unm + dst_idx,
-                         score=best.gather(1, src_idx), active=torch.ones(b, r, dtype=torch.bool, device=dev),
-                         same=same, first=~(same & earlier).any(-1), dst_kept=torch.ones(b, r, dtype=torch.bool,
-                         device=dev), cu_seqlens=cu, lens=(n - r,) * b, r=(r,) * b)
+                         score=best.gather(1, src_idx), active=every, same=same, first=~(same & earlier).any(-1),
+                         dst_kept=every, cu_seqlens=cu, lens=(n - r,) * b, r=(r,) * b)
 
 
 # --- applies --------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 # cpu_varlen op, whatever TOKENBENCH_CACHE a test points at: it is built once, ~10 s, not once a test.
 os.environ.setdefault("TOKENBENCH_EXT_CACHE", str(Path(tempfile.gettempdir()) / f"tokenbench-test-ext-{os.getuid()}"))
 
+from tokenbench.harness.interference import usable_cpus
 from tokenbench.harness.model import build_model
 from tokenbench.reducers import PackedTokens
 
@@ -127,13 +128,11 @@ def write_suite(folder: Path, name: str = "tiny", *reducers: str | dict, **parts
     return write_file(folder, f"{name}.toml", suite_toml(name, *reducers, **parts))
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def pytest_xdist_auto_num_workers(config):
     """``-n auto``: a worker a core, at most 4 (each holds a torch, its models and clips)."""
-    return max(1, min(4, _cores()))
+    return max(1, min(4, usable_cpus()))
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -145,7 +144,7 @@ def pytest_configure(config):
     if workers:
         # each worker's torch (and the runs a test starts, through OMP_NUM_THREADS) takes its share of the
         # cores: workers × a thread each core keeps OpenMP from spin-waiting on a core another worker holds
-        share = str(max(1, _cores() // int(workers)))
+        share = str(max(1, usable_cpus() // int(workers)))
         os.environ["OMP_NUM_THREADS"] = share
         torch.set_num_threads(int(share))
 

@@ -8,6 +8,7 @@ reducer in the order ``none, rlt, random, tome, sta, others A–Z``, then parame
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Iterable
@@ -111,7 +112,7 @@ class Record:
             mode=cell.get("mode"), error=rec.get("error"), started=rec.get("started"),
             finished=rec.get("finished"), command=rec.get("command"))
 
-    @property
+    @functools.cached_property  # a key in dedupe, styles and every table's grouping
     def params_json(self) -> str:
         return canonical_json(self.params)
 
