@@ -38,6 +38,12 @@ class MissingPaths:
         return [m for e, m in self.items if e in used]
 
 
+def close_hint(word: str, choices) -> str:
+    """The hint "— did you mean 'x'?" for the closest of ``choices`` to a misspelt ``word`` ("" if none is)."""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" — did you mean {close[0]!r}?" if close else ""
+
+
 @dataclass
 class Checker:
     """One suite being read: its tables (``raw``, after ``--set`` and ``${VAR}``), where each key came from,
@@ -70,9 +76,7 @@ class Checker:
     def check_keys(self, table: dict, allowed, path: tuple, what: str) -> None:
         for k in table:
             if k not in allowed:
-                close = difflib.get_close_matches(k, list(allowed), n=1)
-                hint = f" — did you mean {close[0]!r}?" if close else ""
-                raise self.fail(path + (k,), f"unknown key {k!r} in {what}{hint} "
+                raise self.fail(path + (k,), f"unknown key {k!r} in {what}{close_hint(k, allowed)} "
                                              f"(valid: {', '.join(allowed)})")
 
     # --- typed getters ------------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import re
 import types
 import typing
@@ -29,7 +28,7 @@ from ..settings import (
     table_fields,
 )
 from ..train import TrainRecipe
-from .checker import Checker, Missing
+from .checker import Checker, Missing, close_hint
 from .spec import (
     ATTN_BACKENDS,
     ATTN_PATHS,
@@ -167,26 +166,25 @@ def train_settings(ck: Checker) -> TrainSettings:
     return settings(ck, TrainSettings, ck.raw.get("train", {}), ("train",), "[train]")
 
 
-def named_entry(ck: Checker, table: str, i: int, e: dict, keys, names: list[str]) -> tuple[tuple, str]:
-    """The path of entry ``i`` of ``[[table]]`` and its name, its keys checked."""
+def named_entry(ck: Checker, table: str, i: int, e: dict, keys, choices: str) -> tuple[tuple, str]:
+    """The path of entry ``i`` of ``[[table]]`` and its name, its keys checked; ``choices`` says where names
+    come from, in the missing-name error."""
     p = (table, i)
     ck.check_keys(e, keys, p, ck.entry_name(table, i))
     if "name" not in e:
-        raise ck.fail(p, f"{ck.entry_name(table, i)} needs a name ({', '.join(names)})")
+        raise ck.fail(p, f"{ck.entry_name(table, i)} needs a name ({choices})")
     return p, ck.str_(p + ("name",), e["name"])
 
 
 def known_name(ck: Checker, path: tuple, name: str, names: list[str], what: str) -> str:
     """``name`` when it is one of ``names``; else the error names the closest one and the choices."""
     if name not in names:
-        close = difflib.get_close_matches(name, names, n=1)
-        hint = f" — did you mean {close[0]!r}?" if close else ""
-        raise ck.fail(path, f"unknown {what} {name!r}{hint}; choose from {', '.join(names)}")
+        raise ck.fail(path, f"unknown {what} {name!r}{close_hint(name, names)}; choose from {', '.join(names)}")
     return name
 
 
 def model(ck: Checker, i: int, e: dict) -> ModelSpec:
-    p, name = named_entry(ck, "models", i, e, MODEL_KEYS, list(MODEL_SIZES))
+    p, name = named_entry(ck, "models", i, e, MODEL_KEYS, ", ".join(MODEL_SIZES))
     known_name(ck, p + ("name",), name, list(MODEL_SIZES), "model")
     m = ModelSpec(id=ck.str_(p + ("id",), e.get("id", name)), name=name, path=p)
     m.num_frames = ck.int_(p + ("num_frames",), e.get("num_frames", ModelSpec.num_frames), 2)
@@ -238,7 +236,7 @@ def model(ck: Checker, i: int, e: dict) -> ModelSpec:
 
 
 def dataset(ck: Checker, i: int, e: dict) -> DatasetSpec:
-    p, name = named_entry(ck, "datasets", i, e, DATASET_KEYS, dataset_names())
+    p, name = named_entry(ck, "datasets", i, e, DATASET_KEYS, ", ".join(dataset_names()))
     if name in broken_datasets():  # installed but failing to import: say why, not "unknown"
         why = broken_datasets()[name]
         raise ck.fail(p + ("name",), f"dataset {name!r} is installed but failed to load: {why}")
@@ -309,11 +307,7 @@ def dataset_names() -> list[str]:
 
 
 def reducer(ck: Checker, i: int, e: dict) -> ReducerSpec:
-    p = ("reducers", i)
-    ck.check_keys(e, REDUCER_KEYS, p, ck.entry_name("reducers", i))
-    if "name" not in e:
-        raise ck.fail(p, f"{ck.entry_name('reducers', i)} needs a name (see tokenbench list)")
-    name = ck.str_(p + ("name",), e["name"])
+    p, name = named_entry(ck, "reducers", i, e, REDUCER_KEYS, "see tokenbench list")
     try:
         reducer_class(name)
     except UnknownReducerError as exc:
