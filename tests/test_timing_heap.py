@@ -52,8 +52,10 @@ def test_kept_heap_times_equal_arms_without_page_faults():
     runs = r.page_faults["baseline"] + r.page_faults["reducer"]
     assert len(runs) == 8
     # the warm-up grew the heap to the forward's peak and the timed runs reuse those pages; small blocks
-    # (Python's arenas, now on the heap too) can split a freed region once, so one run may grow it a layer
-    assert sorted(runs)[4] < 0.02 * LAYER_PAGES and sum(runs) <= 1.1 * LAYER_PAGES, r.page_faults
+    # (Python's arenas, now on the heap too) can split a freed region, so a run may grow it a layer — seen in
+    # two of the eight runs on a clean-clone CI run (20,480 faults in all); as found, every run faults both
+    # layers (over 160,000 for the eight: the test below)
+    assert sorted(runs)[4] < 0.02 * LAYER_PAGES and sum(runs) <= 2.5 * LAYER_PAGES, r.page_faults
     assert "mmap threshold 1024 MiB" in r.allocator.description
 
 
